@@ -1,0 +1,26 @@
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OriginError {
+    #[error("object not found in origin")]
+    NotFound,
+    /// A range outside the object.
+    #[error("requested range not satisfiable")]
+    InvalidRange,
+    /// The origin refused the credentials or the bucket (retrying will not help).
+    #[error("origin denied access: {0}")]
+    Denied(String),
+    /// Network trouble, timeouts, 5xx, throttling: retrying may help.
+    #[error("origin unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the origin rejected (4xx other than the above).
+    #[error("origin rejected the request: {0}")]
+    Rejected(String),
+    #[error("origin bridge is shut down")]
+    Closed,
+}
+
+impl OriginError {
+    /// Whether retrying the same request later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, OriginError::Unavailable(_))
+    }
+}

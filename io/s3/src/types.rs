@@ -1,0 +1,111 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::OriginError;
+
+#[derive(Debug, Clone)]
+pub enum OriginKind {
+    S3 {
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        /// None: use the default AWS credential chain.
+        access_key: Option<String>,
+        secret_key: Option<String>,
+        path_style: bool,
+    },
+    /// Objects as files in a directory (the quick start without any S3).
+    Local { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    pub kind: OriginKind,
+    /// Prepended to every key.
+    pub prefix: String,
+    /// Attempts per request for retryable errors (5xx, timeouts, connection errors).
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Per-attempt timeout for metadata calls and for time to first byte.
+    pub operation_timeout: Duration,
+    /// Bridge threads (each one tokio current-thread runtime).
+    pub threads: usize,
+    /// Chunks buffered per streaming body between the bridge and a shard.
+    pub body_channel_chunks: usize,
+    /// Failure injection for tests: this fraction (0.0..=1.0) of requests fails with a
+    /// retryable error before reaching the origin.
+    pub inject_failure_rate: f64,
+}
+
+/// Metadata the origin returns for an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMeta {
+    /// Full object size (not the range length).
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub last_modified_ms: u64,
+    /// x-amz-meta-* (keys lowercased, without the prefix).
+    pub user_meta: BTreeMap<String, String>,
+}
+
+pub struct GetObject {
+    pub meta: RemoteMeta,
+    /// Byte range actually returned, end exclusive.
+    pub range: (u64, u64),
+    pub body: BodyStream,
+}
+
+/// A streaming body from the origin. Ends with `None`; an `Err` means the stream broke
+/// and the data so far must not be taken as whole.
+pub struct BodyStream {
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Bytes, OriginError>>,
+}
+
+impl BodyStream {
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, OriginError>> {
+        self.rx.recv().await
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutMeta {
+    pub content_type: Option<String>,
+    pub user_meta: BTreeMap<String, String>,
+    /// Hex MD5 of the body, sent as Content-MD5 so the origin verifies it.
+    pub md5_hex: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutResult {
+    pub etag: String,
+}
+
+/// Counters and latency buckets, updated by the bridge, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct OriginStats {
+    pub requests_get: AtomicU64,
+    pub requests_head: AtomicU64,
+    pub requests_put: AtomicU64,
+    pub requests_delete: AtomicU64,
+    pub errors: AtomicU64,
+    pub retries: AtomicU64,
+    pub not_found: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Cumulative latency histogram (time to response head), upper bounds in
+    /// [`LATENCY_BOUNDS_SECONDS`], plus one +Inf bucket.
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS],
+    pub latency_sum_micros: AtomicU64,
+    pub latency_count: AtomicU64,
+}
+
+pub const LATENCY_BOUNDS_SECONDS: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_SECONDS.len() + 1;

@@ -1,0 +1,1 @@
+//! Eviction policies: S3-FIFO (used) and LRU (baseline for benchmarks).

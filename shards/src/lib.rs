@@ -1,0 +1,30 @@
+//! # nearcache-shards: the per-core shard engine
+//!
+//! One [`Shard`] owns one slice of the key space on one core: an object store on disk
+//! (one file per object, written with O_DIRECT aligned buffers through
+//! [`nearcache_file`]'s device layer), an LMDB journal and index (one heed env per
+//! shard, group-committed on a writer thread), a memory tier for hot small objects,
+//! and S3-FIFO eviction for both tiers.
+//!
+//! Goals:
+//! - an acknowledged write survives kill -9: data is fdatasync'ed and the journal
+//!   record committed before [`ObjectWriter::finish`] returns;
+//! - nothing corrupt is ever served: every object carries per-block CRC32C checksums,
+//!   verified on every read;
+//! - objects not yet safe in the origin (level 0, pending upload) are never evicted;
+//! - no locks on the data path: a `Shard` is `!Send` and used from its own thread only.
+//!
+//! Non-goals: sockets, HTTP, S3 (those live in `src/` and `io/`); replication and
+//! cluster placement (the journal's sequence numbers and HLC timestamps are there so
+//! the cluster layer can reconcile later).
+
+mod error;
+pub mod eviction;
+pub mod hlc;
+mod shard;
+mod types;
+
+pub use error::StoreError;
+pub use hlc::Hlc;
+pub use shard::{ObjectReader, ObjectWriter, Shard};
+pub use types::*;

@@ -1,0 +1,159 @@
+//! Public value types of the shard engine. These are the contract with `src/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+pub use nearcache_file::DeviceKind;
+
+/// Named defaults, shared with the server's config module.
+pub mod defaults {
+    pub const MEMORY_CAPACITY: u64 = 256 << 20;
+    pub const MEMORY_OBJECT_MAX: u64 = 1 << 20;
+    pub const DISK_CAPACITY: u64 = 10 << 30;
+    pub const TOMBSTONE_TTL_SECS: u64 = 24 * 3600;
+    pub const LMDB_MAP_SIZE: u64 = 64 << 30;
+    pub const JOURNAL_RETAIN: u64 = 1_000_000;
+    /// Size of the chunks an [`crate::ObjectReader`] yields, and of checksummed blocks.
+    pub const BLOCK_SIZE: u64 = 256 << 10;
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub shard_id: u16,
+    /// This shard's own directory (`<data-dir>/shard-<id>`); created if missing.
+    pub dir: PathBuf,
+    /// Bytes of object bodies kept in the memory tier.
+    pub memory_capacity: u64,
+    /// Objects up to this size are also kept in memory after a write or a read.
+    pub memory_object_max: u64,
+    /// Bytes of object bodies kept on disk (data only; headers and checksums excluded).
+    pub disk_capacity: u64,
+    pub tombstone_ttl: Duration,
+    pub device: DeviceKind,
+    pub lmdb_map_size: u64,
+    /// Journal records kept for incremental sync; older ones are trimmed.
+    pub journal_retain: u64,
+}
+
+/// Where an object's bytes came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Provenance {
+    /// Written by a client through nearcache.
+    Client,
+    /// Read through from the origin; it is by definition safe there.
+    Fetched,
+}
+
+/// Everything known about a stored object, as kept in the index and the journal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Quoted-less hex ETag: MD5 of the body for client writes, the origin's ETag
+    /// (quotes stripped) for fetched objects.
+    pub etag: String,
+    /// CRC32C of the whole body.
+    pub crc32c: u32,
+    pub content_type: Option<String>,
+    /// Original file name (objstore's X-Meta-Name).
+    pub name: Option<String>,
+    pub user_meta: BTreeMap<String, String>,
+    /// Milliseconds since the Unix epoch.
+    pub last_modified_ms: u64,
+    /// Hybrid logical clock timestamp of the write that produced this version.
+    pub hlc: u64,
+    /// Journal sequence number of that write; also names the data file.
+    pub seq: u64,
+    /// Consistency level: 0 local, 1 local + origin, 2 all nodes + origin.
+    pub level: u8,
+    /// True once the bytes are known to be in the origin. Until then the object is pinned.
+    pub in_origin: bool,
+    pub provenance: Provenance,
+}
+
+/// Caller-supplied attributes for a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteAttrs {
+    pub content_type: Option<String>,
+    pub name: Option<String>,
+    pub user_meta: BTreeMap<String, String>,
+    pub level: u8,
+    /// Set for read-through writes: the origin's ETag and Last-Modified.
+    pub fetched: Option<FetchedFrom>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchedFrom {
+    pub etag: String,
+    pub last_modified_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    pub key: String,
+    pub hlc: u64,
+    pub seq: u64,
+    pub deleted_at_ms: u64,
+    pub level: u8,
+}
+
+/// Result of [`crate::Shard::lookup`].
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Present. `body` is set when the memory tier holds the whole body (already verified).
+    Hit { meta: std::rc::Rc<ObjectMeta>, body: Option<Bytes> },
+    Deleted(Tombstone),
+    Miss,
+}
+
+/// A write or delete the origin has not acknowledged yet.
+#[derive(Debug, Clone)]
+pub struct PendingOp {
+    pub key: String,
+    /// Sequence number of the write this op belongs to; passed back to `complete_pending`.
+    pub seq: u64,
+    pub kind: PendingKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum PendingKind {
+    /// Upload `len` bytes found at `offset` in the file at `path` (the body is stored
+    /// contiguously there), with this metadata.
+    Put { path: PathBuf, offset: u64, len: u64, meta: ObjectMeta },
+    Delete,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub objects: u64,
+    pub tombstones: u64,
+    pub pending: u64,
+    pub orphans_removed: u64,
+    pub elapsed: Duration,
+}
+
+/// Counters written only by the owning shard thread, read by anyone (metrics, stats).
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    pub objects: AtomicU64,
+    pub tombstones: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub memory_bytes: AtomicU64,
+    pub memory_objects: AtomicU64,
+    pub disk_capacity: AtomicU64,
+    pub memory_capacity: AtomicU64,
+    pub hits: AtomicU64,
+    pub memory_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    pub checksum_failures: AtomicU64,
+    pub pending_uploads: AtomicU64,
+    pub pinned_bytes: AtomicU64,
+    pub journal_commits: AtomicU64,
+    pub journal_records: AtomicU64,
+    pub journal_last_seq: AtomicU64,
+}
