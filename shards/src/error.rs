@@ -7,7 +7,12 @@ pub enum StoreError {
     InsufficientStorage { needed: u64, available: u64 },
     /// A stored structure failed verification; the object has been dropped.
     #[error("corrupt {what} for key {key:?}: expected {expected}, found {actual}")]
-    Corrupt { key: String, what: &'static str, expected: String, actual: String },
+    Corrupt {
+        key: String,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
     /// A newer write or delete of the key landed while this write was in progress.
     #[error("superseded by a newer version of the key")]
     Superseded,

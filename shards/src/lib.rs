@@ -20,8 +20,12 @@
 
 mod error;
 pub mod eviction;
+mod format;
 pub mod hlc;
+mod journal;
 mod shard;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use error::StoreError;

@@ -104,7 +104,10 @@ pub struct Tombstone {
 #[derive(Debug, Clone)]
 pub enum Lookup {
     /// Present. `body` is set when the memory tier holds the whole body (already verified).
-    Hit { meta: std::rc::Rc<ObjectMeta>, body: Option<Bytes> },
+    Hit {
+        meta: std::rc::Rc<ObjectMeta>,
+        body: Option<Bytes>,
+    },
     Deleted(Tombstone),
     Miss,
 }
@@ -122,7 +125,12 @@ pub struct PendingOp {
 pub enum PendingKind {
     /// Upload `len` bytes found at `offset` in the file at `path` (the body is stored
     /// contiguously there), with this metadata.
-    Put { path: PathBuf, offset: u64, len: u64, meta: ObjectMeta },
+    Put {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        meta: ObjectMeta,
+    },
     Delete,
 }
 

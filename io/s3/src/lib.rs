@@ -6,45 +6,176 @@
 //! Errors say whether a retry can help.
 //! Non-goals: caching, shards, HTTP serving. This crate knows nothing of the shard engine.
 
+//!
+//! ## Threads
+//!
+//! ```text
+//!  shard threads (monoio / tokio / block_on)
+//!     │  Bridge::get/head/put_file/...   (tokio::sync::mpsc, round-robin over threads)
+//!     ▼
+//!  ┌──────────────────────┐  ┌──────────────────────┐
+//!  │ nearcache-s3-0       │  │ nearcache-s3-1 ...   │   `OriginConfig::threads` std threads,
+//!  │ tokio current-thread │  │ tokio current-thread │   each with its own runtime and its
+//!  │ one task per request │  │                      │   own origin client (S3 or local dir)
+//!  └──────────┬───────────┘  └──────────────────────┘
+//!             │ reply: oneshot; GET bodies: bounded mpsc of chunks (`body_channel_chunks`)
+//!             ▼
+//!         the calling shard
+//! ```
+//!
+//! The public async methods only use `tokio::sync` channels, which work from any executor;
+//! nothing here spawns onto or sleeps on the caller's runtime.
+//!
+//! ## Retries
+//!
+//! For S3, aws-sdk-s3's standard retry strategy retries 5xx, throttling and connection
+//! errors (`max_attempts`, `initial_backoff`); its retries are counted in
+//! [`OriginStats::retries`] by an interceptor. The bridge itself retries `Unavailable`
+//! errors the SDK did not already retry (the local origin, injected failures) with
+//! exponential backoff and jitter. A GET body that breaks mid-stream is not retried: the
+//! stream yields an `Err` and the caller decides.
+//!
+//! ## Timeouts
+//!
+//! `connect_timeout` bounds TCP/TLS connects; `operation_timeout` is the SDK's per-attempt
+//! timeout. For a GET the SDK's attempt ends when the response head arrives (the body is
+//! returned unread), so it bounds time to first byte and never cuts a long download. Instead,
+//! while streaming, each chunk must arrive within `operation_timeout` (idle timeout), or the
+//! stream ends with `Unavailable`.
+
 mod error;
+mod origin;
+#[cfg(feature = "testutil")]
+pub mod testutil;
 mod types;
 
 pub use error::OriginError;
 pub use types::*;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info};
+
+use crate::origin::{Job, Service};
+
+/// Requests queued per bridge thread before callers wait.
+const REQUEST_QUEUE: usize = 1024;
 
 /// Handle to the bridge. Cheap to clone, `Send + Sync`; usable from any runtime
 /// (monoio shards with the `sync` feature, tokio, or plain threads via `block_on`).
 #[derive(Clone)]
 pub struct Bridge {
-    _todo: (),
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One request queue per bridge thread; emptied by `shutdown`.
+    senders: Mutex<Vec<mpsc::Sender<Job>>>,
+    next: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stats: Arc<OriginStats>,
+    description: String,
 }
 
 impl Bridge {
     /// Starts the bridge thread(s) and connects the origin described by `cfg`.
     pub fn start(cfg: OriginConfig) -> Result<Bridge, OriginError> {
-        todo!()
+        let threads = cfg.threads.max(1);
+        let stats = Arc::new(OriginStats::default());
+        let description = describe_config(&cfg);
+        let cfg = Arc::new(cfg);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), OriginError>>();
+        let mut senders = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (tx, rx) = mpsc::channel::<Job>(REQUEST_QUEUE);
+            senders.push(tx);
+            let cfg = cfg.clone();
+            let stats = stats.clone();
+            let ready_tx = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("nearcache-s3-{i}"))
+                .spawn(move || bridge_thread(i, cfg, stats, rx, ready_tx))
+                .map_err(|e| OriginError::Rejected(format!("spawn bridge thread: {e}")))?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => {
+                    failure = Some(OriginError::Rejected(
+                        "bridge thread died while starting".into(),
+                    ))
+                }
+            }
+        }
+        let bridge = Bridge {
+            inner: Arc::new(Inner {
+                senders: Mutex::new(senders),
+                next: AtomicUsize::new(0),
+                threads: Mutex::new(handles),
+                stats,
+                description,
+            }),
+        };
+        if let Some(e) = failure {
+            bridge.shutdown();
+            return Err(e);
+        }
+        info!(origin = %bridge.inner.description, threads, "origin bridge started");
+        Ok(bridge)
     }
 
     /// Human-readable description for the start-up log ("s3 http://127.0.0.1:5000 bucket b" /
     /// "local origin at DIR").
     pub fn describe(&self) -> String {
-        todo!()
+        self.inner.description.clone()
     }
 
     pub fn stats(&self) -> Arc<OriginStats> {
-        todo!()
+        self.inner.stats.clone()
     }
 
     /// GET an object (optionally a byte range, end exclusive). The body streams in chunks.
-    pub async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<GetObject, OriginError> {
-        todo!()
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<GetObject, OriginError> {
+        if let Some((a, b)) = range {
+            if b <= a {
+                return Err(OriginError::InvalidRange);
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Job::Get {
+                key: key.to_owned(),
+                range,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     pub async fn head(&self, key: &str) -> Result<RemoteMeta, OriginError> {
-        todo!()
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Job::Head {
+                key: key.to_owned(),
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// Uploads `len` bytes at `offset` of the file at `path`. Retries (the file is re-readable).
@@ -56,21 +187,158 @@ impl Bridge {
         len: u64,
         meta: PutMeta,
     ) -> Result<PutResult, OriginError> {
-        todo!()
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Put {
+            key: key.to_owned(),
+            path,
+            offset,
+            len,
+            meta,
+            reply,
+        };
+        self.call(job, rx).await
     }
 
     /// Deletes an object; deleting a missing object succeeds (as in S3).
     pub async fn delete(&self, key: &str) -> Result<(), OriginError> {
-        todo!()
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Job::Delete {
+                key: key.to_owned(),
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// Creates the bucket if it does not exist (used by tests and the local quick start).
     pub async fn ensure_bucket(&self) -> Result<(), OriginError> {
-        todo!()
+        let (reply, rx) = oneshot::channel();
+        self.call(Job::EnsureBucket { reply }, rx).await
     }
 
     /// Stops accepting requests and joins the bridge thread(s) after in-flight requests end.
+    ///
+    /// Idempotent. Must not be called from a bridge thread. In-flight GET bodies keep
+    /// streaming until they end or their receiver is dropped.
     pub fn shutdown(&self) {
-        todo!()
+        let had_senders = {
+            let mut senders = self.inner.senders.lock().unwrap_or_else(|p| p.into_inner());
+            let had = !senders.is_empty();
+            senders.clear();
+            had
+        };
+        let handles: Vec<JoinHandle<()>> = {
+            let mut threads = self.inner.threads.lock().unwrap_or_else(|p| p.into_inner());
+            threads.drain(..).collect()
+        };
+        for h in handles {
+            if h.join().is_err() {
+                error!("origin bridge thread panicked");
+            }
+        }
+        if had_senders {
+            info!(origin = %self.inner.description, "origin bridge stopped");
+        }
     }
+
+    async fn call<T>(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<T, OriginError>>,
+    ) -> Result<T, OriginError> {
+        let tx = {
+            let senders = self.inner.senders.lock().unwrap_or_else(|p| p.into_inner());
+            if senders.is_empty() {
+                return Err(OriginError::Closed);
+            }
+            let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % senders.len();
+            senders[i].clone()
+        };
+        tx.send(job).await.map_err(|_| OriginError::Closed)?;
+        drop(tx);
+        rx.await.unwrap_or(Err(OriginError::Closed))
+    }
+}
+
+fn describe_config(cfg: &OriginConfig) -> String {
+    let prefix = if cfg.prefix.is_empty() {
+        String::new()
+    } else {
+        format!(" prefix {:?}", cfg.prefix)
+    };
+    match &cfg.kind {
+        OriginKind::S3 {
+            endpoint,
+            region,
+            bucket,
+            ..
+        } => format!(
+            "s3 {} bucket {bucket}{prefix}",
+            endpoint.clone().unwrap_or_else(|| format!("aws:{region}"))
+        ),
+        OriginKind::Local { dir } => format!("local origin at {}{prefix}", dir.display()),
+    }
+}
+
+/// Body of one bridge thread: builds the runtime and the origin client, then serves jobs,
+/// one task each, until the queue closes and all tasks have ended.
+fn bridge_thread(
+    index: usize,
+    cfg: Arc<OriginConfig>,
+    stats: Arc<OriginStats>,
+    mut rx: mpsc::Receiver<Job>,
+    ready: std::sync::mpsc::Sender<Result<(), OriginError>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(OriginError::Rejected(format!(
+                "build tokio runtime: {e}"
+            ))));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let service = match Service::connect(&cfg, stats).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        drop(ready);
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => {
+                        let service = service.clone();
+                        tasks.spawn(async move { service.handle(job).await });
+                    }
+                    None => break,
+                },
+                Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = res {
+                        error!(thread = index, error = %e, "origin request task failed");
+                    }
+                }
+            }
+        }
+        debug!(
+            thread = index,
+            in_flight = tasks.len(),
+            "origin bridge draining"
+        );
+        while let Some(res) = tasks.join_next().await {
+            if let Err(e) = res {
+                error!(thread = index, error = %e, "origin request task failed");
+            }
+        }
+    });
 }

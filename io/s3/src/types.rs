@@ -88,6 +88,10 @@ pub struct PutResult {
 }
 
 /// Counters and latency buckets, updated by the bridge, read by the metrics endpoint.
+///
+/// A request counts once in `requests_*` however many attempts it took. A request that
+/// ends in `NotFound` counts in `not_found`, any other final failure (and a GET body that
+/// breaks mid-stream) in `errors`.
 #[derive(Debug, Default)]
 pub struct OriginStats {
     pub requests_get: AtomicU64,
@@ -95,17 +99,25 @@ pub struct OriginStats {
     pub requests_put: AtomicU64,
     pub requests_delete: AtomicU64,
     pub errors: AtomicU64,
+    /// Attempts after the first one: the bridge's own retries plus the SDK's.
     pub retries: AtomicU64,
     pub not_found: AtomicU64,
+    /// Failures made up by `inject_failure_rate` (each also causes a retry or an error).
+    pub injected_failures: AtomicU64,
+    /// Body bytes received from the origin (GET).
     pub bytes_in: AtomicU64,
+    /// Body bytes sent to the origin (successful PUTs).
     pub bytes_out: AtomicU64,
-    /// Cumulative latency histogram (time to response head), upper bounds in
-    /// [`LATENCY_BOUNDS_SECONDS`], plus one +Inf bucket.
+    /// Latency histogram of whole requests (time to response head, retries included).
+    /// NOT cumulative: `latency_buckets[i]` counts requests with latency in
+    /// (`LATENCY_BOUNDS_SECONDS[i-1]`, `LATENCY_BOUNDS_SECONDS[i]`]; the last bucket counts
+    /// those above the last bound (+Inf). Sum the buckets up to `i` for Prometheus' `le`.
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS],
     pub latency_sum_micros: AtomicU64,
     pub latency_count: AtomicU64,
 }
 
-pub const LATENCY_BOUNDS_SECONDS: [f64; 12] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const LATENCY_BOUNDS_SECONDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_SECONDS.len() + 1;

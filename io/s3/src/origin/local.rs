@@ -1,0 +1,359 @@
+//! Local-directory origin: the quick start without any S3.
+//!
+//! Layout, all in one flat directory:
+//! ```text
+//! DIR/o-<enc>   object bytes
+//! DIR/m-<enc>   sidecar JSON (key, size, etag, content type, last modified, user meta)
+//! DIR/t-...     temporary files of writes in progress
+//! ```
+//! `<enc>` is the key with every byte outside `[A-Za-z0-9._-]` (and a leading '.') written
+//! as `%XX`, so '/', '..' and NUL cannot escape DIR; keys whose encoding is longer than
+//! [`MAX_ENCODED`] use `~` + the hex MD5 of the key instead (`~` never appears in the
+//! plain encoding), and the sidecar's `key` settles collisions.
+//!
+//! A write goes to temp files that are fsynced, then renamed (data, then sidecar) and the
+//! directory fsynced. A reader racing a writer of the same key may see the new data with
+//! the old sidecar: it notices the size mismatch and fails with a retryable error.
+//! Not meant for several processes writing the same keys.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{BodySource, OpenedGet};
+use crate::{OriginError, PutMeta, PutResult, RemoteMeta};
+
+/// Longest `<enc>` kept as is (file names are limited to 255 bytes).
+const MAX_ENCODED: usize = 200;
+/// Size of the chunks a GET streams.
+const CHUNK: usize = 128 * 1024;
+/// Copy buffer of a PUT.
+const COPY_BUF: usize = 256 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sidecar {
+    key: String,
+    size: u64,
+    etag: String,
+    content_type: Option<String>,
+    last_modified_ms: u64,
+    #[serde(default)]
+    user_meta: BTreeMap<String, String>,
+}
+
+impl Sidecar {
+    fn remote_meta(&self) -> RemoteMeta {
+        RemoteMeta {
+            size: self.size,
+            etag: self.etag.clone(),
+            content_type: self.content_type.clone(),
+            last_modified_ms: self.last_modified_ms,
+            user_meta: self.user_meta.clone(),
+        }
+    }
+}
+
+pub(crate) struct LocalOrigin {
+    dir: PathBuf,
+}
+
+/// The rest of a local object's range, read chunk by chunk.
+pub(crate) struct LocalBody {
+    file: tokio::fs::File,
+    remaining: u64,
+}
+
+impl LocalBody {
+    pub(crate) async fn next(&mut self) -> Option<Result<Bytes, OriginError>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let want = self.remaining.min(CHUNK as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match self.file.read(&mut buf[filled..]).await {
+                Ok(0) => {
+                    return Some(Err(OriginError::Unavailable(
+                        "local object shrank while reading".into(),
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Some(Err(OriginError::Unavailable(format!(
+                        "read local object: {e}"
+                    ))))
+                }
+            }
+        }
+        self.remaining -= want as u64;
+        Some(Ok(buf.freeze()))
+    }
+}
+
+/// Encodes a key into a file-name-safe string (see the module docs).
+pub(crate) fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for (i, &b) in key.as_bytes().iter().enumerate() {
+        // A leading '.' is escaped too: no name is ever "." or "..", even without the prefix.
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() > MAX_ENCODED {
+        format!("~{}", hex::encode(Md5::digest(key.as_bytes())))
+    } else {
+        out
+    }
+}
+
+fn io_unavailable(what: &str, e: std::io::Error) -> OriginError {
+    OriginError::Unavailable(format!("{what}: {e}"))
+}
+
+impl LocalOrigin {
+    pub async fn open(dir: PathBuf) -> Result<LocalOrigin, OriginError> {
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+            OriginError::Rejected(format!("create local origin dir {}: {e}", dir.display()))
+        })?;
+        Ok(LocalOrigin { dir })
+    }
+
+    fn data_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("o-{}", encode_key(key)))
+    }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("m-{}", encode_key(key)))
+    }
+
+    async fn read_sidecar(&self, key: &str) -> Result<Sidecar, OriginError> {
+        let raw = match tokio::fs::read(self.meta_path(key)).await {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OriginError::NotFound)
+            }
+            Err(e) => return Err(io_unavailable("read local sidecar", e)),
+        };
+        let sc: Sidecar = serde_json::from_slice(&raw).map_err(|e| {
+            OriginError::Rejected(format!("corrupt local sidecar for {key:?}: {e}"))
+        })?;
+        if sc.key != key {
+            // Hash collision of two long keys: the other one is stored.
+            return Err(OriginError::NotFound);
+        }
+        Ok(sc)
+    }
+
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<OpenedGet, OriginError> {
+        let sc = self.read_sidecar(key).await?;
+        let mut file = match tokio::fs::File::open(self.data_path(key)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OriginError::NotFound)
+            }
+            Err(e) => return Err(io_unavailable("open local object", e)),
+        };
+        let actual = file
+            .metadata()
+            .await
+            .map_err(|e| io_unavailable("stat local object", e))?
+            .len();
+        if actual != sc.size {
+            return Err(OriginError::Unavailable(
+                "local object is being replaced".into(),
+            ));
+        }
+        let (a, b) = match range {
+            None => (0, sc.size),
+            Some((a, b)) => {
+                if b <= a || a >= sc.size {
+                    return Err(OriginError::InvalidRange);
+                }
+                (a, b.min(sc.size))
+            }
+        };
+        if a > 0 {
+            file.seek(SeekFrom::Start(a))
+                .await
+                .map_err(|e| io_unavailable("seek local object", e))?;
+        }
+        Ok(OpenedGet {
+            meta: sc.remote_meta(),
+            range: (a, b),
+            body: BodySource::Local(LocalBody {
+                file,
+                remaining: b - a,
+            }),
+        })
+    }
+
+    pub async fn head(&self, key: &str) -> Result<RemoteMeta, OriginError> {
+        Ok(self.read_sidecar(key).await?.remote_meta())
+    }
+
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        meta: &PutMeta,
+    ) -> Result<PutResult, OriginError> {
+        let dir = self.dir.clone();
+        let data_path = self.data_path(key);
+        let meta_path = self.meta_path(key);
+        let src = path.to_owned();
+        let key = key.to_owned();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            put_blocking(&dir, &data_path, &meta_path, &src, offset, len, key, meta)
+        })
+        .await
+        .map_err(|e| OriginError::Unavailable(format!("local put task failed: {e}")))?
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), OriginError> {
+        for p in [self.meta_path(key), self.data_path(key)] {
+            match tokio::fs::remove_file(&p).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_unavailable("delete local object", e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn ensure_bucket(&self) -> Result<(), OriginError> {
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| io_unavailable("create local origin dir", e))
+    }
+}
+
+/// Removes a temp file unless disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        "t-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ))
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, moved into spawn_blocking"
+)]
+fn put_blocking(
+    dir: &Path,
+    data_path: &Path,
+    meta_path: &Path,
+    src_path: &Path,
+    offset: u64,
+    len: u64,
+    key: String,
+    meta: PutMeta,
+) -> Result<PutResult, OriginError> {
+    let src_err = |e: std::io::Error| {
+        OriginError::Rejected(format!("read upload source {}: {e}", src_path.display()))
+    };
+    let mut src = std::fs::File::open(src_path).map_err(src_err)?;
+    src.seek(SeekFrom::Start(offset)).map_err(src_err)?;
+
+    let tmp_data = temp_path(dir);
+    let mut data_guard = TempGuard(Some(tmp_data.clone()));
+    let mut out = std::fs::File::create(&tmp_data)
+        .map_err(|e| io_unavailable("create local temp file", e))?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(COPY_BUF as u64) as usize;
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(OriginError::Rejected(format!(
+                    "upload source {} is shorter than offset {offset} + length {len}",
+                    src_path.display()
+                )))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(src_err(e)),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| io_unavailable("write local object", e))?;
+        left -= n as u64;
+    }
+    out.sync_all()
+        .map_err(|e| io_unavailable("fsync local object", e))?;
+    drop(out);
+    let etag = hex::encode(hasher.finalize());
+    if let Some(want) = &meta.md5_hex {
+        if !want.eq_ignore_ascii_case(&etag) {
+            return Err(OriginError::Rejected(format!(
+                "BadDigest: Content-MD5 {want} but body has {etag}"
+            )));
+        }
+    }
+
+    let last_modified_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let sc = Sidecar {
+        key,
+        size: len,
+        etag: etag.clone(),
+        content_type: meta.content_type,
+        last_modified_ms,
+        user_meta: meta
+            .user_meta
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect(),
+    };
+    let json = serde_json::to_vec(&sc)
+        .map_err(|e| OriginError::Rejected(format!("encode sidecar: {e}")))?;
+    let tmp_meta = temp_path(dir);
+    let mut meta_guard = TempGuard(Some(tmp_meta.clone()));
+    let mut f = std::fs::File::create(&tmp_meta)
+        .map_err(|e| io_unavailable("create local temp file", e))?;
+    f.write_all(&json)
+        .map_err(|e| io_unavailable("write local sidecar", e))?;
+    f.sync_all()
+        .map_err(|e| io_unavailable("fsync local sidecar", e))?;
+    drop(f);
+
+    std::fs::rename(&tmp_data, data_path).map_err(|e| io_unavailable("rename local object", e))?;
+    data_guard.0 = None;
+    std::fs::rename(&tmp_meta, meta_path).map_err(|e| io_unavailable("rename local sidecar", e))?;
+    meta_guard.0 = None;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_unavailable("fsync local origin dir", e))?;
+    Ok(PutResult { etag })
+}

@@ -1,1 +1,0 @@
-//! Eviction policies: S3-FIFO (used) and LRU (baseline for benchmarks).

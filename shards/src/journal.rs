@@ -1,0 +1,368 @@
+//! The LMDB journal and index of one shard, and its group-commit writer thread.
+//!
+//! One heed env per shard at `<dir>/journal/`, four databases:
+//!
+//! | db        | key                 | value                                         |
+//! |-----------|---------------------|-----------------------------------------------|
+//! | `objects` | object key (UTF-8)  | [`StoredEntry`]: the object's meta or its tombstone |
+//! | `journal` | seq, u64 big-endian | [`Record`]: what happened, with its HLC       |
+//! | `pending` | object key          | [`PendingRec`]: origin op not yet acknowledged |
+//! | `meta`    | `next_seq`, `hlc`   | u64 big-endian high-water marks               |
+//!
+//! Values are one version byte ([`CODEC_VERSION`]) followed by JSON.
+//!
+//! Thread model: the shard thread never touches a write transaction. It sends batches
+//! of [`Op`]s over a channel to the writer thread, which drains everything queued, applies
+//! it in one write transaction, trims the journal to `journal_retain` records, commits
+//! (LMDB fsyncs on commit) and only then acks each batch through its oneshot. Batches are
+//! applied in the order they were sent.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use std::cell::RefCell;
+
+use crossbeam_channel::{Receiver, Sender};
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes as RawBytes, Str, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{ObjectMeta, ShardMetrics, StoreError, Tombstone};
+
+pub(crate) const CODEC_VERSION: u8 = 1;
+
+/// Value of the `objects` db.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum StoredEntry {
+    Object(ObjectMeta),
+    Tombstone(Tombstone),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PendingRecKind {
+    Put,
+    Delete,
+}
+
+/// Value of the `pending` db.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingRec {
+    pub seq: u64,
+    pub kind: PendingRecKind,
+}
+
+/// Value of the `journal` db.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub seq: u64,
+    pub hlc: u64,
+    pub kind: RecordKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum RecordKind {
+    Put(ObjectMeta),
+    Delete(Tombstone),
+    Upgrade { key: String, level: u8 },
+    Uploaded { key: String, seq: u64 },
+    Evicted { key: String, seq: u64 },
+    Forget { key: String },
+    Corrupt { key: String, seq: u64 },
+    TombstoneExpired { key: String, seq: u64 },
+}
+
+/// One change to apply in the writer thread.
+#[derive(Debug)]
+pub(crate) enum Op {
+    PutEntry(String, StoredEntry),
+    RemoveEntry(String),
+    PutPending(String, PendingRec),
+    RemovePending(String),
+    Record(Record),
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![CODEC_VERSION];
+    serde_json::to_writer(&mut out, v).expect("journal values serialize");
+    out
+}
+
+pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
+    match b.split_first() {
+        Some((&CODEC_VERSION, rest)) => serde_json::from_slice(rest)
+            .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}"))),
+        Some((v, _)) => Err(StoreError::Journal(format!(
+            "journal value version {v}, expected {CODEC_VERSION}"
+        ))),
+        None => Err(StoreError::Journal("empty journal value".into())),
+    }
+}
+
+fn jerr(e: heed::Error) -> StoreError {
+    StoreError::Journal(e.to_string())
+}
+
+#[derive(Clone, Copy)]
+struct Dbs {
+    objects: Database<'static, Str, RawBytes>,
+    journal: Database<'static, U64<BigEndian>, RawBytes>,
+    pending: Database<'static, Str, RawBytes>,
+    meta: Database<'static, Str, U64<BigEndian>>,
+}
+
+/// What the journal held at open.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub entries: Vec<StoredEntry>,
+    pub pending: Vec<(String, PendingRec)>,
+    pub next_seq: u64,
+    pub hlc: u64,
+    pub last_record_seq: u64,
+}
+
+struct Batch {
+    ops: Vec<Op>,
+    next_seq: u64,
+    hlc: u64,
+    ack: oneshot::Sender<Result<(), String>>,
+}
+
+enum Msg {
+    Batch(Batch),
+    Close(oneshot::Sender<()>),
+}
+
+pub(crate) type Ack = oneshot::Receiver<Result<(), String>>;
+
+pub(crate) struct Journal {
+    tx: RefCell<Option<Sender<Msg>>>,
+    thread: RefCell<Option<JoinHandle<()>>>,
+}
+
+impl Journal {
+    pub fn open(
+        dir: &Path,
+        map_size: u64,
+        retain: u64,
+        metrics: Arc<ShardMetrics>,
+        shard_id: u16,
+    ) -> Result<(Journal, Recovered), StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let map_size = nearcache_file::align_up_u64(map_size.max(1 << 20)) as usize;
+        // SAFETY: LMDB maps the env files into memory; heed requires that no other code
+        // modifies them behind its back. One env per shard directory, opened once per
+        // process (heed refuses a second open of the same path), and the server guards
+        // the data directory with a lock file against other processes.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(map_size)
+                .max_dbs(4)
+                .open(dir)
+        }
+        .map_err(jerr)?;
+        let wtxn = env.write_txn().map_err(jerr)?;
+        let dbs = env
+            .create_databases_and_commit(wtxn, |o, wtxn| -> Result<_, heed::Error> {
+                let objects = o.create_database::<Str, RawBytes>(wtxn, Some("objects"))?;
+                let journal =
+                    o.create_database::<U64<BigEndian>, RawBytes>(wtxn, Some("journal"))?;
+                let pending = o.create_database::<Str, RawBytes>(wtxn, Some("pending"))?;
+                let meta = o.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    objects, journal, pending, meta,
+                )))
+            })
+            .map_err(jerr)?
+            .commit()
+            .expect("committed");
+        let dbs = Dbs {
+            objects: dbs.0,
+            journal: dbs.1,
+            pending: dbs.2,
+            meta: dbs.3,
+        };
+
+        let mut rec = Recovered::default();
+        {
+            let rtxn = env.read_txn().map_err(jerr)?;
+            for item in dbs.objects.iter(&rtxn).map_err(jerr)? {
+                let (_, v) = item.map_err(jerr)?;
+                rec.entries.push(decode(v)?);
+            }
+            for item in dbs.pending.iter(&rtxn).map_err(jerr)? {
+                let (k, v) = item.map_err(jerr)?;
+                rec.pending.push((k.to_owned(), decode(v)?));
+            }
+            rec.next_seq = dbs.meta.get(&rtxn, "next_seq").map_err(jerr)?.unwrap_or(1);
+            rec.hlc = dbs.meta.get(&rtxn, "hlc").map_err(jerr)?.unwrap_or(0);
+            rec.last_record_seq = dbs
+                .journal
+                .last(&rtxn)
+                .map_err(jerr)?
+                .map(|(k, _)| k)
+                .unwrap_or(0);
+            metrics
+                .journal_last_seq
+                .store(rec.last_record_seq, Ordering::Relaxed);
+        }
+
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name(format!("journal-{shard_id}"))
+            .spawn(move || writer(env, dbs, rx, retain, metrics))?;
+        Ok((
+            Journal {
+                tx: RefCell::new(Some(tx)),
+                thread: RefCell::new(Some(thread)),
+            },
+            rec,
+        ))
+    }
+
+    /// Queues a batch; it is durable when the returned receiver yields `Ok`.
+    pub fn submit(&self, ops: Vec<Op>, next_seq: u64, hlc: u64) -> Result<Ack, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        let tx = self.tx.borrow();
+        let tx = tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Msg::Batch(Batch {
+            ops,
+            next_seq,
+            hlc,
+            ack,
+        }))
+        .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Waits for a submitted batch to be committed.
+    pub async fn wait(rx: Ack) -> Result<(), StoreError> {
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Journal(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Commits everything queued, then stops the writer thread.
+    pub async fn close(&self) {
+        let tx = self.tx.borrow_mut().take();
+        if let Some(tx) = tx {
+            let (done, rx) = oneshot::channel();
+            if tx.send(Msg::Close(done)).is_ok() {
+                let _ = rx.await;
+            }
+        }
+        // The thread has answered and is exiting: joining blocks only briefly.
+        let thread = self.thread.borrow_mut().take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Dropping the sender makes the writer commit what is queued and exit; join so
+        // the env is closed (and can be reopened) when the shard is gone.
+        self.tx.get_mut().take();
+        if let Some(t) = self.thread.get_mut().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer(env: Env, dbs: Dbs, rx: Receiver<Msg>, retain: u64, metrics: Arc<ShardMetrics>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = Vec::new();
+        let mut close = None;
+        let mut push = |m: Msg| match m {
+            Msg::Batch(b) => batches.push(b),
+            Msg::Close(c) => close = Some(c),
+        };
+        push(first);
+        while let Ok(m) = rx.try_recv() {
+            push(m);
+        }
+        if !batches.is_empty() {
+            let res = apply(&env, dbs, &batches, retain, &metrics).map_err(|e| {
+                tracing::error!(error = %e, "journal commit failed");
+                e.to_string()
+            });
+            for b in batches {
+                let _ = b.ack.send(res.clone());
+            }
+        }
+        if let Some(c) = close {
+            let _ = c.send(());
+            return;
+        }
+    }
+}
+
+fn apply(
+    env: &Env,
+    dbs: Dbs,
+    batches: &[Batch],
+    retain: u64,
+    metrics: &ShardMetrics,
+) -> Result<(), heed::Error> {
+    let mut wtxn = env.write_txn()?;
+    let mut next_seq = 0;
+    let mut hlc = 0;
+    let mut records = 0u64;
+    let mut last_seq = 0;
+    for b in batches {
+        next_seq = next_seq.max(b.next_seq);
+        hlc = hlc.max(b.hlc);
+        for op in &b.ops {
+            match op {
+                Op::PutEntry(k, e) => dbs.objects.put(&mut wtxn, k, &encode(e))?,
+                Op::RemoveEntry(k) => {
+                    dbs.objects.delete(&mut wtxn, k)?;
+                }
+                Op::PutPending(k, p) => dbs.pending.put(&mut wtxn, k, &encode(p))?,
+                Op::RemovePending(k) => {
+                    dbs.pending.delete(&mut wtxn, k)?;
+                }
+                Op::Record(r) => {
+                    dbs.journal.put(&mut wtxn, &r.seq, &encode(r))?;
+                    records += 1;
+                    last_seq = last_seq.max(r.seq);
+                }
+            }
+        }
+    }
+    let old_next = dbs.meta.get(&wtxn, "next_seq")?.unwrap_or(0);
+    dbs.meta
+        .put(&mut wtxn, "next_seq", &old_next.max(next_seq))?;
+    let old_hlc = dbs.meta.get(&wtxn, "hlc")?.unwrap_or(0);
+    dbs.meta.put(&mut wtxn, "hlc", &old_hlc.max(hlc))?;
+
+    let len = dbs.journal.len(&wtxn)?;
+    if len > retain {
+        let excess = (len - retain) as usize;
+        let cut = dbs
+            .journal
+            .iter(&wtxn)?
+            .take(excess)
+            .last()
+            .transpose()?
+            .map(|(k, _)| k);
+        if let Some(cut) = cut {
+            dbs.journal.delete_range(&mut wtxn, &(..=cut))?;
+        }
+    }
+    wtxn.commit()?;
+    metrics.journal_commits.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .journal_records
+        .fetch_add(records, Ordering::Relaxed);
+    metrics
+        .journal_last_seq
+        .fetch_max(last_seq, Ordering::Relaxed);
+    Ok(())
+}

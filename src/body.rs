@@ -1,0 +1,93 @@
+//! The one response body type. It is `Send` so that a response produced on the owner
+//! shard can travel back to the shard holding the connection.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+
+/// Why a streamed body stopped early. Hyper aborts the connection on it, so the client
+/// never mistakes a partial body for a whole one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+pub type BodySender = mpsc::Sender<Result<Bytes, BodyError>>;
+
+pub enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    /// Chunks produced by a task (disk reader, origin stream); the length is in the headers.
+    Channel {
+        rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+        remaining: u64,
+    },
+}
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        Body::Full(Some(b.into()))
+    }
+
+    /// A streamed body of exactly `len` bytes and the sender that feeds it.
+    pub fn channel(len: u64, depth: usize) -> (BodySender, Body) {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        (tx, Body::Channel { rx, remaining: len })
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Channel { rx, remaining } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                match rx.poll_recv(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        if chunk.len() as u64 > *remaining {
+                            *remaining = 0;
+                            return Poll::Ready(Some(Err(BodyError(
+                                "body producer sent more bytes than announced".into(),
+                            ))));
+                        }
+                        *remaining -= chunk.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(chunk))))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                    // The producer ended before the announced length: never end cleanly.
+                    Poll::Ready(None) => Poll::Ready(Some(Err(BodyError(format!(
+                        "body ended {remaining} bytes short"
+                    ))))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(b) => b.is_none(),
+            Body::Channel { remaining, .. } => *remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Channel { remaining, .. } => SizeHint::with_exact(*remaining),
+        }
+    }
+}

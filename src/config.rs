@@ -1,0 +1,491 @@
+//! Configuration: one TOML section per module, named defaults, overridable by
+//! `NEARCACHE_*` environment variables and command-line flags (flag > env > file > default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Deserializer};
+
+/// A byte size written like `512MiB`, `20GiB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        bytesize::ByteSize::from_str(s.trim())
+            .map(|b| Size(b.as_u64()))
+            .map_err(|e| format!("invalid size {s:?} (expected e.g. 512MiB or 20GiB): {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub mod defaults {
+    use nearcache_shards::defaults as store;
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const DATA_DIR: &str = "./nearcache-data";
+    pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+    pub const MAX_HEADER_BYTES: u64 = 64 << 10;
+    pub const HEADER_READ_TIMEOUT_SECS: u64 = 30;
+    pub const MEMORY_CAPACITY: u64 = store::MEMORY_CAPACITY;
+    pub const MEMORY_OBJECT_MAX: u64 = store::MEMORY_OBJECT_MAX;
+    pub const DISK_CAPACITY: u64 = store::DISK_CAPACITY;
+    pub const TOMBSTONE_TTL_SECS: u64 = store::TOMBSTONE_TTL_SECS;
+    pub const JOURNAL_RETAIN: u64 = store::JOURNAL_RETAIN;
+    pub const LMDB_MAP_SIZE: u64 = store::LMDB_MAP_SIZE;
+    pub const REGION: &str = "us-east-1";
+    pub const MAX_ATTEMPTS: u32 = 4;
+    pub const INITIAL_BACKOFF_MS: u64 = 100;
+    pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+    pub const OPERATION_TIMEOUT_MS: u64 = 30_000;
+    pub const ORIGIN_THREADS: usize = 1;
+    pub const BODY_CHANNEL_CHUNKS: usize = 8;
+    pub const UPLOAD_CONCURRENCY: usize = 4;
+    pub const UPLOAD_MAX_BACKOFF_SECS: u64 = 60;
+    pub const FETCH_DEFAULT: bool = true;
+    pub const DEFAULT_LEVEL: u8 = 1;
+    pub const MAX_OBJECT_SIZE: u64 = 5 << 30;
+    pub const LOG_LEVEL: &str = "info";
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public HTTP address (HTTP/1.1 and h2c). Every shard binds it with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Shards (one monoio thread each); 0 = one per core.
+    pub shards: usize,
+    /// Pin shard i to core i % cores.
+    pub pin_cores: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// Largest request head accepted (HTTP/1.1); larger gets 431.
+    pub max_header_bytes: Size,
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: defaults::LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            data_dir: defaults::DATA_DIR.into(),
+            shards: 0,
+            pin_cores: true,
+            shutdown_grace_secs: defaults::SHUTDOWN_GRACE_SECS,
+            max_header_bytes: Size(defaults::MAX_HEADER_BYTES),
+            header_read_timeout_secs: defaults::HEADER_READ_TIMEOUT_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Memory tier size for the whole node (split evenly over shards).
+    pub memory_capacity: Size,
+    /// Objects up to this size are kept in the memory tier.
+    pub memory_object_max: Size,
+    /// Disk capacity for object bodies for the whole node (split evenly over shards).
+    pub disk_capacity: Size,
+    pub tombstone_ttl_secs: u64,
+    /// `auto` (io_uring when available), `uring`, or `syscall`.
+    pub device: String,
+    /// Journal records kept per shard for incremental sync.
+    pub journal_retain: u64,
+    /// Virtual size of each shard's LMDB map.
+    pub lmdb_map_size: Size,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            memory_capacity: Size(defaults::MEMORY_CAPACITY),
+            memory_object_max: Size(defaults::MEMORY_OBJECT_MAX),
+            disk_capacity: Size(defaults::DISK_CAPACITY),
+            tombstone_ttl_secs: defaults::TOMBSTONE_TTL_SECS,
+            device: "auto".into(),
+            journal_retain: defaults::JOURNAL_RETAIN,
+            lmdb_map_size: Size(defaults::LMDB_MAP_SIZE),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginSection {
+    /// S3 endpoint URL; empty = AWS's default for the region.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Bucket; when no bucket is configured nearcache uses the embedded local origin.
+    pub bucket: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub path_style: bool,
+    /// Prepended to every object key in S3.
+    pub prefix: String,
+    /// Embedded local origin directory (default `<data-dir>/origin`).
+    pub local_dir: Option<PathBuf>,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub operation_timeout_ms: u64,
+    pub threads: usize,
+    pub body_channel_chunks: usize,
+    /// Uploads in flight per shard.
+    pub upload_concurrency: usize,
+    /// Cap of the uploader's backoff between retries of one pending upload.
+    pub upload_max_backoff_secs: u64,
+    /// Create the bucket at start if missing.
+    pub create_bucket: bool,
+    /// Testing only: fraction of origin requests that fail with a retryable error.
+    pub inject_failure_rate: f64,
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        OriginSection {
+            endpoint: None,
+            region: defaults::REGION.into(),
+            bucket: None,
+            access_key: None,
+            secret_key: None,
+            path_style: false,
+            prefix: String::new(),
+            local_dir: None,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            initial_backoff_ms: defaults::INITIAL_BACKOFF_MS,
+            connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
+            operation_timeout_ms: defaults::OPERATION_TIMEOUT_MS,
+            threads: defaults::ORIGIN_THREADS,
+            body_channel_chunks: defaults::BODY_CHANNEL_CHUNKS,
+            upload_concurrency: defaults::UPLOAD_CONCURRENCY,
+            upload_max_backoff_secs: defaults::UPLOAD_MAX_BACKOFF_SECS,
+            create_bucket: false,
+            inject_failure_rate: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Read through from the origin on a miss unless the request says `X-Meta-Fetch: 0`.
+    pub fetch_default: bool,
+    /// Consistency level of writes and deletes that don't send `X-Meta-ConsistencyLevel`.
+    pub default_level: u8,
+    /// Largest object accepted by PUT (S3's single-PUT limit is 5 GiB).
+    pub max_object_size: Size,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            fetch_default: defaults::FETCH_DEFAULT,
+            default_level: defaults::DEFAULT_LEVEL,
+            max_object_size: Size(defaults::MAX_OBJECT_SIZE),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: defaults::LOG_LEVEL.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub origin: OriginSection,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+}
+
+/// Command-line flags; each also reads an environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (see deploy/nearcache.toml).
+    #[arg(long, env = "NEARCACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Public HTTP address [default: 127.0.0.1:8080]
+    #[arg(long, env = "NEARCACHE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./nearcache-data]
+    #[arg(long, env = "NEARCACHE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards (threads); 0 = one per core [default: 0]
+    #[arg(long, env = "NEARCACHE_SHARDS")]
+    pub shards: Option<usize>,
+    /// Memory tier capacity for the node, e.g. 512MiB [default: 256MiB]
+    #[arg(long, env = "NEARCACHE_MEMORY_CAPACITY")]
+    pub memory_capacity: Option<Size>,
+    /// Disk capacity for object bodies, e.g. 20GiB [default: 10GiB]
+    #[arg(long, env = "NEARCACHE_DISK_CAPACITY")]
+    pub disk_capacity: Option<Size>,
+    /// Objects up to this size are also kept in memory [default: 1MiB]
+    #[arg(long, env = "NEARCACHE_MEMORY_OBJECT_MAX")]
+    pub memory_object_max: Option<Size>,
+    /// Disk I/O engine: auto, uring or syscall [default: auto]
+    #[arg(long, env = "NEARCACHE_DEVICE")]
+    pub device: Option<String>,
+    /// S3 endpoint URL (also AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
+    #[arg(long, env = "NEARCACHE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (also AWS_REGION) [default: us-east-1]
+    #[arg(long, env = "NEARCACHE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 bucket; without one, the embedded local origin is used
+    #[arg(long, env = "NEARCACHE_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 access key (also AWS_ACCESS_KEY_ID)
+    #[arg(long, env = "NEARCACHE_S3_ACCESS_KEY")]
+    pub s3_access_key: Option<String>,
+    /// S3 secret key (also AWS_SECRET_ACCESS_KEY)
+    #[arg(long, env = "NEARCACHE_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+    /// Use path-style S3 URLs (needed by most S3-compatible stores)
+    #[arg(long, env = "NEARCACHE_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+    /// Prefix for every S3 key
+    #[arg(long, env = "NEARCACHE_S3_PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Create the S3 bucket at start if it does not exist
+    #[arg(long, env = "NEARCACHE_S3_CREATE_BUCKET", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_create_bucket: Option<bool>,
+    /// Read through from S3 on a miss by default (X-Meta-Fetch overrides) [default: true]
+    #[arg(long, env = "NEARCACHE_FETCH_DEFAULT")]
+    pub fetch_default: Option<bool>,
+    /// Consistency level for writes without X-Meta-ConsistencyLevel [default: 1]
+    #[arg(long, env = "NEARCACHE_DEFAULT_LEVEL")]
+    pub default_level: Option<u8>,
+    /// Log level or tracing filter (also RUST_LOG) [default: info]
+    #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Builds the effective config: defaults, then the TOML file, then env and flags.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut cfg = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<Config>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_aws_env();
+        cfg.apply_args(args);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Standard AWS_* variables sit below NEARCACHE_* variables and flags.
+    fn apply_aws_env(&mut self) {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let o = &mut self.origin;
+        if o.endpoint.is_none() {
+            o.endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+        }
+        if o.access_key.is_none() {
+            o.access_key = env("AWS_ACCESS_KEY_ID");
+        }
+        if o.secret_key.is_none() {
+            o.secret_key = env("AWS_SECRET_ACCESS_KEY");
+        }
+        if let Some(region) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
+            if o.region == defaults::REGION {
+                o.region = region;
+            }
+        }
+    }
+
+    pub fn apply_args(&mut self, a: &ServeArgs) {
+        macro_rules! set {
+            ($dst:expr, $src:expr) => {
+                if let Some(v) = $src.clone() {
+                    $dst = v;
+                }
+            };
+        }
+        set!(self.server.listen, a.listen);
+        set!(self.server.data_dir, a.data_dir);
+        set!(self.server.shards, a.shards);
+        set!(self.store.memory_capacity, a.memory_capacity);
+        set!(self.store.disk_capacity, a.disk_capacity);
+        set!(self.store.memory_object_max, a.memory_object_max);
+        set!(self.store.device, a.device);
+        if a.s3_endpoint.is_some() {
+            self.origin.endpoint = a.s3_endpoint.clone();
+        }
+        set!(self.origin.region, a.s3_region);
+        if a.s3_bucket.is_some() {
+            self.origin.bucket = a.s3_bucket.clone();
+        }
+        if a.s3_access_key.is_some() {
+            self.origin.access_key = a.s3_access_key.clone();
+        }
+        if a.s3_secret_key.is_some() {
+            self.origin.secret_key = a.s3_secret_key.clone();
+        }
+        set!(self.origin.path_style, a.s3_path_style);
+        set!(self.origin.prefix, a.s3_prefix);
+        set!(self.origin.create_bucket, a.s3_create_bucket);
+        set!(self.api.fetch_default, a.fetch_default);
+        set!(self.api.default_level, a.default_level);
+        set!(self.log.level, a.log_level);
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.api.default_level > 2 {
+            bail!(
+                "api.default_level must be 0, 1 or 2, not {}",
+                self.api.default_level
+            );
+        }
+        if self.store.device_kind().is_none() {
+            bail!(
+                "store.device must be auto, uring or syscall, not {:?}",
+                self.store.device
+            );
+        }
+        if self.store.disk_capacity.0 == 0 {
+            bail!("store.disk_capacity must be above zero");
+        }
+        if !(0.0..=1.0).contains(&self.origin.inject_failure_rate) {
+            bail!("origin.inject_failure_rate must be within 0.0..=1.0");
+        }
+        if self.origin.access_key.is_some() != self.origin.secret_key.is_some() {
+            bail!("S3 access key and secret key must be given together");
+        }
+        Ok(())
+    }
+
+    /// Shards to run: the configured number, or one per core.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+
+    pub fn origin_config(&self) -> nearcache_s3::OriginConfig {
+        use nearcache_s3::{OriginConfig, OriginKind};
+        let o = &self.origin;
+        let kind = match &o.bucket {
+            Some(bucket) => OriginKind::S3 {
+                endpoint: o.endpoint.clone(),
+                region: o.region.clone(),
+                bucket: bucket.clone(),
+                access_key: o.access_key.clone(),
+                secret_key: o.secret_key.clone(),
+                path_style: o.path_style,
+            },
+            None => OriginKind::Local {
+                dir: o
+                    .local_dir
+                    .clone()
+                    .unwrap_or_else(|| self.server.data_dir.join("origin")),
+            },
+        };
+        OriginConfig {
+            kind,
+            prefix: o.prefix.clone(),
+            max_attempts: o.max_attempts.max(1),
+            initial_backoff: Duration::from_millis(o.initial_backoff_ms),
+            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            operation_timeout: Duration::from_millis(o.operation_timeout_ms),
+            threads: o.threads.max(1),
+            body_channel_chunks: o.body_channel_chunks.max(1),
+            inject_failure_rate: o.inject_failure_rate,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn device_kind(&self) -> Option<nearcache_shards::DeviceKind> {
+        use nearcache_shards::DeviceKind;
+        match self.device.as_str() {
+            "auto" => Some(DeviceKind::Auto),
+            "uring" | "io_uring" => Some(DeviceKind::Uring),
+            "syscall" | "psync" => Some(DeviceKind::Syscall),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_human_units() {
+        assert_eq!("512MiB".parse::<Size>().unwrap(), Size(512 << 20));
+        assert_eq!("20GiB".parse::<Size>().unwrap(), Size(20 << 30));
+        assert_eq!("4096".parse::<Size>().unwrap(), Size(4096));
+        assert!("lots".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn toml_sections_and_flags_merge() {
+        let mut cfg: Config = toml::from_str(
+            "[server]\nlisten = \"127.0.0.1:9999\"\n[store]\ndisk_capacity = \"1GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen.port(), 9999);
+        assert_eq!(cfg.store.disk_capacity, Size(1 << 30));
+        let args = ServeArgs {
+            disk_capacity: Some(Size(2 << 30)),
+            ..Default::default()
+        };
+        cfg.apply_args(&args);
+        assert_eq!(cfg.store.disk_capacity, Size(2 << 30));
+        assert_eq!(cfg.server.listen.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("[server]\nlisten_addr = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../deploy/nearcache.toml");
+        let cfg: Config = toml::from_str(text).expect("deploy/nearcache.toml parses");
+        cfg.validate().unwrap();
+    }
+}

@@ -1,0 +1,227 @@
+//! HTTP details shared by the handlers: ranges, conditional requests, header parsing.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::error::ApiError;
+
+/// Parses a single `bytes=` range against an object of `size` bytes.
+/// `Ok(None)`: serve the whole object (no header, a multi-range or a malformed header,
+/// which RFC 9110 lets a server ignore). `Err`: 416.
+pub fn resolve_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ApiError> {
+    let Some(h) = header else { return Ok(None) };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Err(unsatisfiable(size));
+        }
+        size.saturating_sub(n)..size
+    } else {
+        let Ok(start) = a.parse::<u64>() else {
+            return Ok(None);
+        };
+        let end = if b.is_empty() {
+            size
+        } else {
+            match b.parse::<u64>() {
+                Ok(e) if e >= start => (e + 1).min(size),
+                _ => return Ok(None),
+            }
+        };
+        if start >= size {
+            return Err(unsatisfiable(size));
+        }
+        start..end
+    };
+    Ok(Some(range))
+}
+
+fn unsatisfiable(size: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range not satisfiable",
+        format!("the requested range is outside the object's {size} bytes"),
+    )
+    .with_header(
+        http::header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+    )
+}
+
+/// Conditional request headers, copied out of the request so they can cross threads.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<SystemTime>,
+    pub if_unmodified_since: Option<SystemTime>,
+}
+
+impl Conditions {
+    pub fn from_headers(h: &HeaderMap) -> Conditions {
+        let s = |name: http::header::HeaderName| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let t = |name| s(name).and_then(|v| httpdate::parse_http_date(&v).ok());
+        Conditions {
+            if_match: s(http::header::IF_MATCH),
+            if_none_match: s(http::header::IF_NONE_MATCH),
+            if_modified_since: t(http::header::IF_MODIFIED_SINCE),
+            if_unmodified_since: t(http::header::IF_UNMODIFIED_SINCE),
+        }
+    }
+
+    /// RFC 9110 section 13.2.2 order. `Some(304 | 412)` when the request stops here.
+    pub fn evaluate(
+        &self,
+        etag: &str,
+        last_modified_ms: u64,
+        is_get_or_head: bool,
+    ) -> Option<StatusCode> {
+        let modified_secs = last_modified_ms / 1000;
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs()
+        };
+        if let Some(im) = &self.if_match {
+            if !etag_list_matches(im, etag) {
+                return Some(StatusCode::PRECONDITION_FAILED);
+            }
+        } else if let Some(t) = self.if_unmodified_since {
+            if modified_secs > secs(t) {
+                return Some(StatusCode::PRECONDITION_FAILED);
+            }
+        }
+        if let Some(inm) = &self.if_none_match {
+            if etag_list_matches(inm, etag) {
+                return Some(if is_get_or_head {
+                    StatusCode::NOT_MODIFIED
+                } else {
+                    StatusCode::PRECONDITION_FAILED
+                });
+            }
+        } else if let Some(t) = self.if_modified_since {
+            if is_get_or_head && modified_secs <= secs(t) {
+                return Some(StatusCode::NOT_MODIFIED);
+            }
+        }
+        None
+    }
+}
+
+/// `*` or a comma-separated list of (possibly weak) entity tags.
+fn etag_list_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag)
+}
+
+pub fn http_date(ms: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
+pub fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
+    let Some(v) = h.get(name) else {
+        return Ok(None);
+    };
+    match v
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "1" | "true" | "yes" => Ok(Some(true)),
+        "0" | "false" | "no" => Ok(Some(false)),
+        other => Err(ApiError::bad_request(
+            "invalid header",
+            format!("{name} must be 0 or 1 (or true/false), not {other:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(resolve_range(Some("bytes=0-9"), 100).unwrap(), Some(0..10));
+        assert_eq!(
+            resolve_range(Some("bytes=90-"), 100).unwrap(),
+            Some(90..100)
+        );
+        assert_eq!(
+            resolve_range(Some("bytes=-10"), 100).unwrap(),
+            Some(90..100)
+        );
+        assert_eq!(
+            resolve_range(Some("bytes=-1000"), 100).unwrap(),
+            Some(0..100)
+        );
+        assert_eq!(
+            resolve_range(Some("bytes=50-1000"), 100).unwrap(),
+            Some(50..100)
+        );
+        assert_eq!(resolve_range(Some("bytes=0-1,5-6"), 100).unwrap(), None);
+        assert_eq!(resolve_range(Some("items=0-1"), 100).unwrap(), None);
+        assert_eq!(resolve_range(Some("bytes=9-2"), 100).unwrap(), None);
+        assert_eq!(resolve_range(None, 100).unwrap(), None);
+        assert_eq!(
+            resolve_range(Some("bytes=100-"), 100).unwrap_err().status,
+            416
+        );
+        assert_eq!(
+            resolve_range(Some("bytes=-0"), 100).unwrap_err().status,
+            416
+        );
+        assert_eq!(resolve_range(Some("bytes=0-"), 0).unwrap_err().status, 416);
+    }
+
+    #[test]
+    fn conditions() {
+        let c = Conditions {
+            if_none_match: Some("\"abc\"".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.evaluate("abc", 0, true), Some(StatusCode::NOT_MODIFIED));
+        assert_eq!(c.evaluate("abd", 0, true), None);
+        let c = Conditions {
+            if_match: Some("\"x\", \"abc\"".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.evaluate("abc", 0, true), None);
+        assert_eq!(
+            c.evaluate("zzz", 0, true),
+            Some(StatusCode::PRECONDITION_FAILED)
+        );
+        let t = UNIX_EPOCH + Duration::from_secs(1000);
+        let c = Conditions {
+            if_modified_since: Some(t),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.evaluate("e", 1_000_999, true),
+            Some(StatusCode::NOT_MODIFIED)
+        );
+        assert_eq!(c.evaluate("e", 1_001_000, true), None);
+    }
+}

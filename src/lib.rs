@@ -1,0 +1,50 @@
+//! # nearcache: the server
+//!
+//! Process assembly, configuration, the HTTP APIs and (later) the cluster layer.
+//! The engine lives in `nearcache-shards`, runtime glue in `io/`.
+//!
+//! ## Thread model
+//!
+//! ```text
+//!                 clients (HTTP/1.1, h2c)
+//!                          |
+//!            SO_REUSEPORT: the kernel spreads connections
+//!          +---------------+---------------+
+//!          v                               v
+//!  +------------------+  channel jobs  +------------------+
+//!  | shard-0 (core 0) | <------------> | shard-1 (core 1) |   one monoio executor
+//!  |  hyper conns     |  (key owned    |  hyper conns     |   per core, pinned;
+//!  |  Shard: index,   |   elsewhere)   |  Shard: index,   |   no locks on the
+//!  |  disk, memory,   |                |  disk, memory,   |   data path
+//!  |  uploader        |                |  uploader        |
+//!  +--+----------+----+                +--+----------+----+
+//!     |          | journal batches        |          |
+//!     |          v                        |          v
+//!     |   journal-0 thread (LMDB,         |   journal-1 thread
+//!     |   group commit, fsync)            |
+//!     |                                   |
+//!     +------------ tokio mpsc -----------+
+//!                        v
+//!              s3-bridge thread(s): tokio current-thread runtime,
+//!              aws-sdk-s3 (or the embedded local origin); bodies
+//!              stream through bounded channels
+//! ```
+//!
+//! A request is parsed on the shard that accepted it. If another shard owns the key
+//! (xxh3 of the key modulo the shard count), the typed request moves there as a job over
+//! an unbounded channel; the response (its body a `Send` channel) comes back over a
+//! oneshot. Each shard runs a background uploader that drains its journal's pending
+//! origin writes, and owner-side coalescing makes concurrent misses share one origin GET.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod http_util;
+pub mod metrics;
+pub mod native;
+pub mod node;
+pub mod server;
+pub mod uploader;
+
+pub use config::Config;
+pub use server::{start, ServerHandle};

@@ -1,0 +1,912 @@
+//! objstore's native API (`/api/v1`), plus `/healthz`, `/metrics`.
+//!
+//! Requests are parsed and validated on the shard that accepted the connection; the
+//! typed request then runs on the key's owner shard ([`ShardCtx::on_owner`]).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nearcache_s3::RemoteMeta;
+use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, StoreError, WriteAttrs};
+use tokio::sync::oneshot;
+use ulid::Ulid;
+
+use crate::body::{Body, BodyError};
+use crate::error::ApiError;
+use crate::http_util::{bool_header, http_date, resolve_range, Conditions};
+use crate::metrics::Route;
+use crate::node::{ActiveGuard, ApiErrorLite, Fetch, ShardCtx};
+
+const X_META_ID: &str = "x-meta-id";
+const X_META_NAME: &str = "x-meta-name";
+const X_META_LEVEL: &str = "x-meta-consistencylevel";
+const X_META_USERMETA: &str = "x-meta-usermeta";
+const X_META_FETCH: &str = "x-meta-fetch";
+const X_META_SYNC: &str = "x-meta-sync";
+const X_META_FETCHED: &str = "x-meta-fetched";
+const X_META_DELETED: &str = "x-meta-deleted";
+/// Chunks buffered between a body producer task and the connection.
+const BODY_DEPTH: usize = 4;
+
+pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let _active = ActiveGuard::new(&ctx);
+    let (route, result) = dispatch(&ctx, req).await;
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    ctx.http
+        .record(route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn dispatch(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+) -> (Route, Result<Response<Body>, ApiError>) {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let m = |allowed: &[Method]| allowed.contains(&method);
+    let (route, allow): (Route, &[Method]) = match path.as_str() {
+        "/healthz" => (Route::Health, &[Method::GET, Method::HEAD]),
+        "/metrics" => (Route::Metrics, &[Method::GET]),
+        "/api/v1/id" => (Route::NewId, &[Method::GET]),
+        "/api/v1/put" => (Route::Put, &[Method::POST, Method::PUT]),
+        "/api/v1/version" => (Route::Version, &[Method::GET]),
+        "/api/v1/ping" => (Route::Ping, &[Method::GET, Method::HEAD]),
+        "/api/v1/stats" => (Route::Stats, &[Method::GET]),
+        p if p.starts_with("/api/v1/get/") => (
+            if method == Method::HEAD {
+                Route::Head
+            } else {
+                Route::Get
+            },
+            &[Method::GET, Method::HEAD],
+        ),
+        p if p.starts_with("/api/v1/meta/") => (Route::Meta, &[Method::GET]),
+        p if p.starts_with("/api/v1/delete/") => (Route::Delete, &[Method::POST, Method::DELETE]),
+        _ => {
+            let e = ApiError::not_found(format!("no route for {method} {path}"));
+            return (Route::Unknown, Err(e));
+        }
+    };
+    if !m(allow) {
+        let allowed = allow
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            format!("{path} accepts {allowed}, not {method}"),
+        )
+        .with_header(
+            header::ALLOW,
+            HeaderValue::from_str(&allowed).expect("ascii"),
+        );
+        return (route, Err(e));
+    }
+    let result = match route {
+        Route::Health => Ok(health(ctx)),
+        Route::Metrics => Ok(text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            crate::metrics::render(&ctx.node),
+        )),
+        Route::NewId => Ok(text(
+            StatusCode::OK,
+            "text/plain",
+            Ulid::generate().to_string(),
+        )),
+        Route::Version => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "name": "nearcache", "version": env!("CARGO_PKG_VERSION"),
+            }),
+        )),
+        Route::Ping => Ok(text(StatusCode::OK, "text/plain", "pong".into())),
+        Route::Stats => Ok(stats(ctx)),
+        Route::Put => put(ctx, req).await,
+        Route::Get | Route::Head => {
+            get(
+                ctx,
+                req,
+                route == Route::Head,
+                &path["/api/v1/get/".len()..],
+            )
+            .await
+        }
+        Route::Meta => meta(ctx, req, &path["/api/v1/meta/".len()..]).await,
+        Route::Delete => delete(ctx, req, &path["/api/v1/delete/".len()..]).await,
+        Route::Unknown => unreachable!("handled above"),
+    };
+    (route, result)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    text(status, "application/json", v.to_string())
+}
+
+fn health(ctx: &ShardCtx) -> Response<Body> {
+    let stopping = ctx.node.shutting_down.load(Relaxed);
+    let status = if stopping {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json(
+        status,
+        &serde_json::json!({
+            "status": if stopping { "shutting down" } else { "ok" },
+            "shards": ctx.node.shards.len(),
+            "io": if ctx.node.uring_active { "io_uring" } else { "epoll" },
+            "uptime_seconds": ctx.node.started.elapsed().as_secs(),
+            "origin": ctx.node.bridge.describe(),
+        }),
+    )
+}
+
+fn stats(ctx: &ShardCtx) -> Response<Body> {
+    let mut shards = Vec::new();
+    let mut total = BTreeMap::<&str, u64>::new();
+    for s in &ctx.node.shards {
+        let m = &s.store;
+        let row = [
+            ("objects", m.objects.load(Relaxed)),
+            ("bytes", m.disk_bytes.load(Relaxed)),
+            ("capacity_bytes", m.disk_capacity.load(Relaxed)),
+            ("memory_bytes", m.memory_bytes.load(Relaxed)),
+            ("memory_capacity_bytes", m.memory_capacity.load(Relaxed)),
+            ("memory_objects", m.memory_objects.load(Relaxed)),
+            ("hits", m.hits.load(Relaxed)),
+            ("misses", m.misses.load(Relaxed)),
+            ("evictions", m.evictions.load(Relaxed)),
+            ("pending_uploads", m.pending_uploads.load(Relaxed)),
+            ("pinned_bytes", m.pinned_bytes.load(Relaxed)),
+            ("tombstones", m.tombstones.load(Relaxed)),
+            ("checksum_failures", m.checksum_failures.load(Relaxed)),
+            ("forwarded", s.http.forwarded.load(Relaxed)),
+            ("coalesced", s.http.coalesced.load(Relaxed)),
+        ];
+        let mut obj = serde_json::Map::new();
+        obj.insert("shard".into(), s.id.into());
+        for (k, v) in row {
+            obj.insert(k.into(), v.into());
+            *total.entry(k).or_default() += v;
+        }
+        shards.push(serde_json::Value::Object(obj));
+    }
+    let dir = &ctx.node.cfg.server.data_dir;
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "shards": shards,
+            "total": total,
+            "disk": {
+                "data_dir": dir.display().to_string(),
+                "filesystem_total_bytes": fs2::total_space(dir).ok(),
+                "filesystem_available_bytes": fs2::available_space(dir).ok(),
+            },
+        }),
+    )
+}
+
+/// Validates an id: a ULID, returned in canonical form.
+fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
+    Ulid::from_string(raw).map(|u| u.to_string()).map_err(|e| {
+        ApiError::bad_request("invalid id", format!("{what} {raw:?} is not a ULID: {e}"))
+    })
+}
+
+fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
+    let Some(v) = h.get(X_META_LEVEL) else {
+        return Ok(default);
+    };
+    match v.to_str().unwrap_or("").trim() {
+        "0" => Ok(0),
+        "1" => Ok(1),
+        "2" => Ok(2),
+        other => Err(ApiError::bad_request(
+            "invalid consistency level",
+            format!("X-Meta-ConsistencyLevel must be 0, 1 or 2, not {other:?}"),
+        )),
+    }
+}
+
+/// X-Meta-UserMeta: a JSON object of string values; keys become x-amz-meta-* in S3, so
+/// they must be header-safe.
+fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
+    let Some(v) = h.get(X_META_USERMETA) else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = |d: String| ApiError::bad_request("invalid user metadata", d);
+    let s = v
+        .to_str()
+        .map_err(|_| bad("X-Meta-UserMeta is not ASCII".into()))?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(s)
+        .map_err(|e| bad(format!("X-Meta-UserMeta is not a JSON object: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let serde_json::Value::String(v) = v else {
+            return Err(bad(format!(
+                "X-Meta-UserMeta value of {k:?} is not a string"
+            )));
+        };
+        let key_ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !key_ok {
+            return Err(bad(format!(
+                "X-Meta-UserMeta key {k:?} must be non-empty ASCII letters, digits, '-' or '_'"
+            )));
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(bad(format!(
+                "X-Meta-UserMeta value of {k:?} must be printable ASCII"
+            )));
+        }
+        out.insert(k.to_ascii_lowercase(), v);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// PUT
+
+struct PutReq {
+    id: String,
+    level: u8,
+    sync: bool,
+    attrs: WriteAttrs,
+    content_length: Option<u64>,
+    max_size: u64,
+}
+
+async fn put(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let h = req.headers();
+    let id = match h.get(X_META_ID) {
+        Some(v) => parse_id(v.to_str().unwrap_or("<non-ASCII>"), "X-Meta-ID")?,
+        None => Ulid::generate().to_string(),
+    };
+    let level = level_header(h, ctx.node.cfg.api.default_level)?;
+    let sync = bool_header(h, X_META_SYNC)?.unwrap_or(false);
+    let name = match h.get(X_META_NAME) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid name", "X-Meta-Name must be ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let explicit_type = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && !t.starts_with("application/x-www-form-urlencoded"))
+        .map(str::to_string);
+    let content_type = explicit_type.or_else(|| {
+        name.as_deref()
+            .and_then(|n| mime_guess::from_path(n).first())
+            .map(|m| m.essence_str().to_string())
+    });
+    let content_length = match h.get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid content-length",
+                        "Content-Length is not a number",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let max_size = ctx.node.cfg.api.max_object_size.0;
+    if let Some(len) = content_length.filter(|&l| l > max_size) {
+        return Err(too_large(len, max_size));
+    }
+    let user_meta = user_meta_header(h)?;
+    let attrs = WriteAttrs {
+        content_type,
+        name,
+        user_meta,
+        level,
+        fetched: None,
+    };
+    let preq = PutReq {
+        id: id.clone(),
+        level,
+        sync,
+        attrs,
+        content_length,
+        max_size,
+    };
+    let body = req.into_body();
+    ctx.on_owner(&id, move |ctx| exec_put(ctx, preq, body))
+        .await?
+}
+
+fn too_large(len: u64, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "object too large",
+        format!("object of {len} bytes exceeds the limit of {max} bytes"),
+    )
+}
+
+async fn exec_put(
+    ctx: Rc<ShardCtx>,
+    req: PutReq,
+    mut body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let mut writer = ctx.shard.begin_write(&req.id, req.content_length).await?;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if writer.written() + data.len() as u64 > req.max_size {
+                    writer.abort().await;
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "object too large",
+                        format!("body exceeds the limit of {} bytes", req.max_size),
+                    ));
+                }
+                if let Err(e) = writer.write(data).await {
+                    writer.abort().await;
+                    return Err(e.into());
+                }
+            }
+            Some(Err(e)) => {
+                let got = writer.written();
+                writer.abort().await;
+                let expected = req
+                    .content_length
+                    .map_or("an unknown number of".into(), |l| l.to_string());
+                return Err(ApiError::bad_request(
+                    "incomplete body",
+                    format!("request body failed after {got} of {expected} bytes: {e}; nothing was stored"),
+                ));
+            }
+        }
+    }
+    if let Some(len) = req.content_length.filter(|&l| l != writer.written()) {
+        let got = writer.written();
+        writer.abort().await;
+        return Err(ApiError::bad_request(
+            "incomplete body",
+            format!("received {got} bytes but Content-Length is {len}; nothing was stored"),
+        ));
+    }
+    let meta = writer.finish(req.attrs).await?;
+    let mut in_origin = meta.in_origin;
+    if req.sync && req.level >= 1 && !in_origin {
+        wait_for_origin(&ctx, &meta.key, meta.seq).await?;
+        in_origin = true;
+    }
+    let mut resp = json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "id": meta.key, "size": meta.size, "etag": meta.etag, "level": meta.level,
+            "in_origin": in_origin,
+        }),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        X_META_ID,
+        HeaderValue::from_str(&meta.key).expect("ulid is ascii"),
+    );
+    h.insert(header::ETAG, quoted(&meta.etag));
+    Ok(resp)
+}
+
+/// Waits until the uploader has applied the pending op `(key, seq)` in the origin.
+async fn wait_for_origin(ctx: &Rc<ShardCtx>, key: &str, seq: u64) -> Result<(), ApiError> {
+    let (tx, rx) = oneshot::channel();
+    ctx.upload_waiters
+        .borrow_mut()
+        .entry((key.to_string(), seq))
+        .or_default()
+        .push(tx);
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(msg)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "origin write failed",
+            format!(
+                "stored locally and queued; the origin write failed and will be retried: {msg}"
+            ),
+        )),
+        Err(_) => Err(ApiError::unavailable(
+            "stored locally and queued; shutting down before the origin write finished",
+        )),
+    }
+}
+
+fn quoted(etag: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{etag}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+// ---------------------------------------------------------------------------------------
+// DELETE
+
+async fn delete(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let level = level_header(req.headers(), ctx.node.cfg.api.default_level)?;
+    let sync = bool_header(req.headers(), X_META_SYNC)?.unwrap_or(false);
+    let key = id.clone();
+    ctx.on_owner(&id, move |ctx| async move {
+        let t = ctx.shard.delete(&key, level).await?;
+        if sync && level >= 1 {
+            wait_for_origin(&ctx, &key, t.seq).await?;
+        }
+        let mut resp = json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "id": key, "deleted": true, "level": level,
+            }),
+        );
+        resp.headers_mut()
+            .insert(X_META_DELETED, HeaderValue::from_static("true"));
+        Ok(resp)
+    })
+    .await?
+}
+
+// ---------------------------------------------------------------------------------------
+// GET / HEAD
+
+struct GetReq {
+    id: String,
+    head: bool,
+    range: Option<String>,
+    cond: Conditions,
+    fetch: bool,
+}
+
+async fn get(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    head: bool,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let h = req.headers();
+    let greq = GetReq {
+        id: id.clone(),
+        head,
+        range: h
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        cond: Conditions::from_headers(h),
+        fetch: bool_header(h, X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default),
+    };
+    ctx.on_owner(&id, move |ctx| exec_get(ctx, greq)).await?
+}
+
+/// What the response headers of an object need, from the store or from the origin.
+struct ObjView<'a> {
+    id: &'a str,
+    size: u64,
+    etag: &'a str,
+    last_modified_ms: u64,
+    content_type: Option<&'a str>,
+    name: Option<&'a str>,
+    user_meta: &'a BTreeMap<String, String>,
+    level: Option<u8>,
+    fetched: bool,
+}
+
+impl<'a> ObjView<'a> {
+    fn stored(m: &'a ObjectMeta, fetched: bool) -> Self {
+        ObjView {
+            id: &m.key,
+            size: m.size,
+            etag: &m.etag,
+            last_modified_ms: m.last_modified_ms,
+            content_type: m.content_type.as_deref(),
+            name: m.name.as_deref(),
+            user_meta: &m.user_meta,
+            level: Some(m.level),
+            fetched,
+        }
+    }
+
+    fn remote(id: &'a str, m: &'a RemoteMeta) -> Self {
+        ObjView {
+            id,
+            size: m.size,
+            etag: &m.etag,
+            last_modified_ms: m.last_modified_ms,
+            content_type: m.content_type.as_deref(),
+            name: None,
+            user_meta: &m.user_meta,
+            level: None,
+            fetched: true,
+        }
+    }
+
+    /// Status and headers for a GET/HEAD of this object, or the early answer (304, 412, 416).
+    fn respond(
+        &self,
+        req: &GetReq,
+    ) -> Result<(http::response::Builder, Range<u64>), Response<Body>> {
+        let mut b = Response::builder()
+            .header(header::ETAG, quoted(self.etag))
+            .header(header::LAST_MODIFIED, http_date(self.last_modified_ms))
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(X_META_ID, self.id);
+        if self.fetched {
+            b = b.header(X_META_FETCHED, "true");
+        }
+        if let Some(status) = req.cond.evaluate(self.etag, self.last_modified_ms, true) {
+            if status == StatusCode::NOT_MODIFIED {
+                return Err(b.status(status).body(Body::Empty).expect("valid response"));
+            }
+            return Err(ApiError::new(
+                status,
+                "precondition failed",
+                "If-Match or If-Unmodified-Since did not hold",
+            )
+            .into_response());
+        }
+        let range = match resolve_range(req.range.as_deref(), self.size) {
+            Ok(r) => r,
+            Err(e) => return Err(e.into_response()),
+        };
+        b = b.header(
+            header::CONTENT_TYPE,
+            self.content_type.unwrap_or("application/octet-stream"),
+        );
+        if let Some(n) = self.name.and_then(|n| HeaderValue::from_str(n).ok()) {
+            b = b.header(X_META_NAME, n);
+        }
+        if let Some(l) = self.level {
+            b = b.header(X_META_LEVEL, l.to_string());
+        }
+        if !self.user_meta.is_empty() {
+            let j = serde_json::to_string(self.user_meta).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&j) {
+                b = b.header(X_META_USERMETA, v);
+            }
+        }
+        let r = match range {
+            Some(r) => {
+                b = b.status(StatusCode::PARTIAL_CONTENT).header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {}-{}/{}", r.start, r.end - 1, self.size),
+                );
+                r
+            }
+            None => {
+                b = b.status(StatusCode::OK);
+                0..self.size
+            }
+        };
+        Ok((b.header(header::CONTENT_LENGTH, r.end - r.start), r))
+    }
+}
+
+/// The stored copy failed verification (already dropped by the store).
+struct Corrupted;
+
+async fn exec_get(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
+    match ctx.shard.lookup(&req.id) {
+        Lookup::Hit { meta, body } => match serve_hit(&ctx, &req, &meta, body, false).await {
+            Ok(r) => r,
+            Err(Corrupted) if req.fetch => read_through(ctx, req).await,
+            Err(Corrupted) => Err(ApiError::not_found(
+                "the stored copy failed verification and was dropped; X-Meta-Fetch is off",
+            )),
+        },
+        Lookup::Deleted(t) => Err(deleted(&req.id, t.deleted_at_ms)),
+        Lookup::Miss if req.fetch => read_through(ctx, req).await,
+        Lookup::Miss => Err(ApiError::not_found(format!(
+            "id {} is not cached and X-Meta-Fetch is off",
+            req.id
+        ))),
+    }
+}
+
+fn deleted(id: &str, at_ms: u64) -> ApiError {
+    ApiError::not_found(format!("id {id} was deleted at {}", http_date(at_ms))).with_header(
+        header::HeaderName::from_static(X_META_DELETED),
+        HeaderValue::from_static("true"),
+    )
+}
+
+async fn serve_hit(
+    ctx: &Rc<ShardCtx>,
+    req: &GetReq,
+    meta: &ObjectMeta,
+    body: Option<Bytes>,
+    fetched: bool,
+) -> Result<Result<Response<Body>, ApiError>, Corrupted> {
+    let (builder, range) = match ObjView::stored(meta, fetched).respond(req) {
+        Ok(x) => x,
+        Err(early) => return Ok(Ok(early)),
+    };
+    if req.head {
+        return Ok(Ok(builder.body(Body::Empty).expect("valid response")));
+    }
+    let slice = |b: &Bytes| b.slice(range.start as usize..range.end as usize);
+    if let Some(b) = body {
+        return Ok(Ok(builder
+            .body(Body::full(slice(&b)))
+            .expect("valid response")));
+    }
+    if meta.size <= ctx.node.cfg.store.memory_object_max.0 {
+        return match ctx.shard.read_all(meta).await {
+            Ok(b) => Ok(Ok(builder
+                .body(Body::full(slice(&b)))
+                .expect("valid response"))),
+            Err(StoreError::Corrupt { .. } | StoreError::NotFound) => Err(Corrupted),
+            Err(e) => Ok(Err(e.into())),
+        };
+    }
+    if range.is_empty() {
+        return Ok(Ok(builder.body(Body::Empty).expect("valid response")));
+    }
+    let mut reader = match ctx.shard.open_reader(meta, range.clone()).await {
+        Ok(r) => r,
+        Err(StoreError::Corrupt { .. } | StoreError::NotFound) => return Err(Corrupted),
+        Err(e) => return Ok(Err(e.into())),
+    };
+    // Read the first chunk before answering, so a bad first block is still a clean miss.
+    let first = match reader.next_chunk().await {
+        Some(Ok(c)) => c,
+        Some(Err(StoreError::Corrupt { .. } | StoreError::NotFound)) => return Err(Corrupted),
+        Some(Err(e)) => return Ok(Err(e.into())),
+        None => Bytes::new(),
+    };
+    let (tx, body) = Body::channel(range.end - range.start, BODY_DEPTH);
+    monoio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        while let Some(chunk) = reader.next_chunk().await {
+            let item =
+                chunk.map_err(|e| BodyError(format!("stored object failed mid-stream: {e}")));
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    Ok(Ok(builder.body(body).expect("valid response")))
+}
+
+/// A miss: read through from the origin. The first miss for a key fetches; concurrent
+/// misses wait for it and then read the stored copy.
+async fn read_through(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
+    let existing = ctx.fetches.borrow().get(&req.id).cloned();
+    if let Some(fetch) = existing {
+        ctx.http.coalesced.fetch_add(1, Relaxed);
+        fetch.wait().await.map_err(ApiError::from)?;
+        return match ctx.shard.peek(&req.id) {
+            Lookup::Hit { meta, body } => match serve_hit(&ctx, &req, &meta, body, true).await {
+                Ok(r) => r,
+                Err(Corrupted) => Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "storage error",
+                    "the freshly fetched copy failed verification",
+                )),
+            },
+            Lookup::Deleted(t) => Err(deleted(&req.id, t.deleted_at_ms)),
+            // Fetched but not cached (no room): fetch for this request too.
+            Lookup::Miss => fetch_and_respond(ctx, req).await,
+        };
+    }
+    if req.head {
+        // HEAD needs only the metadata: ask the origin, don't fill the cache.
+        let rmeta = ctx.node.bridge.head(&req.id).await?;
+        let view = ObjView::remote(&req.id, &rmeta);
+        return Ok(match view.respond(&req) {
+            Ok((b, _)) => b.body(Body::Empty).expect("valid response"),
+            Err(early) => early,
+        });
+    }
+    fetch_and_respond(ctx, req).await
+}
+
+async fn fetch_and_respond(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
+    let fetch = Fetch::new();
+    ctx.fetches
+        .borrow_mut()
+        .insert(req.id.clone(), fetch.clone());
+    let (resp_tx, resp_rx) = oneshot::channel();
+    // The fetch runs in its own task: it fills the cache even if this client goes away.
+    monoio::spawn(fetch_task(ctx.clone(), req, fetch, resp_tx));
+    resp_rx.await.unwrap_or_else(|_| {
+        Err(ApiError::unavailable(
+            "origin fetch task ended without answering",
+        ))
+    })
+}
+
+async fn fetch_task(
+    ctx: Rc<ShardCtx>,
+    req: GetReq,
+    fetch: Rc<Fetch>,
+    resp_tx: oneshot::Sender<Result<Response<Body>, ApiError>>,
+) {
+    let id = req.id.clone();
+    let done = |outcome: Result<(), ApiErrorLite>| {
+        let mut f = ctx.fetches.borrow_mut();
+        if f.get(&id).is_some_and(|cur| Rc::ptr_eq(cur, &fetch)) {
+            f.remove(&id);
+        }
+        drop(f);
+        fetch.complete(outcome);
+    };
+    ctx.http.origin_fetches.fetch_add(1, Relaxed);
+    let obj = match ctx.node.bridge.get(&id, None).await {
+        Ok(o) => o,
+        Err(e) => {
+            let e = ApiError::from(e);
+            done(Err((&e).into()));
+            let _ = resp_tx.send(Err(e));
+            return;
+        }
+    };
+    let rmeta = obj.meta.clone();
+    let mut origin_body = obj.body;
+    // The client's part of the stream, if it wants a body.
+    let mut client = None;
+    match ObjView::remote(&id, &rmeta).respond(&req) {
+        Ok((builder, range)) if !range.is_empty() => {
+            let (tx, body) = Body::channel(range.end - range.start, BODY_DEPTH);
+            client = Some((tx, range));
+            let _ = resp_tx.send(Ok(builder.body(body).expect("valid response")));
+        }
+        Ok((builder, _)) => {
+            let _ = resp_tx.send(Ok(builder.body(Body::Empty).expect("valid response")));
+        }
+        Err(early) => {
+            let _ = resp_tx.send(Ok(early));
+        }
+    }
+    let mut writer = match ctx.shard.begin_write(&id, Some(rmeta.size)).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(shard = ctx.id, error = %e, "read-through not cached");
+            None
+        }
+    };
+    let mut pos = 0u64;
+    loop {
+        match origin_body.next_chunk().await {
+            None => break,
+            Some(Ok(chunk)) => {
+                let len = chunk.len() as u64;
+                if let Some((tx, range)) = &client {
+                    let (s, e) = (pos.max(range.start), (pos + len).min(range.end));
+                    if s < e {
+                        let part = chunk.slice((s - pos) as usize..(e - pos) as usize);
+                        if tx.send(Ok(part)).await.is_err() {
+                            client = None;
+                        }
+                    }
+                }
+                pos += len;
+                if let Some(w) = writer.as_mut() {
+                    if let Err(e) = w.write(chunk).await {
+                        tracing::warn!(shard = ctx.id, error = %e, "read-through: caching stopped");
+                        if let Some(w) = writer.take() {
+                            w.abort().await;
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                let msg = format!("origin stream broke after {pos} bytes: {e}");
+                if let Some((tx, _)) = &client {
+                    let _ = tx.send(Err(BodyError(msg.clone()))).await;
+                }
+                if let Some(w) = writer.take() {
+                    w.abort().await;
+                }
+                done(Err(ApiErrorLite {
+                    status: StatusCode::BAD_GATEWAY,
+                    error: "origin error",
+                    detail: msg,
+                }));
+                return;
+            }
+        }
+    }
+    if pos != rmeta.size {
+        let msg = format!("origin sent {pos} bytes of {}", rmeta.size);
+        if let Some((tx, _)) = &client {
+            let _ = tx.send(Err(BodyError(msg.clone()))).await;
+        }
+        if let Some(w) = writer.take() {
+            w.abort().await;
+        }
+        done(Err(ApiErrorLite {
+            status: StatusCode::BAD_GATEWAY,
+            error: "origin error",
+            detail: msg,
+        }));
+        return;
+    }
+    if let Some(w) = writer {
+        let attrs = WriteAttrs {
+            content_type: rmeta.content_type.clone(),
+            name: None,
+            user_meta: rmeta.user_meta.clone(),
+            level: 1,
+            fetched: Some(FetchedFrom {
+                etag: rmeta.etag.clone(),
+                last_modified_ms: rmeta.last_modified_ms,
+            }),
+        };
+        match w.finish(attrs).await {
+            Ok(_) | Err(StoreError::Superseded) => {}
+            Err(e) => tracing::warn!(shard = ctx.id, error = %e, "read-through: storing failed"),
+        }
+    }
+    done(Ok(()));
+}
+
+// ---------------------------------------------------------------------------------------
+// META
+
+async fn meta(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let fetch = bool_header(req.headers(), X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default);
+    let key = id.clone();
+    ctx.on_owner(&id, move |ctx| async move {
+        match ctx.shard.peek(&key) {
+            Lookup::Hit { meta, .. } => Ok(json(StatusCode::OK, &serde_json::json!({
+                "id": meta.key, "size": meta.size, "etag": meta.etag,
+                "content_type": meta.content_type, "name": meta.name, "user_meta": meta.user_meta,
+                "last_modified": http_date(meta.last_modified_ms), "last_modified_ms": meta.last_modified_ms,
+                "level": meta.level, "in_origin": meta.in_origin, "hlc": meta.hlc, "seq": meta.seq,
+                "cached": true, "deleted": false,
+                "fetched": meta.provenance == nearcache_shards::Provenance::Fetched,
+            }))),
+            Lookup::Deleted(t) => Err(deleted(&key, t.deleted_at_ms)),
+            Lookup::Miss if fetch => {
+                let m = ctx.node.bridge.head(&key).await?;
+                let mut r = json(StatusCode::OK, &serde_json::json!({
+                    "id": key, "size": m.size, "etag": m.etag, "content_type": m.content_type,
+                    "user_meta": m.user_meta, "last_modified": http_date(m.last_modified_ms),
+                    "last_modified_ms": m.last_modified_ms, "in_origin": true, "cached": false,
+                    "deleted": false, "fetched": true,
+                }));
+                r.headers_mut().insert(X_META_FETCHED, HeaderValue::from_static("true"));
+                Ok(r)
+            }
+            Lookup::Miss => Err(ApiError::not_found(format!("id {key} is not cached and X-Meta-Fetch is off"))),
+        }
+    })
+    .await?
+}

@@ -1,0 +1,442 @@
+//! Process assembly: data-dir guard, the origin bridge, one pinned monoio thread per
+//! shard, the HTTP listeners, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use fs2::FileExt;
+use monoio::io::IntoPollIo;
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio_compat::hyper::{MonoioExecutor, MonoioIo, MonoioTimer};
+use nearcache_s3::Bridge;
+use nearcache_shards::{RecoveryReport, Shard, ShardConfig, ShardMetrics};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::metrics::HttpMetrics;
+use crate::node::{Job, Node, ShardCtx, ShardHandle};
+
+/// A running node. Dropping it without [`ServerHandle::shutdown`] leaves threads running.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+    shutdown_tx: watch::Sender<bool>,
+    _lock: File,
+}
+
+const NODE_FILE: &str = "nearcache.json";
+const NODE_FILE_FORMAT: u64 = 1;
+
+/// Takes the data dir's lock file, or explains who holds it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    if f.try_lock_exclusive().is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        bail!(
+            "data dir {} is in use by another nearcache process (pid {}); stop it or choose another --data-dir",
+            dir.display(),
+            pid.trim()
+        );
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+/// Keys are placed by hash over the shard count, so a data dir only works with the
+/// count it was created with.
+fn check_node_file(dir: &Path, shards: usize) -> anyhow::Result<String> {
+    let path = dir.join(NODE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            let format = v["format"].as_u64().unwrap_or(0);
+            if format != NODE_FILE_FORMAT {
+                bail!(
+                    "{}: format {format}, expected {NODE_FILE_FORMAT}",
+                    path.display()
+                );
+            }
+            let had = v["shards"].as_u64().unwrap_or(0) as usize;
+            if had != shards {
+                bail!(
+                    "data dir {} was created with {had} shards but this start asks for {shards}; \
+                     start with --shards {had} or use an empty data dir",
+                    dir.display()
+                );
+            }
+            Ok(v["node_id"].as_str().unwrap_or_default().to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let node_id = ulid::Ulid::generate().to_string();
+            let v = serde_json::json!({ "format": NODE_FILE_FORMAT, "shards": shards, "node_id": node_id });
+            let tmp = dir.join(format!("{NODE_FILE}.tmp"));
+            let mut f = File::create(&tmp)?;
+            f.write_all(v.to_string().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(node_id)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Port 0 means "any": pick one here so that every shard binds the same port.
+fn resolve_listen(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(l.local_addr()?)
+}
+
+type Ready = Result<(usize, Arc<ShardMetrics>, RecoveryReport), String>;
+
+pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
+    let lock = lock_data_dir(&cfg.server.data_dir)?;
+    let n = cfg.shard_count();
+    let node_id = check_node_file(&cfg.server.data_dir, n)?;
+    let addr = resolve_listen(cfg.server.listen)?;
+    let uring_active = monoio::utils::detect_uring()
+        && cfg.store.device_kind() != Some(nearcache_shards::DeviceKind::Syscall);
+    if !monoio::utils::detect_uring() {
+        tracing::error!(
+            "io_uring is not available (kernel or seccomp): running on the epoll fallback, \
+             file I/O blocks the shard threads"
+        );
+    }
+
+    let origin_cfg = cfg.origin_config();
+    let local_origin = matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
+    let bridge =
+        Bridge::start(origin_cfg).map_err(|e| anyhow!("starting the origin bridge: {e}"))?;
+    if local_origin {
+        tracing::warn!(origin = %bridge.describe(), "no S3 bucket configured: using the embedded local origin");
+    } else {
+        tracing::info!(origin = %bridge.describe(), "origin");
+    }
+    if local_origin || cfg.origin.create_bucket {
+        futures::executor::block_on(bridge.ensure_bucket())
+            .map_err(|e| anyhow!("creating the origin bucket: {e}"))?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
+    let (listening_tx, listening_rx) = std_mpsc::channel::<Result<(), String>>();
+    let mut node_txs = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut http_metrics = Vec::new();
+    let mut threads = Vec::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel::<Job>();
+        let (node_tx, node_rx) = std_mpsc::channel::<Arc<Node>>();
+        let http = Arc::new(HttpMetrics::default());
+        inboxes.push(inbox_tx);
+        node_txs.push(node_tx);
+        http_metrics.push(http.clone());
+        let (cfg, ready_tx, listening_tx) = (cfg.clone(), ready_tx.clone(), listening_tx.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                shard_thread(
+                    i,
+                    n,
+                    cfg,
+                    addr,
+                    inbox_rx,
+                    http,
+                    ready_tx,
+                    node_rx,
+                    listening_tx,
+                )
+            })
+            .context("spawning a shard thread")?;
+        threads.push(t);
+    }
+    drop((ready_tx, listening_tx));
+
+    let mut store_metrics: Vec<Option<Arc<ShardMetrics>>> = vec![None; n];
+    let (mut objects, mut pending) = (0, 0);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok((i, m, report))) => {
+                objects += report.objects;
+                pending += report.pending;
+                store_metrics[i] = Some(m);
+            }
+            Ok(Err(e)) => bail!("opening a shard: {e}"),
+            Err(_) => bail!("a shard thread died while opening its store"),
+        }
+    }
+    tracing::info!(
+        shards = n,
+        objects,
+        pending_uploads = pending,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovery complete"
+    );
+
+    let shards = (0..n)
+        .map(|i| ShardHandle {
+            id: i,
+            inbox: inboxes[i].clone(),
+            store: store_metrics[i].take().expect("every shard reported"),
+            http: http_metrics[i].clone(),
+        })
+        .collect();
+    let node = Arc::new(Node {
+        cfg,
+        shards,
+        bridge,
+        started,
+        uring_active,
+        shutting_down: Default::default(),
+        shutdown_rx,
+        node_id,
+    });
+    for tx in node_txs {
+        let _ = tx.send(node.clone());
+    }
+    for _ in 0..n {
+        match listening_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = shutdown_tx.send(true);
+                bail!("{e}");
+            }
+            Err(_) => bail!("a shard thread died before listening"),
+        }
+    }
+    tracing::info!(%addr, shards = n, io = if uring_active { "io_uring" } else { "epoll" }, "nearcache listening");
+    Ok(ServerHandle {
+        addr,
+        node,
+        threads,
+        shutdown_tx,
+        _lock: lock,
+    })
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets in-flight requests finish (bounded by the grace period),
+    /// flushes every journal and stops the origin bridge.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        self.node.shutting_down.store(true, Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        let mut first_err = None;
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(anyhow!("a shard thread panicked"));
+                }
+            }
+        }
+        self.node.bridge.shutdown();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn shard_thread(
+    i: usize,
+    n: usize,
+    cfg: Config,
+    addr: SocketAddr,
+    mut inbox: mpsc::UnboundedReceiver<Job>,
+    http: Arc<HttpMetrics>,
+    ready_tx: std_mpsc::Sender<Ready>,
+    node_rx: std_mpsc::Receiver<Arc<Node>>,
+    listening_tx: std_mpsc::Sender<Result<(), String>>,
+) -> anyhow::Result<()> {
+    if cfg.server.pin_cores {
+        if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
+            core_affinity::set_for_current(cores[i % cores.len()]);
+        }
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(1024)
+        .build()
+        .context("building the monoio runtime")?;
+    rt.block_on(async move {
+        let s = &cfg.store;
+        let shard_cfg = ShardConfig {
+            shard_id: i as u16,
+            dir: cfg.server.data_dir.join(format!("shard-{i}")),
+            memory_capacity: s.memory_capacity.0 / n as u64,
+            memory_object_max: s.memory_object_max.0,
+            disk_capacity: s.disk_capacity.0 / n as u64,
+            tombstone_ttl: Duration::from_secs(s.tombstone_ttl_secs),
+            device: s.device_kind().unwrap_or_default(),
+            lmdb_map_size: s.lmdb_map_size.0,
+            journal_retain: s.journal_retain,
+        };
+        let (shard, report) = match Shard::open(shard_cfg).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("shard {i}: {e}")));
+                return Err(anyhow!("opening shard {i}: {e}"));
+            }
+        };
+        tracing::info!(
+            shard = i,
+            objects = report.objects,
+            tombstones = report.tombstones,
+            pending_uploads = report.pending,
+            orphans_removed = report.orphans_removed,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "shard recovered"
+        );
+        let _ = ready_tx.send(Ok((i, shard.metrics(), report)));
+        // Start-up only: nothing else runs on this thread yet.
+        let Ok(node) = node_rx.recv() else {
+            return Ok(());
+        };
+        let ctx = Rc::new(ShardCtx {
+            id: i,
+            node: node.clone(),
+            shard: Rc::new(shard),
+            http,
+            fetches: Default::default(),
+            upload_waiters: Default::default(),
+            active_requests: Default::default(),
+        });
+        let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
+        let listener = match TcpListener::bind_with_config(addr, &opts) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = listening_tx.send(Err(format!("shard {i}: binding {addr}: {e}")));
+                return Err(anyhow!("binding {addr}: {e}"));
+            }
+        };
+        let _ = listening_tx.send(Ok(()));
+
+        let inbox_ctx = ctx.clone();
+        monoio::spawn(async move {
+            while let Some(job) = inbox.recv().await {
+                monoio::spawn(job(inbox_ctx.clone()));
+            }
+        });
+        monoio::spawn(crate::uploader::run(ctx.clone()));
+        monoio::spawn(sweep_tombstones(ctx.clone()));
+
+        accept_loop(&ctx, listener).await;
+
+        // Graceful: no new connections; give in-flight requests the grace period.
+        let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
+        while ctx.active_requests.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if ctx.active_requests.get() > 0 {
+            tracing::warn!(
+                shard = i,
+                requests = ctx.active_requests.get(),
+                "grace period over; dropping requests"
+            );
+        }
+        ctx.notify_shutdown_waiters();
+        ctx.shard
+            .close()
+            .await
+            .map_err(|e| anyhow!("closing shard {i}: {e}"))?;
+        tracing::info!(shard = i, "shard stopped");
+        Ok(())
+    })
+}
+
+async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener) {
+    let cfg = &ctx.node.cfg.server;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(MonoioExecutor);
+    builder
+        .http1()
+        .timer(MonoioTimer)
+        .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs.max(1)))
+        .max_buf_size((cfg.max_header_bytes.0 as usize).max(8192));
+    builder.http2().timer(MonoioTimer);
+    let builder = Rc::new(builder);
+    let mut shutdown = ctx.node.shutdown_rx.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = shutdown.changed() => None,
+        };
+        let Some(accepted) = accepted else { return };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = match stream.into_poll_io() {
+            Ok(io) => MonoioIo::new(io),
+            Err(e) => {
+                tracing::warn!(shard = ctx.id, error = %e, "could not switch the connection to poll I/O");
+                continue;
+            }
+        };
+        let (ctx, builder) = (ctx.clone(), builder.clone());
+        monoio::spawn(async move {
+            ctx.http.connections.fetch_add(1, Relaxed);
+            let svc_ctx = ctx.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = svc_ctx.clone();
+                async move { Ok::<_, Infallible>(crate::native::handle(ctx, req).await) }
+            });
+            if let Err(e) = builder.serve_connection(io, svc).await {
+                tracing::debug!(shard = ctx.id, error = %e, "connection ended with an error");
+            }
+            ctx.http.connections.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+async fn sweep_tombstones(ctx: Rc<ShardCtx>) {
+    let mut shutdown = ctx.node.shutdown_rx.clone();
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+        match ctx.shard.sweep_tombstones().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(shard = ctx.id, swept = n, "expired tombstones removed"),
+            Err(e) => tracing::warn!(shard = ctx.id, error = %e, "tombstone sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The per-shard background uploader: applies pending writes and deletes to the origin,
+//! retrying with capped exponential backoff until each succeeds. Pending ops live in the
+//! shard's journal, so they survive kill -9 and resume at start.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nearcache_s3::PutMeta;
+use nearcache_shards::{PendingKind, PendingOp, Provenance};
+
+use crate::node::ShardCtx;
+
+struct State {
+    in_flight: HashSet<String>,
+    /// Key -> (failures so far, not before).
+    backoff: HashMap<String, (u32, Instant)>,
+}
+
+thread_local! {
+    /// Wakes this shard's uploader loop when an upload ends and frees a slot.
+    static SLOT_FREED: Rc<tokio::sync::Notify> = Rc::new(tokio::sync::Notify::new());
+}
+
+pub async fn run(ctx: Rc<ShardCtx>) {
+    let state = Rc::new(RefCell::new(State {
+        in_flight: HashSet::new(),
+        backoff: HashMap::new(),
+    }));
+    let concurrency = ctx.node.cfg.origin.upload_concurrency.max(1);
+    let mut shutdown = ctx.node.shutdown_rx.clone();
+    let slot_freed = SLOT_FREED.with(Rc::clone);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = Instant::now();
+        let mut next_due: Option<Instant> = None;
+        let ops = ctx
+            .shard
+            .pending(concurrency * 8 + state.borrow().in_flight.len());
+        for op in ops {
+            let mut st = state.borrow_mut();
+            if st.in_flight.len() >= concurrency {
+                break;
+            }
+            if st.in_flight.contains(&op.key) {
+                continue;
+            }
+            if let Some(&(_, due)) = st.backoff.get(&op.key) {
+                if due > now {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    continue;
+                }
+            }
+            st.in_flight.insert(op.key.clone());
+            drop(st);
+            monoio::spawn(apply(ctx.clone(), state.clone(), op));
+        }
+        let wait = next_due.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+        monoio::select! {
+            _ = ctx.shard.pending_changed() => {}
+            _ = monoio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+            _ = slot_freed.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
+    let bridge = &ctx.node.bridge;
+    let result = match &op.kind {
+        PendingKind::Put {
+            path,
+            offset,
+            len,
+            meta,
+        } => {
+            let pm = PutMeta {
+                content_type: meta.content_type.clone(),
+                user_meta: meta.user_meta.clone(),
+                // Client writes carry the body's MD5 as ETag: let the origin verify it.
+                md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
+            };
+            bridge
+                .put_file(&op.key, path.clone(), *offset, *len, pm)
+                .await
+                .map(|_| ())
+        }
+        PendingKind::Delete => bridge.delete(&op.key).await,
+    };
+    let outcome = match result {
+        Ok(()) => match ctx.shard.complete_pending(&op.key, op.seq).await {
+            Ok(()) => {
+                match op.kind {
+                    PendingKind::Put { .. } => ctx.http.uploads_ok.fetch_add(1, Relaxed),
+                    PendingKind::Delete => ctx.http.origin_deletes_ok.fetch_add(1, Relaxed),
+                };
+                state.borrow_mut().backoff.remove(&op.key);
+                Ok(())
+            }
+            Err(e) => Err(format!("recording the upload in the journal failed: {e}")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(msg) = &outcome {
+        ctx.http.upload_failures.fetch_add(1, Relaxed);
+        let cap = Duration::from_secs(ctx.node.cfg.origin.upload_max_backoff_secs.max(1));
+        let base = Duration::from_millis(ctx.node.cfg.origin.initial_backoff_ms.max(10));
+        let mut st = state.borrow_mut();
+        let entry = st
+            .backoff
+            .entry(op.key.clone())
+            .or_insert((0, Instant::now()));
+        entry.0 += 1;
+        let delay = base.saturating_mul(1u32 << entry.0.min(16)).min(cap);
+        entry.1 = Instant::now() + delay;
+        tracing::warn!(shard = ctx.id, failures = entry.0, retry_in = ?delay, error = %msg,
+            "origin write failed; will retry");
+    }
+    state.borrow_mut().in_flight.remove(&op.key);
+    SLOT_FREED.with(|n| n.notify_one());
+    ctx.notify_upload(&op.key, op.seq, outcome);
+}
