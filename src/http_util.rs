@@ -153,9 +153,25 @@ pub fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> 
         "0" | "false" | "no" => Ok(Some(false)),
         other => Err(ApiError::bad_request(
             "invalid header",
-            format!("{name} must be 0 or 1 (or true/false), not {other:?}"),
+            format!(
+                "{} must be 0 or 1 (or true/false), not {other:?}",
+                display_name(name)
+            ),
         )),
     }
+}
+
+/// `x-meta-sync` -> `X-Meta-Sync`, for error messages.
+pub fn display_name(name: &str) -> String {
+    name.split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next().map_or(String::new(), |f| {
+                f.to_ascii_uppercase().to_string() + c.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 #[cfg(test)]

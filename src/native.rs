@@ -337,8 +337,12 @@ async fn put(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body
         max_size,
     };
     let body = req.into_body();
-    ctx.on_owner(&id, move |ctx| exec_put(ctx, preq, body))
-        .await?
+    let result = ctx
+        .on_owner(&id, move |ctx| exec_put(ctx, preq, body))
+        .await?;
+    // A failed PUT may leave its body unread: tell the client not to reuse the connection
+    // (hyper closes it) rather than let a pooled request hit a closing socket.
+    result.map_err(|e| e.with_header(header::CONNECTION, HeaderValue::from_static("close")))
 }
 
 fn too_large(len: u64, max: u64) -> ApiError {

@@ -65,8 +65,13 @@ pub fn today_utc() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = (secs / 86_400) as i64 + 719_468;
+    civil_date(secs / 86_400)
+}
+
+/// Days since 1970-01-01 to `YYYY-MM-DD` (Howard Hinnant's days-to-civil algorithm),
+/// so result headers need no date crate.
+fn civil_date(days: u64) -> String {
+    let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
@@ -76,4 +81,29 @@ pub fn today_utc() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(20_780), "2026-11-23");
+    }
+
+    #[test]
+    fn zipf_is_in_range_and_skewed() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let zipf = ZipfKeys::new(1_000, 1.0);
+        let samples: Vec<u64> = (0..10_000).map(|_| zipf.sample(&mut rng)).collect();
+        assert!(samples.iter().all(|&k| k < 1_000));
+        let top = samples.iter().filter(|&&k| k == 0).count();
+        let mid = samples.iter().filter(|&&k| k == 500).count();
+        assert!(top > 10 * mid.max(1), "rank 0: {top}, rank 500: {mid}");
+    }
 }

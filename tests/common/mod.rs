@@ -17,7 +17,10 @@ pub fn init_logging() {
     ONCE.get_or_init(|| {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
             .with_test_writer()
             .try_init();
     });
@@ -70,12 +73,22 @@ impl TestNode {
         let dir = tmp.path().to_path_buf();
         let handle = nearcache::start(cfg).expect("start node");
         let base = format!("http://{}", handle.addr);
-        TestNode { handle: Some(handle), base, bucket, dir, _tmp: Some(tmp) }
+        TestNode {
+            handle: Some(handle),
+            base,
+            bucket,
+            dir,
+            _tmp: Some(tmp),
+        }
     }
 
     /// Stops the node and starts a new one on the same data dir and bucket.
     pub fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
-        self.handle.take().unwrap().shutdown().expect("clean shutdown");
+        self.handle
+            .take()
+            .unwrap()
+            .shutdown()
+            .expect("clean shutdown");
         let mut cfg = test_config(&self.dir, &self.bucket);
         tweak(&mut cfg);
         let handle = nearcache::start(cfg).expect("restart node");
@@ -89,7 +102,12 @@ impl TestNode {
 
     /// Sum of a metric over all label sets.
     pub fn metric(&self, name: &str) -> f64 {
-        let text = client().get(self.url("/metrics")).send().unwrap().text().unwrap();
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
         metric_sum(&text, name)
     }
 
@@ -109,14 +127,22 @@ impl Drop for TestNode {
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 pub fn client() -> &'static reqwest::blocking::Client {
     static C: OnceLock<reqwest::blocking::Client> = OnceLock::new();
-    C.get_or_init(|| reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap())
+    C.get_or_init(|| {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    })
 }
 
 pub fn md5_hex(b: &[u8]) -> String {
@@ -140,8 +166,13 @@ pub struct S3 {
 impl S3 {
     pub fn new(bucket: &str) -> S3 {
         let t = s3_target();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let creds = aws_sdk_s3::config::Credentials::new(&t.access_key, &t.secret_key, None, None, "test");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let creds =
+            aws_sdk_s3::config::Credentials::new(&t.access_key, &t.secret_key, None, None, "test");
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .endpoint_url(&t.endpoint)
@@ -149,7 +180,11 @@ impl S3 {
             .credentials_provider(creds)
             .force_path_style(true)
             .build();
-        S3 { rt, client: aws_sdk_s3::Client::from_conf(conf), bucket: bucket.to_string() }
+        S3 {
+            rt,
+            client: aws_sdk_s3::Client::from_conf(conf),
+            bucket: bucket.to_string(),
+        }
     }
 
     pub fn put(&self, key: &str, body: Vec<u8>, content_type: &str) {
@@ -169,10 +204,23 @@ impl S3 {
     /// The object's body and user metadata, or None when S3 says 404.
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, std::collections::HashMap<String, String>)> {
         self.rt.block_on(async {
-            match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
                 Ok(o) => {
                     let meta = o.metadata().cloned().unwrap_or_default();
-                    let body = o.body.collect().await.expect("S3 body").into_bytes().to_vec();
+                    let body = o
+                        .body
+                        .collect()
+                        .await
+                        .expect("S3 body")
+                        .into_bytes()
+                        .to_vec();
                     Some((body, meta))
                 }
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,

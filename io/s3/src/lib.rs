@@ -56,14 +56,18 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::origin::{Job, Service};
 
 /// Requests queued per bridge thread before callers wait.
 const REQUEST_QUEUE: usize = 1024;
+/// How long `shutdown` waits for in-flight requests (and GET bodies whose receivers are
+/// still held) before cancelling them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
 
 /// Handle to the bridge. Cheap to clone, `Send + Sync`; usable from any runtime
 /// (monoio shards with the `sync` feature, tokio, or plain threads via `block_on`).
@@ -220,8 +224,12 @@ impl Bridge {
 
     /// Stops accepting requests and joins the bridge thread(s) after in-flight requests end.
     ///
-    /// Idempotent. Must not be called from a bridge thread. In-flight GET bodies keep
-    /// streaming until they end or their receiver is dropped.
+    /// Idempotent. Blocks the calling thread: call it from a plain thread (e.g. main once
+    /// the shards have stopped), never from a bridge thread. In-flight GET bodies keep
+    /// streaming until they end or their receiver is dropped, for at most 10 s
+    /// (`SHUTDOWN_GRACE`); then they end with `Err(Closed)` (or, if the channel is full,
+    /// just end: check the byte count against `GetObject::range`) and other requests still
+    /// running reply `Closed`.
     pub fn shutdown(&self) {
         let had_senders = {
             let mut senders = self.inner.senders.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,7 +312,8 @@ fn bridge_thread(
         }
     };
     rt.block_on(async move {
-        let service = match Service::connect(&cfg, stats).await {
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+        let service = match Service::connect(&cfg, stats, cancel_rx).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -335,10 +344,34 @@ fn bridge_thread(
             in_flight = tasks.len(),
             "origin bridge draining"
         );
-        while let Some(res) = tasks.join_next().await {
-            if let Err(e) = res {
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain(index, &mut tasks))
+            .await
+            .is_err()
+        {
+            warn!(
+                thread = index,
+                in_flight = tasks.len(),
+                "origin requests still running after {SHUTDOWN_GRACE:?}; cancelling them"
+            );
+            let _ = cancel_tx.send(true);
+            if tokio::time::timeout(Duration::from_secs(1), drain(index, &mut tasks))
+                .await
+                .is_err()
+            {
+                tasks.abort_all();
+            }
+            drain(index, &mut tasks).await;
+        }
+    });
+}
+
+/// Waits for all request tasks of a bridge thread.
+async fn drain(index: usize, tasks: &mut tokio::task::JoinSet<()>) {
+    while let Some(res) = tasks.join_next().await {
+        if let Err(e) = res {
+            if !e.is_cancelled() {
                 error!(thread = index, error = %e, "origin request task failed");
             }
         }
-    });
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::{
@@ -154,12 +154,15 @@ pub(crate) struct Service {
     body_channel_chunks: usize,
     /// Longest wait for the next chunk of a streaming body.
     idle_timeout: Duration,
+    /// Turns true when the bridge gives up waiting for in-flight bodies at shutdown.
+    cancel: watch::Receiver<bool>,
 }
 
 impl Service {
     pub async fn connect(
         cfg: &OriginConfig,
         stats: Arc<OriginStats>,
+        cancel: watch::Receiver<bool>,
     ) -> Result<Service, OriginError> {
         let backend = match &cfg.kind {
             OriginKind::S3 { .. } => Backend::S3(s3::S3Origin::connect(cfg, stats.clone()).await?),
@@ -180,6 +183,7 @@ impl Service {
             } else {
                 cfg.operation_timeout
             },
+            cancel,
         })
     }
 
@@ -328,13 +332,21 @@ impl Service {
     }
 
     /// Moves body chunks into the caller's channel until the body ends, breaks, stalls for
-    /// `idle_timeout`, or the caller drops its receiver.
+    /// `idle_timeout`, the caller drops its receiver, or shutdown cancels it.
     async fn pump(
         &self,
         key: &str,
         mut body: BodySource,
         tx: mpsc::Sender<Result<Bytes, OriginError>>,
     ) {
+        let mut cancel = self.cancel.clone();
+        let cancelled = async move {
+            // A dropped sender means the thread is ending anyway: never fire for that.
+            if cancel.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(cancelled);
         let mut sent = 0u64;
         loop {
             let next = tokio::select! {
@@ -342,6 +354,7 @@ impl Service {
                     debug!(key, sent, "body receiver dropped, stopping download");
                     return;
                 }
+                _ = &mut cancelled => break,
                 next = tokio::time::timeout(self.idle_timeout, body.next()) => next,
             };
             let item = next.unwrap_or_else(|_| {
@@ -360,9 +373,12 @@ impl Service {
                     if chunk.is_empty() {
                         continue;
                     }
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        debug!(key, sent, "body receiver dropped, stopping download");
-                        return;
+                    tokio::select! {
+                        res = tx.send(Ok(chunk)) => if res.is_err() {
+                            debug!(key, sent, "body receiver dropped, stopping download");
+                            return;
+                        },
+                        _ = &mut cancelled => break,
                     }
                     sent += n;
                     self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
@@ -375,6 +391,11 @@ impl Service {
                 }
             }
         }
+        // Cancelled by shutdown. If the channel is full the receiver sees the buffered chunks
+        // and then the end: it must compare what it got with the range length.
+        warn!(key, sent, "origin bridge shutting down, abandoning body");
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.try_send(Err(OriginError::Closed));
     }
 }
 
