@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +40,9 @@ pub struct Node {
     pub shutdown_rx: watch::Receiver<bool>,
     /// Kept in the data dir across restarts.
     pub node_id: String,
+    /// Shards done with their own in-flight requests at shutdown. A shard keeps running
+    /// jobs forwarded by others until every shard is drained.
+    pub drained: std::sync::atomic::AtomicUsize,
 }
 
 impl Node {

@@ -215,6 +215,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         shutting_down: Default::default(),
         shutdown_rx,
         node_id,
+        drained: Default::default(),
     });
     for tx in node_txs {
         let _ = tx.send(node.clone());
@@ -354,6 +355,10 @@ fn shard_thread(
         // Graceful: no new connections; give in-flight requests the grace period.
         let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
         while ctx.active_requests.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ctx.node.drained.fetch_add(1, Relaxed);
+        while ctx.node.drained.load(Relaxed) < n && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         if ctx.active_requests.get() > 0 {
