@@ -137,8 +137,19 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         tracing::info!(origin = %bridge.describe(), "origin");
     }
     if local_origin || cfg.origin.create_bucket {
-        futures::executor::block_on(bridge.ensure_bucket())
-            .map_err(|e| anyhow!("creating the origin bucket: {e}"))?;
+        // Start-up is worth a few more tries than one request.
+        let mut attempt = 1;
+        loop {
+            match futures::executor::block_on(bridge.ensure_bucket()) {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    tracing::warn!(attempt, error = %e, "creating the origin bucket failed; retrying");
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                    attempt += 1;
+                }
+                Err(e) => bail!("creating the origin bucket: {e}"),
+            }
+        }
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

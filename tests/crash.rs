@@ -16,18 +16,45 @@ use common::*;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_node(dir: &Path, bucket: &str, port: u16) -> Child {
     let t = s3_target();
     Command::new(env!("CARGO_BIN_EXE_nearcache"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--shards", "2"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "2",
+        ])
         .arg("--data-dir")
         .arg(dir)
-        .args(["--s3-endpoint", &t.endpoint, "--s3-region", &t.region, "--s3-bucket", bucket])
-        .args(["--s3-access-key", &t.access_key, "--s3-secret-key", &t.secret_key])
-        .args(["--s3-path-style", "--s3-create-bucket", "--log-level", "warn"])
+        .args([
+            "--s3-endpoint",
+            &t.endpoint,
+            "--s3-region",
+            &t.region,
+            "--s3-bucket",
+            bucket,
+        ])
+        .args([
+            "--s3-access-key",
+            &t.access_key,
+            "--s3-secret-key",
+            &t.secret_key,
+        ])
+        .args([
+            "--s3-path-style",
+            "--s3-create-bucket",
+            "--log-level",
+            "warn",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -79,7 +106,10 @@ fn kill9_during_write_storm_loses_no_acknowledged_write() {
             .map(|w| {
                 let (stop, acked, base) = (stop.clone(), acked.clone(), base.clone());
                 std::thread::spawn(move || {
-                    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                    let c = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
@@ -101,7 +131,14 @@ fn kill9_during_write_storm_loses_no_acknowledged_write() {
                             .send();
                         match r {
                             Ok(r) if r.status() == 200 => {
-                                acked.lock().unwrap().insert(id, Acked { md5: md5_hex(&body), size, level });
+                                acked.lock().unwrap().insert(
+                                    id,
+                                    Acked {
+                                        md5: md5_hex(&body),
+                                        size,
+                                        level,
+                                    },
+                                );
                             }
                             // The node died under us: this write was never acknowledged.
                             _ => return,
@@ -117,7 +154,10 @@ fn kill9_during_write_storm_loses_no_acknowledged_write() {
         for w in writers {
             w.join().unwrap();
         }
-        assert!(acked.lock().unwrap().len() > 10 * (round as usize + 1), "the storm wrote too little");
+        assert!(
+            acked.lock().unwrap().len() > 10 * (round as usize + 1),
+            "the storm wrote too little"
+        );
     }
 
     // Final restart: all acknowledged objects byte for byte, and every level-1 object
@@ -133,11 +173,15 @@ fn kill9_during_write_storm_loses_no_acknowledged_write() {
     assert!(!level1.is_empty());
     for (id, a) in level1 {
         assert!(
-            s3.wait_for(id, Duration::from_secs(60), |o| o.as_ref().is_some_and(|(b, _)| md5_hex(b) == a.md5)),
+            s3.wait_for(id, Duration::from_secs(60), |o| o
+                .as_ref()
+                .is_some_and(|(b, _)| md5_hex(b) == a.md5)),
             "pending upload of {id} never reached S3"
         );
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     assert!(child.wait().unwrap().success());
 }
 
@@ -170,7 +214,10 @@ fn second_process_on_the_same_data_dir_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another nearcache process"), "{err}");
-    assert!(err.contains(&first.id().to_string()), "names the holder's pid: {err}");
+    assert!(
+        err.contains(&first.id().to_string()),
+        "names the holder's pid: {err}"
+    );
     first.kill().unwrap();
     first.wait().unwrap();
 }
@@ -214,17 +261,27 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
-    assert_eq!(slow.join().unwrap().unwrap(), 200, "in-flight request finished");
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        200,
+        "in-flight request finished"
+    );
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_node(tmp.path(), &bucket, port);
     wait_healthy(&base, &mut child);
     for (id, size) in [(&id, 50_000), (&slow_id, 10_000)] {
-        let r = client().get(format!("{base}/api/v1/get/{id}")).header("X-Meta-Fetch", "0").send().unwrap();
+        let r = client()
+            .get(format!("{base}/api/v1/get/{id}"))
+            .header("X-Meta-Fetch", "0")
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().unwrap().len(), size);
     }
@@ -241,7 +298,11 @@ struct IterReader<I> {
 
 impl<I> IterReader<I> {
     fn new(it: I) -> Self {
-        IterReader { it, cur: Vec::new(), off: 0 }
+        IterReader {
+            it,
+            cur: Vec::new(),
+            off: 0,
+        }
     }
 }
 

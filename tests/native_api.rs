@@ -830,3 +830,87 @@ fn stats_metrics_health_version() {
     assert!(!text.contains(&id), "metrics must never carry object ids");
     assert_eq!(metric_sum(&text, "nearcache_objects"), 1.0);
 }
+
+#[test]
+fn unreachable_s3_still_serves_cached_copies_and_fails_misses_fast() {
+    let node = TestNode::start_with("unreachable", |c| {
+        // A closed port: connections are refused at once.
+        c.origin.endpoint = Some("http://127.0.0.1:1".into());
+        c.origin.create_bucket = false;
+        c.origin.max_attempts = 2;
+    });
+    let id = new_id(&node);
+    let body = random_bytes(20_000, 11);
+    assert_eq!(
+        put(
+            &node,
+            &id,
+            body.clone(),
+            &[("X-Meta-ConsistencyLevel", "1")]
+        )
+        .status(),
+        200
+    );
+    let r = client()
+        .get(node.url(&format!("/api/v1/get/{id}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), body);
+    let start = std::time::Instant::now();
+    let r = client()
+        .get(node.url(&format!("/api/v1/get/{}", ulid::Ulid::generate())))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.json::<serde_json::Value>().unwrap()["error"],
+        "origin unavailable"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "bounded retries: {:?}",
+        start.elapsed()
+    );
+    // The upload stays pending (and pinned) while S3 is away.
+    let m: serde_json::Value = client()
+        .get(node.url(&format!("/api/v1/meta/{id}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(m["in_origin"], false);
+    assert!(node.metric("nearcache_pending_uploads") >= 1.0);
+    assert!(node.metric("nearcache_upload_failures_total") >= 1.0);
+}
+
+#[test]
+fn uploads_survive_a_failing_origin() {
+    let node = TestNode::start_with("inject", |c| {
+        c.origin.inject_failure_rate = 0.5;
+        c.origin.max_attempts = 1;
+    });
+    let s3 = node.s3();
+    let ids: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (new_id(&node), random_bytes(5000 + i, 300 + i as u64)))
+        .collect();
+    for (id, body) in &ids {
+        assert_eq!(
+            put(&node, id, body.clone(), &[("X-Meta-ConsistencyLevel", "1")]).status(),
+            200
+        );
+    }
+    for (id, body) in &ids {
+        assert!(
+            s3.wait_for(id, Duration::from_secs(30), |o| o
+                .as_ref()
+                .is_some_and(|(b, _)| b == body)),
+            "{id} never uploaded"
+        );
+    }
+    assert!(
+        node.metric("nearcache_upload_failures_total") >= 1.0,
+        "injection had no effect"
+    );
+    assert_eq!(node.metric("nearcache_uploads_total"), 20.0);
+}

@@ -134,7 +134,7 @@ impl Backend {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Get,
     Head,
@@ -278,7 +278,8 @@ impl Service {
         let start = Instant::now();
         let mut attempt = 1u32;
         let result = loop {
-            let (res, injected) = if self.inject() {
+            // Injection targets object operations; set-up calls are left alone.
+            let (res, injected) = if op != Op::EnsureBucket && self.inject() {
                 self.stats.injected_failures.fetch_add(1, Ordering::Relaxed);
                 (
                     Err(OriginError::Unavailable("injected failure".into())),
