@@ -85,7 +85,7 @@ impl State {
 
     fn mem_remove(&mut self, key: &str) {
         if self.mem_bodies.remove(key).is_some() {
-            self.mem.remove(&key.to_owned());
+            self.mem.remove(key);
         }
     }
 }
@@ -184,7 +184,7 @@ impl Core {
         let Some(Entry::Object(meta)) = st.index.remove(key) else {
             unreachable!()
         };
-        st.disk.remove(&key.to_owned());
+        st.disk.remove(key);
         st.mem_remove(key);
         if st
             .pending
@@ -274,7 +274,7 @@ impl Core {
             .filter(|(s, _)| *s == seq)
             .map(|(_, b)| b.clone());
         if body.is_some() && touch {
-            st.mem.access(&key.to_owned());
+            st.mem.access(key);
         }
         body
     }
@@ -587,10 +587,10 @@ impl Shard {
                     .map(|(_, b)| b.clone());
                 if count {
                     m.hits.fetch_add(1, Ordering::Relaxed);
-                    st.disk.access(&key.to_owned());
+                    st.disk.access(key);
                     if body.is_some() {
                         m.memory_hits.fetch_add(1, Ordering::Relaxed);
-                        st.mem.access(&key.to_owned());
+                        st.mem.access(key);
                     }
                 }
                 Lookup::Hit { meta, body }
@@ -1162,6 +1162,7 @@ impl ObjectWriter {
                 } else {
                     Provenance::Client
                 },
+                headers: attrs.headers,
             });
             let mut files = Vec::new();
             if let Some((_, path)) = core.unlink_object(&mut st, &self.key) {

@@ -14,6 +14,7 @@
 //! hot objects out of the whole cache, and the ghost remembers what was evicted too
 //! early so its second miss lands in main.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
@@ -96,7 +97,10 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     }
 
     /// Records a hit. O(1) and no list surgery: just a saturating counter.
-    pub fn access(&mut self, key: &K) {
+    pub fn access<Q: Hash + Eq + ?Sized>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         if let Some(&idx) = self.index.get(key) {
             let node = self.slab.get_mut(idx);
             node.freq = (node.freq + 1).min(MAX_FREQ);
@@ -104,7 +108,10 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     }
 
     /// Drops `key` (a delete, not an eviction: it does not go to the ghost).
-    pub fn remove(&mut self, key: &K) -> bool {
+    pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         let Some(idx) = self.index.remove(key) else {
             return false;
         };
@@ -119,7 +126,10 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         true
     }
 
-    pub fn set_pinned(&mut self, key: &K, pinned: bool) {
+    pub fn set_pinned<Q: Hash + Eq + ?Sized>(&mut self, key: &Q, pinned: bool)
+    where
+        K: Borrow<Q>,
+    {
         if let Some(&idx) = self.index.get(key) {
             let node = self.slab.get(idx);
             if node.pinned == pinned {
@@ -139,7 +149,10 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         }
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.index.contains_key(key)
     }
 
