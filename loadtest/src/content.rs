@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(object_id(1, 4096, 0).to_string(), PINNED_ID);
     }
 
-    const PINNED_ID: &str = "01HF7YAT00PINNEDPLACEHOLDR";
+    const PINNED_ID: &str = "01HF7YAT00FQGAEPCBMC9C88X4";
 
     #[test]
     fn bodies_are_deterministic_and_md5_streams_match() {

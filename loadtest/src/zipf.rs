@@ -24,7 +24,9 @@ impl Zipf {
 
     /// Maps a uniform `u` in [0, 1) to a rank.
     pub fn sample(&self, u: f64) -> usize {
-        self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1)
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1)
     }
 }
 
