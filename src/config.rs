@@ -63,6 +63,7 @@ pub mod defaults {
     pub const DEFAULT_LEVEL: u8 = 1;
     pub const MAX_OBJECT_SIZE: u64 = 5 << 30;
     pub const LOG_LEVEL: &str = "info";
+    pub const S3_LISTEN: &str = "127.0.0.1:9000";
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +223,63 @@ impl Default for LogConfig {
     }
 }
 
+/// The S3-compatible API (`[s3api]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3ApiConfig {
+    /// Address of the S3-compatible API. Every shard binds it with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Virtual-host style addressing: requests to `BUCKET.DOMAIN` address BUCKET.
+    /// Path style (`/BUCKET/KEY`) always works.
+    pub domain: Option<String>,
+    /// Access keys. Without any, every request is refused with AccessDenied.
+    pub keys: Vec<S3KeyConfig>,
+    /// Per-bucket settings; buckets not listed get the defaults.
+    pub buckets: Vec<S3BucketConfig>,
+}
+
+impl Default for S3ApiConfig {
+    fn default() -> Self {
+        S3ApiConfig {
+            listen: defaults::S3_LISTEN
+                .parse()
+                .expect("default S3 listen address parses"),
+            domain: None,
+            keys: Vec::new(),
+            buckets: Vec::new(),
+        }
+    }
+}
+
+/// One access key of the S3 API (`[[s3api.keys]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3KeyConfig {
+    pub access_key: String,
+    pub secret_key: String,
+    /// Buckets this key may use; `["*"]` (the default) means all.
+    #[serde(default = "all_buckets")]
+    pub buckets: Vec<String>,
+    /// Only reads (GET, HEAD, listings) are allowed.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn all_buckets() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Settings of one bucket of the S3 API (`[[s3api.buckets]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3BucketConfig {
+    pub name: String,
+    /// Answer writes once they are durable on local disk and queued for upload (the native
+    /// API's level 1) instead of after they reached the origin.
+    #[serde(default)]
+    pub write_behind: bool,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -229,6 +287,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub origin: OriginSection,
     pub api: ApiConfig,
+    pub s3api: S3ApiConfig,
     pub log: LogConfig,
 }
 
@@ -289,6 +348,12 @@ pub struct ServeArgs {
     /// Consistency level for writes without X-Meta-ConsistencyLevel [default: 1]
     #[arg(long, env = "NEARCACHE_DEFAULT_LEVEL")]
     pub default_level: Option<u8>,
+    /// S3-compatible API address [default: 127.0.0.1:9000]
+    #[arg(long, env = "NEARCACHE_S3_LISTEN")]
+    pub s3_listen: Option<SocketAddr>,
+    /// Domain for virtual-host style S3 addressing (BUCKET.DOMAIN); path style always works
+    #[arg(long, env = "NEARCACHE_S3_DOMAIN")]
+    pub s3_domain: Option<String>,
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -365,6 +430,10 @@ impl Config {
         set!(self.origin.create_bucket, a.s3_create_bucket);
         set!(self.api.fetch_default, a.fetch_default);
         set!(self.api.default_level, a.default_level);
+        set!(self.s3api.listen, a.s3_listen);
+        if a.s3_domain.is_some() {
+            self.s3api.domain = a.s3_domain.clone();
+        }
         set!(self.log.level, a.log_level);
     }
 
@@ -389,6 +458,11 @@ impl Config {
         }
         if self.origin.access_key.is_some() != self.origin.secret_key.is_some() {
             bail!("S3 access key and secret key must be given together");
+        }
+        for k in &self.s3api.keys {
+            if k.access_key.is_empty() || k.secret_key.is_empty() {
+                bail!("s3api.keys: access_key and secret_key must not be empty");
+            }
         }
         Ok(())
     }

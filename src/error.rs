@@ -15,6 +15,8 @@ pub struct ApiError {
     /// What exactly was wrong, for a human.
     pub detail: String,
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The S3 error code, when the origin gave one (S3 API passthrough).
+    pub s3_code: Option<String>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             error,
             detail: detail.into(),
             headers: Vec::new(),
+            s3_code: None,
         }
     }
 
@@ -102,6 +105,12 @@ impl From<OriginError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "origin error", e.to_string())
             }
             OriginError::Closed => ApiError::unavailable(e.to_string()),
+            OriginError::Service { status, code, .. } => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut a = ApiError::new(status, "origin error", e.to_string());
+                a.s3_code = Some(code.clone());
+                a
+            }
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod http_util;
 pub mod metrics;
 pub mod native;
 pub mod node;
+pub mod s3api;
 pub mod server;
 pub mod uploader;
 

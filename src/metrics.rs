@@ -23,6 +23,7 @@ routes! {
     NewId => "id", Put => "put", Get => "get", Head => "head", Meta => "meta",
     Delete => "delete", Version => "version", Ping => "ping", Stats => "stats",
     Health => "healthz", Metrics => "metrics", Unknown => "unknown",
+    S3Read => "s3_read", S3Write => "s3_write", S3List => "s3_list", S3Other => "s3_other",
 }
 
 const STATUSES: [u16; 20] = [
@@ -35,7 +36,7 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-const NR: usize = 12;
+const NR: usize = 16;
 const NS: usize = STATUSES.len();
 const NB: usize = LATENCY_BOUNDS.len() + 1;
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use nearcache_s3::RemoteMeta;
+use nearcache_s3::{ObjectLoc, RemoteMeta};
 use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, StoreError, WriteAttrs};
 use tokio::sync::oneshot;
 use ulid::Ulid;
@@ -124,7 +124,9 @@ async fn dispatch(
         }
         Route::Meta => meta(ctx, req, &path["/api/v1/meta/".len()..]).await,
         Route::Delete => delete(ctx, req, &path["/api/v1/delete/".len()..]).await,
-        Route::Unknown => unreachable!("handled above"),
+        Route::Unknown | Route::S3Read | Route::S3Write | Route::S3List | Route::S3Other => {
+            unreachable!("not a native route")
+        }
     };
     (route, result)
 }
@@ -327,6 +329,7 @@ async fn put(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body
         user_meta,
         level,
         fetched: None,
+        headers: BTreeMap::new(),
     };
     let preq = PutReq {
         id: id.clone(),
@@ -423,7 +426,11 @@ async fn exec_put(
 }
 
 /// Waits until the uploader has applied the pending op `(key, seq)` in the origin.
-async fn wait_for_origin(ctx: &Rc<ShardCtx>, key: &str, seq: u64) -> Result<(), ApiError> {
+pub(crate) async fn wait_for_origin(
+    ctx: &Rc<ShardCtx>,
+    key: &str,
+    seq: u64,
+) -> Result<(), ApiError> {
     let (tx, rx) = oneshot::channel();
     ctx.upload_waiters
         .borrow_mut()
@@ -445,7 +452,7 @@ async fn wait_for_origin(ctx: &Rc<ShardCtx>, key: &str, seq: u64) -> Result<(), 
     }
 }
 
-fn quoted(etag: &str) -> HeaderValue {
+pub(crate) fn quoted(etag: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{etag}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
@@ -482,12 +489,36 @@ async fn delete(
 // ---------------------------------------------------------------------------------------
 // GET / HEAD
 
-struct GetReq {
-    id: String,
-    head: bool,
-    range: Option<String>,
-    cond: Conditions,
-    fetch: bool,
+/// A GET or HEAD of one object, on its owner shard. Shared by both APIs.
+pub(crate) struct GetReq {
+    /// The cache key (native: the id; S3 API: `bucket/key`).
+    pub key: String,
+    /// Where the object lives in the origin: None = the configured bucket (with the
+    /// configured prefix) under `key` (the native API).
+    pub loc: Option<ObjectLoc>,
+    pub head: bool,
+    pub range: Option<String>,
+    pub cond: Conditions,
+    pub fetch: bool,
+    /// Some: answer with the S3 API's headers (x-amz-meta-*, stored headers), then these
+    /// response-* overrides. None: the native API's X-Meta-* headers.
+    pub s3: Option<Vec<(header::HeaderName, HeaderValue)>>,
+}
+
+impl GetReq {
+    async fn origin_get(&self, ctx: &ShardCtx) -> Result<nearcache_s3::GetObject, ApiError> {
+        Ok(match &self.loc {
+            None => ctx.node.bridge.get(&self.key, None).await?,
+            Some(loc) => ctx.node.bridge.get_in(loc, None, None).await?,
+        })
+    }
+
+    async fn origin_head(&self, ctx: &ShardCtx) -> Result<RemoteMeta, ApiError> {
+        Ok(match &self.loc {
+            None => ctx.node.bridge.head(&self.key).await?,
+            Some(loc) => ctx.node.bridge.head_in(loc, None).await?,
+        })
+    }
 }
 
 async fn get(
@@ -499,7 +530,9 @@ async fn get(
     let id = parse_id(raw_id, "id")?;
     let h = req.headers();
     let greq = GetReq {
-        id: id.clone(),
+        key: id.clone(),
+        loc: None,
+        s3: None,
         head,
         range: h
             .get(header::RANGE)
@@ -520,8 +553,16 @@ struct ObjView<'a> {
     content_type: Option<&'a str>,
     name: Option<&'a str>,
     user_meta: &'a BTreeMap<String, String>,
+    headers: &'a BTreeMap<String, String>,
+    parts_count: Option<u32>,
     level: Option<u8>,
     fetched: bool,
+}
+
+/// A GET/HEAD that stops before the body: 304 (a response) or an error (412, 416).
+pub(crate) enum Early {
+    Response(Response<Body>),
+    Error(ApiError),
 }
 
 impl<'a> ObjView<'a> {
@@ -534,6 +575,8 @@ impl<'a> ObjView<'a> {
             content_type: m.content_type.as_deref(),
             name: m.name.as_deref(),
             user_meta: &m.user_meta,
+            headers: &m.headers,
+            parts_count: None,
             level: Some(m.level),
             fetched,
         }
@@ -548,53 +591,73 @@ impl<'a> ObjView<'a> {
             content_type: m.content_type.as_deref(),
             name: None,
             user_meta: &m.user_meta,
+            headers: &m.headers,
+            parts_count: m.parts_count,
             level: None,
             fetched: true,
         }
     }
 
     /// Status and headers for a GET/HEAD of this object, or the early answer (304, 412, 416).
-    fn respond(
-        &self,
-        req: &GetReq,
-    ) -> Result<(http::response::Builder, Range<u64>), Response<Body>> {
+    fn respond(&self, req: &GetReq) -> Result<(http::response::Builder, Range<u64>), Early> {
         let mut b = Response::builder()
             .header(header::ETAG, quoted(self.etag))
             .header(header::LAST_MODIFIED, http_date(self.last_modified_ms))
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(X_META_ID, self.id);
-        if self.fetched {
-            b = b.header(X_META_FETCHED, "true");
+            .header(header::ACCEPT_RANGES, "bytes");
+        if req.s3.is_none() {
+            b = b.header(X_META_ID, self.id);
+            if self.fetched {
+                b = b.header(X_META_FETCHED, "true");
+            }
         }
         if let Some(status) = req.cond.evaluate(self.etag, self.last_modified_ms, true) {
             if status == StatusCode::NOT_MODIFIED {
-                return Err(b.status(status).body(Body::Empty).expect("valid response"));
+                return Err(Early::Response(
+                    b.status(status).body(Body::Empty).expect("valid response"),
+                ));
             }
-            return Err(ApiError::new(
+            return Err(Early::Error(ApiError::new(
                 status,
                 "precondition failed",
                 "If-Match or If-Unmodified-Since did not hold",
-            )
-            .into_response());
+            )));
         }
-        let range = match resolve_range(req.range.as_deref(), self.size) {
-            Ok(r) => r,
-            Err(e) => return Err(e.into_response()),
-        };
+        let range = resolve_range(req.range.as_deref(), self.size).map_err(Early::Error)?;
         b = b.header(
             header::CONTENT_TYPE,
             self.content_type.unwrap_or("application/octet-stream"),
         );
-        if let Some(n) = self.name.and_then(|n| HeaderValue::from_str(n).ok()) {
-            b = b.header(X_META_NAME, n);
-        }
-        if let Some(l) = self.level {
-            b = b.header(X_META_LEVEL, l.to_string());
-        }
-        if !self.user_meta.is_empty() {
-            let j = serde_json::to_string(self.user_meta).unwrap_or_default();
-            if let Ok(v) = HeaderValue::from_str(&j) {
-                b = b.header(X_META_USERMETA, v);
+        if let Some(overrides) = &req.s3 {
+            for (k, v) in self.user_meta {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    b = b.header(format!("x-amz-meta-{k}"), v);
+                }
+            }
+            for (k, v) in self.headers {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    b = b.header(k.as_str(), v);
+                }
+            }
+            if let Some(n) = self.parts_count {
+                b = b.header("x-amz-mp-parts-count", n);
+            }
+            if let Some(h) = b.headers_mut() {
+                for (k, v) in overrides {
+                    h.insert(k.clone(), v.clone());
+                }
+            }
+        } else {
+            if let Some(n) = self.name.and_then(|n| HeaderValue::from_str(n).ok()) {
+                b = b.header(X_META_NAME, n);
+            }
+            if let Some(l) = self.level {
+                b = b.header(X_META_LEVEL, l.to_string());
+            }
+            if !self.user_meta.is_empty() {
+                let j = serde_json::to_string(self.user_meta).unwrap_or_default();
+                if let Ok(v) = HeaderValue::from_str(&j) {
+                    b = b.header(X_META_USERMETA, v);
+                }
             }
         }
         let r = match range {
@@ -617,8 +680,8 @@ impl<'a> ObjView<'a> {
 /// The stored copy failed verification (already dropped by the store).
 struct Corrupted;
 
-async fn exec_get(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
-    match ctx.shard.lookup(&req.id) {
+pub(crate) async fn exec_get(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
+    match ctx.shard.lookup(&req.key) {
         Lookup::Hit { meta, body } => match serve_hit(&ctx, &req, &meta, body, false).await {
             Ok(r) => r,
             Err(Corrupted) if req.fetch => read_through(ctx, req).await,
@@ -626,11 +689,11 @@ async fn exec_get(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiE
                 "the stored copy failed verification and was dropped; X-Meta-Fetch is off",
             )),
         },
-        Lookup::Deleted(t) => Err(deleted(&req.id, t.deleted_at_ms)),
+        Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
         Lookup::Miss if req.fetch => read_through(ctx, req).await,
         Lookup::Miss => Err(ApiError::not_found(format!(
             "id {} is not cached and X-Meta-Fetch is off",
-            req.id
+            req.key
         ))),
     }
 }
@@ -651,7 +714,8 @@ async fn serve_hit(
 ) -> Result<Result<Response<Body>, ApiError>, Corrupted> {
     let (builder, range) = match ObjView::stored(meta, fetched).respond(req) {
         Ok(x) => x,
-        Err(early) => return Ok(Ok(early)),
+        Err(Early::Response(r)) => return Ok(Ok(r)),
+        Err(Early::Error(e)) => return Ok(Err(e)),
     };
     if req.head {
         return Ok(Ok(builder.body(Body::Empty).expect("valid response")));
@@ -706,11 +770,11 @@ async fn serve_hit(
 /// A miss: read through from the origin. The first miss for a key fetches; concurrent
 /// misses wait for it and then read the stored copy.
 async fn read_through(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
-    let existing = ctx.fetches.borrow().get(&req.id).cloned();
+    let existing = ctx.fetches.borrow().get(&req.key).cloned();
     if let Some(fetch) = existing {
         ctx.http.coalesced.fetch_add(1, Relaxed);
         fetch.wait().await.map_err(ApiError::from)?;
-        return match ctx.shard.peek(&req.id) {
+        return match ctx.shard.peek(&req.key) {
             Lookup::Hit { meta, body } => match serve_hit(&ctx, &req, &meta, body, true).await {
                 Ok(r) => r,
                 Err(Corrupted) => Err(ApiError::new(
@@ -719,19 +783,20 @@ async fn read_through(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, 
                     "the freshly fetched copy failed verification",
                 )),
             },
-            Lookup::Deleted(t) => Err(deleted(&req.id, t.deleted_at_ms)),
+            Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
             // Fetched but not cached (no room): fetch for this request too.
             Lookup::Miss => fetch_and_respond(ctx, req).await,
         };
     }
     if req.head {
         // HEAD needs only the metadata: ask the origin, don't fill the cache.
-        let rmeta = ctx.node.bridge.head(&req.id).await?;
-        let view = ObjView::remote(&req.id, &rmeta);
-        return Ok(match view.respond(&req) {
-            Ok((b, _)) => b.body(Body::Empty).expect("valid response"),
-            Err(early) => early,
-        });
+        let rmeta = req.origin_head(&ctx).await?;
+        let view = ObjView::remote(&req.key, &rmeta);
+        return match view.respond(&req) {
+            Ok((b, _)) => Ok(b.body(Body::Empty).expect("valid response")),
+            Err(Early::Response(r)) => Ok(r),
+            Err(Early::Error(e)) => Err(e),
+        };
     }
     fetch_and_respond(ctx, req).await
 }
@@ -740,7 +805,7 @@ async fn fetch_and_respond(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Bo
     let fetch = Fetch::new();
     ctx.fetches
         .borrow_mut()
-        .insert(req.id.clone(), fetch.clone());
+        .insert(req.key.clone(), fetch.clone());
     let (resp_tx, resp_rx) = oneshot::channel();
     // The fetch runs in its own task: it fills the cache even if this client goes away.
     monoio::spawn(fetch_task(ctx.clone(), req, fetch, resp_tx));
@@ -757,7 +822,7 @@ async fn fetch_task(
     fetch: Rc<Fetch>,
     resp_tx: oneshot::Sender<Result<Response<Body>, ApiError>>,
 ) {
-    let id = req.id.clone();
+    let id = req.key.clone();
     let done = |outcome: Result<(), ApiErrorLite>| {
         let mut f = ctx.fetches.borrow_mut();
         if f.get(&id).is_some_and(|cur| Rc::ptr_eq(cur, &fetch)) {
@@ -767,10 +832,9 @@ async fn fetch_task(
         fetch.complete(outcome);
     };
     ctx.http.origin_fetches.fetch_add(1, Relaxed);
-    let obj = match ctx.node.bridge.get(&id, None).await {
+    let obj = match req.origin_get(&ctx).await {
         Ok(o) => o,
         Err(e) => {
-            let e = ApiError::from(e);
             done(Err((&e).into()));
             let _ = resp_tx.send(Err(e));
             return;
@@ -789,8 +853,11 @@ async fn fetch_task(
         Ok((builder, _)) => {
             let _ = resp_tx.send(Ok(builder.body(Body::Empty).expect("valid response")));
         }
-        Err(early) => {
-            let _ = resp_tx.send(Ok(early));
+        Err(Early::Response(r)) => {
+            let _ = resp_tx.send(Ok(r));
+        }
+        Err(Early::Error(e)) => {
+            let _ = resp_tx.send(Err(e));
         }
     }
     let mut writer = match ctx.shard.begin_write(&id, Some(rmeta.size)).await {
@@ -837,6 +904,7 @@ async fn fetch_task(
                     status: StatusCode::BAD_GATEWAY,
                     error: "origin error",
                     detail: msg,
+                    s3_code: None,
                 }));
                 return;
             }
@@ -854,6 +922,7 @@ async fn fetch_task(
             status: StatusCode::BAD_GATEWAY,
             error: "origin error",
             detail: msg,
+            s3_code: None,
         }));
         return;
     }
@@ -862,6 +931,7 @@ async fn fetch_task(
             content_type: rmeta.content_type.clone(),
             name: None,
             user_meta: rmeta.user_meta.clone(),
+            headers: rmeta.headers.clone(),
             level: 1,
             fetched: Some(FetchedFrom {
                 etag: rmeta.etag.clone(),

@@ -43,6 +43,8 @@ pub struct Node {
     /// Shards done with their own in-flight requests at shutdown. A shard keeps running
     /// jobs forwarded by others until every shard is drained.
     pub drained: std::sync::atomic::AtomicUsize,
+    /// The S3-compatible API's keys and bucket settings.
+    pub s3: crate::s3api::S3State,
 }
 
 impl Node {
@@ -82,6 +84,7 @@ pub struct ApiErrorLite {
     pub status: http::StatusCode,
     pub error: &'static str,
     pub detail: String,
+    pub s3_code: Option<String>,
 }
 
 impl From<&ApiError> for ApiErrorLite {
@@ -90,13 +93,16 @@ impl From<&ApiError> for ApiErrorLite {
             status: e.status,
             error: e.error,
             detail: e.detail.clone(),
+            s3_code: e.s3_code.clone(),
         }
     }
 }
 
 impl From<ApiErrorLite> for ApiError {
     fn from(e: ApiErrorLite) -> Self {
-        ApiError::new(e.status, e.error, e.detail)
+        let mut a = ApiError::new(e.status, e.error, e.detail);
+        a.s3_code = e.s3_code;
+        a
     }
 }
 
@@ -122,6 +128,7 @@ impl Fetch {
                     status: http::StatusCode::BAD_GATEWAY,
                     error: "origin error",
                     detail: "the origin fetch this request waited on was abandoned".into(),
+                    s3_code: None,
                 });
             }
         }
@@ -155,6 +162,42 @@ impl ShardCtx {
             .map_err(|_| ApiError::unavailable(format!("owner shard {owner} has stopped")))?;
         rx.await
             .map_err(|_| ApiError::unavailable(format!("owner shard {owner} dropped the request")))
+    }
+
+    /// Runs `f` on every shard (this one included) and returns the outputs in shard order.
+    pub async fn on_every_shard<F, Fut, T>(self: &Rc<Self>, f: F) -> Result<Vec<T>, ApiError>
+    where
+        F: FnOnce(Rc<ShardCtx>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let mut waiting = Vec::with_capacity(self.node.shards.len());
+        for shard in &self.node.shards {
+            let (tx, rx) = oneshot::channel();
+            let f = f.clone();
+            let job: Job = Box::new(move |ctx| {
+                Box::pin(async move {
+                    let _ = tx.send(f(ctx).await);
+                })
+            });
+            if shard.id == self.id {
+                monoio::spawn(job(self.clone()));
+            } else {
+                shard.inbox.send(job).map_err(|_| {
+                    ApiError::unavailable(format!("shard {} has stopped", shard.id))
+                })?;
+            }
+            waiting.push((shard.id, rx));
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for (id, rx) in waiting {
+            out.push(
+                rx.await.map_err(|_| {
+                    ApiError::unavailable(format!("shard {id} dropped the request"))
+                })?,
+            );
+        }
+        Ok(out)
     }
 
     /// Releases every `X-Meta-Sync` waiter at shutdown (their writes stay queued).

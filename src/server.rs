@@ -28,6 +28,8 @@ use crate::node::{Job, Node, ShardCtx, ShardHandle};
 /// A running node. Dropping it without [`ServerHandle::shutdown`] leaves threads running.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The S3-compatible API's address.
+    pub s3_addr: SocketAddr,
     pub node: Arc<Node>,
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     shutdown_tx: watch::Sender<bool>,
@@ -102,13 +104,18 @@ fn check_node_file(dir: &Path, shards: usize) -> anyhow::Result<String> {
     }
 }
 
-/// Port 0 means "any": pick one here so that every shard binds the same port.
+/// Port 0 means "any": pick one here so that every shard binds the same port. A fixed
+/// port is probed with a plain bind first: the shards bind with SO_REUSEPORT, which would
+/// otherwise silently share the port with another nearcache already listening there.
 fn resolve_listen(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    Ok(l.local_addr()?)
+    let probe = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!("{addr} is already in use (another nearcache or another server?): {e}")
+        } else {
+            anyhow!("binding {addr}: {e}")
+        }
+    })?;
+    Ok(probe.local_addr()?)
 }
 
 type Ready = Result<(usize, Arc<ShardMetrics>, RecoveryReport), String>;
@@ -118,6 +125,8 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let n = cfg.shard_count();
     let node_id = check_node_file(&cfg.server.data_dir, n)?;
     let addr = resolve_listen(cfg.server.listen)?;
+    let s3_addr = resolve_listen(cfg.s3api.listen)?;
+    let s3 = crate::s3api::S3State::from_config(&cfg.s3api);
     let uring_active = monoio::utils::detect_uring()
         && cfg.store.device_kind() != Some(nearcache_shards::DeviceKind::Syscall);
     if !monoio::utils::detect_uring() {
@@ -175,7 +184,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
                     i,
                     n,
                     cfg,
-                    addr,
+                    (addr, s3_addr),
                     inbox_rx,
                     http,
                     ready_tx,
@@ -227,6 +236,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         shutdown_rx,
         node_id,
         drained: Default::default(),
+        s3,
     });
     for tx in node_txs {
         let _ = tx.send(node.clone());
@@ -242,8 +252,18 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         }
     }
     tracing::info!(%addr, shards = n, io = if uring_active { "io_uring" } else { "epoll" }, "nearcache listening");
+    if node.s3.has_keys() {
+        tracing::info!(addr = %s3_addr, domain = ?node.cfg.s3api.domain, "S3-compatible API listening");
+    } else {
+        tracing::warn!(
+            addr = %s3_addr,
+            "S3-compatible API listening without access keys ([[s3api.keys]]): \
+             every request is refused with AccessDenied"
+        );
+    }
     Ok(ServerHandle {
         addr,
+        s3_addr,
         node,
         threads,
         shutdown_tx,
@@ -282,7 +302,7 @@ fn shard_thread(
     i: usize,
     n: usize,
     cfg: Config,
-    addr: SocketAddr,
+    (addr, s3_addr): (SocketAddr, SocketAddr),
     mut inbox: mpsc::UnboundedReceiver<Job>,
     http: Arc<HttpMetrics>,
     ready_tx: std_mpsc::Sender<Ready>,
@@ -343,13 +363,18 @@ fn shard_thread(
             active_requests: Default::default(),
         });
         let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
-        let listener = match TcpListener::bind_with_config(addr, &opts) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = listening_tx.send(Err(format!("shard {i}: binding {addr}: {e}")));
-                return Err(anyhow!("binding {addr}: {e}"));
+        let mut listeners = Vec::new();
+        for a in [addr, s3_addr] {
+            match TcpListener::bind_with_config(a, &opts) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    let _ = listening_tx.send(Err(format!("shard {i}: binding {a}: {e}")));
+                    return Err(anyhow!("binding {a}: {e}"));
+                }
             }
-        };
+        }
+        let s3_listener = listeners.pop().expect("two listeners");
+        let listener = listeners.pop().expect("two listeners");
         let _ = listening_tx.send(Ok(()));
 
         let inbox_ctx = ctx.clone();
@@ -361,7 +386,13 @@ fn shard_thread(
         monoio::spawn(crate::uploader::run(ctx.clone()));
         monoio::spawn(sweep_tombstones(ctx.clone()));
 
-        accept_loop(&ctx, listener).await;
+        let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
+        monoio::spawn(async move {
+            accept_loop(&s3_ctx, s3_listener, Api::S3).await;
+            let _ = s3_done_tx.send(());
+        });
+        accept_loop(&ctx, listener, Api::Native).await;
+        let _ = s3_done.await;
 
         // Graceful: no new connections; give in-flight requests the grace period.
         let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
@@ -389,7 +420,16 @@ fn shard_thread(
     })
 }
 
-async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener) {
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// objstore's native API, /healthz, /metrics.
+    Native,
+    /// The S3-compatible API.
+    S3,
+}
+
+async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
     let cfg = &ctx.node.cfg.server;
     let mut builder = hyper_util::server::conn::auto::Builder::new(MonoioExecutor);
     builder
@@ -432,7 +472,12 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener) {
             let svc_ctx = ctx.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = svc_ctx.clone();
-                async move { Ok::<_, Infallible>(crate::native::handle(ctx, req).await) }
+                async move {
+                    Ok::<_, Infallible>(match api {
+                        Api::Native => crate::native::handle(ctx, req).await,
+                        Api::S3 => crate::s3api::handle(ctx, req).await,
+                    })
+                }
             });
             if let Err(e) = builder.serve_connection(io, svc).await {
                 tracing::debug!(shard = ctx.id, error = %e, "connection ended with an error");

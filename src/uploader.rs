@@ -83,13 +83,26 @@ async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
                 user_meta: meta.user_meta.clone(),
                 // Client writes carry the body's MD5 as ETag: let the origin verify it.
                 md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
+                headers: meta.headers.clone(),
             };
-            bridge
-                .put_file(&op.key, path.clone(), *offset, *len, pm)
-                .await
-                .map(|_| ())
+            match crate::s3api::origin_loc(&op.key) {
+                Some(loc) => {
+                    bridge
+                        .put_file_in(&loc, path.clone(), *offset, *len, pm)
+                        .await
+                }
+                None => {
+                    bridge
+                        .put_file(&op.key, path.clone(), *offset, *len, pm)
+                        .await
+                }
+            }
+            .map(|_| ())
         }
-        PendingKind::Delete => bridge.delete(&op.key).await,
+        PendingKind::Delete => match crate::s3api::origin_loc(&op.key) {
+            Some(loc) => bridge.delete_in(&loc).await,
+            None => bridge.delete(&op.key).await,
+        },
     };
     let outcome = match result {
         Ok(()) => match ctx.shard.complete_pending(&op.key, op.seq).await {

@@ -54,6 +54,9 @@ fn spawn_node(dir: &Path, bucket: &str, port: u16) -> Child {
             "--s3-create-bucket",
             "--log-level",
             "warn",
+            // Any free port for the S3 API: the default would collide between nodes.
+            "--s3-listen",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

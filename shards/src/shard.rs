@@ -847,6 +847,11 @@ impl Shard {
         out
     }
 
+    /// The seq of the key's pending origin op (upload or delete), if one is queued.
+    pub fn pending_seq(&self, key: &str) -> Option<u64> {
+        self.core.state.borrow().pending.get(key).map(|p| p.seq)
+    }
+
     /// Resolves when a pending op may be available (after a write or delete that queued one).
     pub async fn pending_changed(&self) {
         self.core.pending_notify.notified().await;

@@ -72,6 +72,11 @@ pub struct ObjectMeta {
     /// True once the bytes are known to be in the origin. Until then the object is pinned.
     pub in_origin: bool,
     pub provenance: Provenance,
+    /// Other response headers kept with the object (lowercase names), e.g. the S3 API's
+    /// content-encoding, content-disposition, cache-control, content-language, expires.
+    /// Absent in journals written before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Caller-supplied attributes for a write.
@@ -83,6 +88,8 @@ pub struct WriteAttrs {
     pub level: u8,
     /// Set for read-through writes: the origin's ETag and Last-Modified.
     pub fetched: Option<FetchedFrom>,
+    /// Stored as [`ObjectMeta::headers`].
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]

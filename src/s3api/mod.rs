@@ -1,7 +1,610 @@
 //! The S3-compatible API: awscli and the SDKs work through nearcache unchanged.
 //!
 //! - `auth`: AWS Signature V4 verification (header, presigned, aws-chunked streaming).
-//! - the operation handlers (to come) serve object reads from the same shard store and
-//!   coalescing as the native API.
+//! - this module: the listener's handler (addressing, authentication, permissions,
+//!   routing to an operation, S3's XML errors) and the bucket operations;
+//! - `object`: GetObject/HeadObject (the native API's GET path: same store, same
+//!   coalescing), PutObject, DeleteObject(s), CopyObject;
+//! - `list`: ListObjects v1/v2 from the origin merged with writes pending upload;
+//! - `multipart`: multipart uploads, passed through to the origin;
+//! - `error`: the one mapping from errors to S3 codes; `xml`: escaping and a small reader.
+//!
+//! An object `KEY` of bucket `BUCKET` is cached under `BUCKET/KEY` (native ids are ULIDs and
+//! never contain '/', so the two APIs' keys cannot collide) on the shard that owns that
+//! string. Writes go through the shard store and its uploader like the native API's level
+//! 1; unless the bucket is write-behind, the answer waits for the origin.
 
 pub mod auth;
+pub mod error;
+mod list;
+mod multipart;
+mod object;
+mod xml;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nearcache_s3::ObjectLoc;
+
+use self::auth::{BodyCheck, BodyDecoder, ChecksumCheck, Credential, KeyStore};
+use self::error::S3Error;
+use self::xml::{escape, iso_time, DECL, NS};
+use crate::body::Body;
+use crate::config::S3ApiConfig;
+use crate::metrics::Route;
+use crate::node::{ActiveGuard, ShardCtx};
+
+/// Longest cache key the shard store takes (LMDB's key limit).
+pub const MAX_CACHE_KEY: usize = 511;
+/// Largest XML request body read (DeleteObjects with 1000 long keys fits).
+const MAX_XML_BODY: usize = 4 << 20;
+
+/// The API's configuration, resolved at start-up; shared read-only by all shards.
+pub struct S3State {
+    keys: KeyStore,
+    has_keys: bool,
+    write_behind: HashMap<String, bool>,
+    domain: Option<String>,
+}
+
+impl S3State {
+    pub fn from_config(cfg: &S3ApiConfig) -> S3State {
+        let creds = cfg
+            .keys
+            .iter()
+            .map(|k| Credential {
+                access_key: k.access_key.clone(),
+                secret_key: k.secret_key.clone(),
+                buckets: k.buckets.clone(),
+                read_only: k.read_only,
+            })
+            .collect();
+        S3State {
+            keys: KeyStore::new(creds),
+            has_keys: !cfg.keys.is_empty(),
+            write_behind: cfg
+                .buckets
+                .iter()
+                .map(|b| (b.name.clone(), b.write_behind))
+                .collect(),
+            domain: cfg
+                .domain
+                .as_ref()
+                .map(|d| d.trim_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty()),
+        }
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.has_keys
+    }
+
+    pub fn write_behind(&self, bucket: &str) -> bool {
+        self.write_behind.get(bucket).copied().unwrap_or(false)
+    }
+}
+
+/// The cache key of an S3-API object.
+pub fn cache_key(bucket: &str, key: &str) -> String {
+    format!("{bucket}/{key}")
+}
+
+/// The origin location of a cache key written through the S3 API (None: a native id).
+pub fn origin_loc(cache_key: &str) -> Option<ObjectLoc> {
+    let (bucket, key) = cache_key.split_once('/')?;
+    Some(ObjectLoc {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    })
+}
+
+thread_local! {
+    /// Buckets this shard has seen exist in the origin, so writes don't queue uploads that
+    /// can never succeed (NoSuchBucket) and aren't checked on every request.
+    static KNOWN_BUCKETS: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// Fails with the origin's error (NoSuchBucket) unless `bucket` exists.
+pub(crate) async fn ensure_bucket(ctx: &ShardCtx, bucket: &str) -> Result<(), S3Error> {
+    if KNOWN_BUCKETS.with(|k| k.borrow().contains(bucket)) {
+        return Ok(());
+    }
+    ctx.node.bridge.head_bucket(bucket).await?;
+    KNOWN_BUCKETS.with(|k| k.borrow_mut().insert(bucket.to_owned()));
+    Ok(())
+}
+
+fn forget_bucket(bucket: &str) {
+    KNOWN_BUCKETS.with(|k| k.borrow_mut().remove(bucket));
+}
+
+/// One authenticated request, parsed.
+pub(crate) struct S3Req {
+    pub rid: String,
+    pub method: Method,
+    pub bucket: Option<String>,
+    pub key: Option<String>,
+    /// Decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body_check: BodyCheck,
+}
+
+impl S3Req {
+    pub fn q(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.query.iter().any(|(k, _)| k == name)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn bucket(&self) -> &str {
+        self.bucket.as_deref().unwrap_or_default()
+    }
+
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or_default()
+    }
+
+    pub fn loc(&self) -> ObjectLoc {
+        ObjectLoc {
+            bucket: self.bucket().to_owned(),
+            key: self.key().to_owned(),
+        }
+    }
+
+    /// The object's length after aws-chunked decoding, when the client says.
+    pub fn decoded_len(&self) -> Result<Option<u64>, S3Error> {
+        let name = if self.body_check.is_chunked() {
+            "x-amz-decoded-content-length"
+        } else {
+            "content-length"
+        };
+        match self.header(name) {
+            None if self.body_check.is_chunked() => Err(S3Error::new(
+                StatusCode::LENGTH_REQUIRED,
+                "MissingContentLength",
+                "You must provide the x-amz-decoded-content-length HTTP header.",
+            )),
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| S3Error::invalid_argument(format!("{name} is not a number"))),
+        }
+    }
+
+    /// A body decoder and the Content-MD5 / x-amz-checksum-* check for this request.
+    pub fn body_checks(&self) -> Result<(BodyDecoder, ChecksumCheck), S3Error> {
+        let decoder = BodyDecoder::new(self.body_check.clone(), self.decoded_len()?);
+        let checks = ChecksumCheck::from_headers(&self.headers)?;
+        Ok((decoder, checks))
+    }
+}
+
+/// Reads a small request body whole (XML documents), decoded and verified.
+pub(crate) async fn read_small_body(req: &S3Req, mut body: Incoming) -> Result<Bytes, S3Error> {
+    let (mut decoder, mut checks) = req.body_checks()?;
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "IncompleteBody",
+                format!("reading the request body failed: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        for chunk in decoder.feed(data)? {
+            checks.update(&chunk);
+            out.extend_from_slice(&chunk);
+            if out.len() > MAX_XML_BODY {
+                return Err(S3Error::new(
+                    StatusCode::BAD_REQUEST,
+                    "MaxMessageLengthExceeded",
+                    "Your request was too big.",
+                ));
+            }
+        }
+    }
+    decoder.finish()?;
+    checks.finish()?;
+    Ok(out.freeze())
+}
+
+/// S3-style request id: 16 upper-case hex digits.
+fn request_id() -> String {
+    format!("{:016X}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let _active = ActiveGuard::new(&ctx);
+    let rid = request_id();
+    let head = req.method() == Method::HEAD;
+    let resource = req.uri().path().to_owned();
+    let mut route = Route::S3Other;
+    let mut resp = match run(&ctx, req, &rid, &mut route).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(&resource, &rid, head),
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("nearcache"));
+    ctx.http
+        .record(route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// Sub-resources of S3 that nearcache does not implement: their presence in the query
+/// makes a request NotImplemented rather than a plain object or bucket operation.
+const UNSUPPORTED: &[&str] = &[
+    "accelerate",
+    "acl",
+    "analytics",
+    "attributes",
+    "cors",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "legal-hold",
+    "lifecycle",
+    "logging",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "restore",
+    "retention",
+    "select",
+    "session",
+    "tagging",
+    "torrent",
+    "versioning",
+    "versions",
+    "website",
+];
+
+async fn run(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    rid: &str,
+    route: &mut Route,
+) -> Result<Response<Body>, S3Error> {
+    let (parts, body) = req.into_parts();
+    let s3 = &ctx.node.s3;
+    if !s3.has_keys {
+        return Err(S3Error::access_denied(
+            "the S3 API has no access keys configured ([[s3api.keys]])",
+        ));
+    }
+    let verified = auth::verify_head(&parts, &s3.keys, SystemTime::now())?;
+    let cred = s3
+        .keys
+        .get(&verified.access_key)
+        .ok_or_else(|| S3Error::access_denied("unknown access key"))?
+        .clone();
+    let (bucket, key) = address(&parts, s3.domain.as_deref())?;
+    let query = parse_query(parts.uri.query().unwrap_or(""));
+    let req = S3Req {
+        rid: rid.to_owned(),
+        method: parts.method.clone(),
+        bucket,
+        key,
+        query,
+        headers: parts.headers,
+        body_check: verified.body,
+    };
+    if let Some(b) = &req.bucket {
+        if !may_use(&cred, b) {
+            return Err(S3Error::access_denied(format!(
+                "access key {} may not use bucket {b}",
+                cred.access_key
+            )));
+        }
+    }
+    let read = matches!(req.method, Method::GET | Method::HEAD);
+    if cred.read_only && !read {
+        return Err(S3Error::access_denied(format!(
+            "access key {} is read-only",
+            cred.access_key
+        )));
+    }
+    if let Some(sub) = UNSUPPORTED.iter().find(|s| req.has(s)) {
+        return Err(S3Error::not_implemented(format!("the ?{sub} sub-resource")));
+    }
+    if req.q("versionId").is_some_and(|v| v != "null") {
+        return Err(S3Error::not_implemented("object versions"));
+    }
+    let m = req.method.clone();
+    match (&req.bucket, &req.key) {
+        (None, _) => match m {
+            Method::GET => {
+                *route = Route::S3List;
+                list_buckets(ctx, &cred).await
+            }
+            _ => Err(S3Error::not_implemented(format!("{m} on the service"))),
+        },
+        (Some(_), None) => {
+            if m == Method::GET && req.has("uploads") {
+                *route = Route::S3List;
+                return multipart::list_uploads(ctx, &req).await;
+            }
+            if m == Method::GET && req.q("list-type") == Some("2") {
+                *route = Route::S3List;
+                return list::list_objects(ctx, &req, true).await;
+            }
+            if m == Method::GET && req.has("location") {
+                return Ok(xml_response(format!(
+                    "{DECL}<LocationConstraint xmlns=\"{NS}\">{}</LocationConstraint>",
+                    escape(bucket_region(ctx))
+                )));
+            }
+            if m == Method::POST && req.has("delete") {
+                *route = Route::S3Write;
+                return object::delete_objects(ctx, &req, body).await;
+            }
+            match m {
+                Method::GET => {
+                    *route = Route::S3List;
+                    list::list_objects(ctx, &req, false).await
+                }
+                Method::HEAD => {
+                    ctx.node.bridge.head_bucket(req.bucket()).await?;
+                    Ok(empty(StatusCode::OK))
+                }
+                Method::PUT => {
+                    *route = Route::S3Write;
+                    create_bucket(ctx, &req, body).await
+                }
+                Method::DELETE => {
+                    *route = Route::S3Write;
+                    ctx.node.bridge.delete_bucket(req.bucket()).await?;
+                    forget_bucket(req.bucket());
+                    Ok(empty(StatusCode::NO_CONTENT))
+                }
+                _ => Err(S3Error::not_implemented(format!("{m} on a bucket"))),
+            }
+        }
+        (Some(_), Some(_)) => {
+            let upload = req.has("uploadId");
+            match m {
+                Method::GET if upload => {
+                    *route = Route::S3List;
+                    multipart::list_parts(ctx, &req).await
+                }
+                Method::GET | Method::HEAD => {
+                    *route = Route::S3Read;
+                    object::get_object(ctx, &req).await
+                }
+                Method::PUT if upload && req.headers.contains_key("x-amz-copy-source") => {
+                    *route = Route::S3Write;
+                    multipart::upload_part_copy(ctx, &req, &cred).await
+                }
+                Method::PUT if upload || req.has("partNumber") => {
+                    *route = Route::S3Write;
+                    multipart::upload_part(ctx, &req, body).await
+                }
+                Method::PUT if req.headers.contains_key("x-amz-copy-source") => {
+                    *route = Route::S3Write;
+                    object::copy_object(ctx, &req, &cred).await
+                }
+                Method::PUT => {
+                    *route = Route::S3Write;
+                    object::put_object(ctx, &req, body).await
+                }
+                Method::DELETE if upload => {
+                    *route = Route::S3Write;
+                    multipart::abort(ctx, &req).await
+                }
+                Method::DELETE => {
+                    *route = Route::S3Write;
+                    object::delete_object(ctx, &req).await
+                }
+                Method::POST if req.has("uploads") => {
+                    *route = Route::S3Write;
+                    multipart::create(ctx, &req).await
+                }
+                Method::POST if upload => {
+                    *route = Route::S3Write;
+                    multipart::complete(ctx, &req, body).await
+                }
+                _ => Err(S3Error::not_implemented(format!("{m} on an object"))),
+            }
+        }
+    }
+}
+
+/// Whether a key may use a bucket: `*` or the bucket's name in its list.
+pub(crate) fn may_use(cred: &Credential, bucket: &str) -> bool {
+    cred.buckets.iter().any(|b| b == "*" || b == bucket)
+}
+
+fn bucket_region(ctx: &ShardCtx) -> &str {
+    let r = ctx.node.cfg.origin.region.as_str();
+    if r == "us-east-1" {
+        ""
+    } else {
+        r
+    }
+}
+
+/// (bucket, key) from the Host header (virtual-host style under the configured domain)
+/// or the path (path style).
+fn address(
+    parts: &http::request::Parts,
+    domain: Option<&str>,
+) -> Result<(Option<String>, Option<String>), S3Error> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.host().map(str::to_owned))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => {
+            h.to_owned()
+        }
+        _ => host,
+    };
+    let path = parts.uri.path();
+    let vhost = domain.and_then(|d| {
+        host.strip_suffix(d)
+            .and_then(|h| h.strip_suffix('.'))
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+    });
+    let decode = |s: &str| -> Result<String, S3Error> {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| {
+                S3Error::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidURI",
+                    "Couldn't parse the specified URI.",
+                )
+            })
+    };
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let (bucket, key) = match vhost {
+        Some(b) => (Some(b), rest),
+        None => {
+            let (b, k) = rest.split_once('/').unwrap_or((rest, ""));
+            if b.is_empty() {
+                return Ok((None, None));
+            }
+            (Some(decode(b)?), k)
+        }
+    };
+    let key = if key.is_empty() {
+        None
+    } else {
+        Some(decode(key)?)
+    };
+    if let Some(b) = &bucket {
+        let ok = (3..=63).contains(&b.len())
+            && b.bytes().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.' || c == b'_'
+            });
+        if !ok {
+            return Err(S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidBucketName",
+                format!("The specified bucket is not valid: {b}"),
+            ));
+        }
+    }
+    if key.as_ref().is_some_and(|k| k.len() > 1024) {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "KeyTooLongError",
+            "Your key is too long",
+        ));
+    }
+    Ok((bucket, key))
+}
+
+/// Query parameters, `+` and `%XX` decoded.
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Body::Empty);
+    *r.status_mut() = status;
+    r
+}
+
+pub(crate) fn xml_response(doc: String) -> Response<Body> {
+    let mut r = Response::new(Body::full(doc));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    r
+}
+
+async fn list_buckets(ctx: &ShardCtx, cred: &Credential) -> Result<Response<Body>, S3Error> {
+    let buckets = ctx.node.bridge.list_buckets().await?;
+    let mut doc = format!(
+        "{DECL}<ListAllMyBucketsResult xmlns=\"{NS}\"><Owner><ID>nearcache</ID>\
+         <DisplayName>nearcache</DisplayName></Owner><Buckets>"
+    );
+    for b in buckets.iter().filter(|b| may_use(cred, &b.name)) {
+        let _ = write!(
+            doc,
+            "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
+            escape(&b.name),
+            iso_time(b.created_ms)
+        );
+    }
+    doc.push_str("</Buckets></ListAllMyBucketsResult>");
+    Ok(xml_response(doc))
+}
+
+async fn create_bucket(
+    ctx: &ShardCtx,
+    req: &S3Req,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
+    // The body (CreateBucketConfiguration) may name a location: nearcache creates buckets
+    // in the origin's configured region.
+    read_small_body(req, body).await?;
+    ctx.node.bridge.create_bucket(req.bucket()).await?;
+    KNOWN_BUCKETS.with(|k| k.borrow_mut().insert(req.bucket().to_owned()));
+    let mut r = empty(StatusCode::OK);
+    if let Ok(v) = HeaderValue::from_str(&format!("/{}", req.bucket())) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}

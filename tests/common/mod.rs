@@ -48,12 +48,25 @@ pub fn test_config(data_dir: &Path, bucket: &str) -> Config {
     cfg.origin.max_attempts = 3;
     cfg.origin.initial_backoff_ms = 20;
     cfg.origin.upload_max_backoff_secs = 1;
+    cfg.s3api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.s3api.keys = vec![nearcache::config::S3KeyConfig {
+        access_key: S3_ACCESS_KEY.into(),
+        secret_key: S3_SECRET_KEY.into(),
+        buckets: vec!["*".into()],
+        read_only: false,
+    }];
     cfg
 }
+
+/// The access key the test config gives nearcache's S3 API.
+pub const S3_ACCESS_KEY: &str = "NCTESTKEY";
+pub const S3_SECRET_KEY: &str = "nc-test-secret";
 
 pub struct TestNode {
     pub handle: Option<ServerHandle>,
     pub base: String,
+    /// The S3-compatible API's endpoint.
+    pub s3_base: String,
     pub bucket: String,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -73,9 +86,11 @@ impl TestNode {
         let dir = tmp.path().to_path_buf();
         let handle = nearcache::start(cfg).expect("start node");
         let base = format!("http://{}", handle.addr);
+        let s3_base = format!("http://{}", handle.s3_addr);
         TestNode {
             handle: Some(handle),
             base,
+            s3_base,
             bucket,
             dir,
             _tmp: Some(tmp),
@@ -93,6 +108,7 @@ impl TestNode {
         tweak(&mut cfg);
         let handle = nearcache::start(cfg).expect("restart node");
         self.base = format!("http://{}", handle.addr);
+        self.s3_base = format!("http://{}", handle.s3_addr);
         self.handle = Some(handle);
     }
 

@@ -16,6 +16,14 @@ pub enum OriginError {
     Rejected(String),
     #[error("origin bridge is shut down")]
     Closed,
+    /// An S3 error answer passed through as is (bucket-aware operations of the S3 API):
+    /// the client sees the origin's status and code.
+    #[error("origin answered {status} {code}: {message}")]
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 impl OriginError {

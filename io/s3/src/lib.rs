@@ -61,7 +61,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::origin::{Job, Service};
+use crate::origin::{Call, Job, Reply, Service};
 
 /// Requests queued per bridge thread before callers wait.
 const REQUEST_QUEUE: usize = 1024;
@@ -161,8 +161,10 @@ impl Bridge {
         let (reply, rx) = oneshot::channel();
         self.call(
             Job::Get {
+                bucket: None,
                 key: key.to_owned(),
                 range,
+                part: None,
                 reply,
             },
             rx,
@@ -174,7 +176,9 @@ impl Bridge {
         let (reply, rx) = oneshot::channel();
         self.call(
             Job::Head {
+                bucket: None,
                 key: key.to_owned(),
+                part: None,
                 reply,
             },
             rx,
@@ -193,6 +197,7 @@ impl Bridge {
     ) -> Result<PutResult, OriginError> {
         let (reply, rx) = oneshot::channel();
         let job = Job::Put {
+            bucket: None,
             key: key.to_owned(),
             path,
             offset,
@@ -208,12 +213,273 @@ impl Bridge {
         let (reply, rx) = oneshot::channel();
         self.call(
             Job::Delete {
+                bucket: None,
                 key: key.to_owned(),
                 reply,
             },
             rx,
         )
         .await
+    }
+
+    // ---- bucket-aware operations (the S3 API): explicit bucket, key as given (no prefix).
+    // Origin error answers other than 404-on-object come back as `OriginError::Service`.
+
+    /// GET `loc` (optionally a byte range, end exclusive, or one part of a multipart object).
+    pub async fn get_in(
+        &self,
+        loc: &ObjectLoc,
+        range: Option<(u64, u64)>,
+        part: Option<u32>,
+    ) -> Result<GetObject, OriginError> {
+        if let Some((a, b)) = range {
+            if b <= a {
+                return Err(OriginError::InvalidRange);
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Get {
+            bucket: Some(loc.bucket.clone()),
+            key: loc.key.clone(),
+            range,
+            part,
+            reply,
+        };
+        self.call(job, rx).await
+    }
+
+    pub async fn head_in(
+        &self,
+        loc: &ObjectLoc,
+        part: Option<u32>,
+    ) -> Result<RemoteMeta, OriginError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Head {
+            bucket: Some(loc.bucket.clone()),
+            key: loc.key.clone(),
+            part,
+            reply,
+        };
+        self.call(job, rx).await
+    }
+
+    /// Uploads `len` bytes at `offset` of the file at `path` to `loc`.
+    pub async fn put_file_in(
+        &self,
+        loc: &ObjectLoc,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        meta: PutMeta,
+    ) -> Result<PutResult, OriginError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Put {
+            bucket: Some(loc.bucket.clone()),
+            key: loc.key.clone(),
+            path,
+            offset,
+            len,
+            meta,
+            reply,
+        };
+        self.call(job, rx).await
+    }
+
+    pub async fn delete_in(&self, loc: &ObjectLoc) -> Result<(), OriginError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Delete {
+            bucket: Some(loc.bucket.clone()),
+            key: loc.key.clone(),
+            reply,
+        };
+        self.call(job, rx).await
+    }
+
+    async fn op(&self, call: Call) -> Result<Reply, OriginError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Job::Call { call, reply }, rx).await
+    }
+
+    pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, OriginError> {
+        match self.op(Call::ListBuckets).await? {
+            Reply::Buckets(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        self.op(Call::CreateBucket(bucket.to_owned()))
+            .await
+            .map(drop)
+    }
+
+    /// `Service { status: 404, code: "NoSuchBucket" }` when it does not exist.
+    pub async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        self.op(Call::HeadBucket(bucket.to_owned())).await.map(drop)
+    }
+
+    pub async fn delete_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        self.op(Call::DeleteBucket(bucket.to_owned()))
+            .await
+            .map(drop)
+    }
+
+    /// One ListObjectsV2 page.
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        params: ListParams,
+    ) -> Result<ListPage, OriginError> {
+        match self.op(Call::List(bucket.to_owned(), params)).await? {
+            Reply::List(p) => Ok(p),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Server-side copy. `meta`: Some = replace the metadata, None = copy it.
+    pub async fn copy_object(
+        &self,
+        dst: &ObjectLoc,
+        src: CopySource,
+        meta: Option<PutMeta>,
+    ) -> Result<CopyResult, OriginError> {
+        let call = Call::Copy {
+            dst: dst.clone(),
+            src,
+            meta,
+        };
+        match self.op(call).await? {
+            Reply::Copy(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Returns the upload id.
+    pub async fn create_multipart(
+        &self,
+        loc: &ObjectLoc,
+        meta: PutMeta,
+    ) -> Result<String, OriginError> {
+        let call = Call::CreateMultipart {
+            loc: loc.clone(),
+            meta,
+        };
+        match self.op(call).await? {
+            Reply::Text(id) => Ok(id),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Uploads one part from `len` bytes at `offset` of a file; returns its ETag (unquoted).
+    #[expect(clippy::too_many_arguments, reason = "mirrors S3's UploadPart")]
+    pub async fn upload_part(
+        &self,
+        loc: &ObjectLoc,
+        upload_id: &str,
+        part: u32,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        md5_hex: Option<String>,
+    ) -> Result<String, OriginError> {
+        let call = Call::UploadPart {
+            loc: loc.clone(),
+            upload_id: upload_id.to_owned(),
+            part,
+            path,
+            offset,
+            len,
+            md5_hex,
+        };
+        match self.op(call).await? {
+            Reply::Text(etag) => Ok(etag),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Copies (an inclusive byte range of) `src` into one part.
+    pub async fn upload_part_copy(
+        &self,
+        loc: &ObjectLoc,
+        upload_id: &str,
+        part: u32,
+        src: CopySource,
+        range: Option<(u64, u64)>,
+    ) -> Result<CopyResult, OriginError> {
+        let call = Call::UploadPartCopy {
+            loc: loc.clone(),
+            upload_id: upload_id.to_owned(),
+            part,
+            src,
+            range,
+        };
+        match self.op(call).await? {
+            Reply::Copy(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Completes an upload from (part number, ETag) pairs; returns the object's ETag.
+    pub async fn complete_multipart(
+        &self,
+        loc: &ObjectLoc,
+        upload_id: &str,
+        parts: Vec<(u32, String)>,
+    ) -> Result<String, OriginError> {
+        let call = Call::Complete {
+            loc: loc.clone(),
+            upload_id: upload_id.to_owned(),
+            parts,
+        };
+        match self.op(call).await? {
+            Reply::Text(etag) => Ok(etag),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn abort_multipart(
+        &self,
+        loc: &ObjectLoc,
+        upload_id: &str,
+    ) -> Result<(), OriginError> {
+        let call = Call::Abort {
+            loc: loc.clone(),
+            upload_id: upload_id.to_owned(),
+        };
+        self.op(call).await.map(drop)
+    }
+
+    pub async fn list_parts(
+        &self,
+        loc: &ObjectLoc,
+        upload_id: &str,
+        max_parts: u32,
+        marker: Option<u32>,
+    ) -> Result<PartsPage, OriginError> {
+        let call = Call::ListParts {
+            loc: loc.clone(),
+            upload_id: upload_id.to_owned(),
+            max_parts,
+            marker,
+        };
+        match self.op(call).await? {
+            Reply::Parts(p) => Ok(p),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn list_uploads(
+        &self,
+        bucket: &str,
+        params: UploadsParams,
+    ) -> Result<UploadsPage, OriginError> {
+        match self
+            .op(Call::ListUploads(bucket.to_owned(), params))
+            .await?
+        {
+            Reply::Uploads(p) => Ok(p),
+            r => Err(unexpected(r)),
+        }
     }
 
     /// Creates the bucket if it does not exist (used by tests and the local quick start).
@@ -268,6 +534,10 @@ impl Bridge {
         drop(tx);
         rx.await.unwrap_or(Err(OriginError::Closed))
     }
+}
+
+fn unexpected(r: Reply) -> OriginError {
+    OriginError::Rejected(format!("origin bridge: unexpected reply {r:?}"))
 }
 
 fn describe_config(cfg: &OriginConfig) -> String {

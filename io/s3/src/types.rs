@@ -53,6 +53,11 @@ pub struct RemoteMeta {
     pub last_modified_ms: u64,
     /// x-amz-meta-* (keys lowercased, without the prefix).
     pub user_meta: BTreeMap<String, String>,
+    /// Other stored headers the origin returned (lowercase names): content-encoding,
+    /// content-disposition, cache-control, content-language, expires.
+    pub headers: BTreeMap<String, String>,
+    /// Parts of a multipart object (`x-amz-mp-parts-count`), when the origin says.
+    pub parts_count: Option<u32>,
 }
 
 pub struct GetObject {
@@ -80,6 +85,114 @@ pub struct PutMeta {
     pub user_meta: BTreeMap<String, String>,
     /// Hex MD5 of the body, sent as Content-MD5 so the origin verifies it.
     pub md5_hex: Option<String>,
+    /// Other headers to store with the object (see [`STORED_HEADERS`]).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Object headers (besides Content-Type and x-amz-meta-*) that S3 stores with an object
+/// and returns on GET/HEAD; lowercase.
+pub const STORED_HEADERS: [&str; 5] = [
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+];
+
+/// Where a bucket-aware request goes: `bucket` as given, `key` as given (no prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectLoc {
+    pub bucket: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created_ms: u64,
+}
+
+/// A ListObjectsV2 page request (the caller translates v1 markers and its own tokens
+/// into `start_after`).
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub start_after: Option<String>,
+    pub max_keys: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    /// Without quotes.
+    pub etag: String,
+    pub last_modified_ms: u64,
+    pub storage_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub entries: Vec<ListEntry>,
+    pub common_prefixes: Vec<String>,
+    pub is_truncated: bool,
+}
+
+/// CopyObject / UploadPartCopy source.
+#[derive(Debug, Clone)]
+pub struct CopySource {
+    pub bucket: String,
+    pub key: String,
+    /// x-amz-copy-source-if-* as (header name, value).
+    pub conditions: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyResult {
+    /// Without quotes.
+    pub etag: String,
+    pub last_modified_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartInfo {
+    pub part_number: u32,
+    pub etag: String,
+    pub size: u64,
+    pub last_modified_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PartsPage {
+    pub parts: Vec<PartInfo>,
+    pub is_truncated: bool,
+    pub next_marker: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UploadsParams {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub key_marker: Option<String>,
+    pub upload_id_marker: Option<String>,
+    pub max_uploads: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UploadsPage {
+    pub uploads: Vec<UploadInfo>,
+    pub common_prefixes: Vec<String>,
+    pub is_truncated: bool,
+    pub next_key_marker: Option<String>,
+    pub next_upload_id_marker: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -150,6 +150,7 @@ fn put_with_offset_metadata_and_delete() {
             content_type: Some("text/x-test".into()),
             user_meta: user_meta.clone(),
             md5_hex: Some(hex::encode(Md5::digest(&data[1234..201_234]))),
+            ..Default::default()
         };
         let put = b
             .put_file("a/b c", src.clone(), 1234, 200_000, meta)
@@ -308,6 +309,7 @@ fn put_sends_md5_metadata_and_range() {
         content_type: Some("application/x-fake".into()),
         user_meta,
         md5_hex: Some(hex::encode(digest)),
+        ..Default::default()
     };
     let res = block_on(b.put_file("obj", src, 100, 30_000, meta)).unwrap();
     assert_eq!(res.etag, "fake-etag");

@@ -45,6 +45,8 @@ struct Sidecar {
     last_modified_ms: u64,
     #[serde(default)]
     user_meta: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    headers: BTreeMap<String, String>,
 }
 
 impl Sidecar {
@@ -55,10 +57,13 @@ impl Sidecar {
             content_type: self.content_type.clone(),
             last_modified_ms: self.last_modified_ms,
             user_meta: self.user_meta.clone(),
+            headers: self.headers.clone(),
+            parts_count: None,
         }
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct LocalOrigin {
     dir: PathBuf,
 }
@@ -158,7 +163,9 @@ impl LocalOrigin {
         &self,
         key: &str,
         range: Option<(u64, u64)>,
+        part: Option<u32>,
     ) -> Result<OpenedGet, OriginError> {
+        check_part(part)?;
         let sc = self.read_sidecar(key).await?;
         let mut file = match tokio::fs::File::open(self.data_path(key)).await {
             Ok(f) => f,
@@ -201,7 +208,8 @@ impl LocalOrigin {
         })
     }
 
-    pub async fn head(&self, key: &str) -> Result<RemoteMeta, OriginError> {
+    pub async fn head(&self, key: &str, part: Option<u32>) -> Result<RemoteMeta, OriginError> {
+        check_part(part)?;
         Ok(self.read_sidecar(key).await?.remote_meta())
     }
 
@@ -335,6 +343,7 @@ fn put_blocking(
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
+        headers: meta.headers,
     };
     let json = serde_json::to_vec(&sc)
         .map_err(|e| OriginError::Rejected(format!("encode sidecar: {e}")))?;
@@ -356,4 +365,210 @@ fn put_blocking(
         .and_then(|d| d.sync_all())
         .map_err(|e| io_unavailable("fsync local origin dir", e))?;
     Ok(PutResult { etag })
+}
+
+/// Objects of the local origin are whole: part 1 is the object, other parts don't exist.
+fn check_part(part: Option<u32>) -> Result<(), OriginError> {
+    match part {
+        None | Some(1) => Ok(()),
+        Some(_) => Err(OriginError::Service {
+            status: 416,
+            code: "InvalidPartNumber".into(),
+            message: "The requested partnumber is not satisfiable".into(),
+        }),
+    }
+}
+
+fn service(status: u16, code: &str, message: String) -> OriginError {
+    OriginError::Service {
+        status,
+        code: code.into(),
+        message,
+    }
+}
+
+/// Buckets of the S3 API in the local origin: `DIR/buckets/<name>/`, each laid out like
+/// the flat directory above. (The native API's objects stay in DIR itself.)
+impl LocalOrigin {
+    fn buckets_dir(&self) -> PathBuf {
+        self.dir.join("buckets")
+    }
+
+    fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, OriginError> {
+        let ok = !bucket.is_empty()
+            && bucket.len() <= 63
+            && !bucket.starts_with('.')
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(service(
+                400,
+                "InvalidBucketName",
+                format!("The specified bucket is not valid: {bucket}"),
+            ));
+        }
+        Ok(self.buckets_dir().join(bucket))
+    }
+
+    /// The origin for `bucket` (None: this one); the bucket must exist.
+    pub(crate) fn bucket(&self, bucket: Option<&str>) -> Result<LocalOrigin, OriginError> {
+        let Some(b) = bucket else {
+            return Ok(self.clone());
+        };
+        let dir = self.bucket_dir(b)?;
+        if !dir.is_dir() {
+            return Err(service(
+                404,
+                "NoSuchBucket",
+                format!("The specified bucket does not exist: {b}"),
+            ));
+        }
+        Ok(LocalOrigin { dir })
+    }
+
+    fn sidecars(&self) -> Result<Vec<Sidecar>, OriginError> {
+        let mut out = Vec::new();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_unavailable("list bucket", e))?;
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            if !name.to_string_lossy().starts_with("m-") {
+                continue;
+            }
+            if let Ok(raw) = std::fs::read(ent.path()) {
+                if let Ok(sc) = serde_json::from_slice::<Sidecar>(&raw) {
+                    out.push(sc);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    pub(crate) async fn call(&self, call: &super::Call) -> Result<super::Reply, OriginError> {
+        use super::{Call, Reply};
+        match call {
+            Call::ListBuckets => {
+                let mut out = Vec::new();
+                if let Ok(rd) = std::fs::read_dir(self.buckets_dir()) {
+                    for ent in rd.flatten() {
+                        let created_ms = ent
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_millis() as u64);
+                        out.push(crate::BucketInfo {
+                            name: ent.file_name().to_string_lossy().into_owned(),
+                            created_ms,
+                        });
+                    }
+                }
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(Reply::Buckets(out))
+            }
+            Call::CreateBucket(b) => {
+                let dir = self.bucket_dir(b)?;
+                if dir.is_dir() {
+                    return Err(service(
+                        409,
+                        "BucketAlreadyOwnedByYou",
+                        format!("Your previous request to create the named bucket succeeded and you already own it: {b}"),
+                    ));
+                }
+                std::fs::create_dir_all(&dir).map_err(|e| io_unavailable("create bucket", e))?;
+                Ok(Reply::Unit)
+            }
+            Call::HeadBucket(b) => self.bucket(Some(b)).map(|_| Reply::Unit),
+            Call::DeleteBucket(b) => {
+                let o = self.bucket(Some(b))?;
+                let empty = std::fs::read_dir(&o.dir)
+                    .map_err(|e| io_unavailable("read bucket", e))?
+                    .flatten()
+                    .all(|e| e.file_name().to_string_lossy().starts_with("t-"));
+                if !empty {
+                    return Err(service(
+                        409,
+                        "BucketNotEmpty",
+                        format!("The bucket you tried to delete is not empty: {b}"),
+                    ));
+                }
+                std::fs::remove_dir_all(&o.dir).map_err(|e| io_unavailable("delete bucket", e))?;
+                Ok(Reply::Unit)
+            }
+            Call::List(b, p) => {
+                let o = self.bucket(Some(b))?;
+                let mut page = crate::ListPage::default();
+                let max = p.max_keys.min(1000) as usize;
+                let mut n = 0;
+                for sc in o.sidecars()? {
+                    if !sc.key.starts_with(&p.prefix)
+                        || p.start_after.as_ref().is_some_and(|s| sc.key <= *s)
+                    {
+                        continue;
+                    }
+                    let rest = &sc.key[p.prefix.len()..];
+                    let cp = p
+                        .delimiter
+                        .as_deref()
+                        .filter(|d| !d.is_empty())
+                        .and_then(|d| {
+                            rest.find(d)
+                                .map(|i| format!("{}{}", p.prefix, &rest[..i + d.len()]))
+                        });
+                    if let Some(cp) = &cp {
+                        if page.common_prefixes.last() == Some(cp) {
+                            continue;
+                        }
+                    }
+                    if n == max {
+                        page.is_truncated = true;
+                        break;
+                    }
+                    n += 1;
+                    match cp {
+                        Some(cp) => page.common_prefixes.push(cp),
+                        None => page.entries.push(crate::ListEntry {
+                            key: sc.key,
+                            size: sc.size,
+                            etag: sc.etag,
+                            last_modified_ms: sc.last_modified_ms,
+                            storage_class: Some("STANDARD".into()),
+                        }),
+                    }
+                }
+                Ok(Reply::List(page))
+            }
+            Call::Copy { dst, src, meta } => {
+                let so = self.bucket(Some(&src.bucket))?;
+                let sc = so.read_sidecar(&src.key).await?;
+                let dobj = self.bucket(Some(&dst.bucket))?;
+                let pm = match meta {
+                    Some(m) => m.clone(),
+                    None => PutMeta {
+                        content_type: sc.content_type.clone(),
+                        user_meta: sc.user_meta.clone(),
+                        md5_hex: None,
+                        headers: sc.headers.clone(),
+                    },
+                };
+                let r = dobj
+                    .put_file(&dst.key, &so.data_path(&src.key), 0, sc.size, &pm)
+                    .await?;
+                Ok(Reply::Copy(crate::CopyResult {
+                    etag: r.etag,
+                    last_modified_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                }))
+            }
+            Call::CreateMultipart { .. }
+            | Call::UploadPart { .. }
+            | Call::UploadPartCopy { .. }
+            | Call::Complete { .. }
+            | Call::Abort { .. }
+            | Call::ListParts { .. }
+            | Call::ListUploads(..) => Err(super::not_implemented("multipart upload")),
+        }
+    }
 }

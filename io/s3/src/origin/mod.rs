@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::{
-    BodyStream, GetObject, OriginConfig, OriginError, OriginKind, OriginStats, PutMeta, PutResult,
-    RemoteMeta, LATENCY_BOUNDS_SECONDS,
+    BodyStream, BucketInfo, CopyResult, CopySource, GetObject, ListPage, ListParams, ObjectLoc,
+    OriginConfig, OriginError, OriginKind, OriginStats, PartsPage, PutMeta, PutResult, RemoteMeta,
+    UploadsPage, UploadsParams, LATENCY_BOUNDS_SECONDS,
 };
 
 /// Longest wait between two attempts of the bridge's own retry loop.
@@ -25,16 +26,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// One request from a caller, with the channel for its reply.
 pub(crate) enum Job {
+    /// `bucket: None`: the configured bucket, with the configured prefix before `key`.
     Get {
+        bucket: Option<String>,
         key: String,
         range: Option<(u64, u64)>,
+        part: Option<u32>,
         reply: oneshot::Sender<Result<GetObject, OriginError>>,
     },
     Head {
+        bucket: Option<String>,
         key: String,
+        part: Option<u32>,
         reply: oneshot::Sender<Result<RemoteMeta, OriginError>>,
     },
     Put {
+        bucket: Option<String>,
         key: String,
         path: PathBuf,
         offset: u64,
@@ -43,12 +50,91 @@ pub(crate) enum Job {
         reply: oneshot::Sender<Result<PutResult, OriginError>>,
     },
     Delete {
+        bucket: Option<String>,
         key: String,
         reply: oneshot::Sender<Result<(), OriginError>>,
     },
     EnsureBucket {
         reply: oneshot::Sender<Result<(), OriginError>>,
     },
+    /// Bucket-aware operations of the S3 API without a streamed body.
+    Call {
+        call: Call,
+        reply: oneshot::Sender<Result<Reply, OriginError>>,
+    },
+}
+
+/// A bucket-aware origin operation (S3 API passthrough).
+#[derive(Debug, Clone)]
+pub(crate) enum Call {
+    ListBuckets,
+    CreateBucket(String),
+    HeadBucket(String),
+    DeleteBucket(String),
+    List(String, ListParams),
+    Copy {
+        dst: ObjectLoc,
+        src: CopySource,
+        /// Some: replace the metadata (directive REPLACE); None: copy it.
+        meta: Option<PutMeta>,
+    },
+    CreateMultipart {
+        loc: ObjectLoc,
+        meta: PutMeta,
+    },
+    UploadPart {
+        loc: ObjectLoc,
+        upload_id: String,
+        part: u32,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        md5_hex: Option<String>,
+    },
+    UploadPartCopy {
+        loc: ObjectLoc,
+        upload_id: String,
+        part: u32,
+        src: CopySource,
+        /// Inclusive byte range.
+        range: Option<(u64, u64)>,
+    },
+    Complete {
+        loc: ObjectLoc,
+        upload_id: String,
+        parts: Vec<(u32, String)>,
+    },
+    Abort {
+        loc: ObjectLoc,
+        upload_id: String,
+    },
+    ListParts {
+        loc: ObjectLoc,
+        upload_id: String,
+        max_parts: u32,
+        marker: Option<u32>,
+    },
+    ListUploads(String, UploadsParams),
+}
+
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Unit,
+    Buckets(Vec<BucketInfo>),
+    List(ListPage),
+    Copy(CopyResult),
+    Text(String),
+    Parts(PartsPage),
+    Uploads(UploadsPage),
+}
+
+/// The answer a backend gives for an operation it does not support.
+pub(crate) fn not_implemented(what: &str) -> OriginError {
+    OriginError::Service {
+        status: 501,
+        code: "NotImplemented".into(),
+        message: format!("{what} is not supported by this origin"),
+    }
 }
 
 /// A GET whose response head has arrived; the body is still to be read.
@@ -86,22 +172,41 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<OpenedGet, OriginError> {
+    async fn get(
+        &self,
+        bucket: Option<&str>,
+        key: &str,
+        range: Option<(u64, u64)>,
+        part: Option<u32>,
+    ) -> Result<OpenedGet, OriginError> {
         match self {
-            Backend::S3(o) => o.get(key, range).await,
-            Backend::Local(o) => o.get(key, range).await,
+            Backend::S3(o) => o.get(bucket, key, range, part).await,
+            Backend::Local(o) => o.bucket(bucket)?.get(key, range, part).await,
         }
     }
 
-    async fn head(&self, key: &str) -> Result<RemoteMeta, OriginError> {
+    async fn head(
+        &self,
+        bucket: Option<&str>,
+        key: &str,
+        part: Option<u32>,
+    ) -> Result<RemoteMeta, OriginError> {
         match self {
-            Backend::S3(o) => o.head(key).await,
-            Backend::Local(o) => o.head(key).await,
+            Backend::S3(o) => o.head(bucket, key, part).await,
+            Backend::Local(o) => o.bucket(bucket)?.head(key, part).await,
+        }
+    }
+
+    async fn call(&self, call: &Call) -> Result<Reply, OriginError> {
+        match self {
+            Backend::S3(o) => o.call(call).await,
+            Backend::Local(o) => o.call(call).await,
         }
     }
 
     async fn put_file(
         &self,
+        bucket: Option<&str>,
         key: &str,
         path: &std::path::Path,
         offset: u64,
@@ -109,15 +214,19 @@ impl Backend {
         meta: &PutMeta,
     ) -> Result<PutResult, OriginError> {
         match self {
-            Backend::S3(o) => o.put_file(key, path, offset, len, meta).await,
-            Backend::Local(o) => o.put_file(key, path, offset, len, meta).await,
+            Backend::S3(o) => o.put_file(bucket, key, path, offset, len, meta).await,
+            Backend::Local(o) => {
+                o.bucket(bucket)?
+                    .put_file(key, path, offset, len, meta)
+                    .await
+            }
         }
     }
 
-    async fn delete(&self, key: &str) -> Result<(), OriginError> {
+    async fn delete(&self, bucket: Option<&str>, key: &str) -> Result<(), OriginError> {
         match self {
-            Backend::S3(o) => o.delete(key).await,
-            Backend::Local(o) => o.delete(key).await,
+            Backend::S3(o) => o.delete(bucket, key).await,
+            Backend::Local(o) => o.bucket(bucket)?.delete(key).await,
         }
     }
 
@@ -141,6 +250,7 @@ enum Op {
     Put,
     Delete,
     EnsureBucket,
+    Call,
 }
 
 /// The request layer of one bridge thread.
@@ -189,10 +299,17 @@ impl Service {
 
     pub async fn handle(&self, job: Job) {
         match job {
-            Job::Get { key, range, reply } => {
-                let key = self.full_key(&key);
+            Job::Get {
+                bucket,
+                key,
+                range,
+                part,
+                reply,
+            } => {
+                let key = self.origin_key(&bucket, &key);
+                let b = bucket.as_deref();
                 let res = self
-                    .run(Op::Get, &key, || self.backend.get(&key, range))
+                    .run(Op::Get, &key, || self.backend.get(b, &key, range, part))
                     .await;
                 match res {
                     Ok(OpenedGet { meta, range, body }) => {
@@ -211,12 +328,21 @@ impl Service {
                     }
                 }
             }
-            Job::Head { key, reply } => {
-                let key = self.full_key(&key);
-                let res = self.run(Op::Head, &key, || self.backend.head(&key)).await;
+            Job::Head {
+                bucket,
+                key,
+                part,
+                reply,
+            } => {
+                let key = self.origin_key(&bucket, &key);
+                let b = bucket.as_deref();
+                let res = self
+                    .run(Op::Head, &key, || self.backend.head(b, &key, part))
+                    .await;
                 let _ = reply.send(res);
             }
             Job::Put {
+                bucket,
                 key,
                 path,
                 offset,
@@ -224,10 +350,11 @@ impl Service {
                 meta,
                 reply,
             } => {
-                let key = self.full_key(&key);
+                let key = self.origin_key(&bucket, &key);
+                let b = bucket.as_deref();
                 let res = self
                     .run(Op::Put, &key, || {
-                        self.backend.put_file(&key, &path, offset, len, &meta)
+                        self.backend.put_file(b, &key, &path, offset, len, &meta)
                     })
                     .await;
                 if res.is_ok() {
@@ -235,11 +362,16 @@ impl Service {
                 }
                 let _ = reply.send(res);
             }
-            Job::Delete { key, reply } => {
-                let key = self.full_key(&key);
+            Job::Delete { bucket, key, reply } => {
+                let key = self.origin_key(&bucket, &key);
+                let b = bucket.as_deref();
                 let res = self
-                    .run(Op::Delete, &key, || self.backend.delete(&key))
+                    .run(Op::Delete, &key, || self.backend.delete(b, &key))
                     .await;
+                let _ = reply.send(res);
+            }
+            Job::Call { call, reply } => {
+                let res = self.run(Op::Call, "", || self.backend.call(&call)).await;
                 let _ = reply.send(res);
             }
             Job::EnsureBucket { reply } => {
@@ -248,6 +380,14 @@ impl Service {
                     .await;
                 let _ = reply.send(res);
             }
+        }
+    }
+
+    /// The configured prefix applies to the configured bucket only.
+    fn origin_key(&self, bucket: &Option<String>, key: &str) -> String {
+        match bucket {
+            Some(_) => key.to_owned(),
+            None => self.full_key(key),
         }
     }
 
@@ -270,7 +410,7 @@ impl Service {
             Op::Head => Some(&self.stats.requests_head),
             Op::Put => Some(&self.stats.requests_put),
             Op::Delete => Some(&self.stats.requests_delete),
-            Op::EnsureBucket => None,
+            Op::EnsureBucket | Op::Call => None,
         };
         if let Some(c) = counter {
             c.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +419,7 @@ impl Service {
         let mut attempt = 1u32;
         let result = loop {
             // Injection targets object operations; set-up calls are left alone.
-            let (res, injected) = if op != Op::EnsureBucket && self.inject() {
+            let (res, injected) = if !matches!(op, Op::EnsureBucket | Op::Call) && self.inject() {
                 self.stats.injected_failures.fetch_add(1, Ordering::Relaxed);
                 (
                     Err(OriginError::Unavailable("injected failure".into())),
@@ -309,6 +449,9 @@ impl Service {
             Err(OriginError::NotFound) => {
                 self.stats.not_found.fetch_add(1, Ordering::Relaxed);
                 debug!(?op, key, ?elapsed, "origin: not found");
+            }
+            Err(e @ OriginError::Service { .. }) => {
+                debug!(?op, key, ?elapsed, error = %e, "origin answered with an error");
             }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -14,13 +14,19 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
+    MetadataDirective,
+};
 use aws_sdk_s3::Client;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use tracing::{debug, info};
 
-use super::{BodySource, OpenedGet};
-use crate::{OriginConfig, OriginError, OriginKind, OriginStats, PutMeta, PutResult, RemoteMeta};
+use super::{BodySource, Call, OpenedGet, Reply};
+use crate::{
+    BucketInfo, CopyResult, CopySource, ListEntry, ListPage, OriginConfig, OriginError, OriginKind,
+    OriginStats, PartInfo, PartsPage, PutMeta, PutResult, RemoteMeta, UploadInfo, UploadsPage,
+};
 
 pub(crate) struct S3Origin {
     client: Client,
@@ -86,19 +92,32 @@ impl S3Origin {
         })
     }
 
+    fn bucket<'a>(&'a self, bucket: Option<&'a str>) -> &'a str {
+        bucket.unwrap_or(&self.bucket)
+    }
+
     pub async fn get(
         &self,
+        bucket: Option<&str>,
         key: &str,
         range: Option<(u64, u64)>,
+        part: Option<u32>,
     ) -> Result<OpenedGet, OriginError> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(self.bucket(bucket))
+            .key(key);
         if let Some((a, b)) = range {
             if b <= a {
                 return Err(OriginError::InvalidRange);
             }
             req = req.range(format!("bytes={}-{}", a, b - 1));
         }
-        let out = req.send().await.map_err(map_sdk_error)?;
+        if let Some(p) = part {
+            req = req.part_number(p as i32);
+        }
+        let out = req.send().await.map_err(|e| mapper(bucket)(e))?;
         let len = out.content_length().unwrap_or(0).max(0) as u64;
         let (size, got) = match out.content_range() {
             Some(cr) => parse_content_range(cr).ok_or_else(|| {
@@ -112,6 +131,14 @@ impl S3Origin {
             content_type: out.content_type().map(str::to_owned),
             last_modified_ms: millis(out.last_modified()),
             user_meta: user_meta(out.metadata()),
+            headers: stored_headers([
+                ("cache-control", out.cache_control()),
+                ("content-disposition", out.content_disposition()),
+                ("content-encoding", out.content_encoding()),
+                ("content-language", out.content_language()),
+                ("expires", out.expires_string()),
+            ]),
+            parts_count: out.parts_count().map(|n| n.max(0) as u32),
         };
         Ok(OpenedGet {
             meta,
@@ -120,26 +147,41 @@ impl S3Origin {
         })
     }
 
-    pub async fn head(&self, key: &str) -> Result<RemoteMeta, OriginError> {
-        let out = self
+    pub async fn head(
+        &self,
+        bucket: Option<&str>,
+        key: &str,
+        part: Option<u32>,
+    ) -> Result<RemoteMeta, OriginError> {
+        let mut req = self
             .client
             .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(map_sdk_error)?;
+            .bucket(self.bucket(bucket))
+            .key(key);
+        if let Some(p) = part {
+            req = req.part_number(p as i32);
+        }
+        let out = req.send().await.map_err(|e| mapper(bucket)(e))?;
         Ok(RemoteMeta {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: unquote(out.e_tag()),
             content_type: out.content_type().map(str::to_owned),
             last_modified_ms: millis(out.last_modified()),
             user_meta: user_meta(out.metadata()),
+            headers: stored_headers([
+                ("cache-control", out.cache_control()),
+                ("content-disposition", out.content_disposition()),
+                ("content-encoding", out.content_encoding()),
+                ("content-language", out.content_language()),
+                ("expires", out.expires_string()),
+            ]),
+            parts_count: out.parts_count().map(|n| n.max(0) as u32),
         })
     }
 
     pub async fn put_file(
         &self,
+        bucket: Option<&str>,
         key: &str,
         path: &Path,
         offset: u64,
@@ -159,7 +201,7 @@ impl S3Origin {
         let mut req = self
             .client
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(self.bucket(bucket))
             .key(key)
             .content_length(i64::try_from(len).unwrap_or(i64::MAX))
             .body(body);
@@ -174,26 +216,33 @@ impl S3Origin {
                     .collect(),
             ));
         }
+        let h = |n: &str| meta.headers.get(n).cloned();
+        req = req
+            .set_cache_control(h("cache-control"))
+            .set_content_disposition(h("content-disposition"))
+            .set_content_encoding(h("content-encoding"))
+            .set_content_language(h("content-language"))
+            .set_expires(h("expires").and_then(|e| parse_http_date(&e)));
         if let Some(md5) = &meta.md5_hex {
             let raw = hex::decode(md5)
                 .map_err(|_| OriginError::Rejected(format!("invalid md5_hex {md5:?}")))?;
             req = req.content_md5(aws_smithy_types::base64::encode(raw));
         }
-        let out = req.send().await.map_err(map_sdk_error)?;
+        let out = req.send().await.map_err(|e| mapper(bucket)(e))?;
         Ok(PutResult {
             etag: unquote(out.e_tag()),
         })
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), OriginError> {
+    pub async fn delete(&self, bucket: Option<&str>, key: &str) -> Result<(), OriginError> {
         match self
             .client
             .delete_object()
-            .bucket(&self.bucket)
+            .bucket(self.bucket(bucket))
             .key(key)
             .send()
             .await
-            .map_err(map_sdk_error)
+            .map_err(|e| mapper(bucket)(e))
         {
             Ok(_) | Err(OriginError::NotFound) => Ok(()),
             Err(e) => Err(e),
@@ -234,6 +283,473 @@ impl S3Origin {
             }
             Err(e) => Err(map_sdk_error(e)),
         }
+    }
+}
+
+impl S3Origin {
+    /// The bucket-aware operations of the S3 API (errors pass through, see [`map_passthrough`]).
+    pub async fn call(&self, call: &Call) -> Result<Reply, OriginError> {
+        let c = &self.client;
+        match call {
+            Call::ListBuckets => {
+                let out = c.list_buckets().send().await.map_err(map_passthrough)?;
+                Ok(Reply::Buckets(
+                    out.buckets()
+                        .iter()
+                        .map(|b| BucketInfo {
+                            name: b.name().unwrap_or_default().to_owned(),
+                            created_ms: millis(b.creation_date()),
+                        })
+                        .collect(),
+                ))
+            }
+            Call::CreateBucket(b) => {
+                let mut req = c.create_bucket().bucket(b);
+                if self.region != "us-east-1" {
+                    req = req.create_bucket_configuration(
+                        CreateBucketConfiguration::builder()
+                            .location_constraint(BucketLocationConstraint::from(
+                                self.region.as_str(),
+                            ))
+                            .build(),
+                    );
+                }
+                req.send().await.map_err(map_passthrough)?;
+                Ok(Reply::Unit)
+            }
+            Call::HeadBucket(b) => match c.head_bucket().bucket(b).send().await {
+                Ok(_) => Ok(Reply::Unit),
+                Err(e) => Err(match map_passthrough(e) {
+                    OriginError::NotFound => no_such_bucket(b),
+                    other => other,
+                }),
+            },
+            Call::DeleteBucket(b) => {
+                c.delete_bucket()
+                    .bucket(b)
+                    .send()
+                    .await
+                    .map_err(map_passthrough)?;
+                Ok(Reply::Unit)
+            }
+            Call::List(b, p) => {
+                let out = c
+                    .list_objects_v2()
+                    .bucket(b)
+                    .prefix(&p.prefix)
+                    .set_delimiter(p.delimiter.clone())
+                    .set_start_after(p.start_after.clone())
+                    .max_keys(p.max_keys.min(1000) as i32)
+                    .send()
+                    .await
+                    .map_err(map_passthrough)?;
+                Ok(Reply::List(ListPage {
+                    entries: out
+                        .contents()
+                        .iter()
+                        .map(|o| ListEntry {
+                            key: o.key().unwrap_or_default().to_owned(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: unquote(o.e_tag()),
+                            last_modified_ms: millis(o.last_modified()),
+                            storage_class: o.storage_class().map(|s| s.as_str().to_owned()),
+                        })
+                        .collect(),
+                    common_prefixes: out
+                        .common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().map(str::to_owned))
+                        .collect(),
+                    is_truncated: out.is_truncated().unwrap_or(false),
+                }))
+            }
+            Call::Copy { dst, src, meta } => {
+                let mut req = c
+                    .copy_object()
+                    .bucket(&dst.bucket)
+                    .key(&dst.key)
+                    .copy_source(copy_source(src));
+                for (name, value) in &src.conditions {
+                    req = match name.as_str() {
+                        "x-amz-copy-source-if-match" => req.copy_source_if_match(value),
+                        "x-amz-copy-source-if-none-match" => req.copy_source_if_none_match(value),
+                        "x-amz-copy-source-if-modified-since" => {
+                            req.set_copy_source_if_modified_since(parse_http_date(value))
+                        }
+                        "x-amz-copy-source-if-unmodified-since" => {
+                            req.set_copy_source_if_unmodified_since(parse_http_date(value))
+                        }
+                        _ => req,
+                    };
+                }
+                if let Some(m) = meta {
+                    let h = |n: &str| m.headers.get(n).cloned();
+                    req = req
+                        .metadata_directive(MetadataDirective::Replace)
+                        .set_content_type(m.content_type.clone())
+                        .set_metadata(Some(
+                            m.user_meta
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
+                        ))
+                        .set_cache_control(h("cache-control"))
+                        .set_content_disposition(h("content-disposition"))
+                        .set_content_encoding(h("content-encoding"))
+                        .set_content_language(h("content-language"))
+                        .set_expires(h("expires").and_then(|e| parse_http_date(&e)));
+                }
+                let out = req.send().await.map_err(map_passthrough)?;
+                let r = out.copy_object_result();
+                Ok(Reply::Copy(CopyResult {
+                    etag: unquote(r.and_then(|r| r.e_tag())),
+                    last_modified_ms: millis(r.and_then(|r| r.last_modified())),
+                }))
+            }
+            Call::CreateMultipart { loc, meta: m } => {
+                let h = |n: &str| m.headers.get(n).cloned();
+                let mut req = c
+                    .create_multipart_upload()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .set_content_type(m.content_type.clone())
+                    .set_cache_control(h("cache-control"))
+                    .set_content_disposition(h("content-disposition"))
+                    .set_content_encoding(h("content-encoding"))
+                    .set_content_language(h("content-language"))
+                    .set_expires(h("expires").and_then(|e| parse_http_date(&e)));
+                if !m.user_meta.is_empty() {
+                    req = req.set_metadata(Some(
+                        m.user_meta
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ));
+                }
+                let out = req.send().await.map_err(map_passthrough)?;
+                Ok(Reply::Text(out.upload_id().unwrap_or_default().to_owned()))
+            }
+            Call::UploadPart {
+                loc,
+                upload_id,
+                part,
+                path,
+                offset,
+                len,
+                md5_hex,
+            } => {
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(*offset)
+                    .length(Length::Exact(*len))
+                    .build()
+                    .await
+                    .map_err(|e| {
+                        OriginError::Rejected(format!("open part source {}: {e}", path.display()))
+                    })?;
+                let mut req = c
+                    .upload_part()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .upload_id(upload_id)
+                    .part_number(*part as i32)
+                    .content_length(i64::try_from(*len).unwrap_or(i64::MAX))
+                    .body(body);
+                if let Some(md5) = md5_hex {
+                    let raw = hex::decode(md5)
+                        .map_err(|_| OriginError::Rejected(format!("invalid md5_hex {md5:?}")))?;
+                    req = req.content_md5(aws_smithy_types::base64::encode(raw));
+                }
+                let out = req.send().await.map_err(map_passthrough)?;
+                Ok(Reply::Text(unquote(out.e_tag())))
+            }
+            Call::UploadPartCopy {
+                loc,
+                upload_id,
+                part,
+                src,
+                range,
+            } => {
+                let mut req = c
+                    .upload_part_copy()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .upload_id(upload_id)
+                    .part_number(*part as i32)
+                    .copy_source(copy_source(src))
+                    .set_copy_source_range(range.map(|(a, b)| format!("bytes={a}-{b}")));
+                for (name, value) in &src.conditions {
+                    req = match name.as_str() {
+                        "x-amz-copy-source-if-match" => req.copy_source_if_match(value),
+                        "x-amz-copy-source-if-none-match" => req.copy_source_if_none_match(value),
+                        _ => req,
+                    };
+                }
+                match req.send().await.map_err(map_passthrough) {
+                    Ok(out) => {
+                        let r = out.copy_part_result();
+                        Ok(Reply::Copy(CopyResult {
+                            etag: unquote(r.and_then(|r| r.e_tag())),
+                            last_modified_ms: millis(r.and_then(|r| r.last_modified())),
+                        }))
+                    }
+                    // A 200 whose body the SDK could not read (moto names the root element
+                    // differently): the part list says what was stored.
+                    Err(OriginError::Service { status: 200, .. }) => {
+                        let parts = c
+                            .list_parts()
+                            .bucket(&loc.bucket)
+                            .key(&loc.key)
+                            .upload_id(upload_id)
+                            .set_part_number_marker((*part > 1).then(|| (part - 1).to_string()))
+                            .max_parts(1)
+                            .send()
+                            .await
+                            .map_err(map_passthrough)?;
+                        match parts.parts().first() {
+                            Some(p) if p.part_number() == Some(*part as i32) => {
+                                Ok(Reply::Copy(CopyResult {
+                                    etag: unquote(p.e_tag()),
+                                    last_modified_ms: millis(p.last_modified()),
+                                }))
+                            }
+                            _ => Err(OriginError::Unavailable(
+                                "UploadPartCopy answered 200 with an unreadable body".into(),
+                            )),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Call::Complete {
+                loc,
+                upload_id,
+                parts,
+            } => {
+                let parts: Vec<CompletedPart> = parts
+                    .iter()
+                    .map(|(n, e)| {
+                        CompletedPart::builder()
+                            .part_number(*n as i32)
+                            .e_tag(format!("\"{}\"", e.trim_matches('"')))
+                            .build()
+                    })
+                    .collect();
+                let n = parts.len();
+                let res = c
+                    .complete_multipart_upload()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .upload_id(upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(map_passthrough);
+                match res {
+                    Ok(out) => Ok(Reply::Text(unquote(out.e_tag()))),
+                    // A 200 whose body the SDK could not read (moto names the root element
+                    // CompleteMultipartUploadResponse): the upload completed if the object
+                    // now has a multipart ETag of as many parts.
+                    Err(OriginError::Service { status: 200, .. }) => {
+                        let head = c
+                            .head_object()
+                            .bucket(&loc.bucket)
+                            .key(&loc.key)
+                            .send()
+                            .await
+                            .map_err(map_passthrough)?;
+                        let etag = unquote(head.e_tag());
+                        if etag.ends_with(&format!("-{n}")) {
+                            Ok(Reply::Text(etag))
+                        } else {
+                            Err(OriginError::Unavailable(
+                                "CompleteMultipartUpload answered 200 with an unreadable body"
+                                    .into(),
+                            ))
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Call::Abort { loc, upload_id } => {
+                c.abort_multipart_upload()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| match map_passthrough(e) {
+                        OriginError::NotFound => no_such_upload(upload_id),
+                        other => other,
+                    })?;
+                Ok(Reply::Unit)
+            }
+            Call::ListParts {
+                loc,
+                upload_id,
+                max_parts,
+                marker,
+            } => {
+                let out = c
+                    .list_parts()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .upload_id(upload_id)
+                    .max_parts(*max_parts as i32)
+                    .set_part_number_marker(marker.map(|m| m.to_string()))
+                    .send()
+                    .await
+                    .map_err(|e| match map_passthrough(e) {
+                        OriginError::NotFound => no_such_upload(upload_id),
+                        other => other,
+                    })?;
+                Ok(Reply::Parts(PartsPage {
+                    parts: out
+                        .parts()
+                        .iter()
+                        .map(|p| PartInfo {
+                            part_number: p.part_number().unwrap_or(0).max(0) as u32,
+                            etag: unquote(p.e_tag()),
+                            size: p.size().unwrap_or(0).max(0) as u64,
+                            last_modified_ms: millis(p.last_modified()),
+                        })
+                        .collect(),
+                    is_truncated: out.is_truncated().unwrap_or(false),
+                    next_marker: out.next_part_number_marker().and_then(|m| m.parse().ok()),
+                }))
+            }
+            Call::ListUploads(b, p) => {
+                let out = c
+                    .list_multipart_uploads()
+                    .bucket(b)
+                    .prefix(&p.prefix)
+                    .set_delimiter(p.delimiter.clone())
+                    .set_key_marker(p.key_marker.clone())
+                    .set_upload_id_marker(p.upload_id_marker.clone())
+                    .max_uploads(p.max_uploads.min(1000) as i32)
+                    .send()
+                    .await
+                    .map_err(map_passthrough)?;
+                Ok(Reply::Uploads(UploadsPage {
+                    uploads: out
+                        .uploads()
+                        .iter()
+                        .map(|u| UploadInfo {
+                            key: u.key().unwrap_or_default().to_owned(),
+                            upload_id: u.upload_id().unwrap_or_default().to_owned(),
+                            initiated_ms: millis(u.initiated()),
+                        })
+                        .collect(),
+                    common_prefixes: out
+                        .common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().map(str::to_owned))
+                        .collect(),
+                    is_truncated: out.is_truncated().unwrap_or(false),
+                    next_key_marker: out.next_key_marker().map(str::to_owned),
+                    next_upload_id_marker: out.next_upload_id_marker().map(str::to_owned),
+                }))
+            }
+        }
+    }
+}
+
+fn no_such_bucket(b: &str) -> OriginError {
+    OriginError::Service {
+        status: 404,
+        code: "NoSuchBucket".into(),
+        message: format!("The specified bucket does not exist: {b}"),
+    }
+}
+
+fn no_such_upload(id: &str) -> OriginError {
+    OriginError::Service {
+        status: 404,
+        code: "NoSuchUpload".into(),
+        message: format!("The specified multipart upload does not exist: {id}"),
+    }
+}
+
+/// `bucket/key` with the key percent-encoded (but '/' kept), as x-amz-copy-source wants.
+fn copy_source(src: &CopySource) -> String {
+    let mut out = format!("{}/", src.bucket);
+    for b in src.key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn parse_http_date(s: &str) -> Option<DateTime> {
+    DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
+}
+
+fn stored_headers<const N: usize>(pairs: [(&str, Option<&str>); N]) -> BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// The error mapping for a request: the native API's for the configured bucket
+/// (`bucket: None`), the S3 API's passthrough otherwise.
+fn mapper<E, R>(bucket: Option<&str>) -> fn(SdkError<E, R>) -> OriginError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    if bucket.is_some() {
+        map_passthrough
+    } else {
+        map_sdk_error
+    }
+}
+
+/// For the S3 API: 404 on an object is `NotFound`, retryable trouble `Unavailable`, any
+/// other error answer passes through with its status and code.
+fn map_passthrough<E, R>(err: SdkError<E, R>) -> OriginError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    if let SdkError::ServiceError(ctx) = &err {
+        let status = ctx.raw().status_code();
+        let code = ctx.err().code().map(str::to_owned);
+        let message = ctx.err().message().unwrap_or_default().to_owned();
+        return match (status, code.as_deref()) {
+            (404, None | Some("NoSuchKey" | "NotFound")) => OriginError::NotFound,
+            (429 | 500..=599, _) | (_, Some("SlowDown" | "RequestTimeout")) => {
+                OriginError::Unavailable(DisplayErrorContext(&err).to_string())
+            }
+            _ => OriginError::Service {
+                status,
+                code: code.unwrap_or_else(|| default_code(status).to_owned()),
+                message,
+            },
+        };
+    }
+    map_sdk_error(err)
+}
+
+/// S3's code for an error answer without a body (HEAD).
+fn default_code(status: u16) -> &'static str {
+    match status {
+        301 => "PermanentRedirect",
+        304 => "NotModified",
+        400 => "BadRequest",
+        403 => "AccessDenied",
+        404 => "NoSuchBucket",
+        409 => "Conflict",
+        412 => "PreconditionFailed",
+        416 => "InvalidRange",
+        _ => "InternalError",
     }
 }
 

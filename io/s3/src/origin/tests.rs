@@ -91,6 +91,7 @@ fn put_get_head_delete() {
             content_type: Some("application/x-test".into()),
             user_meta: user_meta.clone(),
             md5_hex: Some(md5_hex.clone()),
+            ..Default::default()
         };
         let put = bridge
             .put_file("dir/obj", src.clone(), 1000, 600_000, meta)

@@ -1,0 +1,337 @@
+//! Multipart uploads, passed through to the origin. A part's body is decoded, verified
+//! and staged in a temp file in the owner shard's directory, then uploaded from the file
+//! (with its Content-MD5, so the origin verifies it too). Completing an upload drops any
+//! cached copy of the key, so the next read fetches the new object.
+
+use std::fmt::Write;
+use std::rc::Rc;
+
+use http::{header, HeaderValue, Response, StatusCode};
+use hyper::body::Incoming;
+use nearcache_s3::UploadsParams;
+
+use super::error::S3Error;
+use super::object::{copy_source, flush_pending, forget, put_meta, stage_body};
+use super::xml::{escape, iso_time, url_encode, DECL, NS};
+use super::{cache_key, empty, ensure_bucket, read_small_body, xml_response, S3Req};
+use crate::body::Body;
+use crate::native::quoted;
+use crate::node::ShardCtx;
+
+fn upload_id(req: &S3Req) -> Result<String, S3Error> {
+    req.q("uploadId")
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| S3Error::invalid_argument("uploadId is missing"))
+}
+
+pub async fn create(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
+    let meta = put_meta(&req.headers)?;
+    ensure_bucket(ctx, req.bucket()).await?;
+    let id = ctx.node.bridge.create_multipart(&req.loc(), meta).await?;
+    Ok(xml_response(format!(
+        "{DECL}<InitiateMultipartUploadResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key>\
+         <UploadId>{}</UploadId></InitiateMultipartUploadResult>",
+        escape(req.bucket()),
+        escape(req.key()),
+        escape(&id)
+    )))
+}
+
+pub async fn upload_part(
+    ctx: &Rc<ShardCtx>,
+    req: &S3Req,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
+    let id = upload_id(req)?;
+    let part = req
+        .q("partNumber")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| (1..=10_000).contains(p))
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })?;
+    let loc = req.loc();
+    // Stage on this shard (the body is already here); the upload runs on the bridge.
+    let staged = stage_body(ctx, req, body).await?;
+    let res = ctx
+        .node
+        .bridge
+        .upload_part(
+            &loc,
+            &id,
+            part,
+            staged.path.clone(),
+            0,
+            staged.len,
+            Some(staged.md5_hex.clone()),
+        )
+        .await;
+    let declared = staged.declared.clone();
+    staged.remove().await;
+    let etag = res?;
+    let mut r = empty(StatusCode::OK);
+    r.headers_mut().insert(header::ETAG, quoted(&etag));
+    if let Some((name, v)) = declared {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    Ok(r)
+}
+
+pub async fn upload_part_copy(
+    ctx: &Rc<ShardCtx>,
+    req: &S3Req,
+    cred: &super::auth::Credential,
+) -> Result<Response<Body>, S3Error> {
+    let id = upload_id(req)?;
+    let part = req
+        .q("partNumber")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| (1..=10_000).contains(p))
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })?;
+    let src = copy_source(req, cred)?;
+    let range = match req.header("x-amz-copy-source-range") {
+        None => None,
+        Some(r) => {
+            let bad = || {
+                S3Error::invalid_argument(
+                    "The x-amz-copy-source-range value must be of the form bytes=first-last",
+                )
+            };
+            let spec = r.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+            let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+            let a: u64 = a.trim().parse().map_err(|_| bad())?;
+            let b: u64 = b.trim().parse().map_err(|_| bad())?;
+            if b < a {
+                return Err(bad());
+            }
+            Some((a, b))
+        }
+    };
+    flush_pending(ctx, cache_key(&src.bucket, &src.key)).await?;
+    let res = ctx
+        .node
+        .bridge
+        .upload_part_copy(&req.loc(), &id, part, src, range)
+        .await?;
+    Ok(xml_response(format!(
+        "{DECL}<CopyPartResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>{}</ETag>\
+         </CopyPartResult>",
+        iso_time(res.last_modified_ms),
+        escape(&format!("\"{}\"", res.etag))
+    )))
+}
+
+pub async fn complete(
+    ctx: &Rc<ShardCtx>,
+    req: &S3Req,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
+    let id = upload_id(req)?;
+    let doc = read_small_body(req, body).await?;
+    let doc = std::str::from_utf8(&doc)
+        .map_err(|_| S3Error::malformed_xml("the document is not UTF-8"))?;
+    let root = super::xml::parse(doc)?;
+    if root.name != "CompleteMultipartUpload" {
+        return Err(S3Error::malformed_xml(
+            "expected a <CompleteMultipartUpload> document",
+        ));
+    }
+    let mut parts = Vec::new();
+    for p in root.children.iter().filter(|c| c.name == "Part") {
+        let n = p
+            .child_text("PartNumber")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .ok_or_else(|| S3Error::malformed_xml("a <Part> without a valid <PartNumber>"))?;
+        let etag = p
+            .child_text("ETag")
+            .ok_or_else(|| S3Error::malformed_xml("a <Part> without <ETag>"))?
+            .trim()
+            .trim_matches('"')
+            .to_owned();
+        parts.push((n, etag));
+    }
+    if parts.is_empty() {
+        return Err(S3Error::malformed_xml(
+            "The XML you provided was not well-formed or did not validate against our published schema",
+        ));
+    }
+    if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidPartOrder",
+            "The list of parts was not in ascending order. Parts must be ordered by part number.",
+        ));
+    }
+    let key = cache_key(req.bucket(), req.key());
+    // An older write of the key still pending upload must not land after the new object.
+    flush_pending(ctx, key.clone()).await?;
+    let etag = ctx
+        .node
+        .bridge
+        .complete_multipart(&req.loc(), &id, parts)
+        .await?;
+    forget(ctx, key).await?;
+    Ok(xml_response(format!(
+        "{DECL}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{}/{}</Location>\
+         <Bucket>{}</Bucket><Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
+        escape(&url_encode(req.bucket())),
+        escape(&url_encode(req.key())),
+        escape(req.bucket()),
+        escape(req.key()),
+        escape(&format!("\"{etag}\""))
+    )))
+}
+
+pub async fn abort(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
+    let id = upload_id(req)?;
+    ctx.node.bridge.abort_multipart(&req.loc(), &id).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub async fn list_parts(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
+    let id = upload_id(req)?;
+    let max = match req.q("max-parts") {
+        None => 1000,
+        Some(v) => v
+            .parse::<u32>()
+            .map_err(|_| S3Error::invalid_argument("max-parts must be an integer"))?
+            .min(1000),
+    };
+    let marker = match req.q("part-number-marker") {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.parse::<u32>()
+                .map_err(|_| S3Error::invalid_argument("part-number-marker must be an integer"))?,
+        ),
+    };
+    let page = ctx
+        .node
+        .bridge
+        .list_parts(&req.loc(), &id, max, marker)
+        .await?;
+    let mut doc = format!(
+        "{DECL}<ListPartsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key>\
+         <UploadId>{}</UploadId><PartNumberMarker>{}</PartNumberMarker>",
+        escape(req.bucket()),
+        escape(req.key()),
+        escape(&id),
+        marker.unwrap_or(0)
+    );
+    if let Some(n) = page.next_marker {
+        let _ = write!(doc, "<NextPartNumberMarker>{n}</NextPartNumberMarker>");
+    }
+    let _ = write!(
+        doc,
+        "<MaxParts>{max}</MaxParts><IsTruncated>{}</IsTruncated><StorageClass>STANDARD</StorageClass>",
+        page.is_truncated
+    );
+    for p in &page.parts {
+        let _ = write!(
+            doc,
+            "<Part><PartNumber>{}</PartNumber><LastModified>{}</LastModified><ETag>{}</ETag>\
+             <Size>{}</Size></Part>",
+            p.part_number,
+            iso_time(p.last_modified_ms),
+            escape(&format!("\"{}\"", p.etag)),
+            p.size
+        );
+    }
+    doc.push_str("</ListPartsResult>");
+    Ok(xml_response(doc))
+}
+
+pub async fn list_uploads(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
+    let max = match req.q("max-uploads") {
+        None => 1000,
+        Some(v) => v
+            .parse::<u32>()
+            .map_err(|_| S3Error::invalid_argument("max-uploads must be an integer"))?
+            .min(1000),
+    };
+    let url = req.q("encoding-type") == Some("url");
+    let params = UploadsParams {
+        prefix: req.q("prefix").unwrap_or_default().to_owned(),
+        delimiter: req
+            .q("delimiter")
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+        key_marker: req
+            .q("key-marker")
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+        upload_id_marker: req
+            .q("upload-id-marker")
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+        max_uploads: max,
+    };
+    let page = ctx
+        .node
+        .bridge
+        .list_uploads(req.bucket(), params.clone())
+        .await?;
+    let enc = |s: &str| {
+        if url {
+            escape(&url_encode(s))
+        } else {
+            escape(s)
+        }
+    };
+    let mut doc = format!(
+        "{DECL}<ListMultipartUploadsResult xmlns=\"{NS}\"><Bucket>{}</Bucket>\
+         <KeyMarker>{}</KeyMarker><UploadIdMarker>{}</UploadIdMarker>",
+        escape(req.bucket()),
+        enc(params.key_marker.as_deref().unwrap_or_default()),
+        escape(params.upload_id_marker.as_deref().unwrap_or_default()),
+    );
+    if let Some(k) = &page.next_key_marker {
+        let _ = write!(doc, "<NextKeyMarker>{}</NextKeyMarker>", enc(k));
+    }
+    if let Some(u) = &page.next_upload_id_marker {
+        let _ = write!(
+            doc,
+            "<NextUploadIdMarker>{}</NextUploadIdMarker>",
+            escape(u)
+        );
+    }
+    let _ = write!(
+        doc,
+        "<Prefix>{}</Prefix><MaxUploads>{max}</MaxUploads><IsTruncated>{}</IsTruncated>",
+        enc(&params.prefix),
+        page.is_truncated
+    );
+    if let Some(d) = &params.delimiter {
+        let _ = write!(doc, "<Delimiter>{}</Delimiter>", enc(d));
+    }
+    if url {
+        doc.push_str("<EncodingType>url</EncodingType>");
+    }
+    for u in &page.uploads {
+        let _ = write!(
+            doc,
+            "<Upload><Key>{}</Key><UploadId>{}</UploadId><Initiated>{}</Initiated>\
+             <StorageClass>STANDARD</StorageClass></Upload>",
+            enc(&u.key),
+            escape(&u.upload_id),
+            iso_time(u.initiated_ms)
+        );
+    }
+    for p in &page.common_prefixes {
+        let _ = write!(
+            doc,
+            "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
+            enc(p)
+        );
+    }
+    doc.push_str("</ListMultipartUploadsResult>");
+    Ok(xml_response(doc))
+}
