@@ -99,7 +99,13 @@ struct Core {
     next_seq: Cell<u64>,
     state: RefCell<State>,
     pending_notify: tokio::sync::Notify,
+    /// Reused block buffers: a fresh zeroed 256 KiB allocation per write costs more than
+    /// a small write itself and fragments the heap.
+    block_bufs: RefCell<Vec<AlignedBuf>>,
 }
+
+/// Block buffers kept for reuse per shard (16 MiB at most).
+const BLOCK_BUF_POOL: usize = 64;
 
 /// An object file opened and verified up to its checksum table.
 struct OpenObject {
@@ -128,6 +134,21 @@ fn check_key(key: &str) -> Result<(), StoreError> {
 }
 
 impl Core {
+    fn take_block_buf(&self) -> AlignedBuf {
+        self.block_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::with_capacity(BLOCK_SIZE as usize))
+    }
+
+    fn return_block_buf(&self, mut buf: AlignedBuf) {
+        let mut pool = self.block_bufs.borrow_mut();
+        if pool.len() < BLOCK_BUF_POOL && buf.capacity() == BLOCK_SIZE as usize {
+            buf.clear();
+            pool.push(buf);
+        }
+    }
+
     fn object_path(&self, seq: u64) -> PathBuf {
         object_path(&self.cfg.dir, seq)
     }
@@ -544,6 +565,7 @@ impl Shard {
             state: RefCell::new(st),
             pending_notify: tokio::sync::Notify::new(),
             cfg,
+            block_bufs: RefCell::new(Vec::new()),
         };
         core.refresh_metrics(&core.state.borrow());
         report.elapsed = started.elapsed();
@@ -699,7 +721,7 @@ impl Shard {
             seq,
             path,
             file: Some(file),
-            buf: Some(AlignedBuf::with_capacity(BLOCK_SIZE as usize)),
+            buf: Some(core.take_block_buf()),
             written: 0,
             reserved,
             table: Vec::new(),
@@ -1117,23 +1139,51 @@ impl ObjectWriter {
         if fetched && self.superseded() {
             return Err(StoreError::Superseded);
         }
-        // Tail block, checksum table, header, then fdatasync.
-        if !self.buf.as_ref().expect("writer buffer").is_empty() {
-            self.flush_block().await?;
-        }
-        let file = self.file.take().expect("writer file");
         let size = self.written;
-        if !self.table.is_empty() {
+        let tail = self.buf.take().expect("writer buffer");
+        let file = if self.table.is_empty() {
+            // The whole body is in `tail`: header, body and checksum table go out in one
+            // write (the common case for small objects: one I/O instead of three).
+            if !tail.is_empty() {
+                self.table.push(crc32c::crc32c(tail.as_slice()));
+            }
+            let header = Header::new(&self.key, self.seq, size, self.body_crc, &self.table);
+            let table = format::encode_table(&self.table);
+            let body_len = nearcache_file::align_up(tail.len());
+            let mut all = AlignedBuf::with_capacity(
+                format::HEADER_SIZE + body_len + nearcache_file::align_up(table.len()),
+            );
+            all.extend_from_slice(header.encode().as_slice());
+            all.extend_from_slice(tail.as_slice());
+            all.pad_to_alignment();
+            all.extend_from_slice(&table);
+            all.pad_to_alignment();
+            self.core().return_block_buf(tail);
+            let file = self.file.take().expect("writer file");
+            let (res, _) = file.write_all_at(all, 0).await;
+            res?;
+            file
+        } else {
+            // Tail block, checksum table, header.
+            self.buf = Some(tail);
+            if !self.buf.as_ref().expect("writer buffer").is_empty() {
+                self.flush_block().await?;
+            }
+            if let Some(buf) = self.buf.take() {
+                self.core().return_block_buf(buf);
+            }
+            let file = self.file.take().expect("writer file");
             let bytes = format::encode_table(&self.table);
             let mut tbuf = AlignedBuf::with_capacity(bytes.len());
             tbuf.extend_from_slice(&bytes);
             tbuf.pad_to_alignment();
             let (res, _) = file.write_all_at(tbuf, format::table_off(size)).await;
             res?;
-        }
-        let header = Header::new(&self.key, self.seq, size, self.body_crc, &self.table);
-        let (res, _) = file.write_all_at(header.encode(), 0).await;
-        res?;
+            let header = Header::new(&self.key, self.seq, size, self.body_crc, &self.table);
+            let (res, _) = file.write_all_at(header.encode(), 0).await;
+            res?;
+            file
+        };
         file.sync_data().await?;
         drop(file);
 
@@ -1237,6 +1287,9 @@ impl ObjectWriter {
 
 impl Drop for ObjectWriter {
     fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.core().return_block_buf(buf);
+        }
         if self.done {
             return;
         }

@@ -141,6 +141,15 @@ fn fs_type(path: &Path) -> String {
     }
 }
 
+/// `4 KiB`, `1 MiB`, or plain bytes when not a whole number of either.
+fn size_label(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
 fn key(i: u64) -> String {
     format!("bench/{i:010}")
 }
@@ -361,7 +370,7 @@ fn table(args: &Args, device: &str, runs: &[Run]) -> String {
         out,
         "### {device}: {} × {}, concurrency {}, {} runs\n",
         args.objects,
-        args.size.to_string_as(true),
+        size_label(args.size.as_u64()),
         args.concurrency,
         runs.len()
     );
@@ -445,7 +454,7 @@ fn main() -> Result<()> {
          dir {} ({fs}); io_uring available: {uring}.\n",
         today_utc(),
         args.objects,
-        args.size.to_string_as(true),
+        size_label(args.size.as_u64()),
         args.concurrency,
         args.runs,
         base.path().display()
