@@ -41,6 +41,8 @@ LT=$TARGET_DIR/release/nearcache-loadtest
 
 # --- start ---------------------------------------------------------------------------
 rm -rf "$WORK"; mkdir -p "$WORK"/{static,nginx-proxy-cache,varnish,nc-data,tmp} "$OUT"
+# nginx workers run as an unprivileged user: let them write the files they serve and cache.
+chmod 777 "$WORK"/{static,nginx-proxy-cache,tmp}
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -58,6 +60,10 @@ python3 -m moto.server -H 127.0.0.1 -p $P_S3 >"$WORK/moto.log" 2>&1 &
 PIDS+=($!); S3_PID=$!
 wait_port $P_S3
 curl -sf -X PUT "http://127.0.0.1:$P_S3/$BUCKET" >/dev/null
+# The caches in front of S3 fetch anonymously (as they would from a public bucket):
+# moto refuses anonymous GETs unless a bucket policy allows them.
+printf '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::%s/*"}]}' "$BUCKET" >"$WORK/policy.json"
+curl -sf -X PUT -T "$WORK/policy.json" "http://127.0.0.1:$P_S3/$BUCKET?policy" >/dev/null
 
 log "starting nearcache on :$P_NC ($NC_SHARDS shards)"
 "$NC" --listen 127.0.0.1:$P_NC --data-dir "$WORK/nc-data" --shards $NC_SHARDS \
@@ -130,13 +136,14 @@ log "seeding $objects_csv objects of $sizes_csv into S3 and the static root"
 "$LT" seed --target http://127.0.0.1:$P_STATIC --api plain --size "$sizes_csv" \
   --objects "$objects_csv" --seed 7 --connections 16 --manifest "$WORK/manifest-static.json" --quiet --fail-on-error >/dev/null
 
-# name|url|path template|pids to account (a command that prints them)
+# name|url|path template|api (how answers are checked)|command printing the pids to account
+nginx_pids() { local m; m=$(pgrep -f "nginx.*$1" | head -1); [ -n "$m" ] && echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 TARGETS=(
-  "nearcache|http://127.0.0.1:$P_NC|/api/v1/get/{id}|echo $NC_PID"
-  "nginx-static|http://127.0.0.1:$P_STATIC|/{key}|pgrep -f 'nginx.*nginx-static.conf'"
-  "nginx-proxy_cache|http://127.0.0.1:$P_PROXY|/{key}|pgrep -f 'nginx.*nginx-proxy.conf'"
-  "varnish|http://127.0.0.1:$P_VARNISH|/{key}|pgrep -f 'varnishd.*$WORK/varnish'"
-  "s3-direct|http://127.0.0.1:$P_S3|/$BUCKET/{key}|echo $S3_PID"
+  "nearcache|http://127.0.0.1:$P_NC|/api/v1/get/{id}|native|echo $NC_PID"
+  "nginx-static|http://127.0.0.1:$P_STATIC|/{key}|plain|nginx_pids nginx-static.conf"
+  "nginx-proxy_cache|http://127.0.0.1:$P_PROXY|/{key}|plain|nginx_pids nginx-proxy.conf"
+  "varnish|http://127.0.0.1:$P_VARNISH|/{key}|plain|pgrep -f 'varnishd.*$WORK/varnish'"
+  "s3-direct|http://127.0.0.1:$P_S3|/$BUCKET/{key}|plain|echo $S3_PID"
 )
 
 cpu_ticks() { local t=0; for p in $(eval "$1"); do
@@ -145,7 +152,7 @@ CLK=$(getconf CLK_TCK)
 
 log "warming every cache (one GET of every object)"
 for t in "${TARGETS[@]}"; do
-  IFS='|' read -r name url tmpl _ <<<"$t"
+  IFS='|' read -r name url tmpl _ _ <<<"$t"
   [ "$name" = s3-direct ] && continue
   python3 - "$url" "$tmpl" "$WORK/manifest.json" <<'PY2'
 import http.client, json, sys, urllib.parse
@@ -165,12 +172,12 @@ RAW=$OUT/raw.jsonl; : >"$RAW"
 for size in "${SIZES[@]}"; do
   for conns in $CONNS; do
     for t in "${TARGETS[@]}"; do
-      IFS='|' read -r name url tmpl pids <<<"$t"
+      IFS='|' read -r name url tmpl api pids <<<"$t"
       # The Python S3 server is a reference point, not a contender: one light run.
       if [ "$name" = s3-direct ] && [ "$conns" != "$(echo $CONNS | awk '{print $1}')" ]; then continue; fi
       for run in $(seq 1 "$RUNS"); do
         c0=$(cpu_ticks "$pids")
-        json=$("$LT" get --target "$url" --path-template "$tmpl" --manifest "$WORK/manifest.json" \
+        json=$("$LT" get --target "$url" --api "$api" --path-template "$tmpl" --manifest "$WORK/manifest.json" \
           --size "$size" --connections "$conns" --threads "$LT_THREADS" --duration "$DURATION" \
           --warmup "$WARMUP" --json --quiet) || { log "$name $size c$conns run $run failed"; continue; }
         c1=$(cpu_ticks "$pids")
@@ -182,7 +189,7 @@ r.update(target=name, size=size, conns=int(conns), run=int(run),
          server_cpu_s=int(ticks) / int(clk))
 print(json.dumps(r))
 PY
-        log "$(tail -1 "$RAW" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"target\"]:18} {r[\"size\"]:>6} c{r[\"conns\"]:<4} run{r[\"run\"]}: {r[\"rps\"]:9.0f} req/s  p99 {r[\"p99_us\"]/1000:7.2f} ms  errors {sum(r[\"errors\"].values())}")')"
+        log "$(tail -1 "$RAW" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%-18s %6s c%-4d run%d: %9.0f req/s  p99 %7.2f ms  errors %d" % (r["target"], r["size"], r["conns"], r["run"], r["rps"], r["p99_us"] / 1000, sum(r["errors"].values())))')"
       done
     done
   done
