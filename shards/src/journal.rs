@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use crossbeam_channel::{Receiver, Sender};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes as RawBytes, Str, U64};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
+use heed::{CommitOrAbort, Database, Env};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -153,17 +153,8 @@ impl Journal {
     ) -> Result<(Journal, Recovered), StoreError> {
         std::fs::create_dir_all(dir)?;
         let map_size = nearcache_file::align_up_u64(map_size.max(1 << 20)) as usize;
-        // SAFETY: LMDB maps the env files into memory; heed requires that no other code
-        // modifies them behind its back. One env per shard directory, opened once per
-        // process (heed refuses a second open of the same path), and the server guards
-        // the data directory with a lock file against other processes.
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(map_size)
-                .max_dbs(4)
-                .open(dir)
-        }
-        .map_err(jerr)?;
+        // One env per shard directory; the server's data-dir lock keeps other processes out.
+        let env = nearcache_file::open_lmdb_env(dir, map_size, 4).map_err(jerr)?;
         let wtxn = env.write_txn().map_err(jerr)?;
         let dbs = env
             .create_databases_and_commit(wtxn, |o, wtxn| -> Result<_, heed::Error> {

@@ -632,9 +632,8 @@ fn forget_and_journal_trim() {
 fn count_journal_records(dir: &Path) -> u64 {
     use heed::byteorder::BigEndian;
     use heed::types::{Bytes as RawBytes, U64};
-    // SAFETY: the shard that used this env has been closed and dropped; nothing else
-    // in the process has it open.
-    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(4).open(dir) }.unwrap();
+    // The shard that used this env has been closed and dropped; nothing else has it open.
+    let env = nearcache_file::open_lmdb_env(dir, 1 << 30, 4).unwrap();
     let wtxn = env.write_txn().unwrap();
     let db = env
         .create_databases_and_commit(wtxn, |o, wtxn| -> Result<_, heed::Error> {

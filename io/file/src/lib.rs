@@ -15,6 +15,7 @@
 //! (padding the tail of a file is the caller's job), so both modes behave the same.
 
 mod buf;
+mod lmdb;
 mod syscall;
 mod uring;
 
@@ -22,6 +23,7 @@ use std::io;
 use std::path::Path;
 
 pub use buf::{align_up, align_up_u64, AlignedBuf, ALIGN};
+pub use lmdb::open_lmdb_env;
 pub use syscall::{SyscallDevice, SyscallFile};
 pub use uring::{UringDevice, UringFile};
 
