@@ -9,29 +9,13 @@ use std::sync::OnceLock;
 
 use common::*;
 
-/// Installs a pip package unless its module imports (once per test process).
-fn ensure_python(module: &str, package: &str) {
-    let importable = || {
-        Command::new("python3")
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if importable() {
-        return;
-    }
-    let st = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", package])
-        .status()
-        .expect("run pip");
-    assert!(st.success() && importable(), "pip install {package} failed");
-}
-
 fn clients_ready() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        ensure_python("boto3", "boto3");
-        ensure_python("awscli", "awscli");
+        for (module, package) in [("boto3", "boto3"), ("awscli", "awscli")] {
+            nearcache_s3::testutil::ensure_python_package(module, package)
+                .unwrap_or_else(|e| panic!("installing {package} for the client tests: {e}"));
+        }
     });
 }
 

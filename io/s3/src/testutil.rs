@@ -112,36 +112,37 @@ fn test_defaults(kind: OriginKind) -> OriginConfig {
     }
 }
 
-fn moto_importable() -> bool {
+fn importable(module: &str) -> bool {
     Command::new("python3")
-        .args(["-c", "import moto.server"])
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-/// Installs moto[server] with pip unless importable; one process at a time.
-fn ensure_moto() -> io::Result<()> {
-    if moto_importable() {
+/// Installs the pip `package` unless `module` imports. One install at a time across
+/// processes (a file lock): test binaries run in parallel and share site-packages.
+pub fn ensure_python_package(module: &str, package: &str) -> io::Result<()> {
+    if importable(module) {
         return Ok(());
     }
-    let lock = File::create(std::env::temp_dir().join("nearcache-moto-install.lock"))?;
+    let lock = File::create(std::env::temp_dir().join("nearcache-pip-install.lock"))?;
     // SAFETY: flock on a file descriptor that `lock` owns and keeps open for this call;
     // the lock is released when `lock` is closed at the end of this function.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if moto_importable() {
+    if importable(module) {
         return Ok(());
     }
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+        .args(["-m", "pip", "install", "--quiet", package])
         .stdout(Stdio::null())
         .status()?;
-    if !status.success() || !moto_importable() {
+    if !status.success() || !importable(module) {
         return Err(io::Error::other(format!(
-            "pip install 'moto[server]' failed ({status})"
+            "pip install '{package}' failed ({status})"
         )));
     }
     Ok(())
@@ -154,7 +155,7 @@ fn free_port() -> io::Result<u16> {
 }
 
 fn start_moto() -> io::Result<S3Target> {
-    ensure_moto()?;
+    ensure_python_package("moto.server", "moto[server]")?;
     let port = free_port()?;
     let log_path = std::env::temp_dir().join(format!("nearcache-moto-{port}.log"));
     let log = File::create(&log_path)?;
