@@ -7,7 +7,7 @@
 //! | `objects` | object key (UTF-8)  | [`StoredEntry`]: the object's meta or its tombstone |
 //! | `journal` | seq, u64 big-endian | [`Record`]: what happened, with its HLC       |
 //! | `pending` | object key          | [`PendingRec`]: origin op not yet acknowledged |
-//! | `meta`    | `next_seq`, `hlc`   | u64 big-endian high-water marks               |
+//! | `meta`    | `next_seq`, `hlc`, `trimmed_through` | u64 big-endian high-water marks |
 //!
 //! Values are one version byte ([`CODEC_VERSION`]) followed by JSON.
 //!
@@ -16,9 +16,15 @@
 //! it in one write transaction, trims the journal to `journal_retain` records, commits
 //! (LMDB fsyncs on commit) and only then acks each batch through its oneshot. Batches are
 //! applied in the order they were sent.
+//!
+//! Reads for peers ([`Journal::read_changes`]) use a read transaction on the shard thread
+//! (the env is shared with the writer thread). Seqs are not committed in seq order: a
+//! write takes its seq when it begins and commits when it finishes. So each batch carries
+//! `through`, a seq up to which everything is queued (or abandoned) when it is sent; once
+//! the batch commits, reads up to `through` can never miss a record that lands later.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -31,9 +37,13 @@ use heed::{CommitOrAbort, Database, Env};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{ObjectMeta, ShardMetrics, StoreError, Tombstone};
+use crate::{Change, ObjectMeta, ShardMetrics, StoreError, Tombstone};
 
 pub(crate) const CODEC_VERSION: u8 = 1;
+
+/// Most journal records one [`Journal::read_changes`] call reads (fewer in tests, so they
+/// can reach it quickly).
+pub(crate) const MAX_SCAN: usize = if cfg!(test) { 64 } else { 4096 };
 
 /// Value of the `objects` db.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +63,14 @@ pub(crate) enum PendingRecKind {
 pub(crate) struct PendingRec {
     pub seq: u64,
     pub kind: PendingRecKind,
+    /// Wall-clock ms before which the uploader may not start it (0 = now). Lets a replica
+    /// leave the upload to the node that took the write unless that node fails to.
+    #[serde(default)]
+    pub not_before_ms: u64,
+    /// HLC of the version or tombstone the op belongs to, for matching peers' reports
+    /// (0 in journals written before it existed; filled from the index at open).
+    #[serde(default)]
+    pub hlc: u64,
 }
 
 /// Value of the `journal` db.
@@ -67,12 +85,53 @@ pub(crate) struct Record {
 pub(crate) enum RecordKind {
     Put(ObjectMeta),
     Delete(Tombstone),
-    Upgrade { key: String, level: u8 },
-    Uploaded { key: String, seq: u64 },
-    Evicted { key: String, seq: u64 },
-    Forget { key: String },
-    Corrupt { key: String, seq: u64 },
-    TombstoneExpired { key: String, seq: u64 },
+    /// `hlc`: of the version upgraded (0 in records written before it existed).
+    Upgrade {
+        key: String,
+        level: u8,
+        #[serde(default)]
+        hlc: u64,
+    },
+    /// `hlc`: of the version or tombstone whose origin op completed (0 when older).
+    Uploaded {
+        key: String,
+        seq: u64,
+        #[serde(default)]
+        hlc: u64,
+    },
+    Evicted {
+        key: String,
+        seq: u64,
+    },
+    Forget {
+        key: String,
+    },
+    Corrupt {
+        key: String,
+        seq: u64,
+    },
+    TombstoneExpired {
+        key: String,
+        seq: u64,
+    },
+}
+
+impl RecordKind {
+    /// The change peers see, or `None` for internal records (and for old records that
+    /// lack the hlc a peer needs to match the version).
+    pub(crate) fn export(self) -> Option<Change> {
+        match self {
+            RecordKind::Put(m) => Some(Change::Put(m)),
+            RecordKind::Delete(t) => Some(Change::Delete(t)),
+            RecordKind::Upgrade { key, level, hlc } if hlc != 0 => {
+                Some(Change::Upgrade { key, hlc, level })
+            }
+            RecordKind::Uploaded { key, hlc, .. } if hlc != 0 => {
+                Some(Change::Uploaded { key, hlc })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One change to apply in the writer thread.
@@ -128,6 +187,8 @@ struct Batch {
     ops: Vec<Op>,
     next_seq: u64,
     hlc: u64,
+    /// Every seq up to this one is in this batch or an earlier one, or was abandoned.
+    through: u64,
     ack: oneshot::Sender<Result<(), String>>,
 }
 
@@ -141,6 +202,19 @@ pub(crate) type Ack = oneshot::Receiver<Result<(), String>>;
 pub(crate) struct Journal {
     tx: RefCell<Option<Sender<Msg>>>,
     thread: RefCell<Option<JoinHandle<()>>>,
+    /// For reads on the shard thread; taken at close so the env closes with the writer
+    /// even while readers or writers keep the shard's core alive.
+    env: RefCell<Option<Env>>,
+    dbs: Dbs,
+    /// Highest `through` of a committed batch: reads for peers stop there.
+    committed_through: Arc<AtomicU64>,
+}
+
+/// What [`Journal::read_changes`] found.
+pub(crate) struct ChangesRead {
+    pub changes: Vec<(u64, Change)>,
+    pub next_after: u64,
+    pub gap: bool,
 }
 
 impl Journal {
@@ -177,6 +251,26 @@ impl Journal {
             meta: dbs.3,
         };
 
+        {
+            // A fresh env records that nothing was trimmed yet; an env without the marker
+            // is from before it and gets the cautious guess in `read_changes`.
+            let mut wtxn = env.write_txn().map_err(jerr)?;
+            let fresh = dbs.meta.get(&wtxn, "next_seq").map_err(jerr)?.is_none()
+                && dbs.journal.is_empty(&wtxn).map_err(jerr)?;
+            if fresh
+                && dbs
+                    .meta
+                    .get(&wtxn, "trimmed_through")
+                    .map_err(jerr)?
+                    .is_none()
+            {
+                dbs.meta
+                    .put(&mut wtxn, "trimmed_through", &0)
+                    .map_err(jerr)?;
+                wtxn.commit().map_err(jerr)?;
+            }
+        }
+
         let mut rec = Recovered::default();
         {
             let rtxn = env.read_txn().map_err(jerr)?;
@@ -201,21 +295,38 @@ impl Journal {
                 .store(rec.last_record_seq, Ordering::Relaxed);
         }
 
+        // Nothing is being written yet: every seq handed out before is settled.
+        let committed_through = Arc::new(AtomicU64::new(
+            rec.next_seq.max(rec.last_record_seq + 1) - 1,
+        ));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let thread = std::thread::Builder::new()
-            .name(format!("journal-{shard_id}"))
-            .spawn(move || writer(env, dbs, rx, retain, metrics))?;
+        let thread = {
+            let (env, through) = (env.clone(), committed_through.clone());
+            std::thread::Builder::new()
+                .name(format!("journal-{shard_id}"))
+                .spawn(move || writer(env, dbs, rx, retain, metrics, through))?
+        };
         Ok((
             Journal {
                 tx: RefCell::new(Some(tx)),
                 thread: RefCell::new(Some(thread)),
+                env: RefCell::new(Some(env)),
+                dbs,
+                committed_through,
             },
             rec,
         ))
     }
 
-    /// Queues a batch; it is durable when the returned receiver yields `Ok`.
-    pub fn submit(&self, ops: Vec<Op>, next_seq: u64, hlc: u64) -> Result<Ack, StoreError> {
+    /// Queues a batch; it is durable when the returned receiver yields `Ok`. `through`:
+    /// every seq up to it is in this batch or an earlier one, or will never be used.
+    pub fn submit(
+        &self,
+        ops: Vec<Op>,
+        next_seq: u64,
+        hlc: u64,
+        through: u64,
+    ) -> Result<Ack, StoreError> {
         let (ack, rx) = oneshot::channel();
         let tx = self.tx.borrow();
         let tx = tx.as_ref().ok_or(StoreError::Closed)?;
@@ -223,6 +334,7 @@ impl Journal {
             ops,
             next_seq,
             hlc,
+            through,
             ack,
         }))
         .map_err(|_| StoreError::Closed)?;
@@ -238,8 +350,65 @@ impl Journal {
         }
     }
 
+    /// Committed records with seq > `after`, at most `limit` exported changes; see
+    /// [`crate::Shard::changes_since`]. Runs on the shard thread (a short read txn).
+    pub fn read_changes(&self, after: u64, limit: usize) -> Result<ChangesRead, StoreError> {
+        // Loaded before the txn opens, so the txn sees every batch this covers.
+        let horizon = self.committed_through.load(Ordering::Acquire);
+        let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
+        let rtxn = env.read_txn().map_err(jerr)?;
+        let trimmed = match self.dbs.meta.get(&rtxn, "trimmed_through").map_err(jerr)? {
+            Some(t) => t,
+            // Journals from before the marker: assume everything below the oldest record
+            // was trimmed (a needless resync at worst, never a silent miss).
+            None => match self.dbs.journal.first(&rtxn).map_err(jerr)? {
+                Some((first, _)) => first - 1,
+                None => horizon,
+            },
+        };
+        let mut out = ChangesRead {
+            changes: Vec::new(),
+            next_after: after,
+            gap: after < trimmed,
+        };
+        if after >= horizon {
+            return Ok(out);
+        }
+        let mut full = false;
+        for (scanned, item) in self
+            .dbs
+            .journal
+            .range(&rtxn, &(after + 1..=horizon))
+            .map_err(jerr)?
+            .enumerate()
+        {
+            // Bounds the time the shard thread spends here (a peer far behind may face
+            // many internal records); the caller continues from next_after.
+            if scanned == MAX_SCAN {
+                full = true;
+                break;
+            }
+            let (seq, v) = item.map_err(jerr)?;
+            let rec: Record = decode(v)?;
+            if let Some(change) = rec.kind.export() {
+                if out.changes.len() >= limit {
+                    full = true;
+                    break;
+                }
+                out.changes.push((seq, change));
+            }
+            out.next_after = seq;
+        }
+        if !full {
+            // Seqs up to the horizon with no record were abandoned or trimmed.
+            out.next_after = horizon;
+        }
+        Ok(out)
+    }
+
     /// Commits everything queued, then stops the writer thread.
     pub async fn close(&self) {
+        self.env.borrow_mut().take();
         let tx = self.tx.borrow_mut().take();
         if let Some(tx) = tx {
             let (done, rx) = oneshot::channel();
@@ -260,13 +429,21 @@ impl Drop for Journal {
         // Dropping the sender makes the writer commit what is queued and exit; join so
         // the env is closed (and can be reopened) when the shard is gone.
         self.tx.get_mut().take();
+        self.env.get_mut().take();
         if let Some(t) = self.thread.get_mut().take() {
             let _ = t.join();
         }
     }
 }
 
-fn writer(env: Env, dbs: Dbs, rx: Receiver<Msg>, retain: u64, metrics: Arc<ShardMetrics>) {
+fn writer(
+    env: Env,
+    dbs: Dbs,
+    rx: Receiver<Msg>,
+    retain: u64,
+    metrics: Arc<ShardMetrics>,
+    committed_through: Arc<AtomicU64>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batches = Vec::new();
         let mut close = None;
@@ -283,6 +460,10 @@ fn writer(env: Env, dbs: Dbs, rx: Receiver<Msg>, retain: u64, metrics: Arc<Shard
                 tracing::error!(error = %e, "journal commit failed");
                 e.to_string()
             });
+            if res.is_ok() {
+                let through = batches.iter().map(|b| b.through).max().unwrap_or(0);
+                committed_through.fetch_max(through, Ordering::Release);
+            }
             for b in batches {
                 let _ = b.ack.send(res.clone());
             }
@@ -345,6 +526,9 @@ fn apply(
             .map(|(k, _)| k);
         if let Some(cut) = cut {
             dbs.journal.delete_range(&mut wtxn, &(..=cut))?;
+            // Lets readers for peers tell a trimmed range from an empty one.
+            let old = dbs.meta.get(&wtxn, "trimmed_through")?.unwrap_or(0);
+            dbs.meta.put(&mut wtxn, "trimmed_through", &old.max(cut))?;
         }
     }
     wtxn.commit()?;

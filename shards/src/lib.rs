@@ -15,9 +15,13 @@
 //! - no locks on the data path: a `Shard` is `!Send` and used from its own thread only.
 //!
 //! Non-goals: sockets, HTTP, S3 (those live in `src/` and `io/`); replication and
-//! cluster placement (the journal's sequence numbers and HLC timestamps are there so
-//! the cluster layer can reconcile later).
+//! cluster placement. The engine gives the cluster layer what it builds on: the journal
+//! exported as [`Change`]s ([`Shard::changes_since`]), last-writer-wins by HLC
+//! ([`Shard::is_newer`]), replicas and remote tombstones applied with their origin
+//! uploads or deletes deferred ([`Shard::begin_replica`], [`Shard::apply_tombstone`]).
 
+#[cfg(test)]
+mod cluster_tests;
 mod error;
 pub mod eviction;
 mod format;

@@ -8,7 +8,7 @@
 //! several tasks of the shard change the same key concurrently.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -28,8 +28,8 @@ use crate::journal::{
     Ack, Journal, Op, PendingRec, PendingRecKind, Record, RecordKind, StoredEntry,
 };
 use crate::{
-    Hlc, Lookup, ObjectMeta, PendingKind, PendingOp, Provenance, RecoveryReport, ShardConfig,
-    ShardMetrics, StoreError, Tombstone, WriteAttrs,
+    ChangeBatch, Hlc, Lookup, ObjectMeta, PendingKind, PendingOp, Provenance, RecoveryReport,
+    ShardConfig, ShardMetrics, StoreError, Tombstone, WriteAttrs,
 };
 
 /// LMDB's default maximum key size.
@@ -52,6 +52,13 @@ impl Entry {
         match self {
             Entry::Object(m) => m.seq,
             Entry::Tombstone(t) => t.seq,
+        }
+    }
+
+    fn hlc(&self) -> u64 {
+        match self {
+            Entry::Object(m) => m.hlc,
+            Entry::Tombstone(t) => t.hlc,
         }
     }
 }
@@ -83,6 +90,25 @@ impl State {
         Some(old)
     }
 
+    /// Last-writer-wins: is version (hlc, etag) newer than what the index holds for `key`?
+    /// A tombstone beats a version with a lower or equal hlc.
+    fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
+        match self.index.get(key) {
+            None => true,
+            Some(Entry::Object(m)) => (hlc, etag) > (m.hlc, m.etag.as_str()),
+            Some(Entry::Tombstone(t)) => hlc > t.hlc,
+        }
+    }
+
+    /// Last-writer-wins for a tombstone: it beats a version with a lower or equal hlc.
+    fn tombstone_is_newer(&self, t: &Tombstone) -> bool {
+        match self.index.get(&t.key) {
+            None => true,
+            Some(Entry::Object(m)) => t.hlc >= m.hlc,
+            Some(Entry::Tombstone(old)) => t.hlc > old.hlc,
+        }
+    }
+
     fn mem_remove(&mut self, key: &str) {
         if self.mem_bodies.remove(key).is_some() {
             self.mem.remove(key);
@@ -97,11 +123,26 @@ struct Core {
     metrics: Arc<ShardMetrics>,
     journal: Journal,
     next_seq: Cell<u64>,
+    /// Seqs of writes begun but not yet queued to the journal: they will commit after
+    /// records with higher seqs, so reads for peers must not pass them.
+    writing: RefCell<BTreeSet<u64>>,
+    /// Highest record seq queued to the journal.
+    last_queued: Cell<u64>,
     state: RefCell<State>,
     pending_notify: tokio::sync::Notify,
     /// Reused block buffers: a fresh zeroed 256 KiB allocation per write costs more than
     /// a small write itself and fragments the heap.
     block_bufs: RefCell<Vec<AlignedBuf>>,
+}
+
+/// A tombstone put in the index whose journal batch is queued.
+struct QueuedTombstone {
+    ack: Ack,
+    /// The replaced object's file, removed once the tombstone is durable.
+    files: Vec<PathBuf>,
+    /// An origin delete was queued.
+    queued: bool,
+    tomb: Tombstone,
 }
 
 /// Block buffers kept for reuse per shard (16 MiB at most).
@@ -121,6 +162,26 @@ fn corrupt(key: &str, m: Mismatch) -> StoreError {
         expected: m.expected,
         actual: m.actual,
     }
+}
+
+/// `Corrupt` unless `expected == actual`.
+fn check_eq(
+    key: &str,
+    what: &'static str,
+    expected: String,
+    actual: String,
+) -> Result<(), StoreError> {
+    if expected == actual {
+        return Ok(());
+    }
+    Err(corrupt(
+        key,
+        Mismatch {
+            what,
+            expected,
+            actual,
+        },
+    ))
 }
 
 fn check_key(key: &str) -> Result<(), StoreError> {
@@ -168,8 +229,30 @@ impl Core {
     }
 
     fn submit(&self, ops: Vec<Op>) -> Result<Ack, StoreError> {
-        self.journal
-            .submit(ops, self.next_seq.get(), self.hlc.last())
+        let next = self.next_seq.get();
+        let unqueued = self.writing.borrow().first().copied().unwrap_or(next);
+        let through = unqueued.min(next).saturating_sub(1);
+        for op in &ops {
+            if let Op::Record(r) = op {
+                self.last_queued.set(self.last_queued.get().max(r.seq));
+            }
+        }
+        self.journal.submit(ops, next, self.hlc.last(), through)
+    }
+
+    /// A write's seq will never be used (abandoned, failed). If it held back reads for
+    /// peers, an empty batch moves their horizon past it without waiting for the next write.
+    fn abandon_seq(&self, seq: u64) {
+        let was_first = {
+            let mut w = self.writing.borrow_mut();
+            let first = w.first() == Some(&seq);
+            w.remove(&seq);
+            first
+        };
+        if was_first {
+            // Closed journal: nothing left to read anyway.
+            let _ = self.submit(Vec::new());
+        }
     }
 
     async fn remove_files(&self, files: Vec<PathBuf>) {
@@ -367,20 +450,7 @@ impl Core {
             .await;
         res?;
         let header = Header::decode(buf.as_slice()).map_err(|m| corrupt(key, m))?;
-        let check = |what, expected: String, actual: String| {
-            if expected != actual {
-                Err(corrupt(
-                    key,
-                    Mismatch {
-                        what,
-                        expected,
-                        actual,
-                    },
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let check = |what, expected, actual| check_eq(key, what, expected, actual);
         check("header key", key.clone(), header.key.clone())?;
         check("header seq", meta.seq.to_string(), header.seq.to_string())?;
         check(
@@ -532,9 +602,16 @@ impl Shard {
                 }
             }
         }
-        for (key, p) in rec.pending {
+        for (key, mut p) in rec.pending {
             max_seq = max_seq.max(p.seq);
             report.pending += 1;
+            if p.hlc == 0 {
+                // Written before pending records carried the hlc.
+                p.hlc = match st.index.get(&key) {
+                    Some(e) if e.seq() == p.seq => e.hlc(),
+                    _ => 0,
+                };
+            }
             st.set_pending(&key, p);
         }
 
@@ -562,6 +639,8 @@ impl Shard {
             metrics,
             journal,
             next_seq: Cell::new(rec.next_seq.max(max_seq + 1).max(1)),
+            writing: RefCell::new(BTreeSet::new()),
+            last_queued: Cell::new(rec.last_record_seq),
             state: RefCell::new(st),
             pending_notify: tokio::sync::Notify::new(),
             cfg,
@@ -706,12 +785,14 @@ impl Shard {
         }
         let reserved = expected_len.unwrap_or(0);
         let seq = core.alloc_seq();
+        core.writing.borrow_mut().insert(seq);
         let base = core.state.borrow().index.get(key).map(Entry::seq);
         let path = core.object_path(seq);
         let file = match core.device.create(&path).await {
             Ok(f) => f,
             Err(e) => {
                 core.release(reserved);
+                core.abandon_seq(seq);
                 return Err(e.into());
             }
         };
@@ -737,56 +818,109 @@ impl Shard {
     pub async fn delete(&self, key: &str, level: u8) -> Result<Tombstone, StoreError> {
         check_key(key)?;
         let core = &self.core;
-        let (ack, files, tomb) = {
+        let tomb = {
             let mut st = core.state.borrow_mut();
-            let seq = core.alloc_seq();
-            let hlc = core.hlc.now();
             let tomb = Tombstone {
                 key: key.to_owned(),
-                hlc,
-                seq,
+                hlc: core.hlc.now(),
+                seq: core.alloc_seq(),
                 deleted_at_ms: wall_ms(),
                 level,
             };
-            let mut files = Vec::new();
-            if let Some((_, path)) = core.unlink_object(&mut st, key) {
-                files.push(path);
-            }
-            if !matches!(
-                st.index
-                    .insert(key.to_owned(), Entry::Tombstone(tomb.clone())),
-                Some(Entry::Tombstone(_))
-            ) {
-                st.tombstones += 1;
-            }
-            let mut ops = vec![
-                Op::PutEntry(key.to_owned(), StoredEntry::Tombstone(tomb.clone())),
-                Op::Record(Record {
-                    seq,
-                    hlc,
-                    kind: RecordKind::Delete(tomb.clone()),
-                }),
-            ];
-            if level >= 1 {
-                let rec = PendingRec {
-                    seq,
-                    kind: PendingRecKind::Delete,
-                };
-                st.set_pending(key, rec.clone());
-                ops.push(Op::PutPending(key.to_owned(), rec));
-            } else if !st.pending.contains_key(key) {
-                // unlink_object dropped a pending put, if any.
-                ops.push(Op::RemovePending(key.to_owned()));
-            }
-            core.refresh_metrics(&st);
-            (core.submit(ops)?, files, tomb)
+            let origin_delete = (level >= 1).then_some(0);
+            self.queue_tombstone(&mut st, tomb, origin_delete)?
         };
-        Journal::wait(ack).await?;
-        core.remove_files(files).await;
-        if level >= 1 {
+        self.finish_tombstone(tomb).await
+    }
+
+    /// Applies a tombstone produced elsewhere if it is newer (last-writer-wins: it beats a
+    /// version with a lower or equal hlc). Observes `t.hlc`. The stored tombstone keeps
+    /// `t`'s hlc, deleted_at_ms and level but gets a local seq. If `origin_delete_after_ms`
+    /// is `Some` and `t.level >= 1`, queues an origin delete the uploader may not start
+    /// before that wall-clock time (ms since epoch). Returns true if applied.
+    pub async fn apply_tombstone(
+        &self,
+        t: &Tombstone,
+        origin_delete_after_ms: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        check_key(&t.key)?;
+        let core = &self.core;
+        core.hlc.observe(t.hlc);
+        let tomb = {
+            let mut st = core.state.borrow_mut();
+            if !st.tombstone_is_newer(t) {
+                return Ok(false);
+            }
+            let tomb = Tombstone {
+                seq: core.alloc_seq(),
+                ..t.clone()
+            };
+            let origin_delete = origin_delete_after_ms.filter(|_| t.level >= 1);
+            self.queue_tombstone(&mut st, tomb, origin_delete)?
+        };
+        self.finish_tombstone(tomb).await?;
+        Ok(true)
+    }
+
+    /// Puts `tomb` in the index in place of whatever the key held and queues its journal
+    /// batch; `origin_delete`: queue an origin delete not to start before this time (ms).
+    fn queue_tombstone(
+        &self,
+        st: &mut State,
+        tomb: Tombstone,
+        origin_delete: Option<u64>,
+    ) -> Result<QueuedTombstone, StoreError> {
+        let core = &self.core;
+        let key = tomb.key.as_str();
+        let mut files = Vec::new();
+        if let Some((_, path)) = core.unlink_object(st, key) {
+            files.push(path);
+        }
+        if !matches!(
+            st.index
+                .insert(key.to_owned(), Entry::Tombstone(tomb.clone())),
+            Some(Entry::Tombstone(_))
+        ) {
+            st.tombstones += 1;
+        }
+        let mut ops = vec![
+            Op::PutEntry(key.to_owned(), StoredEntry::Tombstone(tomb.clone())),
+            Op::Record(Record {
+                seq: tomb.seq,
+                hlc: tomb.hlc,
+                kind: RecordKind::Delete(tomb.clone()),
+            }),
+        ];
+        if let Some(not_before_ms) = origin_delete {
+            let rec = PendingRec {
+                seq: tomb.seq,
+                kind: PendingRecKind::Delete,
+                not_before_ms,
+                hlc: tomb.hlc,
+            };
+            st.set_pending(key, rec.clone());
+            ops.push(Op::PutPending(key.to_owned(), rec));
+        } else if !st.pending.contains_key(key) {
+            // unlink_object dropped a pending put, if any.
+            ops.push(Op::RemovePending(key.to_owned()));
+        }
+        core.refresh_metrics(st);
+        Ok(QueuedTombstone {
+            ack: core.submit(ops)?,
+            files,
+            queued: origin_delete.is_some(),
+            tomb,
+        })
+    }
+
+    /// Waits for a tombstone's commit, then removes the replaced file.
+    async fn finish_tombstone(&self, q: QueuedTombstone) -> Result<Tombstone, StoreError> {
+        Journal::wait(q.ack).await?;
+        self.core.remove_files(q.files).await;
+        if q.queued {
             self.notify_pending();
         }
-        Ok(tomb)
+        Ok(q.tomb)
     }
 
     fn notify_pending(&self) {
@@ -815,6 +949,7 @@ impl Shard {
                 core.record(RecordKind::Upgrade {
                     key: key.to_owned(),
                     level,
+                    hlc: meta.hlc,
                 }),
             ];
             let queued = !meta.in_origin && !st.pending.contains_key(key);
@@ -822,6 +957,8 @@ impl Shard {
                 let rec = PendingRec {
                     seq: meta.seq,
                     kind: PendingRecKind::Put,
+                    not_before_ms: 0,
+                    hlc: meta.hlc,
                 };
                 st.set_pending(key, rec.clone());
                 ops.push(Op::PutPending(key.to_owned(), rec));
@@ -836,10 +973,32 @@ impl Shard {
         Ok(meta)
     }
 
-    /// Pending origin operations, oldest first (at most `limit`).
+    /// Raises the level of the version of `key` with this hlc, like [`Shard::upgrade`];
+    /// no-op (false) when the key holds another version or already has that level.
+    pub async fn upgrade_version(
+        &self,
+        key: &str,
+        hlc: u64,
+        level: u8,
+    ) -> Result<bool, StoreError> {
+        let matches = matches!(
+            self.core.state.borrow().index.get(key),
+            Some(Entry::Object(m)) if m.hlc == hlc && m.level < level
+        );
+        if !matches {
+            return Ok(false);
+        }
+        // No await between the check and upgrade's own (synchronous) index update.
+        self.upgrade(key, level).await?;
+        Ok(true)
+    }
+
+    /// Pending origin operations that are due, oldest first (at most `limit`). Ops whose
+    /// `not_before` lies in the future are left out until then.
     pub fn pending(&self, limit: usize) -> Vec<PendingOp> {
         let core = &self.core;
         let st = core.state.borrow();
+        let now = wall_ms();
         let mut out = Vec::new();
         for (&seq, key) in &st.pending_order {
             if out.len() >= limit {
@@ -848,6 +1007,9 @@ impl Shard {
             let Some(rec) = st.pending.get(key) else {
                 continue;
             };
+            if rec.not_before_ms > now {
+                continue;
+            }
             let kind = match rec.kind {
                 PendingRecKind::Delete => PendingKind::Delete,
                 PendingRecKind::Put => match st.index.get(key) {
@@ -869,6 +1031,21 @@ impl Shard {
         out
     }
 
+    /// Earliest `not_before` (ms since epoch) of pending ops not due yet, for the
+    /// uploader's sleep. Call it before [`Shard::pending`]: an op that comes due between
+    /// the two calls is then returned by `pending` rather than missed by both.
+    pub fn next_deferred_ms(&self) -> Option<u64> {
+        let now = wall_ms();
+        self.core
+            .state
+            .borrow()
+            .pending
+            .values()
+            .map(|p| p.not_before_ms)
+            .filter(|&t| t > now)
+            .min()
+    }
+
     /// The seq of the key's pending origin op (upload or delete), if one is queued.
     pub fn pending_seq(&self, key: &str) -> Option<u64> {
         self.core.state.borrow().pending.get(key).map(|p| p.seq)
@@ -882,39 +1059,75 @@ impl Shard {
     /// Marks a pending op done. If the key has since been rewritten (another seq), the newer
     /// op stays pending. A completed put marks the object `in_origin` and unpins it.
     pub async fn complete_pending(&self, key: &str, seq: u64) -> Result<(), StoreError> {
-        let core = &self.core;
         let ack = {
-            let mut st = core.state.borrow_mut();
+            let mut st = self.core.state.borrow_mut();
             if st.pending.get(key).map(|p| p.seq) != Some(seq) {
                 return Ok(());
             }
             let rec = st.clear_pending(key).expect("checked above");
-            let mut ops = vec![
-                Op::RemovePending(key.to_owned()),
-                core.record(RecordKind::Uploaded {
-                    key: key.to_owned(),
-                    seq,
-                }),
-            ];
-            if rec.kind == PendingRecKind::Put {
-                if let Some(Entry::Object(old)) = st.index.get(key) {
-                    if old.seq == seq {
-                        let mut m = (**old).clone();
-                        m.in_origin = true;
-                        let meta = Rc::new(m);
-                        ops.push(Op::PutEntry(
-                            key.to_owned(),
-                            StoredEntry::Object((*meta).clone()),
-                        ));
-                        st.index.insert(key.to_owned(), Entry::Object(meta));
-                        st.disk.set_pinned(&key.to_owned(), false);
-                    }
-                }
-            }
-            core.refresh_metrics(&st);
-            core.submit(ops)?
+            let put = rec.kind == PendingRecKind::Put;
+            self.origin_has(&mut st, key, Some(rec), |m| put && m.seq == seq)?
         };
-        Journal::wait(ack).await
+        Journal::wait(ack.expect("a pending op was cleared")).await
+    }
+
+    /// Marks the pending op of the entry of `key` whose hlc is `hlc` as done (the origin
+    /// has it, e.g. a peer uploaded it): like [`Shard::complete_pending`] but matched by
+    /// hlc. A version with that hlc also becomes `in_origin` (and unpinned) when it had no
+    /// pending upload. Returns true if something changed.
+    pub async fn mark_uploaded(&self, key: &str, hlc: u64) -> Result<bool, StoreError> {
+        let ack = {
+            let mut st = self.core.state.borrow_mut();
+            let rec = if st.pending.get(key).is_some_and(|p| p.hlc == hlc) {
+                st.clear_pending(key)
+            } else {
+                None
+            };
+            self.origin_has(&mut st, key, rec, |m| m.hlc == hlc)?
+        };
+        match ack {
+            Some(ack) => Journal::wait(ack).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The origin has an entry of `key`: `cleared` is its pending op (already taken out of
+    /// the in-memory state); the current object becomes `in_origin` if `object` matches it.
+    /// Journals both and an Uploaded record; `None` when neither applied.
+    fn origin_has(
+        &self,
+        st: &mut State,
+        key: &str,
+        cleared: Option<PendingRec>,
+        object: impl Fn(&ObjectMeta) -> bool,
+    ) -> Result<Option<Ack>, StoreError> {
+        let core = &self.core;
+        let mut ops = Vec::new();
+        let mut done = None;
+        if let Some(rec) = cleared {
+            ops.push(Op::RemovePending(key.to_owned()));
+            done = Some((rec.seq, rec.hlc));
+        }
+        if let Some(Entry::Object(old)) = st.index.get(key) {
+            if !old.in_origin && object(old) {
+                let mut m = (**old).clone();
+                m.in_origin = true;
+                done = Some((m.seq, m.hlc));
+                ops.push(Op::PutEntry(key.to_owned(), StoredEntry::Object(m.clone())));
+                st.index.insert(key.to_owned(), Entry::Object(Rc::new(m)));
+                st.disk.set_pinned(&key.to_owned(), false);
+            }
+        }
+        let Some((seq, hlc)) = done else {
+            return Ok(None);
+        };
+        ops.push(core.record(RecordKind::Uploaded {
+            key: key.to_owned(),
+            seq,
+            hlc,
+        }));
+        core.refresh_metrics(st);
+        core.submit(ops).map(Some)
     }
 
     /// Drops the object (not a delete: no tombstone) — e.g. after the origin says it's gone.
@@ -953,6 +1166,15 @@ impl Shard {
 
     /// Removes expired tombstones (those without a pending origin delete). Returns how many.
     pub async fn sweep_tombstones(&self) -> Result<u64, StoreError> {
+        self.sweep_tombstones_where(|_| true).await
+    }
+
+    /// Removes expired tombstones (TTL, no pending origin delete) for which `may_drop` is
+    /// true, e.g. only those every peer has seen. Returns how many.
+    pub async fn sweep_tombstones_where(
+        &self,
+        may_drop: impl Fn(&Tombstone) -> bool,
+    ) -> Result<u64, StoreError> {
         let core = &self.core;
         let ttl_ms = core.cfg.tombstone_ttl.as_millis() as u64;
         let now = wall_ms();
@@ -964,7 +1186,8 @@ impl Shard {
                 .filter_map(|(k, e)| match e {
                     Entry::Tombstone(t)
                         if t.deleted_at_ms.saturating_add(ttl_ms) <= now
-                            && !st.pending.contains_key(k) =>
+                            && !st.pending.contains_key(k)
+                            && may_drop(t) =>
                     {
                         Some((k.clone(), t.seq))
                     }
@@ -989,6 +1212,48 @@ impl Shard {
         };
         Journal::wait(ack.0).await?;
         Ok(ack.1)
+    }
+
+    /// Journal records with seq > `after`, at most `limit` exported changes. Internal
+    /// records (evictions, forgets, corruption, expired tombstones) are skipped but still
+    /// advance `next_after`. Stops short of writes still in progress (see [`ChangeBatch`]),
+    /// and after reading 4096 records (to bound the time spent on the shard thread): a
+    /// batch may hold fewer than `limit` changes, even none, with `next_after < last_seq`;
+    /// ask again from `next_after`.
+    pub fn changes_since(&self, after: u64, limit: usize) -> Result<ChangeBatch, StoreError> {
+        let r = self.core.journal.read_changes(after, limit)?;
+        Ok(ChangeBatch {
+            changes: r.changes,
+            next_after: r.next_after,
+            last_seq: self.last_seq(),
+            gap: r.gap,
+        })
+    }
+
+    /// Highest journal seq committed or queued.
+    pub fn last_seq(&self) -> u64 {
+        self.core.last_queued.get()
+    }
+
+    /// Last-writer-wins test: true when version (hlc, etag) is newer than what the shard
+    /// holds for `key` (nothing, an older version, or an older tombstone). Ordered by hlc,
+    /// then etag; a tombstone with hlc >= the version's hlc wins.
+    pub fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
+        self.core.state.borrow().is_newer(key, hlc, etag)
+    }
+
+    /// Starts storing a replica of `meta` (a version produced on another node); finish it
+    /// with [`ObjectWriter::finish_replica`]. `Ok(None)` when the local copy is as new or
+    /// newer (see [`Shard::is_newer`]). Observes `meta.hlc`.
+    pub async fn begin_replica(
+        self: &Rc<Self>,
+        meta: &ObjectMeta,
+    ) -> Result<Option<ObjectWriter>, StoreError> {
+        self.core.hlc.observe(meta.hlc);
+        if !self.is_newer(&meta.key, meta.hlc, &meta.etag) {
+            return Ok(None);
+        }
+        self.begin_write(&meta.key, Some(meta.size)).await.map(Some)
     }
 
     /// Flushes and closes the journal.
@@ -1044,6 +1309,31 @@ impl ObjectReader {
         };
         self.pos = block_start + to as u64;
         Some(Ok(chunk))
+    }
+}
+
+/// What must still hold when a finished write is committed.
+enum Guard<'a> {
+    /// Nothing: a client write always becomes the newest version.
+    None,
+    /// The key is unchanged since the write began (a read-through never resurrects a
+    /// deleted key nor replaces a newer write).
+    Base,
+    /// The version is newer than what the key holds (last-writer-wins, for replicas).
+    Newer { hlc: u64, etag: &'a str },
+}
+
+impl Guard<'_> {
+    fn holds(&self, st: &State, key: &str, base: Option<u64>) -> bool {
+        match self {
+            Guard::None => true,
+            Guard::Base => match st.index.get(key) {
+                None => true,
+                Some(Entry::Tombstone(_)) => false,
+                Some(e) => Some(e.seq()) == base,
+            },
+            Guard::Newer { hlc, etag } => st.is_newer(key, *hlc, etag),
+        }
     }
 }
 
@@ -1139,6 +1429,87 @@ impl ObjectWriter {
         if fetched && self.superseded() {
             return Err(StoreError::Superseded);
         }
+        self.write_out().await?;
+        let md5 = std::mem::take(&mut self.md5);
+        let (etag, last_modified_ms) = match &attrs.fetched {
+            Some(f) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
+            None => (hex::encode(md5.finalize()), wall_ms()),
+        };
+        let guard = if fetched { Guard::Base } else { Guard::None };
+        let upload = (!fetched && attrs.level >= 1).then_some(0);
+        self.commit(guard, upload, |core, size, crc32c, seq| ObjectMeta {
+            key: String::new(),
+            size,
+            etag,
+            crc32c,
+            content_type: attrs.content_type,
+            name: attrs.name,
+            user_meta: attrs.user_meta,
+            last_modified_ms,
+            hlc: core.hlc.now(),
+            seq,
+            level: attrs.level,
+            in_origin: fetched,
+            provenance: if fetched {
+                Provenance::Fetched
+            } else {
+                Provenance::Client
+            },
+            headers: attrs.headers,
+        })
+        .await
+    }
+
+    /// Finishes a replica begun with [`Shard::begin_replica`]: checks the body's size and
+    /// CRC32C against `meta` (`Corrupt` with expected and actual values when they differ;
+    /// nothing is stored), then stores it with `meta`'s attributes, hlc, level, origin
+    /// state and provenance but a new local seq. `Superseded` if a newer version or
+    /// tombstone of the key arrived meanwhile. A replica of a fetched object is in the
+    /// origin. If `level >= 1` and not in the origin, queues an upload that may not start
+    /// before `upload_after_ms` (ms since epoch; `None` = now).
+    pub async fn finish_replica(
+        mut self,
+        meta: &ObjectMeta,
+        upload_after_ms: Option<u64>,
+    ) -> Result<Rc<ObjectMeta>, StoreError> {
+        if meta.key != self.key {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("replica of {:?} finished as {:?}", meta.key, self.key),
+            )));
+        }
+        let check = |what, expected, actual| check_eq(&meta.key, what, expected, actual);
+        check(
+            "replica body size",
+            meta.size.to_string(),
+            self.written.to_string(),
+        )?;
+        check(
+            "replica body checksum",
+            format!("{:08x}", meta.crc32c),
+            format!("{:08x}", self.body_crc),
+        )?;
+        let guard = Guard::Newer {
+            hlc: meta.hlc,
+            etag: &meta.etag,
+        };
+        // Cheap early out before writing the file; re-checked at commit.
+        if !guard.holds(&self.core().state.borrow(), &self.key, self.base) {
+            return Err(StoreError::Superseded);
+        }
+        self.write_out().await?;
+        let in_origin = meta.in_origin || meta.provenance == Provenance::Fetched;
+        let upload = (meta.level >= 1 && !in_origin).then_some(upload_after_ms.unwrap_or(0));
+        self.commit(guard, upload, |_, _, _, seq| ObjectMeta {
+            seq,
+            in_origin,
+            ..meta.clone()
+        })
+        .await
+    }
+
+    /// Writes the tail block, checksum table and header, and syncs the file.
+    async fn write_out(&mut self) -> Result<(), StoreError> {
         let size = self.written;
         let tail = self.buf.take().expect("writer buffer");
         let file = if self.table.is_empty() {
@@ -1185,39 +1556,29 @@ impl ObjectWriter {
             file
         };
         file.sync_data().await?;
-        drop(file);
+        Ok(())
+    }
 
-        let md5 = std::mem::take(&mut self.md5);
+    /// Puts the written object in the index and tiers in place of whatever the key held
+    /// (unless `guard` fails: `Superseded`), queues its journal batch and waits for it.
+    /// `make` builds the meta from (core, size, crc32c, seq); its key is set here.
+    /// `upload`: queue an origin upload not to start before this time (ms).
+    async fn commit(
+        mut self,
+        guard: Guard<'_>,
+        upload: Option<u64>,
+        make: impl FnOnce(&Core, u64, u32, u64) -> ObjectMeta,
+    ) -> Result<Rc<ObjectMeta>, StoreError> {
         let core = self.shard.core.clone();
-        let (ack, meta, files, queued) = {
+        let (ack, meta, files) = {
             let mut st = core.state.borrow_mut();
-            if fetched && self.superseded_in(&st) {
+            if !guard.holds(&st, &self.key, self.base) {
                 return Err(StoreError::Superseded);
             }
-            let client = !fetched;
-            let (etag, last_modified_ms) = match &attrs.fetched {
-                Some(f) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
-                None => (hex::encode(md5.finalize()), wall_ms()),
-            };
+            let size = self.written;
             let meta = Rc::new(ObjectMeta {
                 key: self.key.clone(),
-                size,
-                etag,
-                crc32c: self.body_crc,
-                content_type: attrs.content_type,
-                name: attrs.name,
-                user_meta: attrs.user_meta,
-                last_modified_ms,
-                hlc: core.hlc.now(),
-                seq: self.seq,
-                level: attrs.level,
-                in_origin: fetched,
-                provenance: if fetched {
-                    Provenance::Fetched
-                } else {
-                    Provenance::Client
-                },
-                headers: attrs.headers,
+                ..make(&core, size, self.body_crc, self.seq)
             });
             let mut files = Vec::new();
             if let Some((_, path)) = core.unlink_object(&mut st, &self.key) {
@@ -1241,11 +1602,12 @@ impl ObjectWriter {
                     kind: RecordKind::Put((*meta).clone()),
                 }),
             ];
-            let queued = client && attrs.level >= 1;
-            if queued {
+            if let Some(not_before_ms) = upload {
                 let rec = PendingRec {
                     seq: self.seq,
                     kind: PendingRecKind::Put,
+                    not_before_ms,
+                    hlc: meta.hlc,
                 };
                 st.set_pending(&self.key, rec.clone());
                 ops.push(Op::PutPending(self.key.clone(), rec));
@@ -1257,27 +1619,19 @@ impl ObjectWriter {
             }
             core.refresh_metrics(&st);
             self.done = true;
-            (core.submit(ops)?, meta, files, queued)
+            core.writing.borrow_mut().remove(&self.seq);
+            (core.submit(ops)?, meta, files)
         };
         Journal::wait(ack).await?;
         core.remove_files(files).await;
-        if queued {
+        if upload.is_some() {
             self.shard.notify_pending();
         }
         Ok(meta)
     }
 
     fn superseded(&self) -> bool {
-        self.superseded_in(&self.core().state.borrow())
-    }
-
-    fn superseded_in(&self, st: &State) -> bool {
-        match st.index.get(&self.key) {
-            None => false,
-            // A read-through never resurrects a deleted key.
-            Some(Entry::Tombstone(_)) => true,
-            Some(e) => Some(e.seq()) != self.base,
-        }
+        !Guard::Base.holds(&self.core().state.borrow(), &self.key, self.base)
     }
 
     pub async fn abort(self) {
@@ -1294,6 +1648,7 @@ impl Drop for ObjectWriter {
             return;
         }
         self.core().release(self.reserved);
+        self.core().abandon_seq(self.seq);
         self.file.take();
         if let Err(e) = std::fs::remove_file(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use crate::defaults::BLOCK_SIZE;
 use crate::*;
 
-const KIB: u64 = 1024;
+pub(crate) const KIB: u64 = 1024;
 
-fn cfg(dir: &Path, device: DeviceKind) -> ShardConfig {
+pub(crate) fn cfg(dir: &Path, device: DeviceKind) -> ShardConfig {
     ShardConfig {
         shard_id: 3,
         dir: dir.to_owned(),
@@ -27,7 +27,7 @@ fn cfg(dir: &Path, device: DeviceKind) -> ShardConfig {
     }
 }
 
-fn run<F: Future>(f: F) -> F::Output {
+pub(crate) fn run<F: Future>(f: F) -> F::Output {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
@@ -36,7 +36,7 @@ fn run<F: Future>(f: F) -> F::Output {
 }
 
 /// Runs `t` once per device kind, each in a fresh directory.
-fn both<F, Fut>(t: F)
+pub(crate) fn both<F, Fut>(t: F)
 where
     F: Fn(ShardConfig) -> Fut,
     Fut: Future<Output = ()>,
@@ -47,23 +47,23 @@ where
     }
 }
 
-async fn open(cfg: &ShardConfig) -> (Rc<Shard>, RecoveryReport) {
+pub(crate) async fn open(cfg: &ShardConfig) -> (Rc<Shard>, RecoveryReport) {
     let (s, r) = Shard::open(cfg.clone()).await.expect("open shard");
     (Rc::new(s), r)
 }
 
-fn data(n: u64, seed: u8) -> Vec<u8> {
+pub(crate) fn data(n: u64, seed: u8) -> Vec<u8> {
     (0..n).map(|i| ((i * 131 + i / 7) as u8) ^ seed).collect()
 }
 
-fn attrs(level: u8) -> WriteAttrs {
+pub(crate) fn attrs(level: u8) -> WriteAttrs {
     WriteAttrs {
         level,
         ..Default::default()
     }
 }
 
-fn fetched(etag: &str) -> WriteAttrs {
+pub(crate) fn fetched(etag: &str) -> WriteAttrs {
     WriteAttrs {
         fetched: Some(FetchedFrom {
             etag: etag.into(),
@@ -73,7 +73,12 @@ fn fetched(etag: &str) -> WriteAttrs {
     }
 }
 
-async fn put_with(shard: &Rc<Shard>, key: &str, body: &[u8], a: WriteAttrs) -> Rc<ObjectMeta> {
+pub(crate) async fn put_with(
+    shard: &Rc<Shard>,
+    key: &str,
+    body: &[u8],
+    a: WriteAttrs,
+) -> Rc<ObjectMeta> {
     let mut w = shard
         .begin_write(key, Some(body.len() as u64))
         .await
@@ -85,11 +90,11 @@ async fn put_with(shard: &Rc<Shard>, key: &str, body: &[u8], a: WriteAttrs) -> R
     w.finish(a).await.expect("finish")
 }
 
-async fn put(shard: &Rc<Shard>, key: &str, body: &[u8], level: u8) -> Rc<ObjectMeta> {
+pub(crate) async fn put(shard: &Rc<Shard>, key: &str, body: &[u8], level: u8) -> Rc<ObjectMeta> {
     put_with(shard, key, body, attrs(level)).await
 }
 
-fn meta_of(shard: &Shard, key: &str) -> Rc<ObjectMeta> {
+pub(crate) fn meta_of(shard: &Shard, key: &str) -> Rc<ObjectMeta> {
     match shard.peek(key) {
         Lookup::Hit { meta, .. } => meta,
         other => panic!("{key}: expected a hit, got {other:?}"),
@@ -107,14 +112,14 @@ async fn read_range(shard: &Shard, meta: &ObjectMeta, r: std::ops::Range<u64>) -
     out
 }
 
-fn file_of(cfg: &ShardConfig, seq: u64) -> PathBuf {
+pub(crate) fn file_of(cfg: &ShardConfig, seq: u64) -> PathBuf {
     cfg.dir
         .join("objects")
         .join(format!("{:02x}", seq & 0xff))
         .join(format!("{seq:016x}"))
 }
 
-fn m(shard: &Shard) -> Arc<ShardMetrics> {
+pub(crate) fn m(shard: &Shard) -> Arc<ShardMetrics> {
     shard.metrics()
 }
 

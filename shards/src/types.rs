@@ -107,6 +107,41 @@ pub struct Tombstone {
     pub level: u8,
 }
 
+/// One exported change of a shard's journal, for peers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    /// A version was stored (client write, read-through, or applied replica).
+    Put(ObjectMeta),
+    Delete(Tombstone),
+    /// The version of `key` with this hlc was raised to `level`.
+    Upgrade {
+        key: String,
+        hlc: u64,
+        level: u8,
+    },
+    /// The pending origin op (upload or delete) of the version/tombstone with this hlc completed.
+    Uploaded {
+        key: String,
+        hlc: u64,
+    },
+}
+
+/// Result of [`crate::Shard::changes_since`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChangeBatch {
+    /// (journal seq, change), ascending seq, only seqs > `after`.
+    pub changes: Vec<(u64, Change)>,
+    /// Ask for `after = next_after` next time (covers skipped internal records too).
+    /// It stops short of a write still in progress (its seq was taken when it began, so
+    /// it commits after records with higher seqs): nothing is skipped that lands later.
+    pub next_after: u64,
+    /// Highest journal seq written so far by this shard.
+    pub last_seq: u64,
+    /// True when records after `after` were already trimmed (journal_retain), i.e. the
+    /// caller missed changes and must resync another way.
+    pub gap: bool,
+}
+
 /// Result of [`crate::Shard::lookup`].
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -128,6 +163,8 @@ pub struct PendingOp {
     pub kind: PendingKind,
 }
 
+// Boxing the meta would change what `src/` matches on; these values are few and short-lived.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PendingKind {
     /// Upload `len` bytes found at `offset` in the file at `path` (the body is stored
