@@ -1,0 +1,475 @@
+//! The membership thread: owns the socket and the foca instance, runs the timers, and
+//! publishes a new view whenever what it knows changes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use foca::{
+    Codec, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Runtime, Timer,
+};
+use rand::rngs::StdRng;
+use tracing::{debug, info, warn};
+
+use crate::config::defaults;
+use crate::identity::NodeIdentity;
+use crate::metrics::Counters;
+use crate::view::{self, Entry, MemberState};
+use crate::wire::{self, FrameError, Kind};
+use crate::Shared;
+
+/// Requests from the API side; each is followed by a wake-up datagram.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Announce the leave, then stop.
+    Leave,
+    /// Stop without a word (a crash, as far as peers can tell).
+    Stop,
+}
+
+pub(crate) type FocaInstance = Foca<NodeIdentity, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+pub(crate) struct Agent {
+    foca: FocaInstance,
+    io: Io,
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    seeds: Vec<String>,
+    probe_interval: Duration,
+    cluster_hash: u64,
+    /// Identities that announced a graceful leave, by address (foca's key).
+    left: HashMap<SocketAddr, NodeIdentity>,
+    my_state: MemberState,
+    /// What the last published view was made of.
+    published: Vec<Entry>,
+    next_announce: Instant,
+    /// Rotates the Down members we announce to while isolated.
+    down_cursor: usize,
+}
+
+/// What the thread starts from, prepared by `Membership::start`.
+pub(crate) struct Setup {
+    pub foca: FocaInstance,
+    pub socket: UdpSocket,
+    pub local_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub commands: Receiver<Command>,
+    pub seeds: Vec<String>,
+    pub probe_interval: Duration,
+    pub cluster_hash: u64,
+    /// Our entry in the view `start` published before the thread runs.
+    pub published: Entry,
+}
+
+impl Agent {
+    pub(crate) fn new(s: Setup) -> Self {
+        Self {
+            foca: s.foca,
+            io: Io {
+                socket: s.socket,
+                local_addr: s.local_addr,
+                shared: s.shared.clone(),
+                cluster_hash: s.cluster_hash,
+                timers: BinaryHeap::new(),
+                timer_seq: 0,
+                notes: VecDeque::new(),
+                out: Vec::with_capacity(defaults::MAX_DATAGRAM),
+            },
+            shared: s.shared,
+            commands: s.commands,
+            seeds: s.seeds,
+            probe_interval: s.probe_interval,
+            cluster_hash: s.cluster_hash,
+            left: HashMap::new(),
+            my_state: MemberState::Alive,
+            published: vec![s.published],
+            // Announce to the seeds straight away.
+            next_announce: Instant::now(),
+            down_cursor: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        info!(identity = ?self.foca.identity(), "membership started");
+        loop {
+            let now = Instant::now();
+            self.fire_due_timers(now);
+            if now >= self.next_announce {
+                self.periodic_announce(now);
+            }
+            self.drain_notifications();
+            self.publish_if_changed();
+
+            match self.commands.try_recv() {
+                Ok(Command::Leave) => {
+                    self.leave();
+                    return;
+                }
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                    info!("membership stopped without leaving");
+                    return;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+
+            let deadline = self
+                .io
+                .next_timer()
+                .map_or(self.next_announce, |t| t.min(self.next_announce));
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), defaults::MAX_IDLE_WAIT);
+            self.receive(wait);
+        }
+    }
+
+    /// Waits up to `wait` for one datagram and handles it.
+    fn receive(&mut self, wait: Duration) {
+        if let Err(e) = self.io.socket.set_read_timeout(Some(wait)) {
+            warn!(error = %e, "setting the gossip socket timeout");
+        }
+        // One byte more than we accept: an oversized datagram arrives truncated but
+        // still too long, and is refused rather than parsed cut short.
+        let mut buf = [0u8; defaults::MAX_DATAGRAM + 1];
+        let (len, src) = match self.io.socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(e) => {
+                // Nothing on the socket should fail repeatedly; pause so a persistent
+                // error cannot spin a core.
+                warn!(error = %e, "receiving gossip");
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+        };
+        if len == 0 {
+            return; // a wake-up: the loop looks at commands next
+        }
+        let counters = &self.shared.counters;
+        Counters::inc(&counters.packets_in);
+        if self.shared.is_blocked(&src) {
+            Counters::inc(&counters.dropped_blocked);
+            return;
+        }
+        let (kind, body) = match wire::parse(&buf[..len], self.cluster_hash) {
+            Ok(parsed) => parsed,
+            Err(e @ FrameError::ForeignCluster { .. }) => {
+                Counters::inc(&counters.dropped_foreign_cluster);
+                debug!(%src, error = %e, "dropped datagram");
+                return;
+            }
+            Err(e) => {
+                Counters::inc(&counters.decode_errors);
+                debug!(%src, error = %e, "dropped datagram");
+                return;
+            }
+        };
+        match kind {
+            Kind::Foca => {
+                if let Err(e) = self.foca.handle_data(body, &mut self.io) {
+                    self.count_foca_error(&e);
+                    debug!(%src, error = %e, "foca refused a packet");
+                }
+            }
+            Kind::Leave => self.handle_leave(src, body),
+        }
+    }
+
+    fn count_foca_error(&self, e: &foca::Error) {
+        if matches!(
+            e,
+            foca::Error::Decode(_) | foca::Error::MalformedPacket | foca::Error::DataTooBig
+        ) {
+            Counters::inc(&self.shared.counters.decode_errors);
+        }
+    }
+
+    fn handle_leave(&mut self, src: SocketAddr, body: &[u8]) {
+        let member: foca::Member<NodeIdentity> = match PostcardCodec.decode_member(body) {
+            Ok(m) => m,
+            Err(e) => {
+                Counters::inc(&self.shared.counters.decode_errors);
+                debug!(%src, error = %e, "undecodable leave");
+                return;
+            }
+        };
+        let leaver = *member.id();
+        let me = *self.foca.identity();
+        if leaver.id == me.id || leaver.addr == me.addr {
+            return; // foca would take it as news about ourselves and rejoin
+        }
+        info!(member = ?leaver, "member left");
+        self.left.insert(leaver.addr, leaver);
+        // Tell foca now rather than waiting for the leaver's own gossip or a failed
+        // probe; it also spreads the Down to members the leaver did not reach.
+        let down = foca::Member::down(leaver);
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(down), true, &mut self.io)
+        {
+            debug!(error = %e, "applying a leave");
+        }
+    }
+
+    fn fire_due_timers(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(Reverse(t)) = self.io.timers.peek() {
+            if t.at > now {
+                break;
+            }
+            if let Some(Reverse(t)) = self.io.timers.pop() {
+                due.push(t.timer);
+            }
+        }
+        // Foca's own order for late timers: a pending indirect probe before the next
+        // probe, so a lagging thread does not cut a probe cycle short.
+        due.sort();
+        for timer in due {
+            if let Err(e) = self.foca.handle_timer(timer, &mut self.io) {
+                debug!(error = %e, "foca timer");
+            }
+        }
+    }
+
+    /// Our own announce loop, on top of foca's: foca only announces while it knows a
+    /// live member, so a lone node (start-up, or the losing side of a partition) would
+    /// never find its way back by itself.
+    fn periodic_announce(&mut self, now: Instant) {
+        let isolated = self.foca.num_members() == 0;
+        self.announce_to_seeds();
+        if isolated {
+            self.announce_to_some_down_members();
+            self.next_announce =
+                now + self.probe_interval * defaults::ISOLATED_ANNOUNCE_EVERY_PROBES;
+        } else {
+            self.next_announce = now + self.probe_interval * defaults::SEED_ANNOUNCE_EVERY_PROBES;
+        }
+    }
+
+    fn announce_to_seeds(&mut self) {
+        let me = self.foca.identity().addr;
+        let local = self.io.local_addr;
+        for seed in &self.seeds {
+            // Resolved on every try: a seed's name may point elsewhere after a redeploy.
+            let addrs = match seed.to_socket_addrs() {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(seed, error = %e, "resolving seed");
+                    continue;
+                }
+            };
+            for addr in addrs.filter(|a| *a != me && *a != local) {
+                if let Err(e) = self.foca.announce(NodeIdentity::seed(addr), &mut self.io) {
+                    debug!(%addr, error = %e, "announcing to seed");
+                }
+            }
+        }
+    }
+
+    fn announce_to_some_down_members(&mut self) {
+        let down: Vec<NodeIdentity> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down)
+            .map(|m| *m.id())
+            .filter(|id| self.left.get(&id.addr) != Some(id))
+            .collect();
+        if down.is_empty() {
+            return;
+        }
+        let n = down.len().min(defaults::ISOLATED_ANNOUNCE_DOWN_MEMBERS);
+        for i in 0..n {
+            let target = down[(self.down_cursor + i) % down.len()];
+            if let Err(e) = self.foca.announce(target, &mut self.io) {
+                debug!(member = ?target, error = %e, "announcing to down member");
+            }
+        }
+        self.down_cursor = self.down_cursor.wrapping_add(n);
+    }
+
+    /// Logs foca's notifications and reacts to those that need us.
+    fn drain_notifications(&mut self) {
+        while let Some(note) = self.io.notes.pop_front() {
+            match note {
+                OwnedNotification::MemberUp(id) => info!(member = ?id, "member up"),
+                OwnedNotification::MemberDown(id) => info!(member = ?id, "member down"),
+                OwnedNotification::Rename(old, new) => {
+                    debug!(?old, ?new, "member has a new identity")
+                }
+                OwnedNotification::Active => info!("joined the cluster"),
+                OwnedNotification::Idle => {
+                    info!("no live member known; announcing to seeds and down members");
+                    self.next_announce = Instant::now();
+                }
+                OwnedNotification::Rejoin(id) => {
+                    // Foca renewed our identity itself (Identity::renew).
+                    info!(identity = ?id, "declared down by the cluster; rejoined");
+                    Counters::inc(&self.shared.counters.rejoins);
+                    self.next_announce = Instant::now();
+                }
+                OwnedNotification::Defunct => self.on_defunct(),
+                #[allow(
+                    unreachable_patterns,
+                    reason = "foca's unstable-notifications variants exist only if some crate enables that feature"
+                )]
+                _ => {}
+            }
+        }
+    }
+
+    /// We were declared down and foca did not rejoin by itself (it does when `renew`
+    /// gives a winning identity, which ours always does; this is the safety net), or we
+    /// left on purpose.
+    fn on_defunct(&mut self) {
+        if self.my_state == MemberState::Left {
+            return;
+        }
+        let old = *self.foca.identity();
+        let Some(new) = old.renew() else { return };
+        match self.foca.change_identity(new, &mut self.io) {
+            Ok(()) => {
+                info!(identity = ?new, "declared down by the cluster; rejoining");
+                Counters::inc(&self.shared.counters.rejoins);
+                self.next_announce = Instant::now();
+            }
+            Err(e) => warn!(error = %e, "renewing identity after being declared down"),
+        }
+    }
+
+    fn leave(&mut self) {
+        let me = *self.foca.identity();
+        let mut body = Vec::new();
+        if let Err(e) = PostcardCodec.encode_member(&foca::Member::down(me), &mut body) {
+            warn!(error = %e, "encoding leave");
+        }
+        let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        // Every live peer hears it directly (foca's own leave gossip reaches only a few
+        // random ones); twice, because UDP may drop one and a peer missing both only
+        // learns Down, after its suspect timeout.
+        for _ in 0..2 {
+            for &peer in &peers {
+                self.io.send_frame(Kind::Leave, peer, &body);
+            }
+        }
+        if let Err(e) = self.foca.leave_cluster(&mut self.io) {
+            debug!(error = %e, "foca leave");
+        }
+        self.my_state = MemberState::Left;
+        self.drain_notifications();
+        self.publish_if_changed();
+        info!(peers = peers.len(), "left the cluster");
+    }
+
+    fn publish_if_changed(&mut self) {
+        if !self.left.is_empty() {
+            // Forget leavers foca no longer lists (forgotten or replaced by a rejoin).
+            let foca = &self.foca;
+            self.left
+                .retain(|_, id| foca.iter_membership_state().any(|m| m.id() == id));
+        }
+        let entries = view::collect(
+            *self.foca.identity(),
+            self.my_state,
+            self.foca.iter_membership_state(),
+            &self.left,
+        );
+        if entries == self.published {
+            return;
+        }
+        let members = entries.iter().copied().map(Entry::to_member).collect();
+        self.published = entries;
+        self.shared.publish(members);
+    }
+}
+
+/// Foca's runtime: sends right away, keeps timers in a heap, queues notifications.
+pub(crate) struct Io {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    cluster_hash: u64,
+    timers: BinaryHeap<Reverse<Scheduled>>,
+    timer_seq: u64,
+    notes: VecDeque<OwnedNotification<NodeIdentity>>,
+    out: Vec<u8>,
+}
+
+impl Io {
+    fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse(t)| t.at)
+    }
+
+    pub(crate) fn send_frame(&mut self, kind: Kind, to: SocketAddr, body: &[u8]) {
+        let counters = &self.shared.counters;
+        if self.shared.is_blocked(&to) {
+            Counters::inc(&counters.dropped_blocked);
+            return;
+        }
+        self.out.clear();
+        self.out
+            .extend_from_slice(&wire::header(kind, self.cluster_hash));
+        self.out.extend_from_slice(body);
+        match self.socket.send_to(&self.out, to) {
+            Ok(_) => Counters::inc(&counters.packets_out),
+            Err(e) => {
+                Counters::inc(&counters.send_errors);
+                debug!(%to, error = %e, "sending gossip");
+            }
+        }
+    }
+}
+
+impl Runtime<NodeIdentity> for Io {
+    fn notify(&mut self, notification: foca::Notification<'_, NodeIdentity>) {
+        self.notes.push_back(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+        self.send_frame(Kind::Foca, to.addr, data);
+    }
+
+    fn submit_after(&mut self, timer: Timer<NodeIdentity>, after: Duration) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse(Scheduled {
+            at: Instant::now() + after,
+            seq: self.timer_seq,
+            timer,
+        }));
+    }
+}
+
+/// A foca timer due at `at`; `seq` keeps equal instants in submission order.
+pub(crate) struct Scheduled {
+    at: Instant,
+    seq: u64,
+    timer: Timer<NodeIdentity>,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
