@@ -24,6 +24,8 @@ pub enum Body {
         rx: mpsc::Receiver<Result<Bytes, BodyError>>,
         remaining: u64,
     },
+    /// A body relayed from a peer node; a peer's failure mid-stream becomes a BodyError.
+    Peer(hyper::body::Incoming),
 }
 
 impl Body {
@@ -72,6 +74,9 @@ impl http_body::Body for Body {
                     ))))),
                 }
             }
+            Body::Peer(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(format!("peer stream failed: {e}"))),
         }
     }
 
@@ -80,6 +85,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Channel { remaining, .. } => *remaining == 0,
+            Body::Peer(b) => b.is_end_stream(),
         }
     }
 
@@ -88,6 +94,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Channel { remaining, .. } => SizeHint::with_exact(*remaining),
+            Body::Peer(b) => b.size_hint(),
         }
     }
 }

@@ -64,6 +64,16 @@ pub mod defaults {
     pub const MAX_OBJECT_SIZE: u64 = 5 << 30;
     pub const LOG_LEVEL: &str = "info";
     pub const S3_LISTEN: &str = "127.0.0.1:9000";
+    pub const CLUSTER_NAME: &str = "nearcache";
+    pub const REPLICATION_FACTOR: usize = 1;
+    pub const WRITE_QUORUM: usize = 1;
+    pub const GOSSIP_INTERVAL_MS: u64 = 1_000;
+    pub const SYNC_INTERVAL_MS: u64 = 500;
+    pub const SYNC_BATCH: usize = 512;
+    pub const SYNC_CONCURRENCY: usize = 16;
+    pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
+    pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
+    pub const PEER_TIMEOUT_MS: u64 = 5_000;
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +290,64 @@ pub struct S3BucketConfig {
     pub write_behind: bool,
 }
 
+/// The cluster layer (`[cluster]`). Without `listen` the node runs alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Private address: SWIM gossip over UDP and node-to-node HTTP/2 over TCP, same ip:port.
+    pub listen: Option<SocketAddr>,
+    /// The address peers use to reach this node (default: `listen`; required when
+    /// `listen` is a wildcard address).
+    pub advertise: Option<SocketAddr>,
+    /// Seeds: `host:port` of any members. Retried until one answers.
+    pub join: Vec<String>,
+    /// Nodes with different cluster names never merge, even on one network.
+    pub name: String,
+    /// Copies of each object (owners per key); consistency level 2 means every node.
+    pub replication_factor: usize,
+    /// Copies (this node's included) that must be durable before a write is acknowledged;
+    /// capped at the number of owners reachable for the key.
+    pub write_quorum: usize,
+    /// SWIM probe period.
+    pub gossip_interval_ms: u64,
+    /// How often each shard asks peers for journal changes.
+    pub sync_interval_ms: u64,
+    /// Journal changes per sync request.
+    pub sync_batch: usize,
+    /// Bodies fetched in parallel while applying one batch.
+    pub sync_concurrency: usize,
+    /// Bytes per second a node pulls from peers for anti-entropy and ownership moves.
+    pub sync_rate_limit: Size,
+    /// A replica of a level-1 write uploads to S3 itself only if the writer has not
+    /// reported the upload within this time (the writer uploads; replicas stand by).
+    pub replica_upload_delay_secs: u64,
+    /// Timeout of one node-to-node request head (bodies stream without a deadline).
+    pub peer_timeout_ms: u64,
+    /// Testing: enables `POST /api/v1/cluster/block` (a per-peer drop switch).
+    pub fault_injection: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: None,
+            advertise: None,
+            join: Vec::new(),
+            name: defaults::CLUSTER_NAME.into(),
+            replication_factor: defaults::REPLICATION_FACTOR,
+            write_quorum: defaults::WRITE_QUORUM,
+            gossip_interval_ms: defaults::GOSSIP_INTERVAL_MS,
+            sync_interval_ms: defaults::SYNC_INTERVAL_MS,
+            sync_batch: defaults::SYNC_BATCH,
+            sync_concurrency: defaults::SYNC_CONCURRENCY,
+            sync_rate_limit: Size(defaults::SYNC_RATE_LIMIT),
+            replica_upload_delay_secs: defaults::REPLICA_UPLOAD_DELAY_SECS,
+            peer_timeout_ms: defaults::PEER_TIMEOUT_MS,
+            fault_injection: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -288,6 +356,7 @@ pub struct Config {
     pub origin: OriginSection,
     pub api: ApiConfig,
     pub s3api: S3ApiConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -354,6 +423,24 @@ pub struct ServeArgs {
     /// Domain for virtual-host style S3 addressing (BUCKET.DOMAIN); path style always works
     #[arg(long, env = "NEARCACHE_S3_DOMAIN")]
     pub s3_domain: Option<String>,
+    /// Private cluster address: gossip (UDP) and node-to-node HTTP/2 (TCP); enables clustering
+    #[arg(long, env = "NEARCACHE_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address peers reach this node at [default: --cluster-listen]
+    #[arg(long, env = "NEARCACHE_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<SocketAddr>,
+    /// Seed HOST:PORT to join through (repeatable; env: comma-separated)
+    #[arg(long = "join", env = "NEARCACHE_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Cluster name; nodes of other clusters are ignored [default: nearcache]
+    #[arg(long, env = "NEARCACHE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Copies of each object in the cluster [default: 1]
+    #[arg(long, env = "NEARCACHE_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
+    /// Copies durable before a write is acknowledged [default: 1]
+    #[arg(long, env = "NEARCACHE_WRITE_QUORUM")]
+    pub write_quorum: Option<usize>,
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -434,6 +521,18 @@ impl Config {
         if a.s3_domain.is_some() {
             self.s3api.domain = a.s3_domain.clone();
         }
+        if a.cluster_listen.is_some() {
+            self.cluster.listen = a.cluster_listen;
+        }
+        if a.cluster_advertise.is_some() {
+            self.cluster.advertise = a.cluster_advertise;
+        }
+        if !a.join.is_empty() {
+            self.cluster.join = a.join.clone();
+        }
+        set!(self.cluster.name, a.cluster_name);
+        set!(self.cluster.replication_factor, a.replication_factor);
+        set!(self.cluster.write_quorum, a.write_quorum);
         set!(self.log.level, a.log_level);
     }
 
@@ -458,6 +557,21 @@ impl Config {
         }
         if self.origin.access_key.is_some() != self.origin.secret_key.is_some() {
             bail!("S3 access key and secret key must be given together");
+        }
+        let c = &self.cluster;
+        if c.replication_factor == 0 || c.write_quorum == 0 {
+            bail!("cluster.replication_factor and cluster.write_quorum must be at least 1");
+        }
+        if c.name.is_empty() {
+            bail!("cluster.name must not be empty");
+        }
+        if let Some(l) = c.listen {
+            if l.ip().is_unspecified() && c.advertise.is_none() {
+                bail!("cluster.listen {l} is a wildcard address: set cluster.advertise (--cluster-advertise) to the address peers should use");
+            }
+        }
+        if !c.join.is_empty() && c.listen.is_none() {
+            bail!("--join needs --cluster-listen (the private address gossip and peers use)");
         }
         for k in &self.s3api.keys {
             if k.access_key.is_empty() || k.secret_key.is_empty() {

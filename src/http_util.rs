@@ -174,6 +174,38 @@ pub fn display_name(name: &str) -> String {
         .join("-")
 }
 
+/// The percent-decoded value of a query parameter.
+pub fn query_param(req: &http::Request<hyper::body::Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// Reads a small request body whole; larger than `limit` is a 413.
+pub async fn read_small_body(
+    body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body too large",
+            format!("this request's body is limited to {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "incomplete body",
+            format!("reading the request body: {e}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! # nearcache: the server
 //!
-//! Process assembly, configuration, the HTTP APIs and (later) the cluster layer.
+//! Process assembly, configuration, the HTTP APIs and the cluster layer.
 //! The engine lives in `nearcache-shards`, runtime glue in `io/`.
 //!
 //! ## Thread model
@@ -37,6 +37,7 @@
 //! origin writes, and owner-side coalescing makes concurrent misses share one origin GET.
 
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http_util;

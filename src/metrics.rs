@@ -22,7 +22,7 @@ macro_rules! routes {
 routes! {
     NewId => "id", Put => "put", Get => "get", Head => "head", Meta => "meta",
     Delete => "delete", Version => "version", Ping => "ping", Stats => "stats",
-    Health => "healthz", Metrics => "metrics", Unknown => "unknown",
+    Health => "healthz", Metrics => "metrics", Cluster => "cluster", Unknown => "unknown",
     S3Read => "s3_read", S3Write => "s3_write", S3List => "s3_list", S3Other => "s3_other",
 }
 
@@ -36,7 +36,7 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-const NR: usize = 16;
+const NR: usize = 17;
 const NS: usize = STATUSES.len();
 const NB: usize = LATENCY_BOUNDS.len() + 1;
 
@@ -389,5 +389,86 @@ pub fn render(node: &Node) -> String {
         st.latency_sum_micros.load(Relaxed) as f64 / 1e6,
         st.latency_count.load(Relaxed)
     );
+    if let Some(cl) = &node.cluster {
+        render_cluster(o, cl);
+    }
     out
+}
+
+fn render_cluster(o: &mut String, cl: &crate::cluster::Cluster) {
+    let m = &cl.metrics;
+    let view = cl.view();
+    header(
+        o,
+        "nearcache_cluster_members",
+        "gauge",
+        "Members by state, as this node sees them.",
+    );
+    use nearcache_membership::MemberState as S;
+    for (s, state) in [
+        (S::Alive, "alive"),
+        (S::Suspect, "suspect"),
+        (S::Down, "down"),
+        (S::Left, "left"),
+    ] {
+        let n = view.members.iter().filter(|x| x.state == s).count();
+        let _ = writeln!(o, "nearcache_cluster_members{{state=\"{state}\"}} {n}");
+    }
+    for (name, help, v) in [
+        (
+            "nearcache_cluster_proxied_requests_total",
+            "Client requests proxied to an owner node.",
+            &m.proxied_requests,
+        ),
+        (
+            "nearcache_cluster_peer_errors_total",
+            "Node-to-node requests that failed (connect, send or timeout).",
+            &m.peer_errors,
+        ),
+        (
+            "nearcache_cluster_replicas_pushed_total",
+            "Replicas of fresh writes pushed to other owners.",
+            &m.replicas_pushed,
+        ),
+        (
+            "nearcache_cluster_replica_failures_total",
+            "Replica or tombstone pushes that failed (anti-entropy repairs them).",
+            &m.replica_failures,
+        ),
+        (
+            "nearcache_cluster_sync_requests_total",
+            "Journal change requests sent to peers.",
+            &m.sync_requests,
+        ),
+        (
+            "nearcache_cluster_sync_changes_applied_total",
+            "Peer journal changes examined and applied (or found already applied).",
+            &m.sync_changes_applied,
+        ),
+        (
+            "nearcache_cluster_sync_received_bytes_total",
+            "Object bytes pulled from peers by anti-entropy.",
+            &m.sync_bytes,
+        ),
+        (
+            "nearcache_cluster_sync_errors_total",
+            "Failed sync pulls (retried).",
+            &m.sync_errors,
+        ),
+        (
+            "nearcache_cluster_sync_gaps_total",
+            "Pulls that found a peer had trimmed unread journal records.",
+            &m.sync_gaps,
+        ),
+    ] {
+        header(o, name, "counter", help);
+        let _ = writeln!(o, "{name} {}", v.load(Relaxed));
+    }
+    header(
+        o,
+        "nearcache_cluster_sync_lag_changes",
+        "gauge",
+        "Peer journal records not pulled yet, as of the last pulls.",
+    );
+    let _ = writeln!(o, "nearcache_cluster_sync_lag_changes {}", cl.book.lag());
 }

@@ -20,7 +20,7 @@ use ulid::Ulid;
 
 use crate::body::{Body, BodyError};
 use crate::error::ApiError;
-use crate::http_util::{bool_header, http_date, resolve_range, Conditions};
+use crate::http_util::{bool_header, http_date, query_param, resolve_range, Conditions};
 use crate::metrics::Route;
 use crate::node::{ActiveGuard, ApiErrorLite, Fetch, ShardCtx};
 
@@ -36,18 +36,65 @@ const X_META_DELETED: &str = "x-meta-deleted";
 const BODY_DEPTH: usize = 4;
 
 pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, false).await
+}
+
+/// A request proxied here by another node of the cluster: this node owns the key (or is
+/// next in line), so it is served here and never forwarded again.
+pub async fn handle_forwarded(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, true).await
+}
+
+async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
     let start = Instant::now();
     let _active = ActiveGuard::new(&ctx);
-    let (route, result) = dispatch(&ctx, req).await;
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let (route, result) = dispatch(&ctx, req, forwarded).await;
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    resp.headers_mut()
+        .entry(crate::cluster::H_NODE)
+        .or_insert_with(|| ctx.node.node_header.clone());
     ctx.http
         .record(route, resp.status().as_u16(), start.elapsed());
     resp
 }
 
+/// The key and level a request is placed by in a cluster, or None for node-local routes.
+/// A PUT without an id gets one here, so that every node agrees on it.
+fn placement_key(
+    ctx: &ShardCtx,
+    route: Route,
+    path: &str,
+    req: &mut Request<Incoming>,
+) -> Result<Option<(String, u8)>, ApiError> {
+    let default_level = ctx.node.cfg.api.default_level;
+    let id_of = |prefix: &str| parse_id(&path[prefix.len()..], "id");
+    Ok(Some(match route {
+        Route::Get | Route::Head => (id_of("/api/v1/get/")?, 1),
+        Route::Meta => (id_of("/api/v1/meta/")?, 1),
+        Route::Delete => (
+            id_of("/api/v1/delete/")?,
+            level_header(req.headers(), default_level)?,
+        ),
+        Route::Put => {
+            let h = req.headers_mut();
+            let id = match h.get(X_META_ID) {
+                Some(v) => parse_id(v.to_str().unwrap_or("<non-ASCII>"), "X-Meta-ID")?,
+                None => Ulid::generate().to_string(),
+            };
+            h.insert(
+                X_META_ID,
+                HeaderValue::from_str(&id).expect("ulid is ascii"),
+            );
+            (id, level_header(h, default_level)?)
+        }
+        _ => return Ok(None),
+    }))
+}
+
 async fn dispatch(
     ctx: &Rc<ShardCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    forwarded: bool,
 ) -> (Route, Result<Response<Body>, ApiError>) {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -60,6 +107,8 @@ async fn dispatch(
         "/api/v1/version" => (Route::Version, &[Method::GET]),
         "/api/v1/ping" => (Route::Ping, &[Method::GET, Method::HEAD]),
         "/api/v1/stats" => (Route::Stats, &[Method::GET]),
+        "/api/v1/cluster" => (Route::Cluster, &[Method::GET]),
+        "/api/v1/cluster/block" => (Route::Cluster, &[Method::POST]),
         p if p.starts_with("/api/v1/get/") => (
             if method == Method::HEAD {
                 Route::Head
@@ -92,6 +141,19 @@ async fn dispatch(
         );
         return (route, Err(e));
     }
+    if let (false, Some(cl)) = (forwarded, ctx.node.cluster.clone()) {
+        match placement_key(ctx, route, &path, &mut req) {
+            Ok(None) => {}
+            Ok(Some((key, level))) => {
+                match crate::cluster::route::route(ctx, &cl, &key, level, req).await {
+                    Ok(crate::cluster::route::Route::Local(r)) => req = r,
+                    Ok(crate::cluster::route::Route::Remote(resp)) => return (route, Ok(resp)),
+                    Err(e) => return (route, Err(e)),
+                }
+            }
+            Err(e) => return (route, Err(e)),
+        }
+    }
     let result = match route {
         Route::Health => Ok(health(ctx)),
         Route::Metrics => Ok(text(
@@ -112,6 +174,8 @@ async fn dispatch(
         )),
         Route::Ping => Ok(text(StatusCode::OK, "text/plain", "pong".into())),
         Route::Stats => Ok(stats(ctx)),
+        Route::Cluster if method == Method::GET => cluster_info(ctx, &req),
+        Route::Cluster => cluster_block(ctx, req).await,
         Route::Put => put(ctx, req).await,
         Route::Get | Route::Head => {
             get(
@@ -205,6 +269,61 @@ fn stats(ctx: &ShardCtx) -> Response<Body> {
             },
         }),
     )
+}
+
+fn cluster_of(ctx: &ShardCtx) -> Result<std::sync::Arc<crate::cluster::Cluster>, ApiError> {
+    ctx.node.cluster.clone().ok_or_else(|| {
+        ApiError::not_found(
+            "this node runs alone: start it with --cluster-listen to form a cluster",
+        )
+    })
+}
+
+/// `GET /api/v1/cluster[?key=ID]`: members, their states, placement, sync positions.
+fn cluster_info(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cl = cluster_of(ctx)?;
+    let key = query_param(req, "key");
+    Ok(json(StatusCode::OK, &cl.describe(key.as_deref())))
+}
+
+/// `POST /api/v1/cluster/block?peer=ID&blocked=true|false`: the per-peer drop switch
+/// (only with `cluster.fault_injection`).
+async fn cluster_block(ctx: &ShardCtx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cl = cluster_of(ctx)?;
+    if !cl.cfg.fault_injection {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "fault injection disabled",
+            "set cluster.fault_injection = true to use the drop switch",
+        ));
+    }
+    let peer = query_param(&req, "peer")
+        .ok_or_else(|| ApiError::bad_request("missing parameter", "peer=<node id> is required"))?;
+    let blocked = match query_param(&req, "blocked").as_deref() {
+        None | Some("true") | Some("1") => true,
+        Some("false") | Some("0") => false,
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "invalid parameter",
+                format!("blocked must be true or false, not {v:?}"),
+            ))
+        }
+    };
+    if peer == cl.self_id {
+        return Err(ApiError::bad_request(
+            "invalid peer",
+            "a node cannot block itself",
+        ));
+    }
+    let addr = cl.member(&peer).map(|m| m.addr);
+    if addr.is_none() && blocked {
+        return Err(ApiError::not_found(format!("no member {peer}")));
+    }
+    cl.set_blocked(&peer, addr, blocked);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "blocked": cl.blocked_ids() }),
+    ))
 }
 
 /// Validates an id: a ULID, returned in canonical form.
@@ -404,6 +523,9 @@ async fn exec_put(
         ));
     }
     let meta = writer.finish(req.attrs).await?;
+    if let Some(cl) = ctx.node.cluster.clone() {
+        crate::cluster::route::replicate_put(&ctx, &cl, meta.clone()).await?;
+    }
     let mut in_origin = meta.in_origin;
     if req.sync && req.level >= 1 && !in_origin {
         wait_for_origin(&ctx, &meta.key, meta.seq).await?;
@@ -470,6 +592,9 @@ async fn delete(
     let key = id.clone();
     ctx.on_owner(&id, move |ctx| async move {
         let t = ctx.shard.delete(&key, level).await?;
+        if let Some(cl) = ctx.node.cluster.clone() {
+            crate::cluster::route::replicate_delete(&cl, t.clone()).await?;
+        }
         if sync && level >= 1 {
             wait_for_origin(&ctx, &key, t.seq).await?;
         }

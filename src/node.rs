@@ -45,6 +45,10 @@ pub struct Node {
     pub drained: std::sync::atomic::AtomicUsize,
     /// The S3-compatible API's keys and bucket settings.
     pub s3: crate::s3api::S3State,
+    /// Present when the node runs in a cluster (`--cluster-listen`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `X-Nearcache-Node` of every response this node serves.
+    pub node_header: http::HeaderValue,
 }
 
 impl Node {
@@ -162,6 +166,35 @@ impl ShardCtx {
             .map_err(|_| ApiError::unavailable(format!("owner shard {owner} has stopped")))?;
         rx.await
             .map_err(|_| ApiError::unavailable(format!("owner shard {owner} dropped the request")))
+    }
+
+    /// Runs `f` on shard `id` (here if it is this one) and returns its output.
+    pub async fn on_shard<F, Fut, T>(self: &Rc<Self>, id: usize, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(Rc<ShardCtx>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        if id == self.id {
+            return Ok(f(self.clone()).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            Box::pin(async move {
+                let _ = tx.send(f(ctx).await);
+            })
+        });
+        let shard = self
+            .node
+            .shards
+            .get(id)
+            .ok_or_else(|| ApiError::bad_request("invalid shard", format!("no shard {id}")))?;
+        shard
+            .inbox
+            .send(job)
+            .map_err(|_| ApiError::unavailable(format!("shard {id} has stopped")))?;
+        rx.await
+            .map_err(|_| ApiError::unavailable(format!("shard {id} dropped the request")))
     }
 
     /// Runs `f` on every shard (this one included) and returns the outputs in shard order.

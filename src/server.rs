@@ -21,6 +21,7 @@ use nearcache_s3::Bridge;
 use nearcache_shards::{RecoveryReport, Shard, ShardConfig, ShardMetrics};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::HttpMetrics;
 use crate::node::{Job, Node, ShardCtx, ShardHandle};
@@ -127,6 +128,10 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let addr = resolve_listen(cfg.server.listen)?;
     let s3_addr = resolve_listen(cfg.s3api.listen)?;
     let s3 = crate::s3api::S3State::from_config(&cfg.s3api);
+    let cluster_addr = match cfg.cluster.listen {
+        Some(a) => Some(resolve_listen(a)?),
+        None => None,
+    };
     let uring_active = monoio::utils::detect_uring()
         && cfg.store.device_kind() != Some(nearcache_shards::DeviceKind::Syscall);
     if !monoio::utils::detect_uring() {
@@ -184,7 +189,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
                     i,
                     n,
                     cfg,
-                    (addr, s3_addr),
+                    (addr, s3_addr, cluster_addr),
                     inbox_rx,
                     http,
                     ready_tx,
@@ -226,7 +231,17 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             http: http_metrics[i].clone(),
         })
         .collect();
+    let mut ccfg = cfg.cluster.clone();
+    ccfg.listen = cluster_addr;
+    if ccfg.advertise.is_none_or(|a| a.port() == 0) {
+        ccfg.advertise = cluster_addr;
+    }
+    let cluster = Cluster::start(&ccfg, &node_id, cfg.server.data_dir.clone())?;
+    let node_header =
+        http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
     let node = Arc::new(Node {
+        cluster,
+        node_header,
         cfg,
         shards,
         bridge,
@@ -252,6 +267,9 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         }
     }
     tracing::info!(%addr, shards = n, io = if uring_active { "io_uring" } else { "epoll" }, "nearcache listening");
+    if let Some(cl) = &node.cluster {
+        tracing::info!(node_id = %cl.self_id, addr = %cl.addr, cluster = %cl.cfg.name, seeds = ?cl.cfg.join, "cluster member");
+    }
     if node.s3.has_keys() {
         tracing::info!(addr = %s3_addr, domain = ?node.cfg.s3api.domain, "S3-compatible API listening");
     } else {
@@ -276,6 +294,10 @@ impl ServerHandle {
     /// flushes every journal and stops the origin bridge.
     pub fn shutdown(self) -> anyhow::Result<()> {
         self.node.shutting_down.store(true, Relaxed);
+        // Leave first: peers stop routing here while in-flight requests finish.
+        if let Some(cl) = &self.node.cluster {
+            cl.leave();
+        }
         let _ = self.shutdown_tx.send(true);
         let mut first_err = None;
         for t in self.threads {
@@ -302,7 +324,7 @@ fn shard_thread(
     i: usize,
     n: usize,
     cfg: Config,
-    (addr, s3_addr): (SocketAddr, SocketAddr),
+    (addr, s3_addr, cluster_addr): (SocketAddr, SocketAddr, Option<SocketAddr>),
     mut inbox: mpsc::UnboundedReceiver<Job>,
     http: Arc<HttpMetrics>,
     ready_tx: std_mpsc::Sender<Ready>,
@@ -375,6 +397,23 @@ fn shard_thread(
         }
         let s3_listener = listeners.pop().expect("two listeners");
         let listener = listeners.pop().expect("two listeners");
+        let mut cluster_done = None;
+        if let Some(a) = cluster_addr {
+            match TcpListener::bind_with_config(a, &opts) {
+                Ok(l) => {
+                    let (c_ctx, (tx, rx)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
+                    monoio::spawn(async move {
+                        accept_loop(&c_ctx, l, Api::Internal).await;
+                        let _ = tx.send(());
+                    });
+                    cluster_done = Some(rx);
+                }
+                Err(e) => {
+                    let _ = listening_tx.send(Err(format!("shard {i}: binding {a}: {e}")));
+                    return Err(anyhow!("binding {a}: {e}"));
+                }
+            }
+        }
         let _ = listening_tx.send(Ok(()));
 
         let inbox_ctx = ctx.clone();
@@ -385,6 +424,9 @@ fn shard_thread(
         });
         monoio::spawn(crate::uploader::run(ctx.clone()));
         monoio::spawn(sweep_tombstones(ctx.clone()));
+        if let Some(cl) = ctx.node.cluster.clone() {
+            monoio::spawn(crate::cluster::sync::run(ctx.clone(), cl));
+        }
 
         let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
         monoio::spawn(async move {
@@ -393,6 +435,9 @@ fn shard_thread(
         });
         accept_loop(&ctx, listener, Api::Native).await;
         let _ = s3_done.await;
+        if let Some(rx) = cluster_done {
+            let _ = rx.await;
+        }
 
         // Graceful: no new connections; give in-flight requests the grace period.
         let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
@@ -427,6 +472,8 @@ enum Api {
     Native,
     /// The S3-compatible API.
     S3,
+    /// Node-to-node requests on the private cluster address.
+    Internal,
 }
 
 async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
@@ -476,6 +523,7 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
                     Ok::<_, Infallible>(match api {
                         Api::Native => crate::native::handle(ctx, req).await,
                         Api::S3 => crate::s3api::handle(ctx, req).await,
+                        Api::Internal => crate::cluster::internal::handle(ctx, req).await,
                     })
                 }
             });
@@ -494,7 +542,21 @@ async fn sweep_tombstones(ctx: Rc<ShardCtx>) {
             _ = monoio::time::sleep(Duration::from_secs(60)) => {}
             _ = shutdown.changed() => return,
         }
-        match ctx.shard.sweep_tombstones().await {
+        // In a cluster a tombstone stays until every member has read past it.
+        let peers = ctx
+            .node
+            .cluster
+            .as_ref()
+            .map(|cl| crate::cluster::sync::gc_peers(cl));
+        let (cl, shard) = (ctx.node.cluster.clone(), ctx.id);
+        let swept = ctx
+            .shard
+            .sweep_tombstones_where(|t| match (&cl, &peers) {
+                (Some(cl), Some(peers)) => cl.book.seen_by_all(shard, t.seq, peers),
+                _ => true,
+            })
+            .await;
+        match swept {
             Ok(0) => {}
             Ok(n) => tracing::debug!(shard = ctx.id, swept = n, "expired tombstones removed"),
             Err(e) => tracing::warn!(shard = ctx.id, error = %e, "tombstone sweep failed"),

@@ -1,0 +1,198 @@
+//! The cluster layer: membership (SWIM, `nearcache-membership`), placement of keys on
+//! nodes, forwarding to owners over HTTP/2, replication of writes, and anti-entropy over
+//! the shards' journals.
+//!
+//! ```text
+//!   client ──> any node ──(rendezvous: top R alive nodes for the key)──> owner node
+//!                 │  not an owner: proxy the request over one persistent     │
+//!                 │  HTTP/2 connection per peer per core (private address)   │
+//!                 │                                                          v
+//!                 │                                   owner shard (xxh3 % shards): store,
+//!                 │                                   coalesced read-through, uploader
+//!                 │                                          │ write: push replicas to the
+//!                 │                                          │ other owners, ack at quorum
+//!                 v                                          v
+//!   every shard pulls peers' journal changes since its last seq (version vector per
+//!   peer shard), applies those for keys this node owns, last writer wins by HLC
+//! ```
+
+pub mod internal;
+pub mod peer;
+pub mod placement;
+pub mod route;
+pub mod sync;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use nearcache_membership::{Member, Membership, MembershipConfig, View};
+
+use crate::config::ClusterConfig;
+
+/// Which node served a response.
+pub const H_NODE: &str = "x-nearcache-node";
+/// objstore's name: the body came from a peer.
+pub const H_SYMLINK: &str = "x-meta-symlink";
+/// Node-to-node requests: the sender's node id.
+pub const H_FROM: &str = "x-nc-from";
+/// Node-to-node requests: the sender's cluster name (a mismatch is refused).
+pub const H_CLUSTER: &str = "x-nc-cluster";
+/// A public request proxied by another node: handle it here, never forward again.
+pub const H_FORWARDED: &str = "x-nc-forwarded";
+/// A replica's metadata (URL-safe base64 of JSON).
+pub const H_META: &str = "x-nc-meta";
+
+/// Counters of the cluster layer (node-wide; no per-key labels).
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub proxied_requests: AtomicU64,
+    pub peer_errors: AtomicU64,
+    pub replicas_pushed: AtomicU64,
+    pub replica_failures: AtomicU64,
+    pub sync_requests: AtomicU64,
+    pub sync_changes_applied: AtomicU64,
+    pub sync_bytes: AtomicU64,
+    pub sync_errors: AtomicU64,
+    pub sync_gaps: AtomicU64,
+}
+
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    pub self_id: String,
+    /// The advertised private address (UDP gossip and TCP HTTP/2).
+    pub addr: SocketAddr,
+    pub membership: Arc<Membership>,
+    pub book: sync::SyncBook,
+    pub metrics: ClusterMetrics,
+    /// Fault injection: node ids whose traffic this node drops (both directions).
+    blocked: ArcSwap<HashSet<String>>,
+}
+
+impl Cluster {
+    pub fn start(
+        cfg: &ClusterConfig,
+        node_id: &str,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<Option<Arc<Cluster>>> {
+        let Some(listen) = cfg.listen else {
+            return Ok(None);
+        };
+        let advertise = cfg.advertise.unwrap_or(listen);
+        let interval = std::time::Duration::from_millis(cfg.gossip_interval_ms.max(10));
+        let membership = Membership::start(MembershipConfig {
+            node_id: node_id.to_string(),
+            cluster_name: cfg.name.clone(),
+            bind: listen,
+            advertise,
+            seeds: cfg.join.clone(),
+            probe_interval: interval,
+            suspect_timeout: interval * 3,
+        })
+        .map_err(|e| anyhow::anyhow!("starting cluster membership on {listen}: {e}"))?;
+        let addr = membership.local_addr();
+        Ok(Some(Arc::new(Cluster {
+            cfg: cfg.clone(),
+            self_id: node_id.to_string(),
+            addr,
+            book: sync::SyncBook::open(data_dir)?,
+            membership,
+            metrics: ClusterMetrics::default(),
+            blocked: ArcSwap::from_pointee(HashSet::new()),
+        })))
+    }
+
+    pub fn view(&self) -> Arc<View> {
+        self.membership.view()
+    }
+
+    /// Alive nodes (self included) ranked for `key`: the first R own it.
+    pub fn ranking(&self, key: &str) -> Vec<Member> {
+        let view = self.view();
+        placement::rank(key, view.alive())
+    }
+
+    /// The owners of `key` at `level`: the top R of the ranking, or every alive node for
+    /// level 2.
+    pub fn owners(&self, key: &str, level: u8) -> Vec<Member> {
+        let mut r = self.ranking(key);
+        if level < 2 {
+            r.truncate(self.cfg.replication_factor.max(1));
+        }
+        r
+    }
+
+    pub fn is_owner(&self, key: &str, level: u8) -> bool {
+        level >= 2 || self.owners(key, level).iter().any(|m| m.is_self)
+    }
+
+    pub fn member(&self, id: &str) -> Option<Member> {
+        self.view().get(id).cloned()
+    }
+
+    pub fn is_blocked(&self, id: &str) -> bool {
+        let b = self.blocked.load();
+        !b.is_empty() && b.contains(id)
+    }
+
+    /// The drop switch: stop (or resume) all traffic with one peer.
+    pub fn set_blocked(&self, id: &str, addr: Option<SocketAddr>, blocked: bool) {
+        let mut set = (**self.blocked.load()).clone();
+        if blocked {
+            set.insert(id.to_string());
+        } else {
+            set.remove(id);
+        }
+        self.blocked.store(Arc::new(set));
+        if let Some(addr) = addr {
+            self.membership.set_blocked(addr, blocked);
+        }
+        peer::forget_all();
+    }
+
+    pub fn blocked_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.blocked.load().iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Graceful leave: peers see this node as left (not failed) right away.
+    pub fn leave(&self) {
+        self.membership.leave(std::time::Duration::from_secs(2));
+        if let Err(e) = self.book.save() {
+            tracing::warn!(error = %e, "saving cluster sync positions");
+        }
+    }
+
+    /// `GET /api/v1/cluster`.
+    pub fn describe(&self, key: Option<&str>) -> serde_json::Value {
+        let view = self.view();
+        let mut v = serde_json::json!({
+            "node_id": self.self_id,
+            "cluster": self.cfg.name,
+            "addr": self.addr.to_string(),
+            "epoch": view.epoch,
+            "replication_factor": self.cfg.replication_factor,
+            "write_quorum": self.cfg.write_quorum,
+            "placement": "rendezvous hashing (xxh3 of key and node id) over alive nodes: the top \
+                          replication_factor own a key (level 2: every node); inside a node, \
+                          xxh3(key) % shards",
+            "members": view.members,
+            "blocked": self.blocked_ids(),
+            "sync": self.book.describe(),
+        });
+        if let Some(key) = key {
+            let ranked = self.ranking(key);
+            let r = self.cfg.replication_factor.max(1);
+            v["key"] = serde_json::json!({
+                "key": key,
+                "owners": ranked.iter().take(r).map(|m| m.id.as_str()).collect::<Vec<_>>(),
+                "ranking": ranked.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            });
+        }
+        v
+    }
+}

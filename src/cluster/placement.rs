@@ -1,0 +1,74 @@
+//! Rendezvous (highest random weight) hashing of keys over nodes.
+//!
+//! Every node scores each alive member for a key with xxh3(key, seed = xxh3(node id)) and
+//! ranks them by score. The top R own the key. When a node joins or leaves, only the keys
+//! for which it ranks in the top R move (about R/N of them), with no ring to rebalance.
+
+use nearcache_membership::Member;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+pub fn score(key: &str, node_id: &str) -> u64 {
+    xxh3_64_with_seed(key.as_bytes(), xxh3_64(node_id.as_bytes()))
+}
+
+/// Members ranked for `key`, best first (ties, which need a 64-bit collision, by id).
+pub fn rank<'a>(key: &str, members: impl Iterator<Item = &'a Member>) -> Vec<Member> {
+    let mut scored: Vec<(u64, &Member)> = members.map(|m| (score(key, &m.id), m)).collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    scored.into_iter().map(|(_, m)| m.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nearcache_membership::MemberState;
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.to_string(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            state: MemberState::Alive,
+            incarnation: 0,
+            generation: 0,
+            is_self: false,
+        }
+    }
+
+    #[test]
+    fn balanced_and_stable_when_a_node_leaves() {
+        let ids: Vec<String> = (0..4).map(|i| format!("node-{i}")).collect();
+        let all: Vec<Member> = ids.iter().map(|i| member(i)).collect();
+        let three: Vec<Member> = all[..3].to_vec();
+        let mut counts = [0usize; 4];
+        let mut moved = 0;
+        let n = 20_000;
+        for k in 0..n {
+            let key = format!("key-{k}");
+            let first = rank(&key, all.iter())[0].id.clone();
+            let idx = ids.iter().position(|i| *i == first).unwrap();
+            counts[idx] += 1;
+            let after = rank(&key, three.iter())[0].id.clone();
+            if after != first {
+                moved += 1;
+                // Only keys of the removed node move.
+                assert_eq!(first, "node-3");
+            }
+        }
+        for c in counts {
+            assert!((4_000..6_000).contains(&c), "unbalanced: {counts:?}");
+        }
+        assert_eq!(moved, counts[3]);
+    }
+
+    #[test]
+    fn ranking_is_a_permutation_and_deterministic() {
+        let all: Vec<Member> = (0..5).map(|i| member(&format!("n{i}"))).collect();
+        let a = rank("k", all.iter());
+        let b = rank("k", all.iter().rev());
+        assert_eq!(
+            a.iter().map(|m| &m.id).collect::<Vec<_>>(),
+            b.iter().map(|m| &m.id).collect::<Vec<_>>()
+        );
+        assert_eq!(a.len(), 5);
+    }
+}

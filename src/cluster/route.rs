@@ -1,0 +1,321 @@
+//! The request side of the cluster: proxying a public request to the key's owner, and
+//! pushing a fresh write or delete to the other owners until the write quorum holds.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use nearcache_membership::Member;
+use nearcache_shards::{ObjectMeta, Tombstone};
+use tokio::sync::mpsc;
+
+use super::peer::{self, PeerBody};
+use super::{sync, Cluster, H_FORWARDED, H_META, H_SYMLINK};
+use crate::body::{Body, BodyError};
+use crate::error::ApiError;
+use crate::node::ShardCtx;
+
+/// Hop-by-hop headers are not forwarded (RFC 9110 7.6.1); HTTP/2 forbids them.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
+    header::HOST,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// What to do with a public request in a cluster.
+pub enum Route {
+    /// This node is an owner (or the next in line while the owners are unreachable).
+    Local(Request<Incoming>),
+    /// Proxied; this is the owner's answer.
+    Remote(Response<Body>),
+}
+
+/// Serves `req` on the first reachable node of the key's ranking: writes here if this
+/// node owns the key, reads here if it holds an owned (or level-2) copy or is the first
+/// owner; else proxied to the first reachable node of the ranking.
+pub async fn route(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    key: &str,
+    level: u8,
+    req: Request<Incoming>,
+) -> Result<Route, ApiError> {
+    let ranking = cl.ranking(key);
+    let owners = if level >= 2 {
+        ranking.len()
+    } else {
+        cl.cfg.replication_factor.max(1)
+    };
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let owner_here = ranking.iter().take(owners).any(|m| m.is_self);
+    if read {
+        // Misses are read through on the first owner only, so that concurrent misses
+        // anywhere in the cluster coalesce into one origin GET. A copy held here serves
+        // if this node owns the key or the copy is level 2 (on every node).
+        if ranking.first().is_some_and(|m| m.is_self) {
+            return Ok(Route::Local(req));
+        }
+        let k = key.to_string();
+        let servable = ctx
+            .on_owner(key, move |ctx| async move {
+                matches!(ctx.shard.peek(&k), nearcache_shards::Lookup::Hit { meta, .. } if owner_here || meta.level >= 2)
+            })
+            .await?;
+        if servable {
+            return Ok(Route::Local(req));
+        }
+    } else if owner_here {
+        return Ok(Route::Local(req));
+    }
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    // The proxied request, built once; it comes back from a send that never left.
+    let mut out: Option<Request<PeerBody>> = None;
+    let mut last_err = None;
+    for m in &ranking {
+        if m.is_self {
+            // Every better-ranked node is unreachable: this node is next in line (and
+            // becomes an owner once membership notices).
+            return match body.take() {
+                Some(b) => Ok(Route::Local(Request::from_parts(parts, b))),
+                None => Err(unavailable(last_err)),
+            };
+        }
+        let sender = match peer::channel(cl, m).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer = %m.id, error = %e, "owner unreachable; trying the next node");
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let req = match out.take() {
+            Some(r) => r,
+            None => {
+                // A read's body is empty: it is rebuilt per node, and the original stays
+                // here in case this node ends up serving it.
+                let b = if read {
+                    peer::empty()
+                } else {
+                    match body.take() {
+                        Some(b) => peer::incoming(b),
+                        None => return Err(unavailable(last_err)),
+                    }
+                };
+                proxied(&parts, b)?
+            }
+        };
+        cl.metrics.proxied_requests.fetch_add(1, Relaxed);
+        match peer::send_on(cl, m, sender, req).await {
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                if read && rparts.status.is_success() {
+                    rparts
+                        .headers
+                        .insert(H_SYMLINK, HeaderValue::from_static("true"));
+                }
+                return Ok(Route::Remote(Response::from_parts(
+                    rparts,
+                    Body::Peer(rbody),
+                )));
+            }
+            Err((e, back)) => {
+                tracing::debug!(peer = %m.id, error = %e, "proxying failed; trying the next node");
+                if back.is_none() && !read {
+                    // The body went (partly) to a node that failed: it cannot be replayed.
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "peer error",
+                        format!("the owner node {} failed mid-request: {e}", m.id),
+                    ));
+                }
+                out = back;
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(unavailable(last_err))
+}
+
+fn unavailable(last: Option<peer::PeerError>) -> ApiError {
+    ApiError::unavailable(format!(
+        "no node of the cluster could take the request: {}",
+        last.map_or("no members".into(), |e| e.to_string())
+    ))
+}
+
+fn proxied(parts: &http::request::Parts, body: PeerBody) -> Result<Request<PeerBody>, ApiError> {
+    let mut b = Request::builder().method(parts.method.clone()).uri(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+    );
+    for (k, v) in &parts.headers {
+        if !HOP_BY_HOP.contains(k) {
+            b = b.header(k, v);
+        }
+    }
+    b.header(H_FORWARDED, "1")
+        .body(body)
+        .map_err(|e| ApiError::bad_request("invalid request", e.to_string()))
+}
+
+/// The other owners a fresh write or delete of `key` goes to.
+fn targets(cl: &Cluster, key: &str, level: u8) -> Vec<Member> {
+    cl.owners(key, level)
+        .into_iter()
+        .filter(|m| !m.is_self)
+        .collect()
+}
+
+/// Waits until `need` pushes succeeded (or all ended); the rest go on in the background.
+async fn quorum(
+    cl: &Cluster,
+    mut rx: mpsc::UnboundedReceiver<Result<(), String>>,
+    total: usize,
+    need: usize,
+) -> Result<(), ApiError> {
+    let (mut ok, mut failed) = (0, Vec::new());
+    while ok < need {
+        match rx.recv().await {
+            Some(Ok(())) => ok += 1,
+            Some(Err(e)) => failed.push(e),
+            None => break,
+        }
+    }
+    if ok >= need {
+        return Ok(());
+    }
+    Err(ApiError::unavailable(format!(
+        "stored here and on {ok} of {total} other owners, but the write quorum of {} copies \
+         was not reached (it will still spread by anti-entropy): {}",
+        cl.cfg.write_quorum,
+        failed.join("; ")
+    )))
+}
+
+fn need(cl: &Cluster, targets: usize) -> usize {
+    cl.cfg.write_quorum.clamp(1, targets + 1) - 1
+}
+
+/// Pushes the stored version `meta` to the key's other owners (every node at level 2);
+/// returns once the write quorum holds.
+pub async fn replicate_put(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    meta: Rc<ObjectMeta>,
+) -> Result<(), ApiError> {
+    let targets = targets(cl, &meta.key, meta.level);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let need = need(cl, targets.len());
+    let (tx, rx) = mpsc::unbounded_channel();
+    for m in targets.iter().cloned() {
+        let (ctx, cl, meta, tx) = (ctx.clone(), cl.clone(), meta.clone(), tx.clone());
+        monoio::spawn(async move {
+            let r = push_put(&ctx, &cl, &m, &meta).await;
+            match &r {
+                Ok(()) => cl.metrics.replicas_pushed.fetch_add(1, Relaxed),
+                Err(e) => {
+                    tracing::warn!(peer = %m.id, key = %meta.key, error = %e, "replica push failed; anti-entropy will repair");
+                    cl.metrics.replica_failures.fetch_add(1, Relaxed)
+                }
+            };
+            let _ = tx.send(r);
+        });
+    }
+    drop(tx);
+    quorum(cl, rx, targets.len(), need).await
+}
+
+async fn push_put(
+    ctx: &Rc<ShardCtx>,
+    cl: &Cluster,
+    to: &Member,
+    meta: &ObjectMeta,
+) -> Result<(), String> {
+    let sender = peer::channel(cl, to).await.map_err(|e| e.to_string())?;
+    let body = if meta.size == 0 {
+        Body::Empty
+    } else {
+        let mut reader = ctx
+            .shard
+            .open_reader(meta, 0..meta.size)
+            .await
+            .map_err(|e| format!("reading the stored copy: {e}"))?;
+        let (btx, body) = Body::channel(meta.size, 4);
+        monoio::spawn(async move {
+            while let Some(chunk) = reader.next_chunk().await {
+                let item = chunk.map_err(|e| BodyError(format!("reading the stored copy: {e}")));
+                let stop = item.is_err();
+                if btx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        body
+    };
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/_nc/v1/replica")
+        .header(header::CONTENT_LENGTH, meta.size)
+        .header(H_META, sync::encode_meta(meta))
+        .body(peer::ours(body))
+        .expect("valid request");
+    let resp = peer::send_on(cl, to, sender, req)
+        .await
+        .map_err(|(e, _)| e.to_string())?;
+    answer(resp).await
+}
+
+async fn answer(resp: Response<Incoming>) -> Result<(), String> {
+    let status = resp.status();
+    let body = peer::read_body(resp, 64 << 10).await.unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+/// Pushes a fresh tombstone to the key's other owners; returns once the quorum holds.
+pub async fn replicate_delete(cl: &Arc<Cluster>, t: Tombstone) -> Result<(), ApiError> {
+    let targets = targets(cl, &t.key, t.level);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let need = need(cl, targets.len());
+    let body = Bytes::from(serde_json::to_vec(&t).expect("tombstone serializes"));
+    let (tx, rx) = mpsc::unbounded_channel();
+    for m in targets.iter().cloned() {
+        let (cl, body, tx) = (cl.clone(), body.clone(), tx.clone());
+        monoio::spawn(async move {
+            let req: Request<PeerBody> = Request::builder()
+                .method(Method::POST)
+                .uri("/_nc/v1/tombstone")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(peer::full(body))
+                .expect("valid request");
+            let r = match peer::send(&cl, &m, req).await {
+                Ok(resp) => answer(resp).await,
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &r {
+                tracing::warn!(peer = %m.id, error = %e, "tombstone push failed; anti-entropy will repair");
+                cl.metrics.replica_failures.fetch_add(1, Relaxed);
+            }
+            let _ = tx.send(r);
+        });
+    }
+    drop(tx);
+    quorum(cl, rx, targets.len(), need).await
+}

@@ -1,0 +1,563 @@
+//! Anti-entropy: version vectors over journal sequence numbers.
+//!
+//! Every shard journals each change with a per-shard sequence number and an HLC. For
+//! every peer shard, this node remembers the highest sequence it has applied (its version
+//! vector, persisted in `<data-dir>/cluster-sync.json`) and keeps asking that peer for the
+//! changes after it. It applies those for keys it owns (or level-2 objects), last writer
+//! wins by (HLC, ETag), fetching bodies from the peer. Applying is idempotent, so a lost
+//! or stale position only costs a re-read. Pulls are incremental; nothing swaps key lists.
+//!
+//! A peer's request for our changes after seq X tells us it has seen everything up to X:
+//! tombstones are garbage-collected only once every member has asked past them.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nearcache_membership::{Member, MemberState};
+use nearcache_shards::{hlc::wall_ms, Change, ChangeBatch, ObjectMeta, StoreError};
+use serde::{Deserialize, Serialize};
+
+use super::peer::{self, PeerBody};
+use super::{Cluster, H_META};
+use crate::error::ApiError;
+use crate::node::ShardCtx;
+
+const BOOK_FILE: &str = "cluster-sync.json";
+const BOOK_FORMAT: u32 = 1;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct PeerPos {
+    /// The peer's shard count (0 = not known yet).
+    shards: usize,
+    /// Highest applied journal seq, by peer shard.
+    after: Vec<u64>,
+    /// The peer's highest journal seq at the last pull, by peer shard (for lag).
+    #[serde(skip)]
+    last_seq: Vec<u64>,
+    /// How far the peer has read our journals, by our shard.
+    #[serde(skip)]
+    acked: Vec<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Book {
+    format: u32,
+    peers: BTreeMap<String, PeerPos>,
+}
+
+/// Sync positions. Touched by the sync loops and peer requests, never by client
+/// requests, so a mutex is fine here.
+pub struct SyncBook {
+    path: PathBuf,
+    inner: Mutex<Book>,
+}
+
+fn grow(v: &mut Vec<u64>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
+}
+
+impl SyncBook {
+    pub fn open(data_dir: PathBuf) -> anyhow::Result<SyncBook> {
+        let path = data_dir.join(BOOK_FILE);
+        let book = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let b: Book = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                if b.format != BOOK_FORMAT {
+                    anyhow::bail!(
+                        "{}: format {}, expected {BOOK_FORMAT}",
+                        path.display(),
+                        b.format
+                    );
+                }
+                b
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book {
+                format: BOOK_FORMAT,
+                peers: BTreeMap::new(),
+            },
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(SyncBook {
+            path,
+            inner: Mutex::new(book),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Book) -> T) -> T {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// Writes the positions atomically (tmp + rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        let text = self.with(|b| serde_json::to_string_pretty(b).expect("book serializes"));
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    pub fn peer_shards(&self, peer: &str) -> usize {
+        self.with(|b| b.peers.get(peer).map_or(0, |p| p.shards))
+    }
+
+    pub fn after(&self, peer: &str, shard: usize) -> u64 {
+        self.with(|b| {
+            b.peers
+                .get(peer)
+                .and_then(|p| p.after.get(shard).copied())
+                .unwrap_or(0)
+        })
+    }
+
+    fn advance(&self, peer: &str, shard: usize, shards: usize, next: u64, last_seq: u64) {
+        self.with(|b| {
+            let p = b.peers.entry(peer.to_string()).or_default();
+            p.shards = shards;
+            grow(&mut p.after, shards.max(shard + 1));
+            grow(&mut p.last_seq, shards.max(shard + 1));
+            p.after[shard] = p.after[shard].max(next);
+            p.last_seq[shard] = last_seq;
+        })
+    }
+
+    /// A peer read our shard's journal past `after`.
+    pub fn record_ack(&self, peer: &str, our_shard: usize, after: u64) {
+        self.with(|b| {
+            let p = b.peers.entry(peer.to_string()).or_default();
+            grow(&mut p.acked, our_shard + 1);
+            p.acked[our_shard] = p.acked[our_shard].max(after);
+        })
+    }
+
+    /// True when every one of `peers` has read our shard's journal up to `seq`.
+    pub fn seen_by_all(&self, our_shard: usize, seq: u64, peers: &[String]) -> bool {
+        self.with(|b| {
+            peers.iter().all(|id| {
+                b.peers
+                    .get(id)
+                    .and_then(|p| p.acked.get(our_shard))
+                    .is_some_and(|&a| a >= seq)
+            })
+        })
+    }
+
+    /// Ownership moved (a member went away): re-read peers' retained journals to pull
+    /// what this node now owns. Keys already held are skipped cheaply (same HLC).
+    pub fn rescan(&self) {
+        self.with(|b| {
+            for p in b.peers.values_mut() {
+                p.after.iter_mut().for_each(|a| *a = 0);
+            }
+        })
+    }
+
+    /// Changes this node has not pulled yet, summed over peers' shards (from the last pulls).
+    pub fn lag(&self) -> u64 {
+        self.with(|b| {
+            b.peers
+                .values()
+                .map(|p| {
+                    p.last_seq
+                        .iter()
+                        .zip(&p.after)
+                        .map(|(l, a)| l.saturating_sub(*a))
+                        .sum::<u64>()
+                })
+                .sum()
+        })
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        self.with(|b| {
+            let peers: serde_json::Map<String, serde_json::Value> = b
+                .peers
+                .iter()
+                .map(|(id, p)| {
+                    (
+                        id.clone(),
+                        serde_json::json!({
+                            "shards": p.shards, "applied_seq": p.after,
+                            "peer_last_seq": p.last_seq, "peer_read_our_seq": p.acked,
+                        }),
+                    )
+                })
+                .collect();
+            serde_json::Value::Object(peers)
+        })
+    }
+}
+
+/// Bytes per second for body pulls on one shard thread.
+struct RateLimiter {
+    rate: f64,
+    tokens: Cell<f64>,
+    last: Cell<Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate: u64) -> Self {
+        RateLimiter {
+            rate: rate.max(1) as f64,
+            tokens: Cell::new(rate as f64),
+            last: Cell::new(Instant::now()),
+        }
+    }
+
+    async fn take(&self, n: u64) {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last.get()).as_secs_f64() * self.rate;
+        self.last.set(now);
+        let t = (self.tokens.get() + refill).min(self.rate) - n as f64;
+        self.tokens.set(t);
+        if t < 0.0 {
+            monoio::time::sleep(Duration::from_secs_f64(-t / self.rate)).await;
+        }
+    }
+}
+
+/// The changes reply of a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangesReply {
+    pub shards: usize,
+    pub batch: ChangeBatch,
+}
+
+pub fn encode_meta(m: &ObjectMeta) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(m).expect("meta serializes"))
+}
+
+pub fn decode_meta(v: &[u8]) -> Result<ObjectMeta, String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(v)
+        .map_err(|e| format!("{H_META} is not base64: {e}"))?;
+    serde_json::from_slice(&raw).map_err(|e| format!("{H_META} is not object metadata: {e}"))
+}
+
+pub fn key_query(key: &str) -> String {
+    percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Not-before time for a replica's own origin op: the writer normally reports first.
+pub fn replica_upload_after(cl: &Cluster) -> Option<u64> {
+    Some(wall_ms() + cl.cfg.replica_upload_delay_secs * 1000)
+}
+
+/// Stores a replica of `meta` whose body arrives in `body`. Runs on the key's owner shard.
+/// Ok(false): the local copy was as new or newer.
+pub async fn store_replica(
+    ctx: &Rc<ShardCtx>,
+    meta: &ObjectMeta,
+    mut body: Incoming,
+    upload_after: Option<u64>,
+) -> Result<bool, ApiError> {
+    let Some(mut writer) = ctx.shard.begin_replica(meta).await? else {
+        return Ok(false);
+    };
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if writer.written() + data.len() as u64 > meta.size {
+                        writer.abort().await;
+                        return Err(ApiError::bad_request(
+                            "replica too long",
+                            format!("replica body exceeds its size {}", meta.size),
+                        ));
+                    }
+                    if let Err(e) = writer.write(data).await {
+                        writer.abort().await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                let got = writer.written();
+                writer.abort().await;
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "replica stream failed",
+                    format!("after {got} of {} bytes: {e}", meta.size),
+                ));
+            }
+        }
+    }
+    match writer.finish_replica(meta, upload_after).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::Superseded) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The anti-entropy loop of one shard thread. Peer shard `s` is pulled by local shard
+/// `s % n`, so the work spreads over cores.
+pub async fn run(ctx: Rc<ShardCtx>, cl: Arc<Cluster>) {
+    let n = ctx.node.shards.len();
+    let limiter = RateLimiter::new(cl.cfg.sync_rate_limit.0 / n as u64);
+    let interval = Duration::from_millis(cl.cfg.sync_interval_ms.max(10));
+    let mut shutdown = ctx.node.shutdown_rx.clone();
+    let mut alive_before: Option<HashSet<String>> = None;
+    let mut last_save = Instant::now();
+    let mut warned: std::collections::HashMap<String, Instant> = Default::default();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let view = cl.view();
+        if ctx.id == 0 {
+            let alive: HashSet<String> = view.alive().map(|m| m.id.clone()).collect();
+            if let Some(before) = &alive_before {
+                if before.iter().any(|id| !alive.contains(id)) {
+                    tracing::info!(
+                        "a member went away: rescanning peers' journals for keys that moved here"
+                    );
+                    cl.book.rescan();
+                }
+            }
+            alive_before = Some(alive);
+        }
+        let mut more = false;
+        let peers: Vec<Member> = view
+            .alive()
+            .filter(|m| !m.is_self && !cl.is_blocked(&m.id))
+            .cloned()
+            .collect();
+        for p in peers {
+            let shards = cl.book.peer_shards(&p.id);
+            let mine: Vec<usize> = match shards {
+                0 if ctx.id == 0 => vec![0],
+                0 => vec![],
+                s => (0..s).filter(|s| s % n == ctx.id).collect(),
+            };
+            for s in mine {
+                match pull_once(&ctx, &cl, &p, s, &limiter).await {
+                    Ok(full) => more |= full,
+                    Err(e) => {
+                        cl.metrics.sync_errors.fetch_add(1, Relaxed);
+                        let now = Instant::now();
+                        let last = warned.get(&p.id).copied();
+                        if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                            warned.insert(p.id.clone(), now);
+                            tracing::warn!(shard = ctx.id, peer = %p.id, peer_shard = s, error = %e, "sync pull failed; will retry");
+                        }
+                    }
+                }
+            }
+        }
+        if last_save.elapsed() >= Duration::from_secs(1) {
+            last_save = Instant::now();
+            if let Err(e) = cl.book.save() {
+                tracing::warn!(error = %e, "saving cluster sync positions");
+            }
+        }
+        if !more {
+            monoio::select! {
+                _ = monoio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Pulls and applies one batch from a peer shard. Ok(true): the peer has more.
+async fn pull_once(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    p: &Member,
+    shard: usize,
+    limiter: &RateLimiter,
+) -> Result<bool, String> {
+    let after = cl.book.after(&p.id, shard);
+    let uri = format!(
+        "/_nc/v1/changes?shard={shard}&after={after}&limit={}",
+        cl.cfg.sync_batch.max(1)
+    );
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .body(peer::empty())
+        .expect("valid request");
+    cl.metrics.sync_requests.fetch_add(1, Relaxed);
+    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = peer::read_body(resp, 64 << 20).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "changes request answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let reply: ChangesReply =
+        serde_json::from_slice(&body).map_err(|e| format!("decoding changes: {e}"))?;
+    let batch = reply.batch;
+    if batch.gap {
+        cl.metrics.sync_gaps.fetch_add(1, Relaxed);
+        tracing::warn!(peer = %p.id, peer_shard = shard, after, "the peer trimmed journal records this node never pulled (down longer than store.journal_retain changes); those keys are read through from S3 on demand");
+    }
+    let results: Vec<Result<(), String>> = futures::stream::iter(batch.changes)
+        .map(|(_, change)| apply_change(ctx, cl, p, change, limiter))
+        .buffer_unordered(cl.cfg.sync_concurrency.max(1))
+        .collect()
+        .await;
+    let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+    cl.metrics.sync_changes_applied.fetch_add(applied, Relaxed);
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(e);
+    }
+    cl.book
+        .advance(&p.id, shard, reply.shards, batch.next_after, batch.last_seq);
+    Ok(batch.next_after < batch.last_seq)
+}
+
+async fn apply_change(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    p: &Member,
+    change: Change,
+    limiter: &RateLimiter,
+) -> Result<(), String> {
+    let key = match &change {
+        Change::Put(m) => m.key.clone(),
+        Change::Delete(t) => t.key.clone(),
+        Change::Upgrade { key, .. } | Change::Uploaded { key, .. } => key.clone(),
+    };
+    if let Change::Put(m) = &change {
+        if !cl.is_owner(&m.key, m.level) {
+            return Ok(());
+        }
+        // Rate-limit on this thread before the job moves to the owner shard.
+        let newer = {
+            let m = m.clone();
+            ctx.on_owner(&m.key.clone(), move |ctx| async move {
+                ctx.shard.is_newer(&m.key, m.hlc, &m.etag)
+            })
+            .await
+            .map_err(|e| e.detail)?
+        };
+        if !newer {
+            return Ok(());
+        }
+        limiter.take(m.size).await;
+    }
+    let (cl, p) = (cl.clone(), p.clone());
+    ctx.on_owner(&key, move |ctx| async move {
+        apply_on_owner(&ctx, &cl, &p, change).await
+    })
+    .await
+    .map_err(|e| e.detail)?
+}
+
+async fn apply_on_owner(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    p: &Member,
+    change: Change,
+) -> Result<(), String> {
+    let se = |e: StoreError| e.to_string();
+    match change {
+        Change::Put(m) => pull_object(ctx, cl, p, &m).await,
+        Change::Delete(t) => {
+            let holds = !matches!(ctx.shard.peek(&t.key), nearcache_shards::Lookup::Miss);
+            if holds || cl.is_owner(&t.key, t.level) {
+                ctx.shard
+                    .apply_tombstone(&t, replica_upload_after(cl))
+                    .await
+                    .map_err(se)?;
+            }
+            Ok(())
+        }
+        Change::Upgrade { key, hlc, level } => {
+            ctx.shard
+                .upgrade_version(&key, hlc, level)
+                .await
+                .map_err(se)?;
+            Ok(())
+        }
+        Change::Uploaded { key, hlc } => {
+            ctx.shard.mark_uploaded(&key, hlc).await.map_err(se)?;
+            Ok(())
+        }
+    }
+}
+
+/// Fetches the peer's current copy of `m.key` and stores it if it is newer.
+async fn pull_object(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    p: &Member,
+    m: &ObjectMeta,
+) -> Result<(), String> {
+    if !ctx.shard.is_newer(&m.key, m.hlc, &m.etag) {
+        return Ok(());
+    }
+    let resp = fetch_replica(cl, p, &m.key).await?;
+    let Some(resp) = resp else {
+        // Gone or replaced on the peer: a later change in its journal covers it.
+        return Ok(());
+    };
+    let meta = resp
+        .headers()
+        .get(H_META)
+        .ok_or_else(|| format!("peer replica answer lacks {H_META}"))
+        .and_then(|v| decode_meta(v.as_bytes()))?;
+    let size = meta.size;
+    let stored = store_replica(ctx, &meta, resp.into_body(), replica_upload_after(cl))
+        .await
+        .map_err(|e| format!("{}: {}", e.error, e.detail))?;
+    if stored {
+        cl.metrics.sync_bytes.fetch_add(size, Relaxed);
+    }
+    Ok(())
+}
+
+/// GET a peer's local copy of `key` (never read through). None when it has none.
+pub async fn fetch_replica(
+    cl: &Cluster,
+    p: &Member,
+    key: &str,
+) -> Result<Option<http::Response<Incoming>>, String> {
+    let req: Request<PeerBody> = Request::builder()
+        .method(Method::GET)
+        .uri(format!("/_nc/v1/replica?key={}", key_query(key)))
+        .body(peer::empty())
+        .expect("valid request");
+    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
+    match resp.status() {
+        StatusCode::OK => Ok(Some(resp)),
+        StatusCode::NOT_FOUND => Ok(None),
+        s => {
+            let body = peer::read_body(resp, 64 << 10).await.unwrap_or_default();
+            Err(format!(
+                "replica fetch answered {s}: {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
+    }
+}
+
+/// Members whose acknowledgement a tombstone needs before it may be dropped: every
+/// known member except this node and those that left gracefully.
+pub fn gc_peers(cl: &Cluster) -> Vec<String> {
+    cl.view()
+        .members
+        .iter()
+        .filter(|m| !m.is_self && m.state != MemberState::Left)
+        .map(|m| m.id.clone())
+        .collect()
+}

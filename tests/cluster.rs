@@ -1,0 +1,487 @@
+//! A 3-node cluster of real `nearcache` processes on loopback, against a real S3 server:
+//! reads from any node, cluster-wide miss coalescing, kill -9 of a node while reading
+//! and writing, restart and catch-up, a delete while a node is down that never comes
+//! back, and a partition (the per-peer drop switch) that converges after it heals.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nearcache_s3::testutil::{fresh_bucket, s3_target};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node process with fixed ports (so that a restart comes back at the same place).
+struct Proc {
+    dir: PathBuf,
+    port: u16,
+    cluster_port: u16,
+    seed: Option<u16>,
+    bucket: String,
+    replication: usize,
+    quorum: usize,
+    child: Option<Child>,
+    id: String,
+}
+
+impl Proc {
+    fn new(root: &Path, name: &str, bucket: &str, seed: Option<u16>, r: usize, w: usize) -> Proc {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Proc {
+            dir,
+            port: free_port(),
+            cluster_port: free_port(),
+            seed,
+            bucket: bucket.to_string(),
+            replication: r,
+            quorum: w,
+            child: None,
+            id: String::new(),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    fn start(&mut self) {
+        let t = s3_target();
+        let config = self.dir.join("node.toml");
+        std::fs::write(
+            &config,
+            "[cluster]\ngossip_interval_ms = 100\nsync_interval_ms = 150\nfault_injection = true\n\
+             replica_upload_delay_secs = 5\npeer_timeout_ms = 3000\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nearcache"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--shards", "2"])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--s3-endpoint", &t.endpoint, "--s3-region", &t.region])
+            .args(["--s3-bucket", &self.bucket])
+            .args([
+                "--s3-access-key",
+                &t.access_key,
+                "--s3-secret-key",
+                &t.secret_key,
+            ])
+            .args([
+                "--s3-path-style",
+                "--s3-create-bucket",
+                "--log-level",
+                "warn",
+            ])
+            .args(["--s3-listen", "127.0.0.1:0"])
+            .args([
+                "--cluster-listen",
+                &format!("127.0.0.1:{}", self.cluster_port),
+            ])
+            .args(["--replication-factor", &self.replication.to_string()])
+            .args(["--write-quorum", &self.quorum.to_string()]);
+        if let Some(seed) = self.seed {
+            cmd.args(["--join", &format!("127.0.0.1:{seed}")]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nearcache");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client().get(self.url("/api/v1/cluster")).send() {
+                if r.status() == 200 {
+                    let v: serde_json::Value = r.json().unwrap();
+                    self.id = v["node_id"].as_str().unwrap().to_string();
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!("nearcache exited early ({status})");
+            }
+            assert!(Instant::now() < deadline, "node did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn alive_members(&self) -> Vec<String> {
+        let Ok(r) = client().get(self.url("/api/v1/cluster")).send() else {
+            return vec![];
+        };
+        let v: serde_json::Value = r.json().unwrap_or_default();
+        v["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|m| matches!(m["state"].as_str(), Some("alive")))
+                    .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn owners(&self, id: &str) -> Vec<String> {
+        let v: serde_json::Value = client()
+            .get(self.url(&format!("/api/v1/cluster?key={id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["key"]["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn block(&self, peer: &str, blocked: bool) {
+        let r = client()
+            .post(self.url(&format!(
+                "/api/v1/cluster/block?peer={peer}&blocked={blocked}"
+            )))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        metric_sum(&text, name)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_members(nodes: &[&Proc], n: usize) {
+    wait_until(&format!("{n} alive members everywhere"), 30, || {
+        nodes.iter().all(|p| p.alive_members().len() == n)
+    });
+}
+
+fn new_id(p: &Proc) -> String {
+    client()
+        .get(p.url("/api/v1/id"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// PUT through `p`; retried while the cluster reconfigures (503 = quorum not reached yet,
+/// 502 = an owner failed mid-request). Returns the node that answered.
+fn put(p: &Proc, id: &str, body: &[u8], level: u8) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client()
+            .post(p.url("/api/v1/put"))
+            .header("X-Meta-ID", id)
+            .header("X-Meta-ConsistencyLevel", level.to_string())
+            .body(body.to_vec())
+            .send();
+        match r {
+            Ok(r) if r.status() == 200 => {
+                return r.headers()["x-nearcache-node"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+            }
+            Ok(r) if r.status().is_server_error() && Instant::now() < deadline => {
+                let _ = r.text();
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Ok(r) => panic!(
+                "PUT {id} via {}: {} {}",
+                p.id,
+                r.status(),
+                r.text().unwrap()
+            ),
+            Err(e) => panic!("PUT {id} via {}: {e}", p.id),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET through `p` without read-through: Some((body, serving node, symlink)).
+fn get_cached(p: &Proc, id: &str) -> Option<(Vec<u8>, String, bool)> {
+    let r = client()
+        .get(p.url(&format!("/api/v1/get/{id}")))
+        .header("X-Meta-Fetch", "0")
+        .send()
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let node = r.headers()["x-nearcache-node"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let symlink = r.headers().get("x-meta-symlink").is_some();
+    Some((r.bytes().ok()?.to_vec(), node, symlink))
+}
+
+fn status_of(p: &Proc, id: &str) -> u16 {
+    client()
+        .get(p.url(&format!("/api/v1/get/{id}")))
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+fn three(tag: &str, r: usize, w: usize) -> (tempfile::TempDir, Vec<Proc>, String) {
+    init_logging();
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = fresh_bucket(tag);
+    let mut a = Proc::new(tmp.path(), "a", &bucket, None, r, w);
+    a.start();
+    let seed = Some(a.cluster_port);
+    let mut b = Proc::new(tmp.path(), "b", &bucket, seed, r, w);
+    let mut c = Proc::new(tmp.path(), "c", &bucket, seed, r, w);
+    b.start();
+    c.start();
+    wait_members(&[&a, &b, &c], 3);
+    (tmp, vec![a, b, c], bucket)
+}
+
+#[test]
+fn any_node_serves_any_key_survives_kill9_and_catches_up() {
+    let (_tmp, mut nodes, bucket) = three("cluster", 2, 2);
+    let ids: Vec<String> = nodes.iter().map(|p| p.id.clone()).collect();
+
+    // Put through A, read through every node: same bytes, the serving node named, and
+    // the body marked as a peer's when it came from one.
+    let mut objects: HashMap<String, Vec<u8>> = HashMap::new();
+    for i in 0..30u64 {
+        let id = new_id(&nodes[0]);
+        let body = random_bytes(1000 + (i as usize * 997) % 300_000, i);
+        put(&nodes[0], &id, &body, 1);
+        objects.insert(id, body);
+    }
+    let mut symlinks = 0;
+    for (id, body) in &objects {
+        let owners = nodes[0].owners(id);
+        assert_eq!(owners.len(), 2);
+        for p in &nodes {
+            let (got, served_by, symlink) =
+                get_cached(p, id).expect("object readable from every node");
+            assert_eq!(&got, body, "{id} via {}", p.id);
+            assert!(
+                owners.contains(&served_by),
+                "{id} served by non-owner {served_by}"
+            );
+            assert_eq!(
+                symlink,
+                served_by != p.id,
+                "X-Meta-Symlink for {id} via {}",
+                p.id
+            );
+            symlinks += symlink as usize;
+        }
+    }
+    assert!(symlinks > 0, "some reads must have crossed nodes");
+
+    // Concurrent misses for one key on every node: exactly one S3 GET in the cluster.
+    let s3 = S3::new(&bucket);
+    let cold = new_id(&nodes[0]);
+    let cold_body = random_bytes(200_000, 99);
+    s3.put(&cold, cold_body.clone(), "application/octet-stream");
+    let before: f64 = nodes
+        .iter()
+        .map(|p| p.metric("nearcache_origin_fetches_total"))
+        .sum();
+    std::thread::scope(|s| {
+        for k in 0..12 {
+            let (p, cold, want) = (&nodes[k % 3], &cold, &cold_body);
+            s.spawn(move || {
+                let r = client()
+                    .get(p.url(&format!("/api/v1/get/{cold}")))
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(&r.bytes().unwrap().to_vec(), want);
+            });
+        }
+    });
+    let after: f64 = nodes
+        .iter()
+        .map(|p| p.metric("nearcache_origin_fetches_total"))
+        .sum();
+    assert_eq!(
+        after - before,
+        1.0,
+        "one S3 GET for 12 concurrent cluster-wide misses"
+    );
+
+    // An object C owns, deleted while C is down, must never come back.
+    let doomed = loop {
+        let id = new_id(&nodes[0]);
+        if nodes[0].owners(&id).contains(&ids[2]) {
+            break id;
+        }
+    };
+    put(&nodes[0], &doomed, b"delete me while C is down", 1);
+    assert!(get_cached(&nodes[2], &doomed).is_some());
+
+    // kill -9 C; keep reading and writing through A and B.
+    nodes[2].kill9();
+    for (id, body) in &objects {
+        for p in &nodes[..2] {
+            let (got, _, _) = get_cached(p, id).unwrap_or_else(|| panic!("{id} lost with C down"));
+            assert_eq!(&got, body);
+        }
+    }
+    // With C down but not yet declared down, a quorum of 2 may not hold: 503, retried.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client()
+            .post(nodes[0].url(&format!("/api/v1/delete/{doomed}")))
+            .send()
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            r.status() == 503 && Instant::now() < deadline,
+            "{}",
+            r.text().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_members(&[&nodes[0], &nodes[1]], 2);
+    let mut written_while_down = HashMap::new();
+    for i in 0..40u64 {
+        let id = new_id(&nodes[1]);
+        let body = random_bytes(500 + (i as usize * 131) % 20_000, 1000 + i);
+        put(&nodes[(i % 2) as usize], &id, &body, 1);
+        written_while_down.insert(id, body);
+    }
+    for (id, body) in &written_while_down {
+        let (got, _, _) = get_cached(&nodes[0], id).expect("written while C was down");
+        assert_eq!(&got, body);
+    }
+
+    // Restart C: it rejoins and catches up on its own with what it owns.
+    nodes[2].start();
+    wait_members(&[&nodes[0], &nodes[1], &nodes[2]], 3);
+    let c_owned: Vec<&String> = written_while_down
+        .keys()
+        .filter(|id| nodes[2].owners(id).contains(&ids[2]))
+        .collect();
+    assert!(!c_owned.is_empty());
+    wait_until(
+        "C to catch up with writes made while it was down",
+        60,
+        || {
+            c_owned.iter().all(|id| {
+            matches!(get_cached(&nodes[2], id), Some((b, node, _)) if node == ids[2] && b == written_while_down[*id])
+        })
+        },
+    );
+    // The delete made while C was down wins over C's older copy, everywhere, for good.
+    for _ in 0..10 {
+        for p in &nodes {
+            assert_eq!(
+                status_of(p, &doomed),
+                404,
+                "deleted object came back via {}",
+                p.id
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Everything from before is still readable through C.
+    for (id, body) in objects.iter().take(10) {
+        let (got, _, _) = get_cached(&nodes[2], id).expect("readable via C after restart");
+        assert_eq!(&got, body);
+    }
+}
+
+#[test]
+fn partition_heals_and_converges_last_writer_wins() {
+    // R = 3: every node owns every key, so convergence means every node has everything.
+    let (_tmp, nodes, _bucket) = three("partition", 3, 1);
+    let ids: Vec<String> = nodes.iter().map(|p| p.id.clone()).collect();
+    let contested = new_id(&nodes[0]);
+    put(&nodes[0], &contested, b"before the cut", 0);
+    wait_until("the first version everywhere", 20, || {
+        nodes.iter().all(|p| matches!(get_cached(p, &contested), Some((b, n, _)) if b == b"before the cut" && n == p.id))
+    });
+
+    // Cut C off from A and B (C drops both directions of both gossip and HTTP).
+    nodes[2].block(&ids[0], true);
+    nodes[2].block(&ids[1], true);
+    wait_until("C to see A and B gone", 30, || {
+        nodes[2].alive_members().len() == 1
+    });
+    wait_until("A and B to see C gone", 30, || {
+        nodes[0].alive_members().len() == 2 && nodes[1].alive_members().len() == 2
+    });
+
+    let on_majority = new_id(&nodes[0]);
+    put(&nodes[0], &on_majority, b"written on the majority side", 0);
+    let on_c = new_id(&nodes[2]);
+    put(&nodes[2], &on_c, b"written on the cut-off node", 0);
+    put(&nodes[0], &contested, b"older write on A", 0);
+    std::thread::sleep(Duration::from_millis(20));
+    put(&nodes[2], &contested, b"newer write on C", 0);
+    assert!(get_cached(&nodes[0], &on_c).is_none(), "the cut must hold");
+
+    // Heal: everything converges, and the later write wins everywhere.
+    nodes[2].block(&ids[0], false);
+    nodes[2].block(&ids[1], false);
+    wait_members(&[&nodes[0], &nodes[1], &nodes[2]], 3);
+    wait_until("convergence after the cut healed", 60, || {
+        nodes.iter().all(|p| {
+            let local = |id: &str, want: &[u8]| {
+                matches!(get_cached(p, id), Some((b, n, _)) if b == want && n == p.id)
+            };
+            local(&on_majority, b"written on the majority side")
+                && local(&on_c, b"written on the cut-off node")
+                && local(&contested, b"newer write on C")
+        })
+    });
+}
