@@ -895,6 +895,17 @@ async fn serve_hit(
 /// A miss: read through from the origin. The first miss for a key fetches; concurrent
 /// misses wait for it and then read the stored copy.
 async fn read_through(ctx: Rc<ShardCtx>, req: GetReq) -> Result<Response<Body>, ApiError> {
+    // While ownership moves, the copy may still be on a previous holder only: take it
+    // from there (the origin may not have it at level 0) before asking the origin.
+    if let Some(cl) = ctx.node.cluster.clone() {
+        if cl.moving() && crate::cluster::sync::pull_from_holders(&ctx, &cl, &req.key).await {
+            if let Lookup::Hit { meta, body } = ctx.shard.peek(&req.key) {
+                if let Ok(r) = serve_hit(&ctx, &req, &meta, body, false).await {
+                    return r;
+                }
+            }
+        }
+    }
     let existing = ctx.fetches.borrow().get(&req.key).cloned();
     if let Some(fetch) = existing {
         ctx.http.coalesced.fetch_add(1, Relaxed);

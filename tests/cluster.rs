@@ -65,7 +65,7 @@ impl Proc {
         let config = self.dir.join("node.toml");
         std::fs::write(
             &config,
-            "[cluster]\ngossip_interval_ms = 100\nsync_interval_ms = 150\nfault_injection = true\n\
+            "[cluster]\ngossip_interval_ms = 200\nsync_interval_ms = 150\nfault_injection = true\n\
              replica_upload_delay_secs = 5\npeer_timeout_ms = 3000\n",
         )
         .unwrap();
@@ -140,7 +140,8 @@ impl Proc {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter(|m| matches!(m["state"].as_str(), Some("alive")))
+                    // SWIM counts a suspect as a member until it is declared down.
+                    .filter(|m| matches!(m["state"].as_str(), Some("alive" | "suspect")))
                     .map(|m| m["id"].as_str().unwrap_or_default().to_string())
                     .collect()
             })
@@ -198,9 +199,23 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 fn wait_members(nodes: &[&Proc], n: usize) {
-    wait_until(&format!("{n} alive members everywhere"), 30, || {
-        nodes.iter().all(|p| p.alive_members().len() == n)
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|p| p.alive_members().len() == n) {
+        if Instant::now() > deadline {
+            let views: Vec<String> = nodes
+                .iter()
+                .map(|p| {
+                    client()
+                        .get(p.url("/api/v1/cluster"))
+                        .send()
+                        .and_then(|r| r.text())
+                        .unwrap_or_else(|e| e.to_string())
+                })
+                .collect();
+            panic!("timed out waiting for {n} alive members everywhere; views: {views:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn new_id(p: &Proc) -> String {
@@ -323,6 +338,15 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
         }
     }
     assert!(symlinks > 0, "some reads must have crossed nodes");
+
+    // Level 2: a copy on every node, each serving its own.
+    let everywhere = new_id(&nodes[1]);
+    put(&nodes[1], &everywhere, b"on every node", 2);
+    wait_until("a level-2 copy on every node", 20, || {
+        nodes.iter().all(|p| {
+            matches!(get_cached(p, &everywhere), Some((b, n, false)) if b == b"on every node" && n == p.id)
+        })
+    });
 
     // Concurrent misses for one key on every node: exactly one S3 GET in the cluster.
     let s3 = S3::new(&bucket);

@@ -711,9 +711,6 @@ fn corrupt_object_is_never_served_and_is_refetched() {
         .json()
         .unwrap();
     let seq = m["seq"].as_u64().unwrap();
-    let path = node
-        .dir
-        .join(format!("shard-0/objects/{:02x}/{seq:016x}", seq & 0xff));
     let flip = |seq: u64, at: usize| {
         let path = node
             .dir

@@ -70,7 +70,12 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     /// Fault injection: node ids whose traffic this node drops (both directions).
     blocked: ArcSwap<HashSet<String>>,
+    /// Wall-clock ms of the last change of the alive set (ownership moved).
+    last_move_ms: AtomicU64,
 }
+
+/// How long after a membership change owner misses first look for a previous holder.
+const MOVE_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 impl Cluster {
     pub fn start(
@@ -102,7 +107,23 @@ impl Cluster {
             membership,
             metrics: ClusterMetrics::default(),
             blocked: ArcSwap::from_pointee(HashSet::new()),
+            last_move_ms: AtomicU64::new(nearcache_shards::hlc::wall_ms()),
         })))
+    }
+
+    /// Notes that the alive set changed: keys may have moved to new owners.
+    pub fn note_move(&self) {
+        self.last_move_ms.store(
+            nearcache_shards::hlc::wall_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// True shortly after a membership change, or while anti-entropy is behind.
+    pub fn moving(&self) -> bool {
+        let since = nearcache_shards::hlc::wall_ms()
+            .saturating_sub(self.last_move_ms.load(std::sync::atomic::Ordering::Relaxed));
+        since < MOVE_WINDOW_MS || self.book.lag() > 0
     }
 
     pub fn view(&self) -> Arc<View> {

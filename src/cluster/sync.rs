@@ -323,6 +323,9 @@ pub async fn run(ctx: Rc<ShardCtx>, cl: Arc<Cluster>) {
         if ctx.id == 0 {
             let alive: HashSet<String> = view.alive().map(|m| m.id.clone()).collect();
             if let Some(before) = &alive_before {
+                if *before != alive {
+                    cl.note_move();
+                }
                 if before.iter().any(|id| !alive.contains(id)) {
                     tracing::info!(
                         "a member went away: rescanning peers' journals for keys that moved here"
@@ -524,6 +527,30 @@ async fn pull_object(
         cl.metrics.sync_bytes.fetch_add(size, Relaxed);
     }
     Ok(())
+}
+
+/// Asks the other alive nodes, best-ranked first, for their local copy of `key` and
+/// stores the first one found (runs on the key's owner shard). True if one was stored.
+pub async fn pull_from_holders(ctx: &Rc<ShardCtx>, cl: &Arc<Cluster>, key: &str) -> bool {
+    for p in cl.ranking(key).iter().filter(|m| !m.is_self) {
+        let Ok(Some(resp)) = fetch_replica(cl, p, key).await else {
+            continue;
+        };
+        let Some(Ok(meta)) = resp
+            .headers()
+            .get(H_META)
+            .map(|v| decode_meta(v.as_bytes()))
+        else {
+            continue;
+        };
+        match store_replica(ctx, &meta, resp.into_body(), replica_upload_after(cl)).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::debug!(peer = %p.id, key, error = %e.detail, "pulling a moved key failed")
+            }
+        }
+    }
+    false
 }
 
 /// GET a peer's local copy of `key` (never read through). None when it has none.
