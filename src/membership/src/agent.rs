@@ -40,6 +40,7 @@ pub(crate) struct Agent {
     commands: Receiver<Command>,
     seeds: Vec<String>,
     probe_interval: Duration,
+    suspect_timeout: Duration,
     cluster_hash: u64,
     /// Identities that announced a graceful leave, by address (foca's key).
     left: HashMap<SocketAddr, NodeIdentity>,
@@ -49,6 +50,9 @@ pub(crate) struct Agent {
     next_announce: Instant,
     /// Rotates the Down members we announce to while isolated.
     down_cursor: usize,
+    /// Every member foca holds as Suspect: the incarnation suspected and when we first
+    /// saw it so. See `expire_suspects`.
+    suspects: HashMap<NodeIdentity, (u16, Instant)>,
 }
 
 /// What the thread starts from, prepared by `Membership::start`.
@@ -60,6 +64,8 @@ pub(crate) struct Setup {
     pub commands: Receiver<Command>,
     pub seeds: Vec<String>,
     pub probe_interval: Duration,
+    /// Foca's `suspect_to_down_after`, which foca does not let us read back.
+    pub suspect_timeout: Duration,
     pub cluster_hash: u64,
     /// Our entry in the view `start` published before the thread runs.
     pub published: Entry,
@@ -83,6 +89,7 @@ impl Agent {
             commands: s.commands,
             seeds: s.seeds,
             probe_interval: s.probe_interval,
+            suspect_timeout: s.suspect_timeout,
             cluster_hash: s.cluster_hash,
             left: HashMap::new(),
             my_state: MemberState::Alive,
@@ -90,6 +97,7 @@ impl Agent {
             // Announce to the seeds straight away.
             next_announce: Instant::now(),
             down_cursor: 0,
+            suspects: HashMap::new(),
         }
     }
 
@@ -240,6 +248,54 @@ impl Agent {
             if let Err(e) = self.foca.handle_timer(timer, &mut self.io) {
                 debug!(error = %e, "foca timer");
             }
+        }
+        self.expire_suspects(now);
+    }
+
+    /// Our own suspect timeout, on top of foca's: declares Down any member that stayed
+    /// Suspect (at the same incarnation) for `suspect_timeout` since we first saw it so.
+    ///
+    /// Foca arms a `ChangeSuspectToDown` timer only on the member whose probe failed,
+    /// and drops it if its timer token changes before it fires (our identity changed
+    /// on a rejoin, or we went idle or defunct). Members that heard the suspicion in
+    /// gossip arm none. So when the prober lost its timer and the suspect never heard
+    /// the rumour to refute it (it answers pings, but a ping carries no news about the
+    /// receiver), every node kept it Suspect until it next bumped its incarnation:
+    /// for ever. As in the SWIM paper, every member now times suspicions out itself.
+    /// When foca's own timer is alive it fires first (it started no later), and the
+    /// member is no longer Suspect here.
+    fn expire_suspects(&mut self, now: Instant) {
+        let suspects: Vec<(NodeIdentity, u16)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (*m.id(), m.incarnation()))
+            .collect();
+        if suspects.is_empty() {
+            self.suspects.clear();
+            return;
+        }
+        // A refutation (higher incarnation) or any other change restarts the clock.
+        self.suspects
+            .retain(|id, (inc, _)| suspects.contains(&(*id, *inc)));
+        let mut expired = Vec::new();
+        for (id, incarnation) in suspects {
+            let (_, since) = *self.suspects.entry(id).or_insert((incarnation, now));
+            if now.saturating_duration_since(since) >= self.suspect_timeout {
+                info!(member = ?id, incarnation, "suspect timed out; declaring it down");
+                self.suspects.remove(&id);
+                expired.push(foca::Member::new(id, incarnation, foca::State::Down));
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        // Broadcast, so the suspect learns it too (and rejoins) and so do the others.
+        if let Err(e) = self
+            .foca
+            .apply_many(expired.into_iter(), true, &mut self.io)
+        {
+            debug!(error = %e, "declaring timed-out suspects down");
         }
     }
 
@@ -471,5 +527,141 @@ impl PartialOrd for Scheduled {
 impl Ord for Scheduled {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use foca::{Member, State};
+
+    use super::*;
+
+    const PROBE: Duration = Duration::from_millis(100);
+    const SUSPECT: Duration = Duration::from_millis(300);
+
+    /// A peer identity on a bound socket nobody reads: its pings go unanswered.
+    fn peer(id: u128) -> (NodeIdentity, UdpSocket) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        (NodeIdentity { id, addr, bump: 1 }, socket)
+    }
+
+    /// An agent whose loop the test drives by hand, with made-up instants.
+    fn agent() -> Agent {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local_addr = socket.local_addr().unwrap();
+        let me = NodeIdentity::new(1, local_addr);
+        let published = Entry {
+            identity: me,
+            state: MemberState::Alive,
+            incarnation: 0,
+            is_self: true,
+        };
+        let (_, commands) = crossbeam_channel::unbounded();
+        Agent::new(Setup {
+            foca: Foca::new(
+                me,
+                crate::config::foca_config(PROBE, SUSPECT),
+                rand::make_rng(),
+                PostcardCodec,
+            ),
+            socket,
+            local_addr,
+            shared: Arc::new(Shared::new(published)),
+            commands,
+            seeds: Vec::new(),
+            probe_interval: PROBE,
+            suspect_timeout: SUSPECT,
+            cluster_hash: 0,
+            published,
+        })
+    }
+
+    /// One turn of `Agent::run` at `now`, without waiting for a datagram.
+    fn turn(a: &mut Agent, now: Instant) {
+        a.fire_due_timers(now);
+        a.drain_notifications();
+        a.publish_if_changed();
+    }
+
+    fn apply(a: &mut Agent, updates: Vec<Member<NodeIdentity>>) {
+        a.foca
+            .apply_many(updates.into_iter(), true, &mut a.io)
+            .unwrap();
+    }
+
+    fn published_state(a: &Agent, who: NodeIdentity) -> MemberState {
+        let view = a.shared.view.load();
+        let m = view.get(&who.id_string()).expect("member in the view");
+        assert_eq!(m.generation, who.bump);
+        m.state
+    }
+
+    /// Foca arms a suspect timeout only on the member whose probe failed. A member that
+    /// hears the suspicion through gossip (B in the incident) relies on the prober's
+    /// Down or on the suspect's refutation; when the prober lost its timer and the
+    /// suspect never heard the rumour, neither comes.
+    #[test]
+    fn suspicion_heard_in_gossip_ends_after_the_suspect_timeout() {
+        let mut a = agent();
+        let (c, _c_socket) = peer(3);
+        let (d, _d_socket) = peer(4);
+        apply(
+            &mut a,
+            vec![
+                Member::new(c, 0, State::Alive),
+                Member::new(d, 0, State::Alive),
+            ],
+        );
+        let t0 = Instant::now();
+        turn(&mut a, t0);
+        apply(&mut a, vec![Member::new(c, 0, State::Suspect)]);
+        turn(&mut a, t0);
+        assert_eq!(published_state(&a, c), MemberState::Suspect);
+
+        turn(&mut a, t0 + SUSPECT - Duration::from_millis(10));
+        assert_eq!(published_state(&a, c), MemberState::Suspect, "not before");
+
+        turn(&mut a, t0 + SUSPECT + Duration::from_millis(10));
+        assert_eq!(published_state(&a, c), MemberState::Down);
+        // D only just failed one of our (unanswered) probes, if any: not Down yet.
+        assert!(published_state(&a, d).is_alive());
+    }
+
+    /// A in the incident: it suspects C after a failed probe, then is declared down
+    /// (start-up under load) and rejoins under a new generation. Foca's identity change
+    /// invalidates every timer it had submitted, the ChangeSuspectToDown included, so
+    /// C stayed Suspect for good: C answers A's pings, so no later probe re-arms it.
+    /// The test stops before A's own unanswered probes would.
+    #[test]
+    fn suspicion_outlives_the_timer_lost_when_we_rejoin() {
+        let mut a = agent();
+        let (c, _c_socket) = peer(3);
+        apply(&mut a, vec![Member::new(c, 0, State::Alive)]);
+        let t0 = Instant::now();
+        // Every turn is later than anything submitted so far, like a starved thread.
+        turn(&mut a, t0 + Duration::from_secs(1)); // probe C
+        turn(&mut a, t0 + Duration::from_secs(2)); // no ack: C is Suspect
+        assert_eq!(published_state(&a, c), MemberState::Suspect);
+
+        // (The clock of our own suspect timeout keeps running through the rejoin.)
+        let old = *a.foca.identity();
+        apply(&mut a, vec![Member::down(old)]); // the cluster declared us down
+        turn(&mut a, t0 + Duration::from_secs(2));
+        assert_ne!(*a.foca.identity(), old, "rejoined under a new identity");
+        assert_eq!(
+            a.shared
+                .counters
+                .rejoins
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // Foca's ChangeSuspectToDown fires now, with the old token, and is ignored.
+        // (This turn also finds our first probe since the rejoin unanswered, and foca
+        // arms a new timer for C; it is not due before the next turn. The real C
+        // answered, so there it never was.)
+        turn(&mut a, t0 + Duration::from_secs(3));
+        assert_eq!(published_state(&a, c), MemberState::Down);
     }
 }

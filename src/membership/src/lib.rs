@@ -126,6 +126,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Shared state whose first view (epoch 1) holds only ourselves.
+    pub(crate) fn new(me: view::Entry) -> Self {
+        let (watch, _) = tokio::sync::watch::channel(1);
+        let shared = Shared {
+            view: ArcSwap::from_pointee(View {
+                epoch: 1,
+                members: vec![me.to_member()],
+            }),
+            epoch: AtomicU64::new(1),
+            change_lock: Mutex::new(()),
+            changed: Condvar::new(),
+            watch,
+            blocked: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            running: Mutex::new(true),
+            stopped: Condvar::new(),
+        };
+        shared.counters.members_alive.store(1, Ordering::Relaxed);
+        shared
+    }
+
     pub(crate) fn is_blocked(&self, addr: &SocketAddr) -> bool {
         let blocked = lock(&self.blocked);
         !blocked.is_empty() && blocked.contains(addr)
@@ -192,22 +213,7 @@ impl Membership {
             incarnation: 0,
             is_self: true,
         };
-        let (watch, _) = tokio::sync::watch::channel(1);
-        let shared = Arc::new(Shared {
-            view: ArcSwap::from_pointee(View {
-                epoch: 1,
-                members: vec![my_entry.to_member()],
-            }),
-            epoch: AtomicU64::new(1),
-            change_lock: Mutex::new(()),
-            changed: Condvar::new(),
-            watch,
-            blocked: Mutex::new(HashSet::new()),
-            counters: Counters::default(),
-            running: Mutex::new(true),
-            stopped: Condvar::new(),
-        });
-        shared.counters.members_alive.store(1, Ordering::Relaxed);
+        let shared = Arc::new(Shared::new(my_entry));
 
         let cluster_hash = wire::cluster_hash(&cfg.cluster_name);
         let foca = foca::Foca::new(
@@ -225,6 +231,7 @@ impl Membership {
             commands: command_rx,
             seeds: cfg.seeds.clone(),
             probe_interval: cfg.probe_interval,
+            suspect_timeout: cfg.suspect_timeout,
             cluster_hash,
             published: my_entry,
         });
