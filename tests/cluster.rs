@@ -14,12 +14,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
 
+/// A port free for TCP and UDP, below the kernel's ephemeral range (32768+), so that
+/// outgoing connections of other tests cannot take it before a node restarts on it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(20_000..32_000);
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One node process with fixed ports (so that a restart comes back at the same place).
