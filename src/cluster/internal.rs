@@ -3,6 +3,7 @@
 //! | route                              | what                                             |
 //! |------------------------------------|--------------------------------------------------|
 //! | any `/api/v1/...` + `x-nc-forwarded` | a public request proxied by a non-owner: served here |
+//! | S3 object request + `x-nc-forwarded`, `x-nc-api: s3` | the same for the S3-compatible API |
 //! | `GET /_nc/v1/changes?shard&after&limit` | journal changes of one shard (anti-entropy)  |
 //! | `GET /_nc/v1/replica?key=K`        | the local copy of K with its metadata (never read through) |
 //! | `PUT /_nc/v1/replica` + `x-nc-meta` | store a replica if newer (last writer wins)     |
@@ -87,8 +88,13 @@ async fn route(
         )));
     }
     let path = req.uri().path().to_string();
-    if path.starts_with("/api/v1/") && h.contains_key(H_FORWARDED) {
-        return Ok(crate::native::handle_forwarded(ctx.clone(), req).await);
+    if h.contains_key(H_FORWARDED) {
+        if h.get(super::H_API).is_some_and(|v| v == "s3") {
+            return Ok(crate::s3api::handle_forwarded(ctx.clone(), req).await);
+        }
+        if path.starts_with("/api/v1/") {
+            return Ok(crate::native::handle_forwarded(ctx.clone(), req).await);
+        }
     }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/_nc/v1/changes") => {

@@ -43,6 +43,8 @@ pub const H_FROM: &str = "x-nc-from";
 pub const H_CLUSTER: &str = "x-nc-cluster";
 /// A public request proxied by another node: handle it here, never forward again.
 pub const H_FORWARDED: &str = "x-nc-forwarded";
+/// A proxied request's API (`s3`; absent = the native API).
+pub const H_API: &str = "x-nc-api";
 /// A replica's metadata (URL-safe base64 of JSON).
 pub const H_META: &str = "x-nc-meta";
 

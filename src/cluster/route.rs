@@ -18,13 +18,13 @@ use crate::body::{Body, BodyError};
 use crate::error::ApiError;
 use crate::node::ShardCtx;
 
-/// Hop-by-hop headers are not forwarded (RFC 9110 7.6.1); HTTP/2 forbids them.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Hop-by-hop headers are not forwarded (RFC 9110 7.6.1); HTTP/2 forbids them. Host
+/// stays: the S3 API's signatures cover it.
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::TE,
     header::UPGRADE,
-    header::HOST,
     header::PROXY_AUTHORIZATION,
 ];
 
@@ -161,6 +161,12 @@ fn proxied(parts: &http::request::Parts, body: PeerBody) -> Result<Request<PeerB
     for (k, v) in &parts.headers {
         if !HOP_BY_HOP.contains(k) {
             b = b.header(k, v);
+        }
+    }
+    // An HTTP/2 client sent no Host, only the URI's authority (which is not forwarded).
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            b = b.header(header::HOST, a.as_str());
         }
     }
     b.header(H_FORWARDED, "1")

@@ -247,13 +247,23 @@ fn rand_u64() -> u64 {
 }
 
 pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, false).await
+}
+
+/// An object request proxied here by another node (this node owns the key): served
+/// here, never forwarded again. Authentication is checked again.
+pub async fn handle_forwarded(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, true).await
+}
+
+async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
     let start = Instant::now();
     let _active = ActiveGuard::new(&ctx);
     let rid = request_id();
     let head = req.method() == Method::HEAD;
     let resource = req.uri().path().to_owned();
     let mut route = Route::S3Other;
-    let mut resp = match run(&ctx, req, &rid, &mut route).await {
+    let mut resp = match run(&ctx, req, &rid, &mut route, forwarded).await {
         Ok(r) => r,
         Err(e) => e.into_response(&resource, &rid, head),
     };
@@ -262,6 +272,9 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("nearcache"));
+    resp.headers_mut()
+        .entry(crate::cluster::H_NODE)
+        .or_insert_with(|| ctx.node.node_header.clone());
     ctx.http
         .record(route, resp.status().as_u16(), start.elapsed());
     resp
@@ -306,8 +319,9 @@ async fn run(
     req: Request<Incoming>,
     rid: &str,
     route: &mut Route,
+    forwarded: bool,
 ) -> Result<Response<Body>, S3Error> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let s3 = &ctx.node.s3;
     if !s3.has_keys {
         return Err(S3Error::access_denied(
@@ -321,6 +335,31 @@ async fn run(
         .ok_or_else(|| S3Error::access_denied("unknown access key"))?
         .clone();
     let (bucket, key) = address(&parts, s3.domain.as_deref())?;
+    // In a cluster, single-object requests go to the key's owner (which checks the
+    // signature again); multipart uploads and listings stay on this node.
+    if let (false, Some(cl), Some(b), Some(k)) =
+        (forwarded, ctx.node.cluster.clone(), &bucket, &key)
+    {
+        let q = parse_query(parts.uri.query().unwrap_or(""));
+        let multipart = q
+            .iter()
+            .any(|(n, _)| n == "uploadId" || n == "uploads" || n == "partNumber");
+        let ckey = cache_key(b, k);
+        let object_op = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+        );
+        if object_op && !multipart && ckey.len() <= MAX_CACHE_KEY {
+            let mut req = Request::from_parts(parts, body);
+            req.headers_mut()
+                .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
+            match crate::cluster::route::route(ctx, &cl, &ckey, 1, req).await {
+                Ok(crate::cluster::route::Route::Local(r)) => (parts, body) = r.into_parts(),
+                Ok(crate::cluster::route::Route::Remote(resp)) => return Ok(resp),
+                Err(e) => return Err(S3Error::from(e)),
+            }
+        }
+    }
     let query = parse_query(parts.uri.query().unwrap_or(""));
     let req = S3Req {
         rid: rid.to_owned(),

@@ -399,6 +399,9 @@ async fn exec_put(
         .or_else(|| trailer.map(|(alg, v)| (alg.header_name(), v)));
     p.checks.finish()?;
     let meta = writer.finish(p.attrs).await?;
+    if let Some(cl) = ctx.node.cluster.clone() {
+        crate::cluster::route::replicate_put(&ctx, &cl, meta.clone()).await?;
+    }
     if !p.write_behind {
         wait_for_origin(&ctx, &meta.key, meta.seq).await?;
     }
@@ -562,6 +565,9 @@ async fn delete_one(ctx: &Rc<ShardCtx>, loc: ObjectLoc) -> Result<(), S3Error> {
     let write_behind = ctx.node.s3.write_behind(&loc.bucket);
     ctx.on_owner(&key.clone(), move |ctx| async move {
         let t = ctx.shard.delete(&key, 1).await?;
+        if let Some(cl) = ctx.node.cluster.clone() {
+            crate::cluster::route::replicate_delete(&cl, t.clone()).await?;
+        }
         if !write_behind {
             wait_for_origin(&ctx, &key, t.seq).await?;
         }
