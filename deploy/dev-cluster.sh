@@ -59,8 +59,8 @@ status() {
       curl -s "http://127.0.0.1:808$i/api/v1/cluster" | python3 -c '
 import json, sys
 v = json.load(sys.stdin)
-alive = [m["id"][-6:] + ":" + m["state"] for m in v["members"]]
-print(f"node{sys.argv[1]} {v[\"node_id\"]}  members: {\" \".join(alive)}")' "$i"
+members = " ".join(m["id"][-6:] + ":" + m["state"] for m in v["members"])
+print("node" + sys.argv[1], v["node_id"], " members:", members)' "$i"
     else
       echo "node$i: not running"
     fi
