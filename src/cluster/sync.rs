@@ -588,3 +588,78 @@ pub fn gc_peers(cl: &Cluster) -> Vec<String> {
         .map(|m| m.id.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_survive_a_restart_and_rescan_resets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = SyncBook::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(book.after("P", 1), 0);
+        book.advance("P", 1, 2, 40, 90);
+        book.advance("P", 1, 2, 30, 90); // never backwards
+        assert_eq!(book.after("P", 1), 40);
+        assert_eq!(book.peer_shards("P"), 2);
+        assert_eq!(book.lag(), 50);
+        book.save().unwrap();
+
+        let reopened = SyncBook::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(reopened.after("P", 1), 40);
+        assert_eq!(reopened.after("P", 0), 0);
+        reopened.rescan();
+        assert_eq!(reopened.after("P", 1), 0);
+    }
+
+    #[test]
+    fn a_tombstone_is_seen_only_when_every_peer_read_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = SyncBook::open(dir.path().to_path_buf()).unwrap();
+        let peers = vec!["A".to_string(), "B".to_string()];
+        assert!(!book.seen_by_all(0, 10, &peers), "nobody asked yet");
+        book.record_ack("A", 0, 12);
+        assert!(!book.seen_by_all(0, 10, &peers), "B has not read it");
+        book.record_ack("B", 0, 9);
+        assert!(!book.seen_by_all(0, 10, &peers), "B is behind seq 10");
+        book.record_ack("B", 0, 10);
+        assert!(book.seen_by_all(0, 10, &peers));
+        assert!(!book.seen_by_all(1, 10, &peers), "positions are per shard");
+        assert!(
+            book.seen_by_all(1, 10, &[]),
+            "a lone node drops by TTL only"
+        );
+    }
+
+    #[test]
+    fn a_book_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(BOOK_FILE), r#"{"format": 99, "peers": {}}"#).unwrap();
+        let e = SyncBook::open(dir.path().to_path_buf()).err().unwrap();
+        assert!(e.to_string().contains("format 99, expected 1"), "{e}");
+    }
+
+    #[test]
+    fn replica_meta_round_trips_through_the_header() {
+        let m = ObjectMeta {
+            key: "bucket/ключ".into(),
+            size: 3,
+            etag: "abc".into(),
+            crc32c: 7,
+            content_type: Some("text/plain".into()),
+            name: Some("naïve.txt".into()),
+            user_meta: Default::default(),
+            last_modified_ms: 1,
+            hlc: 2,
+            seq: 3,
+            level: 1,
+            in_origin: false,
+            provenance: nearcache_shards::Provenance::Client,
+            headers: Default::default(),
+        };
+        let enc = encode_meta(&m);
+        assert!(http::HeaderValue::from_str(&enc).is_ok());
+        assert_eq!(decode_meta(enc.as_bytes()).unwrap(), m);
+        assert!(decode_meta(b"not base64!").is_err());
+    }
+}
