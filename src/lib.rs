@@ -35,6 +35,11 @@
 //! an unbounded channel; the response (its body a `Send` channel) comes back over a
 //! oneshot. Each shard runs a background uploader that drains its journal's pending
 //! origin writes, and owner-side coalescing makes concurrent misses share one origin GET.
+//!
+//! In a cluster ([`cluster`]), a `membership` thread runs SWIM gossip, every shard also
+//! serves node-to-node HTTP/2 on the private address, proxies requests for keys other
+//! nodes own over its own persistent connection per peer, and pulls peers' journal
+//! changes (anti-entropy) for the shards assigned to it.
 
 pub mod body;
 pub mod cluster;
