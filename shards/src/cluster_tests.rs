@@ -693,3 +693,40 @@ fn journal_values_from_before_the_cluster_fields_decode() {
         assert_eq!(r.kind.export(), None);
     }
 }
+
+#[test]
+fn index_pages_cover_objects_and_tombstones_in_key_order() {
+    both(|cfg| async move {
+        let (shard, _) = open(&cfg).await;
+        let empty = shard.index_page(None, 10).unwrap();
+        assert!(empty.entries.is_empty() && empty.next_key.is_none());
+        let mut metas = Vec::new();
+        for k in ["k3", "k1", "k5", "k2", "k4"] {
+            metas.push(put(&shard, k, k.as_bytes(), 0).await);
+        }
+        let t = shard.delete("k2", 0).await.unwrap();
+        let through = shard.last_seq();
+
+        let p1 = shard.index_page(None, 2).unwrap();
+        assert_eq!(p1.through, through);
+        assert_eq!(p1.next_key.as_deref(), Some("k2"));
+        let p2 = shard.index_page(p1.next_key.as_deref(), 2).unwrap();
+        assert_eq!(p2.next_key.as_deref(), Some("k4"));
+        let p3 = shard.index_page(p2.next_key.as_deref(), 2).unwrap();
+        assert_eq!(p3.next_key, None, "the last page says so");
+        let all: Vec<Change> = [p1.entries, p2.entries, p3.entries].concat();
+        let meta = |k: &str| (*metas.iter().find(|m| m.key == k).unwrap().clone()).clone();
+        assert_eq!(
+            all,
+            vec![
+                Change::Put(meta("k1")),
+                Change::Delete(t.clone()),
+                Change::Put(meta("k3")),
+                Change::Put(meta("k4")),
+                Change::Put(meta("k5")),
+            ]
+        );
+        // An exact fit: the page that ends on the last key says there is no more.
+        assert_eq!(shard.index_page(None, 5).unwrap().next_key, None);
+    });
+}

@@ -406,6 +406,46 @@ impl Journal {
         Ok(out)
     }
 
+    /// Up to `limit` index entries with keys after `after_key`, in key order; see
+    /// [`crate::Shard::index_page`]. Runs on the shard thread (a short read txn).
+    pub fn read_index_page(
+        &self,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::IndexPage, StoreError> {
+        use std::ops::Bound;
+        let through = self.committed_through.load(Ordering::Acquire);
+        let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
+        let rtxn = env.read_txn().map_err(jerr)?;
+        let lower = match after_key {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let range: (Bound<&str>, Bound<&str>) = (lower, Bound::Unbounded);
+        let mut page = crate::IndexPage {
+            entries: Vec::new(),
+            next_key: None,
+            through,
+        };
+        let mut more = false;
+        for item in self.dbs.objects.range(&rtxn, &range).map_err(jerr)? {
+            let (k, v) = item.map_err(jerr)?;
+            if page.entries.len() >= limit.max(1) {
+                more = true;
+                break;
+            }
+            page.entries.push(match decode::<StoredEntry>(v)? {
+                StoredEntry::Object(m) => Change::Put(m),
+                StoredEntry::Tombstone(t) => Change::Delete(t),
+            });
+            page.next_key = Some(k.to_owned());
+        }
+        if !more {
+            page.next_key = None;
+        }
+        Ok(page)
+    }
+
     /// Commits everything queued, then stops the writer thread.
     pub async fn close(&self) {
         self.env.borrow_mut().take();

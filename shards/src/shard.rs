@@ -1230,6 +1230,17 @@ impl Shard {
         })
     }
 
+    /// A page of the index in key order (objects and tombstones), after `after_key`: how a
+    /// peer that missed trimmed journal records resyncs. Pages reflect every record up to
+    /// [`IndexPage::through`](crate::IndexPage::through); resume the journal from there.
+    pub fn index_page(
+        &self,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::IndexPage, StoreError> {
+        self.core.journal.read_index_page(after_key, limit)
+    }
+
     /// Highest journal seq committed or queued.
     pub fn last_seq(&self) -> u64 {
         self.core.last_queued.get()

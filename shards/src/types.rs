@@ -126,6 +126,19 @@ pub enum Change {
     },
 }
 
+/// One page of a shard's index in key order, for a peer that must resync because the
+/// journal records it missed were trimmed. Result of [`crate::Shard::index_page`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IndexPage {
+    /// Current objects as `Change::Put`, tombstones as `Change::Delete`.
+    pub entries: Vec<Change>,
+    /// Ask for the page after this key next; None when this was the last page.
+    pub next_key: Option<String>,
+    /// Every journal record up to this seq is reflected in the pages; resume the journal
+    /// from here once the scan is done.
+    pub through: u64,
+}
+
 /// Result of [`crate::Shard::changes_since`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChangeBatch {

@@ -5,6 +5,7 @@
 //! | any `/api/v1/...` + `x-nc-forwarded` | a public request proxied by a non-owner: served here |
 //! | S3 object request + `x-nc-forwarded`, `x-nc-api: s3` | the same for the S3-compatible API |
 //! | `GET /_nc/v1/changes?shard&after&limit` | journal changes of one shard (anti-entropy)  |
+//! | `GET /_nc/v1/index?shard&after&limit` | a page of one shard's index (resync after a journal gap) |
 //! | `GET /_nc/v1/replica?key=K`        | the local copy of K with its metadata (never read through) |
 //! | `PUT /_nc/v1/replica` + `x-nc-meta` | store a replica if newer (last writer wins)     |
 //! | `POST /_nc/v1/tombstone`           | apply a tombstone if newer                        |
@@ -116,6 +117,26 @@ async fn route(
                 .await??;
             Ok(json(
                 serde_json::to_value(ChangesReply { shards: n, batch }).expect("serializes"),
+            ))
+        }
+        (Method::GET, "/_nc/v1/index") => {
+            let shard = num(&req, "shard")? as usize;
+            let limit = num(&req, "limit")?.clamp(1, 10_000) as usize;
+            let after = query_param(&req, "after");
+            let n = ctx.node.shards.len();
+            if shard >= n {
+                return Err(ApiError::bad_request(
+                    "invalid shard",
+                    format!("this node has {n} shards, not shard {shard}"),
+                ));
+            }
+            let page = ctx
+                .on_shard(shard, move |ctx| async move {
+                    ctx.shard.index_page(after.as_deref(), limit)
+                })
+                .await??;
+            Ok(json(
+                serde_json::to_value(sync::IndexReply { shards: n, page }).expect("serializes"),
             ))
         }
         (Method::GET, "/_nc/v1/replica") => {

@@ -47,6 +47,18 @@ struct PeerPos {
     /// How far the peer has read our journals, by our shard.
     #[serde(skip)]
     acked: Vec<u64>,
+    /// Index scans in progress, by peer shard (after a journal gap).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    resync: BTreeMap<usize, Resync>,
+}
+
+/// Where an index scan of a peer shard stands.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Resync {
+    /// Continue after this key (None: from the start).
+    after_key: Option<String>,
+    /// The journal seq the first page reflected (0: no page yet).
+    through: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -131,6 +143,42 @@ impl SyncBook {
             p.after[shard] = p.after[shard].max(next);
             p.last_seq[shard] = last_seq;
         })
+    }
+
+    fn resync_of(&self, peer: &str, shard: usize) -> Option<Resync> {
+        self.with(|b| {
+            b.peers
+                .get(peer)
+                .and_then(|p| p.resync.get(&shard).cloned())
+        })
+    }
+
+    /// The peer trimmed records we never read: scan its index instead.
+    fn start_resync(&self, peer: &str, shard: usize) {
+        self.with(|b| {
+            let p = b.peers.entry(peer.to_string()).or_default();
+            p.resync.entry(shard).or_default();
+        })
+    }
+
+    fn set_resync(&self, peer: &str, shard: usize, r: Resync) {
+        self.with(|b| {
+            b.peers
+                .entry(peer.to_string())
+                .or_default()
+                .resync
+                .insert(shard, r);
+        })
+    }
+
+    /// The scan is done: the journal resumes after what the scan reflected.
+    fn finish_resync(&self, peer: &str, shard: usize, shards: usize, through: u64) {
+        self.with(|b| {
+            if let Some(p) = b.peers.get_mut(peer) {
+                p.resync.remove(&shard);
+            }
+        });
+        self.advance(peer, shard, shards, through, through);
     }
 
     /// A peer read our shard's journal past `after`.
@@ -226,6 +274,13 @@ impl RateLimiter {
             monoio::time::sleep(Duration::from_secs_f64(-t / self.rate)).await;
         }
     }
+}
+
+/// The index page reply of a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IndexReply {
+    pub shards: usize,
+    pub page: nearcache_shards::IndexPage,
 }
 
 /// The changes reply of a peer.
@@ -386,6 +441,9 @@ async fn pull_once(
     shard: usize,
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
+    if let Some(rs) = cl.book.resync_of(&p.id, shard) {
+        return resync_once(ctx, cl, p, shard, rs, limiter).await;
+    }
     let after = cl.book.after(&p.id, shard);
     let uri = format!(
         "/_nc/v1/changes?shard={shard}&after={after}&limit={}",
@@ -410,8 +468,11 @@ async fn pull_once(
         serde_json::from_slice(&body).map_err(|e| format!("decoding changes: {e}"))?;
     let batch = reply.batch;
     if batch.gap {
+        // The scan covers everything the missed records did (current state only).
         cl.metrics.sync_gaps.fetch_add(1, Relaxed);
-        tracing::warn!(peer = %p.id, peer_shard = shard, after, "the peer trimmed journal records this node never pulled (down longer than store.journal_retain changes); those keys are read through from S3 on demand");
+        tracing::info!(peer = %p.id, peer_shard = shard, after, "the peer trimmed journal records this node never pulled: resyncing from its index");
+        cl.book.start_resync(&p.id, shard);
+        return Ok(true);
     }
     let results: Vec<Result<(), String>> = futures::stream::iter(batch.changes)
         .map(|(_, change)| apply_change(ctx, cl, p, change, limiter))
@@ -426,6 +487,76 @@ async fn pull_once(
     cl.book
         .advance(&p.id, shard, reply.shards, batch.next_after, batch.last_seq);
     Ok(batch.next_after < batch.last_seq)
+}
+
+/// One page of an index scan of a peer shard. Ok(true): more pages to go.
+async fn resync_once(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    p: &Member,
+    shard: usize,
+    rs: Resync,
+    limiter: &RateLimiter,
+) -> Result<bool, String> {
+    let mut uri = format!(
+        "/_nc/v1/index?shard={shard}&limit={}",
+        cl.cfg.sync_batch.max(1)
+    );
+    if let Some(k) = &rs.after_key {
+        uri.push_str("&after=");
+        uri.push_str(&key_query(k));
+    }
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .body(peer::empty())
+        .expect("valid request");
+    cl.metrics.sync_requests.fetch_add(1, Relaxed);
+    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = peer::read_body(resp, 64 << 20).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "index request answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let reply: IndexReply =
+        serde_json::from_slice(&body).map_err(|e| format!("decoding an index page: {e}"))?;
+    let page = reply.page;
+    let through = if rs.through == 0 {
+        page.through
+    } else {
+        rs.through
+    };
+    let results: Vec<Result<(), String>> = futures::stream::iter(page.entries)
+        .map(|change| apply_change(ctx, cl, p, change, limiter))
+        .buffer_unordered(cl.cfg.sync_concurrency.max(1))
+        .collect()
+        .await;
+    let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+    cl.metrics.sync_changes_applied.fetch_add(applied, Relaxed);
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(e);
+    }
+    match page.next_key {
+        None => {
+            tracing::info!(peer = %p.id, peer_shard = shard, through, "index resync done; back to the journal");
+            cl.book.finish_resync(&p.id, shard, reply.shards, through);
+            Ok(false)
+        }
+        Some(k) => {
+            cl.book.set_resync(
+                &p.id,
+                shard,
+                Resync {
+                    after_key: Some(k),
+                    through,
+                },
+            );
+            Ok(true)
+        }
+    }
 }
 
 async fn apply_change(
