@@ -449,23 +449,7 @@ async fn pull_once(
         "/_nc/v1/changes?shard={shard}&after={after}&limit={}",
         cl.cfg.sync_batch.max(1)
     );
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(uri)
-        .body(peer::empty())
-        .expect("valid request");
-    cl.metrics.sync_requests.fetch_add(1, Relaxed);
-    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = peer::read_body(resp, 64 << 20).await?;
-    if !status.is_success() {
-        return Err(format!(
-            "changes request answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    let reply: ChangesReply =
-        serde_json::from_slice(&body).map_err(|e| format!("decoding changes: {e}"))?;
+    let reply: ChangesReply = get_json(cl, p, uri).await?;
     let batch = reply.batch;
     if batch.gap {
         // The scan covers everything the missed records did (current state only).
@@ -474,19 +458,54 @@ async fn pull_once(
         cl.book.start_resync(&p.id, shard);
         return Ok(true);
     }
-    let results: Vec<Result<(), String>> = futures::stream::iter(batch.changes)
-        .map(|(_, change)| apply_change(ctx, cl, p, change, limiter))
+    let changes = batch.changes.into_iter().map(|(_, c)| c).collect();
+    apply_all(ctx, cl, p, changes, limiter).await?;
+    cl.book
+        .advance(&p.id, shard, reply.shards, batch.next_after, batch.last_seq);
+    Ok(batch.next_after < batch.last_seq)
+}
+
+/// GETs a JSON document from a peer's internal API.
+async fn get_json<T: for<'de> Deserialize<'de>>(
+    cl: &Cluster,
+    p: &Member,
+    uri: String,
+) -> Result<T, String> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(&uri)
+        .body(peer::empty())
+        .expect("valid request");
+    cl.metrics.sync_requests.fetch_add(1, Relaxed);
+    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = peer::read_body(resp, 64 << 20).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "{uri} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("decoding the answer to {uri}: {e}"))
+}
+
+/// Applies changes, `sync_concurrency` at a time; the first failure is returned after
+/// all have run (the position then stays, and the batch is retried).
+async fn apply_all(
+    ctx: &Rc<ShardCtx>,
+    cl: &Arc<Cluster>,
+    p: &Member,
+    changes: Vec<Change>,
+    limiter: &RateLimiter,
+) -> Result<(), String> {
+    let results: Vec<Result<(), String>> = futures::stream::iter(changes)
+        .map(|change| apply_change(ctx, cl, p, change, limiter))
         .buffer_unordered(cl.cfg.sync_concurrency.max(1))
         .collect()
         .await;
     let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
     cl.metrics.sync_changes_applied.fetch_add(applied, Relaxed);
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(e);
-    }
-    cl.book
-        .advance(&p.id, shard, reply.shards, batch.next_after, batch.last_seq);
-    Ok(batch.next_after < batch.last_seq)
+    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
 }
 
 /// One page of an index scan of a peer shard. Ok(true): more pages to go.
@@ -506,39 +525,14 @@ async fn resync_once(
         uri.push_str("&after=");
         uri.push_str(&key_query(k));
     }
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(uri)
-        .body(peer::empty())
-        .expect("valid request");
-    cl.metrics.sync_requests.fetch_add(1, Relaxed);
-    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = peer::read_body(resp, 64 << 20).await?;
-    if !status.is_success() {
-        return Err(format!(
-            "index request answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    let reply: IndexReply =
-        serde_json::from_slice(&body).map_err(|e| format!("decoding an index page: {e}"))?;
+    let reply: IndexReply = get_json(cl, p, uri).await?;
     let page = reply.page;
     let through = if rs.through == 0 {
         page.through
     } else {
         rs.through
     };
-    let results: Vec<Result<(), String>> = futures::stream::iter(page.entries)
-        .map(|change| apply_change(ctx, cl, p, change, limiter))
-        .buffer_unordered(cl.cfg.sync_concurrency.max(1))
-        .collect()
-        .await;
-    let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
-    cl.metrics.sync_changes_applied.fetch_add(applied, Relaxed);
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(e);
-    }
+    apply_all(ctx, cl, p, page.entries, limiter).await?;
     match page.next_key {
         None => {
             tracing::info!(peer = %p.id, peer_shard = shard, through, "index resync done; back to the journal");
