@@ -368,6 +368,27 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
         }
     }
     assert!(symlinks > 0, "some reads must have crossed nodes");
+    // HEAD and a range through every node, proxied or not.
+    for (id, body) in objects.iter().take(5) {
+        for p in &nodes {
+            let r = client()
+                .head(p.url(&format!("/api/v1/get/{id}")))
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(
+                r.headers()["content-length"],
+                body.len().to_string().as_str()
+            );
+            let r = client()
+                .get(p.url(&format!("/api/v1/get/{id}")))
+                .header("Range", "bytes=10-19")
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 206);
+            assert_eq!(r.bytes().unwrap().to_vec(), body[10..20].to_vec());
+        }
+    }
 
     // The S3-compatible API through any node: writes and deletes go to the owners,
     // reads see the latest acknowledged version from every node.
