@@ -574,7 +574,7 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
 #[test]
 fn partition_heals_and_converges_last_writer_wins() {
     // R = 3: every node owns every key, so convergence means every node has everything.
-    let (_tmp, nodes, _bucket) = three("partition", 3, 1);
+    let (tmp, mut nodes, bucket) = three("partition", 3, 1);
     let ids: Vec<String> = nodes.iter().map(|p| p.id.clone()).collect();
     let contested = new_id(&nodes[0]);
     put(&nodes[0], &contested, b"before the cut", 0);
@@ -615,4 +615,46 @@ fn partition_heals_and_converges_last_writer_wins() {
                 && local(&contested, b"newer write on C")
         })
     });
+
+    // A new, empty node joins through any member and pulls the keys it now owns (with R = 3
+    // of 4 nodes, most of them) from the others, in the background.
+    let more: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            let id = new_id(&nodes[0]);
+            let body = random_bytes(3000, 500 + i);
+            put(&nodes[(i % 3) as usize], &id, &body, 0);
+            (id, body)
+        })
+        .collect();
+    let mut d = Proc::new(tmp.path(), "d", &bucket, Some(nodes[1].cluster_port), 3, 1);
+    d.start();
+    nodes.push(d);
+    wait_members(&nodes.iter().collect::<Vec<_>>(), 4);
+    let d = &nodes[3];
+    let mut keys: Vec<(&str, &[u8])> = vec![
+        (&on_majority, b"written on the majority side"),
+        (&on_c, b"written on the cut-off node"),
+        (&contested, b"newer write on C"),
+    ];
+    keys.extend(more.iter().map(|(id, b)| (id.as_str(), b.as_slice())));
+    let owned: Vec<(&str, &[u8])> = keys
+        .iter()
+        .copied()
+        .filter(|(id, _)| d.owners(id).contains(&d.id))
+        .collect();
+    assert!(!owned.is_empty(), "R = 3 of 4: the new node owns most keys");
+    wait_until("the new node to pull what it owns", 60, || {
+        owned.iter().all(
+            |(id, want)| matches!(get_cached(d, id), Some((b, n, _)) if b == *want && n == d.id),
+        )
+    });
+    // Every key, owned here or not, reads the same through the new node.
+    for (id, want) in keys {
+        let r = client()
+            .get(d.url(&format!("/api/v1/get/{id}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().unwrap().to_vec(), want.to_vec());
+    }
 }
