@@ -24,8 +24,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// request body passed through.
 pub type PeerBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Why a peer request failed, and whether the request reached the peer at all (only
-/// then can a different peer not be tried safely with the same body).
+/// Why a peer request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("peer {0} is blocked by fault injection")]
@@ -36,13 +35,6 @@ pub enum PeerError {
     Request { addr: SocketAddr, detail: String },
     #[error("peer {addr} did not answer within {ms} ms")]
     Timeout { addr: SocketAddr, ms: u64 },
-}
-
-impl PeerError {
-    /// True when nothing was sent: another peer may take the same request.
-    pub fn not_sent(&self) -> bool {
-        matches!(self, PeerError::Blocked(_) | PeerError::Connect { .. })
-    }
 }
 
 thread_local! {
