@@ -174,6 +174,36 @@ pub fn display_name(name: &str) -> String {
         .join("-")
 }
 
+/// Why [`drain_into`] stopped.
+pub enum DrainError {
+    /// The body ran past the limit.
+    TooLong,
+    /// The client's (or peer's) stream broke after this many bytes were written.
+    Stream(u64, hyper::Error),
+    Store(nearcache_shards::StoreError),
+}
+
+/// Writes a request body into an object writer, at most `limit` bytes. On an error the
+/// caller drops the writer, which removes the partial file: nothing half-written is kept.
+pub async fn drain_into(
+    writer: &mut nearcache_shards::ObjectWriter,
+    body: &mut hyper::body::Incoming,
+    limit: u64,
+) -> Result<(), DrainError> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| DrainError::Stream(writer.written(), e))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if writer.written() + data.len() as u64 > limit {
+            return Err(DrainError::TooLong);
+        }
+        writer.write(data).await.map_err(DrainError::Store)?;
+    }
+    Ok(())
+}
+
 /// The percent-decoded value of a query parameter.
 pub fn query_param(req: &http::Request<hyper::body::Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_s3::{ObjectLoc, RemoteMeta};
 use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, StoreError, WriteAttrs};
@@ -20,7 +19,9 @@ use ulid::Ulid;
 
 use crate::body::{Body, BodyError};
 use crate::error::ApiError;
-use crate::http_util::{bool_header, http_date, query_param, resolve_range, Conditions};
+use crate::http_util::{
+    bool_header, drain_into, http_date, query_param, resolve_range, Conditions, DrainError,
+};
 use crate::metrics::Route;
 use crate::node::{ActiveGuard, ApiErrorLite, Fetch, ShardCtx};
 
@@ -481,37 +482,26 @@ async fn exec_put(
     mut body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let mut writer = ctx.shard.begin_write(&req.id, req.content_length).await?;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                if writer.written() + data.len() as u64 > req.max_size {
-                    writer.abort().await;
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "object too large",
-                        format!("body exceeds the limit of {} bytes", req.max_size),
-                    ));
-                }
-                if let Err(e) = writer.write(data).await {
-                    writer.abort().await;
-                    return Err(e.into());
-                }
-            }
-            Some(Err(e)) => {
-                let got = writer.written();
-                writer.abort().await;
-                let expected = req
-                    .content_length
-                    .map_or("an unknown number of".into(), |l| l.to_string());
-                return Err(ApiError::bad_request(
-                    "incomplete body",
-                    format!("request body failed after {got} of {expected} bytes: {e}; nothing was stored"),
-                ));
-            }
+    match drain_into(&mut writer, &mut body, req.max_size).await {
+        Ok(()) => {}
+        Err(DrainError::TooLong) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "object too large",
+                format!("body exceeds the limit of {} bytes", req.max_size),
+            ));
+        }
+        Err(DrainError::Store(e)) => return Err(e.into()),
+        Err(DrainError::Stream(got, e)) => {
+            let expected = req
+                .content_length
+                .map_or("an unknown number of".into(), |l| l.to_string());
+            return Err(ApiError::bad_request(
+                "incomplete body",
+                format!(
+                    "request body failed after {got} of {expected} bytes: {e}; nothing was stored"
+                ),
+            ));
         }
     }
     if let Some(len) = req.content_length.filter(|&l| l != writer.written()) {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_membership::{Member, MemberState};
 use nearcache_shards::{hlc::wall_ms, Change, ChangeBatch, ObjectMeta, StoreError};
@@ -30,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::peer::{self, PeerBody};
 use super::{Cluster, H_META};
 use crate::error::ApiError;
+use crate::http_util::{drain_into, DrainError};
 use crate::node::ShardCtx;
 
 const BOOK_FILE: &str = "cluster-sync.json";
@@ -324,33 +324,21 @@ pub async fn store_replica(
     let Some(mut writer) = ctx.shard.begin_replica(meta).await? else {
         return Ok(false);
     };
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if writer.written() + data.len() as u64 > meta.size {
-                        writer.abort().await;
-                        return Err(ApiError::bad_request(
-                            "replica too long",
-                            format!("replica body exceeds its size {}", meta.size),
-                        ));
-                    }
-                    if let Err(e) = writer.write(data).await {
-                        writer.abort().await;
-                        return Err(e.into());
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                let got = writer.written();
-                writer.abort().await;
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "replica stream failed",
-                    format!("after {got} of {} bytes: {e}", meta.size),
-                ));
-            }
+    match drain_into(&mut writer, &mut body, meta.size).await {
+        Ok(()) => {}
+        Err(DrainError::TooLong) => {
+            return Err(ApiError::bad_request(
+                "replica too long",
+                format!("replica body exceeds its size {}", meta.size),
+            ));
+        }
+        Err(DrainError::Store(e)) => return Err(e.into()),
+        Err(DrainError::Stream(got, e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "replica stream failed",
+                format!("after {got} of {} bytes: {e}", meta.size),
+            ));
         }
     }
     match writer.finish_replica(meta, upload_after).await {
