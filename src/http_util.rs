@@ -10,44 +10,85 @@ use crate::error::ApiError;
 /// Parses a single `bytes=` range against an object of `size` bytes.
 /// `Ok(None)`: serve the whole object (no header, a multi-range or a malformed header,
 /// which RFC 9110 lets a server ignore). `Err`: 416.
+///
+/// Every returned range satisfies `start < end <= size`. The numbers are client input
+/// (any u64, 2^64-1 included), so nothing here adds to them before clamping: a last-byte
+/// position past the object means the object's last byte (RFC 9110 §14.1.2).
 pub fn resolve_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ApiError> {
-    let Some(h) = header else { return Ok(None) };
+    match parse_byte_range(header) {
+        ByteRangeSpec::Whole => Ok(None),
+        ByteRangeSpec::Suffix(n) => {
+            if n == 0 || size == 0 {
+                return Err(unsatisfiable(size));
+            }
+            Ok(Some(size.saturating_sub(n)..size))
+        }
+        ByteRangeSpec::From { first, last } => {
+            if first >= size {
+                return Err(unsatisfiable(size));
+            }
+            // first < size, so size - 1 cannot underflow and last.min(size - 1) + 1 <= size.
+            let end = match last {
+                Some(last) => last.min(size - 1) + 1,
+                None => size,
+            };
+            Ok(Some(first..end))
+        }
+    }
+}
+
+/// A `Range` header as the client wrote it, before it meets an object size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRangeSpec {
+    /// No header, another unit, a multi-range or a malformed one: serve the whole object.
+    Whole,
+    /// `bytes=-N`: the last N bytes.
+    Suffix(u64),
+    /// `bytes=F-` or `bytes=F-L` with `L >= F` (positions inclusive, as written).
+    From { first: u64, last: Option<u64> },
+}
+
+/// Parses a `Range` header without an object size; never panics on any input.
+pub fn parse_byte_range(header: Option<&str>) -> ByteRangeSpec {
+    let Some(h) = header else {
+        return ByteRangeSpec::Whole;
+    };
     let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return Ok(None);
+        return ByteRangeSpec::Whole;
     };
     if spec.contains(',') {
-        return Ok(None);
+        return ByteRangeSpec::Whole;
     }
     let Some((a, b)) = spec.trim().split_once('-') else {
-        return Ok(None);
+        return ByteRangeSpec::Whole;
     };
     let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else {
-            return Ok(None);
-        };
-        if n == 0 {
-            return Err(unsatisfiable(size));
+    // RFC 9110 positions are 1*DIGIT: u64::from_str would also take a leading '+'.
+    let digits = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
         }
-        size.saturating_sub(n)..size
-    } else {
-        let Ok(start) = a.parse::<u64>() else {
-            return Ok(None);
-        };
-        let end = if b.is_empty() {
-            size
-        } else {
-            match b.parse::<u64>() {
-                Ok(e) if e >= start => (e + 1).min(size),
-                _ => return Ok(None),
-            }
-        };
-        if start >= size {
-            return Err(unsatisfiable(size));
-        }
-        start..end
+        s.parse::<u64>().ok()
     };
-    Ok(Some(range))
+    if a.is_empty() {
+        return match digits(b) {
+            Some(n) => ByteRangeSpec::Suffix(n),
+            None => ByteRangeSpec::Whole,
+        };
+    }
+    let Some(first) = digits(a) else {
+        return ByteRangeSpec::Whole;
+    };
+    if b.is_empty() {
+        return ByteRangeSpec::From { first, last: None };
+    }
+    match digits(b) {
+        Some(last) if last >= first => ByteRangeSpec::From {
+            first,
+            last: Some(last),
+        },
+        _ => ByteRangeSpec::Whole,
+    }
 }
 
 fn unsatisfiable(size: u64) -> ApiError {
@@ -272,6 +313,69 @@ mod tests {
             416
         );
         assert_eq!(resolve_range(Some("bytes=0-"), 0).unwrap_err().status, 416);
+        assert_eq!(resolve_range(Some("bytes=-5"), 0).unwrap_err().status, 416);
+    }
+
+    /// Regression: an end of 2^64-1 overflowed `end + 1`, which panicked a shard (and,
+    /// with panic = abort, the node) or answered 206 with an empty body.
+    #[test]
+    fn range_end_at_u64_max_is_clamped_to_the_object() {
+        let max = u64::MAX;
+        assert_eq!(
+            resolve_range(Some(&format!("bytes=1-{max}")), 100).unwrap(),
+            Some(1..100)
+        );
+        assert_eq!(
+            resolve_range(Some(&format!("bytes=0-{max}")), 100).unwrap(),
+            Some(0..100)
+        );
+        assert_eq!(
+            resolve_range(Some(&format!("bytes={max}-{max}")), 100)
+                .unwrap_err()
+                .status,
+            416
+        );
+        assert_eq!(
+            resolve_range(Some(&format!("bytes=-{max}")), 100).unwrap(),
+            Some(0..100)
+        );
+        // One past u64::MAX does not parse: the header is ignored, the whole object served.
+        assert_eq!(
+            resolve_range(Some("bytes=0-18446744073709551616"), 100).unwrap(),
+            None
+        );
+        assert_eq!(resolve_range(Some("bytes=+1-5"), 100).unwrap(), None);
+    }
+
+    #[test]
+    fn any_range_header_resolves_inside_the_object() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let edge = [0, 1, 2, 99, 100, 101, u64::MAX - 1, u64::MAX];
+        for _ in 0..20_000 {
+            let pick = |r: u64| {
+                if r % 3 == 0 {
+                    edge[(r as usize / 3) % edge.len()]
+                } else {
+                    r % 256
+                }
+            };
+            let (a, b, size) = (pick(next()), pick(next()), pick(next()));
+            for h in [
+                format!("bytes={a}-{b}"),
+                format!("bytes={a}-"),
+                format!("bytes=-{b}"),
+            ] {
+                if let Ok(Some(r)) = resolve_range(Some(&h), size) {
+                    assert!(r.start < r.end && r.end <= size, "{h} on {size}: {r:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -348,6 +348,22 @@ fn ranges_and_conditional_requests() {
         let r = get(&format!("bytes={size}-"));
         assert_eq!(r.status(), 416);
         assert_eq!(r.headers()["content-range"], format!("bytes */{size}"));
+        // Regression: an end of 2^64-1 panicked the shard and, with panic = abort, the
+        // node. It means "to the end of the object" (RFC 9110).
+        let r = get("bytes=1-18446744073709551615");
+        assert_eq!(r.status(), 206);
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes 1-{}/{size}", size - 1)
+        );
+        assert_eq!(r.bytes().unwrap().to_vec(), body[1..].to_vec());
+        let r = get("bytes=0-18446744073709551615");
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.bytes().unwrap().len(), size);
+        let r = get("bytes=18446744073709551615-18446744073709551615");
+        assert_eq!(r.status(), 416);
+        let r = get("bytes=-18446744073709551615");
+        assert_eq!(r.bytes().unwrap().to_vec(), body);
         let r = client()
             .get(node.url(&format!("/api/v1/get/{id}")))
             .send()
