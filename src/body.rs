@@ -98,3 +98,56 @@ impl http_body::Body for Body {
         }
     }
 }
+
+/// Something that yields a body chunk by chunk: a stored object's reader, an origin
+/// stream.
+pub trait ChunkSource: 'static {
+    type Error: std::fmt::Display;
+    fn next_chunk(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Result<Bytes, Self::Error>>>;
+}
+
+impl ChunkSource for nearcache_shards::ObjectReader {
+    type Error = nearcache_shards::StoreError;
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        nearcache_shards::ObjectReader::next_chunk(self).await
+    }
+}
+
+impl ChunkSource for nearcache_s3::BodyStream {
+    type Error = nearcache_s3::OriginError;
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        nearcache_s3::BodyStream::next_chunk(self).await
+    }
+}
+
+/// Chunks buffered between a producer task and the connection.
+pub const PUMP_DEPTH: usize = 4;
+
+/// A body of exactly `len` bytes fed by a task on this thread that pumps `source` (after
+/// `first`, a chunk already read). A source error ends the body with a [`BodyError`]
+/// saying `what` failed, so the client never takes a partial body for a whole one.
+pub fn pump<S: ChunkSource>(
+    len: u64,
+    first: Option<Bytes>,
+    mut source: S,
+    what: &'static str,
+) -> Body {
+    let (tx, body) = Body::channel(len, PUMP_DEPTH);
+    monoio::spawn(async move {
+        if let Some(first) = first {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(chunk) = source.next_chunk().await {
+            let item = chunk.map_err(|e| BodyError(format!("{what} failed mid-stream: {e}")));
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    body
+}

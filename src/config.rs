@@ -44,6 +44,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE_SECS: u64 = 10;
     pub const MAX_HEADER_BYTES: u64 = 64 << 10;
     pub const HEADER_READ_TIMEOUT_SECS: u64 = 30;
+    pub const BIND_WAIT_SECS: u64 = 10;
+    pub const ORIGIN_WAIT_SECS: u64 = 20;
     pub const MEMORY_CAPACITY: u64 = store::MEMORY_CAPACITY;
     pub const MEMORY_OBJECT_MAX: u64 = store::MEMORY_OBJECT_MAX;
     pub const DISK_CAPACITY: u64 = store::DISK_CAPACITY;
@@ -91,6 +93,9 @@ pub struct ServerConfig {
     /// Largest request head accepted (HTTP/1.1); larger gets 431.
     pub max_header_bytes: Size,
     pub header_read_timeout_secs: u64,
+    /// How long start-up waits for a listening address still held by a process that
+    /// just died (io_uring releases a killed process's sockets asynchronously).
+    pub bind_wait_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +110,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: defaults::SHUTDOWN_GRACE_SECS,
             max_header_bytes: Size(defaults::MAX_HEADER_BYTES),
             header_read_timeout_secs: defaults::HEADER_READ_TIMEOUT_SECS,
+            bind_wait_secs: defaults::BIND_WAIT_SECS,
         }
     }
 }
@@ -206,6 +212,10 @@ pub struct ApiConfig {
     pub default_level: u8,
     /// Largest object accepted by PUT (S3's single-PUT limit is 5 GiB).
     pub max_object_size: Size,
+    /// How long a request waits for the origin to take its write (`X-Meta-Sync`, S3-API
+    /// writes to buckets that are not write-behind) before it is answered with an error
+    /// (the write stays stored and queued).
+    pub origin_wait_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -214,6 +224,7 @@ impl Default for ApiConfig {
             fetch_default: defaults::FETCH_DEFAULT,
             default_level: defaults::DEFAULT_LEVEL,
             max_object_size: Size(defaults::MAX_OBJECT_SIZE),
+            origin_wait_secs: defaults::ORIGIN_WAIT_SECS,
         }
     }
 }

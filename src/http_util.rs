@@ -1,11 +1,10 @@
-//! HTTP details shared by the handlers: ranges, conditional requests, header parsing.
+//! HTTP details shared by the handlers: ranges, conditional requests, response heads
+//! of object reads, small bodies. Imports nothing of the server.
 
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue, StatusCode};
-
-use crate::error::ApiError;
+use http::{header, HeaderMap, StatusCode};
 
 /// Parses a single `bytes=` range against an object of `size` bytes.
 /// `Ok(None)`: serve the whole object (no header, a multi-range or a malformed header,
@@ -14,18 +13,18 @@ use crate::error::ApiError;
 /// Every returned range satisfies `start < end <= size`. The numbers are client input
 /// (any u64, 2^64-1 included), so nothing here adds to them before clamping: a last-byte
 /// position past the object means the object's last byte (RFC 9110 §14.1.2).
-pub fn resolve_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ApiError> {
-    match parse_byte_range(header) {
+pub fn resolve_range(spec: ByteRangeSpec, size: u64) -> Result<Option<Range<u64>>, Unsatisfiable> {
+    match spec {
         ByteRangeSpec::Whole => Ok(None),
         ByteRangeSpec::Suffix(n) => {
             if n == 0 || size == 0 {
-                return Err(unsatisfiable(size));
+                return Err(Unsatisfiable { size });
             }
             Ok(Some(size.saturating_sub(n)..size))
         }
         ByteRangeSpec::From { first, last } => {
             if first >= size {
-                return Err(unsatisfiable(size));
+                return Err(Unsatisfiable { size });
             }
             // first < size, so size - 1 cannot underflow and last.min(size - 1) + 1 <= size.
             let end = match last {
@@ -91,16 +90,43 @@ pub fn parse_byte_range(header: Option<&str>) -> ByteRangeSpec {
     }
 }
 
-fn unsatisfiable(size: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        "range not satisfiable",
-        format!("the requested range is outside the object's {size} bytes"),
-    )
-    .with_header(
-        http::header::CONTENT_RANGE,
-        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
-    )
+/// A range that starts at or past the end of an object of `size` bytes (416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable {
+    pub size: u64,
+}
+
+/// How much of an object a read answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 304: the client's copy is current.
+    NotModified,
+    /// 200 with the whole object.
+    Whole,
+    /// 206 with these bytes (`start < end <= size`).
+    Partial(Range<u64>),
+}
+
+/// Sets the status, Content-Length and Content-Range of a read's answer for an object
+/// of `size` bytes.
+pub fn answer_head(
+    b: http::response::Builder,
+    size: u64,
+    answer: &Answer,
+) -> http::response::Builder {
+    match answer {
+        Answer::NotModified => b.status(StatusCode::NOT_MODIFIED),
+        Answer::Whole => b
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, size),
+        Answer::Partial(r) => b
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_LENGTH, r.end - r.start)
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
+            ),
+    }
 }
 
 /// Conditional request headers, copied out of the request so they can cross threads.
@@ -174,45 +200,14 @@ fn etag_list_matches(list: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag)
 }
 
+/// An ETag as a header value: quoted.
+pub fn quoted(etag: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("\"{etag}\""))
+        .unwrap_or(http::HeaderValue::from_static("\"\""))
+}
+
 pub fn http_date(ms: u64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-/// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
-pub fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
-    let Some(v) = h.get(name) else {
-        return Ok(None);
-    };
-    match v
-        .to_str()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "1" | "true" | "yes" => Ok(Some(true)),
-        "0" | "false" | "no" => Ok(Some(false)),
-        other => Err(ApiError::bad_request(
-            "invalid header",
-            format!(
-                "{} must be 0 or 1 (or true/false), not {other:?}",
-                display_name(name)
-            ),
-        )),
-    }
-}
-
-/// `x-meta-sync` -> `X-Meta-Sync`, for error messages.
-pub fn display_name(name: &str) -> String {
-    name.split('-')
-        .map(|p| {
-            let mut c = p.chars();
-            c.next().map_or(String::new(), |f| {
-                f.to_ascii_uppercase().to_string() + c.as_str()
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }
 
 /// Why [`drain_into`] stopped.
@@ -237,7 +232,7 @@ pub async fn drain_into(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if writer.written() + data.len() as u64 > limit {
+        if writer.written().saturating_add(data.len() as u64) > limit {
             return Err(DrainError::TooLong);
         }
         writer.write(data).await.map_err(DrainError::Store)?;
@@ -257,29 +252,37 @@ pub fn query_param(req: &http::Request<hyper::body::Incoming>, name: &str) -> Op
     })
 }
 
-/// Reads a small request body whole; larger than `limit` is a 413.
+/// Why [`read_small_body`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SmallBodyError {
+    #[error("this request's body is limited to {0} bytes")]
+    TooLarge(usize),
+    #[error("reading the request body: {0}")]
+    Incomplete(String),
+}
+
+/// Reads a small request body whole, at most `limit` bytes.
 pub async fn read_small_body(
     body: hyper::body::Incoming,
     limit: usize,
-) -> Result<bytes::Bytes, ApiError> {
+) -> Result<bytes::Bytes, SmallBodyError> {
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            "body too large",
-            format!("this request's body is limited to {limit} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad_request(
-            "incomplete body",
-            format!("reading the request body: {e}"),
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(SmallBodyError::TooLarge(limit))
+        }
+        Err(e) => Err(SmallBodyError::Incomplete(e.to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolve_range(h: Option<&str>, size: u64) -> Result<Option<Range<u64>>, Unsatisfiable> {
+        super::resolve_range(parse_byte_range(h), size)
+    }
 
     #[test]
     fn ranges() {
@@ -304,16 +307,11 @@ mod tests {
         assert_eq!(resolve_range(Some("items=0-1"), 100).unwrap(), None);
         assert_eq!(resolve_range(Some("bytes=9-2"), 100).unwrap(), None);
         assert_eq!(resolve_range(None, 100).unwrap(), None);
-        assert_eq!(
-            resolve_range(Some("bytes=100-"), 100).unwrap_err().status,
-            416
-        );
-        assert_eq!(
-            resolve_range(Some("bytes=-0"), 100).unwrap_err().status,
-            416
-        );
-        assert_eq!(resolve_range(Some("bytes=0-"), 0).unwrap_err().status, 416);
-        assert_eq!(resolve_range(Some("bytes=-5"), 0).unwrap_err().status, 416);
+        let unsat = |size| Err(Unsatisfiable { size });
+        assert_eq!(resolve_range(Some("bytes=100-"), 100), unsat(100));
+        assert_eq!(resolve_range(Some("bytes=-0"), 100), unsat(100));
+        assert_eq!(resolve_range(Some("bytes=0-"), 0), unsat(0));
+        assert_eq!(resolve_range(Some("bytes=-5"), 0), unsat(0));
     }
 
     /// Regression: an end of 2^64-1 overflowed `end + 1`, which panicked a shard (and,
@@ -332,8 +330,8 @@ mod tests {
         assert_eq!(
             resolve_range(Some(&format!("bytes={max}-{max}")), 100)
                 .unwrap_err()
-                .status,
-            416
+                .size,
+            100
         );
         assert_eq!(
             resolve_range(Some(&format!("bytes=-{max}")), 100).unwrap(),

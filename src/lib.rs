@@ -41,17 +41,16 @@
 //! nodes own over its own persistent connection per peer, and pulls peers' journal
 //! changes (anti-entropy) for the shards assigned to it.
 
+pub mod api;
 pub mod body;
 pub mod cluster;
 pub mod config;
-pub mod error;
+pub mod ctx;
 pub mod http_util;
+pub mod mesh;
 pub mod metrics;
-pub mod native;
-pub mod node;
-pub mod s3api;
+pub mod object;
 pub mod server;
-pub mod uploader;
 
 pub use config::Config;
 pub use server::{start, ServerHandle};

@@ -1,12 +1,163 @@
-//! Prometheus metrics. Every counter is written by one shard thread and read by
-//! whichever shard serves `/metrics`: plain relaxed atomics, no locks. Labels are shard,
-//! route and status; never object ids.
+//! Prometheus exposition helpers and the HTTP edges' request metrics. Imports nothing
+//! of the server: each layer owns its counters and a table of its families (name, kind,
+//! help), and `/metrics` concatenates what every layer writes into one [`Exposition`].
+//!
+//! Every counter is written by one shard thread and read by whichever shard serves
+//! `/metrics`: plain relaxed atomics, no locks. Labels are shard, route, status and
+//! the like; never object ids.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::node::Node;
+/// A metric family's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// A metric family: its name (with its unit), type and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+impl Family {
+    pub const fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
+        Family { name, kind, help }
+    }
+}
+
+/// The Prometheus text being written for one `/metrics` answer.
+pub struct Exposition {
+    out: String,
+}
+
+impl Default for Exposition {
+    fn default() -> Self {
+        Exposition {
+            out: String::with_capacity(16 << 10),
+        }
+    }
+}
+
+impl Exposition {
+    /// The `# HELP` and `# TYPE` lines of a family; its samples follow.
+    pub fn family(&mut self, f: &Family) {
+        let _ = writeln!(
+            self.out,
+            "# HELP {} {}\n# TYPE {} {}",
+            f.name,
+            f.help,
+            f.name,
+            f.kind.as_str()
+        );
+    }
+
+    /// One sample line; `labels` is empty or `a="x",b="y"`.
+    pub fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// A family with one unlabelled sample.
+    pub fn single(&mut self, f: &Family, value: impl std::fmt::Display) {
+        self.family(f);
+        self.sample(f.name, "", value);
+    }
+
+    /// A family with one sample per shard (`values` in shard order).
+    pub fn per_shard(&mut self, f: &Family, values: impl IntoIterator<Item = u64>) {
+        self.family(f);
+        for (shard, v) in values.into_iter().enumerate() {
+            let _ = writeln!(self.out, "{}{{shard=\"{shard}\"}} {v}", f.name);
+        }
+    }
+
+    /// A histogram family's samples for one label set: cumulative buckets, sum, count.
+    pub fn histogram(
+        &mut self,
+        f: &Family,
+        labels: &str,
+        bounds: &[f64],
+        buckets: &[u64],
+        sum: f64,
+    ) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (i, b) in buckets.iter().enumerate() {
+            cum += b;
+            let le = bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                self.out,
+                "{}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}",
+                f.name
+            );
+        }
+        self.sample(&format!("{}_sum", f.name), labels, sum);
+        self.sample(&format!("{}_count", f.name), labels, cum);
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Checks an exposition: every family declared once with HELP and TYPE, and every
+/// sample belongs to a declared family. Err says what is wrong.
+pub fn check_exposition(text: &str) -> Result<usize, String> {
+    use std::collections::{HashMap, HashSet};
+    let mut help = HashSet::new();
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            if !help.insert(name) {
+                return Err(format!("family {name} is declared twice"));
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, kind) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+            if types.insert(name, kind).is_some() {
+                return Err(format!("family {name} has two TYPE lines"));
+            }
+        } else if !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|f| types.get(f) == Some(&"histogram"))
+                })
+                .unwrap_or(name);
+            if !types.contains_key(family) || !help.contains(family) {
+                return Err(format!("sample {name} has no HELP or TYPE"));
+            }
+        }
+    }
+    if help.len() != types.len() {
+        return Err("a family has HELP without TYPE or the reverse".into());
+    }
+    Ok(types.len())
+}
 
 macro_rules! routes {
     ($($v:ident => $name:literal),* $(,)?) => {
@@ -47,19 +198,10 @@ struct RouteStats {
     sum_micros: AtomicU64,
 }
 
-/// Per-shard HTTP and cache-orchestration counters.
+/// Per-shard counters of the HTTP edges.
 #[derive(Default)]
 pub struct HttpMetrics {
     routes: [RouteStats; NR],
-    /// Requests this shard sent to another shard (the key's owner).
-    pub forwarded: AtomicU64,
-    /// Misses that waited on another request's origin fetch instead of making their own.
-    pub coalesced: AtomicU64,
-    /// Origin GETs made for read-through.
-    pub origin_fetches: AtomicU64,
-    pub uploads_ok: AtomicU64,
-    pub upload_failures: AtomicU64,
-    pub origin_deletes_ok: AtomicU64,
     pub inflight_requests: AtomicU64,
     pub connections: AtomicU64,
 }
@@ -79,396 +221,104 @@ impl HttpMetrics {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
+impl HttpMetrics {
+    pub const FAMILIES: &'static [Family] = &[
+        Family::new(
+            "nearcache_http_requests_total",
+            Kind::Counter,
+            "HTTP requests by route and status.",
+        ),
+        Family::new(
+            "nearcache_http_request_duration_seconds",
+            Kind::Histogram,
+            "Time to response head.",
+        ),
+        Family::new(
+            "nearcache_inflight_requests",
+            Kind::Gauge,
+            "Requests being handled.",
+        ),
+        Family::new(
+            "nearcache_open_connections",
+            Kind::Gauge,
+            "Client connections open.",
+        ),
+    ];
 
-/// Renders the whole node's metrics in Prometheus text format.
-pub fn render(node: &Node) -> String {
-    let mut out = String::with_capacity(16 << 10);
-    let o = &mut out;
-
-    header(
-        o,
-        "nearcache_http_requests_total",
-        "counter",
-        "HTTP requests by route and status.",
-    );
-    for s in &node.shards {
-        for &route in Route::ALL {
-            let r = &s.http.routes[route as usize];
-            for (i, &code) in STATUSES.iter().enumerate() {
-                let n = r.by_status[i].load(Relaxed);
-                if n > 0 {
-                    let status = if code == 0 {
-                        "other".to_string()
-                    } else {
-                        code.to_string()
-                    };
-                    let _ = writeln!(
-                        o,
-                        "nearcache_http_requests_total{{shard=\"{}\",route=\"{}\",status=\"{}\"}} {n}",
-                        s.id,
-                        route.name(),
-                        status
-                    );
+    /// Writes the families for every shard (`shards[i]` is shard i's metrics).
+    pub fn render(shards: &[Arc<HttpMetrics>], out: &mut Exposition) {
+        let [requests, duration, inflight, connections] = Self::FAMILIES else {
+            unreachable!("four families")
+        };
+        out.family(requests);
+        for (id, s) in shards.iter().enumerate() {
+            for &route in Route::ALL {
+                let r = &s.routes[route as usize];
+                for (i, &code) in STATUSES.iter().enumerate() {
+                    let n = r.by_status[i].load(Relaxed);
+                    if n > 0 {
+                        let status = if code == 0 {
+                            "other".to_string()
+                        } else {
+                            code.to_string()
+                        };
+                        let labels = format!(
+                            "shard=\"{id}\",route=\"{}\",status=\"{status}\"",
+                            route.name()
+                        );
+                        out.sample(requests.name, &labels, n);
+                    }
                 }
             }
         }
-    }
-
-    header(
-        o,
-        "nearcache_http_request_duration_seconds",
-        "histogram",
-        "Time to response head.",
-    );
-    for s in &node.shards {
-        for &route in Route::ALL {
-            let r = &s.http.routes[route as usize];
-            let count: u64 = r.buckets.iter().map(|b| b.load(Relaxed)).sum();
-            if count == 0 {
-                continue;
+        out.family(duration);
+        for (id, s) in shards.iter().enumerate() {
+            for &route in Route::ALL {
+                let r = &s.routes[route as usize];
+                let buckets: Vec<u64> = r.buckets.iter().map(|b| b.load(Relaxed)).collect();
+                if buckets.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let labels = format!("shard=\"{id}\",route=\"{}\"", route.name());
+                let sum = r.sum_micros.load(Relaxed) as f64 / 1e6;
+                out.histogram(duration, &labels, &LATENCY_BOUNDS, &buckets, sum);
             }
-            let labels = format!("shard=\"{}\",route=\"{}\"", s.id, route.name());
-            let mut cum = 0;
-            for (i, b) in r.buckets.iter().enumerate() {
-                cum += b.load(Relaxed);
-                let le = LATENCY_BOUNDS
-                    .get(i)
-                    .map_or("+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(
-                    o,
-                    "nearcache_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cum}"
-                );
-            }
-            let sum = r.sum_micros.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                o,
-                "nearcache_http_request_duration_seconds_sum{{{labels}}} {sum}"
-            );
-            let _ = writeln!(
-                o,
-                "nearcache_http_request_duration_seconds_count{{{labels}}} {count}"
-            );
         }
-    }
-
-    macro_rules! per_shard {
-        ($name:literal, $kind:literal, $help:literal, |$s:ident| $value:expr) => {
-            header(o, $name, $kind, $help);
-            for $s in &node.shards {
-                let _ = writeln!(o, concat!($name, "{{shard=\"{}\"}} {}"), $s.id, $value);
-            }
-        };
-    }
-    per_shard!(
-        "nearcache_forwarded_requests_total",
-        "counter",
-        "Requests forwarded to the owner shard.",
-        |s| s.http.forwarded.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_coalesced_requests_total",
-        "counter",
-        "Misses served by another request's origin fetch.",
-        |s| s.http.coalesced.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_origin_fetches_total",
-        "counter",
-        "Origin GETs for read-through.",
-        |s| s.http.origin_fetches.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_uploads_total",
-        "counter",
-        "Background uploads that reached the origin.",
-        |s| s.http.uploads_ok.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_upload_failures_total",
-        "counter",
-        "Upload attempts that failed (they are retried).",
-        |s| s.http.upload_failures.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_origin_deletes_total",
-        "counter",
-        "Deletes applied in the origin.",
-        |s| s.http.origin_deletes_ok.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_inflight_requests",
-        "gauge",
-        "Requests being handled.",
-        |s| s.http.inflight_requests.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_open_connections",
-        "gauge",
-        "Client connections open.",
-        |s| s.http.connections.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_cache_hits_total",
-        "counter",
-        "Lookups that found the key (object or tombstone).",
-        |s| s.store.hits.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_cache_memory_hits_total",
-        "counter",
-        "Hits served from the memory tier.",
-        |s| s.store.memory_hits.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_cache_misses_total",
-        "counter",
-        "Lookups that did not find the key.",
-        |s| s.store.misses.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_evictions_total",
-        "counter",
-        "Objects evicted from disk.",
-        |s| s.store.evictions.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_evicted_bytes_total",
-        "counter",
-        "Bytes evicted from disk.",
-        |s| s.store.evicted_bytes.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_checksum_failures_total",
-        "counter",
-        "Stored objects that failed checksum verification (never served).",
-        |s| s.store.checksum_failures.load(Relaxed)
-    );
-    per_shard!("nearcache_objects", "gauge", "Objects stored.", |s| s
-        .store
-        .objects
-        .load(Relaxed));
-    per_shard!(
-        "nearcache_tombstones",
-        "gauge",
-        "Tombstones of deleted ids.",
-        |s| s.store.tombstones.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_disk_bytes",
-        "gauge",
-        "Object bytes on disk.",
-        |s| s.store.disk_bytes.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_disk_capacity_bytes",
-        "gauge",
-        "Disk capacity for object bytes.",
-        |s| s.store.disk_capacity.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_memory_bytes",
-        "gauge",
-        "Object bytes in the memory tier.",
-        |s| s.store.memory_bytes.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_memory_capacity_bytes",
-        "gauge",
-        "Memory tier capacity.",
-        |s| s.store.memory_capacity.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_pinned_bytes",
-        "gauge",
-        "Bytes not yet safe in the origin (never evicted).",
-        |s| s.store.pinned_bytes.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_pending_uploads",
-        "gauge",
-        "Origin writes and deletes queued in the journal.",
-        |s| s.store.pending_uploads.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_journal_commits_total",
-        "counter",
-        "Journal group commits (fsyncs).",
-        |s| s.store.journal_commits.load(Relaxed)
-    );
-    per_shard!(
-        "nearcache_journal_records_total",
-        "counter",
-        "Journal records written.",
-        |s| s.store.journal_records.load(Relaxed)
-    );
-
-    header(
-        o,
-        "nearcache_io_uring_active",
-        "gauge",
-        "1 when shards run on io_uring, 0 on the epoll fallback (blocking file I/O).",
-    );
-    let _ = writeln!(
-        o,
-        "nearcache_io_uring_active {}",
-        u8::from(node.uring_active)
-    );
-
-    let st = node.bridge.stats();
-    header(
-        o,
-        "nearcache_origin_requests_total",
-        "counter",
-        "Requests sent to the origin.",
-    );
-    for (op, v) in [
-        ("get", &st.requests_get),
-        ("head", &st.requests_head),
-        ("put", &st.requests_put),
-        ("delete", &st.requests_delete),
-    ] {
-        let _ = writeln!(
-            o,
-            "nearcache_origin_requests_total{{op=\"{op}\"}} {}",
-            v.load(Relaxed)
+        out.per_shard(
+            inflight,
+            shards.iter().map(|s| s.inflight_requests.load(Relaxed)),
+        );
+        out.per_shard(
+            connections,
+            shards.iter().map(|s| s.connections.load(Relaxed)),
         );
     }
-    for (name, help, v) in [
-        (
-            "nearcache_origin_errors_total",
-            "Origin requests that failed.",
-            &st.errors,
-        ),
-        (
-            "nearcache_origin_retries_total",
-            "Origin request retries.",
-            &st.retries,
-        ),
-        (
-            "nearcache_origin_not_found_total",
-            "Origin 404s.",
-            &st.not_found,
-        ),
-        (
-            "nearcache_origin_received_bytes_total",
-            "Bytes read from the origin.",
-            &st.bytes_in,
-        ),
-        (
-            "nearcache_origin_sent_bytes_total",
-            "Bytes written to the origin.",
-            &st.bytes_out,
-        ),
-    ] {
-        header(o, name, "counter", help);
-        let _ = writeln!(o, "{name} {}", v.load(Relaxed));
-    }
-    header(
-        o,
-        "nearcache_origin_request_duration_seconds",
-        "histogram",
-        "Origin latency to response head.",
-    );
-    let mut cum = 0;
-    for (i, b) in st.latency_buckets.iter().enumerate() {
-        cum += b.load(Relaxed);
-        let le = nearcache_s3::LATENCY_BOUNDS_SECONDS
-            .get(i)
-            .map_or("+Inf".to_string(), |b| b.to_string());
-        let _ = writeln!(
-            o,
-            "nearcache_origin_request_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
-        );
-    }
-    let _ = writeln!(
-        o,
-        "nearcache_origin_request_duration_seconds_sum {}\nnearcache_origin_request_duration_seconds_count {}",
-        st.latency_sum_micros.load(Relaxed) as f64 / 1e6,
-        st.latency_count.load(Relaxed)
-    );
-    if let Some(cl) = &node.cluster {
-        render_cluster(o, cl);
-    }
-    out
 }
 
-fn render_cluster(o: &mut String, cl: &crate::cluster::Cluster) {
-    let m = &cl.metrics;
-    let view = cl.view();
-    header(
-        o,
-        "nearcache_cluster_members",
-        "gauge",
-        "Members by state, as this node sees them.",
-    );
-    use nearcache_membership::MemberState as S;
-    for (s, state) in [
-        (S::Alive, "alive"),
-        (S::Suspect, "suspect"),
-        (S::Down, "down"),
-        (S::Left, "left"),
-    ] {
-        let n = view.members.iter().filter(|x| x.state == s).count();
-        let _ = writeln!(o, "nearcache_cluster_members{{state=\"{state}\"}} {n}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_families_render_valid_exposition() {
+        let m = Arc::new(HttpMetrics::default());
+        m.record(Route::Get, 200, Duration::from_micros(300));
+        m.record(Route::Put, 599, Duration::from_secs(9));
+        let mut out = Exposition::default();
+        HttpMetrics::render(&[m.clone(), m], &mut out);
+        let text = out.finish();
+        assert_eq!(check_exposition(&text), Ok(4), "{text}");
+        assert!(text.contains("route=\"put\",status=\"other\"} 1"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 1"), "{text}");
     }
-    for (name, help, v) in [
-        (
-            "nearcache_cluster_proxied_requests_total",
-            "Client requests proxied to an owner node.",
-            &m.proxied_requests,
-        ),
-        (
-            "nearcache_cluster_peer_errors_total",
-            "Node-to-node requests that failed (connect, send or timeout).",
-            &m.peer_errors,
-        ),
-        (
-            "nearcache_cluster_replicas_pushed_total",
-            "Replicas of fresh writes pushed to other owners.",
-            &m.replicas_pushed,
-        ),
-        (
-            "nearcache_cluster_replica_failures_total",
-            "Replica or tombstone pushes that failed (anti-entropy repairs them).",
-            &m.replica_failures,
-        ),
-        (
-            "nearcache_cluster_sync_requests_total",
-            "Journal change requests sent to peers.",
-            &m.sync_requests,
-        ),
-        (
-            "nearcache_cluster_sync_changes_applied_total",
-            "Peer journal changes examined and applied (or found already applied).",
-            &m.sync_changes_applied,
-        ),
-        (
-            "nearcache_cluster_sync_received_bytes_total",
-            "Object bytes pulled from peers by anti-entropy.",
-            &m.sync_bytes,
-        ),
-        (
-            "nearcache_cluster_sync_errors_total",
-            "Failed sync pulls (retried).",
-            &m.sync_errors,
-        ),
-        (
-            "nearcache_cluster_sync_gaps_total",
-            "Pulls that found a peer had trimmed unread journal records.",
-            &m.sync_gaps,
-        ),
-    ] {
-        header(o, name, "counter", help);
-        let _ = writeln!(o, "{name} {}", v.load(Relaxed));
+
+    #[test]
+    fn the_checker_finds_duplicates_and_undeclared_samples() {
+        let f = Family::new("x_total", Kind::Counter, "x");
+        let mut out = Exposition::default();
+        out.single(&f, 1);
+        out.single(&f, 2);
+        assert!(check_exposition(&out.finish()).is_err());
+        assert!(check_exposition("y_total 3\n").is_err());
     }
-    header(
-        o,
-        "nearcache_cluster_sync_lag_changes",
-        "gauge",
-        "Peer journal records not pulled yet, as of the last pulls.",
-    );
-    let _ = writeln!(o, "nearcache_cluster_sync_lag_changes {}", cl.book.lag());
 }

@@ -18,13 +18,16 @@ use monoio::io::IntoPollIo;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio_compat::hyper::{MonoioExecutor, MonoioIo, MonoioTimer};
 use nearcache_s3::Bridge;
-use nearcache_shards::{RecoveryReport, Shard, ShardConfig, ShardMetrics};
+use nearcache_shards::{RecoveryReport, Shard, ShardConfig};
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::Cluster;
+use crate::api::s3::S3State;
+use crate::cluster::{Cluster, ClusterShard, H_API, H_FORWARDED};
 use crate::config::Config;
+use crate::ctx::{Node, ShardCtx, ShardMetricsSet};
+use crate::mesh::{Job, Mesh};
 use crate::metrics::HttpMetrics;
-use crate::node::{Job, Node, ShardCtx, ShardHandle};
+use crate::object::ObjectShard;
 
 /// A running node. Dropping it without [`ServerHandle::shutdown`] leaves threads running.
 pub struct ServerHandle {
@@ -32,6 +35,8 @@ pub struct ServerHandle {
     /// The S3-compatible API's address.
     pub s3_addr: SocketAddr,
     pub node: Arc<Node>,
+    /// The S3-compatible API's keys, settings and known buckets.
+    pub s3: Arc<S3State>,
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     shutdown_tx: watch::Sender<bool>,
     _lock: File,
@@ -108,30 +113,76 @@ fn check_node_file(dir: &Path, shards: usize) -> anyhow::Result<String> {
 /// Port 0 means "any": pick one here so that every shard binds the same port. A fixed
 /// port is probed with a plain bind first: the shards bind with SO_REUSEPORT, which would
 /// otherwise silently share the port with another nearcache already listening there.
-fn resolve_listen(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let probe = std::net::TcpListener::bind(addr).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow!("{addr} is already in use (another nearcache or another server?): {e}")
-        } else {
-            anyhow!("binding {addr}: {e}")
+///
+/// Right after kill -9 (or an abort) of a process that used io_uring, the kernel releases
+/// its listening sockets asynchronously: a port still in use is retried for up to
+/// `wait` before giving up.
+fn resolve_listen(addr: SocketAddr, wait: Duration) -> anyhow::Result<SocketAddr> {
+    let deadline = Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(probe) => return Ok(probe.local_addr()?),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(%addr, wait_secs = wait.as_secs(), "address in use; waiting for it to be released (a previous process may still be exiting)");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                bail!("{addr} is already in use (another nearcache or another server?): {e}")
+            }
+            Err(e) => bail!("binding {addr}: {e}"),
         }
-    })?;
-    Ok(probe.local_addr()?)
+    }
 }
 
-type Ready = Result<(usize, Arc<ShardMetrics>, RecoveryReport), String>;
+/// What a shard thread reports once its store is open.
+struct Ready {
+    id: usize,
+    metrics: ShardMetricsSet,
+    report: RecoveryReport,
+}
+
+/// Everything a shard thread starts from.
+struct ShardStart {
+    id: usize,
+    cfg: Arc<Config>,
+    addrs: ListenAddrs,
+    inbox: mpsc::UnboundedReceiver<Job<ShardCtx>>,
+    inboxes: Arc<[mpsc::UnboundedSender<Job<ShardCtx>>]>,
+    bridge: Bridge,
+    s3: Arc<S3State>,
+    ready_tx: std_mpsc::Sender<Result<Ready, String>>,
+    node_rx: std_mpsc::Receiver<Arc<Node>>,
+    listening_tx: std_mpsc::Sender<Result<(), String>>,
+}
+
+#[derive(Clone, Copy)]
+struct ListenAddrs {
+    public: SocketAddr,
+    s3: SocketAddr,
+    cluster: Option<SocketAddr>,
+}
 
 pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let lock = lock_data_dir(&cfg.server.data_dir)?;
     let n = cfg.shard_count();
     let node_id = check_node_file(&cfg.server.data_dir, n)?;
-    let addr = resolve_listen(cfg.server.listen)?;
-    let s3_addr = resolve_listen(cfg.s3api.listen)?;
-    let s3 = crate::s3api::S3State::from_config(&cfg.s3api);
+    let wait = Duration::from_secs(cfg.server.bind_wait_secs);
+    let addr = resolve_listen(cfg.server.listen, wait)?;
+    let s3_addr = resolve_listen(cfg.s3api.listen, wait)?;
+    let s3 = Arc::new(S3State::from_config(&cfg.s3api));
     let cluster_addr = match cfg.cluster.listen {
-        Some(a) => Some(resolve_listen(a)?),
+        Some(a) => Some(resolve_listen(a, wait)?),
         None => None,
     };
+    for i in 0..n {
+        // Made here, before any shard serves: the shards never block on the file system.
+        let dir = crate::object::write::staging_dir(&cfg, i);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let uring_active = monoio::utils::detect_uring()
         && cfg.store.device_kind() != Some(nearcache_shards::DeviceKind::Syscall);
     if !monoio::utils::detect_uring() {
@@ -167,49 +218,49 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
+    let (ready_tx, ready_rx) = std_mpsc::channel();
     let (listening_tx, listening_rx) = std_mpsc::channel::<Result<(), String>>();
+    let (inboxes, inbox_rxs) = crate::mesh::channels::<ShardCtx>(n);
+    let cfg = Arc::new(cfg);
+    let addrs = ListenAddrs {
+        public: addr,
+        s3: s3_addr,
+        cluster: cluster_addr,
+    };
     let mut node_txs = Vec::new();
-    let mut inboxes = Vec::new();
-    let mut http_metrics = Vec::new();
     let mut threads = Vec::new();
     let started = Instant::now();
-    for i in 0..n {
-        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel::<Job>();
+    for (i, inbox) in inbox_rxs.into_iter().enumerate() {
         let (node_tx, node_rx) = std_mpsc::channel::<Arc<Node>>();
-        let http = Arc::new(HttpMetrics::default());
-        inboxes.push(inbox_tx);
         node_txs.push(node_tx);
-        http_metrics.push(http.clone());
-        let (cfg, ready_tx, listening_tx) = (cfg.clone(), ready_tx.clone(), listening_tx.clone());
+        let start = ShardStart {
+            id: i,
+            cfg: cfg.clone(),
+            addrs,
+            inbox,
+            inboxes: inboxes.clone(),
+            bridge: bridge.clone(),
+            s3: s3.clone(),
+            ready_tx: ready_tx.clone(),
+            node_rx,
+            listening_tx: listening_tx.clone(),
+        };
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))
-            .spawn(move || {
-                shard_thread(
-                    i,
-                    n,
-                    cfg,
-                    (addr, s3_addr, cluster_addr),
-                    inbox_rx,
-                    http,
-                    ready_tx,
-                    node_rx,
-                    listening_tx,
-                )
-            })
+            .spawn(move || shard_thread(start))
             .context("spawning a shard thread")?;
         threads.push(t);
     }
-    drop((ready_tx, listening_tx));
+    drop((ready_tx, listening_tx, inboxes));
 
-    let mut store_metrics: Vec<Option<Arc<ShardMetrics>>> = vec![None; n];
+    let mut shard_metrics: Vec<Option<ShardMetricsSet>> = (0..n).map(|_| None).collect();
     let (mut objects, mut pending) = (0, 0);
     for _ in 0..n {
         match ready_rx.recv() {
-            Ok(Ok((i, m, report))) => {
-                objects += report.objects;
-                pending += report.pending;
-                store_metrics[i] = Some(m);
+            Ok(Ok(r)) => {
+                objects += r.report.objects;
+                pending += r.report.pending;
+                shard_metrics[r.id] = Some(r.metrics);
             }
             Ok(Err(e)) => bail!("opening a shard: {e}"),
             Err(_) => bail!("a shard thread died while opening its store"),
@@ -222,14 +273,9 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovery complete"
     );
-
-    let shards = (0..n)
-        .map(|i| ShardHandle {
-            id: i,
-            inbox: inboxes[i].clone(),
-            store: store_metrics[i].take().expect("every shard reported"),
-            http: http_metrics[i].clone(),
-        })
+    let shards = shard_metrics
+        .into_iter()
+        .map(|m| m.expect("every shard reported"))
         .collect();
     let mut ccfg = cfg.cluster.clone();
     ccfg.listen = cluster_addr;
@@ -251,7 +297,6 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         shutdown_rx,
         node_id,
         drained: Default::default(),
-        s3,
     });
     for tx in node_txs {
         let _ = tx.send(node.clone());
@@ -270,7 +315,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     if let Some(cl) = &node.cluster {
         tracing::info!(node_id = %cl.self_id, addr = %cl.addr, cluster = %cl.cfg.name, seeds = ?cl.cfg.join, "cluster member");
     }
-    if node.s3.has_keys() {
+    if s3.has_keys() {
         tracing::info!(addr = %s3_addr, domain = ?node.cfg.s3api.domain, "S3-compatible API listening");
     } else {
         tracing::warn!(
@@ -283,6 +328,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         addr,
         s3_addr,
         node,
+        s3,
         threads,
         shutdown_tx,
         _lock: lock,
@@ -319,18 +365,8 @@ impl ServerHandle {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn shard_thread(
-    i: usize,
-    n: usize,
-    cfg: Config,
-    (addr, s3_addr, cluster_addr): (SocketAddr, SocketAddr, Option<SocketAddr>),
-    mut inbox: mpsc::UnboundedReceiver<Job>,
-    http: Arc<HttpMetrics>,
-    ready_tx: std_mpsc::Sender<Ready>,
-    node_rx: std_mpsc::Receiver<Arc<Node>>,
-    listening_tx: std_mpsc::Sender<Result<(), String>>,
-) -> anyhow::Result<()> {
+fn shard_thread(start: ShardStart) -> anyhow::Result<()> {
+    let (i, cfg) = (start.id, start.cfg.clone());
     if cfg.server.pin_cores {
         if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
             core_affinity::set_for_current(cores[i % cores.len()]);
@@ -341,139 +377,203 @@ fn shard_thread(
         .with_entries(1024)
         .build()
         .context("building the monoio runtime")?;
-    rt.block_on(async move {
-        let s = &cfg.store;
-        let shard_cfg = ShardConfig {
-            shard_id: i as u16,
-            dir: cfg.server.data_dir.join(format!("shard-{i}")),
-            memory_capacity: s.memory_capacity.0 / n as u64,
-            memory_object_max: s.memory_object_max.0,
-            disk_capacity: s.disk_capacity.0 / n as u64,
-            tombstone_ttl: Duration::from_secs(s.tombstone_ttl_secs),
-            device: s.device_kind().unwrap_or_default(),
-            lmdb_map_size: s.lmdb_map_size.0,
-            journal_retain: s.journal_retain,
-        };
-        let (shard, report) = match Shard::open(shard_cfg).await {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = ready_tx.send(Err(format!("shard {i}: {e}")));
-                return Err(anyhow!("opening shard {i}: {e}"));
-            }
-        };
-        tracing::info!(
-            shard = i,
-            objects = report.objects,
-            tombstones = report.tombstones,
-            pending_uploads = report.pending,
-            orphans_removed = report.orphans_removed,
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            "shard recovered"
+    rt.block_on(run_shard(start))
+}
+
+/// Opens the shard's store, reports ready, waits for the node, then serves until
+/// shutdown and drains.
+async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
+    let ShardStart {
+        id: i,
+        cfg,
+        addrs,
+        inbox,
+        inboxes,
+        bridge,
+        s3,
+        ready_tx,
+        node_rx,
+        listening_tx,
+    } = start;
+    let n = inboxes.len();
+    let (shard, report) = match Shard::open(shard_config(&cfg, i, n)).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready_tx.send(Err(format!("shard {i}: {e}")));
+            return Err(anyhow!("opening shard {i}: {e}"));
+        }
+    };
+    tracing::info!(
+        shard = i,
+        objects = report.objects,
+        tombstones = report.tombstones,
+        pending_uploads = report.pending,
+        orphans_removed = report.orphans_removed,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "shard recovered"
+    );
+    let mesh = Mesh::new(i, inboxes);
+    let objects = ObjectShard::new(cfg.clone(), bridge);
+    let http = Arc::new(HttpMetrics::default());
+    let metrics = ShardMetricsSet {
+        store: shard.metrics(),
+        http: http.clone(),
+        objects: objects.metrics.clone(),
+        mesh: mesh.metrics.clone(),
+    };
+    let _ = ready_tx.send(Ok(Ready {
+        id: i,
+        metrics,
+        report,
+    }));
+    // Start-up only: nothing else runs on this thread yet.
+    let Ok(node) = node_rx.recv() else {
+        return Ok(());
+    };
+    let ctx = Rc::new(ShardCtx {
+        id: i,
+        cluster: node.cluster.clone().map(ClusterShard::new),
+        node: node.clone(),
+        shard: Rc::new(shard),
+        mesh,
+        objects,
+        http,
+        active_requests: Default::default(),
+    });
+    let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
+    let bind = |a: SocketAddr| {
+        TcpListener::bind_with_config(a, &opts).map_err(|e| format!("shard {i}: binding {a}: {e}"))
+    };
+    let listeners = (|| {
+        let public = bind(addrs.public)?;
+        let s3l = bind(addrs.s3)?;
+        let cluster = addrs.cluster.map(bind).transpose()?;
+        Ok::<_, String>((public, s3l, cluster))
+    })();
+    let (listener, s3_listener, cluster_listener) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = listening_tx.send(Err(e.clone()));
+            return Err(anyhow!("{e}"));
+        }
+    };
+    let mut cluster_done = None;
+    if let Some(l) = cluster_listener {
+        let (c_ctx, c_s3, (tx, rx)) = (
+            ctx.clone(),
+            s3.clone(),
+            tokio::sync::oneshot::channel::<()>(),
         );
-        let _ = ready_tx.send(Ok((i, shard.metrics(), report)));
-        // Start-up only: nothing else runs on this thread yet.
-        let Ok(node) = node_rx.recv() else {
-            return Ok(());
-        };
-        let ctx = Rc::new(ShardCtx {
-            id: i,
-            node: node.clone(),
-            shard: Rc::new(shard),
-            http,
-            fetches: Default::default(),
-            upload_waiters: Default::default(),
-            active_requests: Default::default(),
-        });
-        let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
-        let mut listeners = Vec::new();
-        for a in [addr, s3_addr] {
-            match TcpListener::bind_with_config(a, &opts) {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    let _ = listening_tx.send(Err(format!("shard {i}: binding {a}: {e}")));
-                    return Err(anyhow!("binding {a}: {e}"));
-                }
-            }
-        }
-        let s3_listener = listeners.pop().expect("two listeners");
-        let listener = listeners.pop().expect("two listeners");
-        let mut cluster_done = None;
-        if let Some(a) = cluster_addr {
-            match TcpListener::bind_with_config(a, &opts) {
-                Ok(l) => {
-                    let (c_ctx, (tx, rx)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
-                    monoio::spawn(async move {
-                        accept_loop(&c_ctx, l, Api::Internal).await;
-                        let _ = tx.send(());
-                    });
-                    cluster_done = Some(rx);
-                }
-                Err(e) => {
-                    let _ = listening_tx.send(Err(format!("shard {i}: binding {a}: {e}")));
-                    return Err(anyhow!("binding {a}: {e}"));
-                }
-            }
-        }
-        let _ = listening_tx.send(Ok(()));
-
-        let inbox_ctx = ctx.clone();
         monoio::spawn(async move {
-            while let Some(job) = inbox.recv().await {
-                monoio::spawn(job(inbox_ctx.clone()));
-            }
+            accept_loop(&c_ctx, l, Api::Internal(c_s3)).await;
+            let _ = tx.send(());
         });
-        monoio::spawn(crate::uploader::run(ctx.clone()));
-        monoio::spawn(sweep_tombstones(ctx.clone()));
-        if let Some(cl) = ctx.node.cluster.clone() {
-            monoio::spawn(crate::cluster::sync::run(ctx.clone(), cl));
-        }
+        cluster_done = Some(rx);
+    }
+    let _ = listening_tx.send(Ok(()));
 
-        let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
-        monoio::spawn(async move {
-            accept_loop(&s3_ctx, s3_listener, Api::S3).await;
-            let _ = s3_done_tx.send(());
-        });
-        accept_loop(&ctx, listener, Api::Native).await;
-        let _ = s3_done.await;
-        if let Some(rx) = cluster_done {
-            let _ = rx.await;
-        }
+    monoio::spawn(crate::mesh::serve_inbox(ctx.clone(), inbox));
+    let shutdown = || node.shutdown_rx.clone();
+    monoio::spawn(crate::object::uploader::run(ctx.clone(), shutdown()));
+    monoio::spawn(crate::object::sweep_tombstones(ctx.clone(), shutdown()));
+    if let Some(cs) = ctx.cluster.clone() {
+        monoio::spawn(crate::cluster::sync::run(ctx.clone(), cs, shutdown()));
+    }
 
-        // Graceful: no new connections; give in-flight requests the grace period.
-        let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
-        while ctx.active_requests.get() > 0 && Instant::now() < deadline {
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
-        ctx.node.drained.fetch_add(1, Relaxed);
-        while ctx.node.drained.load(Relaxed) < n && Instant::now() < deadline {
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if ctx.active_requests.get() > 0 {
-            tracing::warn!(
-                shard = i,
-                requests = ctx.active_requests.get(),
-                "grace period over; dropping requests"
-            );
-        }
-        ctx.notify_shutdown_waiters();
-        ctx.shard
-            .close()
-            .await
-            .map_err(|e| anyhow!("closing shard {i}: {e}"))?;
-        tracing::info!(shard = i, "shard stopped");
-        Ok(())
-    })
+    let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
+    monoio::spawn(async move {
+        accept_loop(&s3_ctx, s3_listener, Api::S3(s3)).await;
+        let _ = s3_done_tx.send(());
+    });
+    accept_loop(&ctx, listener, Api::Public).await;
+    let _ = s3_done.await;
+    if let Some(rx) = cluster_done {
+        let _ = rx.await;
+    }
+    drain(&ctx, n).await;
+    ctx.shard
+        .close()
+        .await
+        .map_err(|e| anyhow!("closing shard {i}: {e}"))?;
+    tracing::info!(shard = i, "shard stopped");
+    Ok(())
+}
+
+fn shard_config(cfg: &Config, i: usize, n: usize) -> ShardConfig {
+    let s = &cfg.store;
+    ShardConfig {
+        shard_id: i as u16,
+        dir: cfg.server.data_dir.join(format!("shard-{i}")),
+        memory_capacity: s.memory_capacity.0 / n as u64,
+        memory_object_max: s.memory_object_max.0,
+        disk_capacity: s.disk_capacity.0 / n as u64,
+        tombstone_ttl: Duration::from_secs(s.tombstone_ttl_secs),
+        device: s.device_kind().unwrap_or_default(),
+        lmdb_map_size: s.lmdb_map_size.0,
+        journal_retain: s.journal_retain,
+    }
+}
+
+/// Graceful: no new connections; in-flight requests get the grace period, and this
+/// shard keeps serving others' forwarded work until every shard is drained.
+async fn drain(ctx: &ShardCtx, n: usize) {
+    let cfg = &ctx.node.cfg;
+    let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
+    while ctx.active_requests.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.node.drained.fetch_add(1, Relaxed);
+    while ctx.node.drained.load(Relaxed) < n && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if ctx.active_requests.get() > 0 {
+        tracing::warn!(
+            shard = ctx.id,
+            requests = ctx.active_requests.get(),
+            "grace period over; dropping requests"
+        );
+    }
+    ctx.objects.release_waiters();
 }
 
 /// Which API a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Api {
     /// objstore's native API, /healthz, /metrics.
-    Native,
+    Public,
     /// The S3-compatible API.
-    S3,
-    /// Node-to-node requests on the private cluster address.
-    Internal,
+    S3(Arc<S3State>),
+    /// Node-to-node requests on the private cluster address (and public requests other
+    /// nodes proxy here, handed to their API edge).
+    Internal(Arc<S3State>),
+}
+
+/// Serves one request on a listener of kind `api`.
+async fn dispatch(
+    ctx: Rc<ShardCtx>,
+    api: Api,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<crate::body::Body> {
+    match api {
+        Api::Public => crate::api::public(ctx, req).await,
+        Api::S3(s3) => crate::api::s3::handle(ctx, s3, req).await,
+        Api::Internal(s3) => {
+            let cl = match crate::api::peer::admit(&ctx, &req) {
+                Ok(cl) => cl,
+                Err(e) => return e.into_response(),
+            };
+            let h = req.headers();
+            if h.contains_key(H_FORWARDED) {
+                if h.get(H_API).is_some_and(|v| v == "s3") {
+                    return crate::api::s3::handle_forwarded(ctx, s3, req).await;
+                }
+                if req.uri().path().starts_with("/api/v1/") {
+                    return crate::api::native::handle_forwarded(ctx, req).await;
+                }
+            }
+            crate::api::peer::handle(ctx, cl, req).await
+        }
+    }
 }
 
 async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
@@ -513,53 +613,18 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
                 continue;
             }
         };
-        let (ctx, builder) = (ctx.clone(), builder.clone());
+        let (ctx, builder, api) = (ctx.clone(), builder.clone(), api.clone());
         monoio::spawn(async move {
             ctx.http.connections.fetch_add(1, Relaxed);
             let svc_ctx = ctx.clone();
             let svc = hyper::service::service_fn(move |req| {
-                let ctx = svc_ctx.clone();
-                async move {
-                    Ok::<_, Infallible>(match api {
-                        Api::Native => crate::native::handle(ctx, req).await,
-                        Api::S3 => crate::s3api::handle(ctx, req).await,
-                        Api::Internal => crate::cluster::internal::handle(ctx, req).await,
-                    })
-                }
+                let (ctx, api) = (svc_ctx.clone(), api.clone());
+                async move { Ok::<_, Infallible>(dispatch(ctx, api, req).await) }
             });
             if let Err(e) = builder.serve_connection(io, svc).await {
                 tracing::debug!(shard = ctx.id, error = %e, "connection ended with an error");
             }
             ctx.http.connections.fetch_sub(1, Relaxed);
         });
-    }
-}
-
-async fn sweep_tombstones(ctx: Rc<ShardCtx>) {
-    let mut shutdown = ctx.node.shutdown_rx.clone();
-    loop {
-        monoio::select! {
-            _ = monoio::time::sleep(Duration::from_secs(60)) => {}
-            _ = shutdown.changed() => return,
-        }
-        // In a cluster a tombstone stays until every member has read past it.
-        let peers = ctx
-            .node
-            .cluster
-            .as_ref()
-            .map(|cl| crate::cluster::sync::gc_peers(cl));
-        let (cl, shard) = (ctx.node.cluster.clone(), ctx.id);
-        let swept = ctx
-            .shard
-            .sweep_tombstones_where(|t| match (&cl, &peers) {
-                (Some(cl), Some(peers)) => cl.book.seen_by_all(shard, t.seq, peers),
-                _ => true,
-            })
-            .await;
-        match swept {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(shard = ctx.id, swept = n, "expired tombstones removed"),
-            Err(e) => tracing::warn!(shard = ctx.id, error = %e, "tombstone sweep failed"),
-        }
     }
 }

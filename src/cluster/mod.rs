@@ -16,7 +16,6 @@
 //!   peer shard), applies those for keys this node owns, last writer wins by HLC
 //! ```
 
-pub mod internal;
 pub mod peer;
 pub mod placement;
 pub mod route;
@@ -25,13 +24,75 @@ pub mod sync;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use nearcache_membership::{Member, Membership, MembershipConfig, View};
+use nearcache_shards::Shard;
 
 use crate::config::ClusterConfig;
+use crate::mesh::{MeshError, OnMesh};
+use crate::metrics::{Exposition, Family, Kind};
+
+/// What the cluster layer needs of a shard's context: its store, its end of the mesh
+/// and its part of the cluster (None when the node runs alone).
+pub trait ClusterCtx: OnMesh {
+    fn store(&self) -> &Rc<Shard>;
+    fn cluster(&self) -> Option<&ClusterShard>;
+}
+
+/// One shard thread's part of the cluster: the node-wide state and this thread's pool
+/// of peer connections (their tasks live on this thread's executor).
+#[derive(Clone)]
+pub struct ClusterShard {
+    pub cl: Arc<Cluster>,
+    pool: Rc<peer::Pool>,
+}
+
+impl ClusterShard {
+    pub fn new(cl: Arc<Cluster>) -> Self {
+        ClusterShard {
+            cl,
+            pool: Rc::default(),
+        }
+    }
+}
+
+/// Errors of the cluster layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// Every node of the key's ranking was unreachable. Retrying later may help.
+    #[error("no node of the cluster could take the request: {0}")]
+    NoNode(String),
+    /// The request body went (partly) to an owner that failed: it cannot be replayed.
+    #[error("the owner node {node} failed mid-request: {detail}")]
+    PeerFailed { node: String, detail: String },
+    /// Stored here, but fewer copies than the write quorum are durable yet.
+    #[error(
+        "stored here and on {ok} of {total} other owners, but the write quorum of {quorum} \
+         copies was not reached (it will still spread by anti-entropy): {detail}"
+    )]
+    Quorum {
+        ok: usize,
+        total: usize,
+        quorum: usize,
+        detail: String,
+    },
+    /// The request could not be rebuilt for a peer.
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+}
+
+impl ClusterError {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ClusterError::BadRequest(_))
+    }
+}
 
 /// Which node served a response.
 pub const H_NODE: &str = "x-nearcache-node";
@@ -47,6 +108,94 @@ pub const H_FORWARDED: &str = "x-nc-forwarded";
 pub const H_API: &str = "x-nc-api";
 /// A replica's metadata (URL-safe base64 of JSON).
 pub const H_META: &str = "x-nc-meta";
+
+type ClusterCounter = fn(&ClusterMetrics) -> &AtomicU64;
+
+/// The cluster layer's counters, named.
+const COUNTERS: &[(Family, ClusterCounter)] = &[
+    (
+        Family::new(
+            "nearcache_cluster_proxied_requests_total",
+            Kind::Counter,
+            "Client requests proxied to an owner node.",
+        ),
+        |m| &m.proxied_requests,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_peer_errors_total",
+            Kind::Counter,
+            "Node-to-node requests that failed (connect, send or timeout).",
+        ),
+        |m| &m.peer_errors,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_replicas_pushed_total",
+            Kind::Counter,
+            "Replicas of fresh writes pushed to other owners.",
+        ),
+        |m| &m.replicas_pushed,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_replica_failures_total",
+            Kind::Counter,
+            "Replica or tombstone pushes that failed (anti-entropy repairs them).",
+        ),
+        |m| &m.replica_failures,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_sync_requests_total",
+            Kind::Counter,
+            "Journal change requests sent to peers.",
+        ),
+        |m| &m.sync_requests,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_sync_changes_applied_total",
+            Kind::Counter,
+            "Peer journal changes examined and applied (or found already applied).",
+        ),
+        |m| &m.sync_changes_applied,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_sync_received_bytes_total",
+            Kind::Counter,
+            "Object bytes pulled from peers by anti-entropy.",
+        ),
+        |m| &m.sync_bytes,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_sync_errors_total",
+            Kind::Counter,
+            "Failed sync pulls (retried).",
+        ),
+        |m| &m.sync_errors,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_sync_gaps_total",
+            Kind::Counter,
+            "Pulls that found a peer had trimmed unread journal records.",
+        ),
+        |m| &m.sync_gaps,
+    ),
+];
+const MEMBERS: Family = Family::new(
+    "nearcache_cluster_members",
+    Kind::Gauge,
+    "Members by state, as this node sees them.",
+);
+const SYNC_LAG: Family = Family::new(
+    "nearcache_cluster_sync_lag_changes",
+    Kind::Gauge,
+    "Peer journal records not pulled yet, as of the last pulls.",
+);
 
 /// Counters of the cluster layer (node-wide; no per-key labels).
 #[derive(Default)]
@@ -68,7 +217,9 @@ pub struct Cluster {
     /// The advertised private address (UDP gossip and TCP HTTP/2).
     pub addr: SocketAddr,
     pub membership: Arc<Membership>,
-    pub book: sync::SyncBook,
+    pub book: Arc<sync::SyncBook>,
+    /// Stops the book's saver thread.
+    saver_stop: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: ClusterMetrics,
     /// Fault injection: node ids whose traffic this node drops (both directions).
     blocked: ArcSwap<HashSet<String>>,
@@ -101,11 +252,16 @@ impl Cluster {
         })
         .map_err(|e| anyhow::anyhow!("starting cluster membership on {listen}: {e}"))?;
         let addr = membership.local_addr();
+        let book = Arc::new(sync::SyncBook::open(data_dir)?);
+        let saver_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        book.start_saver(saver_stop.clone())
+            .map_err(|e| anyhow::anyhow!("starting the cluster book saver: {e}"))?;
         Ok(Some(Arc::new(Cluster {
             cfg: cfg.clone(),
             self_id: node_id.to_string(),
             addr,
-            book: sync::SyncBook::open(data_dir)?,
+            book,
+            saver_stop,
             membership,
             metrics: ClusterMetrics::default(),
             blocked: ArcSwap::from_pointee(HashSet::new()),
@@ -173,7 +329,6 @@ impl Cluster {
         if let Some(addr) = addr {
             self.membership.set_blocked(addr, blocked);
         }
-        peer::forget_all();
     }
 
     pub fn blocked_ids(&self) -> Vec<String> {
@@ -185,9 +340,32 @@ impl Cluster {
     /// Graceful leave: peers see this node as left (not failed) right away.
     pub fn leave(&self) {
         self.membership.leave(std::time::Duration::from_secs(2));
+        self.saver_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.book.save() {
             tracing::warn!(error = %e, "saving cluster sync positions");
         }
+    }
+
+    /// The cluster's metric families.
+    pub fn render_metrics(&self, out: &mut Exposition) {
+        use nearcache_membership::MemberState as S;
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = self.view();
+        out.family(&MEMBERS);
+        for (s, state) in [
+            (S::Alive, "alive"),
+            (S::Suspect, "suspect"),
+            (S::Down, "down"),
+            (S::Left, "left"),
+        ] {
+            let n = view.members.iter().filter(|x| x.state == s).count();
+            out.sample(MEMBERS.name, &format!("state=\"{state}\""), n);
+        }
+        for (f, counter) in COUNTERS {
+            out.single(f, counter(&self.metrics).load(Relaxed));
+        }
+        out.single(&SYNC_LAG, self.book.lag());
     }
 
     /// `GET /api/v1/cluster`.

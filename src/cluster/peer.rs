@@ -17,7 +17,7 @@ use monoio::io::IntoPollIo;
 use monoio_compat::hyper::{MonoioExecutor, MonoioIo, MonoioTimer};
 use nearcache_membership::Member;
 
-use super::{Cluster, H_CLUSTER, H_FROM};
+use super::{ClusterShard, H_CLUSTER, H_FROM};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies to peers: an empty body, our own streamed bodies, or a client's
@@ -37,19 +37,13 @@ pub enum PeerError {
     Timeout { addr: SocketAddr, ms: u64 },
 }
 
-thread_local! {
-    static POOL: RefCell<HashMap<SocketAddr, SendRequest<PeerBody>>> = RefCell::new(HashMap::new());
-}
+/// A failed send: the error, and the request when it never left this node (then
+/// another peer can take it, body and all).
+pub type SendFailure = (PeerError, Option<Request<PeerBody>>);
 
-/// Drops this thread's pooled connections (after a fault-injection change; other
-/// threads notice broken connections on their next request).
-pub fn forget_all() {
-    POOL.with(|p| p.borrow_mut().clear());
-}
-
-fn forget(addr: SocketAddr) {
-    POOL.with(|p| p.borrow_mut().remove(&addr));
-}
+/// One shard thread's connections to peers, by address.
+#[derive(Default)]
+pub struct Pool(RefCell<HashMap<SocketAddr, SendRequest<PeerBody>>>);
 
 pub fn empty() -> PeerBody {
     http_body_util::Empty::<Bytes>::new()
@@ -71,116 +65,128 @@ pub fn ours(b: crate::body::Body) -> PeerBody {
     b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
 }
 
-async fn connect(cl: &Cluster, addr: SocketAddr) -> Result<SendRequest<PeerBody>, PeerError> {
-    if let Some(s) = POOL.with(|p| p.borrow().get(&addr).cloned()) {
-        if !s.is_closed() {
-            return Ok(s);
-        }
-        forget(addr);
+impl ClusterShard {
+    /// Drops this thread's pooled connections (after a fault-injection change; other
+    /// threads notice broken connections on their next request).
+    pub fn forget_all(&self) {
+        self.pool.0.borrow_mut().clear();
     }
-    let err = |detail: String| PeerError::Connect { addr, detail };
-    let timeout = Duration::from_millis(cl.cfg.peer_timeout_ms.max(1));
-    let stream = monoio::time::timeout(timeout, monoio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| err(format!("timed out after {} ms", timeout.as_millis())))?
-        .map_err(|e| err(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let io = stream.into_poll_io().map_err(|e| err(e.to_string()))?;
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(MonoioExecutor)
-        .timer(MonoioTimer)
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(timeout)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20)
-        .handshake::<_, PeerBody>(MonoioIo::new(io))
-        .await
-        .map_err(|e| err(format!("HTTP/2 handshake: {e}")))?;
-    monoio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "peer connection ended");
-        }
-    });
-    POOL.with(|p| p.borrow_mut().insert(addr, sender.clone()));
-    Ok(sender)
-}
 
-/// A ready connection to `to` (pooled). Failing here means nothing was sent.
-pub async fn channel(cl: &Cluster, to: &Member) -> Result<SendRequest<PeerBody>, PeerError> {
-    if cl.is_blocked(&to.id) {
-        return Err(PeerError::Blocked(to.id.clone()));
+    fn forget(&self, addr: SocketAddr) {
+        self.pool.0.borrow_mut().remove(&addr);
     }
-    let addr = to.addr;
-    let result = async {
-        let mut sender = connect(cl, addr).await?;
-        sender.ready().await.map_err(|e| {
-            forget(addr);
-            PeerError::Connect {
-                addr,
-                detail: e.to_string(),
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<PeerBody>, PeerError> {
+        let cl = &self.cl;
+        let pooled = self.pool.0.borrow().get(&addr).cloned();
+        if let Some(s) = pooled {
+            if !s.is_closed() {
+                return Ok(s);
             }
-        })?;
+            self.forget(addr);
+        }
+        let err = |detail: String| PeerError::Connect { addr, detail };
+        let timeout = Duration::from_millis(cl.cfg.peer_timeout_ms.max(1));
+        let stream = monoio::time::timeout(timeout, monoio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| err(format!("timed out after {} ms", timeout.as_millis())))?
+            .map_err(|e| err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let io = stream.into_poll_io().map_err(|e| err(e.to_string()))?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(MonoioExecutor)
+            .timer(MonoioTimer)
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(timeout)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(8 << 20)
+            .handshake::<_, PeerBody>(MonoioIo::new(io))
+            .await
+            .map_err(|e| err(format!("HTTP/2 handshake: {e}")))?;
+        monoio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "peer connection ended");
+            }
+        });
+        self.pool.0.borrow_mut().insert(addr, sender.clone());
         Ok(sender)
     }
-    .await;
-    if result.is_err() {
-        cl.metrics.peer_errors.fetch_add(1, Relaxed);
-    }
-    result
-}
 
-/// A failed send: the error, and the request when it never left this node (then
-/// another peer can take it, body and all).
-pub type SendFailure = (PeerError, Option<Request<PeerBody>>);
-
-/// Sends `req` on a channel from [`channel`] and waits for the response head (bounded
-/// by the peer timeout; the body streams without a deadline).
-pub async fn send_on(
-    cl: &Cluster,
-    to: &Member,
-    mut sender: SendRequest<PeerBody>,
-    mut req: Request<PeerBody>,
-) -> Result<Response<Incoming>, SendFailure> {
-    let addr = to.addr;
-    let h = req.headers_mut();
-    h.insert(
-        H_FROM,
-        HeaderValue::from_str(&cl.self_id).expect("ulid is ascii"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&cl.cfg.name) {
-        h.insert(H_CLUSTER, v);
-    }
-    let ms = cl.cfg.peer_timeout_ms.max(1);
-    let sent = sender.try_send_request(req);
-    let result = match monoio::time::timeout(Duration::from_millis(ms), sent).await {
-        Err(_) => Err((PeerError::Timeout { addr, ms }, None)),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(mut e)) => {
-            // A pooled connection the peer closed (e.g. it restarted) fails here.
-            forget(addr);
-            let back = e.take_message();
-            Err((
-                PeerError::Request {
-                    addr,
-                    detail: e.into_error().to_string(),
-                },
-                back,
-            ))
+    /// A ready connection to `to` (pooled). Failing here means nothing was sent.
+    pub async fn channel(&self, to: &Member) -> Result<SendRequest<PeerBody>, PeerError> {
+        let cl = &self.cl;
+        if cl.is_blocked(&to.id) {
+            return Err(PeerError::Blocked(to.id.clone()));
         }
-    };
-    if result.is_err() {
-        cl.metrics.peer_errors.fetch_add(1, Relaxed);
+        let addr = to.addr;
+        let result = async {
+            let mut sender = self.connect(addr).await?;
+            sender.ready().await.map_err(|e| {
+                self.forget(addr);
+                PeerError::Connect {
+                    addr,
+                    detail: e.to_string(),
+                }
+            })?;
+            Ok(sender)
+        }
+        .await;
+        if result.is_err() {
+            cl.metrics.peer_errors.fetch_add(1, Relaxed);
+        }
+        result
     }
-    result
-}
 
-/// [`channel`] then [`send_on`].
-pub async fn send(
-    cl: &Cluster,
-    to: &Member,
-    req: Request<PeerBody>,
-) -> Result<Response<Incoming>, PeerError> {
-    let sender = channel(cl, to).await?;
-    send_on(cl, to, sender, req).await.map_err(|(e, _)| e)
+    /// Sends `req` on a channel from [`channel`] and waits for the response head (bounded
+    /// by the peer timeout; the body streams without a deadline).
+    pub async fn send_on(
+        &self,
+        to: &Member,
+        mut sender: SendRequest<PeerBody>,
+        mut req: Request<PeerBody>,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        let cl = &self.cl;
+        let addr = to.addr;
+        let h = req.headers_mut();
+        h.insert(
+            H_FROM,
+            HeaderValue::from_str(&cl.self_id).expect("ulid is ascii"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&cl.cfg.name) {
+            h.insert(H_CLUSTER, v);
+        }
+        let ms = cl.cfg.peer_timeout_ms.max(1);
+        let sent = sender.try_send_request(req);
+        let result = match monoio::time::timeout(Duration::from_millis(ms), sent).await {
+            Err(_) => Err((PeerError::Timeout { addr, ms }, None)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(mut e)) => {
+                // A pooled connection the peer closed (e.g. it restarted) fails here.
+                self.forget(addr);
+                let back = e.take_message();
+                Err((
+                    PeerError::Request {
+                        addr,
+                        detail: e.into_error().to_string(),
+                    },
+                    back,
+                ))
+            }
+        };
+        if result.is_err() {
+            cl.metrics.peer_errors.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    /// [`channel`] then [`send_on`].
+    pub async fn send(
+        &self,
+        to: &Member,
+        req: Request<PeerBody>,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let sender = self.channel(to).await?;
+        self.send_on(to, sender, req).await.map_err(|(e, _)| e)
+    }
 }
 
 /// Reads a whole (small) peer response body.

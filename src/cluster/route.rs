@@ -3,20 +3,20 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use nearcache_membership::Member;
 use nearcache_shards::{ObjectMeta, Tombstone};
 use tokio::sync::mpsc;
 
 use super::peer::{self, PeerBody};
-use super::{sync, Cluster, H_FORWARDED, H_META, H_SYMLINK};
-use crate::body::{Body, BodyError};
-use crate::error::ApiError;
-use crate::node::ShardCtx;
+use super::{
+    sync, Cluster, ClusterCtx, ClusterError, ClusterShard, H_FORWARDED, H_META, H_SYMLINK,
+};
+use crate::body::Body;
+use crate::mesh::on_owner;
 
 /// Hop-by-hop headers are not forwarded (RFC 9110 7.6.1); HTTP/2 forbids them. Host
 /// stays: the S3 API's signatures cover it.
@@ -39,13 +39,14 @@ pub enum Route {
 /// Serves `req` on the first reachable node of the key's ranking: writes here if this
 /// node owns the key, reads here if it holds an owned (or level-2) copy or is the first
 /// owner; else proxied to the first reachable node of the ranking.
-pub async fn route(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+pub async fn route<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cs: &ClusterShard,
     key: &str,
     level: u8,
     req: Request<Incoming>,
-) -> Result<Route, ApiError> {
+) -> Result<Route, ClusterError> {
+    let cl = &cs.cl;
     let ranking = cl.ranking(key);
     let owners = if level >= 2 {
         ranking.len()
@@ -62,11 +63,10 @@ pub async fn route(
             return Ok(Route::Local(req));
         }
         let k = key.to_string();
-        let servable = ctx
-            .on_owner(key, move |ctx| async move {
-                matches!(ctx.shard.peek(&k), nearcache_shards::Lookup::Hit { meta, .. } if owner_here || meta.level >= 2)
-            })
-            .await?;
+        let servable = on_owner(ctx, key, move |ctx| async move {
+            matches!(ctx.store().peek(&k), nearcache_shards::Lookup::Hit { meta, .. } if owner_here || meta.level >= 2)
+        })
+        .await?;
         if servable {
             return Ok(Route::Local(req));
         }
@@ -87,7 +87,7 @@ pub async fn route(
                 None => Err(unavailable(last_err)),
             };
         }
-        let sender = match peer::channel(cl, m).await {
+        let sender = match cs.channel(m).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer = %m.id, error = %e, "owner unreachable; trying the next node");
@@ -112,7 +112,7 @@ pub async fn route(
             }
         };
         cl.metrics.proxied_requests.fetch_add(1, Relaxed);
-        match peer::send_on(cl, m, sender, req).await {
+        match cs.send_on(m, sender, req).await {
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 if read && rparts.status.is_success() {
@@ -129,11 +129,10 @@ pub async fn route(
                 tracing::debug!(peer = %m.id, error = %e, "proxying failed; trying the next node");
                 if back.is_none() && !read {
                     // The body went (partly) to a node that failed: it cannot be replayed.
-                    return Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "peer error",
-                        format!("the owner node {} failed mid-request: {e}", m.id),
-                    ));
+                    return Err(ClusterError::PeerFailed {
+                        node: m.id.clone(),
+                        detail: e.to_string(),
+                    });
                 }
                 out = back;
                 last_err = Some(e);
@@ -143,14 +142,14 @@ pub async fn route(
     Err(unavailable(last_err))
 }
 
-fn unavailable(last: Option<peer::PeerError>) -> ApiError {
-    ApiError::unavailable(format!(
-        "no node of the cluster could take the request: {}",
-        last.map_or("no members".into(), |e| e.to_string())
-    ))
+fn unavailable(last: Option<peer::PeerError>) -> ClusterError {
+    ClusterError::NoNode(last.map_or("no members".into(), |e| e.to_string()))
 }
 
-fn proxied(parts: &http::request::Parts, body: PeerBody) -> Result<Request<PeerBody>, ApiError> {
+fn proxied(
+    parts: &http::request::Parts,
+    body: PeerBody,
+) -> Result<Request<PeerBody>, ClusterError> {
     let mut b = Request::builder().method(parts.method.clone()).uri(
         parts
             .uri
@@ -171,7 +170,7 @@ fn proxied(parts: &http::request::Parts, body: PeerBody) -> Result<Request<PeerB
     }
     b.header(H_FORWARDED, "1")
         .body(body)
-        .map_err(|e| ApiError::bad_request("invalid request", e.to_string()))
+        .map_err(|e| ClusterError::BadRequest(e.to_string()))
 }
 
 /// The other owners a fresh write or delete of `key` goes to.
@@ -188,7 +187,7 @@ async fn quorum(
     mut rx: mpsc::UnboundedReceiver<Result<(), String>>,
     total: usize,
     need: usize,
-) -> Result<(), ApiError> {
+) -> Result<(), ClusterError> {
     let (mut ok, mut failed) = (0, Vec::new());
     while ok < need {
         match rx.recv().await {
@@ -200,12 +199,12 @@ async fn quorum(
     if ok >= need {
         return Ok(());
     }
-    Err(ApiError::unavailable(format!(
-        "stored here and on {ok} of {total} other owners, but the write quorum of {} copies \
-         was not reached (it will still spread by anti-entropy): {}",
-        cl.cfg.write_quorum,
-        failed.join("; ")
-    )))
+    Err(ClusterError::Quorum {
+        ok,
+        total,
+        quorum: cl.cfg.write_quorum,
+        detail: failed.join("; "),
+    })
 }
 
 fn need(cl: &Cluster, targets: usize) -> usize {
@@ -214,11 +213,12 @@ fn need(cl: &Cluster, targets: usize) -> usize {
 
 /// Pushes the stored version `meta` to the key's other owners (every node at level 2);
 /// returns once the write quorum holds.
-pub async fn replicate_put(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+pub async fn replicate_put<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cs: &ClusterShard,
     meta: Rc<ObjectMeta>,
-) -> Result<(), ApiError> {
+) -> Result<(), ClusterError> {
+    let cl = &cs.cl;
     let targets = targets(cl, &meta.key, meta.level);
     if targets.is_empty() {
         return Ok(());
@@ -226,9 +226,10 @@ pub async fn replicate_put(
     let need = need(cl, targets.len());
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {
-        let (ctx, cl, meta, tx) = (ctx.clone(), cl.clone(), meta.clone(), tx.clone());
+        let (ctx, cs, meta, tx) = (ctx.clone(), cs.clone(), meta.clone(), tx.clone());
         monoio::spawn(async move {
-            let r = push_put(&ctx, &cl, &m, &meta).await;
+            let cl = &cs.cl;
+            let r = push_put(&*ctx, &cs, &m, &meta).await;
             match &r {
                 Ok(()) => cl.metrics.replicas_pushed.fetch_add(1, Relaxed),
                 Err(e) => {
@@ -243,32 +244,22 @@ pub async fn replicate_put(
     quorum(cl, rx, targets.len(), need).await
 }
 
-async fn push_put(
-    ctx: &Rc<ShardCtx>,
-    cl: &Cluster,
+async fn push_put<C: ClusterCtx>(
+    ctx: &C,
+    cs: &ClusterShard,
     to: &Member,
     meta: &ObjectMeta,
 ) -> Result<(), String> {
-    let sender = peer::channel(cl, to).await.map_err(|e| e.to_string())?;
+    let sender = cs.channel(to).await.map_err(|e| e.to_string())?;
     let body = if meta.size == 0 {
         Body::Empty
     } else {
-        let mut reader = ctx
-            .shard
+        let reader = ctx
+            .store()
             .open_reader(meta, 0..meta.size)
             .await
             .map_err(|e| format!("reading the stored copy: {e}"))?;
-        let (btx, body) = Body::channel(meta.size, 4);
-        monoio::spawn(async move {
-            while let Some(chunk) = reader.next_chunk().await {
-                let item = chunk.map_err(|e| BodyError(format!("reading the stored copy: {e}")));
-                let stop = item.is_err();
-                if btx.send(item).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        body
+        crate::body::pump(meta.size, None, reader, "reading the stored copy")
     };
     let req = Request::builder()
         .method(Method::PUT)
@@ -277,7 +268,8 @@ async fn push_put(
         .header(H_META, sync::encode_meta(meta))
         .body(peer::ours(body))
         .expect("valid request");
-    let resp = peer::send_on(cl, to, sender, req)
+    let resp = cs
+        .send_on(to, sender, req)
         .await
         .map_err(|(e, _)| e.to_string())?;
     answer(resp).await
@@ -294,7 +286,8 @@ async fn answer(resp: Response<Incoming>) -> Result<(), String> {
 }
 
 /// Pushes a fresh tombstone to the key's other owners; returns once the quorum holds.
-pub async fn replicate_delete(cl: &Arc<Cluster>, t: Tombstone) -> Result<(), ApiError> {
+pub async fn replicate_delete(cs: &ClusterShard, t: Tombstone) -> Result<(), ClusterError> {
+    let cl = &cs.cl;
     let targets = targets(cl, &t.key, t.level);
     if targets.is_empty() {
         return Ok(());
@@ -303,7 +296,7 @@ pub async fn replicate_delete(cl: &Arc<Cluster>, t: Tombstone) -> Result<(), Api
     let body = Bytes::from(serde_json::to_vec(&t).expect("tombstone serializes"));
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {
-        let (cl, body, tx) = (cl.clone(), body.clone(), tx.clone());
+        let (cs, body, tx) = (cs.clone(), body.clone(), tx.clone());
         monoio::spawn(async move {
             let req: Request<PeerBody> = Request::builder()
                 .method(Method::POST)
@@ -311,7 +304,8 @@ pub async fn replicate_delete(cl: &Arc<Cluster>, t: Tombstone) -> Result<(), Api
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(peer::full(body))
                 .expect("valid request");
-            let r = match peer::send(&cl, &m, req).await {
+            let cl = &cs.cl;
+            let r = match cs.send(&m, req).await {
                 Ok(resp) => answer(resp).await,
                 Err(e) => Err(e.to_string()),
             };

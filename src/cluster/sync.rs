@@ -27,10 +27,9 @@ use nearcache_shards::{hlc::wall_ms, Change, ChangeBatch, ObjectMeta, StoreError
 use serde::{Deserialize, Serialize};
 
 use super::peer::{self, PeerBody};
-use super::{Cluster, H_META};
-use crate::error::ApiError;
+use super::{Cluster, ClusterCtx, ClusterShard, H_META};
 use crate::http_util::{drain_into, DrainError};
-use crate::node::ShardCtx;
+use crate::mesh::on_owner;
 
 const BOOK_FILE: &str = "cluster-sync.json";
 const BOOK_FORMAT: u32 = 1;
@@ -68,10 +67,14 @@ struct Book {
 }
 
 /// Sync positions. Touched by the sync loops and peer requests, never by client
-/// requests, so a mutex is fine here.
+/// requests, so a mutex is fine here. Saved only by [`SyncBook::save`], which one thread
+/// at a time runs (the book's saver thread, or shutdown), never a shard thread.
 pub struct SyncBook {
     path: PathBuf,
     inner: Mutex<Book>,
+    /// Serializes saves: they share one temp path.
+    saving: Mutex<()>,
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 fn grow(v: &mut Vec<u64>, n: usize) {
@@ -105,6 +108,8 @@ impl SyncBook {
         Ok(SyncBook {
             path,
             inner: Mutex::new(book),
+            saving: Mutex::new(()),
+            dirty: Default::default(),
         })
     }
 
@@ -113,12 +118,55 @@ impl SyncBook {
         f(&mut g)
     }
 
-    /// Writes the positions atomically (tmp + rename).
+    /// Like `with`, for changes of what is saved.
+    fn change<T>(&self, f: impl FnOnce(&mut Book) -> T) -> T {
+        let out = self.with(f);
+        self.dirty.store(true, Relaxed);
+        out
+    }
+
+    /// Writes the positions atomically: a temp file, fsync, rename, fsync of the
+    /// directory. A crash leaves the old or the new book, never a torn one. Blocking:
+    /// call it from the saver thread or at shutdown, not from a shard thread.
     pub fn save(&self) -> std::io::Result<()> {
-        let text = self.with(|b| serde_json::to_string_pretty(b).expect("book serializes"));
+        use std::io::Write;
+        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        self.dirty.store(false, Relaxed);
+        let text = {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            serde_json::to_string_pretty(&*g).expect("book serializes")
+        };
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Saves the book about once a second while it changes, on a thread of its own,
+    /// until `stop` flips.
+    pub fn start_saver(
+        self: &Arc<Self>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let book = self.clone();
+        std::thread::Builder::new()
+            .name("cluster-book".into())
+            .spawn(move || {
+                while !stop.load(Relaxed) {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    if book.dirty.load(Relaxed) {
+                        if let Err(e) = book.save() {
+                            tracing::warn!(error = %e, path = %book.path.display(), "saving cluster sync positions");
+                        }
+                    }
+                }
+            })
     }
 
     pub fn peer_shards(&self, peer: &str) -> usize {
@@ -135,7 +183,7 @@ impl SyncBook {
     }
 
     fn advance(&self, peer: &str, shard: usize, shards: usize, next: u64, last_seq: u64) {
-        self.with(|b| {
+        self.change(|b| {
             let p = b.peers.entry(peer.to_string()).or_default();
             p.shards = shards;
             grow(&mut p.after, shards.max(shard + 1));
@@ -155,14 +203,14 @@ impl SyncBook {
 
     /// The peer trimmed records we never read: scan its index instead.
     fn start_resync(&self, peer: &str, shard: usize) {
-        self.with(|b| {
+        self.change(|b| {
             let p = b.peers.entry(peer.to_string()).or_default();
             p.resync.entry(shard).or_default();
         })
     }
 
     fn set_resync(&self, peer: &str, shard: usize, r: Resync) {
-        self.with(|b| {
+        self.change(|b| {
             b.peers
                 .entry(peer.to_string())
                 .or_default()
@@ -173,7 +221,7 @@ impl SyncBook {
 
     /// The scan is done: the journal resumes after what the scan reflected.
     fn finish_resync(&self, peer: &str, shard: usize, shards: usize, through: u64) {
-        self.with(|b| {
+        self.change(|b| {
             if let Some(p) = b.peers.get_mut(peer) {
                 p.resync.remove(&shard);
             }
@@ -205,7 +253,7 @@ impl SyncBook {
     /// Ownership moved (a member went away): re-read peers' retained journals to pull
     /// what this node now owns. Keys already held are skipped cheaply (same HLC).
     pub fn rescan(&self) {
-        self.with(|b| {
+        self.change(|b| {
             for p in b.peers.values_mut() {
                 p.after.iter_mut().for_each(|a| *a = 0);
             }
@@ -313,32 +361,40 @@ pub fn replica_upload_after(cl: &Cluster) -> Option<u64> {
     Some(wall_ms() + cl.cfg.replica_upload_delay_secs * 1000)
 }
 
+/// Why a replica was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The sender sent more than the replica's size. Its fault; a retry will not help.
+    #[error("replica body exceeds its size {0}")]
+    TooLong(u64),
+    /// The sender's stream broke. A retry may help.
+    #[error("replica stream failed after {got} of {size} bytes: {detail}")]
+    Stream { got: u64, size: u64, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Stores a replica of `meta` whose body arrives in `body`. Runs on the key's owner shard.
 /// Ok(false): the local copy was as new or newer.
 pub async fn store_replica(
-    ctx: &Rc<ShardCtx>,
+    store: &Rc<nearcache_shards::Shard>,
     meta: &ObjectMeta,
     mut body: Incoming,
     upload_after: Option<u64>,
-) -> Result<bool, ApiError> {
-    let Some(mut writer) = ctx.shard.begin_replica(meta).await? else {
+) -> Result<bool, ReplicaError> {
+    let Some(mut writer) = store.begin_replica(meta).await? else {
         return Ok(false);
     };
     match drain_into(&mut writer, &mut body, meta.size).await {
         Ok(()) => {}
-        Err(DrainError::TooLong) => {
-            return Err(ApiError::bad_request(
-                "replica too long",
-                format!("replica body exceeds its size {}", meta.size),
-            ));
-        }
+        Err(DrainError::TooLong) => return Err(ReplicaError::TooLong(meta.size)),
         Err(DrainError::Store(e)) => return Err(e.into()),
         Err(DrainError::Stream(got, e)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "replica stream failed",
-                format!("after {got} of {} bytes: {e}", meta.size),
-            ));
+            return Err(ReplicaError::Stream {
+                got,
+                size: meta.size,
+                detail: e.to_string(),
+            });
         }
     }
     match writer.finish_replica(meta, upload_after).await {
@@ -350,20 +406,23 @@ pub async fn store_replica(
 
 /// The anti-entropy loop of one shard thread. Peer shard `s` is pulled by local shard
 /// `s % n`, so the work spreads over cores.
-pub async fn run(ctx: Rc<ShardCtx>, cl: Arc<Cluster>) {
-    let n = ctx.node.shards.len();
+pub async fn run<C: ClusterCtx>(
+    ctx: Rc<C>,
+    cs: ClusterShard,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let cl = &cs.cl;
+    let (n, id) = (ctx.mesh().shards(), ctx.mesh().id());
     let limiter = RateLimiter::new(cl.cfg.sync_rate_limit.0 / n as u64);
     let interval = Duration::from_millis(cl.cfg.sync_interval_ms.max(10));
-    let mut shutdown = ctx.node.shutdown_rx.clone();
     let mut alive_before: Option<HashSet<String>> = None;
-    let mut last_save = Instant::now();
     let mut warned: std::collections::HashMap<String, Instant> = Default::default();
     loop {
         if *shutdown.borrow() {
             return;
         }
         let view = cl.view();
-        if ctx.id == 0 {
+        if id == 0 {
             let alive: HashSet<String> = view.alive().map(|m| m.id.clone()).collect();
             if let Some(before) = &alive_before {
                 if *before != alive {
@@ -387,12 +446,12 @@ pub async fn run(ctx: Rc<ShardCtx>, cl: Arc<Cluster>) {
         for p in peers {
             let shards = cl.book.peer_shards(&p.id);
             let mine: Vec<usize> = match shards {
-                0 if ctx.id == 0 => vec![0],
+                0 if id == 0 => vec![0],
                 0 => vec![],
-                s => (0..s).filter(|s| s % n == ctx.id).collect(),
+                s => (0..s).filter(|s| s % n == id).collect(),
             };
             for s in mine {
-                match pull_once(&ctx, &cl, &p, s, &limiter).await {
+                match pull_once(&ctx, &cs, &p, s, &limiter).await {
                     Ok(full) => more |= full,
                     Err(e) => {
                         cl.metrics.sync_errors.fetch_add(1, Relaxed);
@@ -400,16 +459,10 @@ pub async fn run(ctx: Rc<ShardCtx>, cl: Arc<Cluster>) {
                         let last = warned.get(&p.id).copied();
                         if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
                             warned.insert(p.id.clone(), now);
-                            tracing::warn!(shard = ctx.id, peer = %p.id, peer_shard = s, error = %e, "sync pull failed; will retry");
+                            tracing::warn!(shard = id, peer = %p.id, peer_shard = s, error = %e, "sync pull failed; will retry");
                         }
                     }
                 }
-            }
-        }
-        if last_save.elapsed() >= Duration::from_secs(1) {
-            last_save = Instant::now();
-            if let Err(e) = cl.book.save() {
-                tracing::warn!(error = %e, "saving cluster sync positions");
             }
         }
         if !more {
@@ -422,22 +475,23 @@ pub async fn run(ctx: Rc<ShardCtx>, cl: Arc<Cluster>) {
 }
 
 /// Pulls and applies one batch from a peer shard. Ok(true): the peer has more.
-async fn pull_once(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+async fn pull_once<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cs: &ClusterShard,
     p: &Member,
     shard: usize,
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
+    let cl = &cs.cl;
     if let Some(rs) = cl.book.resync_of(&p.id, shard) {
-        return resync_once(ctx, cl, p, shard, rs, limiter).await;
+        return resync_once(ctx, cs, p, shard, rs, limiter).await;
     }
     let after = cl.book.after(&p.id, shard);
     let uri = format!(
         "/_nc/v1/changes?shard={shard}&after={after}&limit={}",
         cl.cfg.sync_batch.max(1)
     );
-    let reply: ChangesReply = get_json(cl, p, uri).await?;
+    let reply: ChangesReply = get_json(cs, p, uri).await?;
     let batch = reply.batch;
     if batch.gap {
         // The scan covers everything the missed records did (current state only).
@@ -447,7 +501,7 @@ async fn pull_once(
         return Ok(true);
     }
     let changes = batch.changes.into_iter().map(|(_, c)| c).collect();
-    apply_all(ctx, cl, p, changes, limiter).await?;
+    apply_all(ctx, cs, p, changes, limiter).await?;
     cl.book
         .advance(&p.id, shard, reply.shards, batch.next_after, batch.last_seq);
     Ok(batch.next_after < batch.last_seq)
@@ -455,17 +509,18 @@ async fn pull_once(
 
 /// GETs a JSON document from a peer's internal API.
 async fn get_json<T: for<'de> Deserialize<'de>>(
-    cl: &Cluster,
+    cs: &ClusterShard,
     p: &Member,
     uri: String,
 ) -> Result<T, String> {
+    let cl = &cs.cl;
     let req = Request::builder()
         .method(Method::GET)
         .uri(&uri)
         .body(peer::empty())
         .expect("valid request");
     cl.metrics.sync_requests.fetch_add(1, Relaxed);
-    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
+    let resp = cs.send(p, req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let body = peer::read_body(resp, 64 << 20).await?;
     if !status.is_success() {
@@ -479,15 +534,16 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
 
 /// Applies changes, `sync_concurrency` at a time; the first failure is returned after
 /// all have run (the position then stays, and the batch is retried).
-async fn apply_all(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+async fn apply_all<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cs: &ClusterShard,
     p: &Member,
     changes: Vec<Change>,
     limiter: &RateLimiter,
 ) -> Result<(), String> {
+    let cl = &cs.cl;
     let results: Vec<Result<(), String>> = futures::stream::iter(changes)
-        .map(|change| apply_change(ctx, cl, p, change, limiter))
+        .map(|change| apply_change(ctx, cs, p, change, limiter))
         .buffer_unordered(cl.cfg.sync_concurrency.max(1))
         .collect()
         .await;
@@ -497,14 +553,15 @@ async fn apply_all(
 }
 
 /// One page of an index scan of a peer shard. Ok(true): more pages to go.
-async fn resync_once(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+async fn resync_once<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cs: &ClusterShard,
     p: &Member,
     shard: usize,
     rs: Resync,
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
+    let cl = &cs.cl;
     let mut uri = format!(
         "/_nc/v1/index?shard={shard}&limit={}",
         cl.cfg.sync_batch.max(1)
@@ -513,14 +570,14 @@ async fn resync_once(
         uri.push_str("&after=");
         uri.push_str(&key_query(k));
     }
-    let reply: IndexReply = get_json(cl, p, uri).await?;
+    let reply: IndexReply = get_json(cs, p, uri).await?;
     let page = reply.page;
     let through = if rs.through == 0 {
         page.through
     } else {
         rs.through
     };
-    apply_all(ctx, cl, p, page.entries, limiter).await?;
+    apply_all(ctx, cs, p, page.entries, limiter).await?;
     match page.next_key {
         None => {
             tracing::info!(peer = %p.id, peer_shard = shard, through, "index resync done; back to the journal");
@@ -541,13 +598,14 @@ async fn resync_once(
     }
 }
 
-async fn apply_change(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+async fn apply_change<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cs: &ClusterShard,
     p: &Member,
     change: Change,
     limiter: &RateLimiter,
 ) -> Result<(), String> {
+    let cl = &cs.cl;
     let key = match &change {
         Change::Put(m) => m.key.clone(),
         Change::Delete(t) => t.key.clone(),
@@ -560,38 +618,42 @@ async fn apply_change(
         // Rate-limit on this thread before the job moves to the owner shard.
         let newer = {
             let m = m.clone();
-            ctx.on_owner(&m.key.clone(), move |ctx| async move {
-                ctx.shard.is_newer(&m.key, m.hlc, &m.etag)
+            on_owner(ctx, &m.key.clone(), move |ctx| async move {
+                ctx.store().is_newer(&m.key, m.hlc, &m.etag)
             })
             .await
-            .map_err(|e| e.detail)?
+            .map_err(|e| e.to_string())?
         };
         if !newer {
             return Ok(());
         }
         limiter.take(m.size).await;
     }
-    let (cl, p) = (cl.clone(), p.clone());
-    ctx.on_owner(&key, move |ctx| async move {
-        apply_on_owner(&ctx, &cl, &p, change).await
+    let p = p.clone();
+    on_owner(ctx, &key, move |ctx| async move {
+        let Some(cs) = ctx.cluster().cloned() else {
+            return Err("the owner shard has no cluster part".to_string());
+        };
+        apply_on_owner(&*ctx, &cs, &p, change).await
     })
     .await
-    .map_err(|e| e.detail)?
+    .map_err(|e| e.to_string())?
 }
 
-async fn apply_on_owner(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+async fn apply_on_owner<C: ClusterCtx>(
+    ctx: &C,
+    cs: &ClusterShard,
     p: &Member,
     change: Change,
 ) -> Result<(), String> {
+    let cl = &cs.cl;
     let se = |e: StoreError| e.to_string();
     match change {
-        Change::Put(m) => pull_object(ctx, cl, p, &m).await,
+        Change::Put(m) => pull_object(ctx.store(), cs, p, &m).await,
         Change::Delete(t) => {
-            let holds = !matches!(ctx.shard.peek(&t.key), nearcache_shards::Lookup::Miss);
+            let holds = !matches!(ctx.store().peek(&t.key), nearcache_shards::Lookup::Miss);
             if holds || cl.is_owner(&t.key, t.level) {
-                ctx.shard
+                ctx.store()
                     .apply_tombstone(&t, replica_upload_after(cl))
                     .await
                     .map_err(se)?;
@@ -599,14 +661,14 @@ async fn apply_on_owner(
             Ok(())
         }
         Change::Upgrade { key, hlc, level } => {
-            ctx.shard
+            ctx.store()
                 .upgrade_version(&key, hlc, level)
                 .await
                 .map_err(se)?;
             Ok(())
         }
         Change::Uploaded { key, hlc } => {
-            ctx.shard.mark_uploaded(&key, hlc).await.map_err(se)?;
+            ctx.store().mark_uploaded(&key, hlc).await.map_err(se)?;
             Ok(())
         }
     }
@@ -614,15 +676,16 @@ async fn apply_on_owner(
 
 /// Fetches the peer's current copy of `m.key` and stores it if it is newer.
 async fn pull_object(
-    ctx: &Rc<ShardCtx>,
-    cl: &Arc<Cluster>,
+    store: &Rc<nearcache_shards::Shard>,
+    cs: &ClusterShard,
     p: &Member,
     m: &ObjectMeta,
 ) -> Result<(), String> {
-    if !ctx.shard.is_newer(&m.key, m.hlc, &m.etag) {
+    let cl = &cs.cl;
+    if !store.is_newer(&m.key, m.hlc, &m.etag) {
         return Ok(());
     }
-    let resp = fetch_replica(cl, p, &m.key).await?;
+    let resp = fetch_replica(cs, p, &m.key).await?;
     let Some(resp) = resp else {
         // Gone or replaced on the peer: a later change in its journal covers it.
         return Ok(());
@@ -633,9 +696,9 @@ async fn pull_object(
         .ok_or_else(|| format!("peer replica answer lacks {H_META}"))
         .and_then(|v| decode_meta(v.as_bytes()))?;
     let size = meta.size;
-    let stored = store_replica(ctx, &meta, resp.into_body(), replica_upload_after(cl))
+    let stored = store_replica(store, &meta, resp.into_body(), replica_upload_after(cl))
         .await
-        .map_err(|e| format!("{}: {}", e.error, e.detail))?;
+        .map_err(|e| e.to_string())?;
     if stored {
         cl.metrics.sync_bytes.fetch_add(size, Relaxed);
     }
@@ -644,9 +707,14 @@ async fn pull_object(
 
 /// Asks the other alive nodes, best-ranked first, for their local copy of `key` and
 /// stores the first one found (runs on the key's owner shard). True if one was stored.
-pub async fn pull_from_holders(ctx: &Rc<ShardCtx>, cl: &Arc<Cluster>, key: &str) -> bool {
+pub async fn pull_from_holders(
+    store: &Rc<nearcache_shards::Shard>,
+    cs: &ClusterShard,
+    key: &str,
+) -> bool {
+    let cl = &cs.cl;
     for p in cl.ranking(key).iter().filter(|m| !m.is_self) {
-        let Ok(Some(resp)) = fetch_replica(cl, p, key).await else {
+        let Ok(Some(resp)) = fetch_replica(cs, p, key).await else {
             continue;
         };
         let Some(Ok(meta)) = resp
@@ -656,10 +724,10 @@ pub async fn pull_from_holders(ctx: &Rc<ShardCtx>, cl: &Arc<Cluster>, key: &str)
         else {
             continue;
         };
-        match store_replica(ctx, &meta, resp.into_body(), replica_upload_after(cl)).await {
+        match store_replica(store, &meta, resp.into_body(), replica_upload_after(cl)).await {
             Ok(_) => return true,
             Err(e) => {
-                tracing::debug!(peer = %p.id, key, error = %e.detail, "pulling a moved key failed")
+                tracing::debug!(peer = %p.id, key, error = %e, "pulling a moved key failed")
             }
         }
     }
@@ -668,7 +736,7 @@ pub async fn pull_from_holders(ctx: &Rc<ShardCtx>, cl: &Arc<Cluster>, key: &str)
 
 /// GET a peer's local copy of `key` (never read through). None when it has none.
 pub async fn fetch_replica(
-    cl: &Cluster,
+    cs: &ClusterShard,
     p: &Member,
     key: &str,
 ) -> Result<Option<http::Response<Incoming>>, String> {
@@ -677,7 +745,7 @@ pub async fn fetch_replica(
         .uri(format!("/_nc/v1/replica?key={}", key_query(key)))
         .body(peer::empty())
         .expect("valid request");
-    let resp = peer::send(cl, p, req).await.map_err(|e| e.to_string())?;
+    let resp = cs.send(p, req).await.map_err(|e| e.to_string())?;
     match resp.status() {
         StatusCode::OK => Ok(Some(resp)),
         StatusCode::NOT_FOUND => Ok(None),
@@ -742,6 +810,31 @@ mod tests {
             book.seen_by_all(1, 10, &[]),
             "a lone node drops by TTL only"
         );
+    }
+
+    #[test]
+    fn concurrent_saves_never_leave_a_torn_book() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = Arc::new(SyncBook::open(dir.path().to_path_buf()).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let book = book.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        book.advance(&format!("P{t}"), 0, 1, i, i);
+                        book.save().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let reopened = SyncBook::open(dir.path().to_path_buf()).unwrap();
+        for t in 0..4 {
+            assert_eq!(reopened.after(&format!("P{t}"), 0), 49);
+        }
+        assert!(!dir.path().join("cluster-sync.json.tmp").exists());
     }
 
     #[test]

@@ -11,12 +11,14 @@ use hyper::body::Incoming;
 use nearcache_s3::UploadsParams;
 
 use super::error::S3Error;
-use super::object::{copy_source, flush_pending, forget, put_meta, stage_body};
+use super::object::{copy_source, put_meta, stage_body};
 use super::xml::{escape, iso_time, url_encode, DECL, NS};
-use super::{cache_key, empty, ensure_bucket, read_small_body, xml_response, S3Req};
+use super::{empty, ensure_bucket, read_small_body, xml_response, S3Req};
 use crate::body::Body;
-use crate::native::quoted;
-use crate::node::ShardCtx;
+use crate::ctx::ShardCtx;
+use crate::http_util::quoted;
+use crate::object::write;
+use crate::object::CacheKey;
 
 fn upload_id(req: &S3Req) -> Result<String, S3Error> {
     req.q("uploadId")
@@ -27,8 +29,12 @@ fn upload_id(req: &S3Req) -> Result<String, S3Error> {
 
 pub async fn create(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
     let meta = put_meta(&req.headers)?;
-    ensure_bucket(ctx, req.bucket()).await?;
-    let id = ctx.node.bridge.create_multipart(&req.loc(), meta).await?;
+    ensure_bucket(ctx, req, req.bucket()).await?;
+    let id = ctx
+        .objects
+        .origin
+        .create_multipart(&req.loc(), meta)
+        .await?;
     Ok(xml_response(format!(
         "{DECL}<InitiateMultipartUploadResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key>\
          <UploadId>{}</UploadId></InitiateMultipartUploadResult>",
@@ -55,10 +61,10 @@ pub async fn upload_part(
         })?;
     let loc = req.loc();
     // Stage on this shard (the body is already here); the upload runs on the bridge.
-    let staged = stage_body(ctx, req, body).await?;
+    let super::object::StagedBody { staged, declared } = stage_body(ctx, req, body).await?;
     let res = ctx
-        .node
-        .bridge
+        .objects
+        .origin
         .upload_part(
             &loc,
             &id,
@@ -69,8 +75,7 @@ pub async fn upload_part(
             Some(staged.md5_hex.clone()),
         )
         .await;
-    let declared = staged.declared.clone();
-    staged.remove().await;
+    staged.remove();
     let etag = res?;
     let mut r = empty(StatusCode::OK);
     r.headers_mut().insert(header::ETAG, quoted(&etag));
@@ -116,10 +121,10 @@ pub async fn upload_part_copy(
             Some((a, b))
         }
     };
-    flush_pending(ctx, cache_key(&src.bucket, &src.key)).await?;
+    write::flush_pending(ctx, CacheKey::s3(&src.bucket, &src.key)).await?;
     let res = ctx
-        .node
-        .bridge
+        .objects
+        .origin
         .upload_part_copy(&req.loc(), &id, part, src, range)
         .await?;
     Ok(xml_response(format!(
@@ -171,15 +176,15 @@ pub async fn complete(
             "The list of parts was not in ascending order. Parts must be ordered by part number.",
         ));
     }
-    let key = cache_key(req.bucket(), req.key());
+    let key = req.cache_key();
     // An older write of the key still pending upload must not land after the new object.
-    flush_pending(ctx, key.clone()).await?;
+    write::flush_pending(ctx, key.clone()).await?;
     let etag = ctx
-        .node
-        .bridge
+        .objects
+        .origin
         .complete_multipart(&req.loc(), &id, parts)
         .await?;
-    forget(ctx, key).await?;
+    write::forget(ctx, key).await?;
     Ok(xml_response(format!(
         "{DECL}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{}/{}</Location>\
          <Bucket>{}</Bucket><Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
@@ -193,7 +198,7 @@ pub async fn complete(
 
 pub async fn abort(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
     let id = upload_id(req)?;
-    ctx.node.bridge.abort_multipart(&req.loc(), &id).await?;
+    ctx.objects.origin.abort_multipart(&req.loc(), &id).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -214,8 +219,8 @@ pub async fn list_parts(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
         ),
     };
     let page = ctx
-        .node
-        .bridge
+        .objects
+        .origin
         .list_parts(&req.loc(), &id, max, marker)
         .await?;
     let mut doc = format!(
@@ -275,8 +280,8 @@ pub async fn list_uploads(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Bo
         max_uploads: max,
     };
     let page = ctx
-        .node
-        .bridge
+        .objects
+        .origin
         .list_uploads(req.bucket(), params.clone())
         .await?;
     let enc = |s: &str| {

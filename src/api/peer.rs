@@ -11,29 +11,81 @@
 //! | `POST /_nc/v1/tombstone`           | apply a tombstone if newer                        |
 //!
 //! Requests must carry this cluster's name and the sender's node id; a peer cut off by
-//! the drop switch is refused.
+//! the drop switch is refused. Proxied public requests are handed to their API edge by
+//! the listener (see `server`), after [`admit`].
 
 use std::rc::Rc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use nearcache_shards::{Lookup, Tombstone};
 
-use super::sync::{self, ChangesReply};
-use super::{Cluster, H_CLUSTER, H_FORWARDED, H_FROM, H_META};
-use crate::body::{Body, BodyError};
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::body::Body;
+use crate::cluster::sync::{self, ChangesReply, ReplicaError};
+use crate::cluster::{Cluster, H_CLUSTER, H_FROM, H_META};
+use crate::ctx::ShardCtx;
 use crate::http_util::query_param;
-use crate::node::ShardCtx;
+use crate::mesh::{on_owner, on_shard};
 
-pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+/// Checks a node-to-node request: this node is in a cluster, the request is from this
+/// cluster, names its sender, and the sender is not cut off.
+pub fn admit(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<std::sync::Arc<Cluster>, ApiError> {
     let Some(cl) = ctx.node.cluster.clone() else {
-        return ApiError::not_found("this node is not in a cluster").into_response();
+        return Err(ApiError::not_found("this node is not in a cluster"));
     };
+    let h = req.headers();
+    let name = h.get(H_CLUSTER).and_then(|v| v.to_str().ok());
+    if name != Some(cl.cfg.name.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong cluster",
+            format!(
+                "this node belongs to cluster {:?}, the request to {:?}",
+                cl.cfg.name,
+                name.unwrap_or("<none>")
+            ),
+        ));
+    }
+    let from = h
+        .get(H_FROM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if from.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing sender",
+            format!("node-to-node requests carry {H_FROM}"),
+        ));
+    }
+    if cl.is_blocked(from) {
+        return Err(ApiError::unavailable(format!(
+            "traffic from {from} is blocked (fault injection)"
+        )));
+    }
+    Ok(cl)
+}
+
+/// A node-to-node request (already admitted) that is not a proxied public request.
+pub async fn handle(
+    ctx: Rc<ShardCtx>,
+    cl: std::sync::Arc<Cluster>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     match route(&ctx, &cl, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+fn replica_error(e: ReplicaError) -> ApiError {
+    match e {
+        ReplicaError::TooLong(_) => ApiError::bad_request("replica too long", e.to_string()),
+        ReplicaError::Stream { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "replica stream failed",
+            e.to_string(),
+        ),
+        ReplicaError::Store(s) => crate::object::ObjectError::from(s).into(),
     }
 }
 
@@ -59,44 +111,13 @@ async fn route(
     cl: &std::sync::Arc<Cluster>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let h = req.headers();
-    let name = h.get(H_CLUSTER).and_then(|v| v.to_str().ok());
-    if name != Some(cl.cfg.name.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "wrong cluster",
-            format!(
-                "this node belongs to cluster {:?}, the request to {:?}",
-                cl.cfg.name,
-                name.unwrap_or("<none>")
-            ),
-        ));
-    }
-    let from = h
+    let from = req
+        .headers()
         .get(H_FROM)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    if from.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing sender",
-            format!("node-to-node requests carry {H_FROM}"),
-        ));
-    }
-    if cl.is_blocked(&from) {
-        return Err(ApiError::unavailable(format!(
-            "traffic from {from} is blocked (fault injection)"
-        )));
-    }
     let path = req.uri().path().to_string();
-    if h.contains_key(H_FORWARDED) {
-        if h.get(super::H_API).is_some_and(|v| v == "s3") {
-            return Ok(crate::s3api::handle_forwarded(ctx.clone(), req).await);
-        }
-        if path.starts_with("/api/v1/") {
-            return Ok(crate::native::handle_forwarded(ctx.clone(), req).await);
-        }
-    }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/_nc/v1/changes") => {
             let shard = num(&req, "shard")? as usize;
@@ -110,11 +131,11 @@ async fn route(
                 ));
             }
             cl.book.record_ack(&from, shard, after);
-            let batch = ctx
-                .on_shard(shard, move |ctx| async move {
-                    ctx.shard.changes_since(after, limit)
-                })
-                .await??;
+            let batch = on_shard(ctx, shard, move |ctx| async move {
+                ctx.shard.changes_since(after, limit)
+            })
+            .await?
+            .map_err(store_error)?;
             Ok(json(
                 serde_json::to_value(ChangesReply { shards: n, batch }).expect("serializes"),
             ))
@@ -130,11 +151,11 @@ async fn route(
                     format!("this node has {n} shards, not shard {shard}"),
                 ));
             }
-            let page = ctx
-                .on_shard(shard, move |ctx| async move {
-                    ctx.shard.index_page(after.as_deref(), limit)
-                })
-                .await??;
+            let page = on_shard(ctx, shard, move |ctx| async move {
+                ctx.shard.index_page(after.as_deref(), limit)
+            })
+            .await?
+            .map_err(store_error)?;
             Ok(json(
                 serde_json::to_value(sync::IndexReply { shards: n, page }).expect("serializes"),
             ))
@@ -142,8 +163,7 @@ async fn route(
         (Method::GET, "/_nc/v1/replica") => {
             let key = query_param(&req, "key")
                 .ok_or_else(|| ApiError::bad_request("missing parameter", "key is required"))?;
-            ctx.on_owner(&key.clone(), move |ctx| serve_replica(ctx, key))
-                .await?
+            on_owner(ctx, &key.clone(), move |ctx| serve_replica(ctx, key)).await?
         }
         (Method::PUT, "/_nc/v1/replica") => {
             let meta = req
@@ -159,11 +179,11 @@ async fn route(
             let upload_after = sync::replica_upload_after(cl);
             let body = req.into_body();
             let key = meta.key.clone();
-            let applied = ctx
-                .on_owner(&key, move |ctx| async move {
-                    sync::store_replica(&ctx, &meta, body, upload_after).await
-                })
-                .await??;
+            let applied = on_owner(ctx, &key, move |ctx| async move {
+                sync::store_replica(&ctx.shard, &meta, body, upload_after).await
+            })
+            .await?
+            .map_err(replica_error)?;
             Ok(json(serde_json::json!({ "applied": applied })))
         }
         (Method::POST, "/_nc/v1/tombstone") => {
@@ -171,11 +191,11 @@ async fn route(
             let t: Tombstone = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request("invalid tombstone", e.to_string()))?;
             let upload_after = sync::replica_upload_after(cl);
-            let applied = ctx
-                .on_owner(&t.key.clone(), move |ctx| async move {
-                    ctx.shard.apply_tombstone(&t, upload_after).await
-                })
-                .await??;
+            let applied = on_owner(ctx, &t.key.clone(), move |ctx| async move {
+                ctx.shard.apply_tombstone(&t, upload_after).await
+            })
+            .await?
+            .map_err(store_error)?;
             Ok(json(serde_json::json!({ "applied": applied })))
         }
         (m, p) => Err(ApiError::not_found(format!(
@@ -203,24 +223,21 @@ async fn serve_replica(ctx: Rc<ShardCtx>, key: String) -> Result<Response<Body>,
         b = b.header(header::CONTENT_LENGTH, 0);
         return Ok(b.body(Body::Empty).expect("valid response"));
     }
-    let mut reader = ctx.shard.open_reader(&meta, 0..meta.size).await?;
+    let mut reader = ctx
+        .shard
+        .open_reader(&meta, 0..meta.size)
+        .await
+        .map_err(store_error)?;
+    // The first chunk before answering: a bad first block is a clean error, not a cut.
     let first = match reader.next_chunk().await {
         Some(Ok(c)) => c,
-        Some(Err(e)) => return Err(e.into()),
-        None => Bytes::new(),
+        Some(Err(e)) => return Err(store_error(e)),
+        None => bytes::Bytes::new(),
     };
-    let (tx, body) = Body::channel(meta.size, 4);
-    monoio::spawn(async move {
-        if tx.send(Ok(first)).await.is_err() {
-            return;
-        }
-        while let Some(chunk) = reader.next_chunk().await {
-            let item = chunk.map_err(|e| BodyError(format!("replica read failed: {e}")));
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                return;
-            }
-        }
-    });
+    let body = crate::body::pump(meta.size, Some(first), reader, "reading the replica");
     Ok(b.body(body).expect("valid response"))
+}
+
+fn store_error(e: nearcache_shards::StoreError) -> ApiError {
+    crate::object::ObjectError::from(e).into()
 }

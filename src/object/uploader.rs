@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use nearcache_s3::PutMeta;
 use nearcache_shards::{PendingKind, PendingOp, Provenance};
 
-use crate::node::ShardCtx;
+use super::key::Origin;
+use super::{CacheKey, ObjectCtx};
 
 struct State {
     in_flight: HashSet<String>,
@@ -19,19 +20,13 @@ struct State {
     backoff: HashMap<String, (u32, Instant)>,
 }
 
-thread_local! {
-    /// Wakes this shard's uploader loop when an upload ends and frees a slot.
-    static SLOT_FREED: Rc<tokio::sync::Notify> = Rc::new(tokio::sync::Notify::new());
-}
-
-pub async fn run(ctx: Rc<ShardCtx>) {
+/// The uploader loop of one shard, until shutdown.
+pub async fn run<C: ObjectCtx>(ctx: Rc<C>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let state = Rc::new(RefCell::new(State {
         in_flight: HashSet::new(),
         backoff: HashMap::new(),
     }));
-    let concurrency = ctx.node.cfg.origin.upload_concurrency.max(1);
-    let mut shutdown = ctx.node.shutdown_rx.clone();
-    let slot_freed = SLOT_FREED.with(Rc::clone);
+    let concurrency = ctx.objects().cfg.origin.upload_concurrency.max(1);
     loop {
         if *shutdown.borrow() {
             return;
@@ -39,7 +34,7 @@ pub async fn run(ctx: Rc<ShardCtx>) {
         let now = Instant::now();
         let mut next_due: Option<Instant> = None;
         let ops = ctx
-            .shard
+            .store()
             .pending(concurrency * 8 + state.borrow().in_flight.len());
         for op in ops {
             let mut st = state.borrow_mut();
@@ -61,16 +56,18 @@ pub async fn run(ctx: Rc<ShardCtx>) {
         }
         let wait = next_due.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
         monoio::select! {
-            _ = ctx.shard.pending_changed() => {}
+            _ = ctx.store().pending_changed() => {}
             _ = monoio::time::sleep(wait.max(Duration::from_millis(5))) => {}
-            _ = slot_freed.notified() => {}
+            _ = ctx.objects().upload_slot_freed.notified() => {}
             _ = shutdown.changed() => {}
         }
     }
 }
 
-async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
-    let bridge = &ctx.node.bridge;
+async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingOp) {
+    let objects = ctx.objects();
+    let bridge = &objects.origin;
+    let key = CacheKey::from_stored(&op.key);
     let result = match &op.kind {
         PendingKind::Put {
             path,
@@ -85,13 +82,13 @@ async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
                 md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
                 headers: meta.headers.clone(),
             };
-            match crate::s3api::origin_loc(&op.key) {
-                Some(loc) => {
+            match (key.origin(), key.loc()) {
+                (Origin::Bucket { .. }, Some(loc)) => {
                     bridge
                         .put_file_in(&loc, path.clone(), *offset, *len, pm)
                         .await
                 }
-                None => {
+                _ => {
                     bridge
                         .put_file(&op.key, path.clone(), *offset, *len, pm)
                         .await
@@ -99,17 +96,17 @@ async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
             }
             .map(|_| ())
         }
-        PendingKind::Delete => match crate::s3api::origin_loc(&op.key) {
+        PendingKind::Delete => match key.loc() {
             Some(loc) => bridge.delete_in(&loc).await,
             None => bridge.delete(&op.key).await,
         },
     };
     let outcome = match result {
-        Ok(()) => match ctx.shard.complete_pending(&op.key, op.seq).await {
+        Ok(()) => match ctx.store().complete_pending(&op.key, op.seq).await {
             Ok(()) => {
                 match op.kind {
-                    PendingKind::Put { .. } => ctx.http.uploads_ok.fetch_add(1, Relaxed),
-                    PendingKind::Delete => ctx.http.origin_deletes_ok.fetch_add(1, Relaxed),
+                    PendingKind::Put { .. } => objects.metrics.uploads_ok.fetch_add(1, Relaxed),
+                    PendingKind::Delete => objects.metrics.origin_deletes_ok.fetch_add(1, Relaxed),
                 };
                 state.borrow_mut().backoff.remove(&op.key);
                 Ok(())
@@ -119,9 +116,9 @@ async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
         Err(e) => Err(e.to_string()),
     };
     if let Err(msg) = &outcome {
-        ctx.http.upload_failures.fetch_add(1, Relaxed);
-        let cap = Duration::from_secs(ctx.node.cfg.origin.upload_max_backoff_secs.max(1));
-        let base = Duration::from_millis(ctx.node.cfg.origin.initial_backoff_ms.max(10));
+        objects.metrics.upload_failures.fetch_add(1, Relaxed);
+        let cap = Duration::from_secs(objects.cfg.origin.upload_max_backoff_secs.max(1));
+        let base = Duration::from_millis(objects.cfg.origin.initial_backoff_ms.max(10));
         let mut st = state.borrow_mut();
         let entry = st
             .backoff
@@ -130,10 +127,10 @@ async fn apply(ctx: Rc<ShardCtx>, state: Rc<RefCell<State>>, op: PendingOp) {
         entry.0 += 1;
         let delay = base.saturating_mul(1u32 << entry.0.min(16)).min(cap);
         entry.1 = Instant::now() + delay;
-        tracing::warn!(shard = ctx.id, failures = entry.0, retry_in = ?delay, error = %msg,
+        tracing::warn!(shard = ctx.mesh().id(), failures = entry.0, retry_in = ?delay, error = %msg,
             "origin write failed; will retry");
     }
     state.borrow_mut().in_flight.remove(&op.key);
-    SLOT_FREED.with(|n| n.notify_one());
-    ctx.notify_upload(&op.key, op.seq, outcome);
+    objects.upload_slot_freed.notify_one();
+    objects.notify_upload(&op.key, op.seq, outcome);
 }

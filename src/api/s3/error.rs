@@ -5,18 +5,21 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 use nearcache_s3::OriginError;
-use nearcache_shards::StoreError;
 
 use super::auth::AuthError;
 use super::xml::escape;
 use crate::body::Body;
-use crate::error::ApiError;
+use crate::cluster::ClusterError;
+use crate::mesh::MeshError;
+use crate::object::ObjectError;
 
 #[derive(Debug, Clone)]
 pub struct S3Error {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// Seconds for `Retry-After` (retryable unavailability).
+    pub retry_after: Option<u32>,
 }
 
 impl S3Error {
@@ -25,6 +28,19 @@ impl S3Error {
             status,
             code: code.to_owned(),
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503 ServiceUnavailable with `Retry-After`: the same request may succeed later.
+    pub fn service_unavailable(message: impl Into<String>) -> S3Error {
+        S3Error {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                message,
+            )
         }
     }
 
@@ -99,6 +115,9 @@ impl S3Error {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-amz-request-id", v);
         }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status.is_server_error() || self.code == "IncompleteBody" {
             // The body may be unread: don't let the client reuse the connection.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -113,25 +132,15 @@ impl From<AuthError> for S3Error {
             status: e.status(),
             code: e.code().to_owned(),
             message: e.message(),
+            retry_after: None,
         }
     }
 }
 
-impl From<StoreError> for S3Error {
-    fn from(e: StoreError) -> Self {
-        S3Error::from(ApiError::from(e))
-    }
-}
-
 impl From<OriginError> for S3Error {
+    /// Bucket-level calls the S3 API passes to the origin.
     fn from(e: OriginError) -> Self {
         match e {
-            OriginError::NotFound => S3Error::no_such_key(),
-            OriginError::InvalidRange => S3Error::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "InvalidRange",
-                "The requested range is not satisfiable",
-            ),
             OriginError::Service {
                 status,
                 code,
@@ -140,44 +149,72 @@ impl From<OriginError> for S3Error {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
                 code,
                 message,
+                retry_after: None,
             },
-            other => S3Error::from(ApiError::from(other)),
+            other => S3Error::from(ObjectError::from(other)),
         }
     }
 }
 
-/// Errors of the shared GET path and the store arrive as the native [`ApiError`]: map by
-/// the origin's code when there is one, else by status.
-impl From<ApiError> for S3Error {
-    fn from(e: ApiError) -> Self {
-        if let Some(code) = e.s3_code {
-            return S3Error {
-                status: e.status,
+impl From<MeshError> for S3Error {
+    fn from(e: MeshError) -> Self {
+        S3Error::service_unavailable(e.to_string())
+    }
+}
+
+impl From<ObjectError> for S3Error {
+    fn from(e: ObjectError) -> Self {
+        let message = e.to_string();
+        match e {
+            ObjectError::NotFound(_) | ObjectError::Deleted { .. } => S3Error::no_such_key(),
+            ObjectError::PreconditionFailed(_) => S3Error::precondition_failed(),
+            ObjectError::RangeNotSatisfiable { .. } => S3Error::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "InvalidRange",
+                "The requested range is not satisfiable",
+            ),
+            ObjectError::TooLarge { max, .. } => S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "EntityTooLarge",
+                format!("Your proposed upload exceeds the maximum allowed size ({max} bytes)"),
+            ),
+            ObjectError::IncompleteBody { got, expected } => S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "IncompleteBody",
+                format!(
+                    "You did not provide the number of bytes specified by the Content-Length \
+                     HTTP header: received {got}, {expected}"
+                ),
+            ),
+            ObjectError::InsufficientStorage(m) => {
+                S3Error::new(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m)
+            }
+            ObjectError::Superseded(m) => S3Error::new(StatusCode::CONFLICT, "OperationAborted", m),
+            ObjectError::Origin {
+                status,
                 code,
-                message: e.detail,
-            };
-        }
-        let code = match e.status.as_u16() {
-            400 => "InvalidRequest",
-            404 => return S3Error::no_such_key(),
-            412 => return S3Error::precondition_failed(),
-            413 => "EntityTooLarge",
-            416 => "InvalidRange",
-            409 => "OperationAborted",
-            501 => "NotImplemented",
-            503 | 504 => "ServiceUnavailable",
-            507 => "InsufficientStorage",
-            _ => "InternalError",
-        };
-        let status = match e.status.as_u16() {
-            502 => StatusCode::INTERNAL_SERVER_ERROR,
-            504 => StatusCode::SERVICE_UNAVAILABLE,
-            _ => e.status,
-        };
-        S3Error {
-            status,
-            code: code.to_owned(),
-            message: e.detail,
+                message,
+            } => S3Error {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code,
+                message,
+                retry_after: None,
+            },
+            ObjectError::OriginUnavailable(_)
+            | ObjectError::OriginWriteFailed(_)
+            | ObjectError::OriginWriteTimedOut { .. }
+            | ObjectError::Unavailable(_) => S3Error::service_unavailable(message),
+            ObjectError::Cluster(c) => match c {
+                ClusterError::BadRequest(m) => S3Error::invalid_request(m),
+                ClusterError::PeerFailed { .. } => S3Error::internal(message),
+                ClusterError::NoNode(_) | ClusterError::Quorum { .. } | ClusterError::Mesh(_) => {
+                    S3Error::service_unavailable(message)
+                }
+            },
+            ObjectError::Storage(_)
+            | ObjectError::Corrupt(_)
+            | ObjectError::OriginDenied(_)
+            | ObjectError::OriginOther(_) => S3Error::internal(message),
         }
     }
 }
@@ -199,13 +236,22 @@ mod tests {
             (e.status.as_u16(), e.code.as_str()),
             (409, "BucketNotEmpty")
         );
-        let e = S3Error::from(ApiError::new(StatusCode::PRECONDITION_FAILED, "x", "y"));
+        let e = S3Error::from(ObjectError::PreconditionFailed("x".into()));
         assert_eq!(e.code, "PreconditionFailed");
-        let e = S3Error::from(StoreError::InsufficientStorage {
-            needed: 1,
-            available: 0,
-        });
+        let e = S3Error::from(ObjectError::from(
+            nearcache_shards::StoreError::InsufficientStorage {
+                needed: 1,
+                available: 0,
+            },
+        ));
         assert_eq!(e.status.as_u16(), 507);
+        let e = S3Error::from(OriginError::Unavailable("timed out".into()));
+        assert_eq!(
+            (e.status.as_u16(), e.code.as_str()),
+            (503, "ServiceUnavailable")
+        );
+        let r = e.into_response("/b/k", "RID", false);
+        assert_eq!(r.headers()["retry-after"], "1");
         let e = S3Error::from(AuthError::SignatureDoesNotMatch("no".into()));
         assert_eq!(
             (e.status.as_u16(), e.code.as_str()),

@@ -21,10 +21,10 @@ mod multipart;
 mod object;
 mod xml;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -38,20 +38,24 @@ use self::error::S3Error;
 use self::xml::{escape, iso_time, DECL, NS};
 use crate::body::Body;
 use crate::config::S3ApiConfig;
+use crate::ctx::{ActiveGuard, ShardCtx};
 use crate::metrics::Route;
-use crate::node::{ActiveGuard, ShardCtx};
+use crate::object::CacheKey;
 
-/// Longest cache key the shard store takes (LMDB's key limit).
-pub const MAX_CACHE_KEY: usize = 511;
 /// Largest XML request body read (DeleteObjects with 1000 long keys fits).
 const MAX_XML_BODY: usize = 4 << 20;
 
-/// The API's configuration, resolved at start-up; shared read-only by all shards.
+/// The API's configuration, resolved at start-up and shared by all shards, and the
+/// buckets seen to exist in the origin (node-wide, so a bucket deleted through one
+/// shard is forgotten by all).
 pub struct S3State {
     keys: KeyStore,
     has_keys: bool,
     write_behind: HashMap<String, bool>,
     domain: Option<String>,
+    /// Buckets seen to exist in the origin, so writes don't queue uploads that can never
+    /// succeed (NoSuchBucket) and aren't checked on every request. Read lock-free.
+    known_buckets: arc_swap::ArcSwap<HashSet<String>>,
 }
 
 impl S3State {
@@ -79,7 +83,28 @@ impl S3State {
                 .as_ref()
                 .map(|d| d.trim_matches('.').to_ascii_lowercase())
                 .filter(|d| !d.is_empty()),
+            known_buckets: Default::default(),
         }
+    }
+
+    fn knows_bucket(&self, bucket: &str) -> bool {
+        self.known_buckets.load().contains(bucket)
+    }
+
+    fn learn_bucket(&self, bucket: &str) {
+        self.known_buckets.rcu(|set| {
+            let mut set = HashSet::clone(set);
+            set.insert(bucket.to_owned());
+            set
+        });
+    }
+
+    fn forget_bucket(&self, bucket: &str) {
+        self.known_buckets.rcu(|set| {
+            let mut set = HashSet::clone(set);
+            set.remove(bucket);
+            set
+        });
     }
 
     pub fn has_keys(&self) -> bool {
@@ -91,43 +116,22 @@ impl S3State {
     }
 }
 
-/// The cache key of an S3-API object.
-pub fn cache_key(bucket: &str, key: &str) -> String {
-    format!("{bucket}/{key}")
-}
-
-/// The origin location of a cache key written through the S3 API (None: a native id).
-pub fn origin_loc(cache_key: &str) -> Option<ObjectLoc> {
-    let (bucket, key) = cache_key.split_once('/')?;
-    Some(ObjectLoc {
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-    })
-}
-
-thread_local! {
-    /// Buckets this shard has seen exist in the origin, so writes don't queue uploads that
-    /// can never succeed (NoSuchBucket) and aren't checked on every request.
-    static KNOWN_BUCKETS: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
-}
-
 /// Fails with the origin's error (NoSuchBucket) unless `bucket` exists.
-pub(crate) async fn ensure_bucket(ctx: &ShardCtx, bucket: &str) -> Result<(), S3Error> {
-    if KNOWN_BUCKETS.with(|k| k.borrow().contains(bucket)) {
+pub(crate) async fn ensure_bucket(
+    ctx: &ShardCtx,
+    req: &S3Req,
+    bucket: &str,
+) -> Result<(), S3Error> {
+    if req.state.knows_bucket(bucket) {
         return Ok(());
     }
-    ctx.node.bridge.head_bucket(bucket).await?;
-    KNOWN_BUCKETS.with(|k| k.borrow_mut().insert(bucket.to_owned()));
+    ctx.objects.origin.head_bucket(bucket).await?;
+    req.state.learn_bucket(bucket);
     Ok(())
-}
-
-fn forget_bucket(bucket: &str) {
-    KNOWN_BUCKETS.with(|k| k.borrow_mut().remove(bucket));
 }
 
 /// One authenticated request, parsed.
 pub(crate) struct S3Req {
-    pub rid: String,
     pub method: Method,
     pub bucket: Option<String>,
     pub key: Option<String>,
@@ -135,6 +139,8 @@ pub(crate) struct S3Req {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body_check: BodyCheck,
+    /// The API's configuration and known buckets.
+    pub state: Arc<S3State>,
 }
 
 impl S3Req {
@@ -159,6 +165,11 @@ impl S3Req {
 
     pub fn key(&self) -> &str {
         self.key.as_deref().unwrap_or_default()
+    }
+
+    /// The cache key of the addressed object.
+    pub fn cache_key(&self) -> CacheKey {
+        CacheKey::s3(self.bucket(), self.key())
     }
 
     pub fn loc(&self) -> ObjectLoc {
@@ -246,24 +257,37 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
-    serve(ctx, req, false).await
+pub async fn handle(
+    ctx: Rc<ShardCtx>,
+    state: Arc<S3State>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    serve(ctx, state, req, false).await
 }
 
 /// An object request proxied here by another node (this node owns the key): served
 /// here, never forwarded again. Authentication is checked again.
-pub async fn handle_forwarded(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
-    serve(ctx, req, true).await
+pub async fn handle_forwarded(
+    ctx: Rc<ShardCtx>,
+    state: Arc<S3State>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    serve(ctx, state, req, true).await
 }
 
-async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
+async fn serve(
+    ctx: Rc<ShardCtx>,
+    state: Arc<S3State>,
+    req: Request<Incoming>,
+    forwarded: bool,
+) -> Response<Body> {
     let start = Instant::now();
     let _active = ActiveGuard::new(&ctx);
     let rid = request_id();
     let head = req.method() == Method::HEAD;
     let resource = req.uri().path().to_owned();
     let mut route = Route::S3Other;
-    let mut resp = match run(&ctx, req, &rid, &mut route, forwarded).await {
+    let mut resp = match run(&ctx, state, req, &mut route, forwarded).await {
         Ok(r) => r,
         Err(e) => e.into_response(&resource, &rid, head),
     };
@@ -316,13 +340,13 @@ const UNSUPPORTED: &[&str] = &[
 
 async fn run(
     ctx: &Rc<ShardCtx>,
+    state: Arc<S3State>,
     req: Request<Incoming>,
-    rid: &str,
     route: &mut Route,
     forwarded: bool,
 ) -> Result<Response<Body>, S3Error> {
     let (mut parts, mut body) = req.into_parts();
-    let s3 = &ctx.node.s3;
+    let s3 = &*state;
     if !s3.has_keys {
         return Err(S3Error::access_denied(
             "the S3 API has no access keys configured ([[s3api.keys]])",
@@ -337,38 +361,36 @@ async fn run(
     let (bucket, key) = address(&parts, s3.domain.as_deref())?;
     // In a cluster, single-object requests go to the key's owner (which checks the
     // signature again); multipart uploads and listings stay on this node.
-    if let (false, Some(cl), Some(b), Some(k)) =
-        (forwarded, ctx.node.cluster.clone(), &bucket, &key)
-    {
+    if let (false, Some(cs), Some(b), Some(k)) = (forwarded, ctx.cluster.clone(), &bucket, &key) {
         let q = parse_query(parts.uri.query().unwrap_or(""));
         let multipart = q
             .iter()
             .any(|(n, _)| n == "uploadId" || n == "uploads" || n == "partNumber");
-        let ckey = cache_key(b, k);
+        let ckey = CacheKey::s3(b, k);
         let object_op = matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE
         );
-        if object_op && !multipart && ckey.len() <= MAX_CACHE_KEY {
+        if object_op && !multipart && ckey.fits_store() {
             let mut req = Request::from_parts(parts, body);
             req.headers_mut()
                 .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
-            match crate::cluster::route::route(ctx, &cl, &ckey, 1, req).await {
+            match crate::cluster::route::route(ctx, &cs, ckey.as_str(), 1, req).await {
                 Ok(crate::cluster::route::Route::Local(r)) => (parts, body) = r.into_parts(),
                 Ok(crate::cluster::route::Route::Remote(resp)) => return Ok(resp),
-                Err(e) => return Err(S3Error::from(e)),
+                Err(e) => return Err(S3Error::from(crate::object::ObjectError::from(e))),
             }
         }
     }
     let query = parse_query(parts.uri.query().unwrap_or(""));
     let req = S3Req {
-        rid: rid.to_owned(),
         method: parts.method.clone(),
         bucket,
         key,
         query,
         headers: parts.headers,
         body_check: verified.body,
+        state: state.clone(),
     };
     if let Some(b) = &req.bucket {
         if !may_use(&cred, b) {
@@ -425,7 +447,7 @@ async fn run(
                     list::list_objects(ctx, &req, false).await
                 }
                 Method::HEAD => {
-                    ctx.node.bridge.head_bucket(req.bucket()).await?;
+                    ctx.objects.origin.head_bucket(req.bucket()).await?;
                     Ok(empty(StatusCode::OK))
                 }
                 Method::PUT => {
@@ -434,8 +456,8 @@ async fn run(
                 }
                 Method::DELETE => {
                     *route = Route::S3Write;
-                    ctx.node.bridge.delete_bucket(req.bucket()).await?;
-                    forget_bucket(req.bucket());
+                    ctx.objects.origin.delete_bucket(req.bucket()).await?;
+                    req.state.forget_bucket(req.bucket());
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 _ => Err(S3Error::not_implemented(format!("{m} on a bucket"))),
@@ -614,7 +636,7 @@ pub(crate) fn xml_response(doc: String) -> Response<Body> {
 }
 
 async fn list_buckets(ctx: &ShardCtx, cred: &Credential) -> Result<Response<Body>, S3Error> {
-    let buckets = ctx.node.bridge.list_buckets().await?;
+    let buckets = ctx.objects.origin.list_buckets().await?;
     let mut doc = format!(
         "{DECL}<ListAllMyBucketsResult xmlns=\"{NS}\"><Owner><ID>nearcache</ID>\
          <DisplayName>nearcache</DisplayName></Owner><Buckets>"
@@ -639,8 +661,8 @@ async fn create_bucket(
     // The body (CreateBucketConfiguration) may name a location: nearcache creates buckets
     // in the origin's configured region.
     read_small_body(req, body).await?;
-    ctx.node.bridge.create_bucket(req.bucket()).await?;
-    KNOWN_BUCKETS.with(|k| k.borrow_mut().insert(req.bucket().to_owned()));
+    ctx.objects.origin.create_bucket(req.bucket()).await?;
+    req.state.learn_bucket(req.bucket());
     let mut r = empty(StatusCode::OK);
     if let Ok(v) = HeaderValue::from_str(&format!("/{}", req.bucket())) {
         r.headers_mut().insert(header::LOCATION, v);

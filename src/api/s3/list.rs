@@ -12,21 +12,17 @@ use std::rc::Rc;
 use base64::Engine;
 use http::Response;
 use nearcache_s3::{ListEntry, ListParams};
-use nearcache_shards::PendingKind;
 
 use super::error::S3Error;
 use super::xml::{escape, iso_time, url_encode, DECL, NS};
-use super::{cache_key, xml_response, S3Req};
+use super::{xml_response, S3Req};
 use crate::body::Body;
-use crate::node::ShardCtx;
+use crate::ctx::ShardCtx;
 
 enum Item {
     Object(ListEntry),
     Prefix,
 }
-
-/// A bucket's pending op as a listing sees it: Some = a write, None = a delete.
-type PendingItem = (String, Option<ListEntry>);
 
 pub async fn list_objects(
     ctx: &Rc<ShardCtx>,
@@ -70,32 +66,8 @@ pub async fn list_objects(
     let bucket = req.bucket().to_owned();
 
     // Pending writes and deletes of this bucket under the prefix, from every shard.
-    let scope = cache_key(&bucket, &prefix);
-    let strip = bucket.len() + 1;
-    let per_shard = ctx
-        .on_every_shard(move |ctx| async move {
-            ctx.shard
-                .pending(usize::MAX)
-                .into_iter()
-                .filter(|op| op.key.starts_with(&scope))
-                .map(|op| {
-                    let key = op.key[strip..].to_owned();
-                    let entry = match op.kind {
-                        PendingKind::Put { meta, .. } => Some(ListEntry {
-                            key: key.clone(),
-                            size: meta.size,
-                            etag: meta.etag,
-                            last_modified_ms: meta.last_modified_ms,
-                            storage_class: Some("STANDARD".into()),
-                        }),
-                        PendingKind::Delete => None,
-                    };
-                    (key, entry)
-                })
-                .collect::<Vec<PendingItem>>()
-        })
-        .await?;
-    let pending: BTreeMap<String, Option<ListEntry>> = per_shard.into_iter().flatten().collect();
+    let per_shard = crate::object::read::pending_under(ctx, &bucket, &prefix).await?;
+    let pending: BTreeMap<String, Option<ListEntry>> = per_shard.into_iter().collect();
     let after_start = |k: &str| start.as_deref().is_none_or(|s| k > s);
     let deletes_ahead = pending
         .iter()
@@ -106,8 +78,8 @@ pub async fn list_objects(
         (BTreeMap::new(), false, None)
     } else {
         let page = ctx
-            .node
-            .bridge
+            .objects
+            .origin
             .list_objects(
                 &bucket,
                 ListParams {

@@ -1,0 +1,29 @@
+//! The API edges. Each parses its requests into the object service's types, renders
+//! the answers, and maps errors to its own, once:
+//! - [`native`]: objstore's native API (`/api/v1`), JSON errors ([`error::ApiError`]);
+//! - [`admin`]: health, metrics, stats, cluster view, on the same listener;
+//! - [`s3`]: the S3-compatible API, S3's XML errors;
+//! - [`peer`]: the node-to-node API on the private cluster address.
+
+pub mod admin;
+pub mod error;
+pub mod native;
+pub mod peer;
+pub mod s3;
+
+use std::rc::Rc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::ctx::ShardCtx;
+
+/// The public listener: the admin routes, else the native API.
+pub async fn public(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    if admin::serves(req.uri().path()) {
+        admin::handle(ctx, req).await
+    } else {
+        native::handle(ctx, req).await
+    }
+}

@@ -1,0 +1,488 @@
+//! objstore's native API (`/api/v1`): ULID ids, `X-Meta-*` headers, consistency levels.
+//!
+//! Requests are parsed and validated on the shard that accepted the connection, into
+//! the object service's types; the service runs them on the key's owner shard and this
+//! edge renders its answers and errors (JSON).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nearcache_shards::WriteAttrs;
+use ulid::Ulid;
+
+use super::error::{ApiError, X_META_DELETED};
+use crate::body::Body;
+use crate::ctx::{ActiveGuard, ShardCtx};
+use crate::http_util::{answer_head, http_date, parse_byte_range, quoted, Answer, Conditions};
+use crate::metrics::Route;
+use crate::object::read::{GetRequest, ObjectView, Render, Stat};
+use crate::object::write::{DeleteRequest, PutRequest, WriteCondition, WriteError};
+use crate::object::CacheKey;
+
+const X_META_ID: &str = "x-meta-id";
+const X_META_NAME: &str = "x-meta-name";
+const X_META_LEVEL: &str = "x-meta-consistencylevel";
+const X_META_USERMETA: &str = "x-meta-usermeta";
+const X_META_FETCH: &str = "x-meta-fetch";
+const X_META_SYNC: &str = "x-meta-sync";
+const X_META_FETCHED: &str = "x-meta-fetched";
+
+pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, false).await
+}
+
+/// A request proxied here by another node of the cluster: this node owns the key (or is
+/// next in line), so it is served here and never forwarded again.
+pub async fn handle_forwarded(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, true).await
+}
+
+async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
+    let start = Instant::now();
+    let _active = ActiveGuard::new(&ctx);
+    let (route, result) = dispatch(&ctx, req, forwarded).await;
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    resp.headers_mut()
+        .entry(crate::cluster::H_NODE)
+        .or_insert_with(|| ctx.node.node_header.clone());
+    ctx.http
+        .record(route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// The key and level a request is placed by in a cluster, or None for node-local routes.
+/// A PUT without an id gets one here, so that every node agrees on it.
+fn placement_key(
+    ctx: &ShardCtx,
+    route: Route,
+    path: &str,
+    req: &mut Request<Incoming>,
+) -> Result<Option<(String, u8)>, ApiError> {
+    let default_level = ctx.node.cfg.api.default_level;
+    let id_of = |prefix: &str| parse_id(&path[prefix.len()..], "id");
+    Ok(Some(match route {
+        Route::Get | Route::Head => (id_of("/api/v1/get/")?, 1),
+        Route::Meta => (id_of("/api/v1/meta/")?, 1),
+        Route::Delete => (
+            id_of("/api/v1/delete/")?,
+            level_header(req.headers(), default_level)?,
+        ),
+        Route::Put => {
+            let h = req.headers_mut();
+            let id = match h.get(X_META_ID) {
+                Some(v) => parse_id(v.to_str().unwrap_or("<non-ASCII>"), "X-Meta-ID")?,
+                None => Ulid::generate().to_string(),
+            };
+            h.insert(
+                X_META_ID,
+                HeaderValue::from_str(&id).expect("ulid is ascii"),
+            );
+            (id, level_header(h, default_level)?)
+        }
+        _ => return Ok(None),
+    }))
+}
+
+async fn dispatch(
+    ctx: &Rc<ShardCtx>,
+    mut req: Request<Incoming>,
+    forwarded: bool,
+) -> (Route, Result<Response<Body>, ApiError>) {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let m = |allowed: &[Method]| allowed.contains(&method);
+    let (route, allow): (Route, &[Method]) = match path.as_str() {
+        "/api/v1/id" => (Route::NewId, &[Method::GET]),
+        "/api/v1/put" => (Route::Put, &[Method::POST, Method::PUT]),
+        p if p.starts_with("/api/v1/get/") => (
+            if method == Method::HEAD {
+                Route::Head
+            } else {
+                Route::Get
+            },
+            &[Method::GET, Method::HEAD],
+        ),
+        p if p.starts_with("/api/v1/meta/") => (Route::Meta, &[Method::GET]),
+        p if p.starts_with("/api/v1/delete/") => (Route::Delete, &[Method::POST, Method::DELETE]),
+        _ => {
+            let e = ApiError::not_found(format!("no route for {method} {path}"));
+            return (Route::Unknown, Err(e));
+        }
+    };
+    if !m(allow) {
+        let allowed = allow
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            format!("{path} accepts {allowed}, not {method}"),
+        )
+        .with_header(
+            header::ALLOW,
+            HeaderValue::from_str(&allowed).expect("ascii"),
+        );
+        return (route, Err(e));
+    }
+    if let (false, Some(cs)) = (forwarded, ctx.cluster.clone()) {
+        match placement_key(ctx, route, &path, &mut req) {
+            Ok(None) => {}
+            Ok(Some((key, level))) => {
+                match crate::cluster::route::route(ctx, &cs, &key, level, req).await {
+                    Ok(crate::cluster::route::Route::Local(r)) => req = r,
+                    Ok(crate::cluster::route::Route::Remote(resp)) => return (route, Ok(resp)),
+                    Err(e) => return (route, Err(e.into())),
+                }
+            }
+            Err(e) => return (route, Err(e)),
+        }
+    }
+    let result = match route {
+        Route::NewId => Ok(text(
+            StatusCode::OK,
+            "text/plain",
+            Ulid::generate().to_string(),
+        )),
+        Route::Put => put(ctx, req).await,
+        Route::Get | Route::Head => {
+            get(
+                ctx,
+                req,
+                route == Route::Head,
+                &path["/api/v1/get/".len()..],
+            )
+            .await
+        }
+        Route::Meta => meta(ctx, req, &path["/api/v1/meta/".len()..]).await,
+        Route::Delete => delete(ctx, req, &path["/api/v1/delete/".len()..]).await,
+        _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
+    };
+    (route, result)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    text(status, "application/json", v.to_string())
+}
+
+/// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
+fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
+    let Some(v) = h.get(name) else {
+        return Ok(None);
+    };
+    match v
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "1" | "true" | "yes" => Ok(Some(true)),
+        "0" | "false" | "no" => Ok(Some(false)),
+        other => Err(ApiError::bad_request(
+            "invalid header",
+            format!(
+                "{} must be 0 or 1 (or true/false), not {other:?}",
+                display_name(name)
+            ),
+        )),
+    }
+}
+
+/// `x-meta-sync` -> `X-Meta-Sync`, for error messages.
+fn display_name(name: &str) -> String {
+    name.split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next().map_or(String::new(), |f| {
+                f.to_ascii_uppercase().to_string() + c.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Validates an id: a ULID, returned in canonical form.
+fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
+    Ulid::from_string(raw).map(|u| u.to_string()).map_err(|e| {
+        ApiError::bad_request("invalid id", format!("{what} {raw:?} is not a ULID: {e}"))
+    })
+}
+
+fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
+    let Some(v) = h.get(X_META_LEVEL) else {
+        return Ok(default);
+    };
+    match v.to_str().unwrap_or("").trim() {
+        "0" => Ok(0),
+        "1" => Ok(1),
+        "2" => Ok(2),
+        other => Err(ApiError::bad_request(
+            "invalid consistency level",
+            format!("X-Meta-ConsistencyLevel must be 0, 1 or 2, not {other:?}"),
+        )),
+    }
+}
+
+/// X-Meta-UserMeta: a JSON object of string values; keys become x-amz-meta-* in S3, so
+/// they must be header-safe.
+fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
+    let Some(v) = h.get(X_META_USERMETA) else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = |d: String| ApiError::bad_request("invalid user metadata", d);
+    let s = v
+        .to_str()
+        .map_err(|_| bad("X-Meta-UserMeta is not ASCII".into()))?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(s)
+        .map_err(|e| bad(format!("X-Meta-UserMeta is not a JSON object: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let serde_json::Value::String(v) = v else {
+            return Err(bad(format!(
+                "X-Meta-UserMeta value of {k:?} is not a string"
+            )));
+        };
+        let key_ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !key_ok {
+            return Err(bad(format!(
+                "X-Meta-UserMeta key {k:?} must be non-empty ASCII letters, digits, '-' or '_'"
+            )));
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(bad(format!(
+                "X-Meta-UserMeta value of {k:?} must be printable ASCII"
+            )));
+        }
+        out.insert(k.to_ascii_lowercase(), v);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// PUT
+
+async fn put(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let h = req.headers();
+    let id = match h.get(X_META_ID) {
+        Some(v) => parse_id(v.to_str().unwrap_or("<non-ASCII>"), "X-Meta-ID")?,
+        None => Ulid::generate().to_string(),
+    };
+    let level = level_header(h, ctx.node.cfg.api.default_level)?;
+    let sync = bool_header(h, X_META_SYNC)?.unwrap_or(false);
+    let name = match h.get(X_META_NAME) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid name", "X-Meta-Name must be ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let explicit_type = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && !t.starts_with("application/x-www-form-urlencoded"))
+        .map(str::to_string);
+    let content_type = explicit_type.or_else(|| {
+        name.as_deref()
+            .and_then(|n| mime_guess::from_path(n).first())
+            .map(|m| m.essence_str().to_string())
+    });
+    let content_length = match h.get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid content-length",
+                        "Content-Length is not a number",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let user_meta = user_meta_header(h)?;
+    let preq = PutRequest {
+        key: CacheKey::native(id),
+        attrs: WriteAttrs {
+            content_type,
+            name,
+            user_meta,
+            level,
+            fetched: None,
+            headers: BTreeMap::new(),
+        },
+        content_length,
+        wait_origin: sync,
+        cond: WriteCondition::default(),
+    };
+    let expected = content_length.map_or("an unknown number of".into(), |l| l.to_string());
+    let body = req.into_body().into_data_stream();
+    let result = crate::object::write::put(ctx, preq, body)
+        .await
+        .map_err(|e| match e {
+            WriteError::Body { got, error } => ApiError::bad_request(
+                "incomplete body",
+                format!(
+                    "request body failed after {got} of {expected} bytes: {error}; nothing was stored"
+                ),
+            ),
+            WriteError::Object(e) => e.into(),
+        });
+    // A failed PUT may leave its body unread: tell the client not to reuse the connection
+    // (hyper closes it) rather than let a pooled request hit a closing socket.
+    let w =
+        result.map_err(|e| e.with_header(header::CONNECTION, HeaderValue::from_static("close")))?;
+    let mut resp = json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "id": w.key, "size": w.size, "etag": w.etag, "level": w.level,
+            "in_origin": w.in_origin,
+        }),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        X_META_ID,
+        HeaderValue::from_str(&w.key).expect("ulid is ascii"),
+    );
+    h.insert(header::ETAG, quoted(&w.etag));
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------
+// DELETE
+
+async fn delete(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let level = level_header(req.headers(), ctx.node.cfg.api.default_level)?;
+    let sync = bool_header(req.headers(), X_META_SYNC)?.unwrap_or(false);
+    let dreq = DeleteRequest {
+        key: CacheKey::native(id.clone()),
+        level,
+        wait_origin: sync,
+    };
+    crate::object::write::delete(ctx, dreq).await?;
+    let mut resp = json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "deleted": true, "level": level }),
+    );
+    resp.headers_mut()
+        .insert(X_META_DELETED, HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------
+// GET / HEAD
+
+/// The native API's response head: ETag, Last-Modified, X-Meta-* headers.
+struct NativeRender;
+
+impl Render for NativeRender {
+    fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
+        let mut b = Response::builder()
+            .header(header::ETAG, quoted(v.etag))
+            .header(header::LAST_MODIFIED, http_date(v.last_modified_ms))
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(X_META_ID, v.key);
+        if v.fetched {
+            b = b.header(X_META_FETCHED, "true");
+        }
+        if *answer == Answer::NotModified {
+            return answer_head(b, v.size, answer);
+        }
+        b = b.header(
+            header::CONTENT_TYPE,
+            v.content_type.unwrap_or("application/octet-stream"),
+        );
+        if let Some(n) = v.name.and_then(|n| HeaderValue::from_str(n).ok()) {
+            b = b.header(X_META_NAME, n);
+        }
+        if let Some(l) = v.level {
+            b = b.header(X_META_LEVEL, l.to_string());
+        }
+        if !v.user_meta.is_empty() {
+            let j = serde_json::to_string(v.user_meta).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&j) {
+                b = b.header(X_META_USERMETA, v);
+            }
+        }
+        answer_head(b, v.size, answer)
+    }
+}
+
+async fn get(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    head: bool,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let h = req.headers();
+    let greq = GetRequest {
+        key: CacheKey::native(id),
+        head,
+        range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
+        cond: Conditions::from_headers(h),
+        fetch: bool_header(h, X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default),
+    };
+    Ok(crate::object::read::get(ctx, greq, NativeRender).await?)
+}
+
+// ---------------------------------------------------------------------------------------
+// META
+
+async fn meta(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let fetch = bool_header(req.headers(), X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default);
+    match crate::object::read::stat(ctx, CacheKey::native(id.clone()), fetch).await? {
+        Stat::Cached(meta) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "id": meta.key, "size": meta.size, "etag": meta.etag,
+                "content_type": meta.content_type, "name": meta.name, "user_meta": meta.user_meta,
+                "last_modified": http_date(meta.last_modified_ms), "last_modified_ms": meta.last_modified_ms,
+                "level": meta.level, "in_origin": meta.in_origin, "hlc": meta.hlc, "seq": meta.seq,
+                "cached": true, "deleted": false,
+                "fetched": meta.provenance == nearcache_shards::Provenance::Fetched,
+            }),
+        )),
+        Stat::Origin(m) => {
+            let mut r = json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "id": id, "size": m.size, "etag": m.etag, "content_type": m.content_type,
+                    "user_meta": m.user_meta, "last_modified": http_date(m.last_modified_ms),
+                    "last_modified_ms": m.last_modified_ms, "in_origin": true, "cached": false,
+                    "deleted": false, "fetched": true,
+                }),
+            );
+            r.headers_mut()
+                .insert(X_META_FETCHED, HeaderValue::from_static("true"));
+            Ok(r)
+        }
+    }
+}

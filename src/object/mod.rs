@@ -1,0 +1,120 @@
+//! The object service: one API-neutral layer under the native and the S3 API.
+//!
+//! It owns what a cache does with an object, whichever API asked:
+//! - reads ([`read`]): hits, conditional requests and ranges, read-through on a miss
+//!   with coalescing (one origin GET per key at a time), HEAD and stat;
+//! - writes and deletes ([`write`]): levels, write conditions, replication to the other
+//!   owners after a write (called once, here), waiting for the origin when asked;
+//! - the uploader ([`uploader`]): drains the journal's pending origin writes;
+//! - tombstone expiry ([`sweep_tombstones`]).
+//!
+//! API edges parse their requests into the types here, hand a [`read::Render`] for the
+//! response head, and map [`ObjectError`] to their own errors. Nothing here knows which
+//! API asked; the [`CacheKey`] knows where an object lives in the origin.
+
+pub mod error;
+pub mod key;
+pub mod metrics;
+pub mod read;
+pub mod uploader;
+pub mod write;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nearcache_s3::Bridge;
+use tokio::sync::oneshot;
+
+pub use error::ObjectError;
+pub use key::{CacheKey, MAX_CACHE_KEY};
+pub use metrics::ObjectMetrics;
+
+use crate::cluster::ClusterCtx;
+use crate::config::Config;
+
+/// What the object service needs of a shard's context.
+pub trait ObjectCtx: ClusterCtx {
+    fn objects(&self) -> &ObjectShard;
+}
+
+/// One shard thread's part of the object service.
+pub struct ObjectShard {
+    pub cfg: Arc<Config>,
+    pub origin: Bridge,
+    pub metrics: Arc<ObjectMetrics>,
+    /// Origin fetches in progress on this (owner) shard, by key: later misses wait on them.
+    fetches: RefCell<HashMap<String, Rc<read::Fetch>>>,
+    /// Writers waiting for the uploader, by (key, seq).
+    upload_waiters: RefCell<HashMap<(String, u64), Vec<oneshot::Sender<Result<(), String>>>>>,
+    /// Wakes this shard's uploader loop when an upload ends and frees a slot.
+    upload_slot_freed: tokio::sync::Notify,
+}
+
+impl ObjectShard {
+    pub fn new(cfg: Arc<Config>, origin: Bridge) -> Self {
+        ObjectShard {
+            cfg,
+            origin,
+            metrics: Arc::default(),
+            fetches: Default::default(),
+            upload_waiters: Default::default(),
+            upload_slot_freed: Default::default(),
+        }
+    }
+
+    /// How long a request waits for the origin (a write it must see there, a fetch).
+    pub fn origin_wait(&self) -> Duration {
+        Duration::from_secs(self.cfg.api.origin_wait_secs.max(1))
+    }
+
+    /// Releases every writer waiting for the uploader at shutdown (their writes stay
+    /// queued in the journal).
+    pub fn release_waiters(&self) {
+        self.upload_waiters.borrow_mut().clear();
+    }
+
+    /// Resolves the waiters of one pending op.
+    fn notify_upload(&self, key: &str, seq: u64, outcome: Result<(), String>) {
+        let waiters = self
+            .upload_waiters
+            .borrow_mut()
+            .remove(&(key.to_string(), seq));
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(outcome.clone());
+        }
+    }
+}
+
+/// Drops expired tombstones once a minute until shutdown. In a cluster a tombstone
+/// stays until every member has read past it.
+pub async fn sweep_tombstones<C: ObjectCtx>(
+    ctx: Rc<C>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let shard = ctx.mesh().id();
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let cluster = ctx.cluster().map(|cs| {
+            let peers = crate::cluster::sync::gc_peers(&cs.cl);
+            (cs.cl.clone(), peers)
+        });
+        let swept = ctx
+            .store()
+            .sweep_tombstones_where(|t| match &cluster {
+                Some((cl, peers)) => cl.book.seen_by_all(shard, t.seq, peers),
+                None => true,
+            })
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(shard, swept = n, "expired tombstones removed"),
+            Err(e) => tracing::warn!(shard, error = %e, "tombstone sweep failed"),
+        }
+    }
+}

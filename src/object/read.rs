@@ -1,0 +1,598 @@
+//! Reads: hits (conditional, ranged, from memory or disk), read-through on a miss with
+//! coalescing, HEAD and stat. Runs on the key's owner shard.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use http::Response;
+use nearcache_s3::{GetObject, RemoteMeta};
+use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, ObjectWriter, StoreError, WriteAttrs};
+use tokio::sync::{oneshot, watch};
+
+use super::key::Origin;
+use super::{CacheKey, ObjectCtx, ObjectError};
+use crate::body::{pump, Body, BodyError, BodySender, PUMP_DEPTH};
+use crate::http_util::{resolve_range, Answer, ByteRangeSpec, Conditions};
+use crate::mesh::on_shard;
+
+/// A GET or HEAD of one object, as both APIs ask it.
+pub struct GetRequest {
+    pub key: CacheKey,
+    pub head: bool,
+    pub range: ByteRangeSpec,
+    pub cond: Conditions,
+    /// Read through from the origin on a miss.
+    pub fetch: bool,
+}
+
+/// What a response head is rendered from: a stored object or the origin's description.
+pub struct ObjectView<'a> {
+    pub key: &'a str,
+    pub size: u64,
+    pub etag: &'a str,
+    pub last_modified_ms: u64,
+    pub content_type: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub user_meta: &'a BTreeMap<String, String>,
+    pub headers: &'a BTreeMap<String, String>,
+    pub parts_count: Option<u32>,
+    /// The stored consistency level (None: described by the origin).
+    pub level: Option<u8>,
+    /// The body came from the origin for this request (or a fetch it waited on).
+    pub fetched: bool,
+}
+
+impl<'a> ObjectView<'a> {
+    pub fn stored(m: &'a ObjectMeta, fetched: bool) -> Self {
+        ObjectView {
+            key: &m.key,
+            size: m.size,
+            etag: &m.etag,
+            last_modified_ms: m.last_modified_ms,
+            content_type: m.content_type.as_deref(),
+            name: m.name.as_deref(),
+            user_meta: &m.user_meta,
+            headers: &m.headers,
+            parts_count: None,
+            level: Some(m.level),
+            fetched,
+        }
+    }
+
+    pub fn remote(key: &'a str, m: &'a RemoteMeta) -> Self {
+        ObjectView {
+            key,
+            size: m.size,
+            etag: &m.etag,
+            last_modified_ms: m.last_modified_ms,
+            content_type: m.content_type.as_deref(),
+            name: None,
+            user_meta: &m.user_meta,
+            headers: &m.headers,
+            parts_count: m.parts_count,
+            level: None,
+            fetched: true,
+        }
+    }
+}
+
+/// How an API edge renders a read's response head. Runs on the owner shard with the
+/// metadata borrowed, so nothing is copied to render it.
+pub trait Render: Send + 'static {
+    /// Status and headers (Content-Length and Content-Range included) for `answer`.
+    fn head(&self, view: &ObjectView<'_>, answer: &Answer) -> http::response::Builder;
+}
+
+/// Decides the answer to `req` for an object described by `view`: 304, 412, 416, or
+/// the part of the body to send.
+fn decide(req: &GetRequest, view: &ObjectView<'_>) -> Result<Answer, ObjectError> {
+    if let Some(status) = req.cond.evaluate(view.etag, view.last_modified_ms, true) {
+        if status == http::StatusCode::NOT_MODIFIED {
+            return Ok(Answer::NotModified);
+        }
+        return Err(ObjectError::PreconditionFailed(
+            "If-Match or If-Unmodified-Since did not hold".into(),
+        ));
+    }
+    match resolve_range(req.range, view.size) {
+        Ok(None) => Ok(Answer::Whole),
+        Ok(Some(r)) => Ok(Answer::Partial(r)),
+        Err(_) => Err(ObjectError::RangeNotSatisfiable { size: view.size }),
+    }
+}
+
+fn respond(b: http::response::Builder, body: Body) -> Response<Body> {
+    b.body(body).expect("valid response")
+}
+
+/// GET or HEAD: runs on the key's owner shard.
+pub async fn get<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: GetRequest,
+    render: R,
+) -> Result<Response<Body>, ObjectError> {
+    let owner = ctx.mesh().owner_of(req.key.as_str());
+    on_shard(ctx, owner, move |ctx| async move {
+        get_here(ctx, req, render).await
+    })
+    .await?
+}
+
+/// The stored copy failed verification (already dropped by the store).
+struct Corrupted;
+
+async fn get_here<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+) -> Result<Response<Body>, ObjectError> {
+    match ctx.store().lookup(req.key.as_str()) {
+        Lookup::Hit { meta, body } => {
+            match serve_hit(&*ctx, &req, &render, &meta, body, false).await {
+                Ok(r) => r,
+                Err(Corrupted) if req.fetch => read_through(ctx, req, render).await,
+                Err(Corrupted) => Err(ObjectError::NotFound(format!(
+                "the stored copy of {} failed verification and was dropped; read-through is off",
+                req.key
+            ))),
+            }
+        }
+        Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
+        Lookup::Miss if req.fetch => read_through(ctx, req, render).await,
+        Lookup::Miss => Err(ObjectError::NotFound(format!(
+            "{} is not cached and read-through is off",
+            req.key
+        ))),
+    }
+}
+
+fn deleted(key: &CacheKey, at_ms: u64) -> ObjectError {
+    ObjectError::Deleted {
+        key: key.to_string(),
+        at_ms,
+    }
+}
+
+async fn serve_hit<C: ObjectCtx, R: Render>(
+    ctx: &C,
+    req: &GetRequest,
+    render: &R,
+    meta: &ObjectMeta,
+    body: Option<Bytes>,
+    fetched: bool,
+) -> Result<Result<Response<Body>, ObjectError>, Corrupted> {
+    let view = ObjectView::stored(meta, fetched);
+    let answer = match decide(req, &view) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(e)),
+    };
+    let builder = render.head(&view, &answer);
+    let range = match &answer {
+        Answer::NotModified => return Ok(Ok(respond(builder, Body::Empty))),
+        _ if req.head => return Ok(Ok(respond(builder, Body::Empty))),
+        Answer::Whole => 0..meta.size,
+        Answer::Partial(r) => r.clone(),
+    };
+    if let Some(b) = body {
+        return Ok(Ok(respond(builder, Body::full(slice(&b, &range)))));
+    }
+    let store = ctx.store();
+    if meta.size <= ctx.objects().cfg.store.memory_object_max.0 {
+        return match store.read_all(meta).await {
+            Ok(b) => Ok(Ok(respond(builder, Body::full(slice(&b, &range))))),
+            Err(StoreError::Corrupt { .. } | StoreError::NotFound) => Err(Corrupted),
+            Err(e) => Ok(Err(e.into())),
+        };
+    }
+    if range.is_empty() {
+        return Ok(Ok(respond(builder, Body::Empty)));
+    }
+    let len = range.end - range.start;
+    let mut reader = match store.open_reader(meta, range).await {
+        Ok(r) => r,
+        Err(StoreError::Corrupt { .. } | StoreError::NotFound) => return Err(Corrupted),
+        Err(e) => return Ok(Err(e.into())),
+    };
+    // Read the first chunk before answering, so a bad first block is still a clean miss.
+    let first = match reader.next_chunk().await {
+        Some(Ok(c)) => c,
+        Some(Err(StoreError::Corrupt { .. } | StoreError::NotFound)) => return Err(Corrupted),
+        Some(Err(e)) => return Ok(Err(e.into())),
+        None => Bytes::new(),
+    };
+    let body = pump(len, Some(first), reader, "reading the stored object");
+    Ok(Ok(respond(builder, body)))
+}
+
+/// `b[range]`, clamped: a stored body shorter than its metadata says is never sliced
+/// out of bounds (the response then ends short and the connection is cut).
+fn slice(b: &Bytes, range: &Range<u64>) -> Bytes {
+    let len = b.len() as u64;
+    let (s, e) = (range.start.min(len), range.end.min(len));
+    b.slice(s as usize..e as usize)
+}
+
+/// A miss: read through from the origin. The first miss for a key fetches; concurrent
+/// misses wait for it and then read the stored copy.
+async fn read_through<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+) -> Result<Response<Body>, ObjectError> {
+    // While ownership moves, the copy may still be on a previous holder only: take it
+    // from there (the origin may not have it at level 0) before asking the origin.
+    if let Some(cs) = ctx.cluster() {
+        if cs.cl.moving()
+            && crate::cluster::sync::pull_from_holders(ctx.store(), cs, req.key.as_str()).await
+        {
+            if let Lookup::Hit { meta, body } = ctx.store().peek(req.key.as_str()) {
+                if let Ok(r) = serve_hit(&*ctx, &req, &render, &meta, body, false).await {
+                    return r;
+                }
+            }
+        }
+    }
+    let existing = ctx
+        .objects()
+        .fetches
+        .borrow()
+        .get(req.key.as_str())
+        .cloned();
+    if let Some(fetch) = existing {
+        ctx.objects().metrics.coalesced.fetch_add(1, Relaxed);
+        fetch.wait().await?;
+        return match ctx.store().peek(req.key.as_str()) {
+            Lookup::Hit { meta, body } => {
+                match serve_hit(&*ctx, &req, &render, &meta, body, true).await {
+                    Ok(r) => r,
+                    Err(Corrupted) => Err(ObjectError::Corrupt(
+                        "the freshly fetched copy failed verification".into(),
+                    )),
+                }
+            }
+            Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
+            // Fetched but not cached (no room): fetch for this request too.
+            Lookup::Miss => fetch_and_respond(ctx, req, render).await,
+        };
+    }
+    if req.head {
+        // HEAD needs only the metadata: ask the origin, don't fill the cache.
+        let rmeta = origin_head(&*ctx, &req.key).await?;
+        let view = ObjectView::remote(req.key.as_str(), &rmeta);
+        let answer = decide(&req, &view)?;
+        return Ok(respond(render.head(&view, &answer), Body::Empty));
+    }
+    fetch_and_respond(ctx, req, render).await
+}
+
+async fn origin_get<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Result<GetObject, ObjectError> {
+    let origin = &ctx.objects().origin;
+    Ok(match key.origin() {
+        Origin::Native(id) => origin.get(id, None).await?,
+        Origin::Bucket { .. } => {
+            origin
+                .get_in(&key.loc().expect("a bucket key"), None, None)
+                .await?
+        }
+    })
+}
+
+pub(super) async fn origin_head<C: ObjectCtx>(
+    ctx: &C,
+    key: &CacheKey,
+) -> Result<RemoteMeta, ObjectError> {
+    let origin = &ctx.objects().origin;
+    Ok(match key.origin() {
+        Origin::Native(id) => origin.head(id).await?,
+        Origin::Bucket { .. } => {
+            origin
+                .head_in(&key.loc().expect("a bucket key"), None)
+                .await?
+        }
+    })
+}
+
+/// One in-progress read-through. Waiters learn the outcome; on success they read the
+/// now-stored object like any hit.
+pub struct Fetch {
+    done: watch::Sender<Option<Result<(), ObjectError>>>,
+}
+
+impl Fetch {
+    async fn wait(&self) -> Result<(), ObjectError> {
+        let mut rx = self.done.subscribe();
+        loop {
+            if let Some(outcome) = rx.borrow_and_update().clone() {
+                return outcome;
+            }
+            if rx.changed().await.is_err() {
+                return Err(ObjectError::OriginOther(
+                    "the origin fetch this request waited on was abandoned".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Registers a fetch of `key` on this shard and always releases it: waiters learn the
+/// outcome given to [`FetchGuard::finish`], or an error if the fetch task ends without
+/// one (a panic-free early return, a dropped task).
+struct FetchGuard<C: ObjectCtx> {
+    ctx: Rc<C>,
+    key: String,
+    fetch: Rc<Fetch>,
+    outcome: Option<Result<(), ObjectError>>,
+}
+
+impl<C: ObjectCtx> FetchGuard<C> {
+    fn register(ctx: Rc<C>, key: &str) -> Self {
+        let fetch = Rc::new(Fetch {
+            done: watch::channel(None).0,
+        });
+        ctx.objects()
+            .fetches
+            .borrow_mut()
+            .insert(key.to_owned(), fetch.clone());
+        FetchGuard {
+            ctx,
+            key: key.to_owned(),
+            fetch,
+            outcome: None,
+        }
+    }
+
+    fn finish(mut self, outcome: Result<(), ObjectError>) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl<C: ObjectCtx> Drop for FetchGuard<C> {
+    fn drop(&mut self) {
+        let mut f = self.ctx.objects().fetches.borrow_mut();
+        if f.get(&self.key)
+            .is_some_and(|cur| Rc::ptr_eq(cur, &self.fetch))
+        {
+            f.remove(&self.key);
+        }
+        drop(f);
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            Err(ObjectError::OriginOther(
+                "the origin fetch ended without an outcome".into(),
+            ))
+        });
+        self.fetch.done.send_replace(Some(outcome));
+    }
+}
+
+async fn fetch_and_respond<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+) -> Result<Response<Body>, ObjectError> {
+    let (resp_tx, resp_rx) = oneshot::channel();
+    // Registered before the task starts, so later misses on this shard wait for it.
+    let guard = FetchGuard::register(ctx.clone(), req.key.as_str());
+    // The fetch runs in its own task: it fills the cache even if this client goes away.
+    monoio::spawn(async move {
+        let outcome = fetch_task(&*ctx, &req, &render, resp_tx).await;
+        guard.finish(outcome);
+    });
+    resp_rx.await.unwrap_or_else(|_| {
+        Err(ObjectError::Unavailable(
+            "origin fetch task ended without answering".into(),
+        ))
+    })
+}
+
+/// Where the bytes of a read-through go: the client's part of the stream (if it wants
+/// a body) and the store (if there is room).
+struct Tee {
+    client: Option<(BodySender, Range<u64>)>,
+    writer: Option<ObjectWriter>,
+    pos: u64,
+    shard: usize,
+}
+
+impl Tee {
+    async fn push(&mut self, chunk: Bytes) {
+        let len = chunk.len() as u64;
+        let end = self.pos.saturating_add(len);
+        if let Some((tx, range)) = &self.client {
+            let (s, e) = (self.pos.max(range.start), end.min(range.end));
+            if s < e {
+                let part = chunk.slice((s - self.pos) as usize..(e - self.pos) as usize);
+                if tx.send(Ok(part)).await.is_err() {
+                    self.client = None;
+                }
+            }
+        }
+        self.pos = end;
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.write(chunk).await {
+                tracing::warn!(shard = self.shard, error = %e, "read-through: caching stopped");
+                if let Some(w) = self.writer.take() {
+                    w.abort().await;
+                }
+            }
+        }
+    }
+
+    /// The stream broke: the client's body ends with an error, nothing is cached.
+    async fn fail(mut self, msg: String) -> ObjectError {
+        if let Some((tx, _)) = &self.client {
+            let _ = tx.send(Err(BodyError(msg.clone()))).await;
+        }
+        if let Some(w) = self.writer.take() {
+            w.abort().await;
+        }
+        ObjectError::OriginOther(msg)
+    }
+
+    /// The whole object arrived: store it.
+    async fn finish(mut self, rmeta: &RemoteMeta) {
+        let Some(w) = self.writer.take() else { return };
+        let attrs = WriteAttrs {
+            content_type: rmeta.content_type.clone(),
+            name: None,
+            user_meta: rmeta.user_meta.clone(),
+            headers: rmeta.headers.clone(),
+            level: 1,
+            fetched: Some(FetchedFrom {
+                etag: rmeta.etag.clone(),
+                last_modified_ms: rmeta.last_modified_ms,
+            }),
+        };
+        match w.finish(attrs).await {
+            Ok(_) | Err(StoreError::Superseded) => {}
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "read-through: storing failed")
+            }
+        }
+    }
+}
+
+/// Fetches the object, answers the client as soon as the origin's head is in, then
+/// streams the body to the client and the store. Returns the outcome for waiters.
+async fn fetch_task<C: ObjectCtx, R: Render>(
+    ctx: &C,
+    req: &GetRequest,
+    render: &R,
+    resp_tx: oneshot::Sender<Result<Response<Body>, ObjectError>>,
+) -> Result<(), ObjectError> {
+    let objects = ctx.objects();
+    objects.metrics.origin_fetches.fetch_add(1, Relaxed);
+    let obj = match origin_get(ctx, &req.key).await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = resp_tx.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let rmeta = obj.meta;
+    let mut origin_body = obj.body;
+    let view = ObjectView::remote(req.key.as_str(), &rmeta);
+    let mut client = None;
+    match decide(req, &view) {
+        Ok(answer) => {
+            let builder = render.head(&view, &answer);
+            let range = match &answer {
+                Answer::Whole => 0..rmeta.size,
+                Answer::Partial(r) => r.clone(),
+                Answer::NotModified => 0..0,
+            };
+            if range.is_empty() {
+                let _ = resp_tx.send(Ok(respond(builder, Body::Empty)));
+            } else {
+                let (tx, body) = Body::channel(range.end - range.start, PUMP_DEPTH);
+                client = Some((tx, range));
+                let _ = resp_tx.send(Ok(respond(builder, body)));
+            }
+        }
+        Err(e) => {
+            let _ = resp_tx.send(Err(e));
+        }
+    }
+    let shard = ctx.mesh().id();
+    let writer = match ctx
+        .store()
+        .begin_write(req.key.as_str(), Some(rmeta.size))
+        .await
+    {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(shard, error = %e, "read-through not cached");
+            None
+        }
+    };
+    let mut tee = Tee {
+        client,
+        writer,
+        pos: 0,
+        shard,
+    };
+    loop {
+        match origin_body.next_chunk().await {
+            None => break,
+            Some(Ok(chunk)) => tee.push(chunk).await,
+            Some(Err(e)) => {
+                let msg = format!("origin stream broke after {} bytes: {e}", tee.pos);
+                return Err(tee.fail(msg).await);
+            }
+        }
+    }
+    if tee.pos != rmeta.size {
+        let msg = format!("origin sent {} bytes of {}", tee.pos, rmeta.size);
+        return Err(tee.fail(msg).await);
+    }
+    tee.finish(&rmeta).await;
+    Ok(())
+}
+
+/// What `stat` found: a stored object's metadata, or the origin's description.
+pub enum Stat {
+    Cached(ObjectMeta),
+    Origin(RemoteMeta),
+}
+
+/// The metadata of `key` without its body (read through to a HEAD when asked).
+pub async fn stat<C: ObjectCtx>(
+    ctx: &Rc<C>,
+    key: CacheKey,
+    fetch: bool,
+) -> Result<Stat, ObjectError> {
+    let owner = ctx.mesh().owner_of(key.as_str());
+    on_shard(ctx, owner, move |ctx| async move {
+        match ctx.store().peek(key.as_str()) {
+            Lookup::Hit { meta, .. } => Ok(Stat::Cached((*meta).clone())),
+            Lookup::Deleted(t) => Err(deleted(&key, t.deleted_at_ms)),
+            Lookup::Miss if fetch => Ok(Stat::Origin(origin_head(&*ctx, &key).await?)),
+            Lookup::Miss => Err(ObjectError::NotFound(format!(
+                "{key} is not cached and read-through is off"
+            ))),
+        }
+    })
+    .await?
+}
+
+/// A pending op of a bucket as a listing sees it: the object key, and Some(entry) for
+/// a write, None for a delete.
+pub type PendingItem = (String, Option<nearcache_s3::ListEntry>);
+
+/// Writes and deletes of `bucket` under `prefix` not yet in the origin, from every shard
+/// (a listing merges them, so a client always sees its own writes).
+pub async fn pending_under<C: ObjectCtx>(
+    ctx: &Rc<C>,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<PendingItem>, ObjectError> {
+    let scope = CacheKey::s3(bucket, prefix).into_string();
+    let strip = bucket.len() + 1;
+    let per_shard = crate::mesh::on_every_shard(ctx, move |ctx| async move {
+        ctx.store()
+            .pending(usize::MAX)
+            .into_iter()
+            .filter(|op| op.key.starts_with(&scope))
+            .map(|op| {
+                let key = op.key.get(strip..).unwrap_or_default().to_owned();
+                let entry = match op.kind {
+                    nearcache_shards::PendingKind::Put { meta, .. } => {
+                        Some(nearcache_s3::ListEntry {
+                            key: key.clone(),
+                            size: meta.size,
+                            etag: meta.etag,
+                            last_modified_ms: meta.last_modified_ms,
+                            storage_class: Some("STANDARD".into()),
+                        })
+                    }
+                    nearcache_shards::PendingKind::Delete => None,
+                };
+                (key, entry)
+            })
+            .collect::<Vec<PendingItem>>()
+    })
+    .await?;
+    Ok(per_shard.into_iter().flatten().collect())
+}
