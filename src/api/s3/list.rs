@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use base64::Engine;
 use http::Response;
-use nearcache_s3::{ListEntry, ListParams};
+use nearcache_s3::{ListEntry, ListPage, ListParams};
 
 use super::error::S3Error;
 use super::xml::{escape, iso_time, url_encode, DECL, NS};
@@ -19,78 +19,102 @@ use super::{xml_response, S3Req};
 use crate::body::Body;
 use crate::ctx::ShardCtx;
 
+#[derive(Debug, Clone)]
 enum Item {
     Object(ListEntry),
     Prefix,
 }
 
-pub async fn list_objects(
-    ctx: &Rc<ShardCtx>,
-    req: &S3Req,
+/// A ListObjects (v1 or v2) request, parsed.
+#[derive(Debug)]
+struct ListQuery {
     v2: bool,
-) -> Result<Response<Body>, S3Error> {
-    let prefix = req.q("prefix").unwrap_or_default().to_owned();
-    let delimiter = req
-        .q("delimiter")
-        .filter(|d| !d.is_empty())
-        .map(str::to_owned);
-    let max_keys = match req.q("max-keys") {
-        None => 1000,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|&n| n >= 0)
-            .ok_or_else(|| S3Error::invalid_argument("max-keys must be a non-negative integer"))?
-            .min(1000) as usize,
-    };
-    let url = match req.q("encoding-type") {
-        None => false,
-        Some("url") => true,
-        Some(_) => {
-            return Err(S3Error::invalid_argument(
-                "Invalid Encoding Method specified in Request",
-            ))
-        }
-    };
-    let token = req.q("continuation-token").map(str::to_owned);
-    let start_after = req.q("start-after").map(str::to_owned);
-    let marker = req.q("marker").map(str::to_owned);
-    let start = if v2 {
-        match &token {
-            Some(t) => Some(decode_token(t)?),
-            None => start_after.clone().filter(|s| !s.is_empty()),
-        }
-    } else {
-        marker.clone().filter(|s| !s.is_empty())
-    };
-    let bucket = req.bucket().to_owned();
+    prefix: String,
+    delimiter: Option<String>,
+    max_keys: usize,
+    url: bool,
+    token: Option<String>,
+    start_after: Option<String>,
+    marker: Option<String>,
+    /// List after this key (from the token, start-after or marker).
+    start: Option<String>,
+    fetch_owner: bool,
+}
 
-    // Pending writes and deletes of this bucket under the prefix, from every shard.
-    let per_shard = crate::object::read::pending_under(ctx, &bucket, &prefix).await?;
-    let pending: BTreeMap<String, Option<ListEntry>> = per_shard.into_iter().collect();
-    let after_start = |k: &str| start.as_deref().is_none_or(|s| k > s);
-    let deletes_ahead = pending
-        .iter()
-        .filter(|(k, e)| e.is_none() && after_start(k))
-        .count();
+impl ListQuery {
+    fn parse(req: &S3Req, v2: bool) -> Result<ListQuery, S3Error> {
+        let max_keys = match req.q("max-keys") {
+            None => 1000,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| S3Error::invalid_argument("max-keys must be a non-negative integer"))?
+                .min(1000) as usize,
+        };
+        let url = match req.q("encoding-type") {
+            None => false,
+            Some("url") => true,
+            Some(_) => {
+                return Err(S3Error::invalid_argument(
+                    "Invalid Encoding Method specified in Request",
+                ))
+            }
+        };
+        let token = req.q("continuation-token").map(str::to_owned);
+        let start_after = req.q("start-after").map(str::to_owned);
+        let marker = req.q("marker").map(str::to_owned);
+        let start = if v2 {
+            match token.as_deref().filter(|t| !t.is_empty()) {
+                Some(t) => Some(decode_token(t)?),
+                None => start_after.clone().filter(|s| !s.is_empty()),
+            }
+        } else {
+            marker.clone().filter(|s| !s.is_empty())
+        };
+        Ok(ListQuery {
+            v2,
+            prefix: req.q("prefix").unwrap_or_default().to_owned(),
+            delimiter: req
+                .q("delimiter")
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+            max_keys,
+            url,
+            token,
+            start_after,
+            marker,
+            start,
+            fetch_owner: !v2 || req.q("fetch-owner") == Some("true"),
+        })
+    }
 
-    let (mut items, truncated_origin, bound) = if max_keys == 0 {
-        (BTreeMap::new(), false, None)
-    } else {
-        let page = ctx
-            .objects
-            .origin
-            .list_objects(
-                &bucket,
-                ListParams {
-                    prefix: prefix.clone(),
-                    delimiter: delimiter.clone(),
-                    start_after: start.clone(),
-                    max_keys: (max_keys + deletes_ahead).min(1000) as u32,
-                },
-            )
-            .await?;
-        let mut items = BTreeMap::new();
+    fn after_start(&self, k: &str) -> bool {
+        self.start.as_deref().is_none_or(|s| k > s)
+    }
+}
+
+/// One page of a listing: what it shows, whether more follow, and where the next
+/// page starts.
+#[derive(Debug)]
+struct Merged {
+    taken: Vec<(String, Item)>,
+    truncated: bool,
+    next: Option<String>,
+}
+
+/// Merges the origin's page with the writes and deletes still pending upload (`None`
+/// entries are deletes): pending deletes hide origin keys, pending writes appear (as
+/// common prefixes when a delimiter groups them), but never past the origin's last key
+/// when the origin has more (those belong to a later page).
+fn merge(
+    q: &ListQuery,
+    page: Option<ListPage>,
+    pending: &BTreeMap<String, Option<ListEntry>>,
+) -> Merged {
+    let mut items = BTreeMap::new();
+    let mut truncated_origin = false;
+    let mut bound = None;
+    if let Some(page) = page {
         for e in page.entries {
             if matches!(pending.get(&e.key), Some(None)) {
                 continue;
@@ -100,24 +124,22 @@ pub async fn list_objects(
         for p in page.common_prefixes {
             items.insert(p, Item::Prefix);
         }
-        // Pending writes beyond the origin's last answer belong to a later page.
-        let bound = if page.is_truncated {
-            items.keys().next_back().cloned()
-        } else {
-            None
-        };
-        (items, page.is_truncated, bound)
-    };
-    if max_keys > 0 {
-        for (key, entry) in &pending {
+        truncated_origin = page.is_truncated;
+        if page.is_truncated {
+            bound = items.keys().next_back().cloned();
+        }
+    }
+    if q.max_keys > 0 {
+        for (key, entry) in pending {
             let Some(entry) = entry else { continue };
             if bound.as_ref().is_some_and(|b| key > b) {
                 continue;
             }
-            let cp = delimiter.as_deref().and_then(|d| {
-                key[prefix.len()..]
-                    .find(d)
-                    .map(|i| key[..prefix.len() + i + d.len()].to_owned())
+            let rest = key.get(q.prefix.len()..).unwrap_or_default();
+            let cp = q.delimiter.as_deref().and_then(|d| {
+                rest.find(d)
+                    .and_then(|i| key.get(..q.prefix.len() + i + d.len()))
+                    .map(str::to_owned)
             });
             match cp {
                 Some(cp) => {
@@ -130,17 +152,57 @@ pub async fn list_objects(
         }
     }
     // A common prefix equal to the start was returned on the previous page.
-    items.retain(|k, _| after_start(k));
-    let truncated = truncated_origin || items.len() > max_keys;
-    let taken: Vec<(String, Item)> = items.into_iter().take(max_keys).collect();
+    items.retain(|k, _| q.after_start(k));
+    let truncated = truncated_origin || items.len() > q.max_keys;
+    let taken: Vec<(String, Item)> = items.into_iter().take(q.max_keys).collect();
     let next = if truncated {
         taken.last().map(|(k, _)| k.clone())
     } else {
         None
     };
+    Merged {
+        taken,
+        truncated,
+        next,
+    }
+}
 
+pub async fn list_objects(
+    ctx: &Rc<ShardCtx>,
+    req: &S3Req,
+    v2: bool,
+) -> Result<Response<Body>, S3Error> {
+    let q = ListQuery::parse(req, v2)?;
+    let bucket = req.bucket();
+    // Pending writes and deletes of this bucket under the prefix, from every shard.
+    let pending: BTreeMap<String, Option<ListEntry>> =
+        crate::object::read::pending_under(ctx, bucket, &q.prefix)
+            .await?
+            .into_iter()
+            .collect();
+    let deletes_ahead = pending
+        .iter()
+        .filter(|(k, e)| e.is_none() && q.after_start(k))
+        .count();
+    let page = if q.max_keys == 0 {
+        None
+    } else {
+        let params = ListParams {
+            prefix: q.prefix.clone(),
+            delimiter: q.delimiter.clone(),
+            start_after: q.start.clone(),
+            max_keys: q.max_keys.saturating_add(deletes_ahead).min(1000) as u32,
+        };
+        Some(ctx.objects.origin.list_objects(bucket, params).await?)
+    };
+    let merged = merge(&q, page, &pending);
+    Ok(xml_response(render(&q, bucket, &merged)))
+}
+
+/// The ListBucketResult document.
+fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
     let enc = |s: &str| {
-        if url {
+        if q.url {
             escape(&url_encode(s))
         } else {
             escape(s)
@@ -148,44 +210,43 @@ pub async fn list_objects(
     };
     let mut doc = format!(
         "{DECL}<ListBucketResult xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix>",
-        escape(&bucket),
-        enc(&prefix)
+        escape(bucket),
+        enc(&q.prefix)
     );
-    if v2 {
-        let _ = write!(doc, "<KeyCount>{}</KeyCount>", taken.len());
-        if let Some(t) = &token {
+    if q.v2 {
+        let _ = write!(doc, "<KeyCount>{}</KeyCount>", m.taken.len());
+        if let Some(t) = &q.token {
             let _ = write!(doc, "<ContinuationToken>{}</ContinuationToken>", escape(t));
         }
-        if let Some(n) = &next {
+        if let Some(n) = &m.next {
             let _ = write!(
                 doc,
                 "<NextContinuationToken>{}</NextContinuationToken>",
                 escape(&encode_token(n))
             );
         }
-        if let Some(s) = &start_after {
+        if let Some(s) = &q.start_after {
             let _ = write!(doc, "<StartAfter>{}</StartAfter>", enc(s));
         }
     } else {
         let _ = write!(
             doc,
             "<Marker>{}</Marker>",
-            enc(marker.as_deref().unwrap_or_default())
+            enc(q.marker.as_deref().unwrap_or_default())
         );
-        if let Some(n) = &next {
+        if let Some(n) = &m.next {
             let _ = write!(doc, "<NextMarker>{}</NextMarker>", enc(n));
         }
     }
-    let _ = write!(doc, "<MaxKeys>{max_keys}</MaxKeys>");
-    if let Some(d) = &delimiter {
+    let _ = write!(doc, "<MaxKeys>{}</MaxKeys>", q.max_keys);
+    if let Some(d) = &q.delimiter {
         let _ = write!(doc, "<Delimiter>{}</Delimiter>", enc(d));
     }
-    if url {
+    if q.url {
         doc.push_str("<EncodingType>url</EncodingType>");
     }
-    let _ = write!(doc, "<IsTruncated>{truncated}</IsTruncated>");
-    let fetch_owner = !v2 || req.q("fetch-owner") == Some("true");
-    for (k, item) in &taken {
+    let _ = write!(doc, "<IsTruncated>{}</IsTruncated>", m.truncated);
+    for (k, item) in &m.taken {
         if let Item::Object(e) = item {
             let _ = write!(
                 doc,
@@ -196,7 +257,7 @@ pub async fn list_objects(
                 escape(&format!("\"{}\"", e.etag)),
                 e.size
             );
-            if fetch_owner {
+            if q.fetch_owner {
                 doc.push_str(
                     "<Owner><ID>nearcache</ID><DisplayName>nearcache</DisplayName></Owner>",
                 );
@@ -208,7 +269,7 @@ pub async fn list_objects(
             );
         }
     }
-    for (k, item) in &taken {
+    for (k, item) in &m.taken {
         if let Item::Prefix = item {
             let _ = write!(
                 doc,
@@ -218,7 +279,7 @@ pub async fn list_objects(
         }
     }
     doc.push_str("</ListBucketResult>");
-    Ok(xml_response(doc))
+    doc
 }
 
 fn encode_token(last: &str) -> String {
@@ -237,6 +298,108 @@ fn decode_token(t: &str) -> Result<String, S3Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(key: &str) -> ListEntry {
+        ListEntry {
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+            last_modified_ms: 0,
+            storage_class: None,
+        }
+    }
+
+    fn query(
+        prefix: &str,
+        delimiter: Option<&str>,
+        max_keys: usize,
+        start: Option<&str>,
+    ) -> ListQuery {
+        ListQuery {
+            v2: true,
+            prefix: prefix.into(),
+            delimiter: delimiter.map(Into::into),
+            max_keys,
+            url: false,
+            token: None,
+            start_after: None,
+            marker: None,
+            start: start.map(Into::into),
+            fetch_owner: false,
+        }
+    }
+
+    fn keys(m: &Merged) -> Vec<&str> {
+        m.taken.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn page(entries: &[&str], prefixes: &[&str], truncated: bool) -> Option<ListPage> {
+        Some(ListPage {
+            entries: entries.iter().map(|k| entry(k)).collect(),
+            common_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            is_truncated: truncated,
+        })
+    }
+
+    #[test]
+    fn pending_writes_show_and_pending_deletes_hide() {
+        let pending =
+            BTreeMap::from([("b".to_string(), None), ("d".to_string(), Some(entry("d")))]);
+        let m = merge(
+            &query("", None, 1000, None),
+            page(&["a", "b", "c"], &[], false),
+            &pending,
+        );
+        assert_eq!(keys(&m), ["a", "c", "d"]);
+        assert!(!m.truncated);
+        assert_eq!(m.next, None);
+    }
+
+    #[test]
+    fn pending_writes_group_under_the_delimiter() {
+        let pending = BTreeMap::from([
+            ("p/x/1".to_string(), Some(entry("p/x/1"))),
+            ("p/y".to_string(), Some(entry("p/y"))),
+        ]);
+        let m = merge(
+            &query("p/", Some("/"), 1000, None),
+            page(&[], &[], false),
+            &pending,
+        );
+        assert_eq!(keys(&m), ["p/x/", "p/y"]);
+        assert!(matches!(m.taken[0].1, Item::Prefix));
+    }
+
+    #[test]
+    fn pending_writes_past_a_truncated_origin_page_wait_for_their_page() {
+        let pending = BTreeMap::from([
+            ("a2".to_string(), Some(entry("a2"))),
+            ("z".to_string(), Some(entry("z"))),
+        ]);
+        let m = merge(
+            &query("", None, 1000, None),
+            page(&["a1", "a3"], &[], true),
+            &pending,
+        );
+        assert_eq!(keys(&m), ["a1", "a2", "a3"]);
+        assert!(m.truncated);
+        assert_eq!(m.next.as_deref(), Some("a3"));
+    }
+
+    #[test]
+    fn max_keys_truncates_and_start_excludes() {
+        let pending = BTreeMap::from([("c".to_string(), Some(entry("c")))]);
+        let m = merge(
+            &query("", None, 2, Some("a")),
+            page(&["a", "b", "d"], &[], false),
+            &pending,
+        );
+        assert_eq!(keys(&m), ["b", "c"]);
+        assert!(m.truncated);
+        assert_eq!(m.next.as_deref(), Some("c"));
+        let none = merge(&query("", None, 0, None), None, &pending);
+        assert!(none.taken.is_empty() && !none.truncated);
+    }
 
     #[test]
     fn tokens_round_trip() {

@@ -413,103 +413,119 @@ async fn run(
     if req.q("versionId").is_some_and(|v| v != "null") {
         return Err(S3Error::not_implemented("object versions"));
     }
-    let m = req.method.clone();
-    match (&req.bucket, &req.key) {
-        (None, _) => match m {
-            Method::GET => {
-                *route = Route::S3List;
-                list_buckets(ctx, &cred).await
-            }
-            _ => Err(S3Error::not_implemented(format!("{m} on the service"))),
-        },
-        (Some(_), None) => {
-            if m == Method::GET && req.has("uploads") {
-                *route = Route::S3List;
-                return multipart::list_uploads(ctx, &req).await;
-            }
-            if m == Method::GET && req.q("list-type") == Some("2") {
-                *route = Route::S3List;
-                return list::list_objects(ctx, &req, true).await;
-            }
-            if m == Method::GET && req.has("location") {
-                return Ok(xml_response(format!(
-                    "{DECL}<LocationConstraint xmlns=\"{NS}\">{}</LocationConstraint>",
-                    escape(bucket_region(ctx))
-                )));
-            }
-            if m == Method::POST && req.has("delete") {
-                *route = Route::S3Write;
-                return object::delete_objects(ctx, &req, body).await;
-            }
-            match m {
-                Method::GET => {
-                    *route = Route::S3List;
-                    list::list_objects(ctx, &req, false).await
-                }
-                Method::HEAD => {
-                    ctx.objects.origin.head_bucket(req.bucket()).await?;
-                    Ok(empty(StatusCode::OK))
-                }
-                Method::PUT => {
-                    *route = Route::S3Write;
-                    create_bucket(ctx, &req, body).await
-                }
-                Method::DELETE => {
-                    *route = Route::S3Write;
-                    ctx.objects.origin.delete_bucket(req.bucket()).await?;
-                    req.state.forget_bucket(req.bucket());
-                    Ok(empty(StatusCode::NO_CONTENT))
-                }
-                _ => Err(S3Error::not_implemented(format!("{m} on a bucket"))),
-            }
+    let ep = endpoint(&req)?;
+    *route = ep.route();
+    match ep {
+        Endpoint::ListBuckets => list_buckets(ctx, &cred).await,
+        Endpoint::ListUploads => multipart::list_uploads(ctx, &req).await,
+        Endpoint::ListObjects { v2 } => list::list_objects(ctx, &req, v2).await,
+        Endpoint::GetBucketLocation => Ok(xml_response(format!(
+            "{DECL}<LocationConstraint xmlns=\"{NS}\">{}</LocationConstraint>",
+            escape(bucket_region(ctx))
+        ))),
+        Endpoint::DeleteObjects => object::delete_objects(ctx, &req, body).await,
+        Endpoint::HeadBucket => {
+            ctx.objects.origin.head_bucket(req.bucket()).await?;
+            Ok(empty(StatusCode::OK))
         }
-        (Some(_), Some(_)) => {
-            let upload = req.has("uploadId");
-            match m {
-                Method::GET if upload => {
-                    *route = Route::S3List;
-                    multipart::list_parts(ctx, &req).await
-                }
-                Method::GET | Method::HEAD => {
-                    *route = Route::S3Read;
-                    object::get_object(ctx, &req).await
-                }
-                Method::PUT if upload && req.headers.contains_key("x-amz-copy-source") => {
-                    *route = Route::S3Write;
-                    multipart::upload_part_copy(ctx, &req, &cred).await
-                }
-                Method::PUT if upload || req.has("partNumber") => {
-                    *route = Route::S3Write;
-                    multipart::upload_part(ctx, &req, body).await
-                }
-                Method::PUT if req.headers.contains_key("x-amz-copy-source") => {
-                    *route = Route::S3Write;
-                    object::copy_object(ctx, &req, &cred).await
-                }
-                Method::PUT => {
-                    *route = Route::S3Write;
-                    object::put_object(ctx, &req, body).await
-                }
-                Method::DELETE if upload => {
-                    *route = Route::S3Write;
-                    multipart::abort(ctx, &req).await
-                }
-                Method::DELETE => {
-                    *route = Route::S3Write;
-                    object::delete_object(ctx, &req).await
-                }
-                Method::POST if req.has("uploads") => {
-                    *route = Route::S3Write;
-                    multipart::create(ctx, &req).await
-                }
-                Method::POST if upload => {
-                    *route = Route::S3Write;
-                    multipart::complete(ctx, &req, body).await
-                }
-                _ => Err(S3Error::not_implemented(format!("{m} on an object"))),
-            }
+        Endpoint::CreateBucket => create_bucket(ctx, &req, body).await,
+        Endpoint::DeleteBucket => {
+            ctx.objects.origin.delete_bucket(req.bucket()).await?;
+            req.state.forget_bucket(req.bucket());
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        Endpoint::ListParts => multipart::list_parts(ctx, &req).await,
+        Endpoint::GetObject => object::get_object(ctx, &req).await,
+        Endpoint::UploadPartCopy => multipart::upload_part_copy(ctx, &req, &cred).await,
+        Endpoint::UploadPart => multipart::upload_part(ctx, &req, body).await,
+        Endpoint::CopyObject => object::copy_object(ctx, &req, &cred).await,
+        Endpoint::PutObject => object::put_object(ctx, &req, body).await,
+        Endpoint::AbortMultipart => multipart::abort(ctx, &req).await,
+        Endpoint::DeleteObject => object::delete_object(ctx, &req).await,
+        Endpoint::CreateMultipart => multipart::create(ctx, &req).await,
+        Endpoint::CompleteMultipart => multipart::complete(ctx, &req, body).await,
+    }
+}
+
+/// The S3 operation a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    ListBuckets,
+    ListUploads,
+    ListObjects {
+        v2: bool,
+    },
+    GetBucketLocation,
+    DeleteObjects,
+    HeadBucket,
+    CreateBucket,
+    DeleteBucket,
+    ListParts,
+    /// GetObject and HeadObject.
+    GetObject,
+    UploadPartCopy,
+    UploadPart,
+    CopyObject,
+    PutObject,
+    AbortMultipart,
+    DeleteObject,
+    CreateMultipart,
+    CompleteMultipart,
+}
+
+impl Endpoint {
+    fn route(self) -> Route {
+        use Endpoint::*;
+        match self {
+            ListBuckets | ListUploads | ListObjects { .. } | ListParts => Route::S3List,
+            GetObject => Route::S3Read,
+            GetBucketLocation | HeadBucket => Route::S3Other,
+            DeleteObjects | CreateBucket | DeleteBucket | UploadPartCopy | UploadPart
+            | CopyObject | PutObject | AbortMultipart | DeleteObject | CreateMultipart
+            | CompleteMultipart => Route::S3Write,
         }
     }
+}
+
+/// Which operation a request names, from its method, address, query and headers.
+/// Pure: decides nothing else.
+fn endpoint(req: &S3Req) -> Result<Endpoint, S3Error> {
+    use Endpoint::*;
+    let m = &req.method;
+    let copy = req.headers.contains_key("x-amz-copy-source");
+    Ok(match (&req.bucket, &req.key) {
+        (None, _) => match *m {
+            Method::GET => ListBuckets,
+            _ => return Err(S3Error::not_implemented(format!("{m} on the service"))),
+        },
+        (Some(_), None) => match *m {
+            Method::GET if req.has("uploads") => ListUploads,
+            Method::GET if req.q("list-type") == Some("2") => ListObjects { v2: true },
+            Method::GET if req.has("location") => GetBucketLocation,
+            Method::GET => ListObjects { v2: false },
+            Method::POST if req.has("delete") => DeleteObjects,
+            Method::HEAD => HeadBucket,
+            Method::PUT => CreateBucket,
+            Method::DELETE => DeleteBucket,
+            _ => return Err(S3Error::not_implemented(format!("{m} on a bucket"))),
+        },
+        (Some(_), Some(_)) => {
+            let upload = req.has("uploadId");
+            match *m {
+                Method::GET if upload => ListParts,
+                Method::GET | Method::HEAD => GetObject,
+                Method::PUT if upload && copy => UploadPartCopy,
+                Method::PUT if upload || req.has("partNumber") => UploadPart,
+                Method::PUT if copy => CopyObject,
+                Method::PUT => PutObject,
+                Method::DELETE if upload => AbortMultipart,
+                Method::DELETE => DeleteObject,
+                Method::POST if req.has("uploads") => CreateMultipart,
+                Method::POST if upload => CompleteMultipart,
+                _ => return Err(S3Error::not_implemented(format!("{m} on an object"))),
+            }
+        }
+    })
 }
 
 /// Whether a key may use a bucket: `*` or the bucket's name in its list.
@@ -668,4 +684,93 @@ async fn create_bucket(
         r.headers_mut().insert(header::LOCATION, v);
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    fn req(
+        method: Method,
+        bucket: Option<&str>,
+        key: Option<&str>,
+        query: &str,
+        copy: bool,
+    ) -> S3Req {
+        let mut headers = HeaderMap::new();
+        if copy {
+            headers.insert("x-amz-copy-source", HeaderValue::from_static("/b/k"));
+        }
+        S3Req {
+            method,
+            bucket: bucket.map(Into::into),
+            key: key.map(Into::into),
+            query: parse_query(query),
+            headers,
+            body_check: BodyCheck::None,
+            state: Arc::new(S3State::from_config(&S3ApiConfig::default())),
+        }
+    }
+
+    #[test]
+    fn every_operation_is_named_by_its_request() {
+        use Endpoint::*;
+        let b = Some("bkt");
+        let k = Some("key");
+        let cases = [
+            (Method::GET, None, None, "", false, ListBuckets),
+            (Method::GET, b, None, "uploads", false, ListUploads),
+            (
+                Method::GET,
+                b,
+                None,
+                "list-type=2&prefix=a",
+                false,
+                ListObjects { v2: true },
+            ),
+            (Method::GET, b, None, "location", false, GetBucketLocation),
+            (Method::GET, b, None, "", false, ListObjects { v2: false }),
+            (Method::POST, b, None, "delete", false, DeleteObjects),
+            (Method::HEAD, b, None, "", false, HeadBucket),
+            (Method::PUT, b, None, "", false, CreateBucket),
+            (Method::DELETE, b, None, "", false, DeleteBucket),
+            (Method::GET, b, k, "uploadId=u", false, ListParts),
+            (Method::GET, b, k, "", false, GetObject),
+            (Method::HEAD, b, k, "partNumber=1", false, GetObject),
+            (
+                Method::PUT,
+                b,
+                k,
+                "uploadId=u&partNumber=1",
+                true,
+                UploadPartCopy,
+            ),
+            (
+                Method::PUT,
+                b,
+                k,
+                "uploadId=u&partNumber=1",
+                false,
+                UploadPart,
+            ),
+            (Method::PUT, b, k, "", true, CopyObject),
+            (Method::PUT, b, k, "", false, PutObject),
+            (Method::DELETE, b, k, "uploadId=u", false, AbortMultipart),
+            (Method::DELETE, b, k, "", false, DeleteObject),
+            (Method::POST, b, k, "uploads", false, CreateMultipart),
+            (Method::POST, b, k, "uploadId=u", false, CompleteMultipart),
+        ];
+        for (m, bucket, key, q, copy, want) in cases {
+            let r = req(m.clone(), bucket, key, q, copy);
+            assert_eq!(endpoint(&r).unwrap(), want, "{m} {bucket:?} {key:?} ?{q}");
+        }
+        for (m, bucket, key) in [
+            (Method::PUT, None, None),
+            (Method::PATCH, b, None),
+            (Method::POST, b, k),
+        ] {
+            let e = endpoint(&req(m, bucket, key, "", false)).unwrap_err();
+            assert_eq!(e.code, "NotImplemented");
+        }
+    }
 }
