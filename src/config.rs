@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A byte size written like `512MiB`, `20GiB` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,12 @@ impl FromStr for Size {
         bytesize::ByteSize::from_str(s.trim())
             .map(|b| Size(b.as_u64()))
             .map_err(|e| format!("invalid size {s:?} (expected e.g. 512MiB or 20GiB): {e}"))
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 
@@ -78,7 +84,7 @@ pub mod defaults {
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Public HTTP address (HTTP/1.1 and h2c). Every shard binds it with SO_REUSEPORT.
@@ -115,7 +121,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Memory tier size for the whole node (split evenly over shards).
@@ -147,7 +153,7 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginSection {
     /// S3 endpoint URL; empty = AWS's default for the region.
@@ -203,7 +209,7 @@ impl Default for OriginSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Read through from the origin on a miss unless the request says `X-Meta-Fetch: 0`.
@@ -229,7 +235,7 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
@@ -245,7 +251,7 @@ impl Default for LogConfig {
 }
 
 /// The S3-compatible API (`[s3api]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3ApiConfig {
     /// Address of the S3-compatible API. Every shard binds it with SO_REUSEPORT.
@@ -273,7 +279,7 @@ impl Default for S3ApiConfig {
 }
 
 /// One access key of the S3 API (`[[s3api.keys]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3KeyConfig {
     pub access_key: String,
@@ -291,7 +297,7 @@ fn all_buckets() -> Vec<String> {
 }
 
 /// Settings of one bucket of the S3 API (`[[s3api.buckets]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3BucketConfig {
     pub name: String,
@@ -302,7 +308,7 @@ pub struct S3BucketConfig {
 }
 
 /// The cluster layer (`[cluster]`). Without `listen` the node runs alone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Private address: SWIM gossip over UDP and node-to-node HTTP/2 over TCP, same ip:port.
@@ -359,7 +365,7 @@ impl Default for ClusterConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -686,5 +692,39 @@ mod tests {
         let text = include_str!("../deploy/nearcache.toml");
         let cfg: Config = toml::from_str(text).expect("deploy/nearcache.toml parses");
         cfg.validate().unwrap();
+    }
+
+    /// The sample claims to show the defaults: every value it sets is the default, and
+    /// every key with a default appears in it (keys without one are "example:" lines).
+    #[test]
+    fn sample_config_shows_every_default() {
+        let text = include_str!("../deploy/nearcache.toml");
+        let sample: toml::Table = toml::from_str(text).expect("sample parses");
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        for (section, table) in &defaults {
+            let toml::Value::Table(table) = table else {
+                continue;
+            };
+            let Some(toml::Value::Table(shown)) = sample.get(section) else {
+                panic!("deploy/nearcache.toml has no [{section}] section");
+            };
+            for (key, default) in table {
+                if matches!(default, toml::Value::Array(a) if a.is_empty()) {
+                    continue;
+                }
+                let value = shown.get(key).unwrap_or_else(|| {
+                    panic!("deploy/nearcache.toml does not show {section}.{key}")
+                });
+                // Sizes are shown with units; compare what they parse to.
+                let parsed: Config = toml::from_str(&format!("[{section}]\n{key} = {value}"))
+                    .unwrap_or_else(|e| panic!("{section}.{key}: {e}"));
+                let parsed = toml::Table::try_from(parsed).expect("serializes");
+                assert_eq!(
+                    parsed[section.as_str()][key.as_str()],
+                    *default,
+                    "deploy/nearcache.toml shows {section}.{key} = {value}, the default is {default}"
+                );
+            }
+        }
     }
 }

@@ -841,6 +841,10 @@ fn stats_metrics_health_version() {
         assert!(text.contains(name), "missing {name}");
     }
     assert!(!text.contains(&id), "metrics must never carry object ids");
+    // Every family once, each with HELP and TYPE, every sample in a declared family.
+    let families =
+        nearcache::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(families > 30, "{families} families");
     assert_eq!(metric_sum(&text, "nearcache_objects"), 1.0);
 }
 
