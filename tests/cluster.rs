@@ -6,28 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
-
-/// A port free for TCP and UDP, below the kernel's ephemeral range (32768+), so that
-/// outgoing connections of other tests cannot take it before a node restarts on it.
-fn free_port() -> u16 {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    loop {
-        let port = rng.gen_range(20_000..32_000);
-        let tcp = TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
-        }
-    }
-}
 
 /// One node process with fixed ports (so that a restart comes back at the same place).
 struct Proc {
@@ -552,17 +536,20 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
     // C was away for more than the peers' journals keep (store.journal_retain = 30): it
     // resynced from their indexes for the part it missed.
     assert!(nodes[2].metric("nearcache_cluster_sync_gaps_total") >= 1.0);
-    // The delete made while C was down wins over C's older copy, everywhere, for good.
-    for _ in 0..10 {
-        for p in &nodes {
-            assert_eq!(
-                status_of(p, &doomed),
-                404,
-                "deleted object came back via {}",
-                p.id
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    // The delete made while C was down wins over C's older copy, everywhere, for good:
+    // checked once every node has pulled all its peers' changes (sync lag 0 everywhere).
+    wait_until("anti-entropy caught up everywhere", 60, || {
+        nodes
+            .iter()
+            .all(|p| p.metric("nearcache_cluster_sync_lag_changes") == 0.0)
+    });
+    for p in &nodes {
+        assert_eq!(
+            status_of(p, &doomed),
+            404,
+            "deleted object came back via {}",
+            p.id
+        );
     }
     // Everything from before is still readable through C.
     for (id, body) in objects.iter().take(10) {

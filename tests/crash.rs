@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,14 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn spawn_node(dir: &Path, bucket: &str, port: u16) -> Child {
     let t = s3_target();
@@ -263,7 +254,24 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
                 .map(|r| r.status().as_u16())
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM once the slow PUT is in flight (the /metrics request counts itself too).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if metric_sum(&text, "nearcache_inflight_requests") >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow PUT never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

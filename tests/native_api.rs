@@ -10,29 +10,19 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 
-fn put(
-    node: &TestNode,
-    id: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> reqwest::blocking::Response {
-    let mut req = client()
-        .post(node.url("/api/v1/put"))
-        .header("X-Meta-ID", id)
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().unwrap()
-}
-
-fn new_id(node: &TestNode) -> String {
-    client()
-        .get(node.url("/api/v1/id"))
+/// Requests of one route counted by the node, whatever their status.
+fn route_requests(node: &TestNode, route: &str) -> f64 {
+    let text = client()
+        .get(node.url("/metrics"))
         .send()
         .unwrap()
         .text()
-        .unwrap()
+        .unwrap();
+    let needle = format!("route=\"{route}\"");
+    text.lines()
+        .filter(|l| l.starts_with("nearcache_http_requests_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[test]
@@ -89,8 +79,9 @@ fn put_get_meta_delete_round_trip() {
     assert_eq!(m["name"], "photo.png");
     assert_eq!(m["level"], 0);
     assert_eq!(m["in_origin"], false);
-    // Level 0 never goes to S3.
-    std::thread::sleep(Duration::from_millis(300));
+    // Level 0 never goes to S3: nothing is queued for the uploader, nothing was sent.
+    assert_eq!(node.metric("nearcache_pending_uploads"), 0.0);
+    assert_eq!(node.metric("nearcache_uploads_total"), 0.0);
     assert!(node.s3().get(&id).is_none());
 
     let r = client()
@@ -478,6 +469,7 @@ fn bad_input_gets_clear_errors() {
     );
 
     // A body shorter than its Content-Length: the client gives up; nothing is stored.
+    let puts_before = route_requests(&node, "put");
     let addr = node.base.trim_start_matches("http://").to_string();
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(s, "POST /api/v1/put HTTP/1.1\r\nHost: x\r\nX-Meta-ID: {id}\r\nContent-Length: 1000\r\n\r\nonly-a-few-bytes").unwrap();
@@ -488,7 +480,15 @@ fn bad_input_gets_clear_errors() {
         resp.is_empty() || resp.starts_with("HTTP/1.1 400"),
         "{resp}"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // The server has answered (or dropped) that PUT once it counts it: then check.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while route_requests(&node, "put") < puts_before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the short PUT was never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         client()
             .get(node.url(&format!("/api/v1/get/{id}")))

@@ -12,6 +12,8 @@ use nearcache::config::{Config, Size};
 use nearcache::ServerHandle;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
 
+pub mod sdk;
+
 pub fn init_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
@@ -136,6 +138,48 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
             let _ = h.shutdown();
+        }
+    }
+}
+
+/// A native PUT of `body` under `id`, with extra headers.
+pub fn put(
+    node: &TestNode,
+    id: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> reqwest::blocking::Response {
+    let mut req = client()
+        .post(node.url("/api/v1/put"))
+        .header("X-Meta-ID", id)
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().unwrap()
+}
+
+/// A fresh id from the node.
+pub fn new_id(node: &TestNode) -> String {
+    client()
+        .get(node.url("/api/v1/id"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// A free TCP and UDP port below the kernel's ephemeral range (32768+), so that outgoing
+/// connections of other tests cannot take it before a node (re)starts on it.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(20_000..32_000);
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
         }
     }
 }
