@@ -482,7 +482,7 @@ fn bad_input_gets_clear_errors() {
     );
     // The server has answered (or dropped) that PUT once it counts it: then check.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while route_requests(&node, "put") < puts_before + 1 {
+    while route_requests(&node, "put") < puts_before + 1.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the short PUT was never counted"
