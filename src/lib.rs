@@ -1,7 +1,22 @@
 //! # nearcache: the server
 //!
-//! Process assembly, configuration, the HTTP APIs and the cluster layer.
-//! The engine lives in `nearcache-shards`, runtime glue in `io/`.
+//! Process assembly, configuration, the HTTP APIs, the object service and the cluster
+//! layer. The engine lives in `nearcache-shards`, what talks to the outside below the
+//! server (files, S3, gossip) in `io/`.
+//!
+//! Goals: one API-neutral object service under every API edge; no locks and no blocking
+//! calls on the shard threads' data path; every failure answered with a clear error,
+//! never a panic or a hang; nothing acknowledged lost. Non-goals: being a general S3
+//! server (objects live in the origin; nearcache caches them and queues writes to it),
+//! and TLS termination (not yet).
+//!
+//! ## Layers
+//!
+//! Imports point one way: [`server`] (process assembly) → [`api`] (native, admin, S3,
+//! node-to-node edges) → [`ctx`] (the per-shard context) → [`object`] (the object
+//! service) → [`cluster`] (placement, peers, anti-entropy) → [`mesh`] (cross-shard work)
+//! → the store, origin and membership crates. [`metrics`], [`http_util`] and [`body`]
+//! import nothing of the server.
 //!
 //! ## Thread model
 //!
@@ -40,6 +55,8 @@
 //! serves node-to-node HTTP/2 on the private address, proxies requests for keys other
 //! nodes own over its own persistent connection per peer, and pulls peers' journal
 //! changes (anti-entropy) for the shards assigned to it.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod body;

@@ -1,4 +1,5 @@
 //! The `nearcache` binary.
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

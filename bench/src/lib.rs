@@ -15,6 +15,7 @@
 //! - absolute numbers across machines: compare policies or commits on one machine.
 //!
 //! The library part holds what the binaries and benches share: workload generators.
+#![forbid(unsafe_code)]
 
 use rand::rngs::StdRng;
 use rand::Rng;

@@ -30,6 +30,7 @@
 //! See [`engine`]: the main thread plans, starts the workers, prints progress and merges;
 //! worker `t` owns connections `c` with `c % threads == t` and runs one request loop
 //! ("slot") per HTTP/1.1 connection or `--streams` per HTTP/2 connection.
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod content;

@@ -3,6 +3,7 @@
 //!
 //! Exit status: 0 on success, 1 on a setup error or (with `--fail-on-error`) when any
 //! request failed.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use nearcache_loadtest::{Cli, Command};

@@ -22,6 +22,7 @@
 //! Every number is the median over `runs` runs; the ops/s range shows the spread.
 //! CPU µs/op is the process's user+system time (shard thread and the journal's writer
 //! thread) over the phase, divided by its operations.
+#![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
@@ -104,33 +105,28 @@ struct Run {
     hot: Phase,
 }
 
-/// User + system CPU time of the whole process (all threads).
+/// User + system CPU time of the whole process (all threads), from /proc/self/stat.
 fn process_cpu() -> Duration {
-    // SAFETY: `getrusage` only writes into the zeroed struct we pass, which lives on
-    // this stack frame for the duration of the call.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
     };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Duration::from_nanos((ticks(11) + ticks(12)) * 1_000_000_000 / hz)
 }
 
 /// Filesystem type name of `path`, to warn about tmpfs (no O_DIRECT, measures RAM).
 fn fs_type(path: &Path) -> String {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+    let Ok(st) = rustix::fs::statfs(path) else {
         return "unknown".into();
     };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a zeroed struct that
-    // `statfs` fills; both outlive the call.
-    let (rc, st) = unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        (libc::statfs(c.as_ptr(), &mut st), st)
-    };
-    if rc != 0 {
-        return "unknown".into();
-    }
     match st.f_type as i64 {
         0x0102_1994 => "tmpfs".into(),
         0xEF53 => "ext4".into(),

@@ -10,6 +10,7 @@
 //! output is identical on every run with the same flags. The cache is driven the
 //! way the shard drives it: a hit calls `access`; a miss calls `make_room` then
 //! `insert`. Cold-start misses are counted (they are the same for both policies).
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
