@@ -289,23 +289,37 @@ impl Cluster {
     }
 
     /// Alive nodes (self included) ranked for `key`: the first R own it.
-    pub fn ranking(&self, key: &str) -> Vec<Member> {
-        let view = self.view();
-        placement::rank(key, view.alive())
+    pub fn ranking(&self, key: &str) -> placement::Ranking {
+        placement::Ranking::new(key, self.view())
+    }
+
+    /// How many of a ranking own a key at `level`: R, or every alive node for level 2.
+    pub fn owner_count(&self, ranked: usize, level: u8) -> usize {
+        if level >= 2 {
+            ranked
+        } else {
+            self.cfg.replication_factor.max(1).min(ranked)
+        }
     }
 
     /// The owners of `key` at `level`: the top R of the ranking, or every alive node for
     /// level 2.
     pub fn owners(&self, key: &str, level: u8) -> Vec<Member> {
-        let mut r = self.ranking(key);
-        if level < 2 {
-            r.truncate(self.cfg.replication_factor.max(1));
-        }
-        r
+        let r = self.ranking(key);
+        r.iter()
+            .take(self.owner_count(r.len(), level))
+            .cloned()
+            .collect()
     }
 
     pub fn is_owner(&self, key: &str, level: u8) -> bool {
-        level >= 2 || self.owners(key, level).iter().any(|m| m.is_self)
+        if level >= 2 {
+            return true;
+        }
+        let r = self.ranking(key);
+        let n = self.owner_count(r.len(), level);
+        let owner = r.iter().take(n).any(|m| m.is_self);
+        owner
     }
 
     pub fn member(&self, id: &str) -> Option<Member> {

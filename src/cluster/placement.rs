@@ -4,7 +4,9 @@
 //! ranks them by score. The top R own the key. When a node joins or leaves, only the keys
 //! for which it ranks in the top R move (about R/N of them), with no ring to rebalance.
 
-use nearcache_membership::Member;
+use std::sync::Arc;
+
+use nearcache_membership::{Member, View};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 pub fn score(key: &str, node_id: &str) -> u64 {
@@ -16,6 +18,50 @@ pub fn rank<'a>(key: &str, members: impl Iterator<Item = &'a Member>) -> Vec<Mem
     let mut scored: Vec<(u64, &Member)> = members.map(|m| (score(key, &m.id), m)).collect();
     scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
     scored.into_iter().map(|(_, m)| m.clone()).collect()
+}
+
+/// The alive members of one membership view ranked for a key, by index into the view:
+/// nothing is cloned per request.
+pub struct Ranking {
+    view: Arc<View>,
+    order: Vec<usize>,
+}
+
+impl Ranking {
+    pub fn new(key: &str, view: Arc<View>) -> Ranking {
+        let mut scored: Vec<(u64, usize)> = view
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.state.is_alive())
+            .map(|(i, m)| (score(key, &m.id), i))
+            .collect();
+        scored.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| view.members[a.1].id.cmp(&view.members[b.1].id))
+        });
+        Ranking {
+            order: scored.into_iter().map(|(_, i)| i).collect(),
+            view,
+        }
+    }
+
+    /// Best first.
+    pub fn iter(&self) -> impl Iterator<Item = &Member> + '_ {
+        self.order.iter().map(|&i| &self.view.members[i])
+    }
+
+    pub fn first(&self) -> Option<&Member> {
+        self.iter().next()
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -31,6 +77,27 @@ mod tests {
             incarnation: 0,
             generation: 0,
             is_self: false,
+        }
+    }
+
+    #[test]
+    fn ranking_by_index_agrees_with_rank() {
+        let members: Vec<Member> = (0..5).map(|i| member(&format!("node-{i}"))).collect();
+        let view = Arc::new(View {
+            members: members.clone(),
+            epoch: 1,
+        });
+        for k in 0..200 {
+            let key = format!("k{k}");
+            let by_clone: Vec<String> = rank(&key, members.iter())
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            let by_index: Vec<String> = Ranking::new(&key, view.clone())
+                .iter()
+                .map(|m| m.id.clone())
+                .collect();
+            assert_eq!(by_clone, by_index);
         }
     }
 

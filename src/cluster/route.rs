@@ -48,11 +48,7 @@ pub async fn route<C: ClusterCtx>(
 ) -> Result<Route, ClusterError> {
     let cl = &cs.cl;
     let ranking = cl.ranking(key);
-    let owners = if level >= 2 {
-        ranking.len()
-    } else {
-        cl.cfg.replication_factor.max(1)
-    };
+    let owners = cl.owner_count(ranking.len(), level);
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let owner_here = ranking.iter().take(owners).any(|m| m.is_self);
     if read {
@@ -78,7 +74,7 @@ pub async fn route<C: ClusterCtx>(
     // The proxied request, built once; it comes back from a send that never left.
     let mut out: Option<Request<PeerBody>> = None;
     let mut last_err = None;
-    for m in &ranking {
+    for m in ranking.iter() {
         if m.is_self {
             // Every better-ranked node is unreachable: this node is next in line (and
             // becomes an owner once membership notices).
