@@ -51,6 +51,8 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: u64 = 64 << 10;
     pub const HEADER_READ_TIMEOUT_SECS: u64 = 30;
     pub const BIND_WAIT_SECS: u64 = 10;
+    pub const BODY_IDLE_TIMEOUT_SECS: u64 = 30;
+    pub const BODY_MIN_RATE: u64 = 4 << 10;
     pub const ORIGIN_WAIT_SECS: u64 = 20;
     pub const MEMORY_CAPACITY: u64 = store::MEMORY_CAPACITY;
     pub const MEMORY_OBJECT_MAX: u64 = store::MEMORY_OBJECT_MAX;
@@ -102,6 +104,12 @@ pub struct ServerConfig {
     /// How long start-up waits for a listening address still held by a process that
     /// just died (io_uring releases a killed process's sockets asynchronously).
     pub bind_wait_secs: u64,
+    /// A request body that sends no bytes for this long is cut (408 / RequestTimeout)
+    /// and nothing is stored.
+    pub body_idle_timeout_secs: u64,
+    /// Once `body_idle_timeout_secs` has passed, a request body must average at least
+    /// this many bytes per second.
+    pub body_min_rate: Size,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +125,8 @@ impl Default for ServerConfig {
             max_header_bytes: Size(defaults::MAX_HEADER_BYTES),
             header_read_timeout_secs: defaults::HEADER_READ_TIMEOUT_SECS,
             bind_wait_secs: defaults::BIND_WAIT_SECS,
+            body_idle_timeout_secs: defaults::BODY_IDLE_TIMEOUT_SECS,
+            body_min_rate: Size(defaults::BODY_MIN_RATE),
         }
     }
 }

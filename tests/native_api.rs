@@ -943,3 +943,40 @@ fn uploads_survive_a_failing_origin() {
     );
     assert_eq!(node.metric("nearcache_uploads_total"), 20.0);
 }
+
+/// A client that declares a body and stalls is cut after `body_idle_timeout_secs` with
+/// 408, and nothing is stored; other requests are served meanwhile.
+#[test]
+fn a_stalled_request_body_is_cut_with_408() {
+    let node = TestNode::start_with("stall", |cfg| cfg.server.body_idle_timeout_secs = 1);
+    let id = new_id(&node);
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = std::time::Instant::now();
+    write!(
+        s,
+        "POST /api/v1/put HTTP/1.1\r\nHost: x\r\nX-Meta-ID: {id}\r\nContent-Length: 104857600\r\n\r\nonly-a-few-bytes"
+    )
+    .unwrap();
+    // Served while the stalled one waits.
+    assert_eq!(
+        client().get(node.url("/api/v1/ping")).send().unwrap().status(),
+        200
+    );
+    let mut resp = vec![0u8; 4096];
+    let n = s.read(&mut resp).unwrap();
+    let resp = String::from_utf8_lossy(&resp[..n]).to_string();
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("no request body bytes arrived"), "{resp}");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert_eq!(
+        client()
+            .get(node.url(&format!("/api/v1/get/{id}")))
+            .header("X-Meta-Fetch", "0")
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+}

@@ -94,6 +94,9 @@ impl From<ObjectError> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "object too large", detail)
             }
             ObjectError::IncompleteBody { .. } => ApiError::bad_request("incomplete body", detail),
+            ObjectError::RequestTimeout(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request timeout", detail)
+            }
             ObjectError::InsufficientStorage(d) => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient storage", d)
             }

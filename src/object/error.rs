@@ -27,6 +27,10 @@ pub enum ObjectError {
     /// The request body ended before its declared length (or its stream broke).
     #[error("received {got} bytes but {expected}; nothing was stored")]
     IncompleteBody { got: u64, expected: String },
+    /// The request body arrived too slowly (idle too long, or below the minimum rate);
+    /// nothing was stored.
+    #[error("{0}; nothing was stored")]
+    RequestTimeout(String),
     /// No room: only objects not yet safe in the origin are left, or the disk is full.
     #[error("{0}")]
     InsufficientStorage(String),

@@ -117,6 +117,51 @@ impl<E> From<nearcache_shards::StoreError> for WriteError<E> {
 pub trait BodyStream<E>: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static {}
 impl<E, S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static> BodyStream<E> for S {}
 
+/// How fast a request body must arrive: some bytes at least every `idle`, and on
+/// average `min_rate` bytes per second once `idle` has passed. A client that declares a
+/// body and stalls cannot hold a writer (and its reserved space) for long.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    start: std::time::Instant,
+    idle: std::time::Duration,
+    min_rate: u64,
+}
+
+impl Pace {
+    pub fn new(cfg: &crate::config::Config) -> Pace {
+        Pace {
+            start: std::time::Instant::now(),
+            idle: std::time::Duration::from_secs(cfg.server.body_idle_timeout_secs.max(1)),
+            min_rate: cfg.server.body_min_rate.0,
+        }
+    }
+
+    /// The next chunk of `body`, or a timeout error saying what was too slow.
+    pub async fn next<E, S: BodyStream<E>>(
+        &self,
+        body: &mut S,
+        got: u64,
+    ) -> Result<Option<Result<Bytes, E>>, ObjectError> {
+        let Ok(item) = monoio::time::timeout(self.idle, body.next()).await else {
+            return Err(ObjectError::RequestTimeout(format!(
+                "no request body bytes arrived for {} s (after {got} bytes)",
+                self.idle.as_secs()
+            )));
+        };
+        let elapsed = self.start.elapsed();
+        if elapsed > self.idle {
+            let rate = got / elapsed.as_secs().max(1);
+            if rate < self.min_rate {
+                return Err(ObjectError::RequestTimeout(format!(
+                    "the request body arrived at {rate} bytes/s, below the minimum of {} bytes/s",
+                    self.min_rate
+                )));
+            }
+        }
+        Ok(item)
+    }
+}
+
 /// PUT: stores the body on the key's owner shard, replicates it to the other owners,
 /// and waits for the origin if asked. Keys too long for the store go to the origin
 /// directly (staged in a file, never cached).
@@ -157,7 +202,16 @@ async fn put_here<C: ObjectCtx, E, S: BodyStream<E>>(
         .store()
         .begin_write(req.key.as_str(), req.content_length)
         .await?;
-    while let Some(item) = body.next().await {
+    let pace = Pace::new(&ctx.objects().cfg);
+    loop {
+        let item = match pace.next(&mut body, writer.written()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e.into());
+            }
+        };
         let chunk = match item {
             Ok(c) => c,
             Err(error) => {
@@ -243,9 +297,10 @@ pub async fn stage<C: ObjectCtx, E, S: BodyStream<E>>(
         len: 0,
         md5_hex: String::new(),
     };
+    let pace = Pace::new(&ctx.objects().cfg);
     let result = async {
         let mut md5 = Md5::new();
-        while let Some(item) = body.next().await {
+        while let Some(item) = pace.next(&mut body, staged.len).await? {
             let chunk = item.map_err(|error| WriteError::Body {
                 got: staged.len,
                 error,

@@ -186,6 +186,14 @@ impl From<ObjectError> for S3Error {
                      HTTP header: received {got}, {expected}"
                 ),
             ),
+            ObjectError::RequestTimeout(m) => S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "RequestTimeout",
+                format!(
+                    "Your socket connection to the server was not read from or written to \
+                     within the timeout period: {m}"
+                ),
+            ),
             ObjectError::InsufficientStorage(m) => {
                 S3Error::new(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m)
             }
