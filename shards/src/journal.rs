@@ -189,7 +189,36 @@ struct Batch {
     hlc: u64,
     /// Every seq up to this one is in this batch or an earlier one, or was abandoned.
     through: u64,
-    ack: oneshot::Sender<Result<(), String>>,
+    ack: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Why a group commit failed, as sent to every batch in it.
+#[derive(Debug, Clone)]
+pub(crate) enum CommitError {
+    /// The file system is full (ENOSPC, EDQUOT): the transaction was aborted.
+    NoSpace(String),
+    Other(String),
+}
+
+/// Below this many free bytes, an I/O error of a commit is put down to a full file
+/// system: LMDB reports a short write (what a nearly full disk gives) as EIO, not ENOSPC.
+const NEARLY_FULL: u64 = 4 << 20;
+
+impl CommitError {
+    /// Classifies a failed commit of the env in `dir`.
+    fn of(e: &heed::Error, dir: &Path) -> CommitError {
+        match e {
+            heed::Error::Io(io) if crate::error::is_no_space(io) => {
+                CommitError::NoSpace(io.to_string())
+            }
+            heed::Error::Io(io)
+                if nearcache_file::fs_space(dir).is_ok_and(|s| s.is_full(NEARLY_FULL)) =>
+            {
+                CommitError::NoSpace(format!("{io}, with less than {NEARLY_FULL} bytes free"))
+            }
+            e => CommitError::Other(e.to_string()),
+        }
+    }
 }
 
 enum Msg {
@@ -197,7 +226,7 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-pub(crate) type Ack = oneshot::Receiver<Result<(), String>>;
+pub(crate) type Ack = oneshot::Receiver<Result<(), CommitError>>;
 
 pub(crate) struct Journal {
     tx: RefCell<Option<Sender<Msg>>>,
@@ -345,7 +374,15 @@ impl Journal {
     pub async fn wait(rx: Ack) -> Result<(), StoreError> {
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Journal(e)),
+            Ok(Err(CommitError::NoSpace(os_error))) => Err(StoreError::InsufficientStorage {
+                needed: 0,
+                available: 0,
+                reason: crate::NoSpaceReason::FileSystemFull {
+                    during: "committing the journal",
+                    os_error,
+                },
+            }),
+            Ok(Err(CommitError::Other(e))) => Err(StoreError::Journal(e)),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -497,8 +534,8 @@ fn writer(
         }
         if !batches.is_empty() {
             let res = apply(&env, dbs, &batches, retain, &metrics).map_err(|e| {
-                tracing::error!(error = %e, "journal commit failed");
-                e.to_string()
+                tracing::error!(error = %e, "journal commit failed; the batch was rolled back");
+                CommitError::of(&e, env.path())
             });
             if res.is_ok() {
                 let through = batches.iter().map(|b| b.through).max().unwrap_or(0);

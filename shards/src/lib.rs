@@ -29,10 +29,12 @@ pub mod hlc;
 mod journal;
 mod shard;
 #[cfg(test)]
+mod space_tests;
+#[cfg(test)]
 mod tests;
 mod types;
 
-pub use error::StoreError;
+pub use error::{NoSpaceReason, StoreError};
 pub use hlc::Hlc;
 pub use shard::{ObjectReader, ObjectWriter, Shard};
 pub use types::*;

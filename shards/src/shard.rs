@@ -29,7 +29,7 @@ use crate::journal::{
 };
 use crate::{
     ChangeBatch, Hlc, Lookup, ObjectMeta, PendingKind, PendingOp, Provenance, RecoveryReport,
-    ShardConfig, ShardMetrics, StoreError, Tombstone, WriteAttrs,
+    NoSpaceReason, ShardConfig, ShardMetrics, StoreError, Tombstone, WriteAttrs,
 };
 
 /// LMDB's default maximum key size.
@@ -144,6 +144,11 @@ struct QueuedTombstone {
     queued: bool,
     tomb: Tombstone,
 }
+
+/// How far a writer's disk reservation may run ahead of the bytes it has received, when
+/// it declared its size: one eviction batch per this many bytes, and a writer that stops
+/// sending holds at most this much beyond what it wrote.
+pub(crate) const RESERVE_AHEAD: u64 = BLOCK_SIZE;
 
 /// Block buffers kept for reuse per shard (16 MiB at most).
 const BLOCK_BUF_POOL: usize = 64;
@@ -312,6 +317,7 @@ impl Core {
             StoreError::InsufficientStorage {
                 needed: n,
                 available: e.evictable + free,
+                reason: NoSpaceReason::ShardCapacity,
             }
         })?;
         st.reserved += n;
@@ -337,14 +343,21 @@ impl Core {
         Ok(Some((self.submit(ops)?, files)))
     }
 
-    async fn reserve_and_wait(&self, n: u64) -> Result<(), StoreError> {
-        let pending = {
-            let mut st = self.state.borrow_mut();
-            self.reserve(&mut st, n)?
-        };
-        if let Some((ack, files)) = pending {
-            Journal::wait(ack).await?;
-            self.remove_files(files).await;
+    /// Refuses a write that declares `n` bytes when they cannot fit even after evicting
+    /// every unpinned object (pinned objects and other writes' reservations stay).
+    /// Reserves and evicts nothing: writes reserve as their bytes arrive.
+    fn check_fits(&self, n: u64) -> Result<(), StoreError> {
+        let st = self.state.borrow();
+        let room = st
+            .disk
+            .capacity()
+            .saturating_sub(st.disk.pinned_bytes() + st.reserved);
+        if n > room {
+            return Err(StoreError::InsufficientStorage {
+                needed: n,
+                available: room,
+                reason: NoSpaceReason::ShardCapacity,
+            });
         }
         Ok(())
     }
@@ -771,8 +784,11 @@ impl Shard {
         })
     }
 
-    /// Starts writing a new version of `key`. `expected_len`, when known, is reserved up
-    /// front (evicting as needed, `InsufficientStorage` when only pinned objects remain).
+    /// Starts writing a new version of `key`. `expected_len`, when known, is checked up
+    /// front (`InsufficientStorage` when it cannot fit even after evicting every unpinned
+    /// object) but not reserved: disk space is reserved (evicting as needed) as bytes
+    /// arrive, at most [`RESERVE_AHEAD`] bytes ahead of them, so a writer that declares a
+    /// large size and sends nothing evicts nothing and holds nothing.
     pub async fn begin_write(
         self: &Rc<Self>,
         key: &str,
@@ -781,9 +797,9 @@ impl Shard {
         check_key(key)?;
         let core = &self.core;
         if let Some(n) = expected_len {
-            core.reserve_and_wait(n).await?;
+            core.check_fits(n)?;
         }
-        let reserved = expected_len.unwrap_or(0);
+        let reserved = 0;
         let seq = core.alloc_seq();
         core.writing.borrow_mut().insert(seq);
         let base = core.state.borrow().index.get(key).map(Entry::seq);
@@ -793,7 +809,7 @@ impl Shard {
             Err(e) => {
                 core.release(reserved);
                 core.abandon_seq(seq);
-                return Err(e.into());
+                return Err(StoreError::from_io(e, "creating an object file", 0));
             }
         };
         Ok(ObjectWriter {
@@ -805,6 +821,7 @@ impl Shard {
             buf: Some(core.take_block_buf()),
             written: 0,
             reserved,
+            expected_len,
             table: Vec::new(),
             body_crc: 0,
             md5: Md5::new(),
@@ -1359,6 +1376,9 @@ pub struct ObjectWriter {
     written: u64,
     /// Disk bytes reserved for this write (>= written).
     reserved: u64,
+    /// The size the writer declared, if any: reservations run ahead of the bytes written
+    /// up to it.
+    expected_len: Option<u64>,
     table: Vec<u32>,
     body_crc: u32,
     md5: Md5,
@@ -1385,7 +1405,7 @@ impl ObjectWriter {
         let (res, mut buf) = file.write_all_at(buf, pos).await;
         buf.clear();
         self.buf = Some(buf);
-        res?;
+        res.map_err(|e| StoreError::from_io(e, "writing an object file", len as u64))?;
         debug_assert!(len as u64 == BLOCK_SIZE || self.written % BLOCK_SIZE == len as u64);
         Ok(())
     }
@@ -1393,11 +1413,21 @@ impl ObjectWriter {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         let n = chunk.len() as u64;
         if self.written + n > self.reserved {
-            let need = self.written + n - self.reserved;
-            let pending = {
+            // Reserve what arrived, plus up to RESERVE_AHEAD more of the declared size so
+            // that a large body triggers one eviction batch per RESERVE_AHEAD, not per chunk.
+            let exact = self.written + n - self.reserved;
+            let ahead = self.expected_len.map_or(0, |declared| {
+                declared.saturating_sub(self.reserved).min(RESERVE_AHEAD)
+            });
+            let (need, pending) = {
                 let core = &self.shard.core;
                 let mut st = core.state.borrow_mut();
-                core.reserve(&mut st, need)?
+                match core.reserve(&mut st, exact.max(ahead)) {
+                    Ok(p) => (exact.max(ahead), p),
+                    // The bytes at hand may still fit without the look-ahead.
+                    Err(_) if ahead > exact => (exact, core.reserve(&mut st, exact)?),
+                    Err(e) => return Err(e),
+                }
             };
             self.reserved += need;
             if let Some((ack, files)) = pending {
@@ -1542,8 +1572,9 @@ impl ObjectWriter {
             all.pad_to_alignment();
             self.core().return_block_buf(tail);
             let file = self.file.take().expect("writer file");
+            let n = all.len() as u64;
             let (res, _) = file.write_all_at(all, 0).await;
-            res?;
+            res.map_err(|e| StoreError::from_io(e, "writing an object file", n))?;
             file
         } else {
             // Tail block, checksum table, header.
@@ -1559,14 +1590,17 @@ impl ObjectWriter {
             let mut tbuf = AlignedBuf::with_capacity(bytes.len());
             tbuf.extend_from_slice(&bytes);
             tbuf.pad_to_alignment();
+            let n = tbuf.len() as u64;
             let (res, _) = file.write_all_at(tbuf, format::table_off(size)).await;
-            res?;
+            res.map_err(|e| StoreError::from_io(e, "writing an object file", n))?;
             let header = Header::new(&self.key, self.seq, size, self.body_crc, &self.table);
             let (res, _) = file.write_all_at(header.encode(), 0).await;
-            res?;
+            res.map_err(|e| StoreError::from_io(e, "writing an object file", HEADER_SIZE as u64))?;
             file
         };
-        file.sync_data().await?;
+        file.sync_data()
+            .await
+            .map_err(|e| StoreError::from_io(e, "syncing an object file", 0))?;
         Ok(())
     }
 
