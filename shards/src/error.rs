@@ -44,7 +44,10 @@ pub enum NoSpaceReason {
     /// The file system refused to store more (ENOSPC or EDQUOT) while doing `during`
     /// ("writing an object file", "syncing an object file", "committing the journal", ...).
     /// The failed operation was rolled back; what was stored before is intact.
-    FileSystemFull { during: &'static str, os_error: String },
+    FileSystemFull {
+        during: &'static str,
+        os_error: String,
+    },
 }
 
 impl fmt::Display for NoSpaceReason {
@@ -62,8 +65,10 @@ impl fmt::Display for NoSpaceReason {
 
 /// True for the errors of a full file system: ENOSPC (no space) and EDQUOT (quota).
 pub(crate) fn is_no_space(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc_consts::ENOSPC | libc_consts::EDQUOT))
-        || e.kind() == io::ErrorKind::StorageFull
+    matches!(
+        e.raw_os_error(),
+        Some(libc_consts::ENOSPC | libc_consts::EDQUOT)
+    ) || e.kind() == io::ErrorKind::StorageFull
         || e.kind() == io::ErrorKind::QuotaExceeded
 }
 

@@ -20,6 +20,8 @@
 //! ([`Shard::is_newer`]), replicas and remote tombstones applied with their origin
 //! uploads or deletes deferred ([`Shard::begin_replica`], [`Shard::apply_tombstone`]).
 
+#![forbid(unsafe_code)]
+
 #[cfg(test)]
 mod cluster_tests;
 mod error;

@@ -42,15 +42,24 @@ fn declared_size_without_body_evicts_and_holds_nothing() {
             Err(e) => panic!("expected InsufficientStorage, got {e}"),
         }
         // Declared sizes that fit: accepted, but nothing evicted or held until bytes come.
-        let w1 = shard.begin_write("big1", Some(cfg.disk_capacity)).await.unwrap();
-        let w2 = shard.begin_write("big2", Some(cfg.disk_capacity)).await.unwrap();
+        let w1 = shard
+            .begin_write("big1", Some(cfg.disk_capacity))
+            .await
+            .unwrap();
+        let w2 = shard
+            .begin_write("big2", Some(cfg.disk_capacity))
+            .await
+            .unwrap();
         assert_eq!(evictions(&shard), 0);
         for i in 0..3 {
             assert!(is_hit(&shard, &format!("f{i}")));
         }
         // Holding nothing: a third writer with a full-capacity declaration still passes
         // the up-front check, and a plain put needs no eviction beyond its own size.
-        let w3 = shard.begin_write("big3", Some(cfg.disk_capacity)).await.unwrap();
+        let w3 = shard
+            .begin_write("big3", Some(cfg.disk_capacity))
+            .await
+            .unwrap();
         put_with(&shard, "small", &data(10 * KIB, 9), fetched("e")).await;
         assert_eq!(evictions(&shard), 0);
         drop((w1, w2, w3));
@@ -58,7 +67,10 @@ fn declared_size_without_body_evicts_and_holds_nothing() {
 
         // Bytes arriving reserve at most RESERVE_AHEAD beyond them: 10 KiB of a declared
         // 1 MiB evict one 300 KiB object, not all three.
-        let mut w = shard.begin_write("big", Some(cfg.disk_capacity)).await.unwrap();
+        let mut w = shard
+            .begin_write("big", Some(cfg.disk_capacity))
+            .await
+            .unwrap();
         w.write(Bytes::from(data(10 * KIB, 1))).await.unwrap();
         assert_eq!(evictions(&shard), 1);
         drop(w);
@@ -77,7 +89,11 @@ fn declared_size_reservations_keep_pinned_objects() {
         put_with(&shard, "f0", &data(sz, 2), fetched("e")).await;
         // Room after evicting every unpinned object: capacity - pinned.
         let room = cfg.disk_capacity - 2 * sz;
-        let err = shard.begin_write("x", Some(room + 1)).await.err().expect("refused");
+        let err = shard
+            .begin_write("x", Some(room + 1))
+            .await
+            .err()
+            .expect("refused");
         assert!(
             matches!(err, StoreError::InsufficientStorage { needed, available, .. }
                 if needed == room + 1 && available == room),
@@ -100,7 +116,13 @@ fn declared_size_reservations_keep_pinned_objects() {
         let mut w = shard.begin_write("y", None).await.unwrap();
         let err = w.write(Bytes::from(data(8 * KIB, 1))).await.unwrap_err();
         assert!(
-            matches!(err, StoreError::InsufficientStorage { reason: NoSpaceReason::ShardCapacity, .. }),
+            matches!(
+                err,
+                StoreError::InsufficientStorage {
+                    reason: NoSpaceReason::ShardCapacity,
+                    ..
+                }
+            ),
             "{err}"
         );
         drop(w);
@@ -119,7 +141,13 @@ impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().ok()?;
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "nearcache-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "nearcache-test",
+            ])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
@@ -143,7 +171,10 @@ impl Drop for Tmpfs {
             .is_ok_and(|s| s.success());
         if !ok {
             // Lazy unmount: never leave the mount behind, even with open files.
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -218,7 +249,10 @@ fn full_file_system_is_insufficient_storage_and_loses_nothing() {
             // Journal commits: tombstones of new keys grow the LMDB file until it fails.
             let mut journal_err = None;
             for i in 0..20_000 {
-                if let Err(e) = shard.delete(&format!("t{i:05}-{}", "x".repeat(200)), 0).await {
+                if let Err(e) = shard
+                    .delete(&format!("t{i:05}-{}", "x".repeat(200)), 0)
+                    .await
+                {
                     journal_err = Some(e);
                     break;
                 }
@@ -229,7 +263,11 @@ fn full_file_system_is_insufficient_storage_and_loses_nothing() {
             // Everything stored before is intact.
             for (key, body) in &kept {
                 let meta = crate::tests::meta_of(&shard, key);
-                assert_eq!(&shard.read_all(&meta).await.unwrap()[..], &body[..], "{key}");
+                assert_eq!(
+                    &shard.read_all(&meta).await.unwrap()[..],
+                    &body[..],
+                    "{key}"
+                );
             }
             assert!(matches!(shard.peek("k3"), Lookup::Deleted(_)));
 
@@ -242,7 +280,11 @@ fn full_file_system_is_insufficient_storage_and_loses_nothing() {
             let (shard, _) = open(&cfg).await;
             for (key, body) in &kept {
                 let meta = crate::tests::meta_of(&shard, key);
-                assert_eq!(&shard.read_all(&meta).await.unwrap()[..], &body[..], "{key}");
+                assert_eq!(
+                    &shard.read_all(&meta).await.unwrap()[..],
+                    &body[..],
+                    "{key}"
+                );
             }
             assert!(matches!(shard.peek("k3"), Lookup::Deleted(_)));
             assert!(matches!(shard.peek("new"), Lookup::Miss));
