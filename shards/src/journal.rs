@@ -9,7 +9,18 @@
 //! | `pending` | object key          | [`PendingRec`]: origin op not yet acknowledged |
 //! | `meta`    | `next_seq`, `hlc`, `trimmed_through` | u64 big-endian high-water marks |
 //!
-//! Values are one version byte ([`CODEC_VERSION`]) followed by JSON.
+//! Values are a version byte, JSON, and (since version 2) a checksum:
+//!
+//! ```text
+//! +---------+---------------------------+----------------------------------------+
+//! | version | JSON (serde_json)         | CRC32C of version byte and JSON, LE u32 |
+//! | 1 byte  | n bytes                   | 4 bytes (version 2 only)               |
+//! +---------+---------------------------+----------------------------------------+
+//! ```
+//!
+//! [`CODEC_VERSION`] (2) is written; version 1 values (no checksum, from older
+//! journals) are still read, and must hold exactly one JSON value with nothing after it.
+//! Every refusal says what was expected and what was found.
 //!
 //! Thread model: the shard thread never touches a write transaction. It sends batches
 //! of [`Op`]s over a channel to the writer thread, which drains everything queued, applies
@@ -39,7 +50,10 @@ use tokio::sync::oneshot;
 
 use crate::{Change, ObjectMeta, ShardMetrics, StoreError, Tombstone};
 
-pub(crate) const CODEC_VERSION: u8 = 1;
+/// Version byte of journal values written now; must change with the value layout.
+pub(crate) const CODEC_VERSION: u8 = 2;
+/// Journal values of this version (no checksum) are still read.
+pub(crate) const CODEC_VERSION_V1: u8 = 1;
 
 /// Most journal records one [`Journal::read_changes`] call reads (fewer in tests, so they
 /// can reach it quickly).
@@ -147,18 +161,58 @@ pub(crate) enum Op {
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![CODEC_VERSION];
     serde_json::to_writer(&mut out, v).expect("journal values serialize");
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
 pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
-    match b.split_first() {
-        Some((&CODEC_VERSION, rest)) => serde_json::from_slice(rest)
-            .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}"))),
-        Some((v, _)) => Err(StoreError::Journal(format!(
-            "journal value version {v}, expected {CODEC_VERSION}"
-        ))),
-        None => Err(StoreError::Journal("empty journal value".into())),
-    }
+    let bad = |what: &str, expected: &dyn std::fmt::Display, actual: &dyn std::fmt::Display| {
+        StoreError::Journal(format!(
+            "journal value {what}: expected {expected}, found {actual}"
+        ))
+    };
+    let json = match b.first() {
+        None => return Err(bad("length", &"at least 1 byte", &0)),
+        Some(&CODEC_VERSION) => {
+            if b.len() < 1 + 4 {
+                return Err(bad("length", &"at least 5 bytes", &b.len()));
+            }
+            let (body, crc) = b.split_at(b.len() - 4);
+            let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+            let computed = crc32c::crc32c(body);
+            if stored != computed {
+                return Err(bad(
+                    "checksum",
+                    &format_args!("{stored:08x}"),
+                    &format_args!("{computed:08x}"),
+                ));
+            }
+            &body[1..]
+        }
+        Some(&CODEC_VERSION_V1) => {
+            // No checksum: at least insist on one JSON value and nothing after it (a
+            // version 2 value whose version byte flipped to 1 ends with its checksum).
+            let rest = &b[1..];
+            if let Some(&last) = rest.last().filter(|c| c.is_ascii_whitespace()) {
+                return Err(bad(
+                    "end",
+                    &"end of JSON",
+                    &format_args!("byte {last:#04x}"),
+                ));
+            }
+            rest
+        }
+        Some(v) => {
+            return Err(bad(
+                "version",
+                &format_args!("{CODEC_VERSION} or {CODEC_VERSION_V1}"),
+                v,
+            ))
+        }
+    };
+    serde_json::from_slice(json)
+        .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}")))
 }
 
 fn jerr(e: heed::Error) -> StoreError {

@@ -98,20 +98,8 @@ impl Core {
             let (res, buf) = file
                 .read_full_at(AlignedBuf::with_capacity(want), header.table_off, want)
                 .await;
-            let got = res?;
-            if got < tlen {
-                return Err(corrupt(
-                    key,
-                    Mismatch::new("checksum table length", tlen, got),
-                ));
-            }
-            let crc = crc32c::crc32c(&buf.as_slice()[..tlen]);
-            check(
-                "checksum table",
-                format!("{:08x}", header.table_crc),
-                format!("{crc:08x}"),
-            )?;
-            table = format::decode_table(buf.as_slice(), header.n_blocks);
+            res?;
+            table = format::check_table(&header, buf.as_slice()).map_err(|m| corrupt(key, m))?;
         }
         Ok(OpenObject {
             file,
@@ -129,28 +117,11 @@ impl Core {
     ) -> Result<(AlignedBuf, usize), StoreError> {
         let key = &obj.header.key;
         let start = i * BLOCK_SIZE;
-        let len = (obj.header.body_size - start).min(BLOCK_SIZE) as usize;
-        let want = align_up(len);
+        let want = align_up(format::block_len(obj.header.body_size, i));
         let (res, buf) = obj.file.read_full_at(buf, BODY_OFFSET + start, want).await;
-        let got = res?;
-        if got < len {
-            return Err(corrupt(
-                key,
-                Mismatch::new("block length", format!("{len} (block {i})"), got),
-            ));
-        }
-        let crc = crc32c::crc32c(&buf.as_slice()[..len]);
-        let expected = obj.table[i as usize];
-        if crc != expected {
-            return Err(corrupt(
-                key,
-                Mismatch::new(
-                    "block checksum",
-                    format!("{expected:08x} (block {i})"),
-                    format!("{crc:08x}"),
-                ),
-            ));
-        }
+        res?;
+        let len = format::check_block(&obj.header, &obj.table, i, buf.as_slice())
+            .map_err(|m| corrupt(key, m))?;
         Ok((buf, len))
     }
 
