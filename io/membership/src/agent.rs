@@ -473,10 +473,7 @@ impl Io {
             Counters::inc(&counters.dropped_blocked);
             return;
         }
-        self.out.clear();
-        self.out
-            .extend_from_slice(&wire::header(kind, self.cluster_hash));
-        self.out.extend_from_slice(body);
+        wire::encode(kind, self.cluster_hash, body, &mut self.out);
         match self.socket.send_to(&self.out, to) {
             Ok(_) => Counters::inc(&counters.packets_out),
             Err(e) => {

@@ -59,8 +59,21 @@
 //! probe RTT a third of the period, 3 indirect probes, 6 transmissions per update,
 //! gossip every fifth of a period to 3 members, announce to 1 live member every 10
 //! periods and to 2 down members every 5, notify members that they were declared
-//! down, forget down members after an hour, 1388-byte foca packets (1400 with our
+//! down, forget down members after an hour, 1380-byte foca packets (1400 with our
 //! header). See `config::foca_config` and [`defaults`].
+
+//!
+//! ## Fuzzing
+//!
+//! The datagram format (`wire.rs`) has fuzz targets written with bolero, which run as
+//! ordinary tests on stable Rust (random inputs, 1 s per target). A longer run, here
+//! 10 minutes per target on an optimised build:
+//!
+//! ```text
+//! BOLERO_RANDOM_TEST_TIME_MS=600000 cargo test -p nearcache-membership --release wire::fuzz -- --nocapture
+//! ```
+//!
+//! A failure prints `BOLERO_RANDOM_SEED=...` to replay it; make it a regression test.
 
 #![forbid(unsafe_code)]
 
