@@ -61,7 +61,6 @@
 //! periods and to 2 down members every 5, notify members that they were declared
 //! down, forget down members after an hour, 1380-byte foca packets (1400 with our
 //! header). See `config::foca_config` and [`defaults`].
-
 //!
 //! ## Fuzzing
 //!
@@ -98,11 +97,13 @@ use tracing::{error, warn};
 
 use crate::agent::{Agent, Command};
 use crate::identity::NodeIdentity;
-use crate::metrics::Counters;
+use crate::metrics::MembershipCounters as Counters;
 
 pub use crate::config::{defaults, MembershipConfig};
 pub use crate::error::MembershipError;
-pub use crate::metrics::MembershipMetrics;
+pub use crate::metrics::{
+    CounterInfo, MembershipCounters, MembershipMetrics, MetricKind, COUNTERS,
+};
 pub use crate::view::{Member, MemberState, View};
 
 /// A running membership agent. `Send + Sync`: share it through the `Arc` that
@@ -342,6 +343,12 @@ impl Membership {
     /// Counters and the live-member gauge.
     pub fn metrics(&self) -> MembershipMetrics {
         self.shared.counters.snapshot()
+    }
+
+    /// The live counters, for export: `for (info, value) in m.counters().values()`
+    /// gives each one's Prometheus name, help, kind and value (see [`COUNTERS`]).
+    pub fn counters(&self) -> &MembershipCounters {
+        &self.shared.counters
     }
 
     /// The bound gossip address (with the real port when bound to port 0).
