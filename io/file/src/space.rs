@@ -41,11 +41,11 @@ pub fn fs_space(path: &Path) -> io::Result<FsSpace> {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
-    let frsize = st.f_frsize as u64;
+    let frsize = u64::from(st.f_frsize);
     Ok(FsSpace {
-        total: (st.f_blocks as u64).saturating_mul(frsize),
-        available: (st.f_bavail as u64).saturating_mul(frsize),
-        free: (st.f_bfree as u64).saturating_mul(frsize),
+        total: u64::from(st.f_blocks).saturating_mul(frsize),
+        available: u64::from(st.f_bavail).saturating_mul(frsize),
+        free: u64::from(st.f_bfree).saturating_mul(frsize),
     })
 }
 
