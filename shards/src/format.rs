@@ -40,6 +40,9 @@ const KEY_OFFSET: usize = 58;
 const CRC_OFFSET: usize = HEADER_SIZE - 4;
 /// Longest key the header holds.
 pub(crate) const MAX_KEY_LEN: usize = CRC_OFFSET - KEY_OFFSET;
+/// Largest body a header may declare (256 TiB, far above S3's 5 TiB objects): keeps
+/// offsets and table sizes derived from a header free of overflow.
+pub(crate) const MAX_BODY_SIZE: u64 = 1 << 48;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
@@ -150,12 +153,36 @@ impl Header {
                 format!("{computed:08x}"),
             ));
         }
+        let flags = u16_at(10);
+        if flags != 0 {
+            return Err(Mismatch::new("header flags", 0, flags));
+        }
         let key_len = u16_at(56) as usize;
         if key_len > MAX_KEY_LEN {
             return Err(Mismatch::new("header key length", MAX_KEY_LEN, key_len));
         }
+        // Reserved bytes are zero: anything else was not written by this version.
+        if let Some(at) = b[KEY_OFFSET + key_len..CRC_OFFSET]
+            .iter()
+            .position(|&x| x != 0)
+        {
+            let at = KEY_OFFSET + key_len + at;
+            return Err(Mismatch::new(
+                "header padding",
+                format!("zeros after the key (offset {at})"),
+                format!("byte {:#04x}", b[at]),
+            ));
+        }
         let key = String::from_utf8(b[KEY_OFFSET..KEY_OFFSET + key_len].to_vec())
             .map_err(|_| Mismatch::new("header key", "UTF-8", "invalid UTF-8"))?;
+        let body_size = u64_at(16);
+        if body_size > MAX_BODY_SIZE {
+            return Err(Mismatch::new(
+                "body size",
+                format!("at most {MAX_BODY_SIZE}"),
+                body_size,
+            ));
+        }
         let h = Header {
             block_size: u32_at(12),
             body_size: u64_at(16),
@@ -191,11 +218,104 @@ pub(crate) fn encode_table(table: &[u32]) -> Vec<u8> {
     table.iter().flat_map(|c| c.to_le_bytes()).collect()
 }
 
-pub(crate) fn decode_table(b: &[u8], n_blocks: u64) -> Vec<u32> {
-    b[..table_len(n_blocks)]
+/// Verifies the checksum table read from `b` (its first `table_len(n_blocks)` bytes)
+/// against the header and decodes it.
+pub(crate) fn check_table(header: &Header, b: &[u8]) -> Result<Vec<u32>, Mismatch> {
+    let tlen = table_len(header.n_blocks);
+    if b.len() < tlen {
+        return Err(Mismatch::new("checksum table length", tlen, b.len()));
+    }
+    let crc = crc32c::crc32c(&b[..tlen]);
+    if crc != header.table_crc {
+        return Err(Mismatch::new(
+            "checksum table",
+            format!("{:08x}", header.table_crc),
+            format!("{crc:08x}"),
+        ));
+    }
+    Ok(b[..tlen]
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect()
+        .collect())
+}
+
+/// Body bytes of block `i` of a body of `body_size` bytes.
+pub(crate) fn block_len(body_size: u64, i: u64) -> usize {
+    body_size.saturating_sub(i * BLOCK_SIZE).min(BLOCK_SIZE) as usize
+}
+
+/// Verifies block `i` (`data`: what was read at its place, at least its body bytes)
+/// against the table; returns the block's body length.
+pub(crate) fn check_block(
+    header: &Header,
+    table: &[u32],
+    i: u64,
+    data: &[u8],
+) -> Result<usize, Mismatch> {
+    let Some(&expected) = usize::try_from(i).ok().and_then(|i| table.get(i)) else {
+        return Err(Mismatch::new(
+            "block index",
+            format!("below {}", table.len()),
+            i,
+        ));
+    };
+    let len = block_len(header.body_size, i);
+    if data.len() < len {
+        return Err(Mismatch::new(
+            "block length",
+            format!("{len} (block {i})"),
+            data.len(),
+        ));
+    }
+    let crc = crc32c::crc32c(&data[..len]);
+    if crc != expected {
+        return Err(Mismatch::new(
+            "block checksum",
+            format!("{expected:08x} (block {i})"),
+            format!("{crc:08x}"),
+        ));
+    }
+    Ok(len)
+}
+
+/// A whole object file in memory, as the writer lays it out (for tests and fuzzing).
+#[cfg(test)]
+pub(crate) fn encode_object(key: &str, seq: u64, body: &[u8]) -> Vec<u8> {
+    let table: Vec<u32> = body
+        .chunks(BLOCK_SIZE as usize)
+        .map(crc32c::crc32c)
+        .collect();
+    let header = Header::new(key, seq, body.len() as u64, crc32c::crc32c(body), &table);
+    let mut out = header.encode().as_slice().to_vec();
+    out.extend_from_slice(body);
+    out.resize(table_off(body.len() as u64) as usize, 0);
+    out.extend_from_slice(&encode_table(&table));
+    out.resize(nearcache_file::align_up(out.len()), 0);
+    out
+}
+
+/// Parses and verifies a whole object file in memory (header, table, every block and the
+/// body checksum), the way the read path does; returns the header and the body.
+#[cfg(test)]
+pub(crate) fn decode_object(image: &[u8]) -> Result<(Header, Vec<u8>), Mismatch> {
+    let header = Header::decode(image)?;
+    let table_off = header.table_off as usize;
+    let table = check_table(&header, image.get(table_off..).unwrap_or_default())?;
+    let mut body = Vec::with_capacity(header.body_size as usize);
+    for i in 0..header.n_blocks {
+        let start = (BODY_OFFSET + i * BLOCK_SIZE) as usize;
+        let len = check_block(&header, &table, i, image.get(start..).unwrap_or_default())?;
+        body.extend_from_slice(&image[start..start + len]);
+    }
+    let crc = crc32c::crc32c(&body);
+    if crc != header.body_crc {
+        return Err(Mismatch::new(
+            "body checksum",
+            format!("{:08x}", header.body_crc),
+            format!("{crc:08x}"),
+        ));
+    }
+    Ok((header, body))
 }
 
 #[cfg(test)]
@@ -228,6 +348,44 @@ mod tests {
         );
     }
 
+    /// Found by the fuzz target `header_arbitrary_bytes_never_panic`: a header with a valid
+    /// checksum but non-zero reserved bytes (flags, bytes after the key) was accepted, so
+    /// a decoded header did not re-encode to the same block.
+    #[test]
+    fn nonzero_reserved_bytes_are_refused() {
+        let h = Header::new("k", 1, 5, 0, &[3]);
+        let fix_crc = |b: &mut Vec<u8>| {
+            let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
+            b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        };
+        let mut b = h.encode().as_slice().to_vec();
+        b[KEY_OFFSET + 1] = 0x35;
+        fix_crc(&mut b);
+        let e = Header::decode(&b).unwrap_err();
+        assert_eq!(e.what, "header padding");
+        assert_eq!(e.actual, "byte 0x35");
+        let mut b = h.encode().as_slice().to_vec();
+        b[10] = 1;
+        fix_crc(&mut b);
+        let e = Header::decode(&b).unwrap_err();
+        assert_eq!(
+            (e.what, e.expected.as_str(), e.actual.as_str()),
+            ("header flags", "0", "1")
+        );
+    }
+
+    /// A header with a valid checksum and a huge body size made `table_off` overflow.
+    #[test]
+    fn huge_body_size_is_refused() {
+        let mut b = Header::new("k", 1, 5, 0, &[3]).encode().as_slice().to_vec();
+        b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
+        b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        let e = Header::decode(&b).unwrap_err();
+        assert_eq!(e.what, "body size");
+        assert_eq!(e.actual, u64::MAX.to_string());
+    }
+
     #[test]
     fn geometry() {
         assert_eq!(n_blocks(0), 0);
@@ -238,6 +396,7 @@ mod tests {
         assert_eq!(table_off(1), 8192);
         assert_eq!(table_off(4096), 8192);
         assert_eq!(table_off(4097), 12288);
-        assert_eq!(decode_table(&encode_table(&[7, 9]), 2), vec![7, 9]);
+        let h = Header::new("k", 1, BLOCK_SIZE + 1, 0, &[7, 9]);
+        assert_eq!(check_table(&h, &encode_table(&[7, 9])), Ok(vec![7, 9]));
     }
 }

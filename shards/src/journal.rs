@@ -9,7 +9,18 @@
 //! | `pending` | object key          | [`PendingRec`]: origin op not yet acknowledged |
 //! | `meta`    | `next_seq`, `hlc`, `trimmed_through` | u64 big-endian high-water marks |
 //!
-//! Values are one version byte ([`CODEC_VERSION`]) followed by JSON.
+//! Values are a version byte, JSON, and (since version 2) a checksum:
+//!
+//! ```text
+//! +---------+---------------------------+----------------------------------------+
+//! | version | JSON (serde_json)         | CRC32C of version byte and JSON, LE u32 |
+//! | 1 byte  | n bytes                   | 4 bytes (version 2 only)               |
+//! +---------+---------------------------+----------------------------------------+
+//! ```
+//!
+//! [`CODEC_VERSION`] (2) is written; version 1 values (no checksum, from older
+//! journals) are still read, and must hold exactly one JSON value with nothing after it.
+//! Every refusal says what was expected and what was found.
 //!
 //! Thread model: the shard thread never touches a write transaction. It sends batches
 //! of [`Op`]s over a channel to the writer thread, which drains everything queued, applies
@@ -39,7 +50,10 @@ use tokio::sync::oneshot;
 
 use crate::{Change, ObjectMeta, ShardMetrics, StoreError, Tombstone};
 
-pub(crate) const CODEC_VERSION: u8 = 1;
+/// Version byte of journal values written now; must change with the value layout.
+pub(crate) const CODEC_VERSION: u8 = 2;
+/// Journal values of this version (no checksum) are still read.
+pub(crate) const CODEC_VERSION_V1: u8 = 1;
 
 /// Most journal records one [`Journal::read_changes`] call reads (fewer in tests, so they
 /// can reach it quickly).
@@ -147,18 +161,58 @@ pub(crate) enum Op {
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![CODEC_VERSION];
     serde_json::to_writer(&mut out, v).expect("journal values serialize");
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
 pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
-    match b.split_first() {
-        Some((&CODEC_VERSION, rest)) => serde_json::from_slice(rest)
-            .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}"))),
-        Some((v, _)) => Err(StoreError::Journal(format!(
-            "journal value version {v}, expected {CODEC_VERSION}"
-        ))),
-        None => Err(StoreError::Journal("empty journal value".into())),
-    }
+    let bad = |what: &str, expected: &dyn std::fmt::Display, actual: &dyn std::fmt::Display| {
+        StoreError::Journal(format!(
+            "journal value {what}: expected {expected}, found {actual}"
+        ))
+    };
+    let json = match b.first() {
+        None => return Err(bad("length", &"at least 1 byte", &0)),
+        Some(&CODEC_VERSION) => {
+            if b.len() < 1 + 4 {
+                return Err(bad("length", &"at least 5 bytes", &b.len()));
+            }
+            let (body, crc) = b.split_at(b.len() - 4);
+            let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+            let computed = crc32c::crc32c(body);
+            if stored != computed {
+                return Err(bad(
+                    "checksum",
+                    &format_args!("{stored:08x}"),
+                    &format_args!("{computed:08x}"),
+                ));
+            }
+            &body[1..]
+        }
+        Some(&CODEC_VERSION_V1) => {
+            // No checksum: at least insist on one JSON value and nothing after it (a
+            // version 2 value whose version byte flipped to 1 ends with its checksum).
+            let rest = &b[1..];
+            if let Some(&last) = rest.last().filter(|c| c.is_ascii_whitespace()) {
+                return Err(bad(
+                    "end",
+                    &"end of JSON",
+                    &format_args!("byte {last:#04x}"),
+                ));
+            }
+            rest
+        }
+        Some(v) => {
+            return Err(bad(
+                "version",
+                &format_args!("{CODEC_VERSION} or {CODEC_VERSION_V1}"),
+                v,
+            ))
+        }
+    };
+    serde_json::from_slice(json)
+        .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}")))
 }
 
 fn jerr(e: heed::Error) -> StoreError {
@@ -189,7 +243,36 @@ struct Batch {
     hlc: u64,
     /// Every seq up to this one is in this batch or an earlier one, or was abandoned.
     through: u64,
-    ack: oneshot::Sender<Result<(), String>>,
+    ack: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Why a group commit failed, as sent to every batch in it.
+#[derive(Debug, Clone)]
+pub(crate) enum CommitError {
+    /// The file system is full (ENOSPC, EDQUOT): the transaction was aborted.
+    NoSpace(String),
+    Other(String),
+}
+
+/// Below this many free bytes, an I/O error of a commit is put down to a full file
+/// system: LMDB reports a short write (what a nearly full disk gives) as EIO, not ENOSPC.
+const NEARLY_FULL: u64 = 4 << 20;
+
+impl CommitError {
+    /// Classifies a failed commit of the env in `dir`.
+    fn of(e: &heed::Error, dir: &Path) -> CommitError {
+        match e {
+            heed::Error::Io(io) if crate::error::is_no_space(io) => {
+                CommitError::NoSpace(io.to_string())
+            }
+            heed::Error::Io(io)
+                if nearcache_file::fs_space(dir).is_ok_and(|s| s.is_full(NEARLY_FULL)) =>
+            {
+                CommitError::NoSpace(format!("{io}, with less than {NEARLY_FULL} bytes free"))
+            }
+            e => CommitError::Other(e.to_string()),
+        }
+    }
 }
 
 enum Msg {
@@ -197,7 +280,7 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-pub(crate) type Ack = oneshot::Receiver<Result<(), String>>;
+pub(crate) type Ack = oneshot::Receiver<Result<(), CommitError>>;
 
 pub(crate) struct Journal {
     tx: RefCell<Option<Sender<Msg>>>,
@@ -345,7 +428,15 @@ impl Journal {
     pub async fn wait(rx: Ack) -> Result<(), StoreError> {
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Journal(e)),
+            Ok(Err(CommitError::NoSpace(os_error))) => Err(StoreError::InsufficientStorage {
+                needed: 0,
+                available: 0,
+                reason: crate::NoSpaceReason::FileSystemFull {
+                    during: "committing the journal",
+                    os_error,
+                },
+            }),
+            Ok(Err(CommitError::Other(e))) => Err(StoreError::Journal(e)),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -497,8 +588,8 @@ fn writer(
         }
         if !batches.is_empty() {
             let res = apply(&env, dbs, &batches, retain, &metrics).map_err(|e| {
-                tracing::error!(error = %e, "journal commit failed");
-                e.to_string()
+                tracing::error!(error = %e, "journal commit failed; the batch was rolled back");
+                CommitError::of(&e, env.path())
             });
             if res.is_ok() {
                 let through = batches.iter().map(|b| b.through).max().unwrap_or(0);

@@ -19,20 +19,41 @@
 //! exported as [`Change`]s ([`Shard::changes_since`]), last-writer-wins by HLC
 //! ([`Shard::is_newer`]), replicas and remote tombstones applied with their origin
 //! uploads or deletes deferred ([`Shard::begin_replica`], [`Shard::apply_tombstone`]).
+//!
+//! ## Fuzzing
+//!
+//! The persistent codecs (journal values, object file header, checksum table and blocks)
+//! have fuzz targets in `src/fuzz_tests.rs`, written with [bolero](https://docs.rs/bolero)
+//! so that they run as ordinary tests on stable Rust: each target draws random inputs for
+//! 1 s in `cargo test`. A longer run (here 10 minutes per target, optimised build):
+//!
+//! ```text
+//! BOLERO_RANDOM_TEST_TIME_MS=600000 cargo test -p nearcache-shards --release fuzz_tests -- --nocapture
+//! ```
+//!
+//! `BOLERO_RANDOM_ITERATIONS=N` runs N cases per target instead; a failure prints a
+//! `BOLERO_RANDOM_SEED=...` to replay it. Each crash found becomes a regression test next
+//! to the code it broke (see `format::tests`).
+
+#![forbid(unsafe_code)]
 
 #[cfg(test)]
 mod cluster_tests;
 mod error;
 pub mod eviction;
 mod format;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod hlc;
 mod journal;
 mod shard;
 #[cfg(test)]
+mod space_tests;
+#[cfg(test)]
 mod tests;
 mod types;
 
-pub use error::StoreError;
+pub use error::{NoSpaceReason, StoreError};
 pub use hlc::Hlc;
 pub use shard::{ObjectReader, ObjectWriter, Shard};
 pub use types::*;

@@ -471,7 +471,9 @@ fn eviction_and_pinning() {
         assert_eq!(mt.pinned_bytes.load(Ordering::Relaxed), 3 * sz);
         assert_eq!(mt.objects.load(Ordering::Relaxed), 3);
         match shard.begin_write("p3", Some(sz)).await {
-            Err(StoreError::InsufficientStorage { needed, available }) => {
+            Err(StoreError::InsufficientStorage {
+                needed, available, ..
+            }) => {
                 assert_eq!(needed, sz);
                 assert_eq!(available, cfg.disk_capacity - 3 * sz);
             }

@@ -16,6 +16,7 @@
 
 mod buf;
 mod lmdb;
+mod space;
 mod syscall;
 mod uring;
 
@@ -24,6 +25,7 @@ use std::path::Path;
 
 pub use buf::{align_up, align_up_u64, AlignedBuf, ALIGN};
 pub use lmdb::open_lmdb_env;
+pub use space::{fs_space, FsSpace};
 pub use syscall::{SyscallDevice, SyscallFile};
 pub use uring::{UringDevice, UringFile};
 

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::defaults;
 use crate::identity::NodeIdentity;
-use crate::metrics::Counters;
+use crate::metrics::MembershipCounters as Counters;
 use crate::view::{self, Entry, MemberState};
 use crate::wire::{self, FrameError, Kind};
 use crate::Shared;
@@ -157,6 +157,7 @@ impl Agent {
             Err(e) => {
                 // Nothing on the socket should fail repeatedly; pause so a persistent
                 // error cannot spin a core.
+                Counters::inc(&self.shared.counters.receive_errors);
                 warn!(error = %e, "receiving gossip");
                 std::thread::sleep(Duration::from_millis(10));
                 return;
@@ -167,6 +168,7 @@ impl Agent {
         }
         let counters = &self.shared.counters;
         Counters::inc(&counters.packets_in);
+        Counters::add(&counters.bytes_in, len as u64);
         if self.shared.is_blocked(&src) {
             Counters::inc(&counters.dropped_blocked);
             return;
@@ -473,12 +475,12 @@ impl Io {
             Counters::inc(&counters.dropped_blocked);
             return;
         }
-        self.out.clear();
-        self.out
-            .extend_from_slice(&wire::header(kind, self.cluster_hash));
-        self.out.extend_from_slice(body);
+        wire::encode(kind, self.cluster_hash, body, &mut self.out);
         match self.socket.send_to(&self.out, to) {
-            Ok(_) => Counters::inc(&counters.packets_out),
+            Ok(n) => {
+                Counters::inc(&counters.packets_out);
+                Counters::add(&counters.bytes_out, n as u64);
+            }
             Err(e) => {
                 Counters::inc(&counters.send_errors);
                 debug!(%to, error = %e, "sending gossip");

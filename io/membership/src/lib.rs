@@ -59,8 +59,20 @@
 //! probe RTT a third of the period, 3 indirect probes, 6 transmissions per update,
 //! gossip every fifth of a period to 3 members, announce to 1 live member every 10
 //! periods and to 2 down members every 5, notify members that they were declared
-//! down, forget down members after an hour, 1388-byte foca packets (1400 with our
+//! down, forget down members after an hour, 1380-byte foca packets (1400 with our
 //! header). See `config::foca_config` and [`defaults`].
+//!
+//! ## Fuzzing
+//!
+//! The datagram format (`wire.rs`) has fuzz targets written with bolero, which run as
+//! ordinary tests on stable Rust (random inputs, 1 s per target). A longer run, here
+//! 10 minutes per target on an optimised build:
+//!
+//! ```text
+//! BOLERO_RANDOM_TEST_TIME_MS=600000 cargo test -p nearcache-membership --release wire::fuzz -- --nocapture
+//! ```
+//!
+//! A failure prints `BOLERO_RANDOM_SEED=...` to replay it; make it a regression test.
 
 #![forbid(unsafe_code)]
 
@@ -85,11 +97,13 @@ use tracing::{error, warn};
 
 use crate::agent::{Agent, Command};
 use crate::identity::NodeIdentity;
-use crate::metrics::Counters;
+use crate::metrics::MembershipCounters as Counters;
 
 pub use crate::config::{defaults, MembershipConfig};
 pub use crate::error::MembershipError;
-pub use crate::metrics::MembershipMetrics;
+pub use crate::metrics::{
+    CounterInfo, MembershipCounters, MembershipMetrics, MetricKind, COUNTERS,
+};
 pub use crate::view::{Member, MemberState, View};
 
 /// A running membership agent. `Send + Sync`: share it through the `Arc` that
@@ -329,6 +343,12 @@ impl Membership {
     /// Counters and the live-member gauge.
     pub fn metrics(&self) -> MembershipMetrics {
         self.shared.counters.snapshot()
+    }
+
+    /// The live counters, for export: `for (info, value) in m.counters().values()`
+    /// gives each one's Prometheus name, help, kind and value (see [`COUNTERS`]).
+    pub fn counters(&self) -> &MembershipCounters {
+        &self.shared.counters
     }
 
     /// The bound gossip address (with the real port when bound to port 0).

@@ -160,6 +160,14 @@ fn three_nodes_join_and_converge() {
             "{metrics:?}"
         );
         assert_eq!(metrics.members_alive, 3);
+        // The export table reads the same atomics as the snapshot.
+        let c = m.counters();
+        let get = |name| c.get(name).expect(name);
+        assert!(get("nearcache_membership_datagrams_received_total") >= metrics.packets_in);
+        assert!(get("nearcache_membership_sent_bytes_total") > 0);
+        assert!(get("nearcache_membership_received_bytes_total") > 0);
+        assert_eq!(get("nearcache_membership_alive_members"), 3);
+        assert_eq!(c.values().count(), nearcache_membership::COUNTERS.len());
         assert_eq!(
             metrics.dropped_foreign_cluster + metrics.decode_errors,
             0,

@@ -1,0 +1,105 @@
+//! Disk and memory capacity: reservations for writes in progress (evicting unpinned
+//! objects, journaled), the up-front size check, and the memory tier's admission.
+
+use super::*;
+
+/// How far a writer's disk reservation may run ahead of the bytes it has received, when
+/// it declared its size: one eviction batch per this many bytes, and a writer that stops
+/// sending holds at most this much beyond what it wrote.
+pub(crate) const RESERVE_AHEAD: u64 = BLOCK_SIZE;
+
+impl Core {
+    /// Reserves `n` bytes of disk for a write in progress, evicting unpinned objects.
+    /// The evictions are journaled; await the returned ack, then remove the files.
+    pub(super) fn reserve(
+        &self,
+        st: &mut State,
+        n: u64,
+    ) -> Result<Option<(Ack, Vec<PathBuf>)>, StoreError> {
+        let victims = st.disk.make_room(st.reserved + n).map_err(|e| {
+            let free = st
+                .disk
+                .capacity()
+                .saturating_sub(st.disk.used() + st.reserved);
+            StoreError::InsufficientStorage {
+                needed: n,
+                available: e.evictable + free,
+                reason: NoSpaceReason::ShardCapacity,
+            }
+        })?;
+        st.reserved += n;
+        if victims.is_empty() {
+            return Ok(None);
+        }
+        let mut ops = Vec::new();
+        let mut files = Vec::new();
+        for key in victims {
+            let Some(Entry::Object(meta)) = st.index.remove(&key) else {
+                continue;
+            };
+            st.mem_remove(&key);
+            self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .evicted_bytes
+                .fetch_add(meta.size, Ordering::Relaxed);
+            ops.push(Op::RemoveEntry(key.clone()));
+            ops.push(self.record(RecordKind::Evicted { key, seq: meta.seq }));
+            files.push(self.object_path(meta.seq));
+        }
+        self.refresh_metrics(st);
+        Ok(Some((self.submit(ops)?, files)))
+    }
+
+    /// Refuses a write that declares `n` bytes when they cannot fit even after evicting
+    /// every unpinned object (pinned objects and other writes' reservations stay).
+    /// Reserves and evicts nothing: writes reserve as their bytes arrive.
+    pub(super) fn check_fits(&self, n: u64) -> Result<(), StoreError> {
+        let st = self.state.borrow();
+        let room = st
+            .disk
+            .capacity()
+            .saturating_sub(st.disk.pinned_bytes() + st.reserved);
+        if n > room {
+            return Err(StoreError::InsufficientStorage {
+                needed: n,
+                available: room,
+                reason: NoSpaceReason::ShardCapacity,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn release(&self, n: u64) {
+        let mut st = self.state.borrow_mut();
+        st.reserved = st.reserved.saturating_sub(n);
+    }
+
+    pub(super) fn mem_admit(&self, st: &mut State, key: &str, seq: u64, body: Bytes) {
+        let len = body.len() as u64;
+        if len > self.cfg.memory_object_max || len > self.cfg.memory_capacity {
+            return;
+        }
+        st.mem_remove(key);
+        let Ok(victims) = st.mem.make_room(len) else {
+            return;
+        };
+        for v in victims {
+            st.mem_bodies.remove(&v);
+        }
+        st.mem.insert(key.to_owned(), len, false);
+        st.mem_bodies.insert(key.to_owned(), (seq, body));
+    }
+
+    pub(super) fn mem_get(&self, key: &str, seq: u64, touch: bool) -> Option<Bytes> {
+        let mut st = self.state.borrow_mut();
+        let body = st
+            .mem_bodies
+            .get(key)
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, b)| b.clone());
+        if body.is_some() && touch {
+            st.mem.access(key);
+        }
+        body
+    }
+}

@@ -1,0 +1,370 @@
+//! The shard: index, stores, journal and eviction wired together.
+//!
+//! State lives in one `RefCell<State>` borrowed only between `.await`s. A mutation
+//! (write finish, delete, eviction, ...) checks and updates the in-memory index and
+//! queues its journal batch in one synchronous step, then awaits the writer thread's
+//! durable commit before acknowledging the caller and deleting replaced files. Queueing
+//! in the same step as the index update keeps the index and LMDB in the same order when
+//! several tasks of the shard change the same key concurrently.
+//!
+//! By job:
+//! - `mod.rs`: the shared state (`State`, `Core`), journal submission, small accessors;
+//! - [`recover`]: `Shard::open`, rebuilding the index from the journal;
+//! - [`read`]: lookups, reads and verification of object files;
+//! - [`write`]: `ObjectWriter` and its commit;
+//! - [`pending`]: origin uploads and deletes not yet done, level upgrades;
+//! - [`tombstones`]: deletes, tombstone expiry, forgetting objects;
+//! - [`capacity`]: disk reservations and eviction, the memory tier.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use nearcache_file::{align_up, AlignedBuf, AnyDevice, AnyFile, Device, DeviceFile};
+
+use crate::defaults::BLOCK_SIZE;
+use crate::eviction::S3Fifo;
+use crate::format::{self, Header, Mismatch, BODY_OFFSET, HEADER_SIZE};
+use crate::hlc::wall_ms;
+use crate::journal::{
+    Ack, Journal, Op, PendingRec, PendingRecKind, Record, RecordKind, StoredEntry,
+};
+use crate::{
+    ChangeBatch, Hlc, Lookup, NoSpaceReason, ObjectMeta, PendingKind, PendingOp, Provenance,
+    RecoveryReport, ShardConfig, ShardMetrics, StoreError, Tombstone, WriteAttrs,
+};
+
+mod capacity;
+mod pending;
+mod read;
+mod recover;
+mod tombstones;
+mod write;
+
+pub use read::ObjectReader;
+pub use write::ObjectWriter;
+
+/// LMDB's default maximum key size.
+const MAX_KEY_LEN: usize = 511;
+
+/// One shard. `!Send`: lives on its own monoio thread; methods take `&self`
+/// (interior mutability, never borrowed across an `.await`) so that many request
+/// tasks on the same thread can share it through an `Rc<Shard>`.
+pub struct Shard {
+    core: Rc<Core>,
+}
+
+enum Entry {
+    Object(Rc<ObjectMeta>),
+    Tombstone(Tombstone),
+}
+
+impl Entry {
+    fn seq(&self) -> u64 {
+        match self {
+            Entry::Object(m) => m.seq,
+            Entry::Tombstone(t) => t.seq,
+        }
+    }
+
+    fn hlc(&self) -> u64 {
+        match self {
+            Entry::Object(m) => m.hlc,
+            Entry::Tombstone(t) => t.hlc,
+        }
+    }
+}
+
+struct State {
+    index: HashMap<String, Entry>,
+    /// Disk tier: weights are body sizes; pinned while not in the origin.
+    disk: S3Fifo<String>,
+    /// Bytes reserved by writes in progress.
+    reserved: u64,
+    /// Memory tier: bodies of small objects, by key, tagged with their seq.
+    mem: S3Fifo<String>,
+    mem_bodies: HashMap<String, (u64, Bytes)>,
+    pending: HashMap<String, PendingRec>,
+    pending_order: BTreeMap<u64, String>,
+    tombstones: u64,
+}
+
+impl State {
+    fn set_pending(&mut self, key: &str, rec: PendingRec) {
+        self.clear_pending(key);
+        self.pending_order.insert(rec.seq, key.to_owned());
+        self.pending.insert(key.to_owned(), rec);
+    }
+
+    fn clear_pending(&mut self, key: &str) -> Option<PendingRec> {
+        let old = self.pending.remove(key)?;
+        self.pending_order.remove(&old.seq);
+        Some(old)
+    }
+
+    /// Last-writer-wins: is version (hlc, etag) newer than what the index holds for `key`?
+    /// A tombstone beats a version with a lower or equal hlc.
+    fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
+        match self.index.get(key) {
+            None => true,
+            Some(Entry::Object(m)) => (hlc, etag) > (m.hlc, m.etag.as_str()),
+            Some(Entry::Tombstone(t)) => hlc > t.hlc,
+        }
+    }
+
+    /// Last-writer-wins for a tombstone: it beats a version with a lower or equal hlc.
+    fn tombstone_is_newer(&self, t: &Tombstone) -> bool {
+        match self.index.get(&t.key) {
+            None => true,
+            Some(Entry::Object(m)) => t.hlc >= m.hlc,
+            Some(Entry::Tombstone(old)) => t.hlc > old.hlc,
+        }
+    }
+
+    fn mem_remove(&mut self, key: &str) {
+        if self.mem_bodies.remove(key).is_some() {
+            self.mem.remove(key);
+        }
+    }
+}
+
+struct Core {
+    cfg: ShardConfig,
+    device: AnyDevice,
+    hlc: Hlc,
+    metrics: Arc<ShardMetrics>,
+    journal: Journal,
+    next_seq: Cell<u64>,
+    /// Seqs of writes begun but not yet queued to the journal: they will commit after
+    /// records with higher seqs, so reads for peers must not pass them.
+    writing: RefCell<BTreeSet<u64>>,
+    /// Highest record seq queued to the journal.
+    last_queued: Cell<u64>,
+    state: RefCell<State>,
+    pending_notify: tokio::sync::Notify,
+    /// Reused block buffers: a fresh zeroed 256 KiB allocation per write costs more than
+    /// a small write itself and fragments the heap.
+    block_bufs: RefCell<Vec<AlignedBuf>>,
+}
+
+/// Block buffers kept for reuse per shard (16 MiB at most).
+const BLOCK_BUF_POOL: usize = 64;
+
+fn corrupt(key: &str, m: Mismatch) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        what: m.what,
+        expected: m.expected,
+        actual: m.actual,
+    }
+}
+
+/// `Corrupt` unless `expected == actual`.
+fn check_eq(
+    key: &str,
+    what: &'static str,
+    expected: String,
+    actual: String,
+) -> Result<(), StoreError> {
+    if expected == actual {
+        return Ok(());
+    }
+    Err(corrupt(
+        key,
+        Mismatch {
+            what,
+            expected,
+            actual,
+        },
+    ))
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN.min(format::MAX_KEY_LEN) {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("key length {} outside 1..={MAX_KEY_LEN}", key.len()),
+        )));
+    }
+    Ok(())
+}
+
+impl Core {
+    fn take_block_buf(&self) -> AlignedBuf {
+        self.block_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::with_capacity(BLOCK_SIZE as usize))
+    }
+
+    fn return_block_buf(&self, mut buf: AlignedBuf) {
+        let mut pool = self.block_bufs.borrow_mut();
+        if pool.len() < BLOCK_BUF_POOL && buf.capacity() == BLOCK_SIZE as usize {
+            buf.clear();
+            pool.push(buf);
+        }
+    }
+
+    fn object_path(&self, seq: u64) -> PathBuf {
+        object_path(&self.cfg.dir, seq)
+    }
+
+    fn alloc_seq(&self) -> u64 {
+        let s = self.next_seq.get();
+        self.next_seq.set(s + 1);
+        s
+    }
+
+    fn record(&self, kind: RecordKind) -> Op {
+        Op::Record(Record {
+            seq: self.alloc_seq(),
+            hlc: self.hlc.now(),
+            kind,
+        })
+    }
+
+    fn submit(&self, ops: Vec<Op>) -> Result<Ack, StoreError> {
+        let next = self.next_seq.get();
+        let unqueued = self.writing.borrow().first().copied().unwrap_or(next);
+        let through = unqueued.min(next).saturating_sub(1);
+        for op in &ops {
+            if let Op::Record(r) = op {
+                self.last_queued.set(self.last_queued.get().max(r.seq));
+            }
+        }
+        self.journal.submit(ops, next, self.hlc.last(), through)
+    }
+
+    /// A write's seq will never be used (abandoned, failed). If it held back reads for
+    /// peers, an empty batch moves their horizon past it without waiting for the next write.
+    fn abandon_seq(&self, seq: u64) {
+        let was_first = {
+            let mut w = self.writing.borrow_mut();
+            let first = w.first() == Some(&seq);
+            w.remove(&seq);
+            first
+        };
+        if was_first {
+            // Closed journal: nothing left to read anyway.
+            let _ = self.submit(Vec::new());
+        }
+    }
+
+    async fn remove_files(&self, files: Vec<PathBuf>) {
+        for f in files {
+            match self.device.remove(&f).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %f.display(), error = %e, "removing object file"),
+            }
+        }
+    }
+
+    fn refresh_metrics(&self, st: &State) {
+        let m = &self.metrics;
+        m.objects.store(st.disk.len() as u64, Ordering::Relaxed);
+        m.tombstones.store(st.tombstones, Ordering::Relaxed);
+        m.disk_bytes.store(st.disk.used(), Ordering::Relaxed);
+        m.pinned_bytes
+            .store(st.disk.pinned_bytes(), Ordering::Relaxed);
+        m.memory_bytes.store(st.mem.used(), Ordering::Relaxed);
+        m.memory_objects
+            .store(st.mem_bodies.len() as u64, Ordering::Relaxed);
+        m.pending_uploads
+            .store(st.pending.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Removes an object from index, tiers and pending; returns its file.
+    fn unlink_object(&self, st: &mut State, key: &str) -> Option<(Rc<ObjectMeta>, PathBuf)> {
+        match st.index.get(key) {
+            Some(Entry::Object(_)) => {}
+            _ => return None,
+        }
+        let Some(Entry::Object(meta)) = st.index.remove(key) else {
+            unreachable!()
+        };
+        st.disk.remove(key);
+        st.mem_remove(key);
+        if st
+            .pending
+            .get(key)
+            .is_some_and(|p| p.kind == PendingRecKind::Put)
+        {
+            st.clear_pending(key);
+        }
+        let path = self.object_path(meta.seq);
+        Some((meta, path))
+    }
+}
+
+fn object_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join("objects")
+        .join(format!("{:02x}", seq & 0xff))
+        .join(format!("{seq:016x}"))
+}
+
+impl Shard {
+    pub fn id(&self) -> u16 {
+        self.core.cfg.shard_id
+    }
+
+    pub fn metrics(&self) -> Arc<ShardMetrics> {
+        self.core.metrics.clone()
+    }
+
+    pub fn hlc(&self) -> &Hlc {
+        &self.core.hlc
+    }
+
+    /// Journal records with seq > `after`, at most `limit` exported changes. Internal
+    /// records (evictions, forgets, corruption, expired tombstones) are skipped but still
+    /// advance `next_after`. Stops short of writes still in progress (see [`ChangeBatch`]),
+    /// and after reading 4096 records (to bound the time spent on the shard thread): a
+    /// batch may hold fewer than `limit` changes, even none, with `next_after < last_seq`;
+    /// ask again from `next_after`.
+    pub fn changes_since(&self, after: u64, limit: usize) -> Result<ChangeBatch, StoreError> {
+        let r = self.core.journal.read_changes(after, limit)?;
+        Ok(ChangeBatch {
+            changes: r.changes,
+            next_after: r.next_after,
+            last_seq: self.last_seq(),
+            gap: r.gap,
+        })
+    }
+
+    /// A page of the index in key order (objects and tombstones), after `after_key`: how a
+    /// peer that missed trimmed journal records resyncs. Pages reflect every record up to
+    /// [`IndexPage::through`](crate::IndexPage::through); resume the journal from there.
+    pub fn index_page(
+        &self,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::IndexPage, StoreError> {
+        self.core.journal.read_index_page(after_key, limit)
+    }
+
+    /// Highest journal seq committed or queued.
+    pub fn last_seq(&self) -> u64 {
+        self.core.last_queued.get()
+    }
+
+    /// Last-writer-wins test: true when version (hlc, etag) is newer than what the shard
+    /// holds for `key` (nothing, an older version, or an older tombstone). Ordered by hlc,
+    /// then etag; a tombstone with hlc >= the version's hlc wins.
+    pub fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
+        self.core.state.borrow().is_newer(key, hlc, etag)
+    }
+
+    /// Flushes and closes the journal.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.core.journal.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,431 @@
+//! Writes: object writers (client writes, read-through fetches, replicas), their
+//! durable commit, and abandonment.
+
+use super::capacity::RESERVE_AHEAD;
+use super::*;
+
+impl Shard {
+    /// Starts writing a new version of `key`. `expected_len`, when known, is checked up
+    /// front (`InsufficientStorage` when it cannot fit even after evicting every unpinned
+    /// object) but not reserved: disk space is reserved (evicting as needed) as bytes
+    /// arrive, at most [`RESERVE_AHEAD`] bytes ahead of them, so a writer that declares a
+    /// large size and sends nothing evicts nothing and holds nothing.
+    pub async fn begin_write(
+        self: &Rc<Self>,
+        key: &str,
+        expected_len: Option<u64>,
+    ) -> Result<ObjectWriter, StoreError> {
+        check_key(key)?;
+        let core = &self.core;
+        if let Some(n) = expected_len {
+            core.check_fits(n)?;
+        }
+        let reserved = 0;
+        let seq = core.alloc_seq();
+        core.writing.borrow_mut().insert(seq);
+        let base = core.state.borrow().index.get(key).map(Entry::seq);
+        let path = core.object_path(seq);
+        let file = match core.device.create(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                core.release(reserved);
+                core.abandon_seq(seq);
+                return Err(StoreError::from_io(e, "creating an object file", 0));
+            }
+        };
+        Ok(ObjectWriter {
+            shard: self.clone(),
+            key: key.to_owned(),
+            seq,
+            path,
+            file: Some(file),
+            buf: Some(core.take_block_buf()),
+            written: 0,
+            reserved,
+            expected_len,
+            table: Vec::new(),
+            body_crc: 0,
+            md5: Md5::new(),
+            small: Some(BytesMut::new()),
+            base,
+            done: false,
+        })
+    }
+
+    /// Starts storing a replica of `meta` (a version produced on another node); finish it
+    /// with [`ObjectWriter::finish_replica`]. `Ok(None)` when the local copy is as new or
+    /// newer (see [`Shard::is_newer`]). Observes `meta.hlc`.
+    pub async fn begin_replica(
+        self: &Rc<Self>,
+        meta: &ObjectMeta,
+    ) -> Result<Option<ObjectWriter>, StoreError> {
+        self.core.hlc.observe(meta.hlc);
+        if !self.is_newer(&meta.key, meta.hlc, &meta.etag) {
+            return Ok(None);
+        }
+        self.begin_write(&meta.key, Some(meta.size)).await.map(Some)
+    }
+}
+
+/// What must still hold when a finished write is committed.
+enum Guard<'a> {
+    /// Nothing: a client write always becomes the newest version.
+    None,
+    /// The key is unchanged since the write began (a read-through never resurrects a
+    /// deleted key nor replaces a newer write).
+    Base,
+    /// The version is newer than what the key holds (last-writer-wins, for replicas).
+    Newer { hlc: u64, etag: &'a str },
+}
+
+impl Guard<'_> {
+    fn holds(&self, st: &State, key: &str, base: Option<u64>) -> bool {
+        match self {
+            Guard::None => true,
+            Guard::Base => match st.index.get(key) {
+                None => true,
+                Some(Entry::Tombstone(_)) => false,
+                Some(e) => Some(e.seq()) == base,
+            },
+            Guard::Newer { hlc, etag } => st.is_newer(key, *hlc, etag),
+        }
+    }
+}
+
+/// An in-progress write. Dropping it without `finish` abandons it (the file is removed).
+pub struct ObjectWriter {
+    shard: Rc<Shard>,
+    key: String,
+    seq: u64,
+    path: PathBuf,
+    file: Option<AnyFile>,
+    buf: Option<AlignedBuf>,
+    written: u64,
+    /// Disk bytes reserved for this write (>= written).
+    reserved: u64,
+    /// The size the writer declared, if any: reservations run ahead of the bytes written
+    /// up to it.
+    expected_len: Option<u64>,
+    table: Vec<u32>,
+    body_crc: u32,
+    md5: Md5,
+    /// The body while it is small enough for the memory tier.
+    small: Option<BytesMut>,
+    /// Seq of the key's entry when the write began (for read-through supersession).
+    base: Option<u64>,
+    done: bool,
+}
+
+impl ObjectWriter {
+    fn core(&self) -> &Core {
+        &self.shard.core
+    }
+
+    /// Writes the full block in `buf` at its place in the file.
+    async fn flush_block(&mut self) -> Result<(), StoreError> {
+        let mut buf = self.buf.take().expect("writer buffer");
+        let len = buf.len();
+        self.table.push(crc32c::crc32c(buf.as_slice()));
+        buf.pad_to_alignment();
+        let pos = BODY_OFFSET + (self.table.len() as u64 - 1) * BLOCK_SIZE;
+        let file = self.file.as_ref().expect("writer file");
+        let (res, mut buf) = file.write_all_at(buf, pos).await;
+        buf.clear();
+        self.buf = Some(buf);
+        res.map_err(|e| StoreError::from_io(e, "writing an object file", len as u64))?;
+        debug_assert!(len as u64 == BLOCK_SIZE || self.written % BLOCK_SIZE == len as u64);
+        Ok(())
+    }
+
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        let n = chunk.len() as u64;
+        if self.written + n > self.reserved {
+            // Reserve what arrived, plus up to RESERVE_AHEAD more of the declared size so
+            // that a large body triggers one eviction batch per RESERVE_AHEAD, not per chunk.
+            let exact = self.written + n - self.reserved;
+            let ahead = self.expected_len.map_or(0, |declared| {
+                declared.saturating_sub(self.reserved).min(RESERVE_AHEAD)
+            });
+            let (need, pending) = {
+                let core = &self.shard.core;
+                let mut st = core.state.borrow_mut();
+                match core.reserve(&mut st, exact.max(ahead)) {
+                    Ok(p) => (exact.max(ahead), p),
+                    // The bytes at hand may still fit without the look-ahead.
+                    Err(_) if ahead > exact => (exact, core.reserve(&mut st, exact)?),
+                    Err(e) => return Err(e),
+                }
+            };
+            self.reserved += need;
+            if let Some((ack, files)) = pending {
+                Journal::wait(ack).await?;
+                self.core().remove_files(files).await;
+            }
+        }
+        self.md5.update(&chunk);
+        self.body_crc = crc32c::crc32c_append(self.body_crc, &chunk);
+        self.written += n;
+        let mem_max = self.core().cfg.memory_object_max;
+        if let Some(small) = &mut self.small {
+            if self.written <= mem_max {
+                small.extend_from_slice(&chunk);
+            } else {
+                self.small = None;
+            }
+        }
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let buf = self.buf.as_mut().expect("writer buffer");
+            let copied = buf.extend_from_slice(rest);
+            rest = &rest[copied..];
+            if buf.remaining() == 0 {
+                self.flush_block().await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Makes the object durable (data synced, journal committed) and visible.
+    /// For fetched objects, returns `Superseded` if the key was written or deleted after
+    /// `begin_write` (a read-through never resurrects a deleted key).
+    pub async fn finish(mut self, attrs: WriteAttrs) -> Result<Rc<ObjectMeta>, StoreError> {
+        let fetched = attrs.fetched.is_some();
+        if fetched && self.superseded() {
+            return Err(StoreError::Superseded);
+        }
+        self.write_out().await?;
+        let md5 = std::mem::take(&mut self.md5);
+        let (etag, last_modified_ms) = match &attrs.fetched {
+            Some(f) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
+            None => (hex::encode(md5.finalize()), wall_ms()),
+        };
+        let guard = if fetched { Guard::Base } else { Guard::None };
+        let upload = (!fetched && attrs.level >= 1).then_some(0);
+        self.commit(guard, upload, |core, size, crc32c, seq| ObjectMeta {
+            key: String::new(),
+            size,
+            etag,
+            crc32c,
+            content_type: attrs.content_type,
+            name: attrs.name,
+            user_meta: attrs.user_meta,
+            last_modified_ms,
+            hlc: core.hlc.now(),
+            seq,
+            level: attrs.level,
+            in_origin: fetched,
+            provenance: if fetched {
+                Provenance::Fetched
+            } else {
+                Provenance::Client
+            },
+            headers: attrs.headers,
+        })
+        .await
+    }
+
+    /// Finishes a replica begun with [`Shard::begin_replica`]: checks the body's size and
+    /// CRC32C against `meta` (`Corrupt` with expected and actual values when they differ;
+    /// nothing is stored), then stores it with `meta`'s attributes, hlc, level, origin
+    /// state and provenance but a new local seq. `Superseded` if a newer version or
+    /// tombstone of the key arrived meanwhile. A replica of a fetched object is in the
+    /// origin. If `level >= 1` and not in the origin, queues an upload that may not start
+    /// before `upload_after_ms` (ms since epoch; `None` = now).
+    pub async fn finish_replica(
+        mut self,
+        meta: &ObjectMeta,
+        upload_after_ms: Option<u64>,
+    ) -> Result<Rc<ObjectMeta>, StoreError> {
+        if meta.key != self.key {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("replica of {:?} finished as {:?}", meta.key, self.key),
+            )));
+        }
+        let check = |what, expected, actual| check_eq(&meta.key, what, expected, actual);
+        check(
+            "replica body size",
+            meta.size.to_string(),
+            self.written.to_string(),
+        )?;
+        check(
+            "replica body checksum",
+            format!("{:08x}", meta.crc32c),
+            format!("{:08x}", self.body_crc),
+        )?;
+        let guard = Guard::Newer {
+            hlc: meta.hlc,
+            etag: &meta.etag,
+        };
+        // Cheap early out before writing the file; re-checked at commit.
+        if !guard.holds(&self.core().state.borrow(), &self.key, self.base) {
+            return Err(StoreError::Superseded);
+        }
+        self.write_out().await?;
+        let in_origin = meta.in_origin || meta.provenance == Provenance::Fetched;
+        let upload = (meta.level >= 1 && !in_origin).then_some(upload_after_ms.unwrap_or(0));
+        self.commit(guard, upload, |_, _, _, seq| ObjectMeta {
+            seq,
+            in_origin,
+            ..meta.clone()
+        })
+        .await
+    }
+
+    /// Writes the tail block, checksum table and header, and syncs the file.
+    async fn write_out(&mut self) -> Result<(), StoreError> {
+        let size = self.written;
+        let tail = self.buf.take().expect("writer buffer");
+        let file = if self.table.is_empty() {
+            // The whole body is in `tail`: header, body and checksum table go out in one
+            // write (the common case for small objects: one I/O instead of three).
+            if !tail.is_empty() {
+                self.table.push(crc32c::crc32c(tail.as_slice()));
+            }
+            let header = Header::new(&self.key, self.seq, size, self.body_crc, &self.table);
+            let table = format::encode_table(&self.table);
+            let body_len = nearcache_file::align_up(tail.len());
+            let mut all = AlignedBuf::with_capacity(
+                format::HEADER_SIZE + body_len + nearcache_file::align_up(table.len()),
+            );
+            all.extend_from_slice(header.encode().as_slice());
+            all.extend_from_slice(tail.as_slice());
+            all.pad_to_alignment();
+            all.extend_from_slice(&table);
+            all.pad_to_alignment();
+            self.core().return_block_buf(tail);
+            let file = self.file.take().expect("writer file");
+            let n = all.len() as u64;
+            let (res, _) = file.write_all_at(all, 0).await;
+            res.map_err(|e| StoreError::from_io(e, "writing an object file", n))?;
+            file
+        } else {
+            // Tail block, checksum table, header.
+            self.buf = Some(tail);
+            if !self.buf.as_ref().expect("writer buffer").is_empty() {
+                self.flush_block().await?;
+            }
+            if let Some(buf) = self.buf.take() {
+                self.core().return_block_buf(buf);
+            }
+            let file = self.file.take().expect("writer file");
+            let bytes = format::encode_table(&self.table);
+            let mut tbuf = AlignedBuf::with_capacity(bytes.len());
+            tbuf.extend_from_slice(&bytes);
+            tbuf.pad_to_alignment();
+            let n = tbuf.len() as u64;
+            let (res, _) = file.write_all_at(tbuf, format::table_off(size)).await;
+            res.map_err(|e| StoreError::from_io(e, "writing an object file", n))?;
+            let header = Header::new(&self.key, self.seq, size, self.body_crc, &self.table);
+            let (res, _) = file.write_all_at(header.encode(), 0).await;
+            res.map_err(|e| StoreError::from_io(e, "writing an object file", HEADER_SIZE as u64))?;
+            file
+        };
+        file.sync_data()
+            .await
+            .map_err(|e| StoreError::from_io(e, "syncing an object file", 0))?;
+        Ok(())
+    }
+
+    /// Puts the written object in the index and tiers in place of whatever the key held
+    /// (unless `guard` fails: `Superseded`), queues its journal batch and waits for it.
+    /// `make` builds the meta from (core, size, crc32c, seq); its key is set here.
+    /// `upload`: queue an origin upload not to start before this time (ms).
+    async fn commit(
+        mut self,
+        guard: Guard<'_>,
+        upload: Option<u64>,
+        make: impl FnOnce(&Core, u64, u32, u64) -> ObjectMeta,
+    ) -> Result<Rc<ObjectMeta>, StoreError> {
+        let core = self.shard.core.clone();
+        let (ack, meta, files) = {
+            let mut st = core.state.borrow_mut();
+            if !guard.holds(&st, &self.key, self.base) {
+                return Err(StoreError::Superseded);
+            }
+            let size = self.written;
+            let meta = Rc::new(ObjectMeta {
+                key: self.key.clone(),
+                ..make(&core, size, self.body_crc, self.seq)
+            });
+            let mut files = Vec::new();
+            if let Some((_, path)) = core.unlink_object(&mut st, &self.key) {
+                files.push(path);
+            }
+            if matches!(
+                st.index
+                    .insert(self.key.clone(), Entry::Object(meta.clone())),
+                Some(Entry::Tombstone(_))
+            ) {
+                st.tombstones -= 1;
+            }
+            st.reserved = st.reserved.saturating_sub(self.reserved);
+            self.reserved = 0;
+            st.disk.insert(self.key.clone(), size, !meta.in_origin);
+            let mut ops = vec![
+                Op::PutEntry(self.key.clone(), StoredEntry::Object((*meta).clone())),
+                Op::Record(Record {
+                    seq: meta.seq,
+                    hlc: meta.hlc,
+                    kind: RecordKind::Put((*meta).clone()),
+                }),
+            ];
+            if let Some(not_before_ms) = upload {
+                let rec = PendingRec {
+                    seq: self.seq,
+                    kind: PendingRecKind::Put,
+                    not_before_ms,
+                    hlc: meta.hlc,
+                };
+                st.set_pending(&self.key, rec.clone());
+                ops.push(Op::PutPending(self.key.clone(), rec));
+            } else if !st.pending.contains_key(&self.key) {
+                ops.push(Op::RemovePending(self.key.clone()));
+            }
+            if let Some(small) = self.small.take() {
+                core.mem_admit(&mut st, &self.key, self.seq, small.freeze());
+            }
+            core.refresh_metrics(&st);
+            self.done = true;
+            core.writing.borrow_mut().remove(&self.seq);
+            (core.submit(ops)?, meta, files)
+        };
+        Journal::wait(ack).await?;
+        core.remove_files(files).await;
+        if upload.is_some() {
+            self.shard.notify_pending();
+        }
+        Ok(meta)
+    }
+
+    fn superseded(&self) -> bool {
+        !Guard::Base.holds(&self.core().state.borrow(), &self.key, self.base)
+    }
+
+    pub async fn abort(self) {
+        // Drop releases the reservation and removes the file.
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.core().return_block_buf(buf);
+        }
+        if self.done {
+            return;
+        }
+        self.core().release(self.reserved);
+        self.core().abandon_seq(self.seq);
+        self.file.take();
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "removing abandoned write");
+            }
+        }
+    }
+}
