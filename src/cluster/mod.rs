@@ -380,6 +380,14 @@ impl Cluster {
             out.single(f, counter(&self.metrics).load(Relaxed));
         }
         out.single(&SYNC_LAG, self.book.lag());
+        // The gossip layer counts; this layer, which runs it, exports its table.
+        for (info, value) in self.membership.counters().values() {
+            let kind = match info.kind {
+                nearcache_membership::MetricKind::Counter => Kind::Counter,
+                nearcache_membership::MetricKind::Gauge => Kind::Gauge,
+            };
+            out.single(&Family::new(info.name, kind, info.help), value);
+        }
     }
 
     /// `GET /api/v1/cluster`.

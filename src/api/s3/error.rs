@@ -250,6 +250,7 @@ mod tests {
             nearcache_shards::StoreError::InsufficientStorage {
                 needed: 1,
                 available: 0,
+                reason: nearcache_shards::NoSpaceReason::ShardCapacity,
             },
         ));
         assert_eq!(e.status.as_u16(), 507);
