@@ -19,6 +19,16 @@
 //! chunk of a trailer variant is tolerated (some encoders send one), and so is a body that ends
 //! without the closing blank line once everything it carried has been verified.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
 use std::fmt;
 
 use base64::Engine as _;
