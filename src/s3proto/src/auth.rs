@@ -653,10 +653,15 @@ fn verify_presigned(
     };
     let cred = lookup(keys, scope.access_key)?;
     check_scope_date(&scope, amz_date)?;
-    if when > now + MAX_SKEW {
+    // `when` is at most year 9999 and `expires` a week: the sums cannot overflow, but a
+    // failed addition is refused rather than trusted.
+    if now.checked_add(MAX_SKEW).is_none_or(|latest| when > latest) {
         return Err(too_skewed());
     }
-    if now > when + Duration::from_secs(expires) {
+    if when
+        .checked_add(Duration::from_secs(expires))
+        .is_none_or(|end| now > end)
+    {
         return Err(AuthError::AccessDenied("Request has expired".into()));
     }
     check_unsigned_amz_headers(&parts.headers, &signed)?;
@@ -848,7 +853,7 @@ pub(crate) fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u
 /// The canonical URI: each `/`-separated segment percent-decoded, then re-encoded with only
 /// `A-Za-z0-9-._~` left as is.
 pub(crate) fn canonical_uri(raw_path: &str) -> String {
-    let mut out = String::with_capacity(raw_path.len() + 16);
+    let mut out = String::with_capacity(raw_path.len().saturating_add(16));
     for (i, seg) in raw_path.split('/').enumerate() {
         if i > 0 {
             out.push('/');
@@ -950,8 +955,11 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "HMAC takes keys of any length: new_from_slice cannot fail"
+)]
 pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length: new_from_slice cannot fail.
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data);
     mac.finalize().into_bytes().into()
@@ -968,7 +976,12 @@ pub(crate) fn signing_key(secret: &str, date: &str, region: &str) -> [u8; 32] {
 // ---------------------------------------------------------------------------------------------
 // Dates: ISO 8601 basic (`20130524T000000Z`) <-> SystemTime, without a calendar crate.
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm). Callers pass
+/// a 4-digit year, a month in 1..=12 and a day in 1..=31: nothing can overflow.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "bounded inputs: |y| <= 9999, m <= 12, d <= 31"
+)]
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -979,6 +992,12 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The date of day `z` since 1970-01-01. `z` comes from a `u64` second count divided by
+/// 86 400, so |z| < 2^48 and every intermediate value fits an `i64` by far.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "bounded input: |z| < 2^48 (see the doc)"
+)]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -995,7 +1014,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Parses `YYYYMMDDTHHMMSSZ`.
 pub(crate) fn parse_amz_date(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    if b.len() != 16 || b.get(8) != Some(&b'T') || b.get(15) != Some(&b'Z') {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
@@ -1011,20 +1030,19 @@ pub(crate) fn parse_amz_date(s: &str) -> Option<SystemTime> {
         return None;
     }
     let days = days_from_civil(i64::from(y), mo, d);
-    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + se);
+    let day_secs = h.checked_mul(3600)?.checked_add(mi.checked_mul(60)?)?.checked_add(se)?;
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(i64::from(day_secs))?;
     let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Formats as `YYYYMMDDTHHMMSSZ` (times before 1970 clamp to the epoch).
 pub(crate) fn format_amz_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
