@@ -402,7 +402,7 @@ pub fn verify_head(
 }
 
 /// The parsed `Credential=` value: `AK/DATE/REGION/s3/aws4_request`.
-struct Scope<'a> {
+pub(crate) struct Scope<'a> {
     access_key: &'a str,
     date: &'a str,
     region: &'a str,
@@ -414,7 +414,7 @@ impl Scope<'_> {
     }
 }
 
-fn parse_credential(cred: &str) -> Result<Scope<'_>, AuthError> {
+pub(crate) fn parse_credential(cred: &str) -> Result<Scope<'_>, AuthError> {
     let mut it = cred.rsplitn(5, '/');
     let (term, service, region, date, ak) =
         match (it.next(), it.next(), it.next(), it.next(), it.next()) {
@@ -453,13 +453,13 @@ fn parse_credential(cred: &str) -> Result<Scope<'_>, AuthError> {
     })
 }
 
-struct AuthHeader<'a> {
-    credential: &'a str,
-    signed_headers: &'a str,
-    signature: &'a str,
+pub(crate) struct AuthHeader<'a> {
+    pub(crate) credential: &'a str,
+    pub(crate) signed_headers: &'a str,
+    pub(crate) signature: &'a str,
 }
 
-fn parse_auth_header(value: &str) -> Result<AuthHeader<'_>, AuthError> {
+pub(crate) fn parse_auth_header(value: &str) -> Result<AuthHeader<'_>, AuthError> {
     let rest = value
         .strip_prefix(ALGORITHM)
         .filter(|r| r.starts_with(' '))
@@ -748,7 +748,7 @@ fn parse_signature(s: &str) -> Result<[u8; 32], AuthError> {
     Ok(out)
 }
 
-fn parse_signed_headers(s: &str) -> Result<Vec<&str>, AuthError> {
+pub(crate) fn parse_signed_headers(s: &str) -> Result<Vec<&str>, AuthError> {
     let list: Vec<&str> = s.split(';').collect();
     if list.iter().any(|h| {
         h.is_empty()
@@ -865,7 +865,7 @@ pub(crate) fn canonical_uri(raw_path: &str) -> String {
 }
 
 /// Query parameters as (decoded key, decoded value) bytes, in request order; `+` is a space.
-fn parse_query(q: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn parse_query(q: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     fn decode(s: &str) -> Vec<u8> {
         let plus: Vec<u8> = s
             .bytes()
