@@ -817,13 +817,17 @@ fn check_signature(
     let raw_path = parts.uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
     let canonical_uri = canonical_uri(raw_path);
-    let rest = format!(
-        "\n{}\n{}\n{}\n{}",
-        canonical_query(query, exclude_param),
-        canonical_headers(parts, signed),
-        signed_headers,
-        payload
-    );
+    // Bytes, not a String: header values may carry obs-text (0x80-0xFF) that is not UTF-8,
+    // and the signature covers those bytes as they were sent.
+    let mut rest = Vec::new();
+    rest.push(b'\n');
+    rest.extend_from_slice(canonical_query(query, exclude_param).as_bytes());
+    rest.push(b'\n');
+    rest.extend_from_slice(&canonical_headers(parts, signed));
+    rest.push(b'\n');
+    rest.extend_from_slice(signed_headers.as_bytes());
+    rest.push(b'\n');
+    rest.extend_from_slice(payload.as_bytes());
     let method = parts.method.as_str();
     let mut candidates = vec![canonical_uri.as_str()];
     if canonical_uri != raw_path {
@@ -831,8 +835,9 @@ fn check_signature(
     }
     let mut ok = subtle::Choice::from(0);
     for uri in candidates {
-        let creq = format!("{method}\n{uri}{rest}");
-        let sts = string_to_sign(amz_date, scope, creq.as_bytes());
+        let mut creq = format!("{method}\n{uri}").into_bytes();
+        creq.extend_from_slice(&rest);
+        let sts = string_to_sign(amz_date, scope, &creq);
         let computed = hmac(key, sts.as_bytes());
         ok |= computed.ct_eq(signature);
     }
@@ -906,37 +911,38 @@ fn canonical_query(query: &[(Vec<u8>, Vec<u8>)], exclude: Option<&str>) -> Strin
     out
 }
 
-/// `name:value\n` for each signed header, in SignedHeaders order. Values are trimmed, runs of
-/// spaces collapsed, repeated headers joined with `,`. `host` falls back to the URI's
-/// authority (HTTP/2 has no Host header).
-fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> String {
-    let mut out = String::new();
+/// `name:value\n` for each signed header, in SignedHeaders order. Values are the bytes sent
+/// (not necessarily UTF-8), trimmed of spaces, runs of spaces collapsed, repeated headers
+/// joined with `,`. `host` falls back to the URI's authority (HTTP/2 has no Host header).
+fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
     for name in signed {
-        out.push_str(name);
-        out.push(':');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
         let mut first = true;
         for v in parts.headers.get_all(*name) {
             if !first {
-                out.push(',');
+                out.push(b',');
             }
             first = false;
             push_trimmed(&mut out, v.as_bytes());
         }
         if first && *name == "host" {
             if let Some(a) = parts.uri.authority() {
-                out.push_str(a.as_str());
+                out.extend_from_slice(a.as_str().as_bytes());
             }
         }
-        out.push('\n');
+        out.push(b'\n');
     }
     out
 }
 
-fn push_trimmed(out: &mut String, v: &[u8]) {
-    let s = String::from_utf8_lossy(v);
+fn push_trimmed(out: &mut Vec<u8>, v: &[u8]) {
+    let start = v.iter().position(|&b| b != b' ').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b' ').map_or(start, |i| i.saturating_add(1));
     let mut prev_space = false;
-    for c in s.trim_matches(' ').chars() {
-        if c == ' ' {
+    for &b in v.get(start..end).unwrap_or_default() {
+        if b == b' ' {
             if prev_space {
                 continue;
             }
@@ -944,7 +950,7 @@ fn push_trimmed(out: &mut String, v: &[u8]) {
         } else {
             prev_space = false;
         }
-        out.push(c);
+        out.push(b);
     }
 }
 

@@ -608,6 +608,124 @@ fn fuzz_header_signed_mutations() {
     report("header_signed_mutations", &n);
 }
 
+/// Signs a header-auth request over raw bytes, exactly as SigV4 says (canonical header
+/// values are the bytes sent, trimmed, runs of spaces collapsed): unlike aws-sigv4, this
+/// signer takes header values that are not UTF-8 (`obs-text`, which HTTP allows).
+fn byte_sign(
+    method: &str,
+    path: &str,
+    headers: &[(String, Vec<u8>)],
+    amz_date: &str,
+) -> http::request::Parts {
+    let mut all: Vec<(String, Vec<u8>)> = vec![
+        ("host".into(), b"bucket.example.com".to_vec()),
+        ("x-amz-content-sha256".into(), UNSIGNED_PAYLOAD.as_bytes().to_vec()),
+        ("x-amz-date".into(), amz_date.as_bytes().to_vec()),
+    ];
+    all.extend(headers.iter().cloned());
+    all.sort();
+    let signed: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    let signed = signed.join(";");
+    let mut creq = format!("{method}\n{path}\n\n").into_bytes();
+    for (k, v) in &all {
+        creq.extend_from_slice(k.as_bytes());
+        creq.push(b':');
+        let mut prev_space = false;
+        let v: &[u8] = v.trim_ascii();
+        for &b in v {
+            if b == b' ' && prev_space {
+                continue;
+            }
+            prev_space = b == b' ';
+            creq.push(b);
+        }
+        creq.push(b'\n');
+    }
+    creq.extend_from_slice(format!("\n{signed}\n{UNSIGNED_PAYLOAD}").as_bytes());
+    let date8 = &amz_date[..8];
+    let scope = format!("{date8}/us-east-1/s3/aws4_request");
+    let sts = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(crate::auth::sha256(&creq))
+    );
+    let sig = crate::auth::hmac(&signing_key(SK, date8, "us-east-1"), sts.as_bytes());
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://bucket.example.com{path}"));
+    for (k, v) in &all {
+        b = b.header(k.as_str(), http::HeaderValue::from_bytes(v).expect("value"));
+    }
+    b = b.header(
+        "authorization",
+        format!(
+            "AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={signed}, Signature={}",
+            hex::encode(sig)
+        ),
+    );
+    b.body(()).expect("request").into_parts().0
+}
+
+/// Header values as HTTP allows them: visible ASCII, spaces, tabs inside, and obs-text
+/// (0x80-0xFF), which need not be UTF-8.
+fn obs_value(src: &mut Src<'_>) -> Vec<u8> {
+    let n = 1 + src.below(12);
+    let mut v: Vec<u8> = (0..n)
+        .map(|_| match src.byte() % 4 {
+            0 => 0x80 | src.byte(),
+            1 => b' ',
+            _ => b'!' + src.byte() % 94,
+        })
+        .collect();
+    v.push(b'v');
+    v
+}
+
+#[test]
+fn fuzz_header_signed_bytes_mutations() {
+    let n = AtomicUsize::new(0);
+    check!()
+        .with_iterations(STRUCT_ITERS)
+        .with_max_len(256)
+        .for_each(|input: &[u8]| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let mut src = Src(input);
+            let nm = 1 + src.below(3);
+            let meta: Vec<(String, Vec<u8>)> =
+                (0..nm).map(|i| (format!("x-amz-meta-b{i}"), obs_value(&mut src))).collect();
+            let method = src.pick(METHODS);
+            let path = format!("/{}", encode_key(&src.string(12, KEY_CHARS)));
+            let parts = byte_sign(method, &path, &meta, T0);
+            let v = verify_head(&parts, &keys(), t0()).unwrap_or_else(|e| {
+                panic!("validly signed request refused: {e}\n{meta:?}")
+            });
+            assert_eq!(v.access_key, AK);
+            // One byte of a signed header value changed to another (non-space, still a valid
+            // header value): refused.
+            let i = src.below(meta.len());
+            let (name, value) = &meta[i];
+            let positions: Vec<usize> =
+                (0..value.len()).filter(|&j| value[j] != b' ').collect();
+            let j = positions[src.below(positions.len())];
+            let mut nv = value.clone();
+            let mut c = match src.byte() % 2 {
+                0 => 0x80 | src.byte(),
+                _ => b'!' + src.byte() % 94,
+            };
+            if c == nv[j] {
+                c = if c == b'x' { b'y' } else { b'x' };
+            }
+            nv[j] = c;
+            let mut bad = parts.clone();
+            bad.headers.insert(
+                name.as_str().parse::<http::HeaderName>().expect("name"),
+                http::HeaderValue::from_bytes(&nv).expect("value"),
+            );
+            let r = verify_head(&bad, &keys(), t0());
+            assert!(r.is_err(), "{name}: {value:?} -> {nv:?} accepted");
+        });
+    report("header_signed_bytes_mutations", &n);
+}
+
 // =============================================================================================
 // (b) Presigned URLs
 
@@ -1182,4 +1300,31 @@ fn regression_xml_deep_nesting_is_refused_not_a_stack_overflow() {
     assert_eq!(xml::parse(&doc), Err(XmlError::TooDeep));
     let ok = format!("{}{}", "<a>".repeat(xml::MAX_DEPTH), "</a>".repeat(xml::MAX_DEPTH));
     assert!(xml::parse(&ok).is_ok());
+}
+
+#[test]
+fn regression_obs_text_header_values_are_signed_as_bytes() {
+    // Found by fuzz_header_signed_bytes_mutations: the canonical headers were built from
+    // `String::from_utf8_lossy`, so a validly signed request whose signed header carries
+    // obs-text that is not UTF-8 was refused, and values differing only in such bytes (each
+    // becoming U+FFFD) had the same canonical form.
+    let value = vec![131, 63, 225, 69, 186, 224, 141, 52, 32, 47, 32, 136, 118];
+    let meta = vec![
+        ("x-amz-meta-b0".to_owned(), b"  v".to_vec()),
+        ("x-amz-meta-b1".to_owned(), value),
+    ];
+    let parts = byte_sign("PUT", "/k", &meta, T0);
+    verify_head(&parts, &keys(), t0()).expect("validly signed request");
+
+    let parts = byte_sign("PUT", "/k", &[("x-amz-meta-a".into(), vec![b'a', 0xC3])], T0);
+    verify_head(&parts, &keys(), t0()).expect("validly signed request");
+    let mut bad = parts.clone();
+    bad.headers.insert(
+        "x-amz-meta-a",
+        http::HeaderValue::from_bytes(&[b'a', 0xC4]).expect("value"),
+    );
+    assert_eq!(
+        verify_head(&bad, &keys(), t0()).map(|_| ()).unwrap_err().code(),
+        "SignatureDoesNotMatch"
+    );
 }
