@@ -1159,6 +1159,66 @@ fn fuzz_chunked_valid_and_mutated() {
     report("chunked_valid_and_mutated", &n);
 }
 
+#[test]
+fn fuzz_plain_body_and_checksum_headers_raw() {
+    // Not aws-chunked: Content-MD5 / x-amz-checksum-* headers and the x-amz-content-sha256
+    // body check, on fuzzed header values and bodies split anywhere.
+    let n = AtomicUsize::new(0);
+    check!()
+        .with_iterations(RAW_ITERS)
+        .with_max_len(512)
+        .for_each(|input: &[u8]| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let mut src = Src(input);
+            let mut headers = http::HeaderMap::new();
+            for _ in 0..src.below(4) {
+                let name = src.pick(&[
+                    "content-md5",
+                    "x-amz-checksum-crc32",
+                    "x-amz-checksum-crc32c",
+                    "x-amz-checksum-crc64nvme",
+                    "x-amz-checksum-sha1",
+                    "x-amz-checksum-sha256",
+                    "x-amz-checksum-algorithm",
+                    "x-amz-checksum-bogus",
+                ]);
+                let raw = src.bytes(48);
+                let value = if src.bool() { base64_of(raw) } else { raw.to_vec() };
+                if let Some(v) = header_value(&value) {
+                    headers.append(name, v);
+                }
+            }
+            let body = src.bytes(200);
+            let cut = src.below(body.len() + 1);
+            if let Ok(mut c) = crate::auth::ChecksumCheck::from_headers(&headers) {
+                let _ = c.checksum();
+                c.update(&body[..cut]);
+                c.update(&body[cut..]);
+                let _ = c.finish();
+            }
+            let check = if src.bool() {
+                BodyCheck::Sha256(hex::encode(crate::auth::sha256(src.bytes(8))))
+            } else {
+                BodyCheck::None
+            };
+            let limit = src.bool().then(|| u64::from(src.byte()));
+            let sha = matches!(&check, BodyCheck::Sha256(h) if *h == hex::encode(crate::auth::sha256(body)));
+            let r = decode(check.clone(), limit, body, &[cut]);
+            let length_ok = limit.is_none_or(|l| l == body.len() as u64);
+            let sha_ok = sha || matches!(check, BodyCheck::None);
+            assert_eq!(r.is_ok(), length_ok && sha_ok, "{r:?}");
+            if let Ok((out, _)) = r {
+                assert_eq!(out, body);
+            }
+        });
+    report("plain_body_and_checksum_headers_raw", &n);
+}
+
+fn base64_of(b: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b).into_bytes()
+}
+
 // =============================================================================================
 // (d) XML reader
 
@@ -1191,7 +1251,23 @@ fn fuzz_xml_raw() {
         .with_max_len(2048)
         .for_each(|input: &[u8]| {
             n.fetch_add(1, Ordering::Relaxed);
-            let doc = String::from_utf8_lossy(input);
+            let mut src = Src(input);
+            // Raw text, or a soup of XML tokens (which random bytes seldom make).
+            let doc = if src.byte() < 64 {
+                String::from_utf8_lossy(src.rest()).into_owned()
+            } else {
+                const TOKENS: &[&str] = &[
+                    "<a>", "</a>", "<s3:b x=\"1\">", "</s3:b>", "</b>", "<c/>", "< d >", "</ d>",
+                    "<", ">", "/", "&amp;", "&lt;", "&#x41;", "&#65;", "&#xD800;", "&#x", "&#",
+                    "&", ";", "&bogus;", "<!--", "-->", "<![CDATA[", "]]>", "<?xml", "?>", " ",
+                    "\n", "text", "é", ":", "<:>", "</:>", "<a:>", "\u{FEFF}",
+                ];
+                let mut d = String::new();
+                while !src.0.is_empty() {
+                    d.push_str(src.pick(TOKENS));
+                }
+                d
+            };
             if let Ok(root) = xml::parse(&doc) {
                 assert!(depth(&root) <= xml::MAX_DEPTH, "deeper than MAX_DEPTH");
                 assert!(!root.name.is_empty());

@@ -30,26 +30,27 @@
 //!
 //! # Fuzzing
 //!
-//! The fuzz targets live in `src/fuzz.rs` and use [`bolero`](https://docs.rs/bolero)'s
-//! `check!()` harness, which runs on stable Rust as an ordinary `#[test]`: under
-//! `cargo test` each target runs a bounded number of random inputs (plus its kept
-//! regression inputs), so all of them together take seconds:
+//! The fuzz targets live in `src/fuzz.rs` (test-only) and use
+//! [`bolero`](https://docs.rs/bolero)'s `check!()` harness, which runs on stable Rust as an
+//! ordinary `#[test]`: under `cargo test` each target draws a bounded number of random inputs
+//! (3000 for raw-byte targets, 400-1200 for the structure-aware ones, which sign every input)
+//! and runs its kept regression inputs, so all of them together take a few seconds:
 //!
 //! ```text
-//! cargo test -p nearcache-s3proto fuzz::
+//! cargo test -p nearcache-s3proto fuzz
 //! ```
 //!
-//! For a long run, raise the number of cases per target with `S3PROTO_FUZZ_ITERS`
-//! (default 2000 for raw-byte targets, fewer for the structure-aware ones, which sign every
-//! input), preferably in release mode:
+//! For a long run, raise the bound with bolero's own variables, `BOLERO_RANDOM_ITERATIONS`
+//! (cases per target) or `BOLERO_RANDOM_TEST_TIME_MS` (time per target), preferably in
+//! release mode; each target prints how many cases it ran:
 //!
 //! ```text
-//! S3PROTO_FUZZ_ITERS=1000000 cargo test -p nearcache-s3proto --release fuzz:: -- --nocapture
+//! BOLERO_RANDOM_ITERATIONS=1000000 cargo test -p nearcache-s3proto --release fuzz_ -- --nocapture --test-threads=2
 //! ```
 //!
-//! The same targets run under a coverage-guided engine with `cargo bolero test
-//! <target path>` where a nightly toolchain and `cargo-bolero` are available (not needed for
-//! the stable runs above).
+//! A failure prints the `BOLERO_RANDOM_SEED=...` that replays it. Where a nightly toolchain
+//! and `cargo-bolero` are available, `cargo bolero test -p nearcache-s3proto <target>` runs
+//! the same targets coverage-guided; nothing here needs it.
 
 #![forbid(unsafe_code)]
 
