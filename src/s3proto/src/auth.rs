@@ -939,7 +939,10 @@ fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> Vec<u8> {
 
 fn push_trimmed(out: &mut Vec<u8>, v: &[u8]) {
     let start = v.iter().position(|&b| b != b' ').unwrap_or(v.len());
-    let end = v.iter().rposition(|&b| b != b' ').map_or(start, |i| i.saturating_add(1));
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i.saturating_add(1));
     let mut prev_space = false;
     for &b in v.get(start..end).unwrap_or_default() {
         if b == b' ' {
@@ -1036,10 +1039,11 @@ pub(crate) fn parse_amz_date(s: &str) -> Option<SystemTime> {
         return None;
     }
     let days = days_from_civil(i64::from(y), mo, d);
-    let day_secs = h.checked_mul(3600)?.checked_add(mi.checked_mul(60)?)?.checked_add(se)?;
-    let secs = days
-        .checked_mul(86_400)?
-        .checked_add(i64::from(day_secs))?;
+    let day_secs = h
+        .checked_mul(3600)?
+        .checked_add(mi.checked_mul(60)?)?
+        .checked_add(se)?;
+    let secs = days.checked_mul(86_400)?.checked_add(i64::from(day_secs))?;
     let secs = u64::try_from(secs).ok()?;
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }

@@ -131,17 +131,13 @@ pub fn parse(doc: &str) -> Result<Elem, XmlError> {
                 .ok_or(XmlError::Unterminated("comment"))?
                 .1;
         } else if let Some(r) = after.strip_prefix("![CDATA[") {
-            let (data, r) = r
-                .split_once("]]>")
-                .ok_or(XmlError::Unterminated("CDATA"))?;
+            let (data, r) = r.split_once("]]>").ok_or(XmlError::Unterminated("CDATA"))?;
             if let Some(cur) = stack.last_mut() {
                 cur.text.push_str(data);
             }
             rest = r;
         } else if let Some(r) = after.strip_prefix('/') {
-            let (tag, r) = r
-                .split_once('>')
-                .ok_or(XmlError::Unterminated("end tag"))?;
+            let (tag, r) = r.split_once('>').ok_or(XmlError::Unterminated("end tag"))?;
             let name = local_name(tag.trim());
             let done = stack
                 .pop()
@@ -150,9 +146,7 @@ pub fn parse(doc: &str) -> Result<Elem, XmlError> {
             stack.last_mut().unwrap_or(&mut top).children.push(done);
             rest = r;
         } else {
-            let (inner, r) = after
-                .split_once('>')
-                .ok_or(XmlError::Unterminated("tag"))?;
+            let (inner, r) = after.split_once('>').ok_or(XmlError::Unterminated("tag"))?;
             let (inner, empty) = match inner.strip_suffix('/') {
                 Some(i) => (i, true),
                 None => (inner, false),
