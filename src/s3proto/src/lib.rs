@@ -33,7 +33,7 @@
 //! The fuzz targets live in `src/fuzz.rs` (test-only) and use
 //! [`bolero`](https://docs.rs/bolero)'s `check!()` harness, which runs on stable Rust as an
 //! ordinary `#[test]`: under `cargo test` each target draws a bounded number of random inputs
-//! (3000 for raw-byte targets, 400-1200 for the structure-aware ones, which sign every input)
+//! (3000 per target, 400-1200 for the ones that sign every input)
 //! and runs its kept regression inputs, so all of them together take a few seconds:
 //!
 //! ```text
