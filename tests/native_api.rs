@@ -961,7 +961,11 @@ fn a_stalled_request_body_is_cut_with_408() {
     .unwrap();
     // Served while the stalled one waits.
     assert_eq!(
-        client().get(node.url("/api/v1/ping")).send().unwrap().status(),
+        client()
+            .get(node.url("/api/v1/ping"))
+            .send()
+            .unwrap()
+            .status(),
         200
     );
     let mut resp = vec![0u8; 4096];
@@ -969,7 +973,11 @@ fn a_stalled_request_body_is_cut_with_408() {
     let resp = String::from_utf8_lossy(&resp[..n]).to_string();
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("no request body bytes arrived"), "{resp}");
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(
         client()
             .get(node.url(&format!("/api/v1/get/{id}")))

@@ -156,6 +156,13 @@ impl From<OriginError> for S3Error {
     }
 }
 
+/// A request document the reader cannot make sense of is S3's `MalformedXML`.
+impl From<nearcache_s3proto::xml::XmlError> for S3Error {
+    fn from(e: nearcache_s3proto::xml::XmlError) -> S3Error {
+        S3Error::malformed_xml(e.to_string())
+    }
+}
+
 impl From<MeshError> for S3Error {
     fn from(e: MeshError) -> Self {
         S3Error::service_unavailable(e.to_string())

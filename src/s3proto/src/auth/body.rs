@@ -19,6 +19,16 @@
 //! chunk of a trailer variant is tolerated (some encoders send one), and so is a body that ends
 //! without the closing blank line once everything it carried has been verified.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
 use std::fmt;
 
 use base64::Engine as _;
@@ -424,7 +434,9 @@ impl BodyDecoder {
     pub fn decoded_len(&self) -> u64 {
         match &self.inner {
             Inner::Plain { total, .. } => *total,
-            Inner::Chunked(c) => c.total - c.held.iter().map(|b| b.len() as u64).sum::<u64>(),
+            Inner::Chunked(c) => c
+                .total
+                .saturating_sub(c.held.iter().map(|b| b.len() as u64).sum::<u64>()),
         }
     }
 
@@ -436,7 +448,7 @@ impl BodyDecoder {
                 total,
                 limit,
             } => {
-                *total += raw.len() as u64;
+                *total = total.saturating_add(raw.len() as u64);
                 if let Some(l) = limit {
                     if *total > *l {
                         return Err(length_mismatch(*l, &format!("more than {l}")));
@@ -505,29 +517,28 @@ impl BodyDecoder {
 }
 
 impl Chunked {
-    fn feed(&mut self, raw: Bytes, out: &mut Vec<Bytes>) -> Result<(), AuthError> {
-        let mut pos = 0;
-        while pos < raw.len() {
+    fn feed(&mut self, mut raw: Bytes, out: &mut Vec<Bytes>) -> Result<(), AuthError> {
+        while !raw.is_empty() {
             match self.state {
                 State::Data { remaining } => {
-                    let n = remaining.min((raw.len() - pos) as u64) as usize;
-                    let slice = raw.slice(pos..pos + n);
-                    pos += n;
-                    self.on_data(slice, remaining - n as u64, out)?;
+                    let n = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(raw.len());
+                    let slice = raw.split_to(n);
+                    self.on_data(slice, remaining.saturating_sub(n as u64), out)?;
                 }
                 State::Done => return Err(framing("bytes after the end of the body")),
                 State::Header | State::DataEnd | State::FinalEnd | State::Trailers => {
-                    let rest = &raw[pos..];
-                    let (piece, complete) = match rest.iter().position(|&b| b == b'\n') {
-                        Some(i) => (&rest[..i], true),
-                        None => (rest, false),
-                    };
-                    if self.line.len() + piece.len() > MAX_LINE {
+                    let newline = raw.iter().position(|&b| b == b'\n');
+                    let piece_len = newline.unwrap_or(raw.len());
+                    if self.line.len().saturating_add(piece_len) > MAX_LINE {
                         return Err(framing("line too long"));
                     }
-                    self.line.extend_from_slice(piece);
-                    pos += piece.len() + usize::from(complete);
-                    if complete {
+                    let piece = raw.split_to(piece_len);
+                    self.line.extend_from_slice(&piece);
+                    if newline.is_some() {
+                        // Drop the '\n' itself (`raw` starts with it).
+                        let _ = raw.split_to(1);
                         let mut line = std::mem::take(&mut self.line);
                         if line.pop() != Some(b'\r') {
                             return Err(framing("line not terminated by CRLF"));
@@ -546,7 +557,7 @@ impl Chunked {
         remaining: u64,
         out: &mut Vec<Bytes>,
     ) -> Result<(), AuthError> {
-        self.total += data.len() as u64;
+        self.total = self.total.saturating_add(data.len() as u64);
         self.state = if remaining == 0 {
             State::DataEnd
         } else {
