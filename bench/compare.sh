@@ -9,7 +9,15 @@
 #
 # Env: DURATION (10s), WARMUP (2s), RUNS (3, the median is reported), CONNS ("16 128"),
 #      SIZES ("4KiB 64KiB 1MiB"), OBJECTS ("2000 500 100": per size), LT_THREADS (1),
-#      NC_SHARDS (2), NGINX_WORKERS (2), OUT (bench/results/<date>).
+#      NC_SHARDS (2), NGINX_WORKERS (2), OUT (bench/results/<date>),
+#      NC_BASELINE (path to another nearcache binary, e.g. a build of an earlier commit:
+#      it runs beside this one as target "nearcache-baseline", for A/B in one run),
+#      ONLY (space-separated target names to measure; default all).
+#
+#   # A/B of the working tree against a commit, hot GETs only:
+#   git worktree add --detach /tmp/nc-base <commit> && (cd /tmp/nc-base && cargo build --release -p nearcache)
+#   NC_BASELINE=/tmp/nc-base/target/release/nearcache ONLY="nearcache nearcache-baseline nginx-static" \
+#     SIZES=4KiB OBJECTS=2000 CONNS=32 RUNS=5 bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,7 +27,8 @@ LT_THREADS=${LT_THREADS:-1}; NC_SHARDS=${NC_SHARDS:-2}; NGINX_WORKERS=${NGINX_WO
 DATE=$(date -u +%Y-%m-%d)
 OUT=${OUT:-$ROOT/bench/results/$DATE}
 WORK=$ROOT/bench/work
-P_S3=19000 P_NC=19080 P_STATIC=19081 P_PROXY=19082 P_VARNISH=19083 BUCKET=bench
+P_S3=19000 P_NC=19080 P_STATIC=19081 P_PROXY=19082 P_VARNISH=19083 P_NCB=19084 BUCKET=bench
+NC_BASELINE=${NC_BASELINE:-}; ONLY=${ONLY:-}
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 
@@ -71,6 +80,16 @@ log "starting nearcache on :$P_NC ($NC_SHARDS shards)"
   --s3-path-style --memory-capacity 1GiB --disk-capacity 8GiB --log-level warn >"$WORK/nearcache.log" 2>&1 &
 PIDS+=($!); NC_PID=$!
 wait_port $P_NC
+if [ -n "$NC_BASELINE" ]; then
+  log "starting the baseline nearcache ($NC_BASELINE) on :$P_NCB"
+  mkdir -p "$WORK/ncb-data"
+  "$NC_BASELINE" --listen 127.0.0.1:$P_NCB --data-dir "$WORK/ncb-data" --shards $NC_SHARDS \
+    --s3-listen 127.0.0.1:19085 \
+    --s3-endpoint http://127.0.0.1:$P_S3 --s3-bucket $BUCKET --s3-access-key test --s3-secret-key test \
+    --s3-path-style --memory-capacity 1GiB --disk-capacity 8GiB --log-level warn >"$WORK/nearcache-baseline.log" 2>&1 &
+  PIDS+=($!); NCB_PID=$!
+  wait_port $P_NCB
+fi
 
 cat >"$WORK/nginx-static.conf" <<CONF
 worker_processes $NGINX_WORKERS;
@@ -145,6 +164,17 @@ TARGETS=(
   "varnish|http://127.0.0.1:$P_VARNISH|/{key}|plain|pgrep -f 'varnishd.*$WORK/varnish'"
   "s3-direct|http://127.0.0.1:$P_S3|/$BUCKET/{key}|plain|echo $S3_PID"
 )
+if [ -n "$NC_BASELINE" ]; then
+  TARGETS+=("nearcache-baseline|http://127.0.0.1:$P_NCB|/api/v1/get/{id}|native|echo $NCB_PID")
+fi
+if [ -n "$ONLY" ]; then
+  kept=()
+  for t in "${TARGETS[@]}"; do
+    name=${t%%|*}
+    for o in $ONLY; do [ "$o" = "$name" ] && kept+=("$t"); done
+  done
+  TARGETS=("${kept[@]}")
+fi
 
 cpu_ticks() { local t=0; for p in $(eval "$1"); do
     [ -r /proc/$p/stat ] && t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
