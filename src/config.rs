@@ -475,6 +475,10 @@ pub struct ServeArgs {
 
 impl Config {
     /// Builds the effective config: defaults, then the TOML file, then env and flags.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "start-up, on the main thread"
+    )]
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         let mut cfg = match &args.config {
             Some(path) => {

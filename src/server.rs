@@ -46,6 +46,10 @@ const NODE_FILE: &str = "nearcache.json";
 const NODE_FILE_FORMAT: u64 = 1;
 
 /// Takes the data dir's lock file, or explains who holds it.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up, on the main thread, before any shard serves"
+)]
 fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let path = dir.join("LOCK");
@@ -73,6 +77,10 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 
 /// Keys are placed by hash over the shard count, so a data dir only works with the
 /// count it was created with.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up, on the main thread, before any shard serves"
+)]
 fn check_node_file(dir: &Path, shards: usize) -> anyhow::Result<String> {
     let path = dir.join(NODE_FILE);
     match std::fs::read_to_string(&path) {
@@ -166,6 +174,10 @@ struct ListenAddrs {
     cluster: Option<SocketAddr>,
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up, on the main thread, before any shard serves"
+)]
 pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let lock = lock_data_dir(&cfg.server.data_dir)?;
     let n = cfg.shard_count();

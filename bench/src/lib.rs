@@ -16,6 +16,10 @@
 //!
 //! The library part holds what the binaries and benches share: workload generators.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a tool: no shard threads here, blocking file calls are fine"
+)]
 
 use rand::rngs::StdRng;
 use rand::Rng;

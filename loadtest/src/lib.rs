@@ -31,6 +31,10 @@
 //! worker `t` owns connections `c` with `c % threads == t` and runs one request loop
 //! ("slot") per HTTP/1.1 connection or `--streams` per HTTP/2 connection.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a tool: no shard threads here, blocking file calls are fine"
+)]
 
 pub mod cli;
 pub mod content;

@@ -4,6 +4,10 @@
 //! Exit status: 0 on success, 1 on a setup error or (with `--fail-on-error`) when any
 //! request failed.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a tool: no shard threads here, blocking file calls are fine"
+)]
 
 use clap::Parser;
 use nearcache_loadtest::{Cli, Command};

@@ -301,6 +301,10 @@ pub(crate) struct ChangesRead {
 }
 
 impl Journal {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "start-up, before the shard serves any request"
+    )]
     pub fn open(
         dir: &Path,
         map_size: u64,

@@ -84,6 +84,10 @@ fn grow(v: &mut Vec<u64>, n: usize) {
 }
 
 impl SyncBook {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "start-up, on the main thread"
+    )]
     pub fn open(data_dir: PathBuf) -> anyhow::Result<SyncBook> {
         let path = data_dir.join(BOOK_FILE);
         let book = match std::fs::read_to_string(&path) {
@@ -128,6 +132,10 @@ impl SyncBook {
     /// Writes the positions atomically: a temp file, fsync, rename, fsync of the
     /// directory. A crash leaves the old or the new book, never a torn one. Blocking:
     /// call it from the saver thread or at shutdown, not from a shard thread.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "runs on the book saver thread and at shutdown, never on a shard thread"
+    )]
     pub fn save(&self) -> std::io::Result<()> {
         use std::io::Write;
         let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());

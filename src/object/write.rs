@@ -265,9 +265,8 @@ pub struct Staged {
 }
 
 impl Staged {
-    pub fn remove(self) {
-        // A metadata-only syscall, like the store's own unlinks of abandoned writes.
-        if let Err(e) = std::fs::remove_file(&self.path) {
+    pub async fn remove(self) {
+        if let Err(e) = monoio::fs::remove_file(&self.path).await {
             tracing::warn!(path = %self.path.display(), error = %e, "removing a staged body");
         }
     }
@@ -331,7 +330,7 @@ pub async fn stage<C: ObjectCtx, E, S: BodyStream<E>>(
             Ok(staged)
         }
         Err(e) => {
-            staged.remove();
+            staged.remove().await;
             Err(e)
         }
     }
@@ -352,7 +351,7 @@ async fn put_uncached<C: ObjectCtx, E, S: BodyStream<E>>(
     let staged = stage(ctx, body, ctx.objects().cfg.api.max_object_size.0).await?;
     if let Some(len) = req.content_length.filter(|&l| l != staged.len) {
         let got = staged.len;
-        staged.remove();
+        staged.remove().await;
         return Err(ObjectError::IncompleteBody {
             got,
             expected: format!("Content-Length is {len}"),
@@ -371,7 +370,7 @@ async fn put_uncached<C: ObjectCtx, E, S: BodyStream<E>>(
         .put_file_in(&loc, staged.path.clone(), 0, staged.len, meta)
         .await;
     let size = staged.len;
-    staged.remove();
+    staged.remove().await;
     let put = res.map_err(ObjectError::from)?;
     Ok(Written {
         key: req.key.into_string(),

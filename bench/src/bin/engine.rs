@@ -23,6 +23,10 @@
 //! CPU µs/op is the process's user+system time (shard thread and the journal's writer
 //! thread) over the phase, divided by its operations.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a tool: no shard threads here, blocking file calls are fine"
+)]
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;

@@ -11,6 +11,10 @@
 //! way the shard drives it: a hit calls `access`; a miss calls `make_room` then
 //! `insert`. Cold-start misses are counted (they are the same for both policies).
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a tool: no shard threads here, blocking file calls are fine"
+)]
 
 use std::fmt::Write as _;
 use std::process::ExitCode;

@@ -59,7 +59,11 @@ pub trait Device {
     /// Opens an existing file for reading.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
 
-    /// Removes a file.
+    /// Removes a file. The plain-syscall device blocks here (as for every other call).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the syscall device is the blocking fallback; the io_uring one overrides this"
+    )]
     async fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }

@@ -76,6 +76,11 @@ impl Device for UringDevice {
         self.direct.load(Ordering::Relaxed)
     }
 
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        // unlinkat on the ring: the shard thread does not block on the file system.
+        monoio::fs::remove_file(path).await
+    }
+
     async fn create(&self, path: &Path) -> io::Result<UringFile> {
         self.open_with(path, true).await
     }

@@ -6,6 +6,10 @@ use super::*;
 impl Shard {
     /// Opens (or creates) the shard in `cfg.dir`: opens the journal, rebuilds the
     /// in-memory index, removes orphaned data files left by writes that never committed.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "start-up, before the shard serves any request"
+    )]
     pub async fn open(cfg: ShardConfig) -> Result<(Shard, RecoveryReport), StoreError> {
         let started = Instant::now();
         let objects_dir = cfg.dir.join("objects");

@@ -75,7 +75,7 @@ pub async fn upload_part(
             Some(staged.md5_hex.clone()),
         )
         .await;
-    staged.remove();
+    staged.remove().await;
     let etag = res?;
     let mut r = empty(StatusCode::OK);
     r.headers_mut().insert(header::ETAG, quoted(&etag));

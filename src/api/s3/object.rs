@@ -459,7 +459,7 @@ pub(crate) async fn stage_body(
     let staged = write::stage(ctx, stream, max).await.map_err(write_error)?;
     if let Some(len) = expected.filter(|&l| l != staged.len) {
         let got = staged.len;
-        staged.remove();
+        staged.remove().await;
         return Err(ObjectError::IncompleteBody {
             got,
             expected: format!("Content-Length is {len}"),
