@@ -440,7 +440,9 @@ impl Service {
             Job::EnsureBucket { reply } => {
                 let limit = self.limit(class, enqueued, 0);
                 let res = self
-                    .run(Op::EnsureBucket, "", &limit, || self.backend.ensure_bucket())
+                    .run(Op::EnsureBucket, "", &limit, || {
+                        self.backend.ensure_bucket()
+                    })
                     .await;
                 let _ = reply.send(res);
             }
@@ -489,7 +491,9 @@ impl Service {
         let key = self.origin_key(&bucket, &key);
         let b = bucket.as_deref();
         let res = self
-            .run(Op::Get, &key, limit, || self.backend.get(b, &key, range, part))
+            .run(Op::Get, &key, limit, || {
+                self.backend.get(b, &key, range, part)
+            })
             .await;
         match res {
             Ok(OpenedGet { meta, range, body }) => {

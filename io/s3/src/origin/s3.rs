@@ -25,8 +25,8 @@ use tracing::{debug, info};
 use super::{BodySource, Call, FileSlice, OpenedGet, Reply};
 use crate::{
     BucketInfo, CopyResult, CopySource, ListEntry, ListPage, ListParams, ObjectLoc, OriginConfig,
-    OriginDeadlines, OriginError, OriginKind, OriginStats, PartInfo, PartsPage, PutMeta,
-    PutResult, RemoteMeta, UploadInfo, UploadsPage, UploadsParams,
+    OriginDeadlines, OriginError, OriginKind, OriginStats, PartInfo, PartsPage, PutMeta, PutResult,
+    RemoteMeta, UploadInfo, UploadsPage, UploadsParams,
 };
 
 pub(crate) struct S3Origin {
@@ -691,7 +691,11 @@ impl S3Origin {
         }
     }
 
-    async fn abort_multipart(&self, loc: &ObjectLoc, upload_id: &str) -> Result<Reply, OriginError> {
+    async fn abort_multipart(
+        &self,
+        loc: &ObjectLoc,
+        upload_id: &str,
+    ) -> Result<Reply, OriginError> {
         self.client
             .abort_multipart_upload()
             .bucket(&loc.bucket)
@@ -794,7 +798,9 @@ async fn file_body(src: FileSlice<'_>, what: &str) -> Result<ByteStream, OriginE
         .length(Length::Exact(src.len))
         .build()
         .await
-        .map_err(|e| OriginError::Rejected(format!("open {what} source {}: {e}", src.path.display())))
+        .map_err(|e| {
+            OriginError::Rejected(format!("open {what} source {}: {e}", src.path.display()))
+        })
 }
 
 /// The Content-MD5 header value (base64) of a hex MD5.
