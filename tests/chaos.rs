@@ -325,7 +325,17 @@ fn kill9_write_storms_lose_no_acknowledged_write_or_delete() {
     // Now without S3 at all: the node alone serves everything acknowledged.
     moto.kill();
     node.kill9();
-    let mut node = Node::start(&spec, START_BOUND).expect("node without S3");
+    let mut node = match Node::start(&spec, START_BOUND) {
+        Ok(n) => {
+            ledger_out.check("restart after kill -9 with S3 down succeeds", true, "healthy");
+            n
+        }
+        Err(e) => {
+            ledger_out.check("restart after kill -9 with S3 down succeeds", false, &e);
+            std::thread::sleep(Duration::from_secs(2));
+            Node::start(&spec, START_BOUND).expect("node without S3, second try")
+        }
+    };
     let v = verify_node(&node.base(), &l);
     totals.checked += v.checked;
     totals.lost.extend(v.lost);
@@ -663,6 +673,7 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
     let mut statuses: HashMap<String, u64> = HashMap::new();
     let mut slowest = Duration::ZERO;
     let mut ops = 0;
+    let mut first_refusal = String::new();
     for i in 0..120u64 {
         let size = if i % 3 == 0 { 2_000_000 } else { 700_000 };
         let body = random_bytes(size, 9_000 + i);
@@ -681,6 +692,8 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
                 let s = r.status().as_u16();
                 if s == 200 {
                     acked.push((id, md5_hex(&body), size));
+                } else if first_refusal.is_empty() {
+                    first_refusal = format!("{s} {}", r.text().unwrap_or_default());
                 }
                 s.to_string()
             }
@@ -716,7 +729,7 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
     ledger.check(
         "refused writes answer 507 (no other error, no hang)",
         only_507 && refused > 0,
-        format!("answers {st:?}"),
+        format!("answers {st:?}; first refusal: {first_refusal}"),
     );
     let alive = node.is_running()
         && c
@@ -874,18 +887,30 @@ fn abusive_clients_do_not_starve_others() {
             })
         })
         .collect();
-    // Slow bodies: a PUT that announces 100 kB and sends a byte a second.
+    // Slow bodies: a PUT that announces 100 kB and sends a byte a second; the server
+    // must end it (an error answer or a close) rather than wait forever.
+    let slow_body_cut = Arc::new(AtomicU64::new(0));
     let slow_bodies: Vec<_> = (0..10 * scale)
         .map(|_| {
-            let (addr, stop) = (addr.clone(), stop.clone());
+            let (addr, stop, cut) = (addr.clone(), stop.clone(), slow_body_cut.clone());
             std::thread::spawn(move || {
                 let Ok(mut s) = TcpStream::connect(&addr) else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
                 let _ = s.write_all(
                     b"POST /api/v1/put HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nX-Meta-ConsistencyLevel: 0\r\n\r\n",
                 );
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_secs(1));
-                    if s.write_all(b"z").is_err() {
+                    let mut b = [0u8; 64];
+                    let answered = match s.read(&mut b) {
+                        Ok(_) => true, // an answer, or 0 = closed
+                        Err(e) => !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                    };
+                    if answered || s.write_all(b"z").is_err() {
+                        cut.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }
@@ -992,9 +1017,15 @@ fn abusive_clients_do_not_starve_others() {
         cut == 20 * scale as u64,
         format!("{cut} of {} cut within {waited:.1?} (header timeout {header_timeout:?})", 20 * scale),
     );
+    let body_cut = slow_body_cut.load(Ordering::Relaxed);
     for h in slow_bodies {
         let _ = h.join();
     }
+    ledger.check(
+        "slow request bodies are cut (body read timeout)",
+        body_cut == 10 * scale as u64,
+        format!("{body_cut} of {} ended by the server within {waited:.1?}", 10 * scale),
+    );
     let still = http(Duration::from_secs(5))
         .get(format!("{base}/healthz"))
         .send()

@@ -146,6 +146,8 @@ impl NodeSpec {
 pub struct Node {
     pub spec: NodeSpec,
     child: Option<Child>,
+    /// Where this process's lines start in the (shared, appended) log.
+    log_offset: u64,
 }
 
 impl Node {
@@ -158,6 +160,7 @@ impl Node {
             spec.toml
         );
         std::fs::write(&cfg_path, toml).unwrap();
+        let log_offset = std::fs::metadata(&spec.log).map(|m| m.len()).unwrap_or(0);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -188,12 +191,14 @@ impl Node {
             ]);
         }
         cmd.args(&spec.extra_args)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().expect("spawn nearcache");
         Node {
             spec: spec.clone(),
             child: Some(child),
+            log_offset,
         }
     }
 
@@ -227,14 +232,14 @@ impl Node {
                     self.child = None;
                     return Err(format!(
                         "nearcache exited while starting ({status}): {}",
-                        log_tail(&self.spec.log)
+                        log_tail(&self.spec.log, self.log_offset)
                     ));
                 }
             }
             if t.elapsed() > within {
                 return Err(format!(
                     "not healthy within {within:?}: {}",
-                    log_tail(&self.spec.log)
+                    log_tail(&self.spec.log, self.log_offset)
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -285,14 +290,32 @@ impl Drop for Node {
     }
 }
 
-/// The last lines of a log file.
-pub fn log_tail(path: &Path) -> String {
+/// The last lines a process wrote to its log (from `offset`), without ANSI colours.
+pub fn log_tail(path: &Path, offset: u64) -> String {
+    use std::io::{Seek, SeekFrom};
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.seek(SeekFrom::Start(offset));
         let _ = f.read_to_string(&mut s);
     }
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(8)..].join("\n")
+    let mut clean = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            clean.push(ch);
+        }
+    }
+    let lines: Vec<&str> = clean
+        .lines()
+        .filter(|l| !l.contains("without access keys"))
+        .collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
 /// An independent S3 client (aws-sdk-s3 on its own runtime) to see what reached S3.
