@@ -11,6 +11,9 @@
 //! client phases scale their operation counts with it too), e.g.
 //!     NEARCACHE_CHAOS_ROUNDS=50 cargo test -p nearcache --test chaos -- --nocapture
 //!
+//! `NEARCACHE_CHAOS_BIN=/path/to/nearcache` runs the scenarios against another build
+//! (e.g. an older commit's, to compare).
+//!
 //! Every scenario runs its own moto (`nearcache_s3::testutil::Moto`) so stopping one
 //! origin never disturbs another scenario. The disk-full scenario mounts a tmpfs (needs
 //! root) and always unmounts it. Requirements are written as they should hold; checks that
@@ -591,6 +594,68 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
         clear == miss_results.len(),
         format!("{clear} of {} clear; e.g. {sample}", miss_results.len()),
     );
+
+    // The same through the S3-compatible API (one attempt per request, so the time is
+    // the server's): GetObject misses and PutObject (written through to the origin) must
+    // answer within the bound with an error, never hang.
+    let api_results: Vec<(&str, Duration, InS3)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6u64)
+            .map(|i| {
+                let (target, bucket) = (spec.s3api(), bucket.clone());
+                let miss = s3_only[i as usize % s3_only.len()].clone();
+                sc.spawn(move || {
+                    let api = S3Check::with_attempts(&target, &bucket, 1, MISS_BOUND * 3);
+                    let t = Instant::now();
+                    if i < 3 {
+                        let r = api.get(&miss);
+                        ("GetObject miss", t.elapsed(), r)
+                    } else {
+                        let r = match api.put(&format!("api-put-{i}"), random_bytes(3000, 777 + i)) {
+                            Ok(()) => InS3::Md5("acknowledged".into()),
+                            Err(e) => InS3::Error(e),
+                        };
+                        ("PutObject", t.elapsed(), r)
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let api_in_bound = api_results.iter().filter(|(_, d, _)| *d <= MISS_BOUND).count();
+    let api_errors = api_results
+        .iter()
+        // "service error": the node answered (an SDK timeout or dispatch failure reads
+        // differently).
+        .filter(|(_, _, r)| matches!(r, InS3::Error(e) if e.starts_with("service error")))
+        .count();
+    let describe = |(what, d, r): &(&str, Duration, InS3)| {
+        let r = match r {
+            InS3::Error(e) => e.chars().take(200).collect::<String>(),
+            other => format!("{other:?}"),
+        };
+        format!("{what} {d:.1?}: {r}")
+    };
+    ledger.check(
+        "S3 API GetObject misses and PutObjects answer within the bound",
+        api_in_bound == api_results.len(),
+        format!(
+            "{} requests, {api_in_bound} within {MISS_BOUND:?}; slowest {:.1?}",
+            api_results.len(),
+            api_results.iter().map(|(_, d, _)| *d).max().unwrap_or_default()
+        ),
+    );
+    ledger.check(
+        "S3 API GetObject misses and PutObjects fail with an error answer (not a client timeout)",
+        api_errors == api_results.len(),
+        format!(
+            "{api_errors} of {} answered with an error; e.g. {}",
+            api_results.len(),
+            api_results.first().map(describe).unwrap_or_default()
+        ),
+    );
+    for r in &api_results {
+        ledger.note(describe(r));
+    }
 
     // The origin dies and comes back empty (moto keeps objects in memory): the queue
     // must drain into it.

@@ -21,6 +21,14 @@ pub fn rounds(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The binary under test: `NEARCACHE_CHAOS_BIN` if set (e.g. a build of another
+/// commit, to compare), else this package's `nearcache`.
+pub fn binary() -> PathBuf {
+    std::env::var_os("NEARCACHE_CHAOS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nearcache")))
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -118,6 +126,8 @@ pub enum Origin {
 pub struct NodeSpec {
     pub data_dir: PathBuf,
     pub port: u16,
+    /// The S3-compatible API's port (keys [`S3API_ACCESS_KEY`] / [`S3API_SECRET_KEY`]).
+    pub s3_port: u16,
     pub origin: Origin,
     pub extra_args: Vec<String>,
     /// Extra TOML for the config file (`[server]` etc. sections).
@@ -130,6 +140,7 @@ impl NodeSpec {
         NodeSpec {
             data_dir: data_dir.to_owned(),
             port: free_port(),
+            s3_port: free_port(),
             origin,
             extra_args: Vec::new(),
             toml: String::new(),
@@ -140,7 +151,21 @@ impl NodeSpec {
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The node's S3-compatible API as an S3 target.
+    pub fn s3api(&self) -> S3Target {
+        S3Target {
+            endpoint: format!("http://127.0.0.1:{}", self.s3_port),
+            region: "us-east-1".into(),
+            access_key: S3API_ACCESS_KEY.into(),
+            secret_key: S3API_SECRET_KEY.into(),
+        }
+    }
 }
+
+/// The key pair every chaos node's S3-compatible API accepts.
+pub const S3API_ACCESS_KEY: &str = "NCCHAOSKEY";
+pub const S3API_SECRET_KEY: &str = "nc-chaos-secret";
 
 /// A running `nearcache serve` child process.
 pub struct Node {
@@ -156,7 +181,7 @@ impl Node {
         let cfg_path = spec.log.with_extension("toml");
         // Fast retries of pending uploads so drains are quick to observe.
         let toml = format!(
-            "[server]\npin_cores = false\nshutdown_grace_secs = 3\n{}\n[origin]\nmax_attempts = 3\ninitial_backoff_ms = 50\nupload_max_backoff_secs = 2\n",
+            "[server]\npin_cores = false\nshutdown_grace_secs = 3\n{}\n[origin]\nmax_attempts = 3\ninitial_backoff_ms = 50\nupload_max_backoff_secs = 2\n\n[[s3api.keys]]\naccess_key = \"{S3API_ACCESS_KEY}\"\nsecret_key = \"{S3API_SECRET_KEY}\"\n",
             spec.toml
         );
         std::fs::write(&cfg_path, toml).unwrap();
@@ -166,13 +191,13 @@ impl Node {
             .append(true)
             .open(&spec.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nearcache"));
+        let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg_path)
             .args(["--listen", &format!("127.0.0.1:{}", spec.port)])
             .args(["--shards", "2", "--log-level", "warn"])
-            .args(["--s3-listen", "127.0.0.1:0"])
+            .args(["--s3-listen", &format!("127.0.0.1:{}", spec.s3_port)])
             .arg("--data-dir")
             .arg(&spec.data_dir);
         if let Origin::S3 { target, bucket } = &spec.origin {
@@ -336,6 +361,16 @@ pub enum InS3 {
 
 impl S3Check {
     pub fn new(target: &S3Target, bucket: &str) -> S3Check {
+        S3Check::with_attempts(target, bucket, 3, Duration::from_secs(10))
+    }
+
+    /// A client making `attempts` attempts per request, each request bounded by `timeout`.
+    pub fn with_attempts(
+        target: &S3Target,
+        bucket: &str,
+        attempts: u32,
+        timeout: Duration,
+    ) -> S3Check {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -348,7 +383,7 @@ impl S3Check {
             "chaos",
         );
         let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-            .operation_timeout(Duration::from_secs(10))
+            .operation_timeout(timeout)
             .build();
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -357,6 +392,7 @@ impl S3Check {
             .credentials_provider(creds)
             .force_path_style(true)
             .timeout_config(timeouts)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts))
             .build();
         S3Check {
             rt,
