@@ -72,7 +72,8 @@ struct Verdict {
     errors: Vec<String>,
 }
 
-/// Reads every acknowledged id from the node without read-through (`X-Meta-Fetch: 0`).
+/// Reads every acknowledged id from the node: writes without read-through
+/// (`X-Meta-Fetch: 0`), deletes with it.
 fn verify_node(base: &str, l: &Ledgered) -> Verdict {
     let c = http(Duration::from_secs(10));
     let mut v = Verdict::default();
@@ -81,10 +82,13 @@ fn verify_node(base: &str, l: &Ledgered) -> Verdict {
             continue;
         }
         v.checked += 1;
-        let r = c
-            .get(format!("{base}/api/v1/get/{id}"))
-            .header("X-Meta-Fetch", "0")
-            .send();
+        // Writes must be served from the node itself (no read-through); deletes must
+        // stay deleted even where read-through is allowed (S3 may still hold a copy).
+        let mut req = c.get(format!("{base}/api/v1/get/{id}"));
+        if matches!(a, Acked::Put { .. }) {
+            req = req.header("X-Meta-Fetch", "0");
+        }
+        let r = req.send();
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -135,15 +139,14 @@ fn storm_writer(
         let level = (i % 3) as u8;
         let (id, req, outcome) = match victim {
             Some((id, Acked::Put { level: pl, .. })) => {
-                let lvl = level.min(1);
                 let req = c
                     .post(format!("{base}/api/v1/delete/{id}"))
-                    .header("X-Meta-ConsistencyLevel", lvl.to_string());
+                    .header("X-Meta-ConsistencyLevel", level.to_string());
                 (
                     id,
                     req,
                     Acked::Deleted {
-                        level: lvl,
+                        level,
                         put_level: pl,
                     },
                 )
@@ -178,14 +181,14 @@ fn storm_writer(
                 l.acked.insert(id, outcome);
             }
             Ok(r) => {
-                // An answered error: the operation did not happen (the previous state stands).
+                // An answered error. A put of a fresh id was never acknowledged: nothing to
+                // check. A refused delete leaves the id in an unknown state: stop checking it.
                 let mut l = ledger.lock().unwrap();
                 l.errors += 1;
-                if matches!(outcome, Acked::Put { .. }) {
-                    drop(l);
-                } else {
+                if matches!(outcome, Acked::Deleted { .. }) {
                     l.in_doubt.insert(id);
                 }
+                drop(l);
                 let _ = r.bytes();
             }
             Err(_) => {
@@ -321,7 +324,10 @@ fn kill9_write_storms_lose_no_acknowledged_write_or_delete() {
             "{} expected in S3, {} not there after {took:.1?}{}",
             want.len(),
             missing.len(),
-            missing.first().map(|k| format!(" (e.g. {k})")).unwrap_or_default()
+            missing
+                .first()
+                .map(|k| format!(" (e.g. {k})"))
+                .unwrap_or_default()
         ),
     );
 
@@ -330,7 +336,11 @@ fn kill9_write_storms_lose_no_acknowledged_write_or_delete() {
     node.kill9();
     let mut node = match Node::start(&spec, START_BOUND) {
         Ok(n) => {
-            ledger_out.check("restart after kill -9 with S3 down succeeds", true, "healthy");
+            ledger_out.check(
+                "restart after kill -9 with S3 down succeeds",
+                true,
+                "healthy",
+            );
             n
         }
         Err(e) => {
@@ -349,22 +359,39 @@ fn kill9_write_storms_lose_no_acknowledged_write_or_delete() {
     ledger_out.check(
         "no acknowledged write lost (served without S3, X-Meta-Fetch: 0)",
         totals.lost.is_empty(),
-        format!("{} reads of acknowledged ids, lost {} {}", totals.checked, totals.lost.len(), sample(&totals.lost)),
+        format!(
+            "{} reads of acknowledged ids, lost {} {}",
+            totals.checked,
+            totals.lost.len(),
+            sample(&totals.lost)
+        ),
     );
     ledger_out.check(
         "no acknowledged write corrupt (byte for byte)",
         totals.corrupt.is_empty(),
-        format!("corrupt {} {}", totals.corrupt.len(), sample(&totals.corrupt)),
+        format!(
+            "corrupt {} {}",
+            totals.corrupt.len(),
+            sample(&totals.corrupt)
+        ),
     );
     ledger_out.check(
         "no acknowledged delete resurrected",
         totals.resurrected.is_empty(),
-        format!("resurrected {} {}", totals.resurrected.len(), sample(&totals.resurrected)),
+        format!(
+            "resurrected {} {}",
+            totals.resurrected.len(),
+            sample(&totals.resurrected)
+        ),
     );
     ledger_out.check(
         "reads of acknowledged ids answer 200/404",
         totals.errors.is_empty(),
-        format!("other answers {} {}", totals.errors.len(), sample(&totals.errors)),
+        format!(
+            "other answers {} {}",
+            totals.errors.len(),
+            sample(&totals.errors)
+        ),
     );
     node.terminate(Duration::from_secs(10));
     drop(l);
@@ -427,7 +454,10 @@ fn restart_right_after_kill9_succeeds() {
         format!(
             "{} of {rounds} restarts failed, slowest successful {slowest:.1?}{}",
             failures.len(),
-            failures.first().map(|f| format!("; first: {f}")).unwrap_or_default()
+            failures
+                .first()
+                .map(|f| format!("; first: {f}"))
+                .unwrap_or_default()
         ),
     );
     node.kill9();
@@ -481,7 +511,11 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
     }
 
     moto.pause().unwrap();
-    ledger.note(format!("moto SIGSTOPped; {} cached objects, {} only in S3", cached.len(), s3_only.len()));
+    ledger.note(format!(
+        "moto SIGSTOPped; {} cached objects, {} only in S3",
+        cached.len(),
+        s3_only.len()
+    ));
 
     // Writes at level >= 1 are acknowledged (durably queued) within the local bound.
     let mut written = Vec::new();
@@ -513,7 +547,10 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
             "{} writes, {} acknowledged within {LOCAL_BOUND:?}, slowest {write_slowest:.1?}{}",
             n,
             written.len(),
-            write_fail.first().map(|f| format!("; first failure: {f}")).unwrap_or_default()
+            write_fail
+                .first()
+                .map(|f| format!("; first failure: {f}"))
+                .unwrap_or_default()
         ),
     );
 
@@ -543,7 +580,10 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
             "{} reads, {} bad, slowest {read_slowest:.1?}{}",
             cached.len() + written.len(),
             read_bad.len(),
-            read_bad.first().map(|f| format!("; first: {f}")).unwrap_or_default()
+            read_bad
+                .first()
+                .map(|f| format!("; first: {f}"))
+                .unwrap_or_default()
         ),
     );
 
@@ -566,8 +606,15 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let slowest_miss = miss_results.iter().map(|(d, _)| *d).max().unwrap_or_default();
-    let in_bound = miss_results.iter().filter(|(d, _)| *d <= MISS_BOUND).count();
+    let slowest_miss = miss_results
+        .iter()
+        .map(|(d, _)| *d)
+        .max()
+        .unwrap_or_default();
+    let in_bound = miss_results
+        .iter()
+        .filter(|(d, _)| *d <= MISS_BOUND)
+        .count();
     let clear = miss_results
         .iter()
         .filter(|(_, r)| {
@@ -576,10 +623,15 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
         .count();
     let sample = miss_results
         .first()
-        .map(|(d, r)| format!("{d:.1?}: {}", match r {
-            Ok((s, b)) => format!("{s} {}", b.chars().take(160).collect::<String>()),
-            Err(e) => e.clone(),
-        }))
+        .map(|(d, r)| {
+            format!(
+                "{d:.1?}: {}",
+                match r {
+                    Ok((s, b)) => format!("{s} {}", b.chars().take(160).collect::<String>()),
+                    Err(e) => e.clone(),
+                }
+            )
+        })
         .unwrap_or_default();
     ledger.check(
         "read-through misses answer within the bound",
@@ -610,7 +662,8 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
                         let r = api.get(&miss);
                         ("GetObject miss", t.elapsed(), r)
                     } else {
-                        let r = match api.put(&format!("api-put-{i}"), random_bytes(3000, 777 + i)) {
+                        let r = match api.put(&format!("api-put-{i}"), random_bytes(3000, 777 + i))
+                        {
                             Ok(()) => InS3::Md5("acknowledged".into()),
                             Err(e) => InS3::Error(e),
                         };
@@ -621,7 +674,10 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let api_in_bound = api_results.iter().filter(|(_, d, _)| *d <= MISS_BOUND).count();
+    let api_in_bound = api_results
+        .iter()
+        .filter(|(_, d, _)| *d <= MISS_BOUND)
+        .count();
     let api_errors = api_results
         .iter()
         // "service error": the node answered (an SDK timeout or dispatch failure reads
@@ -641,7 +697,11 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
         format!(
             "{} requests, {api_in_bound} within {MISS_BOUND:?}; slowest {:.1?}",
             api_results.len(),
-            api_results.iter().map(|(_, d, _)| *d).max().unwrap_or_default()
+            api_results
+                .iter()
+                .map(|(_, d, _)| *d)
+                .max()
+                .unwrap_or_default()
         ),
     );
     ledger.check(
@@ -762,7 +822,10 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
                 }
                 s.to_string()
             }
-            Err(e) => format!("transport error ({})", if e.is_timeout() { "timeout" } else { "other" }),
+            Err(e) => format!(
+                "transport error ({})",
+                if e.is_timeout() { "timeout" } else { "other" }
+            ),
         };
         *statuses.entry(key).or_default() += 1;
         if !node.is_running() {
@@ -788,20 +851,21 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
         refused > 0,
         format!("{refused} refused"),
     );
-    let only_507 = statuses
-        .iter()
-        .all(|(k, _)| k == "200" || k == "507");
+    let only_507 = statuses.iter().all(|(k, _)| k == "200" || k == "507");
     ledger.check(
         "refused writes answer 507 (no other error, no hang)",
         only_507 && refused > 0,
         format!("answers {st:?}; first refusal: {first_refusal}"),
     );
     let alive = node.is_running()
-        && c
-            .get(format!("{base}/healthz"))
+        && c.get(format!("{base}/healthz"))
             .send()
             .is_ok_and(|r| r.status() == 200);
-    ledger.check("the node keeps running and answers /healthz", alive, format!("alive {alive}"));
+    ledger.check(
+        "the node keeps running and answers /healthz",
+        alive,
+        format!("alive {alive}"),
+    );
     let verify = |base: &str, acked: &[(String, String, usize)]| {
         let mut bad = Vec::new();
         for (id, md5, size) in acked {
@@ -826,7 +890,14 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
     ledger.check(
         "acknowledged objects are served intact while the disk is full",
         bad.is_empty(),
-        format!("{} acknowledged, {} bad{}", acked.len(), bad.len(), bad.first().map(|b| format!("; first: {b}")).unwrap_or_default()),
+        format!(
+            "{} acknowledged, {} bad{}",
+            acked.len(),
+            bad.len(),
+            bad.first()
+                .map(|b| format!("; first: {b}"))
+                .unwrap_or_default()
+        ),
     );
     // Deleting frees room: a small write succeeds again.
     let freed = acked.iter().take(3).all(|(id, _, _)| {
@@ -860,14 +931,25 @@ fn disk_full_answers_507_keeps_serving_and_restarts_intact() {
     ledger.check(
         "restart (after kill -9) on the full disk succeeds",
         restart_ok,
-        restarted.as_ref().err().cloned().unwrap_or_else(|| "healthy".into()),
+        restarted
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or_else(|| "healthy".into()),
     );
     if let Ok(n) = &restarted {
         let bad = verify(&n.base(), &acked);
         ledger.check(
             "after restart every acknowledged object is intact",
             bad.is_empty(),
-            format!("{} acknowledged, {} bad{}", acked.len(), bad.len(), bad.first().map(|b| format!("; first: {b}")).unwrap_or_default()),
+            format!(
+                "{} acknowledged, {} bad{}",
+                acked.len(),
+                bad.len(),
+                bad.first()
+                    .map(|b| format!("; first: {b}"))
+                    .unwrap_or_default()
+            ),
         );
         let resurrected = deleted
             .iter()
@@ -938,13 +1020,17 @@ fn abusive_clients_do_not_starve_others() {
         .map(|_| {
             let (addr, stop, cut) = (addr.clone(), stop.clone(), slowloris_cut.clone());
             std::thread::spawn(move || {
-                let Ok(mut s) = TcpStream::connect(&addr) else { return };
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    return;
+                };
                 let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(500));
                     i += 1;
-                    if s.write_all(format!("X-Slow-{i}: y\r\n").as_bytes()).is_err() {
+                    if s.write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+                        .is_err()
+                    {
                         cut.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
@@ -995,7 +1081,11 @@ fn abusive_clients_do_not_starve_others() {
                 let _ = s.write_all(req.as_bytes());
                 let mut buf = [0u8; 64];
                 let n = s.read(&mut buf)?;
-                Ok(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned())
+                Ok(String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned())
             })()
             .unwrap_or_else(|e| format!("io error: {}", e.kind()));
             (t.elapsed(), r)
@@ -1003,7 +1093,10 @@ fn abusive_clients_do_not_starve_others() {
         .collect();
     let huge_ok = huge_results
         .iter()
-        .filter(|(d, r)| *d < Duration::from_secs(5) && (r.contains("431") || r.starts_with("io error") || r.is_empty()))
+        .filter(|(d, r)| {
+            *d < Duration::from_secs(5)
+                && (r.contains("431") || r.starts_with("io error") || r.is_empty())
+        })
         .count();
     ledger.check(
         "huge headers are refused promptly (431 or close)",
@@ -1011,7 +1104,10 @@ fn abusive_clients_do_not_starve_others() {
         format!(
             "{huge_ok} of {}; answers {:?}",
             huge_results.len(),
-            huge_results.iter().map(|(d, r)| format!("{r} in {d:.1?}")).collect::<Vec<_>>()
+            huge_results
+                .iter()
+                .map(|(d, r)| format!("{r} in {d:.1?}"))
+                .collect::<Vec<_>>()
         ),
     );
 
@@ -1080,7 +1176,10 @@ fn abusive_clients_do_not_starve_others() {
     ledger.check(
         "slowloris connections are cut (header read timeout)",
         cut == 20 * scale as u64,
-        format!("{cut} of {} cut within {waited:.1?} (header timeout {header_timeout:?})", 20 * scale),
+        format!(
+            "{cut} of {} cut within {waited:.1?} (header timeout {header_timeout:?})",
+            20 * scale
+        ),
     );
     let body_cut = slow_body_cut.load(Ordering::Relaxed);
     for h in slow_bodies {
@@ -1089,13 +1188,20 @@ fn abusive_clients_do_not_starve_others() {
     ledger.check(
         "slow request bodies are cut (body read timeout)",
         body_cut == 10 * scale as u64,
-        format!("{body_cut} of {} ended by the server within {waited:.1?}", 10 * scale),
+        format!(
+            "{body_cut} of {} ended by the server within {waited:.1?}",
+            10 * scale
+        ),
     );
     let still = http(Duration::from_secs(5))
         .get(format!("{base}/healthz"))
         .send()
         .is_ok_and(|r| r.status() == 200);
-    ledger.check("the node is healthy afterwards", still, format!("healthy {still}"));
+    ledger.check(
+        "the node is healthy afterwards",
+        still,
+        format!("healthy {still}"),
+    );
     drop(node);
     ledger.finish();
 }

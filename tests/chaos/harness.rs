@@ -116,7 +116,10 @@ impl Ledger {
 /// Where a node's origin is.
 #[derive(Clone)]
 pub enum Origin {
-    S3 { target: S3Target, bucket: String },
+    S3 {
+        target: S3Target,
+        bucket: String,
+    },
     /// The embedded local origin (in the data dir).
     Local,
 }
@@ -392,7 +395,9 @@ impl S3Check {
             .credentials_provider(creds)
             .force_path_style(true)
             .timeout_config(timeouts)
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts))
+            .retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts),
+            )
             .build();
         S3Check {
             rt,
@@ -436,9 +441,7 @@ impl S3Check {
                     Ok(b) => InS3::Md5(md5_hex(&b.into_bytes())),
                     Err(e) => InS3::Error(e.to_string()),
                 },
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    InS3::Missing
-                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => InS3::Missing,
                 Err(e) => InS3::Error(format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e))),
             }
         })
