@@ -7,7 +7,7 @@
 //! Bounded by default (all scenarios together about 3 minutes on 2 cores):
 //!     cargo test -p nearcache --test chaos -- --nocapture
 //! Longer runs: `NEARCACHE_CHAOS_ROUNDS=N` sets the rounds of the repeated scenarios
-//! (kill -9 storms: default 3; restarts after kill -9: default 8; outage and abusive
+//! (kill -9 storms: default 5; restarts after kill -9: default 10; outage and abusive
 //! client phases scale their operation counts with it too), e.g.
 //!     NEARCACHE_CHAOS_ROUNDS=50 cargo test -p nearcache --test chaos -- --nocapture
 //!
@@ -217,7 +217,7 @@ fn kill9_write_storms_lose_no_acknowledged_write_or_delete() {
         tmp.path().join("node.log"),
     );
     let ledger: Arc<Mutex<Ledgered>> = Default::default();
-    let rounds = rounds(3) as u64;
+    let rounds = rounds(5) as u64;
     let mut start_failures = Vec::new();
     let mut totals = Verdict::default();
     for round in 0..rounds {
@@ -410,7 +410,7 @@ fn restart_right_after_kill9_succeeds() {
         harness::Origin::Local,
         tmp.path().join("node.log"),
     );
-    let rounds = rounds(8);
+    let rounds = rounds(10);
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
     let mut node = Node::start(&spec, START_BOUND).expect("first start");
