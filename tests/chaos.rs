@@ -126,7 +126,8 @@ fn storm_writer(
         i += 1;
         let seed = round * 10_000_000 + w * 1_000_000 + i;
         // One op in five deletes an id acknowledged earlier (by anyone, any round).
-        let victim = (i % 5 == 0)
+        let victim = i
+            .is_multiple_of(5)
             .then(|| {
                 let l = ledger.lock().unwrap();
                 l.acked
@@ -467,6 +468,11 @@ fn restart_right_after_kill9_succeeds() {
 // ---------------------------------------------------------------------------------------
 // S3 outage
 
+/// An HTTP answer (status, body) or the transport error.
+type Answer = Result<(u16, String), String>;
+/// How long something took, and what came of it.
+type Timed<T> = (Duration, T);
+
 #[test]
 fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
     let mut ledger = Ledger::new("s3-outage");
@@ -588,7 +594,7 @@ fn s3_outage_writes_queue_reads_continue_misses_answer_queue_drains() {
     );
 
     // Misses (read-through) answer within a bound with a clear error, in parallel.
-    let miss_results: Vec<(Duration, Result<(u16, String), String>)> = std::thread::scope(|sc| {
+    let miss_results: Vec<Timed<Answer>> = std::thread::scope(|sc| {
         let hs: Vec<_> = s3_only
             .iter()
             .map(|id| {
