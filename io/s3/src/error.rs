@@ -27,6 +27,21 @@ pub enum OriginError {
 }
 
 impl OriginError {
+    /// A bound of [`OriginDeadlines`](crate::OriginDeadlines) ran out: `what` (e.g.
+    /// "GetObject k") took longer than `limit`; `bound` names the bound. Retryable.
+    pub fn timed_out(what: &str, limit: std::time::Duration, bound: &str) -> OriginError {
+        OriginError::Unavailable(format!(
+            "{what} timed out after {:.1} s ({bound})",
+            limit.as_secs_f64()
+        ))
+    }
+
+    /// Whether this error is a bound of [`OriginDeadlines`](crate::OriginDeadlines)
+    /// running out (see [`OriginError::timed_out`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, OriginError::Unavailable(m) if m.contains(" timed out after "))
+    }
+
     /// Whether retrying the same request later can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, OriginError::Unavailable(_))

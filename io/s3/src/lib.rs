@@ -37,11 +37,22 @@
 //!
 //! ## Timeouts
 //!
-//! `connect_timeout` bounds TCP/TLS connects; `operation_timeout` is the SDK's per-attempt
-//! timeout. For a GET the SDK's attempt ends when the response head arrives (the body is
-//! returned unread), so it bounds time to first byte and never cuts a long download. Instead,
-//! while streaming, each chunk must arrive within `operation_timeout` (idle timeout), or the
-//! stream ends with `Unavailable`.
+//! No operation waits forever on an origin that accepts connections and never answers
+//! (see [`OriginDeadlines`]):
+//!
+//! - client-facing operations (every method of a [`Bridge`] from [`Bridge::start`]) end
+//!   within `request_deadline` from the call, counting time queued, connects, every SDK
+//!   attempt and every backoff (plus `len / min_transfer_rate` when they send a body);
+//! - background operations (a [`Bridge::background`] handle: the uploader) bound each
+//!   attempt by `background_attempt_timeout` (plus the transfer allowance) and the whole
+//!   operation by `max_attempts` of those plus backoffs;
+//! - a GET body fails when no chunk arrives for `body_idle_timeout`.
+//!
+//! Each ends in a retryable `Unavailable` error that says what timed out after how long
+//! ([`OriginError::is_timeout`]). Below that, `connect_timeout` bounds TCP/TLS connects and
+//! `operation_timeout` (capped by `request_deadline`) is the SDK's per-attempt timeout; for
+//! a GET the SDK's attempt ends when the response head arrives (the body is returned
+//! unread), so it bounds time to first byte and never cuts a long download.
 
 mod error;
 mod origin;
@@ -61,7 +72,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::origin::{Call, Job, Reply, Service};
+use crate::origin::{Call, Class, Envelope, Job, Reply, Service};
 
 /// Requests queued per bridge thread before callers wait.
 const REQUEST_QUEUE: usize = 1024;
@@ -74,11 +85,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 
 #[derive(Clone)]
 pub struct Bridge {
     inner: Arc<Inner>,
+    /// Which time bounds this handle's operations get.
+    class: Class,
 }
 
 struct Inner {
     /// One request queue per bridge thread; emptied by `shutdown`.
-    senders: Mutex<Vec<mpsc::Sender<Job>>>,
+    senders: Mutex<Vec<mpsc::Sender<Envelope>>>,
     next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<OriginStats>,
@@ -86,8 +99,18 @@ struct Inner {
 }
 
 impl Bridge {
-    /// Starts the bridge thread(s) and connects the origin described by `cfg`.
+    /// Starts the bridge thread(s) and connects the origin described by `cfg`, with the
+    /// default [`OriginDeadlines`].
     pub fn start(cfg: OriginConfig) -> Result<Bridge, OriginError> {
+        Bridge::start_with(cfg, OriginDeadlines::default())
+    }
+
+    /// Starts the bridge thread(s) and connects the origin described by `cfg`; no
+    /// operation outlasts the bounds of `deadlines` (zero values mean the defaults).
+    pub fn start_with(
+        cfg: OriginConfig,
+        deadlines: OriginDeadlines,
+    ) -> Result<Bridge, OriginError> {
         let threads = cfg.threads.max(1);
         let stats = Arc::new(OriginStats::default());
         let description = describe_config(&cfg);
@@ -96,14 +119,14 @@ impl Bridge {
         let mut senders = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (tx, rx) = mpsc::channel::<Job>(REQUEST_QUEUE);
+            let (tx, rx) = mpsc::channel::<Envelope>(REQUEST_QUEUE);
             senders.push(tx);
             let cfg = cfg.clone();
             let stats = stats.clone();
             let ready_tx = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("nearcache-s3-{i}"))
-                .spawn(move || bridge_thread(i, cfg, stats, rx, ready_tx))
+                .spawn(move || bridge_thread(i, cfg, deadlines, stats, rx, ready_tx))
                 .map_err(|e| OriginError::Rejected(format!("spawn bridge thread: {e}")))?;
             handles.push(handle);
         }
@@ -128,6 +151,7 @@ impl Bridge {
                 stats,
                 description,
             }),
+            class: Class::Foreground,
         };
         if let Some(e) = failure {
             bridge.shutdown();
@@ -145,6 +169,16 @@ impl Bridge {
 
     pub fn stats(&self) -> Arc<OriginStats> {
         self.inner.stats.clone()
+    }
+
+    /// A handle on the same bridge for background work that no client waits on (the
+    /// uploader's puts and deletes): its operations get the longer per-attempt bound
+    /// `background_attempt_timeout` instead of the total `request_deadline`.
+    pub fn background(&self) -> Bridge {
+        Bridge {
+            inner: self.inner.clone(),
+            class: Class::Background,
+        }
     }
 
     /// GET an object (optionally a byte range, end exclusive). The body streams in chunks.
@@ -530,7 +564,12 @@ impl Bridge {
             let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % senders.len();
             senders[i].clone()
         };
-        tx.send(job).await.map_err(|_| OriginError::Closed)?;
+        let envelope = Envelope {
+            job,
+            class: self.class,
+            enqueued: std::time::Instant::now(),
+        };
+        tx.send(envelope).await.map_err(|_| OriginError::Closed)?;
         drop(tx);
         rx.await.unwrap_or(Err(OriginError::Closed))
     }
@@ -565,8 +604,9 @@ fn describe_config(cfg: &OriginConfig) -> String {
 fn bridge_thread(
     index: usize,
     cfg: Arc<OriginConfig>,
+    deadlines: OriginDeadlines,
     stats: Arc<OriginStats>,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Envelope>,
     ready: std::sync::mpsc::Sender<Result<(), OriginError>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -583,7 +623,7 @@ fn bridge_thread(
     };
     rt.block_on(async move {
         let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-        let service = match Service::connect(&cfg, stats, cancel_rx).await {
+        let service = match Service::connect(&cfg, deadlines, stats, cancel_rx).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 let _ = ready.send(Err(e));

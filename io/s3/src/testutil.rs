@@ -9,6 +9,10 @@
 //! exits (`PR_SET_PDEATHSIG`), and its log goes to `$TMPDIR/nearcache-moto-<port>.log`.
 //!
 //! Each test should use its own bucket: [`fresh_bucket`].
+//!
+//! For outage tests, [`Moto`] is a moto process of the test's own that can be stopped
+//! (SIGSTOP: it keeps accepting connections in the kernel's backlog and never answers),
+//! resumed, killed and restarted on the same port.
 
 use std::fs::File;
 use std::io;
@@ -16,7 +20,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -236,4 +240,185 @@ fn start_moto() -> io::Result<S3Target> {
         access_key: "test".into(),
         secret_key: "test".into(),
     })
+}
+
+/// A moto server owned by one test, on its own port, that the test can stop, resume,
+/// kill and restart (outage tests). Killed when dropped, and (PR_SET_PDEATHSIG) when the
+/// thread that started it exits.
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+    pub target: S3Target,
+    pub log_path: PathBuf,
+}
+
+impl Moto {
+    /// Starts moto on a free port and waits until it answers HTTP.
+    pub fn start() -> io::Result<Moto> {
+        ensure_python_package("moto.server", "moto[server]")?;
+        let port = free_port()?;
+        let mut m = Moto {
+            child: None,
+            port,
+            target: S3Target {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                region: "us-east-1".into(),
+                access_key: "test".into(),
+                secret_key: "test".into(),
+            },
+            log_path: std::env::temp_dir().join(format!("nearcache-moto-{port}.log")),
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // async-signal-safe functions (setpgid, prctl) without allocating.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn()?);
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Waits until moto answers an HTTP request (not just accepts connections).
+    fn wait_ready(&mut self, within: Duration) -> io::Result<()> {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(io::Error::other(format!(
+                        "moto exited ({status}); see {}",
+                        self.log_path.display()
+                    )));
+                }
+            }
+            let answered = (|| -> io::Result<bool> {
+                let mut s = TcpStream::connect_timeout(
+                    &(Ipv4Addr::LOCALHOST, self.port).into(),
+                    Duration::from_millis(500),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut buf = [0u8; 12];
+                s.read_exact(&mut buf)?;
+                Ok(buf.starts_with(b"HTTP/1."))
+            })()
+            .unwrap_or(false);
+            if answered {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "moto did not answer on port {} within {within:?}; see {}",
+                    self.port,
+                    self.log_path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pid(&self) -> Option<libc::pid_t> {
+        self.child.as_ref().map(|c| c.id() as libc::pid_t)
+    }
+
+    fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("moto is not running"))?;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP: moto's listening socket stays open (connections are accepted by the
+    /// kernel) but nothing answers.
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Moto::pause`].
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    /// SIGKILL and reap (moto's objects are lost: it keeps them in memory).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills moto (if running) and starts a fresh one on the same port.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Whether the process is running (possibly stopped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        // A stopped process still dies of SIGKILL.
+        self.kill();
+    }
+}
+
+/// An origin config for bucket `bucket` on `target` (e.g. a [`Moto`]'s), with short
+/// test timeouts.
+pub fn s3_config_for(target: &S3Target, bucket: &str) -> OriginConfig {
+    OriginConfig {
+        kind: OriginKind::S3 {
+            endpoint: Some(target.endpoint.clone()),
+            region: target.region.clone(),
+            bucket: bucket.to_owned(),
+            access_key: Some(target.access_key.clone()),
+            secret_key: Some(target.secret_key.clone()),
+            path_style: true,
+        },
+        ..test_defaults(OriginKind::Local {
+            dir: PathBuf::new(),
+        })
+    }
 }

@@ -31,7 +31,8 @@ pub struct OriginConfig {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub connect_timeout: Duration,
-    /// Per-attempt timeout for metadata calls and for time to first byte.
+    /// Per-attempt timeout for metadata calls and for time to first byte. Capped by
+    /// [`OriginDeadlines::request_deadline`] for client-facing operations.
     pub operation_timeout: Duration,
     /// Bridge threads (each one tokio current-thread runtime).
     pub threads: usize,
@@ -40,6 +41,88 @@ pub struct OriginConfig {
     /// Failure injection for tests: this fraction (0.0..=1.0) of requests fails with a
     /// retryable error before reaching the origin.
     pub inject_failure_rate: f64,
+}
+
+/// Default [`OriginDeadlines::request_deadline`]: 10 s.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Default [`OriginDeadlines::body_idle_timeout`]: 10 s.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`OriginDeadlines::min_transfer_rate`]: 1 MiB/s.
+pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 1 << 20;
+/// Default [`OriginDeadlines::background_attempt_timeout`]: 60 s.
+pub const DEFAULT_BACKGROUND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Upper bounds on how long an origin operation may take, so that no request (and no
+/// background upload) waits forever on an origin that accepts connections but never
+/// answers (a stopped process, a black-holed network).
+///
+/// Every limit ends the operation with [`OriginError::Unavailable`] (retryable) whose
+/// message says what timed out and after how long.
+///
+/// A zero `Duration` (or rate) means "use the default": there is deliberately no way to
+/// turn a bound off.
+///
+/// These are the knobs of [`OriginConfig`]'s timeouts that the server configuration does
+/// not carry yet; [`Bridge::start`](crate::Bridge::start) uses [`OriginDeadlines::default`],
+/// [`Bridge::start_with`](crate::Bridge::start_with) takes them explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginDeadlines {
+    /// Total time a client-facing operation may take, from the moment the caller hands it
+    /// to the bridge until the reply: time queued for a bridge thread, connects, every
+    /// SDK attempt and every backoff between attempts. For a GET it ends when the response
+    /// head has arrived (the body is bounded by `body_idle_timeout`). Operations that send
+    /// a body (PUT, UploadPart) get `len / min_transfer_rate` on top.
+    pub request_deadline: Duration,
+    /// Longest gap between two chunks of a GET body; a longer stall ends the body stream
+    /// with an `Err`.
+    pub body_idle_timeout: Duration,
+    /// Bytes per second an upload is assumed to reach at least: operations that send
+    /// `len` bytes get `len / min_transfer_rate` added to their deadline (or attempt bound).
+    pub min_transfer_rate: u64,
+    /// Per-attempt bound of background operations (the uploader's put and delete, reached
+    /// through [`Bridge::background`](crate::Bridge::background)), plus
+    /// `len / min_transfer_rate` for a put. The whole background operation is bounded by
+    /// `max_attempts` such attempts and the backoffs between them.
+    pub background_attempt_timeout: Duration,
+}
+
+impl Default for OriginDeadlines {
+    fn default() -> Self {
+        OriginDeadlines {
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            min_transfer_rate: DEFAULT_MIN_TRANSFER_RATE,
+            background_attempt_timeout: DEFAULT_BACKGROUND_ATTEMPT_TIMEOUT,
+        }
+    }
+}
+
+impl OriginDeadlines {
+    /// Replaces zero (unset) values by the defaults.
+    pub fn normalized(self) -> OriginDeadlines {
+        let d = OriginDeadlines::default();
+        let or = |v: Duration, dflt: Duration| if v.is_zero() { dflt } else { v };
+        OriginDeadlines {
+            request_deadline: or(self.request_deadline, d.request_deadline),
+            body_idle_timeout: or(self.body_idle_timeout, d.body_idle_timeout),
+            min_transfer_rate: if self.min_transfer_rate == 0 {
+                d.min_transfer_rate
+            } else {
+                self.min_transfer_rate
+            },
+            background_attempt_timeout: or(
+                self.background_attempt_timeout,
+                d.background_attempt_timeout,
+            ),
+        }
+    }
+
+    /// Extra time for sending `len` bytes at `min_transfer_rate`.
+    pub fn transfer_allowance(&self, len: u64) -> Duration {
+        let rate = self.min_transfer_rate.max(1);
+        Duration::from_secs(len / rate)
+            + Duration::from_nanos(((len % rate) as u128 * 1_000_000_000 / rate as u128) as u64)
+    }
 }
 
 /// Metadata the origin returns for an object.

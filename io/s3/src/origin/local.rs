@@ -446,122 +446,14 @@ impl LocalOrigin {
     }
 
     pub(crate) async fn call(&self, call: &super::Call) -> Result<super::Reply, OriginError> {
-        use super::{Call, Reply};
+        use super::Call;
         match call {
-            Call::ListBuckets => {
-                let mut out = Vec::new();
-                if let Ok(rd) = std::fs::read_dir(self.buckets_dir()) {
-                    for ent in rd.flatten() {
-                        let created_ms = ent
-                            .metadata()
-                            .and_then(|m| m.modified())
-                            .ok()
-                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_millis() as u64);
-                        out.push(crate::BucketInfo {
-                            name: ent.file_name().to_string_lossy().into_owned(),
-                            created_ms,
-                        });
-                    }
-                }
-                out.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(Reply::Buckets(out))
-            }
-            Call::CreateBucket(b) => {
-                let dir = self.bucket_dir(b)?;
-                if dir.is_dir() {
-                    return Err(service(
-                        409,
-                        "BucketAlreadyOwnedByYou",
-                        format!("Your previous request to create the named bucket succeeded and you already own it: {b}"),
-                    ));
-                }
-                std::fs::create_dir_all(&dir).map_err(|e| io_unavailable("create bucket", e))?;
-                Ok(Reply::Unit)
-            }
-            Call::HeadBucket(b) => self.bucket(Some(b)).map(|_| Reply::Unit),
-            Call::DeleteBucket(b) => {
-                let o = self.bucket(Some(b))?;
-                let empty = std::fs::read_dir(&o.dir)
-                    .map_err(|e| io_unavailable("read bucket", e))?
-                    .flatten()
-                    .all(|e| e.file_name().to_string_lossy().starts_with("t-"));
-                if !empty {
-                    return Err(service(
-                        409,
-                        "BucketNotEmpty",
-                        format!("The bucket you tried to delete is not empty: {b}"),
-                    ));
-                }
-                std::fs::remove_dir_all(&o.dir).map_err(|e| io_unavailable("delete bucket", e))?;
-                Ok(Reply::Unit)
-            }
-            Call::List(b, p) => {
-                let o = self.bucket(Some(b))?;
-                let mut page = crate::ListPage::default();
-                let max = p.max_keys.min(1000) as usize;
-                let mut n = 0;
-                for sc in o.sidecars()? {
-                    if !sc.key.starts_with(&p.prefix)
-                        || p.start_after.as_ref().is_some_and(|s| sc.key <= *s)
-                    {
-                        continue;
-                    }
-                    let rest = &sc.key[p.prefix.len()..];
-                    let cp = p
-                        .delimiter
-                        .as_deref()
-                        .filter(|d| !d.is_empty())
-                        .and_then(|d| {
-                            rest.find(d)
-                                .map(|i| format!("{}{}", p.prefix, &rest[..i + d.len()]))
-                        });
-                    if let Some(cp) = &cp {
-                        if page.common_prefixes.last() == Some(cp) {
-                            continue;
-                        }
-                    }
-                    if n == max {
-                        page.is_truncated = true;
-                        break;
-                    }
-                    n += 1;
-                    match cp {
-                        Some(cp) => page.common_prefixes.push(cp),
-                        None => page.entries.push(crate::ListEntry {
-                            key: sc.key,
-                            size: sc.size,
-                            etag: sc.etag,
-                            last_modified_ms: sc.last_modified_ms,
-                            storage_class: Some("STANDARD".into()),
-                        }),
-                    }
-                }
-                Ok(Reply::List(page))
-            }
-            Call::Copy { dst, src, meta } => {
-                let so = self.bucket(Some(&src.bucket))?;
-                let sc = so.read_sidecar(&src.key).await?;
-                let dobj = self.bucket(Some(&dst.bucket))?;
-                let pm = match meta {
-                    Some(m) => m.clone(),
-                    None => PutMeta {
-                        content_type: sc.content_type.clone(),
-                        user_meta: sc.user_meta.clone(),
-                        md5_hex: None,
-                        headers: sc.headers.clone(),
-                    },
-                };
-                let r = dobj
-                    .put_file(&dst.key, &so.data_path(&src.key), 0, sc.size, &pm)
-                    .await?;
-                Ok(Reply::Copy(crate::CopyResult {
-                    etag: r.etag,
-                    last_modified_ms: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                }))
-            }
+            Call::ListBuckets => Ok(self.list_buckets()),
+            Call::CreateBucket(b) => self.create_bucket(b),
+            Call::HeadBucket(b) => self.bucket(Some(b)).map(|_| super::Reply::Unit),
+            Call::DeleteBucket(b) => self.delete_bucket(b),
+            Call::List(b, p) => self.list_objects(b, p),
+            Call::Copy { dst, src, meta } => self.copy_object(dst, src, meta.as_ref()).await,
             Call::CreateMultipart { .. }
             | Call::UploadPart { .. }
             | Call::UploadPartCopy { .. }
@@ -570,5 +462,128 @@ impl LocalOrigin {
             | Call::ListParts { .. }
             | Call::ListUploads(..) => Err(super::not_implemented("multipart upload")),
         }
+    }
+
+    fn list_buckets(&self) -> super::Reply {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.buckets_dir()) {
+            for ent in rd.flatten() {
+                let created_ms = ent
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64);
+                out.push(crate::BucketInfo {
+                    name: ent.file_name().to_string_lossy().into_owned(),
+                    created_ms,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        super::Reply::Buckets(out)
+    }
+
+    fn create_bucket(&self, b: &str) -> Result<super::Reply, OriginError> {
+        let dir = self.bucket_dir(b)?;
+        if dir.is_dir() {
+            return Err(service(
+                409,
+                "BucketAlreadyOwnedByYou",
+                format!("Your previous request to create the named bucket succeeded and you already own it: {b}"),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_unavailable("create bucket", e))?;
+        Ok(super::Reply::Unit)
+    }
+
+    fn delete_bucket(&self, b: &str) -> Result<super::Reply, OriginError> {
+        let o = self.bucket(Some(b))?;
+        let empty = std::fs::read_dir(&o.dir)
+            .map_err(|e| io_unavailable("read bucket", e))?
+            .flatten()
+            .all(|e| e.file_name().to_string_lossy().starts_with("t-"));
+        if !empty {
+            return Err(service(
+                409,
+                "BucketNotEmpty",
+                format!("The bucket you tried to delete is not empty: {b}"),
+            ));
+        }
+        std::fs::remove_dir_all(&o.dir).map_err(|e| io_unavailable("delete bucket", e))?;
+        Ok(super::Reply::Unit)
+    }
+
+    fn list_objects(&self, b: &str, p: &crate::ListParams) -> Result<super::Reply, OriginError> {
+        let o = self.bucket(Some(b))?;
+        let mut page = crate::ListPage::default();
+        let max = p.max_keys.min(1000) as usize;
+        let mut n = 0;
+        for sc in o.sidecars()? {
+            if !sc.key.starts_with(&p.prefix)
+                || p.start_after.as_ref().is_some_and(|s| sc.key <= *s)
+            {
+                continue;
+            }
+            let rest = &sc.key[p.prefix.len()..];
+            let cp = p
+                .delimiter
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .and_then(|d| {
+                    rest.find(d)
+                        .map(|i| format!("{}{}", p.prefix, &rest[..i + d.len()]))
+                });
+            if let Some(cp) = &cp {
+                if page.common_prefixes.last() == Some(cp) {
+                    continue;
+                }
+            }
+            if n == max {
+                page.is_truncated = true;
+                break;
+            }
+            n += 1;
+            match cp {
+                Some(cp) => page.common_prefixes.push(cp),
+                None => page.entries.push(crate::ListEntry {
+                    key: sc.key,
+                    size: sc.size,
+                    etag: sc.etag,
+                    last_modified_ms: sc.last_modified_ms,
+                    storage_class: Some("STANDARD".into()),
+                }),
+            }
+        }
+        Ok(super::Reply::List(page))
+    }
+
+    async fn copy_object(
+        &self,
+        dst: &crate::ObjectLoc,
+        src: &crate::CopySource,
+        meta: Option<&PutMeta>,
+    ) -> Result<super::Reply, OriginError> {
+        let so = self.bucket(Some(&src.bucket))?;
+        let sc = so.read_sidecar(&src.key).await?;
+        let dobj = self.bucket(Some(&dst.bucket))?;
+        let pm = match meta {
+            Some(m) => m.clone(),
+            None => PutMeta {
+                content_type: sc.content_type.clone(),
+                user_meta: sc.user_meta.clone(),
+                md5_hex: None,
+                headers: sc.headers.clone(),
+            },
+        };
+        let r = dobj
+            .put_file(&dst.key, &so.data_path(&src.key), 0, sc.size, &pm)
+            .await?;
+        Ok(super::Reply::Copy(crate::CopyResult {
+            etag: r.etag,
+            last_modified_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }))
     }
 }

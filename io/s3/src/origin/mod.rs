@@ -6,7 +6,7 @@ mod s3;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,54 @@ use tracing::{debug, warn};
 
 use crate::{
     BodyStream, BucketInfo, CopyResult, CopySource, GetObject, ListPage, ListParams, ObjectLoc,
-    OriginConfig, OriginError, OriginKind, OriginStats, PartsPage, PutMeta, PutResult, RemoteMeta,
-    UploadsPage, UploadsParams, LATENCY_BOUNDS_SECONDS,
+    OriginConfig, OriginDeadlines, OriginError, OriginKind, OriginStats, PartsPage, PutMeta,
+    PutResult, RemoteMeta, UploadsPage, UploadsParams, LATENCY_BOUNDS_SECONDS,
 };
 
 /// Longest wait between two attempts of the bridge's own retry loop.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest wait between two attempts of the SDK's standard retry strategy (its default
+/// `max_backoff`), used to bound a background operation's retries.
+const SDK_MAX_BACKOFF: Duration = Duration::from_secs(20);
+
+/// A byte range of a local file to upload (re-readable, so attempts can be retried).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileSlice<'a> {
+    pub path: &'a std::path::Path,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The time bounds of one operation, worked out from its [`Class`] and [`OriginDeadlines`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    /// The whole operation ends by then (all attempts and backoffs included).
+    deadline: tokio::time::Instant,
+    /// Length of the whole budget, for the error message.
+    total: Duration,
+    /// A per-attempt bound to give the SDK instead of the client's `operation_timeout`
+    /// (operations that send a body; background operations).
+    pub attempt: Option<Duration>,
+    /// Which bound this is, for the error message.
+    bound: &'static str,
+}
+
+/// Who waits for an operation, which decides its time bounds (see [`OriginDeadlines`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A client request waits: the whole operation is bounded by `request_deadline`.
+    Foreground,
+    /// The uploader: each attempt is bounded by `background_attempt_timeout`.
+    Background,
+}
+
+/// A job as queued for a bridge thread.
+pub(crate) struct Envelope {
+    pub job: Job,
+    pub class: Class,
+    /// When the caller handed it over: queueing time counts against the deadline.
+    pub enqueued: Instant,
+}
 
 /// One request from a caller, with the channel for its reply.
 pub(crate) enum Job {
@@ -197,9 +239,9 @@ impl Backend {
         }
     }
 
-    async fn call(&self, call: &Call) -> Result<Reply, OriginError> {
+    async fn call(&self, call: &Call, limit: &Limit) -> Result<Reply, OriginError> {
         match self {
-            Backend::S3(o) => o.call(call).await,
+            Backend::S3(o) => o.call(call, limit.attempt).await,
             Backend::Local(o) => o.call(call).await,
         }
     }
@@ -208,24 +250,28 @@ impl Backend {
         &self,
         bucket: Option<&str>,
         key: &str,
-        path: &std::path::Path,
-        offset: u64,
-        len: u64,
+        src: FileSlice<'_>,
         meta: &PutMeta,
+        attempt: Option<Duration>,
     ) -> Result<PutResult, OriginError> {
         match self {
-            Backend::S3(o) => o.put_file(bucket, key, path, offset, len, meta).await,
+            Backend::S3(o) => o.put_file(bucket, key, src, meta, attempt).await,
             Backend::Local(o) => {
                 o.bucket(bucket)?
-                    .put_file(key, path, offset, len, meta)
+                    .put_file(key, src.path, src.offset, src.len, meta)
                     .await
             }
         }
     }
 
-    async fn delete(&self, bucket: Option<&str>, key: &str) -> Result<(), OriginError> {
+    async fn delete(
+        &self,
+        bucket: Option<&str>,
+        key: &str,
+        attempt: Option<Duration>,
+    ) -> Result<(), OriginError> {
         match self {
-            Backend::S3(o) => o.delete(bucket, key).await,
+            Backend::S3(o) => o.delete(bucket, key, attempt).await,
             Backend::Local(o) => o.bucket(bucket)?.delete(key).await,
         }
     }
@@ -253,6 +299,49 @@ enum Op {
     Call,
 }
 
+impl Op {
+    /// The S3 name of the operation, for messages.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "GetObject",
+            Op::Head => "HeadObject",
+            Op::Put => "PutObject",
+            Op::Delete => "DeleteObject",
+            Op::EnsureBucket => "HeadBucket/CreateBucket",
+            Op::Call => "call",
+        }
+    }
+}
+
+impl Call {
+    /// The S3 name of the operation, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Call::ListBuckets => "ListBuckets",
+            Call::CreateBucket(_) => "CreateBucket",
+            Call::HeadBucket(_) => "HeadBucket",
+            Call::DeleteBucket(_) => "DeleteBucket",
+            Call::List(..) => "ListObjectsV2",
+            Call::Copy { .. } => "CopyObject",
+            Call::CreateMultipart { .. } => "CreateMultipartUpload",
+            Call::UploadPart { .. } => "UploadPart",
+            Call::UploadPartCopy { .. } => "UploadPartCopy",
+            Call::Complete { .. } => "CompleteMultipartUpload",
+            Call::Abort { .. } => "AbortMultipartUpload",
+            Call::ListParts { .. } => "ListParts",
+            Call::ListUploads(..) => "ListMultipartUploads",
+        }
+    }
+
+    /// Bytes the operation sends to the origin.
+    fn body_len(&self) -> u64 {
+        match self {
+            Call::UploadPart { len, .. } => *len,
+            _ => 0,
+        }
+    }
+}
+
 /// The request layer of one bridge thread.
 pub(crate) struct Service {
     backend: Backend,
@@ -262,8 +351,7 @@ pub(crate) struct Service {
     initial_backoff: Duration,
     inject_failure_rate: f64,
     body_channel_chunks: usize,
-    /// Longest wait for the next chunk of a streaming body.
-    idle_timeout: Duration,
+    deadlines: OriginDeadlines,
     /// Turns true when the bridge gives up waiting for in-flight bodies at shutdown.
     cancel: watch::Receiver<bool>,
 }
@@ -271,11 +359,15 @@ pub(crate) struct Service {
 impl Service {
     pub async fn connect(
         cfg: &OriginConfig,
+        deadlines: OriginDeadlines,
         stats: Arc<OriginStats>,
         cancel: watch::Receiver<bool>,
     ) -> Result<Service, OriginError> {
+        let deadlines = deadlines.normalized();
         let backend = match &cfg.kind {
-            OriginKind::S3 { .. } => Backend::S3(s3::S3Origin::connect(cfg, stats.clone()).await?),
+            OriginKind::S3 { .. } => {
+                Backend::S3(s3::S3Origin::connect(cfg, &deadlines, stats.clone()).await?)
+            }
             OriginKind::Local { dir } => {
                 Backend::Local(local::LocalOrigin::open(dir.clone()).await?)
             }
@@ -288,16 +380,17 @@ impl Service {
             initial_backoff: cfg.initial_backoff,
             inject_failure_rate: cfg.inject_failure_rate,
             body_channel_chunks: cfg.body_channel_chunks.max(1),
-            idle_timeout: if cfg.operation_timeout.is_zero() {
-                Duration::from_secs(60)
-            } else {
-                cfg.operation_timeout
-            },
+            deadlines,
             cancel,
         })
     }
 
-    pub async fn handle(&self, job: Job) {
+    pub async fn handle(&self, envelope: Envelope) {
+        let Envelope {
+            job,
+            class,
+            enqueued,
+        } = envelope;
         match job {
             Job::Get {
                 bucket,
@@ -306,27 +399,9 @@ impl Service {
                 part,
                 reply,
             } => {
-                let key = self.origin_key(&bucket, &key);
-                let b = bucket.as_deref();
-                let res = self
-                    .run(Op::Get, &key, || self.backend.get(b, &key, range, part))
-                    .await;
-                match res {
-                    Ok(OpenedGet { meta, range, body }) => {
-                        let (tx, rx) = mpsc::channel(self.body_channel_chunks);
-                        let obj = GetObject {
-                            meta,
-                            range,
-                            body: BodyStream { rx },
-                        };
-                        if reply.send(Ok(obj)).is_ok() {
-                            self.pump(&key, body, tx).await;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                let limit = self.limit(class, enqueued, 0);
+                self.handle_get(bucket, key, range, part, &limit, reply)
+                    .await
             }
             Job::Head {
                 bucket,
@@ -334,12 +409,8 @@ impl Service {
                 part,
                 reply,
             } => {
-                let key = self.origin_key(&bucket, &key);
-                let b = bucket.as_deref();
-                let res = self
-                    .run(Op::Head, &key, || self.backend.head(b, &key, part))
-                    .await;
-                let _ = reply.send(res);
+                let limit = self.limit(class, enqueued, 0);
+                let _ = reply.send(self.handle_head(bucket, key, part, &limit).await);
             }
             Job::Put {
                 bucket,
@@ -350,37 +421,150 @@ impl Service {
                 meta,
                 reply,
             } => {
-                let key = self.origin_key(&bucket, &key);
-                let b = bucket.as_deref();
-                let res = self
-                    .run(Op::Put, &key, || {
-                        self.backend.put_file(b, &key, &path, offset, len, &meta)
-                    })
-                    .await;
-                if res.is_ok() {
-                    self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
-                }
-                let _ = reply.send(res);
+                let limit = self.limit(class, enqueued, len);
+                let src = FileSlice {
+                    path: &path,
+                    offset,
+                    len,
+                };
+                let _ = reply.send(self.handle_put(bucket, key, src, meta, &limit).await);
             }
             Job::Delete { bucket, key, reply } => {
-                let key = self.origin_key(&bucket, &key);
-                let b = bucket.as_deref();
-                let res = self
-                    .run(Op::Delete, &key, || self.backend.delete(b, &key))
-                    .await;
-                let _ = reply.send(res);
+                let limit = self.limit(class, enqueued, 0);
+                let _ = reply.send(self.handle_delete(bucket, key, &limit).await);
             }
             Job::Call { call, reply } => {
-                let res = self.run(Op::Call, "", || self.backend.call(&call)).await;
-                let _ = reply.send(res);
+                let limit = self.limit(class, enqueued, call.body_len());
+                let _ = reply.send(self.handle_call(call, &limit).await);
             }
             Job::EnsureBucket { reply } => {
+                let limit = self.limit(class, enqueued, 0);
                 let res = self
-                    .run(Op::EnsureBucket, "", || self.backend.ensure_bucket())
+                    .run(Op::EnsureBucket, "", &limit, || {
+                        self.backend.ensure_bucket()
+                    })
                     .await;
                 let _ = reply.send(res);
             }
         }
+    }
+
+    /// The time bounds of an operation of `class` queued at `enqueued` that sends
+    /// `body_len` bytes.
+    fn limit(&self, class: Class, enqueued: Instant, body_len: u64) -> Limit {
+        let d = &self.deadlines;
+        let allowance = d.transfer_allowance(body_len);
+        let (total, attempt, bound) = match class {
+            Class::Foreground => {
+                let total = d.request_deadline.saturating_add(allowance);
+                // An attempt that sends a body may take as long as the whole budget
+                // (the client's operation_timeout would cut a large upload short).
+                (total, (body_len > 0).then_some(total), "request deadline")
+            }
+            Class::Background => {
+                let attempt = d.background_attempt_timeout.saturating_add(allowance);
+                let total = attempt
+                    .saturating_add(SDK_MAX_BACKOFF)
+                    .saturating_mul(self.max_attempts);
+                (total, Some(attempt), "background operation bound")
+            }
+        };
+        Limit {
+            deadline: tokio::time::Instant::from_std(enqueued + total),
+            total,
+            attempt,
+            bound,
+        }
+    }
+
+    /// GET: opens the object within the deadline, replies with the head, then streams the
+    /// body into the reply's channel.
+    async fn handle_get(
+        &self,
+        bucket: Option<String>,
+        key: String,
+        range: Option<(u64, u64)>,
+        part: Option<u32>,
+        limit: &Limit,
+        reply: oneshot::Sender<Result<GetObject, OriginError>>,
+    ) {
+        let key = self.origin_key(&bucket, &key);
+        let b = bucket.as_deref();
+        let res = self
+            .run(Op::Get, &key, limit, || {
+                self.backend.get(b, &key, range, part)
+            })
+            .await;
+        match res {
+            Ok(OpenedGet { meta, range, body }) => {
+                let (tx, rx) = mpsc::channel(self.body_channel_chunks);
+                let obj = GetObject {
+                    meta,
+                    range,
+                    body: BodyStream { rx },
+                };
+                if reply.send(Ok(obj)).is_ok() {
+                    self.pump(&key, body, tx).await;
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    async fn handle_head(
+        &self,
+        bucket: Option<String>,
+        key: String,
+        part: Option<u32>,
+        limit: &Limit,
+    ) -> Result<RemoteMeta, OriginError> {
+        let key = self.origin_key(&bucket, &key);
+        let b = bucket.as_deref();
+        self.run(Op::Head, &key, limit, || self.backend.head(b, &key, part))
+            .await
+    }
+
+    async fn handle_put(
+        &self,
+        bucket: Option<String>,
+        key: String,
+        src: FileSlice<'_>,
+        meta: PutMeta,
+        limit: &Limit,
+    ) -> Result<PutResult, OriginError> {
+        let key = self.origin_key(&bucket, &key);
+        let b = bucket.as_deref();
+        let res = self
+            .run(Op::Put, &key, limit, || {
+                self.backend.put_file(b, &key, src, &meta, limit.attempt)
+            })
+            .await;
+        if res.is_ok() {
+            self.stats.bytes_out.fetch_add(src.len, Ordering::Relaxed);
+        }
+        res
+    }
+
+    async fn handle_delete(
+        &self,
+        bucket: Option<String>,
+        key: String,
+        limit: &Limit,
+    ) -> Result<(), OriginError> {
+        let key = self.origin_key(&bucket, &key);
+        let b = bucket.as_deref();
+        self.run(Op::Delete, &key, limit, || {
+            self.backend.delete(b, &key, limit.attempt)
+        })
+        .await
+    }
+
+    async fn handle_call(&self, call: Call, limit: &Limit) -> Result<Reply, OriginError> {
+        let what = call.name();
+        self.run(Op::Call, what, limit, || self.backend.call(&call, limit))
+            .await
     }
 
     /// The configured prefix applies to the configured bucket only.
@@ -400,7 +584,13 @@ impl Service {
 
     /// Runs one request: failure injection, retries of `Unavailable` the backend did not
     /// already retry, stats.
-    async fn run<T, F, Fut>(&self, op: Op, key: &str, mut attempt_fn: F) -> Result<T, OriginError>
+    async fn run<T, F, Fut>(
+        &self,
+        op: Op,
+        key: &str,
+        limit: &Limit,
+        attempt_fn: F,
+    ) -> Result<T, OriginError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OriginError>>,
@@ -416,32 +606,21 @@ impl Service {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let start = Instant::now();
-        let mut attempt = 1u32;
-        let result = loop {
-            // Injection targets object operations; set-up calls are left alone.
-            let (res, injected) = if !matches!(op, Op::EnsureBucket | Op::Call) && self.inject() {
-                self.stats.injected_failures.fetch_add(1, Ordering::Relaxed);
-                (
-                    Err(OriginError::Unavailable("injected failure".into())),
-                    true,
-                )
-            } else {
-                (attempt_fn().await, false)
-            };
-            match res {
-                Err(OriginError::Unavailable(msg))
-                    if attempt < self.max_attempts
-                        && (injected || !self.backend.retries_internally()) =>
-                {
-                    let delay = self.backoff(attempt);
-                    warn!(?op, key, attempt, ?delay, error = %msg, "origin request failed, retrying");
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                other => break other,
-            }
+        let attempts = AtomicU32::new(1);
+        let result = match tokio::time::timeout_at(
+            limit.deadline,
+            self.attempts(op, key, &attempts, attempt_fn),
+        )
+        .await
+        {
+            Ok(res) => res,
+            Err(_) => Err(OriginError::timed_out(
+                &format!("origin {} {key:?}", op.name()),
+                limit.total,
+                limit.bound,
+            )),
         };
+        let attempt = attempts.load(Ordering::Relaxed);
         let elapsed = start.elapsed();
         self.stats.record_latency(elapsed);
         match &result {
@@ -461,6 +640,47 @@ impl Service {
         result
     }
 
+    /// The attempts of one request: failure injection, and retries (with backoff) of
+    /// `Unavailable` errors the backend did not already retry. Counts into `attempts`.
+    async fn attempts<T, F, Fut>(
+        &self,
+        op: Op,
+        key: &str,
+        attempts: &AtomicU32,
+        mut attempt_fn: F,
+    ) -> Result<T, OriginError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OriginError>>,
+    {
+        loop {
+            let attempt = attempts.load(Ordering::Relaxed);
+            // Injection targets object operations; set-up calls are left alone.
+            let (res, injected) = if !matches!(op, Op::EnsureBucket | Op::Call) && self.inject() {
+                self.stats.injected_failures.fetch_add(1, Ordering::Relaxed);
+                (
+                    Err(OriginError::Unavailable("injected failure".into())),
+                    true,
+                )
+            } else {
+                (attempt_fn().await, false)
+            };
+            match res {
+                Err(OriginError::Unavailable(msg))
+                    if attempt < self.max_attempts
+                        && (injected || !self.backend.retries_internally()) =>
+                {
+                    let delay = self.backoff(attempt);
+                    warn!(?op, key, attempt, ?delay, error = %msg, "origin request failed, retrying");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    attempts.store(attempt + 1, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn inject(&self) -> bool {
         self.inject_failure_rate > 0.0 && rand::thread_rng().gen::<f64>() < self.inject_failure_rate
     }
@@ -476,7 +696,7 @@ impl Service {
     }
 
     /// Moves body chunks into the caller's channel until the body ends, breaks, stalls for
-    /// `idle_timeout`, the caller drops its receiver, or shutdown cancels it.
+    /// `body_idle_timeout`, the caller drops its receiver, or shutdown cancels it.
     async fn pump(
         &self,
         key: &str,
@@ -499,13 +719,14 @@ impl Service {
                     return;
                 }
                 _ = &mut cancelled => break,
-                next = tokio::time::timeout(self.idle_timeout, body.next()) => next,
+                next = tokio::time::timeout(self.deadlines.body_idle_timeout, body.next()) => next,
             };
             let item = next.unwrap_or_else(|_| {
-                Some(Err(OriginError::Unavailable(format!(
-                    "no body data for {:?}",
-                    self.idle_timeout
-                ))))
+                Some(Err(OriginError::timed_out(
+                    &format!("origin GetObject {key:?} body (no data after {sent} bytes)"),
+                    self.deadlines.body_idle_timeout,
+                    "body idle timeout",
+                )))
             });
             match item {
                 None => {
