@@ -65,6 +65,10 @@ pub mod defaults {
     pub const INITIAL_BACKOFF_MS: u64 = 100;
     pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
     pub const OPERATION_TIMEOUT_MS: u64 = 30_000;
+    pub const REQUEST_DEADLINE_MS: u64 = 10_000;
+    pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
+    pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
+    pub const BACKGROUND_ATTEMPT_TIMEOUT_MS: u64 = 60_000;
     pub const ORIGIN_THREADS: usize = 1;
     pub const BODY_CHANNEL_CHUNKS: usize = 8;
     pub const UPLOAD_CONCURRENCY: usize = 4;
@@ -192,6 +196,15 @@ pub struct OriginSection {
     pub create_bucket: bool,
     /// Testing only: fraction of origin requests that fail with a retryable error.
     pub inject_failure_rate: f64,
+    /// Total time a request may wait on one origin operation (queueing, connect, every
+    /// attempt and backoff); then it is answered 504 / ServiceUnavailable.
+    pub request_deadline_ms: u64,
+    /// Longest gap between two chunks of an origin GET body before it is cut.
+    pub body_idle_timeout_ms: u64,
+    /// Operations that send a body get `size / min_transfer_rate` more time.
+    pub min_transfer_rate: Size,
+    /// Per-attempt bound of the uploader's background puts and deletes.
+    pub background_attempt_timeout_ms: u64,
 }
 
 impl Default for OriginSection {
@@ -215,6 +228,10 @@ impl Default for OriginSection {
             upload_max_backoff_secs: defaults::UPLOAD_MAX_BACKOFF_SECS,
             create_bucket: false,
             inject_failure_rate: 0.0,
+            request_deadline_ms: defaults::REQUEST_DEADLINE_MS,
+            body_idle_timeout_ms: defaults::BODY_IDLE_TIMEOUT_MS,
+            min_transfer_rate: Size(defaults::MIN_TRANSFER_RATE),
+            background_attempt_timeout_ms: defaults::BACKGROUND_ATTEMPT_TIMEOUT_MS,
         }
     }
 }
@@ -475,10 +492,7 @@ pub struct ServeArgs {
 
 impl Config {
     /// Builds the effective config: defaults, then the TOML file, then env and flags.
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "start-up, on the main thread"
-    )]
+    #[expect(clippy::disallowed_methods, reason = "start-up, on the main thread")]
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         let mut cfg = match &args.config {
             Some(path) => {
@@ -619,6 +633,17 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1),
             n => n,
+        }
+    }
+
+    /// The origin bridge's time bounds.
+    pub fn origin_deadlines(&self) -> nearcache_s3::OriginDeadlines {
+        let o = &self.origin;
+        nearcache_s3::OriginDeadlines {
+            request_deadline: Duration::from_millis(o.request_deadline_ms),
+            body_idle_timeout: Duration::from_millis(o.body_idle_timeout_ms),
+            min_transfer_rate: o.min_transfer_rate.0,
+            background_attempt_timeout: Duration::from_millis(o.background_attempt_timeout_ms),
         }
     }
 

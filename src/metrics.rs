@@ -204,6 +204,8 @@ pub struct HttpMetrics {
     routes: [RouteStats; NR],
     pub inflight_requests: AtomicU64,
     pub connections: AtomicU64,
+    /// Connections closed because they sent nothing within the header timeout.
+    pub idle_closed: AtomicU64,
 }
 
 impl HttpMetrics {
@@ -243,12 +245,17 @@ impl HttpMetrics {
             Kind::Gauge,
             "Client connections open.",
         ),
+        Family::new(
+            "nearcache_idle_connections_closed_total",
+            Kind::Counter,
+            "Connections closed because they sent no request within header_read_timeout_secs.",
+        ),
     ];
 
     /// Writes the families for every shard (`shards[i]` is shard i's metrics).
     pub fn render(shards: &[Arc<HttpMetrics>], out: &mut Exposition) {
-        let [requests, duration, inflight, connections] = Self::FAMILIES else {
-            unreachable!("four families")
+        let [requests, duration, inflight, connections, idle_closed] = Self::FAMILIES else {
+            unreachable!("five families")
         };
         out.family(requests);
         for (id, s) in shards.iter().enumerate() {
@@ -292,6 +299,10 @@ impl HttpMetrics {
             connections,
             shards.iter().map(|s| s.connections.load(Relaxed)),
         );
+        out.per_shard(
+            idle_closed,
+            shards.iter().map(|s| s.idle_closed.load(Relaxed)),
+        );
     }
 }
 
@@ -307,7 +318,7 @@ mod tests {
         let mut out = Exposition::default();
         HttpMetrics::render(&[m.clone(), m], &mut out);
         let text = out.finish();
-        assert_eq!(check_exposition(&text), Ok(4), "{text}");
+        assert_eq!(check_exposition(&text), Ok(5), "{text}");
         assert!(text.contains("route=\"put\",status=\"other\"} 1"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 1"), "{text}");
     }

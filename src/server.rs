@@ -206,8 +206,8 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
 
     let origin_cfg = cfg.origin_config();
     let local_origin = matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
-    let bridge =
-        Bridge::start(origin_cfg).map_err(|e| anyhow!("starting the origin bridge: {e}"))?;
+    let bridge = Bridge::start_with(origin_cfg, cfg.origin_deadlines())
+        .map_err(|e| anyhow!("starting the origin bridge: {e}"))?;
     if local_origin {
         tracing::warn!(origin = %bridge.describe(), "no S3 bucket configured: using the embedded local origin");
     } else {
@@ -618,15 +618,26 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let io = match stream.into_poll_io() {
-            Ok(io) => MonoioIo::new(io),
-            Err(e) => {
-                tracing::warn!(shard = ctx.id, error = %e, "could not switch the connection to poll I/O");
-                continue;
-            }
-        };
         let (ctx, builder, api) = (ctx.clone(), builder.clone(), api.clone());
         monoio::spawn(async move {
+            // hyper's header timeout starts once it knows HTTP/1 from HTTP/2, which it
+            // learns from the first bytes: a client that connects and sends nothing
+            // would hold the connection forever. Bound the wait for the first byte.
+            let first = Duration::from_secs(ctx.node.cfg.server.header_read_timeout_secs.max(1));
+            match monoio::time::timeout(first, stream.readable(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    ctx.http.idle_closed.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+            let io = match stream.into_poll_io() {
+                Ok(io) => MonoioIo::new(io),
+                Err(e) => {
+                    tracing::warn!(shard = ctx.id, error = %e, "could not switch the connection to poll I/O");
+                    return;
+                }
+            };
             ctx.http.connections.fetch_add(1, Relaxed);
             let svc_ctx = ctx.clone();
             let svc = hyper::service::service_fn(move |req| {

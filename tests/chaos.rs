@@ -1004,7 +1004,11 @@ fn abusive_clients_do_not_starve_others() {
         tmp.path().join("node.log"),
     );
     let header_timeout = Duration::from_secs(3);
-    spec.toml = format!("header_read_timeout_secs = {}\n", header_timeout.as_secs());
+    // Bodies are paced too: after this long, at least body_min_rate (4 KiB/s) on average.
+    spec.toml = format!(
+        "header_read_timeout_secs = {0}\nbody_idle_timeout_secs = {0}\n",
+        header_timeout.as_secs()
+    );
     let node = Node::start(&spec, START_BOUND).expect("node");
     let base = node.base();
     let addr = format!("127.0.0.1:{}", spec.port);

@@ -84,10 +84,7 @@ fn grow(v: &mut Vec<u64>, n: usize) {
 }
 
 impl SyncBook {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "start-up, on the main thread"
-    )]
+    #[expect(clippy::disallowed_methods, reason = "start-up, on the main thread")]
     pub fn open(data_dir: PathBuf) -> anyhow::Result<SyncBook> {
         let path = data_dir.join(BOOK_FILE);
         let book = match std::fs::read_to_string(&path) {

@@ -44,6 +44,8 @@ pub trait ObjectCtx: ClusterCtx {
 pub struct ObjectShard {
     pub cfg: Arc<Config>,
     pub origin: Bridge,
+    /// The same origin with the background bounds, for the uploader.
+    origin_background: Bridge,
     pub metrics: Arc<ObjectMetrics>,
     /// Origin fetches in progress on this (owner) shard, by key: later misses wait on them.
     fetches: RefCell<HashMap<String, Rc<read::Fetch>>>,
@@ -57,6 +59,7 @@ impl ObjectShard {
     pub fn new(cfg: Arc<Config>, origin: Bridge) -> Self {
         ObjectShard {
             cfg,
+            origin_background: origin.background(),
             origin,
             metrics: Arc::default(),
             fetches: Default::default(),

@@ -66,7 +66,7 @@ pub async fn run<C: ObjectCtx>(ctx: Rc<C>, mut shutdown: tokio::sync::watch::Rec
 
 async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingOp) {
     let objects = ctx.objects();
-    let bridge = &objects.origin;
+    let bridge = &objects.origin_background;
     let key = CacheKey::from_stored(&op.key);
     let result = match &op.kind {
         PendingKind::Put {
