@@ -151,3 +151,23 @@ pub fn pump<S: ChunkSource>(
     });
     body
 }
+
+/// A whole-body response of `content_type`.
+pub fn text(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// A JSON response.
+pub fn json(status: http::StatusCode, v: &serde_json::Value) -> http::Response<Body> {
+    text(status, "application/json", v.to_string())
+}

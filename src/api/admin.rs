@@ -11,7 +11,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::error::ApiError;
-use crate::body::Body;
+use crate::body::{json, text, Body};
 use crate::cluster::Cluster;
 use crate::ctx::{ActiveGuard, Node, ShardCtx};
 use crate::http_util::query_param;
@@ -84,18 +84,6 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
     ctx.http
         .record(route, resp.status().as_u16(), start.elapsed());
     resp
-}
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Body::full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    text(status, "application/json", v.to_string())
 }
 
 /// The whole node's metrics: every layer writes its own families.

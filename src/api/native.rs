@@ -15,7 +15,7 @@ use nearcache_shards::WriteAttrs;
 use ulid::Ulid;
 
 use super::error::{ApiError, X_META_DELETED};
-use crate::body::Body;
+use crate::body::{json, text, Body};
 use crate::ctx::{ActiveGuard, ShardCtx};
 use crate::http_util::{answer_head, http_date, parse_byte_range, quoted, Answer, Conditions};
 use crate::metrics::Route;
@@ -164,18 +164,6 @@ async fn dispatch(
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     };
     (route, result)
-}
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Body::full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    text(status, "application/json", v.to_string())
 }
 
 /// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.

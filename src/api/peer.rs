@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use nearcache_shards::{Lookup, Tombstone};
 
 use super::error::ApiError;
-use crate::body::Body;
+use crate::body::{json, Body};
 use crate::cluster::sync::{self, ChangesReply, ReplicaError};
 use crate::cluster::{Cluster, H_CLUSTER, H_FROM, H_META};
 use crate::ctx::ShardCtx;
@@ -97,15 +97,6 @@ fn num(req: &Request<Incoming>, name: &str) -> Result<u64, ApiError> {
     })
 }
 
-fn json(v: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::full(v.to_string()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 async fn route(
     ctx: &Rc<ShardCtx>,
     cl: &std::sync::Arc<Cluster>,
@@ -137,7 +128,8 @@ async fn route(
             .await?
             .map_err(store_error)?;
             Ok(json(
-                serde_json::to_value(ChangesReply { shards: n, batch }).expect("serializes"),
+                StatusCode::OK,
+                &serde_json::to_value(ChangesReply { shards: n, batch }).expect("serializes"),
             ))
         }
         (Method::GET, "/_nc/v1/index") => {
@@ -157,7 +149,8 @@ async fn route(
             .await?
             .map_err(store_error)?;
             Ok(json(
-                serde_json::to_value(sync::IndexReply { shards: n, page }).expect("serializes"),
+                StatusCode::OK,
+                &serde_json::to_value(sync::IndexReply { shards: n, page }).expect("serializes"),
             ))
         }
         (Method::GET, "/_nc/v1/replica") => {
@@ -184,7 +177,10 @@ async fn route(
             })
             .await?
             .map_err(replica_error)?;
-            Ok(json(serde_json::json!({ "applied": applied })))
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "applied": applied }),
+            ))
         }
         (Method::POST, "/_nc/v1/tombstone") => {
             let body = crate::http_util::read_small_body(req.into_body(), 64 << 10).await?;
@@ -196,7 +192,10 @@ async fn route(
             })
             .await?
             .map_err(store_error)?;
-            Ok(json(serde_json::json!({ "applied": applied })))
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "applied": applied }),
+            ))
         }
         (m, p) => Err(ApiError::not_found(format!(
             "no internal route for {m} {p}"

@@ -32,6 +32,16 @@ impl S3Error {
         }
     }
 
+    /// An S3 error answer of the origin, as the origin gave it.
+    fn passthrough(status: u16, code: String, message: String) -> S3Error {
+        S3Error {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            code,
+            message,
+            retry_after: None,
+        }
+    }
+
     /// 503 ServiceUnavailable with `Retry-After`: the same request may succeed later.
     pub fn service_unavailable(message: impl Into<String>) -> S3Error {
         S3Error {
@@ -145,12 +155,7 @@ impl From<OriginError> for S3Error {
                 status,
                 code,
                 message,
-            } => S3Error {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                code,
-                message,
-                retry_after: None,
-            },
+            } => S3Error::passthrough(status, code, message),
             other => S3Error::from(ObjectError::from(other)),
         }
     }
@@ -209,12 +214,7 @@ impl From<ObjectError> for S3Error {
                 status,
                 code,
                 message,
-            } => S3Error {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                code,
-                message,
-                retry_after: None,
-            },
+            } => S3Error::passthrough(status, code, message),
             ObjectError::OriginUnavailable(_)
             | ObjectError::OriginWriteFailed(_)
             | ObjectError::OriginWriteTimedOut { .. }

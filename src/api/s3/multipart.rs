@@ -44,21 +44,25 @@ pub async fn create(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S
     )))
 }
 
-pub async fn upload_part(
-    ctx: &Rc<ShardCtx>,
-    req: &S3Req,
-    body: Incoming,
-) -> Result<Response<Body>, S3Error> {
-    let id = upload_id(req)?;
-    let part = req
-        .q("partNumber")
+/// `partNumber`: 1 to 10000.
+fn part_number(req: &S3Req) -> Result<u32, S3Error> {
+    req.q("partNumber")
         .and_then(|p| p.parse::<u32>().ok())
         .filter(|p| (1..=10_000).contains(p))
         .ok_or_else(|| {
             S3Error::invalid_argument(
                 "Part number must be an integer between 1 and 10000, inclusive",
             )
-        })?;
+        })
+}
+
+pub async fn upload_part(
+    ctx: &Rc<ShardCtx>,
+    req: &S3Req,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
+    let id = upload_id(req)?;
+    let part = part_number(req)?;
     let loc = req.loc();
     // Stage on this shard (the body is already here); the upload runs on the bridge.
     let super::object::StagedBody { staged, declared } = stage_body(ctx, req, body).await?;
@@ -93,15 +97,7 @@ pub async fn upload_part_copy(
     cred: &super::auth::Credential,
 ) -> Result<Response<Body>, S3Error> {
     let id = upload_id(req)?;
-    let part = req
-        .q("partNumber")
-        .and_then(|p| p.parse::<u32>().ok())
-        .filter(|p| (1..=10_000).contains(p))
-        .ok_or_else(|| {
-            S3Error::invalid_argument(
-                "Part number must be an integer between 1 and 10000, inclusive",
-            )
-        })?;
+    let part = part_number(req)?;
     let src = copy_source(req, cred)?;
     let range = match req.header("x-amz-copy-source-range") {
         None => None,
