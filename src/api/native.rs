@@ -131,6 +131,10 @@ async fn dispatch(
         return (route, Err(e));
     }
     if let (false, Some(cs)) = (forwarded, ctx.cluster.clone()) {
+        // A read this node may serve from its own copy takes one cross-shard hop.
+        if matches!(route, Route::Get | Route::Head) {
+            return (route, cluster_get(ctx, &cs, req, route == Route::Head, &path).await);
+        }
         match placement_key(ctx, route, &path, &mut req) {
             Ok(None) => {}
             Ok(Some((key, level))) => {
@@ -418,22 +422,58 @@ impl Render for NativeRender {
     }
 }
 
+fn get_request(
+    ctx: &ShardCtx,
+    req: &Request<Incoming>,
+    head: bool,
+    raw_id: &str,
+) -> Result<GetRequest, ApiError> {
+    let id = parse_id(raw_id, "id")?;
+    let h = req.headers();
+    Ok(GetRequest {
+        key: CacheKey::native(id),
+        head,
+        range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
+        cond: Conditions::from_headers(h),
+        fetch: bool_header(h, X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default),
+    })
+}
+
 async fn get(
     ctx: &Rc<ShardCtx>,
     req: Request<Incoming>,
     head: bool,
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let id = parse_id(raw_id, "id")?;
-    let h = req.headers();
-    let greq = GetRequest {
-        key: CacheKey::native(id),
-        head,
-        range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
-        cond: Conditions::from_headers(h),
-        fetch: bool_header(h, X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default),
-    };
+    let greq = get_request(ctx, &req, head, raw_id)?;
     Ok(crate::object::read::get(ctx, greq, NativeRender).await?)
+}
+
+/// GET or HEAD through a cluster node: here if this node is the first owner (read
+/// through on a miss), else from a copy held here if it may serve one, else proxied.
+async fn cluster_get(
+    ctx: &Rc<ShardCtx>,
+    cs: &crate::cluster::ClusterShard,
+    req: Request<Incoming>,
+    head: bool,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    use crate::cluster::route::{proxy, read_plan, ReadPlan, Route as Placed};
+    let raw_id = &path["/api/v1/get/".len()..];
+    let greq = get_request(ctx, &req, head, raw_id)?;
+    let owner_here = match read_plan(cs, greq.key.as_str()) {
+        ReadPlan::Here => return Ok(crate::object::read::get(ctx, greq, NativeRender).await?),
+        ReadPlan::IfHeld { owner_here } => owner_here,
+    };
+    let key = greq.key.clone();
+    if let Some(resp) = crate::object::read::get_held(ctx, greq, NativeRender, owner_here).await? {
+        return Ok(resp);
+    }
+    match proxy(cs, key.as_str(), req).await? {
+        Placed::Remote(resp) => Ok(resp),
+        // Every better-ranked node is unreachable: serve (read through) here.
+        Placed::Local(req) => get(ctx, req, head, raw_id).await,
+    }
 }
 
 // ---------------------------------------------------------------------------------------

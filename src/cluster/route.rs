@@ -36,6 +36,30 @@ pub enum Route {
     Remote(Response<Body>),
 }
 
+/// Where a read of a key goes, decided without leaving this thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// This node is the key's first owner: it serves, reading through on a miss.
+    Here,
+    /// Serve a copy held here if this node owns the key (`owner_here`) or the copy is
+    /// level 2; otherwise proxy it ([`proxy`]).
+    IfHeld { owner_here: bool },
+}
+
+/// Misses are read through on the first owner only, so that concurrent misses anywhere
+/// in the cluster coalesce into one origin GET. A copy held here serves if this node
+/// owns the key or the copy is level 2 (on every node).
+pub fn read_plan(cs: &ClusterShard, key: &str) -> ReadPlan {
+    let cl = &cs.cl;
+    let ranking = cl.ranking(key);
+    if ranking.first().is_some_and(|m| m.is_self) {
+        return ReadPlan::Here;
+    }
+    let owners = cl.owner_count(ranking.len(), 1);
+    let owner_here = ranking.iter().take(owners).any(|m| m.is_self);
+    ReadPlan::IfHeld { owner_here }
+}
+
 /// Serves `req` on the first reachable node of the key's ranking: writes here if this
 /// node owns the key, reads here if it holds an owned (or level-2) copy or is the first
 /// owner; else proxied to the first reachable node of the ranking.
@@ -69,6 +93,19 @@ pub async fn route<C: ClusterCtx>(
     } else if owner_here {
         return Ok(Route::Local(req));
     }
+    proxy(cs, key, req).await
+}
+
+/// Proxies `req` to the first reachable node of the key's ranking (this node serves if
+/// every better-ranked one is unreachable).
+pub async fn proxy(
+    cs: &ClusterShard,
+    key: &str,
+    req: Request<Incoming>,
+) -> Result<Route, ClusterError> {
+    let cl = &cs.cl;
+    let ranking = cl.ranking(key);
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     // The proxied request, built once; it comes back from a send that never left.

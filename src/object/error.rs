@@ -114,10 +114,10 @@ impl From<OriginError> for ObjectError {
                 ObjectError::NotFound("object not found here or in the origin".into())
             }
             OriginError::InvalidRange => ObjectError::OriginOther(e.to_string()),
-            OriginError::Unavailable(_) | OriginError::Closed => {
-                ObjectError::OriginUnavailable(e.to_string())
-            }
-            OriginError::Denied(_) => ObjectError::OriginDenied(e.to_string()),
+            // The variants' own texts, without OriginError's prefix (ours says it).
+            OriginError::Unavailable(m) => ObjectError::OriginUnavailable(m.clone()),
+            OriginError::Closed => ObjectError::OriginUnavailable("the origin bridge is shut down".into()),
+            OriginError::Denied(m) => ObjectError::OriginDenied(m.clone()),
             OriginError::Rejected(_) => ObjectError::OriginOther(e.to_string()),
             OriginError::Service {
                 status,

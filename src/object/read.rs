@@ -121,6 +121,34 @@ pub async fn get<C: ObjectCtx, R: Render>(
     .await?
 }
 
+/// GET or HEAD in a cluster, on a node that is not the key's first owner: served here in
+/// one hop if the owner shard holds a copy this node may serve (it owns the key, or the
+/// copy is level 2). `None`: nothing servable here; the caller proxies.
+pub async fn get_held<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: GetRequest,
+    render: R,
+    owner_here: bool,
+) -> Result<Option<Response<Body>>, ObjectError> {
+    let owner = ctx.mesh().owner_of(req.key.as_str());
+    on_shard(ctx, owner, move |ctx| async move {
+        let Lookup::Hit { meta, body } = ctx.store().peek(req.key.as_str()) else {
+            return Ok(None);
+        };
+        if !owner_here && meta.level < 2 {
+            return Ok(None);
+        }
+        // Counted as a hit only when served.
+        let _ = ctx.store().lookup(req.key.as_str());
+        match serve_hit(&*ctx, &req, &render, &meta, body, false).await {
+            Ok(r) => r.map(Some),
+            // Dropped as corrupt: not servable here any more.
+            Err(Corrupted) => Ok(None),
+        }
+    })
+    .await?
+}
+
 /// The stored copy failed verification (already dropped by the store).
 struct Corrupted;
 
