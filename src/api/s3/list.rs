@@ -20,29 +20,29 @@ use crate::body::Body;
 use crate::ctx::ShardCtx;
 
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     Object(ListEntry),
     Prefix,
 }
 
 /// A ListObjects (v1 or v2) request, parsed.
 #[derive(Debug)]
-struct ListQuery {
-    v2: bool,
-    prefix: String,
-    delimiter: Option<String>,
-    max_keys: usize,
-    url: bool,
-    token: Option<String>,
-    start_after: Option<String>,
-    marker: Option<String>,
+pub(crate) struct ListQuery {
+    pub(crate) v2: bool,
+    pub(crate) prefix: String,
+    pub(crate) delimiter: Option<String>,
+    pub(crate) max_keys: usize,
+    pub(crate) url: bool,
+    pub(crate) token: Option<String>,
+    pub(crate) start_after: Option<String>,
+    pub(crate) marker: Option<String>,
     /// List after this key (from the token, start-after or marker).
-    start: Option<String>,
-    fetch_owner: bool,
+    pub(crate) start: Option<String>,
+    pub(crate) fetch_owner: bool,
 }
 
 impl ListQuery {
-    fn parse(req: &S3Req, v2: bool) -> Result<ListQuery, S3Error> {
+    pub(crate) fn parse(req: &S3Req, v2: bool) -> Result<ListQuery, S3Error> {
         let max_keys = match req.q("max-keys") {
             None => 1000,
             Some(v) => v
@@ -96,17 +96,17 @@ impl ListQuery {
 /// One page of a listing: what it shows, whether more follow, and where the next
 /// page starts.
 #[derive(Debug)]
-struct Merged {
-    taken: Vec<(String, Item)>,
-    truncated: bool,
-    next: Option<String>,
+pub(crate) struct Merged {
+    pub(crate) taken: Vec<(String, Item)>,
+    pub(crate) truncated: bool,
+    pub(crate) next: Option<String>,
 }
 
 /// Merges the origin's page with the writes and deletes still pending upload (`None`
 /// entries are deletes): pending deletes hide origin keys, pending writes appear (as
 /// common prefixes when a delimiter groups them), but never past the origin's last key
 /// when the origin has more (those belong to a later page).
-fn merge(
+pub(crate) fn merge(
     q: &ListQuery,
     page: Option<ListPage>,
     pending: &BTreeMap<String, Option<ListEntry>>,
@@ -115,6 +115,14 @@ fn merge(
     let mut truncated_origin = false;
     let mut bound = None;
     if let Some(page) = page {
+        if page.is_truncated {
+            // The origin's last key, even if a pending delete hides it: the origin listed
+            // everything up to it, so the pending writes up to it belong on this page.
+            bound = (page.entries.iter().map(|e| &e.key))
+                .chain(&page.common_prefixes)
+                .max()
+                .cloned();
+        }
         for e in page.entries {
             if matches!(pending.get(&e.key), Some(None)) {
                 continue;
@@ -125,9 +133,6 @@ fn merge(
             items.insert(p, Item::Prefix);
         }
         truncated_origin = page.is_truncated;
-        if page.is_truncated {
-            bound = items.keys().next_back().cloned();
-        }
     }
     if q.max_keys > 0 {
         for (key, entry) in pending {
@@ -155,14 +160,19 @@ fn merge(
     items.retain(|k, _| q.after_start(k));
     let truncated = truncated_origin || items.len() > q.max_keys;
     let taken: Vec<(String, Item)> = items.into_iter().take(q.max_keys).collect();
+    // When nothing of a truncated origin page is shown (all deleted, or the start itself),
+    // the next page starts after the origin's last key. Without one to continue from (an
+    // empty page, or only the start again) the listing ends here rather than answer
+    // IsTruncated without a token.
     let next = if truncated {
-        taken.last().map(|(k, _)| k.clone())
+        let origin_last = bound.filter(|b| q.after_start(b));
+        taken.last().map(|(k, _)| k.clone()).or(origin_last)
     } else {
         None
     };
     Merged {
         taken,
-        truncated,
+        truncated: next.is_some(),
         next,
     }
 }
