@@ -1039,15 +1039,18 @@ fn fuzz_s3_address_model() {
                 src.string(6, K)
             };
             let port = src.pick(&["", ":9000", ":80"]);
+            // A fully qualified name may end in a dot.
+            let fqdn = src.pick(&["", "", "", "."]);
             let (host, path) = if vhost {
                 (
-                    format!("{bucket}.{}{port}", domain.to_ascii_uppercase()),
+                    format!("{bucket}.{}{fqdn}{port}", domain.to_ascii_uppercase()),
                     format!("/{}", encode_key(&key)),
                 )
             } else {
                 (
                     src.pick(&["s3.example.com", "127.0.0.1", "[::1]", "localhost"])
                         .to_owned()
+                        + fqdn
                         + port,
                     format!("/{}/{}", encode_key(&bucket), encode_key(&key)),
                 )
@@ -1190,4 +1193,23 @@ fn regression_list_pending_writes_stop_at_the_origin_last_key_even_if_deleted() 
     assert_eq!(keys, ["ab"]);
     assert!(m.truncated);
     assert_eq!(m.next.as_deref(), Some("ab"));
+}
+
+/// A virtual-host request whose Host ends in a dot (a fully qualified name) fell back to
+/// path style: `GET /other-bucket/x` to `bkt.s3.example.com.` addressed `other-bucket`
+/// (found by `fuzz_s3_address_model`).
+#[test]
+fn regression_s3_host_with_a_trailing_dot_is_the_same_virtual_host() {
+    let addr = |host: &str, path: &str| {
+        let p = parts(Some(host.as_bytes()), path).unwrap();
+        address(&p, Some("s3.example.com")).map_err(|e| e.code)
+    };
+    let want = Ok((Some("bkt".to_owned()), Some("other-bucket/x".to_owned())));
+    assert_eq!(addr("bkt.s3.example.com.", "/other-bucket/x"), want);
+    assert_eq!(addr("bkt.s3.example.com.:9000", "/other-bucket/x"), want);
+    assert_eq!(addr("bkt.s3.example.com", "/other-bucket/x"), want);
+    // The domain itself, with or without the dot: path style.
+    let path_style = Ok((Some("other-bucket".to_owned()), Some("x".to_owned())));
+    assert_eq!(addr("s3.example.com.", "/other-bucket/x"), path_style);
+    assert_eq!(addr("s3.example.com", "/other-bucket/x"), path_style);
 }

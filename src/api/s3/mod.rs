@@ -566,6 +566,8 @@ pub(crate) fn address(
         }
         _ => host,
     };
+    // A fully qualified name may end in a dot: `b.domain.` is `b.domain`.
+    let host = host.strip_suffix('.').unwrap_or(&host);
     let path = parts.uri.path();
     let vhost = domain.and_then(|d| {
         host.strip_suffix(d)
