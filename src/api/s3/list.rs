@@ -190,10 +190,6 @@ pub async fn list_objects(
             .await?
             .into_iter()
             .collect();
-    let deletes_ahead = pending
-        .iter()
-        .filter(|(k, e)| e.is_none() && q.after_start(k))
-        .count();
     let page = if q.max_keys == 0 {
         None
     } else {
@@ -201,12 +197,32 @@ pub async fn list_objects(
             prefix: q.prefix.clone(),
             delimiter: q.delimiter.clone(),
             start_after: q.start.clone(),
-            max_keys: q.max_keys.saturating_add(deletes_ahead).min(1000) as u32,
+            max_keys: origin_max_keys(&q, &pending),
         };
         Some(ctx.objects.origin.list_objects(bucket, params).await?)
     };
     let merged = merge(&q, page, &pending);
     Ok(xml_response(render(&q, bucket, &merged)))
+}
+
+/// How many keys to ask the origin for: max-keys, plus the pending deletes ahead (they hide
+/// origin keys), plus one when the start is a common prefix (a token after a page that
+/// ended on one): S3 lists it again while keys after the start fall under it, and the merge
+/// drops it, so with max-keys 1 a page would show nothing and the listing never move on.
+/// At most S3's 1000.
+pub(crate) fn origin_max_keys(q: &ListQuery, pending: &BTreeMap<String, Option<ListEntry>>) -> u32 {
+    let deletes_ahead = pending
+        .iter()
+        .filter(|(k, e)| e.is_none() && q.after_start(k))
+        .count();
+    let start_again = match (q.delimiter.as_deref(), q.start.as_deref()) {
+        (Some(d), Some(s)) => usize::from(s.ends_with(d)),
+        _ => 0,
+    };
+    q.max_keys
+        .saturating_add(deletes_ahead)
+        .saturating_add(start_again)
+        .min(1000) as u32
 }
 
 /// The ListBucketResult document.
