@@ -206,8 +206,14 @@ pub fn quoted(etag: &str) -> http::HeaderValue {
         .unwrap_or(http::HeaderValue::from_static("\"\""))
 }
 
+/// Latest time an HTTP date can carry, 9999-12-31T23:59:59.999Z, in ms since the epoch.
+const MAX_HTTP_DATE_MS: u64 = 253_402_300_799_999;
+
+/// `ms` as an HTTP date. `httpdate` panics on times past year 9999, which a stored u64 can
+/// hold (nothing checks the origin's or a peer's timestamps): those are written as the last
+/// second of 9999.
 pub fn http_date(ms: u64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_HTTP_DATE_MS)))
 }
 
 /// Why [`drain_into`] stopped.

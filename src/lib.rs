@@ -69,5 +69,8 @@ pub mod metrics;
 pub mod object;
 pub mod server;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::Config;
 pub use server::{start, ServerHandle};

@@ -171,7 +171,7 @@ async fn dispatch(
 }
 
 /// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
-fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
     let Some(v) = h.get(name) else {
         return Ok(None);
     };
@@ -208,13 +208,20 @@ fn display_name(name: &str) -> String {
 }
 
 /// Validates an id: a ULID, returned in canonical form.
-fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
-    Ulid::from_string(raw).map(|u| u.to_string()).map_err(|e| {
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
+    // 26 base32 digits hold 130 bits: `ulid` drops the top two, so a first digit above 7
+    // would alias another id ("8..." is "0..."). The ULID spec refuses it; so do we.
+    let overflow = raw.len() == 26 && !raw.starts_with(|c| ('0'..='7').contains(&c));
+    let parsed = match Ulid::from_string(raw) {
+        Ok(_) if overflow => Err("the value is larger than 128 bits".to_owned()),
+        r => r.map_err(|e| e.to_string()),
+    };
+    parsed.map(|u| u.to_string()).map_err(|e| {
         ApiError::bad_request("invalid id", format!("{what} {raw:?} is not a ULID: {e}"))
     })
 }
 
-fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
+pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
     let Some(v) = h.get(X_META_LEVEL) else {
         return Ok(default);
     };
@@ -231,7 +238,7 @@ fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
 
 /// X-Meta-UserMeta: a JSON object of string values; keys become x-amz-meta-* in S3, so
 /// they must be header-safe.
-fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
+pub(crate) fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
     let Some(v) = h.get(X_META_USERMETA) else {
         return Ok(BTreeMap::new());
     };
@@ -261,7 +268,13 @@ fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError>
                 "X-Meta-UserMeta value of {k:?} must be printable ASCII"
             )));
         }
-        out.insert(k.to_ascii_lowercase(), v);
+        // Keys are case-insensitive (x-amz-meta-* headers): "A" and "a" are one key twice,
+        // which would silently keep only one of the values.
+        if out.insert(k.to_ascii_lowercase(), v).is_some() {
+            return Err(bad(format!(
+                "X-Meta-UserMeta key {k:?} is given twice (keys are case-insensitive)"
+            )));
+        }
     }
     Ok(out)
 }

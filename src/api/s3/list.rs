@@ -20,29 +20,29 @@ use crate::body::Body;
 use crate::ctx::ShardCtx;
 
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     Object(ListEntry),
     Prefix,
 }
 
 /// A ListObjects (v1 or v2) request, parsed.
 #[derive(Debug)]
-struct ListQuery {
-    v2: bool,
-    prefix: String,
-    delimiter: Option<String>,
-    max_keys: usize,
-    url: bool,
-    token: Option<String>,
-    start_after: Option<String>,
-    marker: Option<String>,
+pub(crate) struct ListQuery {
+    pub(crate) v2: bool,
+    pub(crate) prefix: String,
+    pub(crate) delimiter: Option<String>,
+    pub(crate) max_keys: usize,
+    pub(crate) url: bool,
+    pub(crate) token: Option<String>,
+    pub(crate) start_after: Option<String>,
+    pub(crate) marker: Option<String>,
     /// List after this key (from the token, start-after or marker).
-    start: Option<String>,
-    fetch_owner: bool,
+    pub(crate) start: Option<String>,
+    pub(crate) fetch_owner: bool,
 }
 
 impl ListQuery {
-    fn parse(req: &S3Req, v2: bool) -> Result<ListQuery, S3Error> {
+    pub(crate) fn parse(req: &S3Req, v2: bool) -> Result<ListQuery, S3Error> {
         let max_keys = match req.q("max-keys") {
             None => 1000,
             Some(v) => v
@@ -96,17 +96,17 @@ impl ListQuery {
 /// One page of a listing: what it shows, whether more follow, and where the next
 /// page starts.
 #[derive(Debug)]
-struct Merged {
-    taken: Vec<(String, Item)>,
-    truncated: bool,
-    next: Option<String>,
+pub(crate) struct Merged {
+    pub(crate) taken: Vec<(String, Item)>,
+    pub(crate) truncated: bool,
+    pub(crate) next: Option<String>,
 }
 
 /// Merges the origin's page with the writes and deletes still pending upload (`None`
 /// entries are deletes): pending deletes hide origin keys, pending writes appear (as
 /// common prefixes when a delimiter groups them), but never past the origin's last key
 /// when the origin has more (those belong to a later page).
-fn merge(
+pub(crate) fn merge(
     q: &ListQuery,
     page: Option<ListPage>,
     pending: &BTreeMap<String, Option<ListEntry>>,
@@ -115,6 +115,14 @@ fn merge(
     let mut truncated_origin = false;
     let mut bound = None;
     if let Some(page) = page {
+        if page.is_truncated {
+            // The origin's last key, even if a pending delete hides it: the origin listed
+            // everything up to it, so the pending writes up to it belong on this page.
+            bound = (page.entries.iter().map(|e| &e.key))
+                .chain(&page.common_prefixes)
+                .max()
+                .cloned();
+        }
         for e in page.entries {
             if matches!(pending.get(&e.key), Some(None)) {
                 continue;
@@ -125,9 +133,6 @@ fn merge(
             items.insert(p, Item::Prefix);
         }
         truncated_origin = page.is_truncated;
-        if page.is_truncated {
-            bound = items.keys().next_back().cloned();
-        }
     }
     if q.max_keys > 0 {
         for (key, entry) in pending {
@@ -155,14 +160,19 @@ fn merge(
     items.retain(|k, _| q.after_start(k));
     let truncated = truncated_origin || items.len() > q.max_keys;
     let taken: Vec<(String, Item)> = items.into_iter().take(q.max_keys).collect();
+    // When nothing of a truncated origin page is shown (all deleted, or the start itself),
+    // the next page starts after the origin's last key. Without one to continue from (an
+    // empty page, or only the start again) the listing ends here rather than answer
+    // IsTruncated without a token.
     let next = if truncated {
-        taken.last().map(|(k, _)| k.clone())
+        let origin_last = bound.filter(|b| q.after_start(b));
+        taken.last().map(|(k, _)| k.clone()).or(origin_last)
     } else {
         None
     };
     Merged {
         taken,
-        truncated,
+        truncated: next.is_some(),
         next,
     }
 }
@@ -180,10 +190,6 @@ pub async fn list_objects(
             .await?
             .into_iter()
             .collect();
-    let deletes_ahead = pending
-        .iter()
-        .filter(|(k, e)| e.is_none() && q.after_start(k))
-        .count();
     let page = if q.max_keys == 0 {
         None
     } else {
@@ -191,12 +197,32 @@ pub async fn list_objects(
             prefix: q.prefix.clone(),
             delimiter: q.delimiter.clone(),
             start_after: q.start.clone(),
-            max_keys: q.max_keys.saturating_add(deletes_ahead).min(1000) as u32,
+            max_keys: origin_max_keys(&q, &pending),
         };
         Some(ctx.objects.origin.list_objects(bucket, params).await?)
     };
     let merged = merge(&q, page, &pending);
     Ok(xml_response(render(&q, bucket, &merged)))
+}
+
+/// How many keys to ask the origin for: max-keys, plus the pending deletes ahead (they hide
+/// origin keys), plus one when the start is a common prefix (a token after a page that
+/// ended on one): S3 lists it again while keys after the start fall under it, and the merge
+/// drops it, so with max-keys 1 a page would show nothing and the listing never move on.
+/// At most S3's 1000.
+pub(crate) fn origin_max_keys(q: &ListQuery, pending: &BTreeMap<String, Option<ListEntry>>) -> u32 {
+    let deletes_ahead = pending
+        .iter()
+        .filter(|(k, e)| e.is_none() && q.after_start(k))
+        .count();
+    let start_again = match (q.delimiter.as_deref(), q.start.as_deref()) {
+        (Some(d), Some(s)) => usize::from(s.ends_with(d)),
+        _ => 0,
+    };
+    q.max_keys
+        .saturating_add(deletes_ahead)
+        .saturating_add(start_again)
+        .min(1000) as u32
 }
 
 /// The ListBucketResult document.

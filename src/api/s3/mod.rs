@@ -16,7 +16,7 @@
 
 pub mod auth;
 pub mod error;
-mod list;
+pub(crate) mod list;
 mod multipart;
 mod object;
 mod xml;
@@ -33,7 +33,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_s3::ObjectLoc;
 
-use self::auth::{BodyCheck, BodyDecoder, ChecksumCheck, Credential, KeyStore};
+use self::auth::{BodyCheck, BodyDecoder, ChecksumAlgorithm, ChecksumCheck, Credential, KeyStore};
 use self::error::S3Error;
 use self::xml::{escape, iso_time, DECL, NS};
 use crate::body::Body;
@@ -139,6 +139,8 @@ pub(crate) struct S3Req {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body_check: BodyCheck,
+    /// The trailing checksum `x-amz-trailer` declared: an aws-chunked body must carry it.
+    pub trailer: Option<ChecksumAlgorithm>,
     /// The API's configuration and known buckets.
     pub state: Arc<S3State>,
 }
@@ -203,7 +205,8 @@ impl S3Req {
 
     /// A body decoder and the Content-MD5 / x-amz-checksum-* check for this request.
     pub fn body_checks(&self) -> Result<(BodyDecoder, ChecksumCheck), S3Error> {
-        let decoder = BodyDecoder::new(self.body_check.clone(), self.decoded_len()?);
+        let decoder =
+            BodyDecoder::with_trailer(self.body_check.clone(), self.decoded_len()?, self.trailer);
         let checks = ChecksumCheck::from_headers(&self.headers)?;
         Ok((decoder, checks))
     }
@@ -390,6 +393,7 @@ async fn run(
         query,
         headers: parts.headers,
         body_check: verified.body,
+        trailer: verified.trailer,
         state: state.clone(),
     };
     if let Some(b) = &req.bucket {
@@ -544,7 +548,7 @@ fn bucket_region(ctx: &ShardCtx) -> &str {
 
 /// (bucket, key) from the Host header (virtual-host style under the configured domain)
 /// or the path (path style).
-fn address(
+pub(crate) fn address(
     parts: &http::request::Parts,
     domain: Option<&str>,
 ) -> Result<(Option<String>, Option<String>), S3Error> {
@@ -562,6 +566,8 @@ fn address(
         }
         _ => host,
     };
+    // A fully qualified name may end in a dot: `b.domain.` is `b.domain`.
+    let host = host.strip_suffix('.').unwrap_or(&host);
     let path = parts.uri.path();
     let vhost = domain.and_then(|d| {
         host.strip_suffix(d)
@@ -621,7 +627,7 @@ fn address(
 }
 
 /// Query parameters, `+` and `%XX` decoded.
-fn parse_query(q: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -708,8 +714,41 @@ mod endpoint_tests {
             query: parse_query(query),
             headers,
             body_check: BodyCheck::None,
+            trailer: None,
             state: Arc::new(S3State::from_config(&S3ApiConfig::default())),
         }
+    }
+
+    /// Regression: `x-amz-trailer` was not passed to the body decoder, so an unsigned-trailer
+    /// body cut off exactly where its trailer starts was stored without any checksum check.
+    #[test]
+    fn an_unsigned_body_must_carry_the_trailer_x_amz_trailer_declared() {
+        let data = b"hello world";
+        let crc = ChecksumAlgorithm::Crc32.checksum_b64(data);
+        let head = format!("{:x}\r\nhello world\r\n0\r\n", data.len());
+        let whole = format!("{head}x-amz-checksum-crc32:{crc}\r\n\r\n");
+        let mut r = req(Method::PUT, Some("bkt"), Some("key"), "", false);
+        r.body_check = BodyCheck::UnsignedChunks;
+        r.trailer = Some(ChecksumAlgorithm::Crc32);
+        r.headers.insert(
+            "x-amz-decoded-content-length",
+            HeaderValue::from(data.len()),
+        );
+        let run = |body: &str| -> Result<Vec<u8>, S3Error> {
+            let (mut d, mut checks) = r.body_checks()?;
+            let mut out = Vec::new();
+            for b in d.feed(Bytes::copy_from_slice(body.as_bytes()))? {
+                checks.update(&b);
+                out.extend_from_slice(&b);
+            }
+            d.finish()?;
+            checks.finish()?;
+            Ok(out)
+        };
+        assert_eq!(run(&whole).unwrap(), data);
+        assert_eq!(run(&head).unwrap_err().code, "IncompleteBody");
+        let wrong = whole.replace(&crc, &ChecksumAlgorithm::Crc32.checksum_b64(b"other"));
+        assert_eq!(run(&wrong).unwrap_err().code, "BadDigest");
     }
 
     #[test]

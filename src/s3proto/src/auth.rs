@@ -40,6 +40,8 @@
 //!     pub region: String, pub trailer: Option<ChecksumAlgorithm> }   // x-amz-trailer, if declared
 //! impl BodyCheck { pub fn is_chunked(&self) -> bool }      // body is aws-chunked: decode it
 //! impl BodyDecoder {
+//!     /// `new`, requiring (and checking) the trailer `x-amz-trailer` declared.
+//!     pub fn with_trailer(check: BodyCheck, decoded_len: Option<u64>, trailer: Option<ChecksumAlgorithm>) -> Self;
 //!     /// Like `finish`, and returns the verified trailing checksum (algorithm, base64), if any.
 //!     pub fn finish_checksum(self) -> Result<Option<(ChecksumAlgorithm, String)>, AuthError>;
 //!     pub fn decoded_len(&self) -> u64;                    // decoded bytes returned so far
@@ -73,9 +75,12 @@
 //! - Errors about presigned query parameters use `AuthorizationHeaderMalformed` (S3 says
 //!   `AuthorizationQueryParametersError`, which the contract's enum has no variant for).
 //! - A missing `x-amz-content-sha256` on header auth is `MissingSecurityHeader`.
-//! - For `STREAMING-UNSIGNED-PAYLOAD-TRAILER`, the body decoder does not know which checksum
-//!   the trailer will carry (the variant carries no data), so it computes all five and checks
-//!   the one named; CRCs are cheap, SHA-1/256 cost CPU on those uploads.
+//! - For `STREAMING-UNSIGNED-PAYLOAD-TRAILER`, the variant carries no data: the server passes
+//!   [`Verified::trailer`] (`x-amz-trailer`) to [`BodyDecoder::with_trailer`], which then
+//!   requires that trailer and checks it (a body cut off before it is `IncompleteBody`, a
+//!   trailer section without it `InvalidRequest`, a wrong value `BadDigest`). Without a
+//!   declared trailer (`BodyDecoder::new`, or no `x-amz-trailer`) the decoder computes all
+//!   five checksums and checks the one named, if any; CRCs are cheap, SHA-1/256 cost CPU.
 
 #![cfg_attr(
     not(test),

@@ -139,8 +139,19 @@ fn decode(
     body: &[u8],
     cuts: &[usize],
 ) -> Result<Decoded, AuthError> {
+    decode_declared(check, None, limit, body, cuts)
+}
+
+/// [`decode`] with the trailer `x-amz-trailer` declared.
+fn decode_declared(
+    check: BodyCheck,
+    declared: Option<ChecksumAlgorithm>,
+    limit: Option<u64>,
+    body: &[u8],
+    cuts: &[usize],
+) -> Result<Decoded, AuthError> {
     let body = Bytes::copy_from_slice(body);
-    let mut d = BodyDecoder::new(check, limit);
+    let mut d = BodyDecoder::with_trailer(check, limit, declared);
     let mut out = Vec::new();
     let mut at = 0;
     for &c in cuts.iter().chain(std::iter::once(&body.len())) {
@@ -1026,12 +1037,26 @@ fn fuzz_chunked_raw() {
                 b
             };
             let seed = [7u8; 32];
-            if let Ok((out, _)) = decode(body_check(mode, seed, declared), limit, &body, &cut_at) {
+            let r = decode_declared(
+                body_check(mode, seed, declared),
+                declared,
+                limit,
+                &body,
+                &cut_at,
+            );
+            if let Ok((out, sum)) = r {
                 assert!(
                     mode == Mode::Unsigned,
                     "random bytes accepted as a signed body ({} bytes out)",
                     out.len()
                 );
+                if let Some(d) = declared {
+                    assert_eq!(
+                        sum.map(|(a, _)| a),
+                        Some(d),
+                        "unsigned body accepted without its declared trailer"
+                    );
+                }
             }
             // A signed decoder never releases bytes whose chunk signature it has not checked:
             // random bytes can't carry a valid one.
@@ -1172,8 +1197,9 @@ fn fuzz_chunked_valid_and_mutated() {
                 (_, i @ 0..=4) => Some(ChecksumAlgorithm::ALL[i]),
                 _ => None,
             };
-            // x-amz-trailer is declared (signed only) or not; the decoder must cope either way.
-            let declared = if mode == Mode::SignedTrailer && src.bool() {
+            // x-amz-trailer is declared or not; the decoder must cope either way. (Signed: in
+            // the chunk signer, as `verify_head` puts it; both: to `with_trailer`.)
+            let declared = if mode != Mode::Signed && src.bool() {
                 trailer
             } else {
                 None
@@ -1191,7 +1217,7 @@ fn fuzz_chunked_valid_and_mutated() {
             let split = cuts(&mut src, enc.body.len());
 
             // Untouched: verifies, and decodes to the payload.
-            let (out, sum) = decode(check.clone(), limit, &enc.body, &split)
+            let (out, sum) = decode_declared(check.clone(), declared, limit, &enc.body, &split)
                 .unwrap_or_else(|e| panic!("valid {mode:?} body refused: {e}"));
             assert_eq!(out, payload, "decoded body differs from the payload");
             let want_sum = trailer.map(|a| (a, a.checksum_b64(&payload)));
@@ -1254,13 +1280,17 @@ fn fuzz_chunked_valid_and_mutated() {
                         bad.truncate(src.below(bad.len()));
                     }
                     let split = cuts(&mut src, bad.len());
-                    if let Ok((o, s)) = decode(check.clone(), limit, &bad, &split) {
+                    if let Ok((o, s)) =
+                        decode_declared(check.clone(), declared, limit, &bad, &split)
+                    {
                         if protected {
                             assert_eq!(
                                 o, payload,
                                 "a changed {mode:?} body decoded to other bytes"
                             );
-                            if s.is_some() || mode != Mode::Unsigned {
+                            // A declared trailer is never skipped (a body cut off where it
+                            // starts used to be accepted without it).
+                            if s.is_some() || mode != Mode::Unsigned || declared.is_some() {
                                 assert_eq!(s, want_sum, "a changed body verified another checksum");
                             }
                         }
@@ -1269,7 +1299,7 @@ fn fuzz_chunked_valid_and_mutated() {
                 }
             };
             let split = cuts(&mut src, bad.len());
-            let r = decode(check, limit, &bad, &split);
+            let r = decode_declared(check, declared, limit, &bad, &split);
             assert!(
                 r.is_err(),
                 "{mode:?} body with a changed {what} accepted: {r:?}"
@@ -1579,4 +1609,33 @@ fn regression_obs_text_header_values_are_signed_as_bytes() {
             .code(),
         "SignatureDoesNotMatch"
     );
+}
+
+/// An unsigned-trailer body (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`, `x-amz-trailer` declared)
+/// cut off exactly where its trailer starts was accepted without any checksum check.
+#[test]
+fn regression_unsigned_body_cut_before_its_declared_trailer_is_refused() {
+    let payload = b"0123456789";
+    for alg in ChecksumAlgorithm::ALL {
+        let enc = encode_chunked(
+            Mode::Unsigned,
+            [0; 32],
+            payload,
+            &[4],
+            Some(alg),
+            Some(alg),
+            false,
+            false,
+        );
+        let at = enc.trailer_value[0] - alg.header_name().len() - 1;
+        let check = BodyCheck::UnsignedChunks;
+        let cut = &enc.body[..at];
+        let e = decode_declared(check.clone(), Some(alg), Some(10), cut, &[]).unwrap_err();
+        assert_eq!(e.code(), "IncompleteBody", "{alg:?}");
+        let (out, sum) = decode_declared(check, Some(alg), Some(10), &enc.body, &[]).unwrap();
+        assert_eq!(
+            (out.as_slice(), sum),
+            (&payload[..], Some((alg, alg.checksum_b64(payload))))
+        );
+    }
 }

@@ -370,7 +370,26 @@ fn length_mismatch(limit: u64, got: &str) -> AuthError {
 impl BodyDecoder {
     /// `decoded_len`: `x-amz-decoded-content-length` for aws-chunked bodies, else
     /// `Content-Length` if known; the decoded total must equal it (`IncompleteBody`).
+    ///
+    /// An unsigned aws-chunked body decoded this way is not told which trailer `x-amz-trailer`
+    /// declared, so it accepts a body without one: a server uses [`with_trailer`] with
+    /// [`Verified::trailer`](super::Verified::trailer) instead.
+    ///
+    /// [`with_trailer`]: Self::with_trailer
     pub fn new(check: BodyCheck, decoded_len: Option<u64>) -> Self {
+        Self::with_trailer(check, decoded_len, None)
+    }
+
+    /// Like [`new`](Self::new), for a request whose `x-amz-trailer` declared `declared_trailer`
+    /// ([`Verified::trailer`](super::Verified::trailer)): an aws-chunked body (signed or
+    /// unsigned) must then carry that trailing checksum and it must match. A body that ends
+    /// before it is `IncompleteBody`, a trailer section without it (or with another one)
+    /// `InvalidRequest`, a wrong value `BadDigest`. Bodies that are not aws-chunked ignore it.
+    pub fn with_trailer(
+        check: BodyCheck,
+        decoded_len: Option<u64>,
+        declared_trailer: Option<ChecksumAlgorithm>,
+    ) -> Self {
         let (signer, trailer) = match check {
             BodyCheck::None => {
                 return BodyDecoder {
@@ -396,7 +415,7 @@ impl BodyDecoder {
             }
             BodyCheck::UnsignedChunks => (None, true),
         };
-        let declared = signer.as_ref().and_then(|s| s.trailer_alg);
+        let declared = declared_trailer.or_else(|| signer.as_ref().and_then(|s| s.trailer_alg));
         let sums = if !trailer {
             Vec::new()
         } else if let Some(alg) = declared {
@@ -504,7 +523,17 @@ impl BodyDecoder {
                 match c.state {
                     State::Done => {}
                     State::FinalEnd if c.line.is_empty() => {}
-                    State::Trailers if c.line.is_empty() => c.end_trailers()?,
+                    State::Trailers if c.line.is_empty() => {
+                        // Unsigned: the body ended before the declared checksum arrived, it
+                        // was cut short. (Signed: the missing trailer signature says so.)
+                        let arrived = |d: ChecksumAlgorithm| {
+                            c.trailers.iter().any(|(n, _)| n == d.header_name())
+                        };
+                        if c.signer.is_none() && c.declared.is_some_and(|d| !arrived(d)) {
+                            return Err(incomplete());
+                        }
+                        c.end_trailers()?
+                    }
                     _ => return Err(incomplete()),
                 }
                 match c.limit {

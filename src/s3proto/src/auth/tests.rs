@@ -1225,6 +1225,104 @@ fn unsigned_trailer_checksums() {
     }
 }
 
+/// Regression: an unsigned-trailer body cut off exactly where its trailer starts was accepted
+/// without any checksum check, because the decoder was not told what `x-amz-trailer` declared.
+#[test]
+fn unsigned_trailer_declared_by_x_amz_trailer_is_required() {
+    let want = small_payload();
+    let len = Some(want.len() as u64);
+    let decode = |alg: Option<ChecksumAlgorithm>, pieces: &[&[u8]]| {
+        let mut d = BodyDecoder::with_trailer(BodyCheck::UnsignedChunks, len, alg);
+        let mut out = Vec::new();
+        for p in pieces {
+            for b in d.feed(Bytes::copy_from_slice(p))? {
+                out.extend_from_slice(&b);
+            }
+        }
+        d.finish_checksum().map(|sum| (out, sum))
+    };
+    for alg in ChecksumAlgorithm::ALL {
+        let value = alg.checksum_b64(&want);
+        let body = unsigned_body(&SMALL, &[(alg.header_name(), &value)], false);
+        // Whole, with the closing blank line or without it, split anywhere: accepted.
+        for cut in 0..=body.len() {
+            let (out, sum) = decode(Some(alg), &[&body[..cut], &body[cut..]])
+                .unwrap_or_else(|e| panic!("{alg:?} cut at {cut}: {e}"));
+            assert_eq!(out, want);
+            assert_eq!(sum, Some((alg, value.clone())));
+        }
+        decode(Some(alg), &[&body[..body.len() - 2]]).unwrap();
+
+        // Cut off where the trailer starts (with or without a blank line before it), or
+        // anywhere inside the trailer line: IncompleteBody. Without the declaration the same
+        // cut is still accepted (nothing was claimed), as before.
+        let trailer_at = body
+            .windows(14)
+            .position(|w| w == b"x-amz-checksum")
+            .unwrap();
+        for cut in trailer_at..body.len() - 2 {
+            assert_eq!(
+                code(decode(Some(alg), &[&body[..cut]])),
+                "IncompleteBody",
+                "cut {cut}"
+            );
+        }
+        assert_eq!(decode(None, &[&body[..trailer_at]]).unwrap().1, None);
+        // `0\r\n\r\n`: the blank line may be the separator some encoders send before the
+        // trailer, so the body may still have been cut short.
+        let empty = unsigned_body(&SMALL, &[], false);
+        assert_eq!(code(decode(Some(alg), &[&empty])), "IncompleteBody");
+
+        // A closed trailer section without the declared checksum, or with another one.
+        let closed = unsigned_body(&SMALL, &[], true);
+        assert_eq!(code(decode(Some(alg), &[&closed])), "InvalidRequest");
+        let other = ChecksumAlgorithm::ALL
+            .into_iter()
+            .find(|a| *a != alg)
+            .unwrap();
+        let body = unsigned_body(
+            &SMALL,
+            &[(other.header_name(), &other.checksum_b64(&want))],
+            false,
+        );
+        assert_eq!(code(decode(Some(alg), &[&body])), "InvalidRequest");
+
+        // The declared checksum, wrong: BadDigest.
+        let wrong = alg.checksum_b64(b"something else");
+        let body = unsigned_body(&SMALL, &[(alg.header_name(), &wrong)], false);
+        assert_eq!(code(decode(Some(alg), &[&body])), "BadDigest");
+    }
+}
+
+/// The declaration reaches the decoder from the request head: `verify_head` of an SDK-signed
+/// `STREAMING-UNSIGNED-PAYLOAD-TRAILER` request reports `x-amz-trailer` in `Verified::trailer`.
+#[test]
+fn sdk_unsigned_trailer_head_reports_the_declared_trailer() {
+    let now = SystemTime::now();
+    let p = sdk_sign(
+        "PUT",
+        "https://bucket.s3.example.com/key",
+        &[
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "21"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ],
+        SignableBody::Precomputed(STREAMING_UNSIGNED_TRAILER.into()),
+        SK,
+        now,
+        None,
+    );
+    let v = verify_head(&p, &keys(), now).unwrap();
+    assert!(matches!(v.body, BodyCheck::UnsignedChunks));
+    assert_eq!(v.trailer, Some(ChecksumAlgorithm::Crc32));
+    let want = small_payload();
+    // The body ends where the declared trailer should start: refused.
+    let body = unsigned_body(&SMALL, &[], false);
+    let mut d = BodyDecoder::with_trailer(v.body, Some(want.len() as u64), v.trailer);
+    assert_eq!(d.feed(Bytes::from(body)).unwrap().concat(), want);
+    assert_eq!(code(d.finish()), "IncompleteBody");
+}
+
 #[test]
 fn known_checksum_values() {
     // CRC-64/NVME check value, and AWS's crc32c of 66560 'a's from the trailer example.
