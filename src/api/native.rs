@@ -133,7 +133,10 @@ async fn dispatch(
     if let (false, Some(cs)) = (forwarded, ctx.cluster.clone()) {
         // A read this node may serve from its own copy takes one cross-shard hop.
         if matches!(route, Route::Get | Route::Head) {
-            return (route, cluster_get(ctx, &cs, req, route == Route::Head, &path).await);
+            return (
+                route,
+                cluster_get(ctx, &cs, req, route == Route::Head, &path).await,
+            );
         }
         match placement_key(ctx, route, &path, &mut req) {
             Ok(None) => {}

@@ -116,7 +116,9 @@ impl From<OriginError> for ObjectError {
             OriginError::InvalidRange => ObjectError::OriginOther(e.to_string()),
             // The variants' own texts, without OriginError's prefix (ours says it).
             OriginError::Unavailable(m) => ObjectError::OriginUnavailable(m.clone()),
-            OriginError::Closed => ObjectError::OriginUnavailable("the origin bridge is shut down".into()),
+            OriginError::Closed => {
+                ObjectError::OriginUnavailable("the origin bridge is shut down".into())
+            }
             OriginError::Denied(m) => ObjectError::OriginDenied(m.clone()),
             OriginError::Rejected(_) => ObjectError::OriginOther(e.to_string()),
             OriginError::Service {

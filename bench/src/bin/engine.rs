@@ -127,11 +127,15 @@ fn process_cpu() -> Duration {
 }
 
 /// Filesystem type name of `path`, to warn about tmpfs (no O_DIRECT, measures RAM).
+#[allow(
+    clippy::useless_conversion,
+    reason = "the width of f_type differs between targets"
+)]
 fn fs_type(path: &Path) -> String {
     let Ok(st) = rustix::fs::statfs(path) else {
         return "unknown".into();
     };
-    match st.f_type as i64 {
+    match i64::from(st.f_type) {
         0x0102_1994 => "tmpfs".into(),
         0xEF53 => "ext4".into(),
         0x5846_5342 => "xfs".into(),

@@ -1,5 +1,9 @@
 //! Plain-syscall device: std files, pread/pwrite. Blocking: on a reactor thread each
 //! call stalls the core for one disk operation. For tests and machines without io_uring.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the plain-syscall device is the blocking fallback (no io_uring): it blocks by design"
+)]
 
 use std::fs::{File, OpenOptions};
 use std::io;

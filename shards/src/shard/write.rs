@@ -412,6 +412,11 @@ impl ObjectWriter {
 }
 
 impl Drop for ObjectWriter {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "unlinking an abandoned write (rare: failed or cut requests) needs no \
+                  executor; Drop cannot await the ring"
+    )]
     fn drop(&mut self) {
         if let Some(buf) = self.buf.take() {
             self.core().return_block_buf(buf);
