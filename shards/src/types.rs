@@ -77,6 +77,43 @@ pub struct ObjectMeta {
     /// Absent in journals written before it existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// What the layers above derive from this version (response header values), made
+    /// on first use so that every later hit reuses it. Not persisted.
+    #[serde(skip)]
+    pub derived: Derived,
+}
+
+/// Values derived from one stored version, computed once. Opaque to the store; ignored
+/// by equality (it is a cache of the fields).
+#[derive(Clone, Default)]
+pub struct Derived(std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The derived value, made by `f` the first time. `None` if another type was stored
+    /// first (one layer owns this slot).
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, f: impl FnOnce() -> T) -> Option<&T> {
+        self.0
+            .get_or_init(|| std::sync::Arc::new(f()))
+            .downcast_ref::<T>()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Derived(set)"
+        } else {
+            "Derived(empty)"
+        })
+    }
 }
 
 /// Caller-supplied attributes for a write.

@@ -407,9 +407,10 @@ struct NativeRender;
 
 impl Render for NativeRender {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
+        let hv = v.head_values();
         let mut b = Response::builder()
-            .header(header::ETAG, quoted(v.etag))
-            .header(header::LAST_MODIFIED, http_date(v.last_modified_ms))
+            .header(header::ETAG, hv.etag.clone())
+            .header(header::LAST_MODIFIED, hv.last_modified.clone())
             .header(header::ACCEPT_RANGES, "bytes")
             .header(X_META_ID, v.key);
         if v.fetched {
@@ -428,11 +429,8 @@ impl Render for NativeRender {
         if let Some(l) = v.level {
             b = b.header(X_META_LEVEL, l.to_string());
         }
-        if !v.user_meta.is_empty() {
-            let j = serde_json::to_string(v.user_meta).unwrap_or_default();
-            if let Ok(v) = HeaderValue::from_str(&j) {
-                b = b.header(X_META_USERMETA, v);
-            }
+        if let Some(j) = &hv.user_meta_json {
+            b = b.header(X_META_USERMETA, j.clone());
         }
         answer_head(b, v.size, answer)
     }

@@ -867,6 +867,7 @@ mod tests {
             in_origin: false,
             provenance: nearcache_shards::Provenance::Client,
             headers: Default::default(),
+            derived: Default::default(),
         };
         let enc = encode_meta(&m);
         assert!(http::HeaderValue::from_str(&enc).is_ok());

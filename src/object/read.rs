@@ -43,6 +43,17 @@ pub struct ObjectView<'a> {
     pub level: Option<u8>,
     /// The body came from the origin for this request (or a fetch it waited on).
     pub fetched: bool,
+    /// Where a stored version keeps its rendered header values (None: from the origin).
+    derived: Option<&'a nearcache_shards::Derived>,
+}
+
+/// Header values of one stored version, rendered once and reused by every hit.
+pub struct HeadValues {
+    /// The ETag, quoted.
+    pub etag: http::HeaderValue,
+    pub last_modified: http::HeaderValue,
+    /// The user metadata as one JSON object (None when there is none).
+    pub user_meta_json: Option<http::HeaderValue>,
 }
 
 impl<'a> ObjectView<'a> {
@@ -59,6 +70,7 @@ impl<'a> ObjectView<'a> {
             parts_count: None,
             level: Some(m.level),
             fetched,
+            derived: Some(&m.derived),
         }
     }
 
@@ -75,6 +87,36 @@ impl<'a> ObjectView<'a> {
             parts_count: m.parts_count,
             level: None,
             fetched: true,
+            derived: None,
+        }
+    }
+
+    /// ETag, Last-Modified and user metadata as header values: for a stored version
+    /// made on its first read and kept with it.
+    pub fn head_values(&self) -> std::borrow::Cow<'a, HeadValues> {
+        let make = || HeadValues {
+            etag: crate::http_util::quoted(self.etag),
+            last_modified: http::HeaderValue::from_str(&crate::http_util::http_date(
+                self.last_modified_ms,
+            ))
+            .unwrap_or(http::HeaderValue::from_static("")),
+            user_meta_json: (!self.user_meta.is_empty())
+                .then(|| serde_json::to_string(self.user_meta).unwrap_or_default())
+                .and_then(|j| http::HeaderValue::from_str(&j).ok()),
+        };
+        match self.derived.and_then(|d| d.get_or_init(make)) {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(make()),
+        }
+    }
+}
+
+impl Clone for HeadValues {
+    fn clone(&self) -> Self {
+        HeadValues {
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            user_meta_json: self.user_meta_json.clone(),
         }
     }
 }

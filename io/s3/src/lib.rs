@@ -5,6 +5,9 @@
 //! it over channels. Bodies stream both ways in bounded chunks; nothing is buffered whole.
 //! Errors say whether a retry can help.
 //! Non-goals: caching, shards, HTTP serving. This crate knows nothing of the shard engine.
+// Production builds forbid unsafe; only the test-support module (feature `testutil`: process
+// control of the test S3 server) needs it.
+#![cfg_attr(not(feature = "testutil"), forbid(unsafe_code))]
 
 //!
 //! ## Threads

@@ -224,6 +224,7 @@ impl ObjectWriter {
                 Provenance::Client
             },
             headers: attrs.headers,
+            derived: Default::default(),
         })
         .await
     }
@@ -271,6 +272,7 @@ impl ObjectWriter {
         self.commit(guard, upload, |_, _, _, seq| ObjectMeta {
             seq,
             in_origin,
+            derived: Default::default(),
             ..meta.clone()
         })
         .await

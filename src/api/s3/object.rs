@@ -63,9 +63,10 @@ struct S3Render {
 
 impl Render for S3Render {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
+        let hv = v.head_values();
         let mut b = Response::builder()
-            .header(header::ETAG, quoted(v.etag))
-            .header(header::LAST_MODIFIED, http_date(v.last_modified_ms))
+            .header(header::ETAG, hv.etag.clone())
+            .header(header::LAST_MODIFIED, hv.last_modified.clone())
             .header(header::ACCEPT_RANGES, "bytes")
             .header(
                 header::CONTENT_TYPE,
