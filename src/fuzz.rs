@@ -658,6 +658,8 @@ fn s3_state() -> Arc<S3State> {
 /// A bucket request with this query string, as the S3 handler builds it.
 fn s3_req(state: &Arc<S3State>, query: &str) -> S3Req {
     S3Req {
+        uri: http::Uri::from_static("/bkt"),
+        forwarded: false,
         method: Method::GET,
         bucket: Some("bkt".into()),
         key: None,

@@ -103,11 +103,44 @@ pub async fn proxy(
     key: &str,
     req: Request<Incoming>,
 ) -> Result<Route, ClusterError> {
+    let (parts, body) = req.into_parts();
+    match send_to_ranking(cs, key, parts, Some(body)).await? {
+        Proxied::Remote(resp) => Ok(Route::Remote(resp)),
+        Proxied::NextInLine(parts, Some(body)) => {
+            Ok(Route::Local(Request::from_parts(parts, body)))
+        }
+        Proxied::NextInLine(_, None) => Err(unavailable(None)),
+    }
+}
+
+/// Proxies a read (its head only: a read has no body) to the first reachable node of
+/// the key's ranking. `None`: this node is next in line and serves it.
+pub async fn proxy_read(
+    cs: &ClusterShard,
+    key: &str,
+    parts: http::request::Parts,
+) -> Result<Option<Response<Body>>, ClusterError> {
+    match send_to_ranking(cs, key, parts, None).await? {
+        Proxied::Remote(resp) => Ok(Some(resp)),
+        Proxied::NextInLine(..) => Ok(None),
+    }
+}
+
+enum Proxied {
+    Remote(Response<Body>),
+    /// Every better-ranked node is unreachable: this node is next in line.
+    NextInLine(http::request::Parts, Option<Incoming>),
+}
+
+async fn send_to_ranking(
+    cs: &ClusterShard,
+    key: &str,
+    parts: http::request::Parts,
+    mut body: Option<Incoming>,
+) -> Result<Proxied, ClusterError> {
     let cl = &cs.cl;
     let ranking = cl.ranking(key);
-    let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    let (parts, body) = req.into_parts();
-    let mut body = Some(body);
+    let read = matches!(parts.method, Method::GET | Method::HEAD);
     // The proxied request, built once; it comes back from a send that never left.
     let mut out: Option<Request<PeerBody>> = None;
     let mut last_err = None;
@@ -115,10 +148,10 @@ pub async fn proxy(
         if m.is_self {
             // Every better-ranked node is unreachable: this node is next in line (and
             // becomes an owner once membership notices).
-            return match body.take() {
-                Some(b) => Ok(Route::Local(Request::from_parts(parts, b))),
-                None => Err(unavailable(last_err)),
-            };
+            if !read && body.is_none() {
+                return Err(unavailable(last_err));
+            }
+            return Ok(Proxied::NextInLine(parts, body.take()));
         }
         let sender = match cs.channel(m).await {
             Ok(s) => s,
@@ -153,7 +186,7 @@ pub async fn proxy(
                         .headers
                         .insert(H_SYMLINK, HeaderValue::from_static("true"));
                 }
-                return Ok(Route::Remote(Response::from_parts(
+                return Ok(Proxied::Remote(Response::from_parts(
                     rparts,
                     Body::Peer(rbody),
                 )));

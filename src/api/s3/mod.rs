@@ -132,6 +132,10 @@ pub(crate) async fn ensure_bucket(
 
 /// One authenticated request, parsed.
 pub(crate) struct S3Req {
+    /// The request's URI as received (a read is proxied with it).
+    pub uri: http::Uri,
+    /// Proxied here by another node: served here, never forwarded again.
+    pub forwarded: bool,
     pub method: Method,
     pub bucket: Option<String>,
     pub key: Option<String>,
@@ -370,10 +374,8 @@ async fn run(
             .iter()
             .any(|(n, _)| n == "uploadId" || n == "uploads" || n == "partNumber");
         let ckey = CacheKey::s3(b, k);
-        let object_op = matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-        );
+        // Reads are placed by GetObject itself (a copy held here serves in one hop).
+        let object_op = matches!(parts.method, Method::PUT | Method::DELETE);
         if object_op && !multipart && ckey.fits_store() {
             let mut req = Request::from_parts(parts, body);
             req.headers_mut()
@@ -387,6 +389,8 @@ async fn run(
     }
     let query = parse_query(parts.uri.query().unwrap_or(""));
     let req = S3Req {
+        uri: parts.uri.clone(),
+        forwarded,
         method: parts.method.clone(),
         bucket,
         key,
@@ -708,6 +712,8 @@ mod endpoint_tests {
             headers.insert("x-amz-copy-source", HeaderValue::from_static("/b/k"));
         }
         S3Req {
+            uri: http::Uri::from_static("/"),
+            forwarded: false,
             method,
             bucket: bucket.map(Into::into),
             key: key.map(Into::into),

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_s3::{CopySource, ObjectLoc, PutMeta, RemoteMeta, STORED_HEADERS};
@@ -123,14 +123,43 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
         write::flush_pending(ctx, key).await?;
         return passthrough_get(ctx, req.loc(), head, range, part, cond, overrides).await;
     }
-    let greq = GetRequest {
+    let greq = |key: CacheKey| GetRequest {
         key,
         head,
         range,
-        cond,
+        cond: cond.clone(),
         fetch: true,
     };
-    Ok(crate::object::read::get(ctx, greq, S3Render { overrides }).await?)
+    if let (false, Some(cs)) = (req.forwarded, ctx.cluster.clone()) {
+        use crate::cluster::route::{proxy_read, read_plan, ReadPlan};
+        if let ReadPlan::IfHeld { owner_here } = read_plan(&cs, key.as_str()) {
+            let render = S3Render {
+                overrides: overrides.clone(),
+            };
+            let held = crate::object::read::get_held(ctx, greq(key.clone()), render, owner_here);
+            if let Some(resp) = held.await? {
+                return Ok(resp);
+            }
+            let mut head = Request::builder()
+                .method(req.method.clone())
+                .uri(req.uri.clone())
+                .body(())
+                .expect("a valid request head")
+                .into_parts()
+                .0;
+            head.headers = req.headers.clone();
+            head.headers
+                .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
+            let proxied = proxy_read(&cs, key.as_str(), head)
+                .await
+                .map_err(ObjectError::from)?;
+            if let Some(resp) = proxied {
+                return Ok(resp);
+            }
+            // Every better-ranked node is unreachable: served (read through) here.
+        }
+    }
+    Ok(crate::object::read::get(ctx, greq(key), S3Render { overrides }).await?)
 }
 
 /// A GET/HEAD answered straight from the origin.
