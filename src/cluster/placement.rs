@@ -20,6 +20,34 @@ pub fn rank<'a>(key: &str, members: impl Iterator<Item = &'a Member>) -> Vec<Mem
     scored.into_iter().map(|(_, m)| m.clone()).collect()
 }
 
+/// How many of a key's `ranked` alive nodes own it at `level`: the replication factor
+/// (at least 1, at most all of them), or every alive node for level 2.
+pub fn owner_count(replication_factor: usize, ranked: usize, level: u8) -> usize {
+    if level >= 2 {
+        ranked
+    } else {
+        replication_factor.max(1).min(ranked)
+    }
+}
+
+/// Whether this node (`is_self`) owns a key at `level`: always at level 2, else when it
+/// is among the first [`owner_count`] of the key's ranking (computed only when needed).
+pub fn is_owner(replication_factor: usize, level: u8, ranking: impl FnOnce() -> Ranking) -> bool {
+    if level >= 2 {
+        return true;
+    }
+    let r = ranking();
+    let n = owner_count(replication_factor, r.len(), level);
+    let owner = r.iter().take(n).any(|m| m.is_self);
+    owner
+}
+
+/// Replica acknowledgements a fresh write needs besides the local copy, with `targets`
+/// other owners: the write quorum counts the local copy, and is clamped to the owners.
+pub fn acks_needed(write_quorum: usize, targets: usize) -> usize {
+    write_quorum.clamp(1, targets + 1) - 1
+}
+
 /// The alive members of one membership view ranked for a key, by index into the view:
 /// nothing is cloned per request.
 pub struct Ranking {

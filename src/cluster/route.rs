@@ -204,7 +204,7 @@ async fn quorum(
 }
 
 fn need(cl: &Cluster, targets: usize) -> usize {
-    cl.cfg.write_quorum.clamp(1, targets + 1) - 1
+    super::placement::acks_needed(cl.cfg.write_quorum, targets)
 }
 
 /// Pushes the stored version `meta` to the key's other owners (every node at level 2);

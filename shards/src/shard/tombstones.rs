@@ -177,7 +177,7 @@ impl Shard {
                 .iter()
                 .filter_map(|(k, e)| match e {
                     Entry::Tombstone(t)
-                        if t.deleted_at_ms.saturating_add(ttl_ms) <= now
+                        if crate::tombstone_expired(t.deleted_at_ms, ttl_ms, now)
                             && !st.pending.contains_key(k)
                             && may_drop(t) =>
                     {
