@@ -56,8 +56,7 @@ use nearcache_shards::{
     cut_changes, cut_index_page, records_to_trim, tombstone_expired, tombstone_wins,
     version_wins, Change, ChangeBatch, Held, Hlc, IndexPage, ObjectMeta, Provenance, Tombstone,
 };
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 use super::placement::{self, Ranking};
 use super::sync::{self, Resync, SyncBook};
@@ -73,6 +72,47 @@ const MAX_SCAN: usize = 8;
 const PULL_TIMEOUT_MS: u64 = 100;
 /// The book saver's period.
 const SAVE_EVERY_MS: u64 = 1000;
+
+/// SplitMix64: a small seeded PRNG, fast in debug builds (ChaCha is not, unoptimized).
+/// Its stream for a seed never changes, so seeds replay across versions of `rand`.
+struct SimRng(u64);
+
+impl RngCore for SimRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand::rngs::mock::StepRng::new(self.next_u64(), 1).fill_bytes(dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl SeedableRng for SimRng {
+    type Seed = [u8; 8];
+
+    fn from_seed(seed: [u8; 8]) -> SimRng {
+        SimRng(u64::from_le_bytes(seed))
+    }
+
+    fn seed_from_u64(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+}
+
+type StdRng = SimRng;
 
 #[derive(Debug, Clone)]
 struct Params {
@@ -229,10 +269,8 @@ impl SimShard {
     fn record(&mut self, seq: u64, change: Option<Change>, retain: u64) {
         self.journal.insert(seq, change);
         self.persisted_hlc = self.persisted_hlc.max(self.hlc.last());
-        let excess = records_to_trim(self.journal.len() as u64, retain);
-        if excess > 0 {
-            let cut = *self.journal.keys().nth(excess - 1).expect("excess <= len");
-            self.journal = self.journal.split_off(&(cut + 1));
+        for _ in 0..records_to_trim(self.journal.len() as u64, retain) {
+            let (cut, _) = self.journal.pop_first().expect("excess <= len");
             self.trimmed_through = self.trimmed_through.max(cut);
         }
     }
@@ -378,8 +416,6 @@ struct Op {
 struct Acked {
     ver: Ver,
     op: u64,
-    /// Nodes whose HLC observed it when it was acknowledged.
-    holders: BTreeSet<usize>,
     /// When it was acknowledged (sim ms).
     at: u64,
     /// A delete every node has observed (set once).
@@ -397,6 +433,7 @@ pub struct Stats {
     /// not observed it, lost to it by last-writer-wins (client-causal order, which the
     /// HLC cannot see).
     pub causal_inversions: u64,
+    pub quiesce_rounds: u64,
 }
 
 struct Sim {
@@ -406,6 +443,7 @@ struct Sim {
     step: usize,
     nodes: Vec<Node>,
     truth: Vec<MemberState>,
+    truth_view: Arc<View>,
     cut: BTreeSet<(usize, usize)>,
     net: Vec<Envelope>,
     next_req: u64,
@@ -426,7 +464,7 @@ struct Sim {
 fn member(i: usize, state: MemberState, me: Option<usize>) -> Member {
     Member {
         id: format!("n{i}"),
-        addr: format!("127.0.0.1:{}", 7000 + i).parse().expect("addr"),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)),
         state,
         incarnation: 0,
         generation: 0,
@@ -476,6 +514,7 @@ impl Sim {
             now: EPOCH_MS,
             step: 0,
             nodes,
+            truth_view: view_of(&truth, None),
             truth,
             cut: BTreeSet::new(),
             net: Vec::new(),
@@ -559,7 +598,7 @@ impl Sim {
 
     /// Owners of `key` by the true membership.
     fn true_owners(&self, key: &str) -> Vec<usize> {
-        let r = Ranking::new(key, view_of(&self.truth, None));
+        let r = Ranking::new(key, self.truth_view.clone());
         let n = placement::owner_count(self.p.rf, r.len(), self.key_level(key));
         r.iter().take(n).map(|m| idx(&m.id)).collect()
     }
@@ -678,10 +717,10 @@ impl Sim {
             }
         }
         self.log(|| format!("acked {ver:?} of {key} (holders {holders:?})"));
+        let _ = holders;
         self.acked.entry(key).or_default().push(Acked {
             ver,
             op,
-            holders,
             at: self.now,
             observed: false,
         });
@@ -1004,6 +1043,7 @@ impl Sim {
             s.hlc = Hlc::starting_after(s.persisted_hlc);
         }
         self.truth[n] = MemberState::Down;
+        self.truth_view = view_of(&self.truth, None);
         // Its pending client ops die with it; messages to it are dropped on delivery.
         self.ops.retain(|_, o| o.coord != n || o.acked.is_some());
     }
@@ -1011,6 +1051,7 @@ impl Sim {
     fn restart(&mut self, n: usize) {
         self.log(|| format!("n{n} restarts"));
         self.truth[n] = MemberState::Alive;
+        self.truth_view = view_of(&self.truth, None);
         let node = &mut self.nodes[n];
         node.up = true;
         node.view_states = self.truth.clone();
@@ -1136,15 +1177,22 @@ impl Sim {
                     ));
                 }
             }
-            // 2. No resurrection: once every node observed an acknowledged delete, none
-            // holds a write of the key sent before the delete was acknowledged and older
-            // by last-writer-wins. (A write sent later but stamped older by a lagging
-            // clock loses too: counted as a causal inversion, see `Stats`.)
+            // 2. No resurrection: once an acknowledged delete is observed by all (every
+            // owner holds its tombstone or a newer version, other nodes that or nothing),
+            // no node serves (owns, by its own view, and holds) a write of the key sent
+            // before the delete was acknowledged and older by last-writer-wins. (A write
+            // sent later but stamped older by a lagging clock loses too: counted as a
+            // causal inversion, see `Stats`.)
+            let owners = self.true_owners(&key);
+            let level = self.key_level(&key);
             for j in 0..self.acked[&key].len() {
-                let a = self.acked[&key][j].clone();
+                let a = &self.acked[&key][j];
                 let Ver::Del { hlc } = a.ver else { continue };
                 if !a.observed {
-                    let all = (0..self.p.nodes).all(|n| a.ver.covered_by(held(self.entry(n, &key))));
+                    let all = (0..self.p.nodes).all(|n| {
+                        let h = held(self.entry(n, &key));
+                        a.ver.covered_by(h) && (h != Held::Nothing || !owners.contains(&n))
+                    });
                     if all {
                         self.acked.get_mut(&key).expect("key")[j].observed = true;
                         self.log(|| format!("delete of {key} hlc {hlc} observed by all"));
@@ -1154,7 +1202,7 @@ impl Sim {
                 for n in 0..self.p.nodes {
                     if let Some(Entry::Object(m)) = self.entry(n, &key) {
                         let op: u64 = m.etag[1..].parse().expect("etag e<op>");
-                        if m.hlc <= hlc && self.issued[&op] < a.at {
+                        if m.hlc <= hlc && self.issued[&op] < a.at && self.owns(n, &key, level) {
                             return Err(format!(
                                 "n{n} holds {key} hlc {} etag {} again after the delete at hlc {hlc} was observed by all",
                                 m.hlc, m.etag
@@ -1171,7 +1219,7 @@ impl Sim {
     fn quiesce(&mut self, sweep: bool) -> Check {
         let mut stable = 0;
         let mut last = self.fingerprint();
-        for _ in 0..3000 {
+        for round in 0..3000 {
             self.now += 50;
             self.deliver_due()?;
             for n in 0..self.p.nodes {
@@ -1186,6 +1234,7 @@ impl Sim {
             if f == last && self.caught_up() {
                 stable += 1;
                 if stable >= 20 {
+                    self.stats.quiesce_rounds += round as u64;
                     return Ok(());
                 }
             } else {
@@ -1209,23 +1258,11 @@ impl Sim {
         })
     }
 
-    fn fingerprint(&self) -> Vec<Vec<(String, Entry)>> {
+    /// Changes whenever a store commits anything (every commit takes a seq).
+    fn fingerprint(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .flat_map(|n| {
-                n.shards.iter().map(|s| {
-                    s.index
-                        .iter()
-                        .map(|(k, e)| {
-                            let e = match e {
-                                Entry::Object(m) => Entry::Object(ObjectMeta { seq: 0, ..m.clone() }),
-                                Entry::Tomb(t) => Entry::Tomb(Tombstone { seq: 0, ..t.clone() }),
-                            };
-                            (k.clone(), e)
-                        })
-                        .collect()
-                })
-            })
+            .flat_map(|n| n.shards.iter().map(|s| s.next_seq))
             .collect()
     }
 
@@ -1368,6 +1405,7 @@ fn many_seeds() {
         total.rescans += s.rescans;
         total.swept += s.swept;
         total.causal_inversions += s.causal_inversions;
+        total.quiesce_rounds += s.quiesce_rounds;
     }
     println!(
         "{count} seeds from {start} in {:.1?}: {total:?}",
