@@ -64,6 +64,9 @@ pub struct Resync {
 struct Book {
     format: u32,
     peers: BTreeMap<String, PeerPos>,
+    /// Rescans since start: a pull sent before one must not move the positions it reset.
+    #[serde(skip)]
+    rescans: u64,
 }
 
 /// Sync positions. Touched by the sync loops and peer requests, never by client
@@ -115,6 +118,7 @@ impl SyncBook {
             None => Book {
                 format: BOOK_FORMAT,
                 peers: BTreeMap::new(),
+                rescans: 0,
             },
         };
         Ok(SyncBook {
@@ -238,25 +242,50 @@ impl SyncBook {
         })
     }
 
-    /// A pulled batch of changes was applied: the position moves to its `next_after`.
-    /// True when the peer has more.
-    pub(super) fn changes_applied(&self, peer: &str, shard: usize, shards: usize, batch: &ChangeBatch) -> bool {
+    /// How many rescans there were; a pull notes it when it starts and hands it to
+    /// [`SyncBook::changes_applied`] or [`SyncBook::index_page_applied`].
+    pub fn rescans(&self) -> u64 {
+        self.with(|b| b.rescans)
+    }
+
+    /// A pulled batch of changes, asked for when the book had seen `rescans` rescans,
+    /// was applied: the position moves to its `next_after`. True when the peer has more.
+    /// If a rescan came in between, the position stays where the rescan put it: the
+    /// batch was filtered by the ownership of before (another thread's pull may have
+    /// been in flight while ownership moved).
+    pub(super) fn changes_applied(
+        &self,
+        peer: &str,
+        shard: usize,
+        shards: usize,
+        rescans: u64,
+        batch: &ChangeBatch,
+    ) -> bool {
+        if self.rescans() != rescans {
+            return true;
+        }
         self.advance(peer, shard, shards, batch.next_after, batch.last_seq);
         batch.next_after < batch.last_seq
     }
 
     /// An index page of a scan that stood at `rs` was applied. The scan's journal
     /// position is the first page's `through`; after the last page the journal resumes
-    /// there. True when more pages follow.
+    /// there. True when more pages follow. Like [`SyncBook::changes_applied`], a page
+    /// asked for before a rescan (`rescans`) moves nothing.
+    #[expect(clippy::too_many_arguments, reason = "the pull's identity and its page")]
     pub(super) fn index_page_applied(
         &self,
         peer: &str,
         shard: usize,
         shards: usize,
+        rescans: u64,
         rs: &Resync,
         page_through: u64,
         next_key: Option<String>,
     ) -> bool {
+        if self.rescans() != rescans {
+            return true;
+        }
         let through = if rs.through == 0 {
             page_through
         } else {
@@ -314,11 +343,14 @@ impl SyncBook {
     }
 
     /// Ownership moved (a member went away): re-read peers' retained journals to pull
-    /// what this node now owns. Keys already held are skipped cheaply (same HLC).
+    /// what this node now owns. Keys already held are skipped cheaply (same HLC). Index
+    /// scans in progress start over too: their earlier pages skipped keys not owned then.
     pub fn rescan(&self) {
         self.change(|b| {
+            b.rescans += 1;
             for p in b.peers.values_mut() {
                 p.after.iter_mut().for_each(|a| *a = 0);
+                p.resync.values_mut().for_each(|r| *r = Resync::default());
             }
         })
     }
@@ -559,8 +591,9 @@ async fn pull_once<C: ClusterCtx>(
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
     let cl = &cs.cl;
+    let rescans = cl.book.rescans();
     if let Some(rs) = cl.book.resync_of(&p.id, shard) {
-        return resync_once(ctx, cs, p, shard, rs, limiter).await;
+        return resync_once(ctx, cs, p, shard, rescans, rs, limiter).await;
     }
     let after = cl.book.after(&p.id, shard);
     let uri = format!(
@@ -578,7 +611,9 @@ async fn pull_once<C: ClusterCtx>(
     }
     let changes = batch.changes.iter().map(|(_, c)| c.clone()).collect();
     apply_all(ctx, cs, p, changes, limiter).await?;
-    Ok(cl.book.changes_applied(&p.id, shard, reply.shards, &batch))
+    Ok(cl
+        .book
+        .changes_applied(&p.id, shard, reply.shards, rescans, &batch))
 }
 
 /// GETs a JSON document from a peer's internal API.
@@ -632,6 +667,7 @@ async fn resync_once<C: ClusterCtx>(
     cs: &ClusterShard,
     p: &Member,
     shard: usize,
+    rescans: u64,
     rs: Resync,
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
@@ -651,6 +687,7 @@ async fn resync_once<C: ClusterCtx>(
         &p.id,
         shard,
         reply.shards,
+        rescans,
         &rs,
         page.through,
         page.next_key,
