@@ -134,13 +134,17 @@ struct Params {
     /// Chance per tick that a node's view catches up with one member's true state;
     /// 1.0: views are always true ("strict" seeds, where owners are checked exactly).
     gossip: f64,
+    /// Views are always true (gossip 1.0 from the start): owners are checked exactly.
+    strict: bool,
 }
 
 impl Params {
     fn draw(rng: &mut StdRng) -> Params {
         let nodes = rng.gen_range(3..=5);
         let rf = rng.gen_range(2..=3usize.min(nodes));
+        let strict = rng.gen_bool(0.5);
         Params {
+            strict,
             nodes,
             shards: rng.gen_range(1..=3),
             rf,
@@ -156,7 +160,7 @@ impl Params {
             ttl_ms: 10_000,
             crash: rng.gen_range(0.0..0.03),
             partition: rng.gen_range(0.0..0.03),
-            gossip: if rng.gen_bool(0.5) {
+            gossip: if strict {
                 1.0
             } else {
                 rng.gen_range(0.1..0.9)
@@ -445,6 +449,8 @@ pub struct Stats {
 
 struct Sim {
     p: Params,
+    /// The drawn parameters (the heal changes `p`).
+    drawn: Params,
     rng: StdRng,
     now: u64,
     step: usize,
@@ -517,6 +523,7 @@ impl Sim {
             })
             .collect();
         Sim {
+            drawn: p.clone(),
             p,
             rng,
             now: EPOCH_MS,
@@ -675,7 +682,8 @@ impl Sim {
             .map(|m| idx(&m.id))
             .collect();
         let need = placement::acks_needed(self.p.wq, targets.len());
-        self.log(|| format!("client {ver:?} of {key} at n{entry} -> n{coord}, targets {targets:?}, need {need}"));
+        let seen: Vec<bool> = self.nodes[coord].view_states.iter().map(|s| s.is_alive()).collect();
+        self.log(|| format!("client {ver:?} of {key} at n{entry} -> n{coord} (alive {seen:?}), targets {targets:?}, need {need}"));
         // Causality: a coordinator that has observed an acknowledged version of the key
         // (it wrote or stored it) stamps this one after it.
         for a in self.acked.get(&key).into_iter().flatten() {
@@ -991,6 +999,9 @@ impl Sim {
         }
         if changed {
             self.nodes[n].view = view_of(&self.nodes[n].view_states, Some(n));
+            let seen: Vec<bool> = self.nodes[n].view_states.iter().map(|s| s.is_alive()).collect();
+            let truth: Vec<bool> = self.truth.iter().map(|s| s.is_alive()).collect();
+            self.log(|| format!("n{n} sees alive {seen:?} (truth {truth:?})"));
         }
         let view = self.nodes[n].view.clone();
         let alive: HashSet<String> = view.alive().map(|m| m.id.clone()).collect();
@@ -1200,7 +1211,7 @@ impl Sim {
     /// The invariants, after every step.
     fn check(&mut self) -> Check {
         let down = self.nodes.iter().filter(|n| !n.up).count();
-        let strict = self.p.gossip >= 1.0;
+        let strict = self.p.strict;
         let keys: Vec<String> = self.acked.keys().cloned().collect();
         for key in keys {
             let latest = self.latest(&key).expect("acked versions");
@@ -1217,8 +1228,11 @@ impl Sim {
                     .iter()
                     .any(|&n| self.nodes[n].up && self.covers(n, &key, &latest.ver));
                 if !held_by {
+                    let holds: Vec<String> = (0..self.p.nodes)
+                        .map(|n| format!("n{n}{}: {:?}", if self.nodes[n].up { "" } else { " (down)" }, self.entry(n, &key)))
+                        .collect();
                     return Err(format!(
-                        "acknowledged {:?} of {key} (op {}) is held by no live {}",
+                        "acknowledged {:?} of {key} (op {}) is held by no live {} of {candidates:?}: {holds:#?}",
                         latest.ver,
                         latest.op,
                         if strict { "owner" } else { "node" }
@@ -1426,7 +1440,7 @@ fn run_seed(seed: u64) -> Stats {
         panic!(
             "simulation seed {seed} failed: {e}\n(replay: {again:?})\nparams: {:?}\nlast steps:\n{}\n\
              replay: NC_SIM_SEEDS=1 NC_SIM_START={seed} cargo test -p nearcache --lib cluster::sim::many_seeds -- --nocapture",
-            replay.p,
+            replay.drawn,
             log[tail..].join("\n")
         );
     }
