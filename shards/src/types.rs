@@ -82,6 +82,16 @@ pub fn tombstone_expired(deleted_at_ms: u64, ttl_ms: u64, now_ms: u64) -> bool {
     deleted_at_ms.saturating_add(ttl_ms) <= now_ms
 }
 
+/// Whether a tombstone produced elsewhere is stored over what the key holds: it must win
+/// last-writer-wins ([`tombstone_wins`]), and a key that holds nothing takes none that is
+/// already past its TTL at `now_ms`: there is nothing to delete, the sweep would drop it
+/// at once, and storing it journals it anew for peers that swept it already, which then
+/// store it again (after a rescan, expired tombstones went round the cluster forever).
+pub fn tombstone_applies(t: &Tombstone, held: Held<'_>, ttl_ms: u64, now_ms: u64) -> bool {
+    tombstone_wins(t.hlc, held)
+        && !(held == Held::Nothing && tombstone_expired(t.deleted_at_ms, ttl_ms, now_ms))
+}
+
 /// Everything known about a stored object, as kept in the index and the journal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectMeta {

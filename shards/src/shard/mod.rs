@@ -126,10 +126,11 @@ impl State {
         crate::version_wins(hlc, etag, self.held(key))
     }
 
-    /// Last-writer-wins for a tombstone: it beats a version with a lower or equal hlc
-    /// ([`crate::tombstone_wins`]).
-    fn tombstone_is_newer(&self, t: &Tombstone) -> bool {
-        crate::tombstone_wins(t.hlc, self.held(&t.key))
+    /// Whether a tombstone from elsewhere is stored: last-writer-wins (it beats a version
+    /// with a lower or equal hlc), unless it expired and the key holds nothing
+    /// ([`crate::tombstone_applies`]).
+    fn tombstone_applies(&self, t: &Tombstone, ttl_ms: u64, now_ms: u64) -> bool {
+        crate::tombstone_applies(t, self.held(&t.key), ttl_ms, now_ms)
     }
 
     fn mem_remove(&mut self, key: &str) {
