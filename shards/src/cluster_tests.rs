@@ -640,9 +640,14 @@ fn sweep_tombstones_where_respects_predicate() {
             assert!(!shard.apply_tombstone(&t, Some(0)).await.unwrap());
             assert!(matches!(shard.peek(key), Lookup::Miss));
             // ...but still deletes an older copy.
-            replicate(&shard, &remote_meta(key, b"x", hlc - 1, level), b"x", Some(0))
-                .await
-                .unwrap();
+            replicate(
+                &shard,
+                &remote_meta(key, b"x", hlc - 1, level),
+                b"x",
+                Some(0),
+            )
+            .await
+            .unwrap();
             assert!(shard.apply_tombstone(&t, Some(0)).await.unwrap());
         }
         shard.delete("fresh", 0).await.unwrap();

@@ -58,8 +58,8 @@ use std::sync::Arc;
 use nearcache_membership::{Member, MemberState, View};
 use nearcache_shards::{
     cut_changes, cut_index_page, records_to_trim, tombstone_applies, tombstone_expired,
-    tombstone_wins,
-    version_wins, Change, ChangeBatch, Held, Hlc, IndexPage, ObjectMeta, Provenance, Tombstone,
+    tombstone_wins, version_wins, Change, ChangeBatch, Held, Hlc, IndexPage, ObjectMeta,
+    Provenance, Tombstone,
 };
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -169,11 +169,7 @@ impl Params {
             ttl_ms: 2 * max_skew_ms + 2 * max_delay_ms + rng.gen_range(100..=2000),
             crash: rng.gen_range(0.0..0.03),
             partition: rng.gen_range(0.0..0.03),
-            gossip: if strict {
-                1.0
-            } else {
-                rng.gen_range(0.1..0.9)
-            },
+            gossip: if strict { 1.0 } else { rng.gen_range(0.1..0.9) },
         }
     }
 }
@@ -332,7 +328,8 @@ impl SimShard {
         }
         let seq = self.alloc();
         let stored = Tombstone { seq, ..t.clone() };
-        self.index.insert(t.key.clone(), Entry::Tomb(stored.clone()));
+        self.index
+            .insert(t.key.clone(), Entry::Tomb(stored.clone()));
         self.record(seq, Some(Change::Delete(stored)), retain);
         true
     }
@@ -345,8 +342,15 @@ impl SimShard {
             .into_iter()
             .flatten()
             .map(|(s, c)| Ok::<_, ()>((*s, c.clone())));
-        let r = cut_changes(after, horizon, self.trimmed_through, limit, MAX_SCAN, records)
-            .expect("no read errors in memory");
+        let r = cut_changes(
+            after,
+            horizon,
+            self.trimmed_through,
+            limit,
+            MAX_SCAN,
+            records,
+        )
+        .expect("no read errors in memory");
         ChangeBatch {
             changes: r.changes,
             next_after: r.next_after,
@@ -403,13 +407,39 @@ struct Node {
 }
 
 enum Msg {
-    PushPut { op: u64, meta: ObjectMeta },
-    PushTomb { op: u64, t: Tombstone },
-    PushAck { op: u64 },
-    ChangesReq { req: u64, shard: usize, after: u64 },
-    ChangesResp { req: u64, shard: usize, shards: usize, batch: ChangeBatch },
-    IndexReq { req: u64, shard: usize, after_key: Option<String> },
-    IndexResp { req: u64, shard: usize, shards: usize, page: IndexPage },
+    PushPut {
+        op: u64,
+        meta: ObjectMeta,
+    },
+    PushTomb {
+        op: u64,
+        t: Tombstone,
+    },
+    PushAck {
+        op: u64,
+    },
+    ChangesReq {
+        req: u64,
+        shard: usize,
+        after: u64,
+    },
+    ChangesResp {
+        req: u64,
+        shard: usize,
+        shards: usize,
+        batch: ChangeBatch,
+    },
+    IndexReq {
+        req: u64,
+        shard: usize,
+        after_key: Option<String>,
+    },
+    IndexResp {
+        req: u64,
+        shard: usize,
+        shards: usize,
+        page: IndexPage,
+    },
 }
 
 struct Envelope {
@@ -667,7 +697,10 @@ impl Sim {
         if delete {
             let t = self.nodes[coord].shards[s].delete(&key, level, wall, retain);
             ver = Ver::Del { hlc: t.hlc };
-            self.deletes.entry(key.clone()).or_default().push(ver.clone());
+            self.deletes
+                .entry(key.clone())
+                .or_default()
+                .push(ver.clone());
             msg = Box::new(move || Msg::PushTomb { op, t: t.clone() });
         } else {
             let etag = format!("e{op}");
@@ -691,12 +724,19 @@ impl Sim {
             .map(|m| idx(&m.id))
             .collect();
         let need = placement::acks_needed(self.p.wq, targets.len());
-        let seen: Vec<bool> = self.nodes[coord].view_states.iter().map(|s| s.is_alive()).collect();
+        let seen: Vec<bool> = self.nodes[coord]
+            .view_states
+            .iter()
+            .map(|s| s.is_alive())
+            .collect();
         self.log(|| format!("client {ver:?} of {key} at n{entry} -> n{coord} (alive {seen:?}), targets {targets:?}, need {need}"));
         // Causality: a coordinator that has observed an acknowledged version of the key
         // (it wrote or stored it) stamps this one after it.
         for a in self.acked.get(&key).into_iter().flatten() {
-            let observed = self.ops.get(&a.op).is_some_and(|o| o.holders.contains(&coord));
+            let observed = self
+                .ops
+                .get(&a.op)
+                .is_some_and(|o| o.holders.contains(&coord));
             if observed && ver.hlc() <= a.ver.hlc() {
                 return Err(format!(
                     "n{coord} stamped {ver:?} of {key} before {:?}, which it had observed",
@@ -732,7 +772,8 @@ impl Sim {
             return;
         }
         o.acked = Some(self.step);
-        let (key, ver, holders, issued) = (o.key.clone(), o.ver.clone(), o.holders.clone(), o.issued);
+        let (key, ver, holders, issued) =
+            (o.key.clone(), o.ver.clone(), o.holders.clone(), o.issued);
         self.stats.acked += 1;
         for a in self.acked.get(&key).into_iter().flatten() {
             if a.at < issued && a.ver.beats(&ver) {
@@ -763,7 +804,12 @@ impl Sim {
             Msg::PushPut { op, meta } => {
                 let s = owner_of(&meta.key, self.p.shards);
                 let applied = self.nodes[to].shards[s].apply_replica(&meta, retain);
-                self.log(|| format!("n{to} replica {} hlc {} applied {applied}", meta.key, meta.hlc));
+                self.log(|| {
+                    format!(
+                        "n{to} replica {} hlc {} applied {applied}",
+                        meta.key, meta.hlc
+                    )
+                });
                 self.send(to, from, Msg::PushAck { op }, true);
             }
             Msg::PushTomb { op, t } => {
@@ -809,7 +855,8 @@ impl Sim {
                 shard,
                 after_key,
             } => {
-                let page = self.nodes[to].shards[shard].index_page(after_key.as_deref(), self.p.batch);
+                let page =
+                    self.nodes[to].shards[shard].index_page(after_key.as_deref(), self.p.batch);
                 let shards = self.p.shards;
                 self.send(
                     to,
@@ -847,9 +894,13 @@ impl Sim {
                 }
                 if ok {
                     let before = self.nodes[to].book.after(&pid, shard);
-                    let more = self.nodes[to]
-                        .book
-                        .changes_applied(&pid, shard, shards, pull.book_rescans, &batch);
+                    let more = self.nodes[to].book.changes_applied(
+                        &pid,
+                        shard,
+                        shards,
+                        pull.book_rescans,
+                        &batch,
+                    );
                     if pull.rescans != self.nodes[to].rescans
                         && self.nodes[to].book.after(&pid, shard) != before
                     {
@@ -885,7 +936,10 @@ impl Sim {
                     let pid = self.nodes[from].id.clone();
                     let before = (
                         self.nodes[to].book.after(&pid, shard),
-                        self.nodes[to].book.resync_of(&pid, shard).map(|r| r.after_key().map(str::to_string)),
+                        self.nodes[to]
+                            .book
+                            .resync_of(&pid, shard)
+                            .map(|r| r.after_key().map(str::to_string)),
                     );
                     let more = self.nodes[to].book.index_page_applied(
                         &pid,
@@ -893,12 +947,14 @@ impl Sim {
                         shards,
                         pull.book_rescans,
                         &rs,
-                        page.through,
-                        page.next_key.clone(),
+                        &page,
                     );
                     let after = (
                         self.nodes[to].book.after(&pid, shard),
-                        self.nodes[to].book.resync_of(&pid, shard).map(|r| r.after_key().map(str::to_string)),
+                        self.nodes[to]
+                            .book
+                            .resync_of(&pid, shard)
+                            .map(|r| r.after_key().map(str::to_string)),
                     );
                     if pull.rescans != self.nodes[to].rescans && after != before {
                         return Err(format!(
@@ -931,19 +987,29 @@ impl Sim {
                     return true;
                 }
                 let s = owner_of(&m.key, self.p.shards);
-                if !version_wins(m.hlc, &m.etag, held(self.nodes[n].shards[s].index.get(&m.key))) {
+                if !version_wins(
+                    m.hlc,
+                    &m.etag,
+                    held(self.nodes[n].shards[s].index.get(&m.key)),
+                ) {
                     return true;
                 }
                 // `pull_object`: fetch the peer's current copy.
                 if !self.reachable(n, peer) || self.rng.gen_bool(self.p.loss) {
                     return false;
                 }
-                let Some(Entry::Object(cur)) = self.nodes[peer].shards[s].index.get(&m.key).cloned()
+                let Some(Entry::Object(cur)) =
+                    self.nodes[peer].shards[s].index.get(&m.key).cloned()
                 else {
                     return true;
                 };
                 let applied = self.nodes[n].shards[s].apply_replica(&cur, retain);
-                self.log(|| format!("n{n} pulled {} hlc {} from n{peer}: {applied}", cur.key, cur.hlc));
+                self.log(|| {
+                    format!(
+                        "n{n} pulled {} hlc {} from n{peer}: {applied}",
+                        cur.key, cur.hlc
+                    )
+                });
                 true
             }
             Change::Delete(t) => {
@@ -952,7 +1018,12 @@ impl Sim {
                 if sync::wants_tombstone(holds, || self.owns(n, &t.key, t.level)) {
                     let (ttl, wall) = (self.p.ttl_ms, self.wall(n));
                     let applied = self.nodes[n].shards[s].apply_tombstone(t, retain, ttl, wall);
-                    self.log(|| format!("n{n} pulled tombstone {} hlc {} from n{peer}: {applied}", t.key, t.hlc));
+                    self.log(|| {
+                        format!(
+                            "n{n} pulled tombstone {} hlc {} from n{peer}: {applied}",
+                            t.key, t.hlc
+                        )
+                    });
                 }
                 true
             }
@@ -1010,7 +1081,11 @@ impl Sim {
         }
         if changed {
             self.nodes[n].view = view_of(&self.nodes[n].view_states, Some(n));
-            let seen: Vec<bool> = self.nodes[n].view_states.iter().map(|s| s.is_alive()).collect();
+            let seen: Vec<bool> = self.nodes[n]
+                .view_states
+                .iter()
+                .map(|s| s.is_alive())
+                .collect();
             let truth: Vec<bool> = self.truth.iter().map(|s| s.is_alive()).collect();
             self.log(|| format!("n{n} sees alive {seen:?} (truth {truth:?})"));
         }
@@ -1029,9 +1104,13 @@ impl Sim {
                     for s in 0..self.p.shards {
                         let book = &self.nodes[n].book;
                         if book.after(&pid, s) != 0
-                            || book.resync_of(&pid, s).is_some_and(|r| r.after_key().is_some())
+                            || book
+                                .resync_of(&pid, s)
+                                .is_some_and(|r| r.after_key().is_some())
                         {
-                            return Err(format!("n{n}'s rescan left its position in n{p}/{s} mid-way"));
+                            return Err(format!(
+                                "n{n}'s rescan left its position in n{p}/{s} mid-way"
+                            ));
                         }
                     }
                 }
@@ -1045,7 +1124,11 @@ impl Sim {
             .collect();
         for p in peers {
             let shards = self.nodes[n].book.peer_shards(&self.nodes[p].id);
-            let list: Vec<usize> = if shards == 0 { vec![0] } else { (0..shards).collect() };
+            let list: Vec<usize> = if shards == 0 {
+                vec![0]
+            } else {
+                (0..shards).collect()
+            };
             for s in list {
                 let busy = self.nodes[n]
                     .pulls
@@ -1243,7 +1326,13 @@ impl Sim {
                     .any(|&n| self.nodes[n].up && self.covers(n, &key, &latest.ver));
                 if !held_by {
                     let holds: Vec<String> = (0..self.p.nodes)
-                        .map(|n| format!("n{n}{}: {:?}", if self.nodes[n].up { "" } else { " (down)" }, self.entry(n, &key)))
+                        .map(|n| {
+                            format!(
+                                "n{n}{}: {:?}",
+                                if self.nodes[n].up { "" } else { " (down)" },
+                                self.entry(n, &key)
+                            )
+                        })
                         .collect();
                     return Err(format!(
                         "acknowledged {:?} of {key} (op {}) is held by no live {} of {candidates:?}: {holds:#?}",
@@ -1320,7 +1409,17 @@ impl Sim {
             }
         }
         let behind: Vec<String> = (0..self.p.nodes)
-            .map(|n| format!("n{n}: {} last seqs {:?}", self.nodes[n].book.describe(), self.nodes[n].shards.iter().map(|s| s.next_seq - 1).collect::<Vec<_>>()))
+            .map(|n| {
+                format!(
+                    "n{n}: {} last seqs {:?}",
+                    self.nodes[n].book.describe(),
+                    self.nodes[n]
+                        .shards
+                        .iter()
+                        .map(|s| s.next_seq - 1)
+                        .collect::<Vec<_>>()
+                )
+            })
             .collect();
         Err(format!("the cluster did not quiesce: {behind:#?}"))
     }
@@ -1412,7 +1511,12 @@ impl Sim {
             .nodes
             .iter()
             .flat_map(|n| &n.shards)
-            .map(|s| s.index.values().filter(|e| matches!(e, Entry::Tomb(_))).count())
+            .map(|s| {
+                s.index
+                    .values()
+                    .filter(|e| matches!(e, Entry::Tomb(_)))
+                    .count()
+            })
             .sum();
         if left == 0 {
             // Any member going away makes every node re-read its peers' journals: stale
@@ -1446,7 +1550,18 @@ impl Sim {
             let books: Vec<String> = self
                 .nodes
                 .iter()
-                .map(|n| format!("{}: {} last seqs {:?} resync {:?}", n.id, n.book.describe(), n.shards.iter().map(|s| s.next_seq - 1).collect::<Vec<_>>(), n.pulls.iter().map(|(k, p)| (*k, p.resync.is_some())).collect::<Vec<_>>()))
+                .map(|n| {
+                    format!(
+                        "{}: {} last seqs {:?} resync {:?}",
+                        n.id,
+                        n.book.describe(),
+                        n.shards.iter().map(|s| s.next_seq - 1).collect::<Vec<_>>(),
+                        n.pulls
+                            .iter()
+                            .map(|(k, p)| (*k, p.resync.is_some()))
+                            .collect::<Vec<_>>()
+                    )
+                })
                 .collect();
             return Err(format!(
                 "{left} tombstones outlived their TTL after everyone read them: {which:?}\nbooks: {books:#?}"
@@ -1494,7 +1609,10 @@ fn run_seeds(start: u64, count: u64) {
         total.causal_inversions += s.causal_inversions;
         total.quiesce_rounds += s.quiesce_rounds;
     }
-    println!("{count} seeds from {start} in {:.1?}: {total:?}", t.elapsed());
+    println!(
+        "{count} seeds from {start} in {:.1?}: {total:?}",
+        t.elapsed()
+    );
 }
 
 /// `NC_SIM_SEEDS` seeds (default [`SEEDS`]) from `NC_SIM_START` (default 0).

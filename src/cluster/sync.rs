@@ -205,7 +205,14 @@ impl SyncBook {
         })
     }
 
-    pub(super) fn advance(&self, peer: &str, shard: usize, shards: usize, next: u64, last_seq: u64) {
+    pub(super) fn advance(
+        &self,
+        peer: &str,
+        shard: usize,
+        shards: usize,
+        next: u64,
+        last_seq: u64,
+    ) {
         self.change(|b| {
             let p = b.peers.entry(peer.to_string()).or_default();
             p.shards = shards;
@@ -268,11 +275,11 @@ impl SyncBook {
         batch.next_after < batch.last_seq
     }
 
-    /// An index page of a scan that stood at `rs` was applied. The scan's journal
-    /// position is the first page's `through`; after the last page the journal resumes
-    /// there. True when more pages follow. Like [`SyncBook::changes_applied`], a page
-    /// asked for before a rescan (`rescans`) moves nothing.
-    #[expect(clippy::too_many_arguments, reason = "the pull's identity and its page")]
+    /// An index page of a scan that stood at `rs` was applied (its entries may have
+    /// been taken). The scan's journal position is the first page's `through`; after the
+    /// last page the journal resumes there. True when more pages follow. Like
+    /// [`SyncBook::changes_applied`], a page asked for before a rescan (`rescans`) moves
+    /// nothing.
     pub(super) fn index_page_applied(
         &self,
         peer: &str,
@@ -280,20 +287,24 @@ impl SyncBook {
         shards: usize,
         rescans: u64,
         rs: &Resync,
-        page_through: u64,
-        next_key: Option<String>,
+        page: &nearcache_shards::IndexPage,
     ) -> bool {
         if self.rescans() != rescans {
             return true;
         }
         let through = if rs.through == 0 {
-            page_through
+            page.through
         } else {
             rs.through
         };
-        match next_key {
+        match page.next_key.clone() {
             None => {
-                tracing::info!(peer, peer_shard = shard, through, "index resync done; back to the journal");
+                tracing::info!(
+                    peer,
+                    peer_shard = shard,
+                    through,
+                    "index resync done; back to the journal"
+                );
                 self.finish_resync(peer, shard, shards, through);
                 false
             }
@@ -681,17 +692,11 @@ async fn resync_once<C: ClusterCtx>(
         uri.push_str(&key_query(k));
     }
     let reply: IndexReply = get_json(cs, p, uri).await?;
-    let page = reply.page;
-    apply_all(ctx, cs, p, page.entries, limiter).await?;
-    Ok(cl.book.index_page_applied(
-        &p.id,
-        shard,
-        reply.shards,
-        rescans,
-        &rs,
-        page.through,
-        page.next_key,
-    ))
+    let mut page = reply.page;
+    apply_all(ctx, cs, p, std::mem::take(&mut page.entries), limiter).await?;
+    Ok(cl
+        .book
+        .index_page_applied(&p.id, shard, reply.shards, rescans, &rs, &page))
 }
 
 async fn apply_change<C: ClusterCtx>(
