@@ -43,9 +43,12 @@ pub fn is_owner(replication_factor: usize, level: u8, ranking: impl FnOnce() -> 
 }
 
 /// Replica acknowledgements a fresh write needs besides the local copy, with `targets`
-/// other owners: the write quorum counts the local copy, and is clamped to the owners.
-pub fn acks_needed(write_quorum: usize, targets: usize) -> usize {
-    write_quorum.clamp(1, targets + 1) - 1
+/// other owners. The write quorum counts owners' copies, clamped to the owners: the
+/// local copy counts only when this node owns the key (`owner_here`), not when it took
+/// the write as next in line while better-ranked nodes were unreachable.
+pub fn acks_needed(write_quorum: usize, targets: usize, owner_here: bool) -> usize {
+    let local = usize::from(owner_here);
+    write_quorum.clamp(1, (targets + local).max(1)) - local
 }
 
 /// The alive members of one membership view ranked for a key, by index into the view:
