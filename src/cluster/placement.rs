@@ -159,6 +159,21 @@ mod tests {
     }
 
     #[test]
+    fn the_write_quorum_counts_owner_copies() {
+        // An owner's own copy counts: W = 2 of R = 3 needs one more.
+        assert_eq!(acks_needed(2, 2, true), 1);
+        assert_eq!(acks_needed(1, 2, true), 0);
+        assert_eq!(acks_needed(5, 2, true), 2, "clamped to the owners");
+        // A node that took the write as next in line is no owner: W owners must ack.
+        assert_eq!(acks_needed(2, 2, false), 2);
+        assert_eq!(acks_needed(1, 2, false), 1);
+        assert_eq!(acks_needed(3, 2, false), 2, "clamped to the owners");
+        assert_eq!(owner_count(3, 2, 1), 2);
+        assert_eq!(owner_count(0, 5, 1), 1);
+        assert_eq!(owner_count(2, 5, 2), 5, "level 2: every alive node");
+    }
+
+    #[test]
     fn ranking_is_a_permutation_and_deterministic() {
         let all: Vec<Member> = (0..5).map(|i| member(&format!("n{i}"))).collect();
         let a = rank("k", all.iter());

@@ -205,14 +205,7 @@ impl SyncBook {
         })
     }
 
-    pub(super) fn advance(
-        &self,
-        peer: &str,
-        shard: usize,
-        shards: usize,
-        next: u64,
-        last_seq: u64,
-    ) {
+    fn advance(&self, peer: &str, shard: usize, shards: usize, next: u64, last_seq: u64) {
         self.change(|b| {
             let p = b.peers.entry(peer.to_string()).or_default();
             p.shards = shards;
@@ -620,7 +613,11 @@ async fn pull_once<C: ClusterCtx>(
         cl.book.start_resync(&p.id, shard);
         return Ok(true);
     }
-    let changes = batch.changes.iter().map(|(_, c)| c.clone()).collect();
+    let mut batch = batch;
+    let changes = std::mem::take(&mut batch.changes)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
     apply_all(ctx, cs, p, changes, limiter).await?;
     Ok(cl
         .book
