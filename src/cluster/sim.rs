@@ -12,11 +12,12 @@
 //! ## Invariants
 //!
 //! After every step:
-//! 1. no acknowledged write lost: while at most one node is down (and W >= 2), the
-//!    last-writer-wins latest acknowledged version of each key (or something newer; for
-//!    a delete, any tombstone or nothing) is held by a live owner by the true
-//!    membership, or by any live node in seeds whose views lag (a write acknowledged by
-//!    stale owners is only on those until anti-entropy moves it);
+//! 1. no acknowledged write lost: while at most one node is down, the last-writer-wins
+//!    latest version of each key acknowledged with two copies or more (W >= 2, and the
+//!    coordinator saw that many owners alive: the quorum is capped at the owners it sees)
+//!    is held, or something newer (for a delete: any tombstone, or nothing), by a live
+//!    owner by the true membership, or by any live node in seeds whose views lag (a
+//!    write acknowledged by stale owners is only on those until anti-entropy moves it);
 //! 2. causality: a coordinator that had observed an acknowledged version of a key (it
 //!    wrote it, or stored or refused it as a replica) stamps later writes after it;
 //! 3. no resurrection: once every owner holds an acknowledged delete's tombstone (or
@@ -497,6 +498,9 @@ struct Acked {
     op: u64,
     /// When it was acknowledged (sim ms).
     at: u64,
+    /// Copies when it was acknowledged (fewer than W when the coordinator saw fewer
+    /// owners alive: the quorum is capped at the owners it sees, as configured).
+    copies: usize,
     /// A delete every node has observed (set once).
     observed: bool,
 }
@@ -813,11 +817,11 @@ impl Sim {
             }
         }
         self.log(|| format!("acked {ver:?} of {key} (holders {holders:?})"));
-        let _ = holders;
         self.acked.entry(key).or_default().push(Acked {
             ver,
             op,
             at: self.now,
+            copies: holders.len(),
             observed: false,
         });
     }
@@ -1325,9 +1329,14 @@ impl Sim {
 
     /// The last-writer-wins latest of the acknowledged versions of `key`.
     fn latest(&self, key: &str) -> Option<Acked> {
+        self.latest_where(key, |_| true)
+    }
+
+    fn latest_where(&self, key: &str, filter: impl Fn(&Acked) -> bool) -> Option<Acked> {
         self.acked
             .get(key)?
             .iter()
+            .filter(|a| filter(a))
             .fold(None::<&Acked>, |best, a| match best {
                 Some(b) if !a.ver.beats(&b.ver) => Some(b),
                 _ => Some(a),
@@ -1341,11 +1350,12 @@ impl Sim {
         let strict = self.p.strict;
         let keys: Vec<String> = self.acked.keys().cloned().collect();
         for key in keys {
-            let latest = self.latest(&key).expect("acked versions");
-            // 1. No acknowledged write lost: while at most one node is down and W >= 2,
-            // the latest acknowledged version is held by a live owner (by a live node when
-            // views lag, since a write may have been acknowledged by stale owners).
-            if down <= 1 && self.p.wq >= 2 {
+            // 1. No acknowledged write lost: while at most one node is down, the latest
+            // version acknowledged with two copies or more is held by a live owner (by a
+            // live node when views lag, since a write may have been acknowledged by stale
+            // owners).
+            let latest = self.latest_where(&key, |a| a.copies >= 2);
+            if let Some(latest) = latest.filter(|_| down <= 1) {
                 let candidates: Vec<usize> = if strict {
                     self.true_owners(&key)
                 } else {
