@@ -1048,6 +1048,7 @@ impl Sim {
             }
             Change::Delete(t) => {
                 let s = owner_of(&t.key, self.p.shards);
+                self.nodes[n].shards[s].hlc.observe(t.hlc);
                 let holds = self.nodes[n].shards[s].index.contains_key(&t.key);
                 if sync::wants_tombstone(holds, || self.owns(n, &t.key, t.level)) {
                     let (ttl, wall) = (self.p.ttl_ms, self.wall(n));
@@ -1713,4 +1714,15 @@ fn regression_expired_tombstones_went_round_forever() {
 #[test]
 fn regression_a_non_owner_copy_counted_toward_the_quorum() {
     run_seed(10723);
+}
+
+/// Bug found by seed 103362 (a long run): a node that neither owned nor held a key read
+/// a peer's tombstone and skipped it without observing its HLC; it then took a client
+/// write of the key (as next in line) with a lagging clock, stamped older than the
+/// delete. Once the owners swept the tombstone (every node had read past it), a rescan
+/// pulled that older write back: the acknowledged delete was undone. Fixed in
+/// `apply_on_owner`: a pulled tombstone's HLC is observed even when it is not applied.
+#[test]
+fn regression_a_skipped_tombstone_left_the_clock_behind_it() {
+    run_seed(103362);
 }

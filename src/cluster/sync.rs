@@ -749,6 +749,10 @@ async fn apply_on_owner<C: ClusterCtx>(
     match change {
         Change::Put(m) => pull_object(ctx.store(), cs, p, &m).await,
         Change::Delete(t) => {
+            // Observed even when not applied: once this node has read past the tombstone
+            // its peers may sweep it, so a later write here must be stamped after it (or
+            // a lagging clock stamps it older and it comes back as a resurrection).
+            ctx.store().hlc().observe(t.hlc);
             let holds = !matches!(ctx.store().peek(&t.key), nearcache_shards::Lookup::Miss);
             if wants_tombstone(holds, || cl.is_owner(&t.key, t.level)) {
                 ctx.store()
