@@ -1688,12 +1688,13 @@ fn regression_a_pull_in_flight_undid_a_rescan() {
     run_seed(0);
 }
 
-/// Bug found by seed 1: a rescan left an index scan (after a journal gap) where it was,
-/// so keys its earlier pages had skipped (not owned then) were never pulled. Fixed: a
-/// rescan restarts scans in progress.
+/// Bug found by seed 1 (seed 2 since the HLC fix below changed the runs): a rescan left
+/// an index scan (after a journal gap) where it was, so keys its earlier pages had
+/// skipped (not owned then) were never pulled. Fixed: a rescan restarts scans in
+/// progress.
 #[test]
 fn regression_a_rescan_left_an_index_scan_mid_way() {
-    run_seed(1);
+    run_seed(2);
 }
 
 /// Bug found by seed 21: after a rescan, nodes that had swept a tombstone stored it again
