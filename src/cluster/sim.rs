@@ -1486,8 +1486,8 @@ impl Sim {
             .collect()
     }
 
-    /// 4. Eventual convergence: every owner of a key holds the same version (deleted
-    /// counts as one, swept or not), and it covers the latest acknowledged one.
+    /// Eventual convergence (invariant 6): every owner of a key holds the same version
+    /// (deleted counts as one, swept or not), and it covers the latest acknowledged one.
     fn converged(&self) -> Check {
         for k in 0..self.p.keys {
             let key = format!("k{k}");
