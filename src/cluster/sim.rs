@@ -21,8 +21,12 @@
 //! 2. causality: a coordinator that had observed an acknowledged version of a key (it
 //!    wrote it, or stored or refused it as a replica) stamps later writes after it;
 //! 3. no resurrection: once every owner holds an acknowledged delete's tombstone (or
-//!    something newer), no node that owns the key by its own view holds a write sent
-//!    before the delete was acknowledged and older by last-writer-wins;
+//!    something newer), no node that held it and owns the key by its own view holds a
+//!    write sent before the delete was acknowledged and older by last-writer-wins (a
+//!    node that held nothing may take a late push of such a write and serve it once it
+//!    becomes an owner, until its rescan brings the tombstone: counted, see
+//!    [`Stats::stale_after_move`]); at the end, after everything expired and every node
+//!    rescanned, convergence (6) catches any older write that came back for good;
 //! 4. bounded tombstones, safety: a tombstone is swept only once every member that did
 //!    not leave has applied the sweeping node's journal past it;
 //! 5. the sync book's rescan contract: after a rescan every position is back at the
@@ -502,7 +506,8 @@ struct Acked {
     /// owners alive: the quorum is capped at the owners it sees, as configured).
     copies: usize,
     /// A delete every node has observed (set once).
-    observed: bool,
+    /// Once every node observed the delete: those that held its tombstone (or newer).
+    witnesses: Option<BTreeSet<usize>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -517,6 +522,10 @@ pub struct Stats {
     /// HLC cannot see).
     pub causal_inversions: u64,
     pub quiesce_rounds: u64,
+    /// (key, write, node): a node that had neither the key nor its tombstone took a
+    /// late push of a write older than an acknowledged delete, then served it as a new
+    /// owner until it read the tombstone again (see invariant 3).
+    pub stale_after_move: u64,
 }
 
 struct Sim {
@@ -544,6 +553,7 @@ struct Sim {
     last_save: u64,
     log: Option<Vec<String>>,
     stats: Stats,
+    stale: BTreeSet<(String, u64, usize)>,
 }
 
 fn member(i: usize, state: MemberState, me: Option<usize>) -> Member {
@@ -614,6 +624,7 @@ impl Sim {
             last_save: EPOCH_MS,
             log: logging.then(Vec::new),
             stats: Stats::default(),
+            stale: BTreeSet::new(),
         }
     }
 
@@ -822,7 +833,7 @@ impl Sim {
             op,
             at: self.now,
             copies: holders.len(),
-            observed: false,
+            witnesses: None,
         });
     }
 
@@ -1385,30 +1396,40 @@ impl Sim {
             }
             // 2. No resurrection: once an acknowledged delete is observed by all (every
             // owner holds its tombstone or a newer version, other nodes that or nothing),
-            // no node serves (owns, by its own view, and holds) a write of the key sent
-            // before the delete was acknowledged and older by last-writer-wins. (A write
-            // sent later but stamped older by a lagging clock loses too: counted as a
-            // causal inversion, see `Stats`.)
+            // no node that held its tombstone serves (owns, by its own view, and holds) a
+            // write of the key sent before the delete was acknowledged and older by
+            // last-writer-wins. A node that held nothing and was no owner may still take
+            // such a write from a late push, and serve it after ownership moves to it,
+            // until it reads the tombstone again: counted in `Stats::stale_after_move`.
+            // (A write sent after the delete but stamped older by a lagging clock loses
+            // too: counted as a causal inversion.)
             let owners = self.true_owners(&key);
             let level = self.key_level(&key);
             for j in 0..self.acked[&key].len() {
                 let a = &self.acked[&key][j];
                 let Ver::Del { hlc } = a.ver else { continue };
-                if !a.observed {
+                let Some(witnesses) = &a.witnesses else {
                     let all = (0..self.p.nodes).all(|n| {
                         let h = held(self.entry(n, &key));
                         a.ver.covered_by(h) && (h != Held::Nothing || !owners.contains(&n))
                     });
                     if all {
-                        self.acked.get_mut(&key).expect("key")[j].observed = true;
+                        let w = (0..self.p.nodes)
+                            .filter(|&n| self.entry(n, &key).is_some())
+                            .collect();
+                        self.acked.get_mut(&key).expect("key")[j].witnesses = Some(w);
                         self.log(|| format!("delete of {key} hlc {hlc} observed by all"));
                     }
                     continue;
-                }
+                };
                 for n in 0..self.p.nodes {
                     if let Some(Entry::Object(m)) = self.entry(n, &key) {
                         let op: u64 = m.etag[1..].parse().expect("etag e<op>");
                         if m.hlc <= hlc && self.issued[&op] < a.at && self.owns(n, &key, level) {
+                            if !witnesses.contains(&n) {
+                                self.stale.insert((key.clone(), op, n));
+                                continue;
+                            }
                             return Err(format!(
                                 "n{n} holds {key} hlc {} etag {} again after the delete at hlc {hlc} was observed by all",
                                 m.hlc, m.etag
@@ -1532,6 +1553,8 @@ impl Sim {
             self.one_step()?;
         }
         self.step = self.p.steps;
+        let stale = self.stale.len() as u64;
+        self.stats.stale_after_move = stale;
         self.log(|| "heal: restart all, no loss, no partitions".into());
         self.cut.clear();
         self.p.loss = 0.0;
@@ -1649,6 +1672,7 @@ fn run_seeds(start: u64, count: u64) {
         total.swept += s.swept;
         total.causal_inversions += s.causal_inversions;
         total.quiesce_rounds += s.quiesce_rounds;
+        total.stale_after_move += s.stale_after_move;
     }
     println!(
         "{count} seeds from {start} in {:.1?}: {total:?}",
