@@ -632,11 +632,23 @@ fn sweep_tombstones_where_respects_predicate() {
         let old = wall_ms() - 2 * 3_600_000;
         let mut hlc = shard.hlc().now();
         for (key, level) in [("a", 0), ("b", 0), ("c", 0), ("p", 1)] {
-            hlc += 1;
+            hlc += 2;
             let t = Tombstone {
                 deleted_at_ms: old,
                 ..remote_tomb(key, hlc, level)
             };
+            // An expired tombstone is not stored over nothing...
+            assert!(!shard.apply_tombstone(&t, Some(0)).await.unwrap());
+            assert!(matches!(shard.peek(key), Lookup::Miss));
+            // ...but still deletes an older copy.
+            replicate(
+                &shard,
+                &remote_meta(key, b"x", hlc - 1, level),
+                b"x",
+                Some(0),
+            )
+            .await
+            .unwrap();
             assert!(shard.apply_tombstone(&t, Some(0)).await.unwrap());
         }
         shard.delete("fresh", 0).await.unwrap();

@@ -50,7 +50,13 @@ impl Hlc {
 
     /// A new timestamp, greater than every timestamp issued or observed before.
     pub fn now(&self) -> u64 {
-        let physical = wall_ms() << LOGICAL_BITS;
+        self.now_at(wall_ms())
+    }
+
+    /// [`Hlc::now`] with the wall clock read by the caller (Unix ms): lets a simulation
+    /// give each node a skewed clock of its own.
+    pub fn now_at(&self, wall_ms: u64) -> u64 {
+        let physical = wall_ms << LOGICAL_BITS;
         let last = self.last.get();
         let ts = if physical > last { physical } else { last + 1 };
         self.last.set(ts);

@@ -294,10 +294,93 @@ pub(crate) struct Journal {
 }
 
 /// What [`Journal::read_changes`] found.
-pub(crate) struct ChangesRead {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesRead {
     pub changes: Vec<(u64, Change)>,
     pub next_after: u64,
     pub gap: bool,
+}
+
+/// How a read for peers cuts the journal (pure, so a simulation runs the same rule):
+/// `records` are the journal's records with seq in `after + 1..=horizon`, ascending, as
+/// (seq, exported change or None for an internal record). At most `limit` changes and
+/// `max_scan` records are taken; `next_after` covers skipped internal records, and runs
+/// to `horizon` when the range was read to its end (seqs without a record were abandoned
+/// or trimmed). `gap`: records after `after` were trimmed (`trimmed_through`), so the
+/// reader missed changes and must resync from the index.
+pub fn cut_changes<E>(
+    after: u64,
+    horizon: u64,
+    trimmed_through: u64,
+    limit: usize,
+    max_scan: usize,
+    records: impl Iterator<Item = Result<(u64, Option<Change>), E>>,
+) -> Result<ChangesRead, E> {
+    let mut out = ChangesRead {
+        changes: Vec::new(),
+        next_after: after,
+        gap: after < trimmed_through,
+    };
+    if after >= horizon {
+        return Ok(out);
+    }
+    let mut full = false;
+    for (scanned, item) in records.enumerate() {
+        // Bounds the time the shard thread spends here (a peer far behind may face
+        // many internal records); the caller continues from next_after.
+        if scanned == max_scan {
+            full = true;
+            break;
+        }
+        let (seq, change) = item?;
+        if let Some(change) = change {
+            if out.changes.len() >= limit {
+                full = true;
+                break;
+            }
+            out.changes.push((seq, change));
+        }
+        out.next_after = seq;
+    }
+    if !full {
+        // Seqs up to the horizon with no record were abandoned or trimmed.
+        out.next_after = horizon;
+    }
+    Ok(out)
+}
+
+/// How a page of the index is cut for a peer's resync (pure): `entries` are the index
+/// entries after the page's start key, in key order (objects as `Put`, tombstones as
+/// `Delete`); at most `limit` are taken, and `next_key` is set only when more follow.
+pub fn cut_index_page<E>(
+    through: u64,
+    limit: usize,
+    entries: impl Iterator<Item = Result<(String, Change), E>>,
+) -> Result<crate::IndexPage, E> {
+    let mut page = crate::IndexPage {
+        entries: Vec::new(),
+        next_key: None,
+        through,
+    };
+    let mut more = false;
+    for item in entries {
+        let (k, change) = item?;
+        if page.entries.len() >= limit.max(1) {
+            more = true;
+            break;
+        }
+        page.entries.push(change);
+        page.next_key = Some(k);
+    }
+    if !more {
+        page.next_key = None;
+    }
+    Ok(page)
+}
+
+/// How many of the oldest records a commit trims so that `retain` remain of `len`.
+pub fn records_to_trim(len: u64, retain: u64) -> usize {
+    len.saturating_sub(retain) as usize
 }
 
 impl Journal {
@@ -461,44 +544,22 @@ impl Journal {
                 None => horizon,
             },
         };
-        let mut out = ChangesRead {
-            changes: Vec::new(),
-            next_after: after,
-            gap: after < trimmed,
+        let range = if after < horizon {
+            Some(
+                self.dbs
+                    .journal
+                    .range(&rtxn, &(after + 1..=horizon))
+                    .map_err(jerr)?,
+            )
+        } else {
+            None
         };
-        if after >= horizon {
-            return Ok(out);
-        }
-        let mut full = false;
-        for (scanned, item) in self
-            .dbs
-            .journal
-            .range(&rtxn, &(after + 1..=horizon))
-            .map_err(jerr)?
-            .enumerate()
-        {
-            // Bounds the time the shard thread spends here (a peer far behind may face
-            // many internal records); the caller continues from next_after.
-            if scanned == MAX_SCAN {
-                full = true;
-                break;
-            }
+        let records = range.into_iter().flatten().map(|item| {
             let (seq, v) = item.map_err(jerr)?;
             let rec: Record = decode(v)?;
-            if let Some(change) = rec.kind.export() {
-                if out.changes.len() >= limit {
-                    full = true;
-                    break;
-                }
-                out.changes.push((seq, change));
-            }
-            out.next_after = seq;
-        }
-        if !full {
-            // Seqs up to the horizon with no record were abandoned or trimmed.
-            out.next_after = horizon;
-        }
-        Ok(out)
+            Ok((seq, rec.kind.export()))
+        });
+        cut_changes(after, horizon, trimmed, limit, MAX_SCAN, records)
     }
 
     /// Up to `limit` index entries with keys after `after_key`, in key order; see
@@ -517,28 +578,20 @@ impl Journal {
             None => Bound::Unbounded,
         };
         let range: (Bound<&str>, Bound<&str>) = (lower, Bound::Unbounded);
-        let mut page = crate::IndexPage {
-            entries: Vec::new(),
-            next_key: None,
-            through,
-        };
-        let mut more = false;
-        for item in self.dbs.objects.range(&rtxn, &range).map_err(jerr)? {
-            let (k, v) = item.map_err(jerr)?;
-            if page.entries.len() >= limit.max(1) {
-                more = true;
-                break;
-            }
-            page.entries.push(match decode::<StoredEntry>(v)? {
-                StoredEntry::Object(m) => Change::Put(m),
-                StoredEntry::Tombstone(t) => Change::Delete(t),
+        let entries = self
+            .dbs
+            .objects
+            .range(&rtxn, &range)
+            .map_err(jerr)?
+            .map(|item| {
+                let (k, v) = item.map_err(jerr)?;
+                let change = match decode::<StoredEntry>(v)? {
+                    StoredEntry::Object(m) => Change::Put(m),
+                    StoredEntry::Tombstone(t) => Change::Delete(t),
+                };
+                Ok((k.to_owned(), change))
             });
-            page.next_key = Some(k.to_owned());
-        }
-        if !more {
-            page.next_key = None;
-        }
-        Ok(page)
+        cut_index_page(through, limit, entries)
     }
 
     /// Commits everything queued, then stops the writer thread.
@@ -649,9 +702,8 @@ fn apply(
     let old_hlc = dbs.meta.get(&wtxn, "hlc")?.unwrap_or(0);
     dbs.meta.put(&mut wtxn, "hlc", &old_hlc.max(hlc))?;
 
-    let len = dbs.journal.len(&wtxn)?;
-    if len > retain {
-        let excess = (len - retain) as usize;
+    let excess = records_to_trim(dbs.journal.len(&wtxn)?, retain);
+    if excess > 0 {
         let cut = dbs
             .journal
             .iter(&wtxn)?

@@ -55,5 +55,6 @@ mod types;
 
 pub use error::{NoSpaceReason, StoreError};
 pub use hlc::Hlc;
+pub use journal::{cut_changes, cut_index_page, records_to_trim, ChangesRead};
 pub use shard::{ObjectReader, ObjectWriter, Shard};
 pub use types::*;

@@ -47,6 +47,51 @@ pub enum Provenance {
     Fetched,
 }
 
+/// What a key holds, as last-writer-wins sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held<'a> {
+    Nothing,
+    Version { hlc: u64, etag: &'a str },
+    Tombstone { hlc: u64 },
+}
+
+/// Last-writer-wins for a version: does (hlc, etag) replace what the key holds? Versions
+/// are ordered by hlc, then etag; a tombstone beats a version with a lower or equal hlc.
+/// The one rule [`crate::Shard::is_newer`], replicas and anti-entropy apply.
+pub fn version_wins(hlc: u64, etag: &str, held: Held<'_>) -> bool {
+    match held {
+        Held::Nothing => true,
+        Held::Version { hlc: h, etag: e } => (hlc, etag) > (h, e),
+        Held::Tombstone { hlc: h } => hlc > h,
+    }
+}
+
+/// Last-writer-wins for a tombstone with this hlc: it beats a version with a lower or
+/// equal hlc, and an older tombstone.
+pub fn tombstone_wins(hlc: u64, held: Held<'_>) -> bool {
+    match held {
+        Held::Nothing => true,
+        Held::Version { hlc: h, .. } => hlc >= h,
+        Held::Tombstone { hlc: h } => hlc > h,
+    }
+}
+
+/// Whether a tombstone deleted at `deleted_at_ms` has outlived `ttl_ms` at `now_ms` (all
+/// wall-clock ms; the sweep also needs every peer to have read past it).
+pub fn tombstone_expired(deleted_at_ms: u64, ttl_ms: u64, now_ms: u64) -> bool {
+    deleted_at_ms.saturating_add(ttl_ms) <= now_ms
+}
+
+/// Whether a tombstone produced elsewhere is stored over what the key holds: it must win
+/// last-writer-wins ([`tombstone_wins`]), and a key that holds nothing takes none that is
+/// already past its TTL at `now_ms`: there is nothing to delete, the sweep would drop it
+/// at once, and storing it journals it anew for peers that swept it already, which then
+/// store it again (after a rescan, expired tombstones went round the cluster forever).
+pub fn tombstone_applies(t: &Tombstone, held: Held<'_>, ttl_ms: u64, now_ms: u64) -> bool {
+    tombstone_wins(t.hlc, held)
+        && !(held == Held::Nothing && tombstone_expired(t.deleted_at_ms, ttl_ms, now_ms))
+}
+
 /// Everything known about a stored object, as kept in the index and the journal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectMeta {

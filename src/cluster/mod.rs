@@ -19,6 +19,8 @@
 pub mod peer;
 pub mod placement;
 pub mod route;
+#[cfg(test)]
+mod sim;
 pub mod sync;
 
 use std::collections::HashSet;
@@ -295,11 +297,7 @@ impl Cluster {
 
     /// How many of a ranking own a key at `level`: R, or every alive node for level 2.
     pub fn owner_count(&self, ranked: usize, level: u8) -> usize {
-        if level >= 2 {
-            ranked
-        } else {
-            self.cfg.replication_factor.max(1).min(ranked)
-        }
+        placement::owner_count(self.cfg.replication_factor, ranked, level)
     }
 
     /// The owners of `key` at `level`: the top R of the ranking, or every alive node for
@@ -313,13 +311,7 @@ impl Cluster {
     }
 
     pub fn is_owner(&self, key: &str, level: u8) -> bool {
-        if level >= 2 {
-            return true;
-        }
-        let r = self.ranking(key);
-        let n = self.owner_count(r.len(), level);
-        let owner = r.iter().take(n).any(|m| m.is_self);
-        owner
+        placement::is_owner(self.cfg.replication_factor, level, || self.ranking(key))
     }
 
     pub fn member(&self, id: &str) -> Option<Member> {

@@ -20,6 +20,37 @@ pub fn rank<'a>(key: &str, members: impl Iterator<Item = &'a Member>) -> Vec<Mem
     scored.into_iter().map(|(_, m)| m.clone()).collect()
 }
 
+/// How many of a key's `ranked` alive nodes own it at `level`: the replication factor
+/// (at least 1, at most all of them), or every alive node for level 2.
+pub fn owner_count(replication_factor: usize, ranked: usize, level: u8) -> usize {
+    if level >= 2 {
+        ranked
+    } else {
+        replication_factor.max(1).min(ranked)
+    }
+}
+
+/// Whether this node (`is_self`) owns a key at `level`: always at level 2, else when it
+/// is among the first [`owner_count`] of the key's ranking (computed only when needed).
+pub fn is_owner(replication_factor: usize, level: u8, ranking: impl FnOnce() -> Ranking) -> bool {
+    if level >= 2 {
+        return true;
+    }
+    let r = ranking();
+    let n = owner_count(replication_factor, r.len(), level);
+    let owner = r.iter().take(n).any(|m| m.is_self);
+    owner
+}
+
+/// Replica acknowledgements a fresh write needs besides the local copy, with `targets`
+/// other owners. The write quorum counts owners' copies, clamped to the owners: the
+/// local copy counts only when this node owns the key (`owner_here`), not when it took
+/// the write as next in line while better-ranked nodes were unreachable.
+pub fn acks_needed(write_quorum: usize, targets: usize, owner_here: bool) -> usize {
+    let local = usize::from(owner_here);
+    write_quorum.clamp(1, (targets + local).max(1)) - local
+}
+
 /// The alive members of one membership view ranked for a key, by index into the view:
 /// nothing is cloned per request.
 pub struct Ranking {
@@ -125,6 +156,21 @@ mod tests {
             assert!((4_000..6_000).contains(&c), "unbalanced: {counts:?}");
         }
         assert_eq!(moved, counts[3]);
+    }
+
+    #[test]
+    fn the_write_quorum_counts_owner_copies() {
+        // An owner's own copy counts: W = 2 of R = 3 needs one more.
+        assert_eq!(acks_needed(2, 2, true), 1);
+        assert_eq!(acks_needed(1, 2, true), 0);
+        assert_eq!(acks_needed(5, 2, true), 2, "clamped to the owners");
+        // A node that took the write as next in line is no owner: W owners must ack.
+        assert_eq!(acks_needed(2, 2, false), 2);
+        assert_eq!(acks_needed(1, 2, false), 1);
+        assert_eq!(acks_needed(3, 2, false), 2, "clamped to the owners");
+        assert_eq!(owner_count(3, 2, 1), 2);
+        assert_eq!(owner_count(0, 5, 1), 1);
+        assert_eq!(owner_count(2, 5, 2), 5, "level 2: every alive node");
     }
 
     #[test]

@@ -239,12 +239,12 @@ fn proxied(
         .map_err(|e| ClusterError::BadRequest(e.to_string()))
 }
 
-/// The other owners a fresh write or delete of `key` goes to.
-fn targets(cl: &Cluster, key: &str, level: u8) -> Vec<Member> {
-    cl.owners(key, level)
-        .into_iter()
-        .filter(|m| !m.is_self)
-        .collect()
+/// The other owners a fresh write or delete of `key` goes to, and whether this node is
+/// one of the owners.
+fn targets(cl: &Cluster, key: &str, level: u8) -> (Vec<Member>, bool) {
+    let owners = cl.owners(key, level);
+    let here = owners.iter().any(|m| m.is_self);
+    (owners.into_iter().filter(|m| !m.is_self).collect(), here)
 }
 
 /// Waits until `need` pushes succeeded (or all ended); the rest go on in the background.
@@ -273,8 +273,8 @@ async fn quorum(
     })
 }
 
-fn need(cl: &Cluster, targets: usize) -> usize {
-    cl.cfg.write_quorum.clamp(1, targets + 1) - 1
+fn need(cl: &Cluster, targets: usize, owner_here: bool) -> usize {
+    super::placement::acks_needed(cl.cfg.write_quorum, targets, owner_here)
 }
 
 /// Pushes the stored version `meta` to the key's other owners (every node at level 2);
@@ -285,11 +285,11 @@ pub async fn replicate_put<C: ClusterCtx>(
     meta: Rc<ObjectMeta>,
 ) -> Result<(), ClusterError> {
     let cl = &cs.cl;
-    let targets = targets(cl, &meta.key, meta.level);
+    let (targets, owner_here) = targets(cl, &meta.key, meta.level);
     if targets.is_empty() {
         return Ok(());
     }
-    let need = need(cl, targets.len());
+    let need = need(cl, targets.len(), owner_here);
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {
         let (ctx, cs, meta, tx) = (ctx.clone(), cs.clone(), meta.clone(), tx.clone());
@@ -354,11 +354,11 @@ async fn answer(resp: Response<Incoming>) -> Result<(), String> {
 /// Pushes a fresh tombstone to the key's other owners; returns once the quorum holds.
 pub async fn replicate_delete(cs: &ClusterShard, t: Tombstone) -> Result<(), ClusterError> {
     let cl = &cs.cl;
-    let targets = targets(cl, &t.key, t.level);
+    let (targets, owner_here) = targets(cl, &t.key, t.level);
     if targets.is_empty() {
         return Ok(());
     }
-    let need = need(cl, targets.len());
+    let need = need(cl, targets.len(), owner_here);
     let body = Bytes::from(serde_json::to_vec(&t).expect("tombstone serializes"));
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {

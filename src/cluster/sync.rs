@@ -64,6 +64,9 @@ pub struct Resync {
 struct Book {
     format: u32,
     peers: BTreeMap<String, PeerPos>,
+    /// Rescans since start: a pull sent before one must not move the positions it reset.
+    #[serde(skip)]
+    rescans: u64,
 }
 
 /// Sync positions. Touched by the sync loops and peer requests, never by client
@@ -87,9 +90,21 @@ impl SyncBook {
     #[expect(clippy::disallowed_methods, reason = "start-up, on the main thread")]
     pub fn open(data_dir: PathBuf) -> anyhow::Result<SyncBook> {
         let path = data_dir.join(BOOK_FILE);
-        let book = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let b: Book = serde_json::from_str(&text)
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        SyncBook::from_saved(path, text.as_deref())
+    }
+
+    /// A book from the text [`SyncBook::saved_text`] gave (None: nothing saved yet), to
+    /// be saved at `path`. No I/O: [`SyncBook::open`] reads the file, a simulation keeps
+    /// the text in memory.
+    pub fn from_saved(path: PathBuf, saved: Option<&str>) -> anyhow::Result<SyncBook> {
+        let book = match saved {
+            Some(text) => {
+                let b: Book = serde_json::from_str(text)
                     .with_context(|| format!("parsing {}", path.display()))?;
                 if b.format != BOOK_FORMAT {
                     anyhow::bail!(
@@ -100,11 +115,11 @@ impl SyncBook {
                 }
                 b
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book {
+            None => Book {
                 format: BOOK_FORMAT,
                 peers: BTreeMap::new(),
+                rescans: 0,
             },
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         Ok(SyncBook {
             path,
@@ -137,10 +152,7 @@ impl SyncBook {
         use std::io::Write;
         let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         self.dirty.store(false, Relaxed);
-        let text = {
-            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            serde_json::to_string_pretty(&*g).expect("book serializes")
-        };
+        let text = self.saved_text();
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
@@ -151,6 +163,12 @@ impl SyncBook {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// What [`SyncBook::save`] writes: the positions (not the peers' acks, which they
+    /// send again with their next pull).
+    pub fn saved_text(&self) -> String {
+        self.with(|b| serde_json::to_string_pretty(&*b).expect("book serializes"))
     }
 
     /// Saves the book about once a second while it changes, on a thread of its own,
@@ -198,7 +216,7 @@ impl SyncBook {
         })
     }
 
-    fn resync_of(&self, peer: &str, shard: usize) -> Option<Resync> {
+    pub(super) fn resync_of(&self, peer: &str, shard: usize) -> Option<Resync> {
         self.with(|b| {
             b.peers
                 .get(peer)
@@ -207,7 +225,7 @@ impl SyncBook {
     }
 
     /// The peer trimmed records we never read: scan its index instead.
-    fn start_resync(&self, peer: &str, shard: usize) {
+    pub(super) fn start_resync(&self, peer: &str, shard: usize) {
         self.change(|b| {
             let p = b.peers.entry(peer.to_string()).or_default();
             p.resync.entry(shard).or_default();
@@ -222,6 +240,79 @@ impl SyncBook {
                 .resync
                 .insert(shard, r);
         })
+    }
+
+    /// How many rescans there were; a pull notes it when it starts and hands it to
+    /// [`SyncBook::changes_applied`] or [`SyncBook::index_page_applied`].
+    pub fn rescans(&self) -> u64 {
+        self.with(|b| b.rescans)
+    }
+
+    /// A pulled batch of changes, asked for when the book had seen `rescans` rescans,
+    /// was applied: the position moves to its `next_after`. True when the peer has more.
+    /// If a rescan came in between, the position stays where the rescan put it: the
+    /// batch was filtered by the ownership of before (another thread's pull may have
+    /// been in flight while ownership moved).
+    pub(super) fn changes_applied(
+        &self,
+        peer: &str,
+        shard: usize,
+        shards: usize,
+        rescans: u64,
+        batch: &ChangeBatch,
+    ) -> bool {
+        if self.rescans() != rescans {
+            return true;
+        }
+        self.advance(peer, shard, shards, batch.next_after, batch.last_seq);
+        batch.next_after < batch.last_seq
+    }
+
+    /// An index page of a scan that stood at `rs` was applied (its entries may have
+    /// been taken). The scan's journal position is the first page's `through`; after the
+    /// last page the journal resumes there. True when more pages follow. Like
+    /// [`SyncBook::changes_applied`], a page asked for before a rescan (`rescans`) moves
+    /// nothing.
+    pub(super) fn index_page_applied(
+        &self,
+        peer: &str,
+        shard: usize,
+        shards: usize,
+        rescans: u64,
+        rs: &Resync,
+        page: &nearcache_shards::IndexPage,
+    ) -> bool {
+        if self.rescans() != rescans {
+            return true;
+        }
+        let through = if rs.through == 0 {
+            page.through
+        } else {
+            rs.through
+        };
+        match page.next_key.clone() {
+            None => {
+                tracing::info!(
+                    peer,
+                    peer_shard = shard,
+                    through,
+                    "index resync done; back to the journal"
+                );
+                self.finish_resync(peer, shard, shards, through);
+                false
+            }
+            Some(k) => {
+                self.set_resync(
+                    peer,
+                    shard,
+                    Resync {
+                        after_key: Some(k),
+                        through,
+                    },
+                );
+                true
+            }
+        }
     }
 
     /// The scan is done: the journal resumes after what the scan reflected.
@@ -256,11 +347,14 @@ impl SyncBook {
     }
 
     /// Ownership moved (a member went away): re-read peers' retained journals to pull
-    /// what this node now owns. Keys already held are skipped cheaply (same HLC).
+    /// what this node now owns. Keys already held are skipped cheaply (same HLC). Index
+    /// scans in progress start over too: their earlier pages skipped keys not owned then.
     pub fn rescan(&self) {
         self.change(|b| {
+            b.rescans += 1;
             for p in b.peers.values_mut() {
                 p.after.iter_mut().for_each(|a| *a = 0);
+                p.resync.values_mut().for_each(|r| *r = Resync::default());
             }
         })
     }
@@ -301,6 +395,12 @@ impl SyncBook {
     }
 }
 
+/// True when a member alive `before` is not in `alive` now: ownership of some keys moved
+/// to this node, so peers' retained journals are read again ([`SyncBook::rescan`]).
+pub fn member_went_away(before: &HashSet<String>, alive: &HashSet<String>) -> bool {
+    before.iter().any(|id| !alive.contains(id))
+}
+
 /// Bytes per second for body pulls on one shard thread.
 struct RateLimiter {
     rate: f64,
@@ -326,6 +426,13 @@ impl RateLimiter {
         if t < 0.0 {
             monoio::time::sleep(Duration::from_secs_f64(-t / self.rate)).await;
         }
+    }
+}
+
+impl Resync {
+    /// The key the scan continues after (None: from the start).
+    pub fn after_key(&self) -> Option<&str> {
+        self.after_key.as_deref()
     }
 }
 
@@ -433,7 +540,7 @@ pub async fn run<C: ClusterCtx>(
                 if *before != alive {
                     cl.note_move();
                 }
-                if before.iter().any(|id| !alive.contains(id)) {
+                if member_went_away(before, &alive) {
                     tracing::info!(
                         "a member went away: rescanning peers' journals for keys that moved here"
                     );
@@ -488,8 +595,9 @@ async fn pull_once<C: ClusterCtx>(
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
     let cl = &cs.cl;
+    let rescans = cl.book.rescans();
     if let Some(rs) = cl.book.resync_of(&p.id, shard) {
-        return resync_once(ctx, cs, p, shard, rs, limiter).await;
+        return resync_once(ctx, cs, p, shard, rescans, rs, limiter).await;
     }
     let after = cl.book.after(&p.id, shard);
     let uri = format!(
@@ -505,11 +613,15 @@ async fn pull_once<C: ClusterCtx>(
         cl.book.start_resync(&p.id, shard);
         return Ok(true);
     }
-    let changes = batch.changes.into_iter().map(|(_, c)| c).collect();
+    let mut batch = batch;
+    let changes = std::mem::take(&mut batch.changes)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
     apply_all(ctx, cs, p, changes, limiter).await?;
-    cl.book
-        .advance(&p.id, shard, reply.shards, batch.next_after, batch.last_seq);
-    Ok(batch.next_after < batch.last_seq)
+    Ok(cl
+        .book
+        .changes_applied(&p.id, shard, reply.shards, rescans, &batch))
 }
 
 /// GETs a JSON document from a peer's internal API.
@@ -563,6 +675,7 @@ async fn resync_once<C: ClusterCtx>(
     cs: &ClusterShard,
     p: &Member,
     shard: usize,
+    rescans: u64,
     rs: Resync,
     limiter: &RateLimiter,
 ) -> Result<bool, String> {
@@ -576,31 +689,11 @@ async fn resync_once<C: ClusterCtx>(
         uri.push_str(&key_query(k));
     }
     let reply: IndexReply = get_json(cs, p, uri).await?;
-    let page = reply.page;
-    let through = if rs.through == 0 {
-        page.through
-    } else {
-        rs.through
-    };
-    apply_all(ctx, cs, p, page.entries, limiter).await?;
-    match page.next_key {
-        None => {
-            tracing::info!(peer = %p.id, peer_shard = shard, through, "index resync done; back to the journal");
-            cl.book.finish_resync(&p.id, shard, reply.shards, through);
-            Ok(false)
-        }
-        Some(k) => {
-            cl.book.set_resync(
-                &p.id,
-                shard,
-                Resync {
-                    after_key: Some(k),
-                    through,
-                },
-            );
-            Ok(true)
-        }
-    }
+    let mut page = reply.page;
+    apply_all(ctx, cs, p, std::mem::take(&mut page.entries), limiter).await?;
+    Ok(cl
+        .book
+        .index_page_applied(&p.id, shard, reply.shards, rescans, &rs, &page))
 }
 
 async fn apply_change<C: ClusterCtx>(
@@ -656,8 +749,12 @@ async fn apply_on_owner<C: ClusterCtx>(
     match change {
         Change::Put(m) => pull_object(ctx.store(), cs, p, &m).await,
         Change::Delete(t) => {
+            // Observed even when not applied: once this node has read past the tombstone
+            // its peers may sweep it, so a later write here must be stamped after it (or
+            // a lagging clock stamps it older and it comes back as a resurrection).
+            ctx.store().hlc().observe(t.hlc);
             let holds = !matches!(ctx.store().peek(&t.key), nearcache_shards::Lookup::Miss);
-            if holds || cl.is_owner(&t.key, t.level) {
+            if wants_tombstone(holds, || cl.is_owner(&t.key, t.level)) {
                 ctx.store()
                     .apply_tombstone(&t, replica_upload_after(cl))
                     .await
@@ -677,6 +774,12 @@ async fn apply_on_owner<C: ClusterCtx>(
             Ok(())
         }
     }
+}
+
+/// Whether anti-entropy applies a peer's tombstone here: when this node holds the key
+/// (object or tombstone: a stale copy must not outlive the delete) or owns it.
+pub fn wants_tombstone(holds: bool, owner: impl FnOnce() -> bool) -> bool {
+    holds || owner()
 }
 
 /// Fetches the peer's current copy of `m.key` and stores it if it is newer.
@@ -767,8 +870,12 @@ pub async fn fetch_replica(
 /// Members whose acknowledgement a tombstone needs before it may be dropped: every
 /// known member except this node and those that left gracefully.
 pub fn gc_peers(cl: &Cluster) -> Vec<String> {
-    cl.view()
-        .members
+    gc_peers_of(&cl.view())
+}
+
+/// [`gc_peers`] of one membership view.
+pub fn gc_peers_of(view: &nearcache_membership::View) -> Vec<String> {
+    view.members
         .iter()
         .filter(|m| !m.is_self && m.state != MemberState::Left)
         .map(|m| m.id.clone())

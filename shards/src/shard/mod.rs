@@ -109,23 +109,28 @@ impl State {
         Some(old)
     }
 
-    /// Last-writer-wins: is version (hlc, etag) newer than what the index holds for `key`?
-    /// A tombstone beats a version with a lower or equal hlc.
-    fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
+    fn held(&self, key: &str) -> crate::Held<'_> {
         match self.index.get(key) {
-            None => true,
-            Some(Entry::Object(m)) => (hlc, etag) > (m.hlc, m.etag.as_str()),
-            Some(Entry::Tombstone(t)) => hlc > t.hlc,
+            None => crate::Held::Nothing,
+            Some(Entry::Object(m)) => crate::Held::Version {
+                hlc: m.hlc,
+                etag: &m.etag,
+            },
+            Some(Entry::Tombstone(t)) => crate::Held::Tombstone { hlc: t.hlc },
         }
     }
 
-    /// Last-writer-wins for a tombstone: it beats a version with a lower or equal hlc.
-    fn tombstone_is_newer(&self, t: &Tombstone) -> bool {
-        match self.index.get(&t.key) {
-            None => true,
-            Some(Entry::Object(m)) => t.hlc >= m.hlc,
-            Some(Entry::Tombstone(old)) => t.hlc > old.hlc,
-        }
+    /// Last-writer-wins: is version (hlc, etag) newer than what the index holds for `key`?
+    /// A tombstone beats a version with a lower or equal hlc ([`crate::version_wins`]).
+    fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
+        crate::version_wins(hlc, etag, self.held(key))
+    }
+
+    /// Whether a tombstone from elsewhere is stored: last-writer-wins (it beats a version
+    /// with a lower or equal hlc), unless it expired and the key holds nothing
+    /// ([`crate::tombstone_applies`]).
+    fn tombstone_applies(&self, t: &Tombstone, ttl_ms: u64, now_ms: u64) -> bool {
+        crate::tombstone_applies(t, self.held(&t.key), ttl_ms, now_ms)
     }
 
     fn mem_remove(&mut self, key: &str) {

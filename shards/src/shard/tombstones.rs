@@ -33,7 +33,8 @@ impl Shard {
     }
 
     /// Applies a tombstone produced elsewhere if it is newer (last-writer-wins: it beats a
-    /// version with a lower or equal hlc). Observes `t.hlc`. The stored tombstone keeps
+    /// version with a lower or equal hlc) and, when the key holds nothing, not past its
+    /// TTL ([`crate::tombstone_applies`]). Observes `t.hlc`. The stored tombstone keeps
     /// `t`'s hlc, deleted_at_ms and level but gets a local seq. If `origin_delete_after_ms`
     /// is `Some` and `t.level >= 1`, queues an origin delete the uploader may not start
     /// before that wall-clock time (ms since epoch). Returns true if applied.
@@ -47,7 +48,8 @@ impl Shard {
         core.hlc.observe(t.hlc);
         let tomb = {
             let mut st = core.state.borrow_mut();
-            if !st.tombstone_is_newer(t) {
+            let ttl_ms = core.cfg.tombstone_ttl.as_millis() as u64;
+            if !st.tombstone_applies(t, ttl_ms, wall_ms()) {
                 return Ok(false);
             }
             let tomb = Tombstone {
@@ -177,7 +179,7 @@ impl Shard {
                 .iter()
                 .filter_map(|(k, e)| match e {
                     Entry::Tombstone(t)
-                        if t.deleted_at_ms.saturating_add(ttl_ms) <= now
+                        if crate::tombstone_expired(t.deleted_at_ms, ttl_ms, now)
                             && !st.pending.contains_key(k)
                             && may_drop(t) =>
                     {
