@@ -349,8 +349,10 @@ pub struct ClusterConfig {
     pub name: String,
     /// Copies of each object (owners per key); consistency level 2 means every node.
     pub replication_factor: usize,
-    /// Copies (this node's included) that must be durable before a write is acknowledged;
-    /// capped at the number of owners reachable for the key.
+    /// Copies that must be durable before a write is acknowledged, counting owners'
+    /// copies only (this node's counts when it owns the key; a node taking a write as
+    /// next in line needs that many owner copies besides its own); capped at the number
+    /// of owners reachable for the key.
     pub write_quorum: usize,
     /// SWIM probe period.
     pub gossip_interval_ms: u64,

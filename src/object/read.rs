@@ -295,13 +295,19 @@ async fn read_through<C: ObjectCtx, R: Render>(
     // While ownership moves, the copy may still be on a previous holder only: take it
     // from there (the origin may not have it at level 0) before asking the origin.
     if let Some(cs) = ctx.cluster() {
-        if cs.cl.moving()
-            && crate::cluster::sync::pull_from_holders(ctx.store(), cs, req.key.as_str()).await
-        {
-            if let Lookup::Hit { meta, body } = ctx.store().peek(req.key.as_str()) {
-                if let Ok(r) = serve_hit(&*ctx, &req, &render, &meta, body, false).await {
-                    return r;
+        if cs.cl.moving() {
+            crate::cluster::sync::pull_from_holders(ctx.store(), cs, req.key.as_str()).await;
+            // Asking took a while: the copy may be here now, from a holder or from an
+            // origin fetch another request made and finished meanwhile (checking only
+            // the fetches in progress would fetch a second time).
+            match ctx.store().peek(req.key.as_str()) {
+                Lookup::Hit { meta, body } => {
+                    if let Ok(r) = serve_hit(&*ctx, &req, &render, &meta, body, false).await {
+                        return r;
+                    }
                 }
+                Lookup::Deleted(t) => return Err(deleted(&req.key, t.deleted_at_ms)),
+                Lookup::Miss => {}
             }
         }
     }
