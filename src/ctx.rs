@@ -80,6 +80,23 @@ impl ObjectCtx for ShardCtx {
     }
 }
 
+impl ShardCtx {
+    /// Every answer of the API edges: says which node served it, and is counted.
+    pub fn finish(
+        &self,
+        route: crate::metrics::Route,
+        start: Instant,
+        mut resp: http::Response<crate::body::Body>,
+    ) -> http::Response<crate::body::Body> {
+        resp.headers_mut()
+            .entry(crate::cluster::H_NODE)
+            .or_insert_with(|| self.node.node_header.clone());
+        self.http
+            .record(route, resp.status().as_u16(), start.elapsed());
+        resp
+    }
+}
+
 /// Counts a request as in flight while alive (graceful shutdown waits for zero).
 pub struct ActiveGuard(Rc<ShardCtx>);
 

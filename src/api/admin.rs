@@ -77,13 +77,8 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
         }
     };
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    resp.headers_mut()
-        .entry(crate::cluster::H_NODE)
-        .or_insert_with(|| ctx.node.node_header.clone());
-    ctx.http
-        .record(route, resp.status().as_u16(), start.elapsed());
-    resp
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    ctx.finish(route, start, resp)
 }
 
 /// The whole node's metrics: every layer writes its own families.

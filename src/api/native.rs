@@ -45,13 +45,8 @@ async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Re
     let start = Instant::now();
     let _active = ActiveGuard::new(&ctx);
     let (route, result) = dispatch(&ctx, req, forwarded).await;
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    resp.headers_mut()
-        .entry(crate::cluster::H_NODE)
-        .or_insert_with(|| ctx.node.node_header.clone());
-    ctx.http
-        .record(route, resp.status().as_u16(), start.elapsed());
-    resp
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    ctx.finish(route, start, resp)
 }
 
 /// The key and level a request is placed by in a cluster, or None for node-local routes.
@@ -407,12 +402,7 @@ struct NativeRender;
 
 impl Render for NativeRender {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let hv = v.head_values();
-        let mut b = Response::builder()
-            .header(header::ETAG, hv.etag.clone())
-            .header(header::LAST_MODIFIED, hv.last_modified.clone())
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(X_META_ID, v.key);
+        let mut b = v.head_builder().header(X_META_ID, v.key);
         if v.fetched {
             b = b.header(X_META_FETCHED, "true");
         }
@@ -429,7 +419,7 @@ impl Render for NativeRender {
         if let Some(l) = v.level {
             b = b.header(X_META_LEVEL, l.to_string());
         }
-        if let Some(j) = &hv.user_meta_json {
+        if let Some(j) = &v.head_values().user_meta_json {
             b = b.header(X_META_USERMETA, j.clone());
         }
         answer_head(b, v.size, answer)

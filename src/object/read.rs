@@ -91,6 +91,15 @@ impl<'a> ObjectView<'a> {
         }
     }
 
+    /// A response head with ETag, Last-Modified and Accept-Ranges.
+    pub fn head_builder(&self) -> http::response::Builder {
+        let hv = self.head_values();
+        Response::builder()
+            .header(http::header::ETAG, hv.etag.clone())
+            .header(http::header::LAST_MODIFIED, hv.last_modified.clone())
+            .header(http::header::ACCEPT_RANGES, "bytes")
+    }
+
     /// ETag, Last-Modified and user metadata as header values: for a stored version
     /// made on its first read and kept with it.
     pub fn head_values(&self) -> std::borrow::Cow<'a, HeadValues> {

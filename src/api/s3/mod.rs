@@ -303,12 +303,7 @@ async fn serve(
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("nearcache"));
-    resp.headers_mut()
-        .entry(crate::cluster::H_NODE)
-        .or_insert_with(|| ctx.node.node_header.clone());
-    ctx.http
-        .record(route, resp.status().as_u16(), start.elapsed());
-    resp
+    ctx.finish(route, start, resp)
 }
 
 /// Sub-resources of S3 that nearcache does not implement: their presence in the query

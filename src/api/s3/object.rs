@@ -63,15 +63,10 @@ struct S3Render {
 
 impl Render for S3Render {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let hv = v.head_values();
-        let mut b = Response::builder()
-            .header(header::ETAG, hv.etag.clone())
-            .header(header::LAST_MODIFIED, hv.last_modified.clone())
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(
-                header::CONTENT_TYPE,
-                v.content_type.unwrap_or("application/octet-stream"),
-            );
+        let mut b = v.head_builder().header(
+            header::CONTENT_TYPE,
+            v.content_type.unwrap_or("application/octet-stream"),
+        );
         for (k, val) in v.user_meta {
             if let Ok(val) = HeaderValue::from_str(val) {
                 b = b.header(format!("x-amz-meta-{k}"), val);
