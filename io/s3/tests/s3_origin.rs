@@ -213,7 +213,13 @@ fn injected_failures_are_retried_against_s3() {
     let b = bridge_with(cfg.clone());
     b.shutdown();
     cfg.inject_failure_rate = 0.5;
-    let b = Bridge::start(cfg).unwrap();
+    // This test is about retries, not deadlines: 40 attempts at a 50 % failure rate may
+    // take longer than the default 10 s request deadline on a loaded machine.
+    let deadlines = nearcache_s3::OriginDeadlines {
+        request_deadline: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let b = Bridge::start_with(cfg, deadlines).unwrap();
     block_on(async {
         for i in 0..10 {
             put(&b, &format!("k{i}"), &src, 0, 10).await;
