@@ -1,6 +1,17 @@
 //! HTTP details shared by the handlers: ranges, conditional requests, response heads
 //! of object reads, small bodies. Imports nothing of the server.
 
+// Client input must not be able to panic this code (see README, "Errors and logs").
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +39,7 @@ pub fn resolve_range(spec: ByteRangeSpec, size: u64) -> Result<Option<Range<u64>
             }
             // first < size, so size - 1 cannot underflow and last.min(size - 1) + 1 <= size.
             let end = match last {
-                Some(last) => last.min(size - 1) + 1,
+                Some(last) => last.min(size.saturating_sub(1)).saturating_add(1),
                 None => size,
             };
             Ok(Some(first..end))
@@ -121,7 +132,7 @@ pub fn answer_head(
             .header(header::CONTENT_LENGTH, size),
         Answer::Partial(r) => b
             .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_LENGTH, r.end - r.start)
+            .header(header::CONTENT_LENGTH, r.end.saturating_sub(r.start))
             .header(
                 header::CONTENT_RANGE,
                 format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
@@ -213,7 +224,8 @@ const MAX_HTTP_DATE_MS: u64 = 253_402_300_799_999;
 /// hold (nothing checks the origin's or a peer's timestamps): those are written as the last
 /// second of 9999.
 pub fn http_date(ms: u64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_HTTP_DATE_MS)))
+    let at = UNIX_EPOCH.checked_add(Duration::from_millis(ms.min(MAX_HTTP_DATE_MS)));
+    httpdate::fmt_http_date(at.unwrap_or(UNIX_EPOCH))
 }
 
 /// Why [`drain_into`] stopped.

@@ -169,6 +169,15 @@ async fn dispatch(
 }
 
 /// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 pub(crate) fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
     let Some(v) = h.get(name) else {
         return Ok(None);
@@ -206,6 +215,15 @@ fn display_name(name: &str) -> String {
 }
 
 /// Validates an id: a ULID, returned in canonical form.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
     // 26 base32 digits hold 130 bits: `ulid` drops the top two, so a first digit above 7
     // would alias another id ("8..." is "0..."). The ULID spec refuses it; so do we.
@@ -219,6 +237,15 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
     })
 }
 
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
     let Some(v) = h.get(X_META_LEVEL) else {
         return Ok(default);
@@ -236,6 +263,15 @@ pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
 
 /// X-Meta-UserMeta: a JSON object of string values; keys become x-amz-meta-* in S3, so
 /// they must be header-safe.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 pub(crate) fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
     let Some(v) = h.get(X_META_USERMETA) else {
         return Ok(BTreeMap::new());

@@ -6,6 +6,17 @@
 //! fetched, or last confirmed by a 304. Copies not yet in the origin are never stale:
 //! nearcache holds the newest version until its upload lands.
 
+// Client input must not be able to panic this code (see README, "Errors and logs").
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
 use std::collections::{BTreeMap, HashMap};
 
 use nearcache_shards::ObjectMeta;
@@ -190,7 +201,11 @@ fn split_directive(s: &str) -> (&str, &str) {
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            ',' if !quoted => return (&s[..i], &s[i + 1..]),
+            ',' if !quoted => {
+                // `i` is a char boundary and ',' one byte long.
+                let (piece, rest) = s.split_at(i);
+                return (piece, rest.get(1..).unwrap_or_default());
+            }
             _ => {}
         }
     }

@@ -5,6 +5,17 @@
 //!
 //! S3-API objects are stored exactly as their clients wrote them: nothing is added.
 
+// Client input must not be able to panic this code (see README, "Errors and logs").
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
 use std::collections::BTreeMap;
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};

@@ -5,6 +5,17 @@
 //! prefix returned); every page is asked of the origin with `start-after`, so a token
 //! stays valid whichever node or shard answers the next page.
 
+// Client input must not be able to panic this code (see README, "Errors and logs").
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::rc::Rc;
@@ -143,7 +154,10 @@ pub(crate) fn merge(
             let rest = key.get(q.prefix.len()..).unwrap_or_default();
             let cp = q.delimiter.as_deref().and_then(|d| {
                 rest.find(d)
-                    .and_then(|i| key.get(..q.prefix.len() + i + d.len()))
+                    .and_then(|i| {
+                        let end = q.prefix.len().checked_add(i)?.checked_add(d.len())?;
+                        key.get(..end)
+                    })
                     .map(str::to_owned)
             });
             match cp {

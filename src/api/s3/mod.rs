@@ -547,6 +547,15 @@ fn bucket_region(ctx: &ShardCtx) -> &str {
 
 /// (bucket, key) from the Host header (virtual-host style under the configured domain)
 /// or the path (path style).
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 pub(crate) fn address(
     parts: &http::request::Parts,
     domain: Option<&str>,
@@ -626,6 +635,15 @@ pub(crate) fn address(
 }
 
 /// Query parameters, `+` and `%XX` decoded.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
