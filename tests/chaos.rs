@@ -1228,3 +1228,91 @@ fn abusive_clients_do_not_starve_others() {
     drop(node);
     ledger.finish();
 }
+
+// ---------------------------------------------------------------------------------------
+// memory
+
+/// Resident set size of a process in MiB (Linux).
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+#[test]
+fn memory_of_closed_connections_is_returned() {
+    let mut ledger = Ledger::new("connection-memory");
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = NodeSpec::new(
+        &tmp.path().join("data"),
+        harness::Origin::Local,
+        tmp.path().join("node.log"),
+    );
+    let node = Node::start(&spec, START_BOUND).expect("node");
+    let base = node.base();
+    let addr = format!("127.0.0.1:{}", spec.port);
+    let c = http(Duration::from_secs(10));
+    let ping = |c: &reqwest::blocking::Client| {
+        c.get(format!("{base}/api/v1/ping"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    for _ in 0..50 {
+        ping(&c);
+    }
+    let before = rss_mib(node.pid());
+    // Connections that each made the server buffer a long, unfinished request head.
+    let n = 1000 * rounds(2);
+    let head = format!(
+        "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+        "p".repeat(16 << 10)
+    );
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Ok(mut s) = TcpStream::connect(&addr) {
+            let _ = s.write_all(head.as_bytes());
+            conns.push(s);
+        }
+    }
+    // The server holds them all (its memory grows) until they close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut peak = rss_mib(node.pid());
+    while peak < before + 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(rss_mib(node.pid()));
+    }
+    let opened = conns.len();
+    drop(conns);
+    // Ordinary traffic goes on; the memory must go back to about where it was.
+    let grown = peak.saturating_sub(before);
+    let target = before + grown / 4;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let t0 = Instant::now();
+    let mut after = rss_mib(node.pid());
+    while after > target && Instant::now() < deadline {
+        ping(&c);
+        std::thread::sleep(Duration::from_millis(50));
+        after = rss_mib(node.pid());
+    }
+    ledger.check(
+        "the server held the connections' buffers (the check below means something)",
+        grown >= 20,
+        format!("{opened} connections: RSS {before} MiB -> {peak} MiB"),
+    );
+    ledger.check(
+        "memory of closed connections is returned",
+        after <= target,
+        format!(
+            "RSS {before} MiB before, {peak} MiB with {opened} connections, {after} MiB {:.1?} after they closed (bound {target} MiB)",
+            t0.elapsed()
+        ),
+    );
+    ledger.check("the node is healthy afterwards", ping(&c), String::new());
+    drop(node);
+    ledger.finish();
+}
