@@ -193,7 +193,10 @@ fn fuzz_cache_control() {
             let in_origin = src.bool();
             let raw = String::from_utf8_lossy(src.rest()).into_owned();
             for (name, _) in cache_control(&raw) {
-                assert!(!name.is_empty() && !name.contains([',', '=', '"', ' ']), "{name:?}");
+                assert!(
+                    !name.is_empty() && !name.contains([',', '=', '"', ' ']),
+                    "{name:?}"
+                );
             }
             let mut cc = format!("{raw}, max-age={max_age}");
             if let Some(s) = s_maxage {

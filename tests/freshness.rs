@@ -143,7 +143,14 @@ fn a_ttl_expired_copy_is_renewed_by_304_or_replaced_when_s3_changed() {
 
     // Deleted in S3: the copy is dropped, the client gets a 404.
     origin
-        .run(origin.c.delete_object().bucket(&bucket).key("short/a").send())
+        .run(
+            origin
+                .c
+                .delete_object()
+                .bucket(&bucket)
+                .key("short/a")
+                .send(),
+        )
         .unwrap();
     get_until(&url, Duration::from_secs(15), |s, _, _| s == 404);
     assert_eq!(revalidations(&node, "gone"), 1.0);
@@ -218,7 +225,11 @@ fn stale_copies_are_served_while_s3_is_stopped_within_their_bounds() {
             stale_while_revalidate_secs: Some(swr),
             stale_if_error_secs: Some(sie),
         };
-        c.freshness.rule = vec![rule("sie/", 0, 3600), rule("swr/", 3600, 0), rule("none/", 0, 0)];
+        c.freshness.rule = vec![
+            rule("sie/", 0, 3600),
+            rule("swr/", 3600, 0),
+            rule("none/", 0, 0),
+        ];
     });
     let sdk = Sdk::node(&node);
     let origin = Sdk::with(
@@ -238,7 +249,9 @@ fn stale_copies_are_served_while_s3_is_stopped_within_their_bounds() {
         assert_eq!(r.status(), 200, "{k}");
     }
     // Let every copy go stale (the TTL is 1 s; Age counts whole seconds).
-    get_until(&urls[2], Duration::from_secs(10), |_, c, _| c == "REVALIDATED");
+    get_until(&urls[2], Duration::from_secs(10), |_, c, _| {
+        c == "REVALIDATED"
+    });
     let stale_from = Instant::now();
     moto.pause().unwrap();
     let wait_stale = Duration::from_millis(1_100).saturating_sub(stale_from.elapsed());
@@ -249,7 +262,11 @@ fn stale_copies_are_served_while_s3_is_stopped_within_their_bounds() {
     let r = client().get(&urls[1]).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-cache-status"), "UPDATING");
-    assert!(t.elapsed() < Duration::from_millis(1_000), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        t.elapsed()
+    );
     // stale-if-error: answered from the stale copy once revalidation failed.
     let r = client().get(&urls[0]).send().unwrap();
     assert_eq!(r.status(), 200);
@@ -281,7 +298,11 @@ fn an_origin_404_is_remembered_and_forgotten_on_write() {
     for _ in 0..3 {
         assert_eq!(client().get(&url).send().unwrap().status(), 404);
     }
-    assert_eq!(fetches(), before + 1.0, "one origin request per remembered 404");
+    assert_eq!(
+        fetches(),
+        before + 1.0,
+        "one origin request per remembered 404"
+    );
     assert_eq!(node.metric("nearcache_negative_cache_hits_total"), 3.0);
     // A write through nearcache forgets it at once.
     assert_eq!(put(&node, &id, b"now here".to_vec(), &[]).status(), 200);

@@ -398,7 +398,10 @@ pub(crate) mod tests {
         assert_eq!(d.max_age, Some(5));
         let m = meta(1_000_000, &[("cache-control", "max-age=60, s-maxage=5")]);
         assert_eq!(standing(RULE, &m, 1_004_999), Standing::Fresh);
-        assert!(matches!(standing(RULE, &m, 1_005_000), Standing::Stale { .. }));
+        assert!(matches!(
+            standing(RULE, &m, 1_005_000),
+            Standing::Stale { .. }
+        ));
     }
 
     #[test]
@@ -419,14 +422,20 @@ pub(crate) mod tests {
                 serve_on_error_until_ms: 1_070_000
             }
         );
-        let never = Rule { ttl_secs: 0, ..RULE };
+        let never = Rule {
+            ttl_secs: 0,
+            ..RULE
+        };
         assert_eq!(standing(never, &m, u64::MAX), Standing::Fresh);
     }
 
     #[test]
     fn origin_headers_are_ignored_unless_honoured() {
         let m = meta(1_000_000, &[("cache-control", "no-cache")]);
-        assert!(matches!(standing(RULE, &m, 1_000_000), Standing::Stale { .. }));
+        assert!(matches!(
+            standing(RULE, &m, 1_000_000),
+            Standing::Stale { .. }
+        ));
         let ignore = Rule {
             honour_origin: false,
             ..RULE

@@ -278,7 +278,9 @@ async fn get_here<C: ObjectCtx, R: Render>(
                 ..
             } => {
                 revalidate_in_background(&ctx, &req.key, &meta);
-                ctx.objects().metrics.stale_served(StaleReason::Revalidating);
+                ctx.objects()
+                    .metrics
+                    .stale_served(StaleReason::Revalidating);
                 serve_stored(ctx, req, render, &meta, body, CacheStatus::Updating).await
             }
             Standing::Stale { .. } => revalidate(ctx, req, render, meta, body).await,
@@ -533,7 +535,8 @@ async fn revalidate_task<C: ObjectCtx, R: Render>(
             objects.metrics.revalidated(Revalidation::Gone);
             // Gone from the origin behind nearcache's back: drop the copy (not a delete
             // through nearcache: no tombstone), unless a newer write landed meanwhile.
-            let still = matches!(ctx.store().peek(key), Lookup::Hit { meta, .. } if meta.hlc == stale.hlc);
+            let still =
+                matches!(ctx.store().peek(key), Lookup::Hit { meta, .. } if meta.hlc == stale.hlc);
             if still {
                 if let Err(e) = ctx.store().forget(key).await {
                     tracing::warn!(key, error = %e, "dropping a copy the origin no longer has");

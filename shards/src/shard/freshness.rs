@@ -25,8 +25,7 @@ impl Shard {
             // Keep what the layers above derived: the response head does not change.
             m.derived = old.derived.clone();
             let meta = Rc::new(m);
-            st.index
-                .insert(key.to_owned(), Entry::Object(meta.clone()));
+            st.index.insert(key.to_owned(), Entry::Object(meta.clone()));
             core.submit(vec![Op::PutEntry(
                 key.to_owned(),
                 StoredEntry::Object((*meta).clone()),

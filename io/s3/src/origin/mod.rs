@@ -226,11 +226,7 @@ impl Backend {
     ) -> Result<OpenedGet, OriginError> {
         match self {
             Backend::S3(o) => o.get(bucket, key, range, part, if_none_match).await,
-            Backend::Local(o) => {
-                o.bucket(bucket)?
-                    .get(key, range, part, if_none_match)
-                    .await
-            }
+            Backend::Local(o) => o.bucket(bucket)?.get(key, range, part, if_none_match).await,
         }
     }
 
