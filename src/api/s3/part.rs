@@ -100,6 +100,14 @@ pub(crate) fn part_range(sizes: &[u64], size: u64) -> Option<Range<u64>> {
     (end <= size).then_some(start..end)
 }
 
+/// Whether a part's HEAD describes the version with ETag `etag` of `n` parts. S3 answers
+/// with the object's ETag; moto with the part's own (an MD5 without a part count), which
+/// is taken as the same version when the part count matches.
+fn same_version(part: &nearcache_s3::RemoteMeta, etag: &str, n: u32) -> bool {
+    let count_ok = part.parts_count.is_none_or(|c| c == n);
+    count_ok && (part.etag == etag || multipart_parts(&part.etag).is_none())
+}
+
 fn invalid_part() -> S3Error {
     S3Error::new(
         StatusCode::RANGE_NOT_SATISFIABLE,
@@ -148,7 +156,7 @@ async fn plan(ctx: &Rc<ShardCtx>, req: &S3Req, part: u32) -> Result<Plan, S3Erro
         let loc = req.loc();
         for i in sizes.len() + 1..=want {
             let meta = ctx.objects.origin.head_in(&loc, Some(i as u32)).await?;
-            if meta.etag != etag {
+            if !same_version(&meta, &etag, n) {
                 return Ok(Plan::Stale);
             }
             sizes.push(meta.size);
