@@ -8,9 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::DateTime;
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, EncodingType, Tag, Tagging,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType, Tag, Tagging};
 use common::sdk::{status_code, Sdk};
 use common::*;
 
@@ -21,7 +19,11 @@ fn start(tag: &str, tweak: impl FnOnce(&mut nearcache::config::Config)) -> (Test
     (node, sdk, bucket)
 }
 
-fn bucket_config(name: &str, write_behind: bool, public_read: bool) -> nearcache::config::S3BucketConfig {
+fn bucket_config(
+    name: &str,
+    write_behind: bool,
+    public_read: bool,
+) -> nearcache::config::S3BucketConfig {
     nearcache::config::S3BucketConfig {
         name: name.into(),
         write_behind,
@@ -80,7 +82,11 @@ fn multipart(sdk: &Sdk, bucket: &str, key: &str, parts: &[&[u8]]) -> String {
             .bucket(bucket)
             .key(key)
             .upload_id(&id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
             .send()
             .await
             .unwrap()
@@ -188,13 +194,21 @@ fn unversioned_bucket_answers_what_cleanup_tools_ask() {
                 .send(),
         )
         .unwrap_err();
-    assert_eq!(status_code(&e), (404, "NoSuchLifecycleConfiguration".into()));
+    assert_eq!(
+        status_code(&e),
+        (404, "NoSuchLifecycleConfiguration".into())
+    );
     let e = sdk
         .run(sdk.c.get_bucket_policy().bucket(&bucket).send())
         .unwrap_err();
     assert_eq!(status_code(&e), (404, "NoSuchBucketPolicy".into()));
     let e = sdk
-        .run(sdk.c.get_bucket_versioning().bucket("nct-no-such-bucket-v").send())
+        .run(
+            sdk.c
+                .get_bucket_versioning()
+                .bucket("nct-no-such-bucket-v")
+                .send(),
+        )
         .unwrap_err();
     assert_eq!(status_code(&e), (404, "NoSuchBucket".into()));
 
@@ -291,8 +305,14 @@ fn part_number_reads_serve_the_part_from_the_cache() {
         assert!(b == p2, "part 2's bytes");
         let start = p1.len() as u64;
         let end = start + p2.len() as u64 - 1;
-        assert_eq!(range.as_deref(), Some(format!("bytes {start}-{end}/{total}").as_str()));
-        assert_eq!((count, e.as_deref(), len), (Some(3), Some(etag.as_str()), Some(p2.len() as i64)));
+        assert_eq!(
+            range.as_deref(),
+            Some(format!("bytes {start}-{end}/{total}").as_str())
+        );
+        assert_eq!(
+            (count, e.as_deref(), len),
+            (Some(3), Some(etag.as_str()), Some(p2.len() as i64))
+        );
     }
     let received = node.metric("nearcache_origin_received_bytes_total");
     let hits = node.metric("nearcache_cache_hits_total");
@@ -308,36 +328,61 @@ fn part_number_reads_serve_the_part_from_the_cache() {
     );
     assert!(node.metric("nearcache_cache_hits_total") >= hits + 3.0);
     let h = sdk
-        .run(sdk.c.head_object().bucket(&bucket).key("mp").part_number(3).send())
+        .run(
+            sdk.c
+                .head_object()
+                .bucket(&bucket)
+                .key("mp")
+                .part_number(3)
+                .send(),
+        )
         .unwrap();
     assert_eq!((h.content_length(), h.parts_count()), (Some(1234), Some(3)));
     let e = part(4).unwrap_err();
     assert_eq!(status_code(&e), (416, "InvalidPartNumber".into()));
     let e = sdk
-        .run(sdk.c.get_object().bucket(&bucket).key("mp").part_number(0).send())
+        .run(
+            sdk.c
+                .get_object()
+                .bucket(&bucket)
+                .key("mp")
+                .part_number(0)
+                .send(),
+        )
         .unwrap_err();
     assert_eq!(status_code(&e).0, 400);
 
     // Not multipart: part 1 is the whole object, there is no part 2.
     sdk.put(&bucket, "single", b"one piece".to_vec());
-    let (b, (range, count, _, _)) = sdk
-        .run(async {
-            let o = sdk
-                .c
-                .get_object()
-                .bucket(&bucket)
-                .key("single")
-                .part_number(1)
-                .send()
-                .await
-                .unwrap();
-            let m = (o.content_range().map(str::to_owned), o.parts_count(), (), ());
-            (o.body.collect().await.unwrap().into_bytes().to_vec(), m)
-        });
+    let (b, (range, count, _, _)) = sdk.run(async {
+        let o = sdk
+            .c
+            .get_object()
+            .bucket(&bucket)
+            .key("single")
+            .part_number(1)
+            .send()
+            .await
+            .unwrap();
+        let m = (
+            o.content_range().map(str::to_owned),
+            o.parts_count(),
+            (),
+            (),
+        );
+        (o.body.collect().await.unwrap().into_bytes().to_vec(), m)
+    });
     assert_eq!(b, b"one piece");
     assert_eq!((range.as_deref(), count), (Some("bytes 0-8/9"), None));
     let e = sdk
-        .run(sdk.c.get_object().bucket(&bucket).key("single").part_number(2).send())
+        .run(
+            sdk.c
+                .get_object()
+                .bucket(&bucket)
+                .key("single")
+                .part_number(2)
+                .send(),
+        )
         .unwrap_err();
     assert_eq!(status_code(&e), (416, "InvalidPartNumber".into()));
     // A part with a conditional that fails.
@@ -373,8 +418,14 @@ fn conditional_writes_and_copies() {
                 .send(),
         )
     };
-    assert_eq!(status_code(&put("k", "\"0000\"").unwrap_err()), (412, "PreconditionFailed".into()));
-    assert_eq!(status_code(&put("nope", &etag).unwrap_err()), (404, "NoSuchKey".into()));
+    assert_eq!(
+        status_code(&put("k", "\"0000\"").unwrap_err()),
+        (412, "PreconditionFailed".into())
+    );
+    assert_eq!(
+        status_code(&put("nope", &etag).unwrap_err()),
+        (404, "NoSuchKey".into())
+    );
     let etag2 = put("k", &etag).unwrap().e_tag().unwrap().to_owned();
     assert_eq!(etag2, format!("\"{}\"", md5_hex(b"v2")));
 
@@ -438,7 +489,10 @@ fn conditional_writes_and_copies() {
     complete("fresh", None, Some("*")).unwrap();
     complete("k", Some(&etag2), None).unwrap();
     let (b, _) = sdk.get(&bucket, "k");
-    assert_eq!(b, b"only part", "the conditional completion replaced the object");
+    assert_eq!(
+        b, b"only part",
+        "the conditional completion replaced the object"
+    );
     let cur = sdk
         .run(sdk.c.head_object().bucket(&bucket).key("k").send())
         .unwrap();
@@ -448,17 +502,21 @@ fn conditional_writes_and_copies() {
     // CopyObject with each copy-source condition, holding and failing.
     let past = DateTime::from_secs(modified - 3600);
     let future = DateTime::from_secs(modified + 3600);
-    let copy = |f: &dyn Fn(
-        aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder,
-    ) -> aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder| {
-        let req = sdk
-            .c
-            .copy_object()
-            .bucket(&bucket)
-            .key("copy")
-            .copy_source(format!("{bucket}/k"));
-        sdk.run(f(req).send()).map(|_| ()).map_err(|e| status_code(&e))
-    };
+    let copy =
+        |f: &dyn Fn(
+            aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder,
+        )
+            -> aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder| {
+            let req = sdk
+                .c
+                .copy_object()
+                .bucket(&bucket)
+                .key("copy")
+                .copy_source(format!("{bucket}/k"));
+            sdk.run(f(req).send())
+                .map(|_| ())
+                .map_err(|e| status_code(&e))
+        };
     let failed = Err((412, "PreconditionFailed".to_owned()));
     assert_eq!(copy(&|r| r.copy_source_if_match("\"0000\"")), failed);
     assert_eq!(copy(&|r| r.copy_source_if_none_match(&cur_etag)), failed);
@@ -470,7 +528,9 @@ fn conditional_writes_and_copies() {
     assert_eq!(copy(&|r| r.copy_source_if_unmodified_since(future)), Ok(()));
     // S3: If-Match true and If-Unmodified-Since false copies.
     assert_eq!(
-        copy(&|r| r.copy_source_if_match(&cur_etag).copy_source_if_unmodified_since(past)),
+        copy(&|r| r
+            .copy_source_if_match(&cur_etag)
+            .copy_source_if_unmodified_since(past)),
         Ok(())
     );
 
@@ -644,8 +704,18 @@ fn error_codes_and_resent_parts() {
         let first = random_bytes(5 << 20, 21);
         let second = random_bytes(5 << 20, 22);
         up(1, first).await.unwrap();
-        let e1 = up(1, second.clone()).await.unwrap().e_tag().unwrap().to_owned();
-        let e2 = up(2, b"end".to_vec()).await.unwrap().e_tag().unwrap().to_owned();
+        let e1 = up(1, second.clone())
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_owned();
+        let e2 = up(2, b"end".to_vec())
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_owned();
         c.complete_multipart_upload()
             .bucket(&bucket)
             .key("resent")
@@ -665,7 +735,11 @@ fn error_codes_and_resent_parts() {
     });
     let (b, _) = sdk.get(&bucket, "resent");
     assert!(b.len() == (5 << 20) + 3 && b.ends_with(b"end"));
-    assert_eq!(b[..5 << 20], random_bytes(5 << 20, 22)[..], "the re-sent part 1");
+    assert_eq!(
+        b[..5 << 20],
+        random_bytes(5 << 20, 22)[..],
+        "the re-sent part 1"
+    );
 }
 
 /// `aws-chunked` is how a body was sent, not how the object is encoded: S3 drops it from
@@ -893,7 +967,8 @@ fn public_read_buckets_serve_anonymous_reads() {
     let (node, sdk, private) = start("s3c-private", move |cfg| {
         cfg.s3api.buckets = vec![bucket_config(&p2, false, true)];
     });
-    sdk.run(sdk.c.create_bucket().bucket(&public).send()).unwrap();
+    sdk.run(sdk.c.create_bucket().bucket(&public).send())
+        .unwrap();
     let body = random_bytes(100_000, 5);
     sdk.put(&public, "dir/page one.html", body.clone());
     sdk.put(&private, "secret", b"s".to_vec());
@@ -905,9 +980,18 @@ fn public_read_buckets_serve_anonymous_reads() {
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert_eq!(r.bytes().unwrap().to_vec(), body);
     assert_eq!(etag, format!("\"{}\"", md5_hex(&body)));
-    assert!(node.metric("nearcache_cache_hits_total") > hits, "served from the cache");
+    assert!(
+        node.metric("nearcache_cache_hits_total") > hits,
+        "served from the cache"
+    );
     let r = http.head(&url).send().unwrap();
-    assert_eq!((r.status().as_u16(), r.headers()["content-length"].to_str().unwrap()), (200, "100000"));
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["content-length"].to_str().unwrap()
+        ),
+        (200, "100000")
+    );
     let r = http
         .get(&url)
         .header("range", "bytes=10-19")
@@ -920,13 +1004,23 @@ fn public_read_buckets_serve_anonymous_reads() {
         .send()
         .unwrap();
     assert_eq!(list.status(), 200);
-    assert!(list.text().unwrap().contains("<Key>dir/page one.html</Key>"));
+    assert!(list
+        .text()
+        .unwrap()
+        .contains("<Key>dir/page one.html</Key>"));
     // Not allowed anonymously: writes, sub-resources, other buckets.
     let denied = [
-        http.put(format!("{}/{public}/new", node.s3_base)).body("x").send().unwrap(),
+        http.put(format!("{}/{public}/new", node.s3_base))
+            .body("x")
+            .send()
+            .unwrap(),
         http.delete(&url).send().unwrap(),
-        http.get(format!("{}/{public}?acl", node.s3_base)).send().unwrap(),
-        http.get(format!("{}/{private}/secret", node.s3_base)).send().unwrap(),
+        http.get(format!("{}/{public}?acl", node.s3_base))
+            .send()
+            .unwrap(),
+        http.get(format!("{}/{private}/secret", node.s3_base))
+            .send()
+            .unwrap(),
         http.get(format!("{}/", node.s3_base)).send().unwrap(),
     ];
     for r in denied {
@@ -937,6 +1031,11 @@ fn public_read_buckets_serve_anonymous_reads() {
     let acl = sdk
         .run(sdk.c.get_bucket_acl().bucket(&public).send())
         .unwrap();
-    assert!(acl.grants().iter().any(|g| g.permission().map(|p| p.as_str()) == Some("READ")
-        && g.grantee().and_then(|g| g.uri()).is_some_and(|u| u.ends_with("/AllUsers"))));
+    assert!(acl
+        .grants()
+        .iter()
+        .any(|g| g.permission().map(|p| p.as_str()) == Some("READ")
+            && g.grantee()
+                .and_then(|g| g.uri())
+                .is_some_and(|u| u.ends_with("/AllUsers"))));
 }

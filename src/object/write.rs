@@ -469,7 +469,10 @@ pub async fn check_condition<C: ObjectCtx>(
         return Ok(());
     }
     let owner = ctx.mesh().owner_of(key.as_str());
-    on_shard(ctx, owner, move |ctx| async move { cond.check(&*ctx, &key).await }).await?
+    on_shard(ctx, owner, move |ctx| async move {
+        cond.check(&*ctx, &key).await
+    })
+    .await?
 }
 
 /// Drops the cached copy of `key` (the origin has a newer object).

@@ -86,7 +86,11 @@ fn fuzz_copy_source_round_trip() {
                 return;
             }
             let slash = if flags & 1 == 1 { "/" } else { "" };
-            let version = if flags & 2 == 2 { "?versionId=null" } else { "" };
+            let version = if flags & 2 == 2 {
+                "?versionId=null"
+            } else {
+                ""
+            };
             let raw = format!("{slash}bkt/{}{version}", encode(&key));
             let src = parse_copy_source(&raw).unwrap_or_else(|e| panic!("{raw:?}: {e:?}"));
             assert_eq!(src.bucket, "bkt");
@@ -152,7 +156,10 @@ fn fuzz_part_number_and_layout() {
             };
             if let Some(r) = part_range(&sizes, object) {
                 assert!(r.start <= r.end && r.end <= object);
-                assert_eq!(r.end - r.start, *sizes.last().expect("a range means a part"));
+                assert_eq!(
+                    r.end - r.start,
+                    *sizes.last().expect("a range means a part")
+                );
             }
         });
     report("part_number_and_layout", &n);
@@ -166,7 +173,15 @@ fn fuzz_stored_encoding() {
         .with_max_len(48)
         .for_each(|input: &[u8]| {
             n.fetch_add(1, Ordering::Relaxed);
-            let words = ["gzip", "aws-chunked", "AWS-Chunked", " ", ",", "br", "identity"];
+            let words = [
+                "gzip",
+                "aws-chunked",
+                "AWS-Chunked",
+                " ",
+                ",",
+                "br",
+                "identity",
+            ];
             let v: String = input
                 .iter()
                 .map(|b| words[*b as usize % words.len()])
@@ -230,7 +245,10 @@ fn copy_source_examples() {
         ("b".into(), "x".into(), Some("null".into()))
     );
     // An unencoded '?' that is not a versionId belongs to the key.
-    assert_eq!(p("b/what?now").unwrap(), ("b".into(), "what?now".into(), None));
+    assert_eq!(
+        p("b/what?now").unwrap(),
+        ("b".into(), "what?now".into(), None)
+    );
     assert_eq!(p("b/a//c/").unwrap(), ("b".into(), "a//c/".into(), None));
     assert!(p("b").is_err() && p("/b/").is_err() && p("b/%FF").is_err());
 }

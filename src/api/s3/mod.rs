@@ -22,6 +22,7 @@ pub(crate) mod list;
 mod multipart;
 mod object;
 mod part;
+mod render;
 mod subresource;
 mod xml;
 
@@ -562,7 +563,10 @@ impl Endpoint {
             GetObject => Route::S3Read,
             GetBucketLocation | HeadBucket => Route::S3Other,
             ListVersions => Route::S3List,
-            GetBucketVersioning | GetBucketAcl | GetObjectAcl | BucketConfigMissing(_)
+            GetBucketVersioning
+            | GetBucketAcl
+            | GetObjectAcl
+            | BucketConfigMissing(_)
             | GetObjectTagging => Route::S3Other,
             DeleteObjects | CreateBucket | DeleteBucket | UploadPartCopy | UploadPart
             | CopyObject | PutObject | AbortMultipart | DeleteObject | CreateMultipart
@@ -948,8 +952,22 @@ mod endpoint_tests {
             (Method::DELETE, b, k, "", false, DeleteObject),
             (Method::POST, b, k, "uploads", false, CreateMultipart),
             (Method::POST, b, k, "uploadId=u", false, CompleteMultipart),
-            (Method::GET, b, None, "versions&prefix=a", false, ListVersions),
-            (Method::GET, b, None, "versioning", false, GetBucketVersioning),
+            (
+                Method::GET,
+                b,
+                None,
+                "versions&prefix=a",
+                false,
+                ListVersions,
+            ),
+            (
+                Method::GET,
+                b,
+                None,
+                "versioning",
+                false,
+                GetBucketVersioning,
+            ),
             (Method::GET, b, None, "acl", false, GetBucketAcl),
             (
                 Method::GET,

@@ -18,15 +18,15 @@ use tokio::sync::oneshot;
 
 use super::auth::{BodyDecoder, ChecksumCheck, Credential};
 use super::error::S3Error;
+use super::render::S3Render;
 use super::xml::{escape, iso_time, DECL, NS};
 use super::{empty, ensure_bucket, may_use, read_small_body, xml_response, S3Req};
 use crate::body::Body;
 use crate::ctx::ShardCtx;
 use crate::http_util::{
-    answer_head, http_date, parse_byte_range, quoted, resolve_range, Answer, ByteRangeSpec,
-    Conditions,
+    http_date, parse_byte_range, quoted, resolve_range, ByteRangeSpec, Conditions,
 };
-use crate::object::read::{GetRequest, ObjectView, Render, Stat};
+use crate::object::read::{GetRequest, Stat};
 use crate::object::write::{self, DeleteRequest, PutRequest, WriteCondition, WriteError};
 use crate::object::{CacheKey, ObjectError};
 
@@ -54,42 +54,6 @@ fn overrides(req: &S3Req) -> Result<Vec<(HeaderName, HeaderValue)>, S3Error> {
 
 // ---------------------------------------------------------------------------------------
 // GET / HEAD
-
-/// S3's response head: ETag, Last-Modified, x-amz-meta-*, stored headers, then the
-/// request's `response-*` overrides.
-pub(crate) struct S3Render {
-    pub overrides: Vec<(HeaderName, HeaderValue)>,
-    /// `x-amz-mp-parts-count` of a `partNumber` read (else the origin's, if it said).
-    pub parts_count: Option<u32>,
-}
-
-impl Render for S3Render {
-    fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let mut b = v.head_builder().header(
-            header::CONTENT_TYPE,
-            v.content_type.unwrap_or("application/octet-stream"),
-        );
-        for (k, val) in v.user_meta {
-            if let Ok(val) = HeaderValue::from_str(val) {
-                b = b.header(format!("x-amz-meta-{k}"), val);
-            }
-        }
-        for (k, val) in v.headers {
-            if let Ok(val) = HeaderValue::from_str(val) {
-                b = b.header(k.as_str(), val);
-            }
-        }
-        if let Some(n) = self.parts_count.or(v.parts_count) {
-            b = b.header("x-amz-mp-parts-count", n);
-        }
-        if let Some(h) = b.headers_mut() {
-            for (k, val) in &self.overrides {
-                h.insert(k.clone(), val.clone());
-            }
-        }
-        answer_head(b, v.size, answer)
-    }
-}
 
 pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
     let head = req.method == http::Method::HEAD;
@@ -707,7 +671,10 @@ fn copy_conditions(src: &CopySource) -> Conditions {
 /// The copy source as it is now (pending writes included, deletes through nearcache
 /// honoured), checked against the copy's conditions: 412 when one fails, as S3 (the
 /// origin may not check them). Returns the source's size.
-pub(crate) async fn check_copy_source(ctx: &Rc<ShardCtx>, src: &CopySource) -> Result<u64, S3Error> {
+pub(crate) async fn check_copy_source(
+    ctx: &Rc<ShardCtx>,
+    src: &CopySource,
+) -> Result<u64, S3Error> {
     let key = CacheKey::s3(&src.bucket, &src.key);
     let (etag, last_modified_ms, size) = if key.fits_store() {
         match crate::object::read::stat(ctx, key, true).await? {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::error::S3Error;
-use super::object::S3Render;
+use super::render::S3Render;
 use super::S3Req;
 use crate::body::Body;
 use crate::ctx::ShardCtx;
@@ -250,6 +250,10 @@ mod tests {
         assert_eq!(l.known("b/k", "e1", 3), [5, 5]);
         assert!(l.known("b/k", "e2", 2).is_empty());
         l.learn("b/k", "e1", vec![5]);
-        assert_eq!(l.known("b/k", "e1", 2), [5, 5], "a shorter layout does not replace");
+        assert_eq!(
+            l.known("b/k", "e1", 2),
+            [5, 5],
+            "a shorter layout does not replace"
+        );
     }
 }

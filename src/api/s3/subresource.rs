@@ -162,8 +162,8 @@ fn object_error(e: nearcache_s3::OriginError) -> S3Error {
 /// The `<Tagging><TagSet><Tag><Key/><Value/></Tag>...` document of PutObjectTagging:
 /// at most 10 tags, keys unique, keys up to 128 and values up to 256 characters.
 pub(crate) fn parse_tagging(doc: &[u8]) -> Result<Vec<(String, String)>, S3Error> {
-    let doc =
-        std::str::from_utf8(doc).map_err(|_| S3Error::malformed_xml("the document is not UTF-8"))?;
+    let doc = std::str::from_utf8(doc)
+        .map_err(|_| S3Error::malformed_xml("the document is not UTF-8"))?;
     let root = super::xml::parse(doc)?;
     if root.name != "Tagging" {
         return Err(S3Error::malformed_xml("expected a <Tagging> document"));
@@ -224,7 +224,10 @@ mod tests {
             .map(|i| format!("<Tag><Key>k{i}</Key><Value>v</Value></Tag>"))
             .collect();
         let many = format!("<Tagging><TagSet>{many}</TagSet></Tagging>");
-        assert_eq!(parse_tagging(many.as_bytes()).unwrap_err().code, "BadRequest");
+        assert_eq!(
+            parse_tagging(many.as_bytes()).unwrap_err().code,
+            "BadRequest"
+        );
         assert_eq!(parse_tagging(b"<Other/>").unwrap_err().code, "MalformedXML");
     }
 

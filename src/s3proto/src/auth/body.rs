@@ -184,7 +184,9 @@ pub fn parse_content_md5(value: &[u8]) -> Result<[u8; 16], AuthError> {
         .ok()
         .and_then(|s| B64.decode(s.trim()).ok())
         .and_then(|r| <[u8; 16]>::try_from(r).ok())
-        .ok_or_else(|| AuthError::InvalidDigest("The Content-MD5 you specified was invalid.".into()))
+        .ok_or_else(|| {
+            AuthError::InvalidDigest("The Content-MD5 you specified was invalid.".into())
+        })
 }
 
 /// Checks the `Content-MD5` and `x-amz-checksum-<alg>` request headers over a body that is
