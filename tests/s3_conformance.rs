@@ -44,20 +44,23 @@ fn enc(key: &str) -> String {
     out
 }
 
+/// CreateMultipartUpload; returns the upload id.
+async fn create(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> String {
+    c.create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned()
+}
+
 /// Uploads `parts` as a multipart object; returns the object's ETag.
 fn multipart(sdk: &Sdk, bucket: &str, key: &str, parts: &[&[u8]]) -> String {
     sdk.run(async {
-        let id = sdk
-            .c
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_owned();
+        let id = create(&sdk.c, bucket, key).await;
         let mut done = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             let n = i as i32 + 1;
@@ -285,17 +288,14 @@ fn part_number_reads_serve_the_part_from_the_cache() {
                 .part_number(n)
                 .send()
                 .await;
-            let o = o?;
+            let o = o.map_err(|e| status_code(&e))?;
             let meta = (
                 o.content_range().map(str::to_owned),
                 o.parts_count(),
                 o.e_tag().map(str::to_owned),
                 o.content_length(),
             );
-            Ok::<_, aws_sdk_s3::error::SdkError<_, _>>((
-                o.body.collect().await.unwrap().into_bytes().to_vec(),
-                meta,
-            ))
+            Ok::<_, (u16, String)>((o.body.collect().await.unwrap().into_bytes().to_vec(), meta))
         })
     };
     // The first read of each part learns the part sizes from the origin (HEADs); the
@@ -338,8 +338,7 @@ fn part_number_reads_serve_the_part_from_the_cache() {
         )
         .unwrap();
     assert_eq!((h.content_length(), h.parts_count()), (Some(1234), Some(3)));
-    let e = part(4).unwrap_err();
-    assert_eq!(status_code(&e), (416, "InvalidPartNumber".into()));
+    assert_eq!(part(4).unwrap_err(), (416, "InvalidPartNumber".into()));
     let e = sdk
         .run(
             sdk.c
@@ -417,15 +416,13 @@ fn conditional_writes_and_copies() {
                 .body(b"v2".to_vec().into())
                 .send(),
         )
+        .map_err(|e| status_code(&e))
     };
     assert_eq!(
-        status_code(&put("k", "\"0000\"").unwrap_err()),
+        put("k", "\"0000\"").unwrap_err(),
         (412, "PreconditionFailed".into())
     );
-    assert_eq!(
-        status_code(&put("nope", &etag).unwrap_err()),
-        (404, "NoSuchKey".into())
-    );
+    assert_eq!(put("nope", &etag).unwrap_err(), (404, "NoSuchKey".into()));
     let etag2 = put("k", &etag).unwrap().e_tag().unwrap().to_owned();
     assert_eq!(etag2, format!("\"{}\"", md5_hex(b"v2")));
 
@@ -433,16 +430,7 @@ fn conditional_writes_and_copies() {
     let complete = |key: &str, if_match: Option<&str>, if_none_match: Option<&str>| {
         sdk.run(async {
             let c = &sdk.c;
-            let id = c
-                .create_multipart_upload()
-                .bucket(&bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap()
-                .upload_id()
-                .unwrap()
-                .to_owned();
+            let id = create(c, &bucket, key).await;
             let e = c
                 .upload_part()
                 .bucket(&bucket)
@@ -469,7 +457,8 @@ fn conditional_writes_and_copies() {
                         .build(),
                 )
                 .send()
-                .await;
+                .await
+                .map_err(|e| status_code(&e));
             let _ = c
                 .abort_multipart_upload()
                 .bucket(&bucket)
@@ -481,11 +470,11 @@ fn conditional_writes_and_copies() {
         })
     };
     let e = complete("k", None, Some("*")).unwrap_err();
-    assert_eq!(status_code(&e), (412, "PreconditionFailed".into()));
+    assert_eq!(e, (412, "PreconditionFailed".into()));
     let e = complete("k", Some("\"0000\""), None).unwrap_err();
-    assert_eq!(status_code(&e), (412, "PreconditionFailed".into()));
+    assert_eq!(e, (412, "PreconditionFailed".into()));
     let e = complete("absent", Some(&etag2), None).unwrap_err();
-    assert_eq!(status_code(&e), (404, "NoSuchKey".into()));
+    assert_eq!(e, (404, "NoSuchKey".into()));
     complete("fresh", None, Some("*")).unwrap();
     complete("k", Some(&etag2), None).unwrap();
     let (b, _) = sdk.get(&bucket, "k");
@@ -537,16 +526,7 @@ fn conditional_writes_and_copies() {
     // UploadPartCopy with a failing condition copies nothing.
     sdk.run(async {
         let c = &sdk.c;
-        let id = c
-            .create_multipart_upload()
-            .bucket(&bucket)
-            .key("upc")
-            .send()
-            .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_owned();
+        let id = create(c, &bucket, "upc").await;
         for bad in [
             c.upload_part_copy().copy_source_if_match("\"0000\""),
             c.upload_part_copy().copy_source_if_none_match(&cur_etag),
@@ -603,14 +583,15 @@ fn error_codes_and_resent_parts() {
                 })
                 .send(),
         )
+        .map_err(|e| status_code(&e))
     };
     for bad in ["not base64!", "", "AAAA"] {
         let e = md5_put("md5", bad).unwrap_err();
-        assert_eq!(status_code(&e), (400, "InvalidDigest".into()), "{bad:?}");
+        assert_eq!(e, (400, "InvalidDigest".into()), "{bad:?}");
     }
     // The MD5 of the empty body, not of "some body".
     let e = md5_put("md5", "1B2M2Y8AsgTpgAmY7PhCfg==").unwrap_err();
-    assert_eq!(status_code(&e), (400, "BadDigest".into()));
+    assert_eq!(e, (400, "BadDigest".into()));
     let e = sdk
         .run(sdk.c.head_object().bucket(&bucket).key("md5").send())
         .unwrap_err();
@@ -619,16 +600,7 @@ fn error_codes_and_resent_parts() {
     sdk.put(&bucket, "src", b"0123456789".to_vec());
     sdk.run(async {
         let c = &sdk.c;
-        let id = c
-            .create_multipart_upload()
-            .bucket(&bucket)
-            .key("dst")
-            .send()
-            .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_owned();
+        let id = create(c, &bucket, "dst").await;
         for range in ["bytes=5-10", "bytes=10-12", "bytes=100-200"] {
             let e = c
                 .upload_part_copy()
@@ -682,16 +654,7 @@ fn error_codes_and_resent_parts() {
         assert_eq!(status_code(&e), (404, "NoSuchUpload".into()));
 
         // Part 1 uploaded twice: the last upload is the part.
-        let id = c
-            .create_multipart_upload()
-            .bucket(&bucket)
-            .key("resent")
-            .send()
-            .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_owned();
+        let id = create(c, &bucket, "resent").await;
         let up = |n: i32, body: Vec<u8>| {
             c.upload_part()
                 .bucket(&bucket)
@@ -893,16 +856,7 @@ fn special_keys_survive_every_path() {
         let mp = format!("mp/{k}");
         sdk.run(async {
             let c = &sdk.c;
-            let id = c
-                .create_multipart_upload()
-                .bucket(&bucket)
-                .key(&mp)
-                .send()
-                .await
-                .unwrap()
-                .upload_id()
-                .unwrap()
-                .to_owned();
+            let id = create(c, &bucket, &mp).await;
             let e = c
                 .upload_part_copy()
                 .bucket(&bucket)

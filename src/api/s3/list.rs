@@ -96,6 +96,15 @@ impl ListQuery {
         Ok(q)
     }
 
+    /// A key or prefix as the document carries it: escaped, and URL-encoded if asked.
+    fn enc(&self, s: &str) -> String {
+        if self.url {
+            escape(&url_encode(s))
+        } else {
+            escape(s)
+        }
+    }
+
     fn after_start(&self, k: &str) -> bool {
         self.start.as_deref().is_none_or(|s| k > s)
     }
@@ -254,13 +263,7 @@ pub(crate) fn origin_max_keys(q: &ListQuery, pending: &BTreeMap<String, Option<L
 
 /// The ListBucketResult document.
 fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
-    let enc = |s: &str| {
-        if q.url {
-            escape(&url_encode(s))
-        } else {
-            escape(s)
-        }
-    };
+    let enc = |s: &str| q.enc(s);
     let mut doc = format!(
         "{DECL}<ListBucketResult xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix>",
         escape(bucket),
@@ -291,14 +294,7 @@ fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
             let _ = write!(doc, "<NextMarker>{}</NextMarker>", enc(n));
         }
     }
-    let _ = write!(doc, "<MaxKeys>{}</MaxKeys>", q.max_keys);
-    if let Some(d) = &q.delimiter {
-        let _ = write!(doc, "<Delimiter>{}</Delimiter>", enc(d));
-    }
-    if q.url {
-        doc.push_str("<EncodingType>url</EncodingType>");
-    }
-    let _ = write!(doc, "<IsTruncated>{}</IsTruncated>", m.truncated);
+    page_params(&mut doc, q, m);
     for (k, item) in &m.taken {
         if let Item::Object(e) = item {
             let _ = write!(
@@ -322,28 +318,14 @@ fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
             );
         }
     }
-    for (k, item) in &m.taken {
-        if let Item::Prefix = item {
-            let _ = write!(
-                doc,
-                "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
-                enc(k)
-            );
-        }
-    }
+    common_prefixes(&mut doc, q, m);
     doc.push_str("</ListBucketResult>");
     doc
 }
 
 /// The ListVersionsResult document.
 fn render_versions(q: &ListQuery, bucket: &str, version_marker: &str, m: &Merged) -> String {
-    let enc = |s: &str| {
-        if q.url {
-            escape(&url_encode(s))
-        } else {
-            escape(s)
-        }
-    };
+    let enc = |s: &str| q.enc(s);
     let mut doc = format!(
         "{DECL}<ListVersionsResult xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix>\
          <KeyMarker>{}</KeyMarker><VersionIdMarker>{}</VersionIdMarker>",
@@ -359,14 +341,7 @@ fn render_versions(q: &ListQuery, bucket: &str, version_marker: &str, m: &Merged
             enc(n)
         );
     }
-    let _ = write!(doc, "<MaxKeys>{}</MaxKeys>", q.max_keys);
-    if let Some(d) = &q.delimiter {
-        let _ = write!(doc, "<Delimiter>{}</Delimiter>", enc(d));
-    }
-    if q.url {
-        doc.push_str("<EncodingType>url</EncodingType>");
-    }
-    let _ = write!(doc, "<IsTruncated>{}</IsTruncated>", m.truncated);
+    page_params(&mut doc, q, m);
     for (k, item) in &m.taken {
         if let Item::Object(e) = item {
             let _ = write!(
@@ -383,17 +358,34 @@ fn render_versions(q: &ListQuery, bucket: &str, version_marker: &str, m: &Merged
             );
         }
     }
+    common_prefixes(&mut doc, q, m);
+    doc.push_str("</ListVersionsResult>");
+    doc
+}
+
+/// MaxKeys, Delimiter, EncodingType and IsTruncated, as both listing documents write them.
+fn page_params(doc: &mut String, q: &ListQuery, m: &Merged) {
+    let _ = write!(doc, "<MaxKeys>{}</MaxKeys>", q.max_keys);
+    if let Some(d) = &q.delimiter {
+        let _ = write!(doc, "<Delimiter>{}</Delimiter>", q.enc(d));
+    }
+    if q.url {
+        doc.push_str("<EncodingType>url</EncodingType>");
+    }
+    let _ = write!(doc, "<IsTruncated>{}</IsTruncated>", m.truncated);
+}
+
+/// The page's common prefixes, as both listing documents write them.
+fn common_prefixes(doc: &mut String, q: &ListQuery, m: &Merged) {
     for (k, item) in &m.taken {
         if let Item::Prefix = item {
             let _ = write!(
                 doc,
                 "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
-                enc(k)
+                q.enc(k)
             );
         }
     }
-    doc.push_str("</ListVersionsResult>");
-    doc
 }
 
 fn encode_token(last: &str) -> String {
