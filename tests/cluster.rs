@@ -719,7 +719,11 @@ fn s3_part_reads_through_any_node() {
                 .unwrap();
             let range = o.content_range().map(str::to_owned);
             let count = o.parts_count();
-            (o.body.collect().await.unwrap().into_bytes().to_vec(), range, count)
+            (
+                o.body.collect().await.unwrap().into_bytes().to_vec(),
+                range,
+                count,
+            )
         });
         assert!(body == p2, "part 2's bytes");
         assert_eq!(

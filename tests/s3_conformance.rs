@@ -565,8 +565,9 @@ fn conditional_writes_and_copies() {
 }
 
 /// Content-MD5: malformed or empty is InvalidDigest, a mismatch BadDigest (nothing stored);
-/// UploadPartCopy of a range outside the source is InvalidRange; CompleteMultipartUpload of
-/// an unknown upload is 404 NoSuchUpload; a part uploaded twice counts as its last upload.
+/// UploadPartCopy of a range outside the source is InvalidRange; UploadPart, UploadPartCopy
+/// and CompleteMultipartUpload of an unknown upload are 404 NoSuchUpload; a part uploaded
+/// twice counts as its last upload.
 #[test]
 fn error_codes_and_resent_parts() {
     let (_node, sdk, bucket) = start("s3c-errors", |_| {});
@@ -648,6 +649,28 @@ fn error_codes_and_resent_parts() {
                     .parts(CompletedPart::builder().part_number(1).e_tag(&etag).build())
                     .build(),
             )
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(status_code(&e), (404, "NoSuchUpload".into()));
+        let e = c
+            .upload_part()
+            .bucket(&bucket)
+            .key("dst")
+            .upload_id("no-such-upload-id")
+            .part_number(1)
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(status_code(&e), (404, "NoSuchUpload".into()));
+        let e = c
+            .upload_part_copy()
+            .bucket(&bucket)
+            .key("dst")
+            .upload_id("no-such-upload-id")
+            .part_number(1)
+            .copy_source(format!("{bucket}/src"))
             .send()
             .await
             .unwrap_err();

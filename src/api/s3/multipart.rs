@@ -80,7 +80,10 @@ pub async fn upload_part(
         )
         .await;
     staged.remove().await;
-    let etag = res?;
+    let etag = match res {
+        Ok(etag) => etag,
+        Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
+    };
     let mut r = empty(StatusCode::OK);
     r.headers_mut().insert(header::ETAG, quoted(&etag));
     if let Some((name, v)) = declared {
@@ -115,11 +118,15 @@ pub async fn upload_part_copy(
         ));
     }
     write::flush_pending(ctx, CacheKey::s3(&src.bucket, &src.key)).await?;
-    let res = ctx
+    let res = match ctx
         .objects
         .origin
         .upload_part_copy(&req.loc(), &id, part, src, range)
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
+    };
     Ok(xml_response(format!(
         "{DECL}<CopyPartResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>{}</ETag>\
          </CopyPartResult>",
@@ -219,8 +226,9 @@ pub async fn complete(
     )))
 }
 
-/// A failed call on an upload: if the origin answered with a server error (some answer an
-/// unknown upload id so), an upload it does not list is S3's 404 NoSuchUpload.
+/// A failed call on an upload (UploadPart, UploadPartCopy, Complete): if the origin
+/// answered with a server error (moto answers an unknown upload id so), an upload it does
+/// not list is S3's 404 NoSuchUpload.
 async fn upload_error(ctx: &ShardCtx, req: &S3Req, id: &str, e: S3Error) -> S3Error {
     if !e.status.is_server_error() {
         return e;
