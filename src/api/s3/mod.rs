@@ -316,11 +316,23 @@ async fn serve(
     let rid = request_id();
     let head = req.method() == Method::HEAD;
     let resource = req.uri().path().to_owned();
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let mut route = Route::S3Other;
     let mut resp = match run(&ctx, state, req, &mut route, forwarded).await {
         Ok(r) => r,
         Err(e) => e.into_response(&resource, &rid, head),
     };
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        // A request refused before its body was read (a failed If-Match on PutObject, a
+        // bad Content-MD5): its unread bytes must not be parsed as the next request on
+        // this connection (they were, as a method like `xPUT`), so the connection ends.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-amz-request-id", v);
     }
