@@ -269,10 +269,13 @@ assert "k/plus+sign" in [o["Key"] for o in anon.list_objects_v2(Bucket=b, Prefix
 assert urllib.request.urlopen(ep + "/" + b + "/" + urllib.parse.quote("k/ünï/cødé")).read() == "body ünï/cødé".encode()
 assert code(lambda: anon.put_object(Bucket=b, Key="anon", Body=b"x")) == (403, "AccessDenied")
 assert code(lambda: anon.get_object(Bucket=wb, Key="k/sp ace")) == (403, "AccessDenied")
-# Cleanup as test harnesses do it: every version listed, deleted by key and VersionId.
+# Cleanup as test harnesses do it: every version listed, deleted by key and VersionId
+# (quietly: a DeleteResult naming a key with a control character cannot be XML 1.0, and
+# botocore cannot parse it, from S3 either).
 vs = s3.list_object_versions(Bucket=b, Prefix="ctl/")
-r = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in vs["Versions"]]})
-assert sorted(d["Key"] for d in r["Deleted"]) == sorted(ctl), r
+r = s3.delete_objects(Bucket=b, Delete={"Quiet": True,
+    "Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in vs["Versions"]]})
+assert "Errors" not in r and "Deleted" not in r, r
 s3.delete_object(Bucket=b, Key="t/c", VersionId="null")
 assert "Versions" not in s3.list_object_versions(Bucket=b, Prefix="ctl/")
 assert "Contents" not in s3.list_objects_v2(Bucket=b, Prefix="t/c")
