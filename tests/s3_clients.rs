@@ -335,7 +335,19 @@ fails("PreconditionFailed", "s3api", "copy-object", "--bucket", b, "--key", "v/c
 up = aws("s3api", "create-multipart-upload", "--bucket", b, "--key", "v/mp")["UploadId"]
 fails("InvalidRange", "s3api", "upload-part-copy", "--bucket", b, "--key", "v/mp", "--upload-id", up, "--part-number", "1", "--copy-source", b + "/v/one", "--copy-source-range", "bytes=0-9")
 fails("PreconditionFailed", "s3api", "upload-part-copy", "--bucket", b, "--key", "v/mp", "--upload-id", up, "--part-number", "1", "--copy-source", b + "/v/one", "--copy-source-if-none-match", "*")
-aws("s3api", "abort-multipart-upload", "--bucket", b, "--key", "v/mp", "--upload-id", up)
+# A part uploaded twice is its last upload; If-None-Match: * on completion of an existing key.
+up = aws("s3api", "create-multipart-upload", "--bucket", b, "--key", "v/one")["UploadId"]
+open(d + "/p-old", "wb").write(b"old part")
+open(d + "/p-new", "wb").write(b"new part")
+aws("s3api", "upload-part", "--bucket", b, "--key", "v/one", "--upload-id", up, "--part-number", "1", "--body", d + "/p-old")
+e = aws("s3api", "upload-part", "--bucket", b, "--key", "v/one", "--upload-id", up, "--part-number", "1", "--body", d + "/p-new")["ETag"]
+open(d + "/mp.json", "w").write(json.dumps({"Parts": [{"PartNumber": 1, "ETag": e}]}))
+fails("PreconditionFailed", "s3api", "complete-multipart-upload", "--bucket", b, "--key", "v/one", "--upload-id", up,
+    "--multipart-upload", "file://" + d + "/mp.json", "--if-none-match", "*")
+aws("s3api", "complete-multipart-upload", "--bucket", b, "--key", "v/one", "--upload-id", up,
+    "--multipart-upload", "file://" + d + "/mp.json")
+aws("s3", "cp", "s3://%s/v/one" % b, d + "/mp-back")
+assert open(d + "/mp-back", "rb").read() == b"new part"
 open(d + "/parts.json", "w").write(json.dumps({"Parts": [{"PartNumber": 1, "ETag": '"00"'}]}))
 fails("NoSuchUpload", "s3api", "complete-multipart-upload", "--bucket", b, "--key", "v/mp", "--upload-id", "nope", "--multipart-upload", "file://" + d + "/parts.json")
 
@@ -357,6 +369,12 @@ for k in keys:
     assert k in ls, (k, ls)
 ctl = aws("s3api", "list-objects-v2", "--bucket", b, "--prefix", "s/")
 assert sorted(o["Key"] for o in ctl["Contents"]) == sorted("s/" + k for k in keys), ctl
+
+# Control characters in keys: the CLI lists URL-encoded and decodes.
+for k in ("c/a\x01b", "c/c\rd"):
+    aws("s3api", "put-object", "--bucket", b, "--key", k, "--body", d + "/one")
+l = aws("s3api", "list-objects-v2", "--bucket", b, "--prefix", "c/")
+assert [o["Key"] for o in l["Contents"]] == ["c/a\x01b", "c/c\rd"], l
 
 # Public read without credentials.
 r = subprocess.run(["python3", "-m", "awscli", "--endpoint-url", ep, "--no-sign-request", "s3", "cp",
