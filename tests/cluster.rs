@@ -661,16 +661,7 @@ fn s3_part_reads_through_any_node() {
     let p2 = random_bytes(4321, 32);
     rt.block_on(async {
         let c = &sdks[0];
-        let id = c
-            .create_multipart_upload()
-            .bucket(&bucket)
-            .key("mp")
-            .send()
-            .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_owned();
+        let id = common::sdk::create_upload(c, &bucket, "mp").await;
         let mut parts = Vec::new();
         for (n, p) in [(1, &p1), (2, &p2)] {
             let e = c

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType, Tag, Tagging};
-use common::sdk::{status_code, Sdk};
+use common::sdk::{create_upload, status_code, Sdk};
 use common::*;
 
 fn start(tag: &str, tweak: impl FnOnce(&mut nearcache::config::Config)) -> (TestNode, Sdk, String) {
@@ -42,61 +42,6 @@ fn enc(key: &str) -> String {
         }
     }
     out
-}
-
-/// CreateMultipartUpload; returns the upload id.
-async fn create(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> String {
-    c.create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_owned()
-}
-
-/// Uploads `parts` as a multipart object; returns the object's ETag.
-fn multipart(sdk: &Sdk, bucket: &str, key: &str, parts: &[&[u8]]) -> String {
-    sdk.run(async {
-        let id = create(&sdk.c, bucket, key).await;
-        let mut done = Vec::new();
-        for (i, p) in parts.iter().enumerate() {
-            let n = i as i32 + 1;
-            let e = sdk
-                .c
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .body(p.to_vec().into())
-                .send()
-                .await
-                .unwrap()
-                .e_tag()
-                .unwrap()
-                .to_owned();
-            done.push(CompletedPart::builder().part_number(n).e_tag(e).build());
-        }
-        sdk.c
-            .complete_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(done))
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .e_tag()
-            .unwrap()
-            .to_owned()
-    })
 }
 
 /// ListObjectVersions on a bucket that was never versioned lists every object once, with
@@ -272,7 +217,7 @@ fn part_number_reads_serve_the_part_from_the_cache() {
     let p1 = random_bytes(5 << 20, 11);
     let p2 = random_bytes(5 << 20, 12);
     let p3 = random_bytes(1234, 13);
-    let etag = multipart(&sdk, &bucket, "mp", &[&p1, &p2, &p3]);
+    let etag = sdk.multipart(&bucket, "mp", &[&p1, &p2, &p3]);
     assert!(etag.ends_with("-3\""), "{etag}");
     let total = (p1.len() + p2.len() + p3.len()) as u64;
     // Cache the object.
@@ -430,7 +375,7 @@ fn conditional_writes_and_copies() {
     let complete = |key: &str, if_match: Option<&str>, if_none_match: Option<&str>| {
         sdk.run(async {
             let c = &sdk.c;
-            let id = create(c, &bucket, key).await;
+            let id = create_upload(c, &bucket, key).await;
             let e = c
                 .upload_part()
                 .bucket(&bucket)
@@ -526,7 +471,7 @@ fn conditional_writes_and_copies() {
     // UploadPartCopy with a failing condition copies nothing.
     sdk.run(async {
         let c = &sdk.c;
-        let id = create(c, &bucket, "upc").await;
+        let id = create_upload(c, &bucket, "upc").await;
         for bad in [
             c.upload_part_copy().copy_source_if_match("\"0000\""),
             c.upload_part_copy().copy_source_if_none_match(&cur_etag),
@@ -601,7 +546,7 @@ fn error_codes_and_resent_parts() {
     sdk.put(&bucket, "src", b"0123456789".to_vec());
     sdk.run(async {
         let c = &sdk.c;
-        let id = create(c, &bucket, "dst").await;
+        let id = create_upload(c, &bucket, "dst").await;
         for range in ["bytes=5-10", "bytes=10-12", "bytes=100-200"] {
             let e = c
                 .upload_part_copy()
@@ -677,7 +622,7 @@ fn error_codes_and_resent_parts() {
         assert_eq!(status_code(&e), (404, "NoSuchUpload".into()));
 
         // Part 1 uploaded twice: the last upload is the part.
-        let id = create(c, &bucket, "resent").await;
+        let id = create_upload(c, &bucket, "resent").await;
         let up = |n: i32, body: Vec<u8>| {
             c.upload_part()
                 .bucket(&bucket)
@@ -879,7 +824,7 @@ fn special_keys_survive_every_path() {
         let mp = format!("mp/{k}");
         sdk.run(async {
             let c = &sdk.c;
-            let id = create(c, &bucket, &mp).await;
+            let id = create_upload(c, &bucket, &mp).await;
             let e = c
                 .upload_part_copy()
                 .bucket(&bucket)
