@@ -335,6 +335,10 @@ pub struct S3BucketConfig {
     /// API's level 1) instead of after they reached the origin.
     #[serde(default)]
     pub write_behind: bool,
+    /// Anyone may read the bucket's objects and list it without signing (S3's
+    /// `public-read`): GetObject, HeadObject, ListObjects, HeadBucket. Writes still need a key.
+    #[serde(default)]
+    pub public_read: bool,
 }
 
 /// The cluster layer (`[cluster]`). Without `listen` the node runs alone.

@@ -732,6 +732,7 @@ fn s3_req(state: &Arc<S3State>, query: &str) -> S3Req {
         body_check: BodyCheck::None,
         trailer: None,
         state: state.clone(),
+        anonymous: false,
     }
 }
 

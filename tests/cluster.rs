@@ -645,3 +645,82 @@ fn partition_heals_and_converges_last_writer_wins() {
         assert_eq!(r.bytes().unwrap().to_vec(), want.to_vec());
     }
 }
+
+/// GetObject with partNumber through every node of a cluster: a node that does not own the
+/// key has the owner answer (the part's bytes, range and part count), as one node does.
+#[test]
+fn s3_part_reads_through_any_node() {
+    let (_tmp, nodes, bucket) = three("s3-parts-cluster", 1, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdks: Vec<aws_sdk_s3::Client> = nodes.iter().map(|p| p.sdk(&rt)).collect();
+    let p1 = random_bytes(5 << 20, 31);
+    let p2 = random_bytes(4321, 32);
+    rt.block_on(async {
+        let c = &sdks[0];
+        let id = common::sdk::create_upload(c, &bucket, "mp").await;
+        let mut parts = Vec::new();
+        for (n, p) in [(1, &p1), (2, &p2)] {
+            let e = c
+                .upload_part()
+                .bucket(&bucket)
+                .key("mp")
+                .upload_id(&id)
+                .part_number(n)
+                .body(p.clone().into())
+                .send()
+                .await
+                .unwrap()
+                .e_tag()
+                .unwrap()
+                .to_owned();
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(e)
+                    .build(),
+            );
+        }
+        c.complete_multipart_upload()
+            .bucket(&bucket)
+            .key("mp")
+            .upload_id(&id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let total = p1.len() + p2.len();
+    for c in &sdks {
+        let (body, range, count) = rt.block_on(async {
+            let o = c
+                .get_object()
+                .bucket(&bucket)
+                .key("mp")
+                .part_number(2)
+                .send()
+                .await
+                .unwrap();
+            let range = o.content_range().map(str::to_owned);
+            let count = o.parts_count();
+            (
+                o.body.collect().await.unwrap().into_bytes().to_vec(),
+                range,
+                count,
+            )
+        });
+        assert!(body == p2, "part 2's bytes");
+        assert_eq!(
+            range.as_deref(),
+            Some(format!("bytes {}-{}/{total}", p1.len(), total - 1).as_str())
+        );
+        assert_eq!(count, Some(2));
+    }
+}

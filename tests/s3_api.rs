@@ -248,7 +248,7 @@ fn buckets_and_objects_round_trip() {
         .unwrap();
     // An unknown operation is NotImplemented.
     let e = sdk
-        .run(sdk.c.get_bucket_acl().bucket(&node.bucket).send())
+        .run(sdk.c.get_bucket_encryption().bucket(&node.bucket).send())
         .unwrap_err();
     assert_eq!(status_code(&e), (501, "NotImplemented".into()));
 }
@@ -338,6 +338,7 @@ fn write_behind_listing_sees_pending_writes() {
         cfg.s3api.buckets = vec![nearcache::config::S3BucketConfig {
             name: "wb-bucket-x".into(),
             write_behind: true,
+            public_read: false,
         }];
     });
     let sdk = Sdk::node(&node);
@@ -585,8 +586,8 @@ fn multipart_upload_matches_the_origin() {
     assert_eq!(body.len(), p1.len() + p2.len());
     assert!(body[..p1.len()] == p1[..] && body[p1.len()..] == p2[..]);
     assert_eq!(o.e_tag(), Some(etag_nc.as_str()));
-    // partNumber GET: passed through, so it answers what the origin answers (S3 gives the
-    // part's bytes; moto's answer differs, so compare with the origin's own).
+    // partNumber GET: the part's bytes, as S3 answers (moto answers the whole object; see
+    // tests/s3_conformance.rs for the rest of partNumber).
     let part_get = |c: &Sdk| {
         c.run(async {
             let o =
@@ -600,7 +601,7 @@ fn multipart_upload_matches_the_origin() {
             o.body.collect().await.unwrap().into_bytes().to_vec()
         })
     };
-    assert_eq!(part_get(&sdk), part_get(&origin));
+    assert!(part_get(&sdk) == p2, "part 2's bytes");
 
     // ListParts, ListMultipartUploads, UploadPartCopy with a range, Abort, bad order.
     sdk.run(async {

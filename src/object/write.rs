@@ -458,6 +458,24 @@ pub async fn flush_pending<C: ObjectCtx>(ctx: &Rc<C>, key: CacheKey) -> Result<(
     .await?
 }
 
+/// Checks a write condition against the current version of `key` (cached, else the
+/// origin's), on its owner shard: for writes the origin makes (completing a multipart
+/// upload), which the store never sees.
+pub async fn check_condition<C: ObjectCtx>(
+    ctx: &Rc<C>,
+    key: CacheKey,
+    cond: WriteCondition,
+) -> Result<(), ObjectError> {
+    if cond.is_empty() {
+        return Ok(());
+    }
+    let owner = ctx.mesh().owner_of(key.as_str());
+    on_shard(ctx, owner, move |ctx| async move {
+        cond.check(&*ctx, &key).await
+    })
+    .await?
+}
+
 /// Drops the cached copy of `key` (the origin has a newer object).
 pub async fn forget<C: ObjectCtx>(ctx: &Rc<C>, key: CacheKey) -> Result<(), ObjectError> {
     if !key.fits_store() {

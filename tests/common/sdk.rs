@@ -89,6 +89,45 @@ impl Sdk {
         .to_owned()
     }
 
+    /// Uploads `parts` as one multipart object; returns the object's ETag.
+    pub fn multipart(&self, bucket: &str, key: &str, parts: &[&[u8]]) -> String {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        self.run(async {
+            let id = create_upload(&self.c, bucket, key).await;
+            let mut done = Vec::new();
+            for (n, p) in (1..).zip(parts) {
+                let e = self
+                    .c
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .body(p.to_vec().into())
+                    .send()
+                    .await
+                    .unwrap()
+                    .e_tag()
+                    .unwrap()
+                    .to_owned();
+                done.push(CompletedPart::builder().part_number(n).e_tag(e).build());
+            }
+            let all = CompletedMultipartUpload::builder().set_parts(Some(done));
+            self.c
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(all.build())
+                .send()
+                .await
+                .unwrap()
+                .e_tag()
+                .unwrap()
+                .to_owned()
+        })
+    }
+
     pub fn list(
         &self,
         bucket: &str,
@@ -116,6 +155,19 @@ impl Sdk {
                 .collect(),
         )
     }
+}
+
+/// CreateMultipartUpload; returns the upload id.
+pub async fn create_upload(c: &Client, bucket: &str, key: &str) -> String {
+    c.create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned()
 }
 
 /// (HTTP status, S3 error code) of a failed call.

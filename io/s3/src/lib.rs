@@ -541,6 +541,27 @@ impl Bridge {
         }
     }
 
+    /// The object's tag set (key, value), in the origin's order.
+    pub async fn get_tagging(&self, loc: &ObjectLoc) -> Result<Vec<(String, String)>, OriginError> {
+        match self.op(Call::GetTagging(loc.clone())).await? {
+            Reply::Tags(t) => Ok(t),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Replaces the object's tag set.
+    pub async fn put_tagging(
+        &self,
+        loc: &ObjectLoc,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), OriginError> {
+        self.op(Call::PutTagging(loc.clone(), tags)).await.map(drop)
+    }
+
+    pub async fn delete_tagging(&self, loc: &ObjectLoc) -> Result<(), OriginError> {
+        self.op(Call::DeleteTagging(loc.clone())).await.map(drop)
+    }
+
     /// Creates the bucket if it does not exist (used by tests and the local quick start).
     pub async fn ensure_bucket(&self) -> Result<(), OriginError> {
         let (reply, rx) = oneshot::channel();

@@ -99,6 +99,23 @@ impl ListQuery {
         })
     }
 
+    /// ListObjectVersions' query: `key-marker` is the start, as ListObjects v1's marker.
+    pub(crate) fn parse_versions(req: &S3Req) -> Result<ListQuery, S3Error> {
+        let mut q = ListQuery::parse(req, false)?;
+        q.marker = req.q("key-marker").map(str::to_owned);
+        q.start = q.marker.clone().filter(|s| !s.is_empty());
+        Ok(q)
+    }
+
+    /// A key or prefix as the document carries it: escaped, and URL-encoded if asked.
+    fn enc(&self, s: &str) -> String {
+        if self.url {
+            escape(&url_encode(s))
+        } else {
+            escape(s)
+        }
+    }
+
     fn after_start(&self, k: &str) -> bool {
         self.start.as_deref().is_none_or(|s| k > s)
     }
@@ -197,7 +214,27 @@ pub async fn list_objects(
     v2: bool,
 ) -> Result<Response<Body>, S3Error> {
     let q = ListQuery::parse(req, v2)?;
-    let bucket = req.bucket();
+    let merged = page(ctx, req.bucket(), &q).await?;
+    Ok(xml_response(render(&q, req.bucket(), &merged)))
+}
+
+/// ListObjectVersions of a bucket nearcache never versions: every current object is its
+/// only version, `null` and latest; there are no delete markers. `key-marker` pages as
+/// ListObjects' marker does (each key has one version, so `version-id-marker` adds nothing).
+pub async fn list_versions(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
+    let q = ListQuery::parse_versions(req)?;
+    super::ensure_bucket(ctx, req, req.bucket()).await?;
+    let merged = page(ctx, req.bucket(), &q).await?;
+    Ok(xml_response(render_versions(
+        &q,
+        req.bucket(),
+        req.q("version-id-marker").unwrap_or_default(),
+        &merged,
+    )))
+}
+
+/// One page of the bucket: the origin's merged with the writes and deletes pending upload.
+async fn page(ctx: &Rc<ShardCtx>, bucket: &str, q: &ListQuery) -> Result<Merged, S3Error> {
     // Pending writes and deletes of this bucket under the prefix, from every shard.
     let pending: BTreeMap<String, Option<ListEntry>> =
         crate::object::read::pending_under(ctx, bucket, &q.prefix)
@@ -211,12 +248,11 @@ pub async fn list_objects(
             prefix: q.prefix.clone(),
             delimiter: q.delimiter.clone(),
             start_after: q.start.clone(),
-            max_keys: origin_max_keys(&q, &pending),
+            max_keys: origin_max_keys(q, &pending),
         };
         Some(ctx.objects.origin.list_objects(bucket, params).await?)
     };
-    let merged = merge(&q, page, &pending);
-    Ok(xml_response(render(&q, bucket, &merged)))
+    Ok(merge(q, page, &pending))
 }
 
 /// How many keys to ask the origin for: max-keys, plus the pending deletes ahead (they hide
@@ -241,13 +277,7 @@ pub(crate) fn origin_max_keys(q: &ListQuery, pending: &BTreeMap<String, Option<L
 
 /// The ListBucketResult document.
 fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
-    let enc = |s: &str| {
-        if q.url {
-            escape(&url_encode(s))
-        } else {
-            escape(s)
-        }
-    };
+    let enc = |s: &str| q.enc(s);
     let mut doc = format!(
         "{DECL}<ListBucketResult xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix>",
         escape(bucket),
@@ -278,14 +308,7 @@ fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
             let _ = write!(doc, "<NextMarker>{}</NextMarker>", enc(n));
         }
     }
-    let _ = write!(doc, "<MaxKeys>{}</MaxKeys>", q.max_keys);
-    if let Some(d) = &q.delimiter {
-        let _ = write!(doc, "<Delimiter>{}</Delimiter>", enc(d));
-    }
-    if q.url {
-        doc.push_str("<EncodingType>url</EncodingType>");
-    }
-    let _ = write!(doc, "<IsTruncated>{}</IsTruncated>", m.truncated);
+    page_params(&mut doc, q, m);
     for (k, item) in &m.taken {
         if let Item::Object(e) = item {
             let _ = write!(
@@ -309,17 +332,74 @@ fn render(q: &ListQuery, bucket: &str, m: &Merged) -> String {
             );
         }
     }
+    common_prefixes(&mut doc, q, m);
+    doc.push_str("</ListBucketResult>");
+    doc
+}
+
+/// The ListVersionsResult document.
+fn render_versions(q: &ListQuery, bucket: &str, version_marker: &str, m: &Merged) -> String {
+    let enc = |s: &str| q.enc(s);
+    let mut doc = format!(
+        "{DECL}<ListVersionsResult xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix>\
+         <KeyMarker>{}</KeyMarker><VersionIdMarker>{}</VersionIdMarker>",
+        escape(bucket),
+        enc(&q.prefix),
+        enc(q.marker.as_deref().unwrap_or_default()),
+        escape(version_marker)
+    );
+    if let Some(n) = &m.next {
+        let _ = write!(
+            doc,
+            "<NextKeyMarker>{}</NextKeyMarker><NextVersionIdMarker>null</NextVersionIdMarker>",
+            enc(n)
+        );
+    }
+    page_params(&mut doc, q, m);
+    for (k, item) in &m.taken {
+        if let Item::Object(e) = item {
+            let _ = write!(
+                doc,
+                "<Version><Key>{}</Key><VersionId>null</VersionId><IsLatest>true</IsLatest>\
+                 <LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size>\
+                 <Owner><ID>nearcache</ID><DisplayName>nearcache</DisplayName></Owner>\
+                 <StorageClass>{}</StorageClass></Version>",
+                enc(k),
+                iso_time(e.last_modified_ms),
+                escape(&format!("\"{}\"", e.etag)),
+                e.size,
+                escape(e.storage_class.as_deref().unwrap_or("STANDARD"))
+            );
+        }
+    }
+    common_prefixes(&mut doc, q, m);
+    doc.push_str("</ListVersionsResult>");
+    doc
+}
+
+/// MaxKeys, Delimiter, EncodingType and IsTruncated, as both listing documents write them.
+fn page_params(doc: &mut String, q: &ListQuery, m: &Merged) {
+    let _ = write!(doc, "<MaxKeys>{}</MaxKeys>", q.max_keys);
+    if let Some(d) = &q.delimiter {
+        let _ = write!(doc, "<Delimiter>{}</Delimiter>", q.enc(d));
+    }
+    if q.url {
+        doc.push_str("<EncodingType>url</EncodingType>");
+    }
+    let _ = write!(doc, "<IsTruncated>{}</IsTruncated>", m.truncated);
+}
+
+/// The page's common prefixes, as both listing documents write them.
+fn common_prefixes(doc: &mut String, q: &ListQuery, m: &Merged) {
     for (k, item) in &m.taken {
         if let Item::Prefix = item {
             let _ = write!(
                 doc,
                 "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
-                enc(k)
+                q.enc(k)
             );
         }
     }
-    doc.push_str("</ListBucketResult>");
-    doc
 }
 
 fn encode_token(last: &str) -> String {

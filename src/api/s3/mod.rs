@@ -16,9 +16,14 @@
 
 pub mod auth;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod list;
 mod multipart;
 mod object;
+mod part;
+mod render;
+mod subresource;
 mod xml;
 
 use std::collections::{HashMap, HashSet};
@@ -52,10 +57,15 @@ pub struct S3State {
     keys: KeyStore,
     has_keys: bool,
     write_behind: HashMap<String, bool>,
+    /// Buckets anyone may read without signing (`public_read`).
+    public_read: HashSet<String>,
     domain: Option<String>,
     /// Buckets seen to exist in the origin, so writes don't queue uploads that can never
     /// succeed (NoSuchBucket) and aren't checked on every request. Read lock-free.
     known_buckets: arc_swap::ArcSwap<HashSet<String>>,
+    /// Part sizes of multipart objects learned from the origin, so `partNumber` reads of
+    /// cached objects are served from the cache (see `part`).
+    part_layouts: part::Layouts,
 }
 
 impl S3State {
@@ -78,13 +88,24 @@ impl S3State {
                 .iter()
                 .map(|b| (b.name.clone(), b.write_behind))
                 .collect(),
+            public_read: cfg
+                .buckets
+                .iter()
+                .filter(|b| b.public_read)
+                .map(|b| b.name.clone())
+                .collect(),
             domain: cfg
                 .domain
                 .as_ref()
                 .map(|d| d.trim_matches('.').to_ascii_lowercase())
                 .filter(|d| !d.is_empty()),
             known_buckets: Default::default(),
+            part_layouts: Default::default(),
         }
+    }
+
+    pub fn public_read(&self, bucket: &str) -> bool {
+        self.public_read.contains(bucket)
     }
 
     fn knows_bucket(&self, bucket: &str) -> bool {
@@ -147,6 +168,8 @@ pub(crate) struct S3Req {
     pub trailer: Option<ChecksumAlgorithm>,
     /// The API's configuration and known buckets.
     pub state: Arc<S3State>,
+    /// Unsigned: allowed only for reads of a `public_read` bucket.
+    pub anonymous: bool,
 }
 
 impl S3Req {
@@ -293,11 +316,23 @@ async fn serve(
     let rid = request_id();
     let head = req.method() == Method::HEAD;
     let resource = req.uri().path().to_owned();
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let mut route = Route::S3Other;
     let mut resp = match run(&ctx, state, req, &mut route, forwarded).await {
         Ok(r) => r,
         Err(e) => e.into_response(&resource, &rid, head),
     };
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        // A request refused before its body was read (a failed If-Match on PutObject, a
+        // bad Content-MD5): its unread bytes must not be parsed as the next request on
+        // this connection (they were, as a method like `xPUT`), so the connection ends.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-amz-request-id", v);
     }
@@ -349,17 +384,31 @@ async fn run(
 ) -> Result<Response<Body>, S3Error> {
     let (mut parts, mut body) = req.into_parts();
     let s3 = &*state;
-    if !s3.has_keys {
-        return Err(S3Error::access_denied(
-            "the S3 API has no access keys configured ([[s3api.keys]])",
-        ));
-    }
-    let verified = auth::verify_head(&parts, &s3.keys, SystemTime::now())?;
-    let cred = s3
-        .keys
-        .get(&verified.access_key)
-        .ok_or_else(|| S3Error::access_denied("unknown access key"))?
-        .clone();
+    let anonymous = is_anonymous(&parts);
+    let (cred, body_check, trailer) = if anonymous && anonymous_may_try(s3, &parts) {
+        // Checked again once the operation is known: only reads of a public bucket.
+        let (bucket, _) = address(&parts, s3.domain.as_deref())?;
+        let cred = Credential {
+            access_key: "anonymous".into(),
+            secret_key: String::new(),
+            buckets: bucket.into_iter().collect(),
+            read_only: true,
+        };
+        (cred, BodyCheck::None, None)
+    } else {
+        if !s3.has_keys {
+            return Err(S3Error::access_denied(
+                "the S3 API has no access keys configured ([[s3api.keys]])",
+            ));
+        }
+        let verified = auth::verify_head(&parts, &s3.keys, SystemTime::now())?;
+        let cred = s3
+            .keys
+            .get(&verified.access_key)
+            .ok_or_else(|| S3Error::access_denied("unknown access key"))?
+            .clone();
+        (cred, verified.body, verified.trailer)
+    };
     let (bucket, key) = address(&parts, s3.domain.as_deref())?;
     // In a cluster, single-object requests go to the key's owner (which checks the
     // signature again); multipart uploads and listings stay on this node.
@@ -391,9 +440,10 @@ async fn run(
         key,
         query,
         headers: parts.headers,
-        body_check: verified.body,
-        trailer: verified.trailer,
+        body_check,
+        trailer,
         state: state.clone(),
+        anonymous,
     };
     if let Some(b) = &req.bucket {
         if !may_use(&cred, b) {
@@ -410,13 +460,21 @@ async fn run(
             cred.access_key
         )));
     }
-    if let Some(sub) = UNSUPPORTED.iter().find(|s| req.has(s)) {
-        return Err(S3Error::not_implemented(format!("the ?{sub} sub-resource")));
+    let ep = endpoint(&req)?;
+    if ep.plain() {
+        if let Some(sub) = UNSUPPORTED.iter().find(|s| req.has(s)) {
+            return Err(S3Error::not_implemented(format!("the ?{sub} sub-resource")));
+        }
     }
     if req.q("versionId").is_some_and(|v| v != "null") {
         return Err(S3Error::not_implemented("object versions"));
     }
-    let ep = endpoint(&req)?;
+    if req.anonymous && !ep.public_read() {
+        return Err(S3Error::access_denied(
+            "Anonymous access is not allowed for this operation: sign the request with AWS \
+             Signature Version 4",
+        ));
+    }
     *route = ep.route();
     match ep {
         Endpoint::ListBuckets => list_buckets(ctx, &cred).await,
@@ -447,7 +505,29 @@ async fn run(
         Endpoint::DeleteObject => object::delete_object(ctx, &req).await,
         Endpoint::CreateMultipart => multipart::create(ctx, &req).await,
         Endpoint::CompleteMultipart => multipart::complete(ctx, &req, body).await,
+        Endpoint::ListVersions => list::list_versions(ctx, &req).await,
+        Endpoint::GetBucketVersioning => subresource::bucket_versioning(ctx, &req).await,
+        Endpoint::GetBucketAcl => subresource::bucket_acl(ctx, &req).await,
+        Endpoint::GetObjectAcl => subresource::object_acl(ctx, &req).await,
+        Endpoint::BucketConfigMissing(sub) => subresource::missing_config(ctx, &req, sub).await,
+        Endpoint::GetObjectTagging => subresource::get_tagging(ctx, &req).await,
+        Endpoint::PutObjectTagging => subresource::put_tagging(ctx, &req, body).await,
+        Endpoint::DeleteObjectTagging => subresource::delete_tagging(ctx, &req).await,
     }
+}
+
+/// No Authorization header and no presigned query: an anonymous request.
+fn is_anonymous(parts: &http::request::Parts) -> bool {
+    !parts.headers.contains_key(header::AUTHORIZATION)
+        && !parse_query(parts.uri.query().unwrap_or(""))
+            .iter()
+            .any(|(k, _)| k == "X-Amz-Algorithm")
+}
+
+/// An anonymous read addressed to a `public_read` bucket (the operation is checked later).
+fn anonymous_may_try(s3: &S3State, parts: &http::request::Parts) -> bool {
+    matches!(parts.method, Method::GET | Method::HEAD)
+        && matches!(address(parts, s3.domain.as_deref()), Ok((Some(b), _)) if s3.public_read(&b))
 }
 
 /// The S3 operation a request names.
@@ -474,6 +554,17 @@ enum Endpoint {
     DeleteObject,
     CreateMultipart,
     CompleteMultipart,
+    /// ListObjectVersions: an unversioned bucket's objects, each as version `null`.
+    ListVersions,
+    GetBucketVersioning,
+    GetBucketAcl,
+    GetObjectAcl,
+    /// A bucket configuration nearcache never has (lifecycle, policy, CORS, website, tags):
+    /// S3's answer for a bucket without one.
+    BucketConfigMissing(&'static str),
+    GetObjectTagging,
+    PutObjectTagging,
+    DeleteObjectTagging,
 }
 
 impl Endpoint {
@@ -483,12 +574,70 @@ impl Endpoint {
             ListBuckets | ListUploads | ListObjects { .. } | ListParts => Route::S3List,
             GetObject => Route::S3Read,
             GetBucketLocation | HeadBucket => Route::S3Other,
+            ListVersions => Route::S3List,
+            GetBucketVersioning
+            | GetBucketAcl
+            | GetObjectAcl
+            | BucketConfigMissing(_)
+            | GetObjectTagging => Route::S3Other,
             DeleteObjects | CreateBucket | DeleteBucket | UploadPartCopy | UploadPart
             | CopyObject | PutObject | AbortMultipart | DeleteObject | CreateMultipart
-            | CompleteMultipart => Route::S3Write,
+            | CompleteMultipart | PutObjectTagging | DeleteObjectTagging => Route::S3Write,
         }
     }
+
+    /// Not a sub-resource operation: other sub-resources in its query are NotImplemented.
+    fn plain(self) -> bool {
+        use Endpoint::*;
+        !matches!(
+            self,
+            ListVersions
+                | GetBucketVersioning
+                | GetBucketAcl
+                | GetObjectAcl
+                | BucketConfigMissing(_)
+                | GetObjectTagging
+                | PutObjectTagging
+                | DeleteObjectTagging
+        )
+    }
+
+    /// What an anonymous client may do with a `public_read` bucket (S3's public-read:
+    /// read objects, list the bucket).
+    fn public_read(self) -> bool {
+        use Endpoint::*;
+        matches!(
+            self,
+            GetObject | ListObjects { .. } | HeadBucket | GetBucketLocation
+        )
+    }
 }
+
+/// Bucket configurations nearcache never has, and the error S3 answers for a bucket
+/// without one.
+const MISSING_CONFIGS: [(&str, &str, &str); 5] = [
+    (
+        "lifecycle",
+        "NoSuchLifecycleConfiguration",
+        "The lifecycle configuration does not exist",
+    ),
+    (
+        "policy",
+        "NoSuchBucketPolicy",
+        "The bucket policy does not exist",
+    ),
+    (
+        "cors",
+        "NoSuchCORSConfiguration",
+        "The CORS configuration does not exist",
+    ),
+    (
+        "website",
+        "NoSuchWebsiteConfiguration",
+        "The specified bucket does not have a website configuration",
+    ),
+    ("tagging", "NoSuchTagSet", "The TagSet does not exist"),
+];
 
 /// Which operation a request names, from its method, address, query and headers.
 /// Pure: decides nothing else.
@@ -502,6 +651,16 @@ fn endpoint(req: &S3Req) -> Result<Endpoint, S3Error> {
             _ => return Err(S3Error::not_implemented(format!("{m} on the service"))),
         },
         (Some(_), None) => match *m {
+            Method::GET if req.has("versions") => ListVersions,
+            Method::GET if req.has("versioning") => GetBucketVersioning,
+            Method::GET if req.has("acl") => GetBucketAcl,
+            Method::GET if MISSING_CONFIGS.iter().any(|(s, ..)| req.has(s)) => {
+                let (sub, ..) = MISSING_CONFIGS
+                    .iter()
+                    .find(|(s, ..)| req.has(s))
+                    .expect("found above");
+                BucketConfigMissing(sub)
+            }
             Method::GET if req.has("uploads") => ListUploads,
             Method::GET if req.q("list-type") == Some("2") => ListObjects { v2: true },
             Method::GET if req.has("location") => GetBucketLocation,
@@ -514,7 +673,12 @@ fn endpoint(req: &S3Req) -> Result<Endpoint, S3Error> {
         },
         (Some(_), Some(_)) => {
             let upload = req.has("uploadId");
+            let tagging = req.has("tagging");
             match *m {
+                Method::GET if req.has("acl") => GetObjectAcl,
+                Method::GET if tagging => GetObjectTagging,
+                Method::PUT if tagging => PutObjectTagging,
+                Method::DELETE if tagging => DeleteObjectTagging,
                 Method::GET if upload => ListParts,
                 Method::GET | Method::HEAD => GetObject,
                 Method::PUT if upload && copy => UploadPartCopy,
@@ -735,6 +899,7 @@ mod endpoint_tests {
             body_check: BodyCheck::None,
             trailer: None,
             state: Arc::new(S3State::from_config(&S3ApiConfig::default())),
+            anonymous: false,
         }
     }
 
@@ -817,6 +982,43 @@ mod endpoint_tests {
             (Method::DELETE, b, k, "", false, DeleteObject),
             (Method::POST, b, k, "uploads", false, CreateMultipart),
             (Method::POST, b, k, "uploadId=u", false, CompleteMultipart),
+            (
+                Method::GET,
+                b,
+                None,
+                "versions&prefix=a",
+                false,
+                ListVersions,
+            ),
+            (
+                Method::GET,
+                b,
+                None,
+                "versioning",
+                false,
+                GetBucketVersioning,
+            ),
+            (Method::GET, b, None, "acl", false, GetBucketAcl),
+            (
+                Method::GET,
+                b,
+                None,
+                "lifecycle",
+                false,
+                BucketConfigMissing("lifecycle"),
+            ),
+            (
+                Method::GET,
+                b,
+                None,
+                "policy",
+                false,
+                BucketConfigMissing("policy"),
+            ),
+            (Method::GET, b, k, "acl", false, GetObjectAcl),
+            (Method::GET, b, k, "tagging", false, GetObjectTagging),
+            (Method::PUT, b, k, "tagging", false, PutObjectTagging),
+            (Method::DELETE, b, k, "tagging", false, DeleteObjectTagging),
         ];
         for (m, bucket, key, q, copy, want) in cases {
             let r = req(m.clone(), bucket, key, q, copy);

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use nearcache_s3::UploadsParams;
 
 use super::error::S3Error;
-use super::object::{copy_source, put_meta, stage_body};
+use super::object::{check_copy_source, copy_source, put_meta, stage_body};
 use super::xml::{escape, iso_time, url_encode, DECL, NS};
 use super::{empty, ensure_bucket, read_small_body, xml_response, S3Req};
 use crate::body::Body;
@@ -80,7 +80,10 @@ pub async fn upload_part(
         )
         .await;
     staged.remove().await;
-    let etag = res?;
+    let etag = match res {
+        Ok(etag) => etag,
+        Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
+    };
     let mut r = empty(StatusCode::OK);
     r.headers_mut().insert(header::ETAG, quoted(&etag));
     if let Some((name, v)) = declared {
@@ -99,36 +102,60 @@ pub async fn upload_part_copy(
     let id = upload_id(req)?;
     let part = part_number(req)?;
     let src = copy_source(req, cred)?;
-    let range = match req.header("x-amz-copy-source-range") {
-        None => None,
-        Some(r) => {
-            let bad = || {
-                S3Error::invalid_argument(
-                    "The x-amz-copy-source-range value must be of the form bytes=first-last",
-                )
-            };
-            let spec = r.trim().strip_prefix("bytes=").ok_or_else(bad)?;
-            let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-            let a: u64 = a.trim().parse().map_err(|_| bad())?;
-            let b: u64 = b.trim().parse().map_err(|_| bad())?;
-            if b < a {
-                return Err(bad());
-            }
-            Some((a, b))
-        }
-    };
+    let range = req
+        .header("x-amz-copy-source-range")
+        .map(parse_copy_range)
+        .transpose()?;
+    let size = check_copy_source(ctx, &src).await?;
+    if let Some((_, last)) = range.filter(|&(_, last)| last >= size) {
+        // Nothing is copied: the part would not be the bytes asked for.
+        return Err(S3Error::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "InvalidRange",
+            format!(
+                "The requested range is not satisfiable: byte {last} of a source of {size} bytes"
+            ),
+        ));
+    }
     write::flush_pending(ctx, CacheKey::s3(&src.bucket, &src.key)).await?;
-    let res = ctx
+    let res = match ctx
         .objects
         .origin
         .upload_part_copy(&req.loc(), &id, part, src, range)
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
+    };
     Ok(xml_response(format!(
         "{DECL}<CopyPartResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>{}</ETag>\
          </CopyPartResult>",
         iso_time(res.last_modified_ms),
         escape(&format!("\"{}\"", res.etag))
     )))
+}
+
+/// `x-amz-copy-source-range`: `bytes=first-last`, inclusive, first <= last.
+pub(crate) fn parse_copy_range(r: &str) -> Result<(u64, u64), S3Error> {
+    let bad = || {
+        S3Error::invalid_argument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last",
+        )
+    };
+    let spec = r.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let digits = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let a = digits(a).ok_or_else(bad)?;
+    let b = digits(b).ok_or_else(bad)?;
+    if b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 pub async fn complete(
@@ -173,13 +200,20 @@ pub async fn complete(
         ));
     }
     let key = req.cache_key();
+    // If-Match / If-None-Match: * hold against the current object, as for PutObject.
+    let cond = super::object::write_condition(req)?;
+    write::check_condition(ctx, key.clone(), cond).await?;
     // An older write of the key still pending upload must not land after the new object.
     write::flush_pending(ctx, key.clone()).await?;
-    let etag = ctx
+    let etag = match ctx
         .objects
         .origin
         .complete_multipart(&req.loc(), &id, parts)
-        .await?;
+        .await
+    {
+        Ok(etag) => etag,
+        Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
+    };
     write::forget(ctx, key).await?;
     Ok(xml_response(format!(
         "{DECL}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{}/{}</Location>\
@@ -190,6 +224,43 @@ pub async fn complete(
         escape(req.key()),
         escape(&format!("\"{etag}\""))
     )))
+}
+
+/// A failed call on an upload (UploadPart, UploadPartCopy, Complete): if the origin
+/// answered with a server error (moto answers an unknown upload id so), an upload it does
+/// not list is S3's 404 NoSuchUpload.
+async fn upload_error(ctx: &ShardCtx, req: &S3Req, id: &str, e: S3Error) -> S3Error {
+    if !e.status.is_server_error() {
+        return e;
+    }
+    let params = UploadsParams {
+        prefix: req.key().to_owned(),
+        max_uploads: 1000,
+        ..Default::default()
+    };
+    match ctx.objects.origin.list_uploads(req.bucket(), params).await {
+        Ok(page)
+            if !page.is_truncated
+                && !page
+                    .uploads
+                    .iter()
+                    .any(|u| u.upload_id == id && u.key == req.key()) =>
+        {
+            no_such_upload(id)
+        }
+        _ => e,
+    }
+}
+
+fn no_such_upload(id: &str) -> S3Error {
+    S3Error::new(
+        StatusCode::NOT_FOUND,
+        "NoSuchUpload",
+        format!(
+            "The specified multipart upload does not exist. The upload ID may be invalid, or \
+             the upload may have been aborted or completed: {id}"
+        ),
+    )
 }
 
 pub async fn abort(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {

@@ -18,15 +18,15 @@ use tokio::sync::oneshot;
 
 use super::auth::{BodyDecoder, ChecksumCheck, Credential};
 use super::error::S3Error;
+use super::render::S3Render;
 use super::xml::{escape, iso_time, DECL, NS};
 use super::{empty, ensure_bucket, may_use, read_small_body, xml_response, S3Req};
 use crate::body::Body;
 use crate::ctx::ShardCtx;
 use crate::http_util::{
-    answer_head, http_date, parse_byte_range, quoted, resolve_range, Answer, ByteRangeSpec,
-    Conditions,
+    http_date, parse_byte_range, quoted, resolve_range, ByteRangeSpec, Conditions,
 };
-use crate::object::read::{GetRequest, ObjectView, Render};
+use crate::object::read::{GetRequest, Stat};
 use crate::object::write::{self, DeleteRequest, PutRequest, WriteCondition, WriteError};
 use crate::object::{CacheKey, ObjectError};
 
@@ -55,56 +55,15 @@ fn overrides(req: &S3Req) -> Result<Vec<(HeaderName, HeaderValue)>, S3Error> {
 // ---------------------------------------------------------------------------------------
 // GET / HEAD
 
-/// S3's response head: ETag, Last-Modified, x-amz-meta-*, stored headers, then the
-/// request's `response-*` overrides.
-struct S3Render {
-    overrides: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Render for S3Render {
-    fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let mut b = v.head_builder().header(
-            header::CONTENT_TYPE,
-            v.content_type.unwrap_or("application/octet-stream"),
-        );
-        for (k, val) in v.user_meta {
-            if let Ok(val) = HeaderValue::from_str(val) {
-                b = b.header(format!("x-amz-meta-{k}"), val);
-            }
-        }
-        for (k, val) in v.headers {
-            if let Ok(val) = HeaderValue::from_str(val) {
-                b = b.header(k.as_str(), val);
-            }
-        }
-        if let Some(n) = v.parts_count {
-            b = b.header("x-amz-mp-parts-count", n);
-        }
-        if let Some(h) = b.headers_mut() {
-            for (k, val) in &self.overrides {
-                h.insert(k.clone(), val.clone());
-            }
-        }
-        answer_head(b, v.size, answer)
-    }
-}
-
 pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
     let head = req.method == http::Method::HEAD;
     let key = req.cache_key();
     let overrides = overrides(req)?;
     let range_header = req.header("range");
-    let part = match req.q("partNumber") {
-        None => None,
-        Some(p) => match p.parse::<u32>() {
-            Ok(n @ 1..=10_000) => Some(n),
-            _ => {
-                return Err(S3Error::invalid_argument(
-                    "Part number must be an integer between 1 and 10000, inclusive",
-                ))
-            }
-        },
-    };
+    let part = req
+        .q("partNumber")
+        .map(super::part::parse_part_number)
+        .transpose()?;
     if part.is_some() && range_header.is_some() {
         return Err(S3Error::invalid_request(
             "Cannot specify both Range header and partNumber query parameter",
@@ -112,11 +71,24 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
     }
     let range = parse_byte_range(range_header);
     let cond = Conditions::from_headers(&req.headers);
-    if part.is_some() || !key.fits_store() {
-        // Parts (and keys too long for the store) are served from the origin, uncached;
-        // a write still pending upload is flushed first so the origin has it.
-        write::flush_pending(ctx, key).await?;
+    if !key.fits_store() {
+        // Keys too long for the store are served from the origin, uncached.
         return passthrough_get(ctx, req.loc(), head, range, part, cond, overrides).await;
+    }
+    if let Some(part) = part {
+        // In a cluster a part is served by the key's first owner (which knows the copy).
+        if let (false, Some(cs)) = (req.forwarded, ctx.cluster.clone()) {
+            use crate::cluster::route::{proxy_read, read_plan, ReadPlan};
+            if let ReadPlan::IfHeld { .. } = read_plan(&cs, key.as_str()) {
+                if let Some(resp) = proxy_read(&cs, key.as_str(), proxy_head(req))
+                    .await
+                    .map_err(ObjectError::from)?
+                {
+                    return Ok(resp);
+                }
+            }
+        }
+        return super::part::get_part(ctx, req, part, cond, overrides).await;
     }
     let greq = |key: CacheKey| GetRequest {
         key,
@@ -130,22 +102,13 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
         if let ReadPlan::IfHeld { owner_here } = read_plan(&cs, key.as_str()) {
             let render = S3Render {
                 overrides: overrides.clone(),
+                parts_count: None,
             };
             let held = crate::object::read::get_held(ctx, greq(key.clone()), render, owner_here);
             if let Some(resp) = held.await? {
                 return Ok(resp);
             }
-            let mut head = Request::builder()
-                .method(req.method.clone())
-                .uri(req.uri.clone())
-                .body(())
-                .expect("a valid request head")
-                .into_parts()
-                .0;
-            head.headers = req.headers.clone();
-            head.headers
-                .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
-            let proxied = proxy_read(&cs, key.as_str(), head)
+            let proxied = proxy_read(&cs, key.as_str(), proxy_head(req))
                 .await
                 .map_err(ObjectError::from)?;
             if let Some(resp) = proxied {
@@ -154,7 +117,26 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
             // Every better-ranked node is unreachable: served (read through) here.
         }
     }
-    Ok(crate::object::read::get(ctx, greq(key), S3Render { overrides }).await?)
+    let render = S3Render {
+        overrides,
+        parts_count: None,
+    };
+    Ok(crate::object::read::get(ctx, greq(key), render).await?)
+}
+
+/// The request head a read is proxied to another node with.
+fn proxy_head(req: &S3Req) -> http::request::Parts {
+    let mut head = Request::builder()
+        .method(req.method.clone())
+        .uri(req.uri.clone())
+        .body(())
+        .expect("a valid request head")
+        .into_parts()
+        .0;
+    head.headers = req.headers.clone();
+    head.headers
+        .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
+    head
 }
 
 /// A GET/HEAD answered straight from the origin.
@@ -279,7 +261,12 @@ pub(crate) fn put_meta(h: &HeaderMap) -> Result<PutMeta, S3Error> {
         .iter()
         .filter_map(|n| {
             let v = h.get(*n)?.to_str().ok()?;
-            Some(((*n).to_owned(), v.to_owned()))
+            let v = if *n == "content-encoding" {
+                stored_encoding(v)?
+            } else {
+                v.to_owned()
+            };
+            Some(((*n).to_owned(), v))
         })
         .collect();
     Ok(PutMeta {
@@ -290,8 +277,24 @@ pub(crate) fn put_meta(h: &HeaderMap) -> Result<PutMeta, S3Error> {
     })
 }
 
+/// The Content-Encoding stored with an object: `aws-chunked` describes how the request body
+/// was framed, not the object, so S3 drops it (`gzip, aws-chunked` is stored as `gzip`;
+/// `aws-chunked` alone stores none).
+pub(crate) fn stored_encoding(v: &str) -> Option<String> {
+    let chunked = |c: &str| c.trim().eq_ignore_ascii_case("aws-chunked");
+    if !v.split(',').any(chunked) {
+        return Some(v.to_owned());
+    }
+    let kept: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
 /// If-None-Match: * and If-Match on a write.
-fn write_condition(req: &S3Req) -> Result<WriteCondition, S3Error> {
+pub(crate) fn write_condition(req: &S3Req) -> Result<WriteCondition, S3Error> {
     let if_none_match = req.header("if-none-match");
     if if_none_match.is_some_and(|v| v.trim() != "*") {
         return Err(S3Error::not_implemented(
@@ -575,20 +578,27 @@ pub async fn delete_objects(
 // ---------------------------------------------------------------------------------------
 // COPY
 
-/// Parses `x-amz-copy-source` (`[/]bucket/key[?versionId=..]`, URL-encoded) and the
-/// `x-amz-copy-source-if-*` conditions; checks the key may read the source bucket.
-pub(crate) fn copy_source(req: &S3Req, cred: &Credential) -> Result<CopySource, S3Error> {
-    let raw = req
-        .header("x-amz-copy-source")
-        .ok_or_else(|| S3Error::invalid_argument("x-amz-copy-source is missing"))?;
-    let (path, version) = match raw.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (raw, None),
+/// `x-amz-copy-source` parsed: `[/]bucket/key[?versionId=..]`, URL-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CopySourceHeader {
+    pub bucket: String,
+    pub key: String,
+    /// `versionId`, if given.
+    pub version: Option<String>,
+}
+
+/// Parses an `x-amz-copy-source` value. The value should be URL-encoded (a literal `?` in
+/// a key as `%3F`); a `?` not followed by `versionId=` is taken as part of the key, so a
+/// client that did not encode one still copies the key it named. `+` is a plus sign.
+pub(crate) fn parse_copy_source(raw: &str) -> Result<CopySourceHeader, S3Error> {
+    let (path, version) = match raw.rsplit_once('?') {
+        Some((p, q)) if q.starts_with("versionId=") => {
+            (p, Some(q["versionId=".len()..].to_owned()))
+        }
+        _ => (raw, None),
     };
-    if version.is_some_and(|v| v != "versionId=null") {
-        return Err(S3Error::not_implemented("copying an object version"));
-    }
-    let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let decoded = percent_encoding::percent_decode_str(path)
         .decode_utf8()
         .map_err(|_| S3Error::invalid_argument("x-amz-copy-source is not valid UTF-8"))?;
     let (bucket, key) = decoded
@@ -599,26 +609,94 @@ pub(crate) fn copy_source(req: &S3Req, cred: &Credential) -> Result<CopySource, 
                 "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
             )
         })?;
-    if !may_use(cred, bucket) {
-        return Err(S3Error::access_denied(format!(
-            "access key {} may not read bucket {bucket}",
-            cred.access_key
-        )));
-    }
-    let conditions = [
-        "x-amz-copy-source-if-match",
-        "x-amz-copy-source-if-none-match",
-        "x-amz-copy-source-if-modified-since",
-        "x-amz-copy-source-if-unmodified-since",
-    ]
-    .iter()
-    .filter_map(|n| Some(((*n).to_owned(), req.header(n)?.to_owned())))
-    .collect();
-    Ok(CopySource {
+    Ok(CopySourceHeader {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
+        version,
+    })
+}
+
+/// The `x-amz-copy-source-if-*` headers as (name, value), passed on to the origin too.
+const COPY_CONDITIONS: [&str; 4] = [
+    "x-amz-copy-source-if-match",
+    "x-amz-copy-source-if-none-match",
+    "x-amz-copy-source-if-modified-since",
+    "x-amz-copy-source-if-unmodified-since",
+];
+
+/// Parses `x-amz-copy-source` and the `x-amz-copy-source-if-*` conditions; checks the key
+/// may read the source bucket.
+pub(crate) fn copy_source(req: &S3Req, cred: &Credential) -> Result<CopySource, S3Error> {
+    let raw = req
+        .header("x-amz-copy-source")
+        .ok_or_else(|| S3Error::invalid_argument("x-amz-copy-source is missing"))?;
+    let src = parse_copy_source(raw)?;
+    if src.version.as_deref().is_some_and(|v| v != "null") {
+        return Err(S3Error::not_implemented("copying an object version"));
+    }
+    if !may_use(cred, &src.bucket) {
+        return Err(S3Error::access_denied(format!(
+            "access key {} may not read bucket {}",
+            cred.access_key, src.bucket
+        )));
+    }
+    let conditions = COPY_CONDITIONS
+        .iter()
+        .filter_map(|n| Some(((*n).to_owned(), req.header(n)?.to_owned())))
+        .collect();
+    Ok(CopySource {
+        bucket: src.bucket,
+        key: src.key,
         conditions,
     })
+}
+
+/// The copy's `x-amz-copy-source-if-*` conditions as HTTP conditions on the source.
+fn copy_conditions(src: &CopySource) -> Conditions {
+    let get = |name: &str| {
+        src.conditions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let date = |name: &str| get(name).and_then(|v| httpdate::parse_http_date(&v).ok());
+    Conditions {
+        if_match: get(COPY_CONDITIONS[0]),
+        if_none_match: get(COPY_CONDITIONS[1]),
+        if_modified_since: date(COPY_CONDITIONS[2]),
+        if_unmodified_since: date(COPY_CONDITIONS[3]),
+    }
+}
+
+/// The copy source as it is now (pending writes included, deletes through nearcache
+/// honoured), checked against the copy's conditions: 412 when one fails, as S3 (the
+/// origin may not check them). Returns the source's size.
+pub(crate) async fn check_copy_source(
+    ctx: &Rc<ShardCtx>,
+    src: &CopySource,
+) -> Result<u64, S3Error> {
+    let key = CacheKey::s3(&src.bucket, &src.key);
+    let (etag, last_modified_ms, size) = if key.fits_store() {
+        match crate::object::read::stat(ctx, key, true).await? {
+            Stat::Cached(m) => (m.etag, m.last_modified_ms, m.size),
+            Stat::Origin(r) => (r.etag, r.last_modified_ms, r.size),
+        }
+    } else {
+        let loc = ObjectLoc {
+            bucket: src.bucket.clone(),
+            key: src.key.clone(),
+        };
+        let r = ctx.objects.origin.head_in(&loc, None).await?;
+        (r.etag, r.last_modified_ms, r.size)
+    };
+    // Copy conditions never answer 304: whatever stops a GET stops the copy with 412.
+    if copy_conditions(src)
+        .evaluate(&etag, last_modified_ms, true)
+        .is_some()
+    {
+        return Err(S3Error::precondition_failed());
+    }
+    Ok(size)
 }
 
 pub async fn copy_object(
@@ -650,9 +728,7 @@ pub async fn copy_object(
     let dst_key = req.cache_key();
     // The copy happens in the origin: it must have the source, and no older pending write
     // of the destination may land after the copy.
-    if write::is_deleted(ctx, src_key.clone()).await? {
-        return Err(S3Error::no_such_key());
-    }
+    check_copy_source(ctx, &src).await?;
     write::flush_pending(ctx, src_key).await?;
     write::flush_pending(ctx, dst_key.clone()).await?;
     let res = ctx

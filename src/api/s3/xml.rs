@@ -17,9 +17,11 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // Control characters are not allowed in XML 1.0 text: write them as references
-            // the way S3 does (clients that can't read them ask for encoding-type=url).
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {
+            // Control characters are written as character references, as S3 does. A raw CR
+            // or CR LF would reach the client as LF (XML end-of-line normalization), so
+            // CR, LF and TAB are references too; the others are not XML 1.0 characters at
+            // all (clients that cannot read them ask for encoding-type=url).
+            c if (c as u32) < 0x20 => {
                 let _ = write!(out, "&#x{:X};", c as u32);
             }
             c => out.push(c),
@@ -75,6 +77,7 @@ mod tests {
     #[test]
     fn escapes_and_formats() {
         assert_eq!(escape("a<&>\"'\u{1}"), "a&lt;&amp;&gt;&quot;&apos;&#x1;");
+        assert_eq!(escape("a\r\nb\tc"), "a&#xD;&#xA;b&#x9;c");
         assert_eq!(url_encode("a b/c+d"), "a%20b/c%2Bd");
         assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");

@@ -51,6 +51,7 @@
 //! pub struct ChecksumCheck { .. }
 //! impl ChecksumCheck {
 //!     pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, AuthError>; // malformed → InvalidRequest
+//!                                                      // (a malformed Content-MD5 → InvalidDigest)
 //!     pub fn is_empty(&self) -> bool;                      // nothing to check
 //!     pub fn update(&mut self, data: &[u8]);
 //!     pub fn finish(self) -> Result<(), AuthError>;        // mismatch → BadDigest
@@ -96,7 +97,7 @@ mod body;
 #[cfg(test)]
 mod tests;
 
-pub use body::{BodyDecoder, ChecksumAlgorithm, ChecksumCheck};
+pub use body::{parse_content_md5, BodyDecoder, ChecksumAlgorithm, ChecksumCheck};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -163,6 +164,9 @@ pub enum AuthError {
     /// 400: Content-MD5 or x-amz-checksum mismatch.
     #[error("BadDigest: {0}")]
     BadDigest(String),
+    /// 400: a Content-MD5 header that is empty or not the base64 of 16 bytes.
+    #[error("InvalidDigest: {0}")]
+    InvalidDigest(String),
     /// 400: malformed or unsupported request (aws-chunked framing, checksum headers, …).
     #[error("InvalidRequest: {0}")]
     InvalidRequest(String),
@@ -183,6 +187,7 @@ impl AuthError {
             AuthError::XAmzContentSHA256Mismatch(_) => "XAmzContentSHA256Mismatch",
             AuthError::IncompleteBody(_) => "IncompleteBody",
             AuthError::BadDigest(_) => "BadDigest",
+            AuthError::InvalidDigest(_) => "InvalidDigest",
             AuthError::InvalidRequest(_) => "InvalidRequest",
             AuthError::MissingSecurityHeader(_) => "MissingSecurityHeader",
         }
@@ -199,6 +204,7 @@ impl AuthError {
             | AuthError::XAmzContentSHA256Mismatch(_)
             | AuthError::IncompleteBody(_)
             | AuthError::BadDigest(_)
+            | AuthError::InvalidDigest(_)
             | AuthError::InvalidRequest(_)
             | AuthError::MissingSecurityHeader(_) => StatusCode::BAD_REQUEST,
         }
@@ -219,6 +225,7 @@ impl AuthError {
             | AuthError::XAmzContentSHA256Mismatch(m)
             | AuthError::IncompleteBody(m)
             | AuthError::BadDigest(m)
+            | AuthError::InvalidDigest(m)
             | AuthError::InvalidRequest(m)
             | AuthError::MissingSecurityHeader(m) => m,
         }

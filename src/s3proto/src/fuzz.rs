@@ -1363,6 +1363,47 @@ fn fuzz_plain_body_and_checksum_headers_raw() {
     report("plain_body_and_checksum_headers_raw", &n);
 }
 
+#[test]
+fn fuzz_content_md5() {
+    // Content-MD5 values: the base64 of exactly 16 bytes (blanks around it allowed) is
+    // accepted and decodes to those bytes; anything else is InvalidDigest, never a panic.
+    let n = AtomicUsize::new(0);
+    check!()
+        .with_iterations(RAW_ITERS)
+        .with_max_len(64)
+        .for_each(|input: &[u8]| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let mut src = Src(input);
+            let valid = src.bool();
+            let raw = src.bytes(24).to_vec();
+            let value = if valid {
+                let mut v = base64_of(&raw);
+                if src.bool() {
+                    v.insert(0, b' ');
+                    v.push(b'\t');
+                }
+                v
+            } else {
+                src.rest().to_vec()
+            };
+            match crate::auth::parse_content_md5(&value) {
+                Ok(md5) => {
+                    use base64::Engine as _;
+                    let text = std::str::from_utf8(&value).expect("accepted means UTF-8");
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .expect("accepted means base64");
+                    assert_eq!(decoded, md5, "{value:?}");
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), "InvalidDigest");
+                    assert!(!(valid && raw.len() == 16), "refused {value:?}");
+                }
+            }
+        });
+    report("content_md5", &n);
+}
+
 fn base64_of(b: &[u8]) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD

@@ -469,6 +469,9 @@ impl LocalOrigin {
             | Call::Abort { .. }
             | Call::ListParts { .. }
             | Call::ListUploads(..) => Err(super::not_implemented("multipart upload")),
+            Call::GetTagging(_) | Call::PutTagging(..) | Call::DeleteTagging(_) => {
+                Err(super::not_implemented("object tagging"))
+            }
         }
     }
 

@@ -159,6 +159,12 @@ pub(crate) enum Call {
         marker: Option<u32>,
     },
     ListUploads(String, UploadsParams),
+    /// GetObjectTagging.
+    GetTagging(ObjectLoc),
+    /// PutObjectTagging: the whole tag set, replacing the object's.
+    PutTagging(ObjectLoc, Vec<(String, String)>),
+    /// DeleteObjectTagging.
+    DeleteTagging(ObjectLoc),
 }
 
 #[derive(Debug)]
@@ -170,6 +176,7 @@ pub(crate) enum Reply {
     Text(String),
     Parts(PartsPage),
     Uploads(UploadsPage),
+    Tags(Vec<(String, String)>),
 }
 
 /// The answer a backend gives for an operation it does not support.
@@ -333,6 +340,9 @@ impl Call {
             Call::Abort { .. } => "AbortMultipartUpload",
             Call::ListParts { .. } => "ListParts",
             Call::ListUploads(..) => "ListMultipartUploads",
+            Call::GetTagging(_) => "GetObjectTagging",
+            Call::PutTagging(..) => "PutObjectTagging",
+            Call::DeleteTagging(_) => "DeleteObjectTagging",
         }
     }
 

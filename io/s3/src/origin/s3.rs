@@ -16,7 +16,7 @@ use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, Sdk
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
-    MetadataDirective,
+    EncodingType, MetadataDirective, Tag, Tagging,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
@@ -372,6 +372,18 @@ impl S3Origin {
                 marker,
             } => self.list_parts(loc, upload_id, *max_parts, *marker).await,
             Call::ListUploads(b, p) => self.list_uploads(b, p).await,
+            Call::GetTagging(loc) => self.get_tagging(loc).await,
+            Call::PutTagging(loc, tags) => self.put_tagging(loc, tags).await,
+            Call::DeleteTagging(loc) => {
+                self.client
+                    .delete_object_tagging()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .send()
+                    .await
+                    .map_err(map_passthrough)?;
+                Ok(Reply::Unit)
+            }
         }
     }
 
@@ -441,15 +453,20 @@ impl S3Origin {
             .set_delimiter(p.delimiter.clone())
             .set_start_after(p.start_after.clone())
             .max_keys(p.max_keys.min(1000) as i32)
+            // Keys may hold characters XML 1.0 cannot carry (control characters): asked
+            // URL-encoded, they always parse, and are decoded here.
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(map_passthrough)?;
+        let url = out.encoding_type() == Some(&EncodingType::Url);
+        let dec = |s: &str| if url { url_decode(s) } else { s.to_owned() };
         Ok(Reply::List(ListPage {
             entries: out
                 .contents()
                 .iter()
                 .map(|o| ListEntry {
-                    key: o.key().unwrap_or_default().to_owned(),
+                    key: dec(o.key().unwrap_or_default()),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: unquote(o.e_tag()),
                     last_modified_ms: millis(o.last_modified()),
@@ -459,7 +476,7 @@ impl S3Origin {
             common_prefixes: out
                 .common_prefixes()
                 .iter()
-                .filter_map(|p| p.prefix().map(str::to_owned))
+                .filter_map(|p| p.prefix().map(dec))
                 .collect(),
             is_truncated: out.is_truncated().unwrap_or(false),
         }))
@@ -786,6 +803,50 @@ impl S3Origin {
     }
 }
 
+impl S3Origin {
+    async fn get_tagging(&self, loc: &ObjectLoc) -> Result<Reply, OriginError> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(&loc.bucket)
+            .key(&loc.key)
+            .send()
+            .await
+            .map_err(map_passthrough)?;
+        Ok(Reply::Tags(
+            out.tag_set()
+                .iter()
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect(),
+        ))
+    }
+
+    async fn put_tagging(
+        &self,
+        loc: &ObjectLoc,
+        tags: &[(String, String)],
+    ) -> Result<Reply, OriginError> {
+        let set = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| OriginError::Rejected(format!("building the tag set: {e}")))?;
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(set))
+            .build()
+            .map_err(|e| OriginError::Rejected(format!("building the tag set: {e}")))?;
+        self.client
+            .put_object_tagging()
+            .bucket(&loc.bucket)
+            .key(&loc.key)
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(map_passthrough)?;
+        Ok(Reply::Unit)
+    }
+}
+
 /// The part an UploadPart / UploadPartCopy writes.
 #[derive(Debug, Clone, Copy)]
 struct PartTarget<'a> {
@@ -849,6 +910,14 @@ fn copy_source(src: &CopySource) -> String {
         }
     }
     out
+}
+
+/// A value of a listing asked with `encoding-type=url`: `%XX` and `+` (a space, as S3
+/// encodes it) decoded.
+fn url_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn parse_http_date(s: &str) -> Option<DateTime> {
@@ -1079,5 +1148,11 @@ mod tests {
             OriginError::Rejected(_)
         ));
         assert_eq!(unquote(Some("\"abc\"")), "abc");
+    }
+
+    #[test]
+    fn url_encoded_listing_values_decode() {
+        assert_eq!(url_decode("a%01b+c%2Bd%0D%0A%C3%BC/"), "a\u{1}b c+d\r\nü/");
+        assert_eq!(url_decode("100%"), "100%");
     }
 }

@@ -177,6 +177,18 @@ fn checksum_mismatch(alg: ChecksumAlgorithm) -> AuthError {
     ))
 }
 
+/// The 16 bytes a `Content-MD5` header value declares (base64, surrounding blanks ignored).
+/// Empty, not base64, or not 16 bytes: `InvalidDigest`, as S3 answers.
+pub fn parse_content_md5(value: &[u8]) -> Result<[u8; 16], AuthError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| B64.decode(s.trim()).ok())
+        .and_then(|r| <[u8; 16]>::try_from(r).ok())
+        .ok_or_else(|| {
+            AuthError::InvalidDigest("The Content-MD5 you specified was invalid.".into())
+        })
+}
+
 /// Checks the `Content-MD5` and `x-amz-checksum-<alg>` request headers over a body that is
 /// not aws-chunked (or over the decoded bytes of one): `update` with every body byte, then
 /// `finish`.
@@ -195,22 +207,13 @@ impl fmt::Debug for ChecksumCheck {
 }
 
 impl ChecksumCheck {
-    /// Reads `Content-MD5` and at most one `x-amz-checksum-<alg>` header. Malformed values,
-    /// unknown algorithms and several checksum headers are `InvalidRequest`.
+    /// Reads `Content-MD5` and at most one `x-amz-checksum-<alg>` header. A malformed
+    /// Content-MD5 is `InvalidDigest`; malformed checksums, unknown algorithms and several
+    /// checksum headers are `InvalidRequest`.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, AuthError> {
         let md5 = match headers.get("content-md5") {
             None => None,
-            Some(v) => {
-                let raw = v.to_str().ok().and_then(|s| B64.decode(s.trim()).ok());
-                match raw.and_then(|r| <[u8; 16]>::try_from(r).ok()) {
-                    Some(m) => Some((m, md5::Md5::new())),
-                    None => {
-                        return Err(AuthError::InvalidRequest(
-                            "The Content-MD5 you specified is not valid.".into(),
-                        ))
-                    }
-                }
-            }
+            Some(v) => Some((parse_content_md5(v.as_bytes())?, md5::Md5::new())),
         };
         let mut checksum = None;
         for (name, value) in headers {
