@@ -679,7 +679,7 @@ pub(crate) async fn check_copy_source(
     let (etag, last_modified_ms, size) = if key.fits_store() {
         match crate::object::read::stat(ctx, key, true).await? {
             Stat::Cached(m) => (m.etag, m.last_modified_ms, m.size),
-            Stat::Origin(r) => (r.etag, r.last_modified_ms, r.size),
+            Stat::Origin(r, _) => (r.etag, r.last_modified_ms, r.size),
         }
     } else {
         let loc = ObjectLoc {

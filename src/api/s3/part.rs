@@ -133,7 +133,7 @@ async fn plan(ctx: &Rc<ShardCtx>, req: &S3Req, part: u32) -> Result<Plan, S3Erro
     let key = req.cache_key();
     let (etag, size) = match crate::object::read::stat(ctx, key.clone(), true).await? {
         Stat::Cached(m) => (m.etag, m.size),
-        Stat::Origin(r) => (r.etag, r.size),
+        Stat::Origin(r, _) => (r.etag, r.size),
     };
     let Some(n) = multipart_parts(&etag) else {
         if part != 1 {
