@@ -43,6 +43,24 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A secret given in the config, the environment or a flag. Its `Debug` never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 pub mod defaults {
     use nearcache_shards::defaults as store;
     pub const LISTEN: &str = "127.0.0.1:8080";
@@ -88,6 +106,7 @@ pub mod defaults {
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
+    pub const REPLAY_WINDOW_SECS: u64 = 60;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -371,6 +390,12 @@ pub struct ClusterConfig {
     pub peer_timeout_ms: u64,
     /// Testing: enables `POST /api/v1/cluster/block` (a per-peer drop switch).
     pub fault_injection: bool,
+    /// Shared by every node of the cluster (at least 16 bytes): signs every
+    /// node-to-node request and gossip datagram; nodes without it are refused.
+    pub secret: Option<Secret>,
+    /// With a secret: how far a signed request's or datagram's timestamp may be from
+    /// this node's clock. Replays inside the window are refused by their nonce.
+    pub replay_window_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -390,6 +415,8 @@ impl Default for ClusterConfig {
             replica_upload_delay_secs: defaults::REPLICA_UPLOAD_DELAY_SECS,
             peer_timeout_ms: defaults::PEER_TIMEOUT_MS,
             fault_injection: false,
+            secret: None,
+            replay_window_secs: defaults::REPLAY_WINDOW_SECS,
         }
     }
 }
@@ -481,6 +508,10 @@ pub struct ServeArgs {
     /// Cluster name; nodes of other clusters are ignored [default: nearcache]
     #[arg(long, env = "NEARCACHE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// Cluster secret (16+ bytes) authenticating node-to-node requests and gossip
+    /// (prefer the environment or the config file: flags show in `ps`)
+    #[arg(long, env = "NEARCACHE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
     /// Copies of each object in the cluster [default: 1]
     #[arg(long, env = "NEARCACHE_REPLICATION_FACTOR")]
     pub replication_factor: Option<usize>,
@@ -578,6 +609,9 @@ impl Config {
             self.cluster.join = a.join.clone();
         }
         set!(self.cluster.name, a.cluster_name);
+        if a.cluster_secret.is_some() {
+            self.cluster.secret = a.cluster_secret.clone();
+        }
         set!(self.cluster.replication_factor, a.replication_factor);
         set!(self.cluster.write_quorum, a.write_quorum);
         set!(self.log.level, a.log_level);
@@ -615,6 +649,13 @@ impl Config {
         if let Some(l) = c.listen {
             if l.ip().is_unspecified() && c.advertise.is_none() {
                 bail!("cluster.listen {l} is a wildcard address: set cluster.advertise (--cluster-advertise) to the address peers should use");
+            }
+        }
+        if let Some(secret) = &c.secret {
+            nearcache_membership::auth::ClusterSecret::new(secret.0.as_bytes())
+                .map_err(|e| anyhow::anyhow!("cluster.secret: {e}"))?;
+            if c.replay_window_secs == 0 {
+                bail!("cluster.replay_window_secs must be at least 1");
             }
         }
         if !c.join.is_empty() && c.listen.is_none() {

@@ -154,6 +154,11 @@ impl ClusterShard {
         if let Ok(v) = HeaderValue::from_str(&cl.cfg.name) {
             h.insert(H_CLUSTER, v);
         }
+        if let Some(auth) = &cl.auth {
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            auth.sign(&method, pq, req.headers_mut());
+        }
         let ms = cl.cfg.peer_timeout_ms.max(1);
         let sent = sender.try_send_request(req);
         let result = match monoio::time::timeout(Duration::from_millis(ms), sent).await {
