@@ -107,6 +107,7 @@ pub mod defaults {
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
     pub const REPLAY_WINDOW_SECS: u64 = 60;
+    pub const TLS_RELOAD_INTERVAL_SECS: u64 = 10;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -421,6 +422,62 @@ impl Default for ClusterConfig {
     }
 }
 
+/// TLS (`[tls]`): certificates of the public and S3 listeners, and mutual TLS between
+/// nodes. Without `cert` and `key` every listener speaks plain HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first) of the public and S3 listeners.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// With `cert` and `key`: serve the public listener (native API, /metrics,
+    /// /healthz) over TLS. false keeps it plain HTTP (e.g. on loopback).
+    pub public: bool,
+    /// With `cert` and `key`: serve the S3-compatible API over TLS.
+    pub s3: bool,
+    /// How often the certificate files are checked for a change (SIGHUP: at once).
+    pub reload_interval_secs: u64,
+    /// CA (PEM) of the cluster: turns on mutual TLS on the private address. Every node
+    /// presents `cluster_cert` (default: `cert`) and accepts only peers whose
+    /// certificate this CA signed. The CA should sign nothing but node certificates.
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate for the private address (default: `cert`).
+    pub cluster_cert: Option<PathBuf>,
+    /// Its key (default: `key`).
+    pub cluster_key: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            public: true,
+            s3: true,
+            reload_interval_secs: defaults::TLS_RELOAD_INTERVAL_SECS,
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The public listeners' certificate and key, when both are set.
+    pub fn pair(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.cert.as_ref().zip(self.key.as_ref())
+    }
+
+    /// The private address's certificate and key, when mutual TLS is on.
+    pub fn cluster_pair(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.cluster_ca.as_ref()?;
+        let cert = self.cluster_cert.as_ref().or(self.cert.as_ref())?;
+        let key = self.cluster_key.as_ref().or(self.key.as_ref())?;
+        Some((cert, key))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -430,6 +487,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub s3api: S3ApiConfig,
     pub cluster: ClusterConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
 }
 
@@ -518,6 +576,12 @@ pub struct ServeArgs {
     /// Copies durable before a write is acknowledged [default: 1]
     #[arg(long, env = "NEARCACHE_WRITE_QUORUM")]
     pub write_quorum: Option<usize>,
+    /// TLS certificate chain (PEM) for the public and S3 listeners; needs --tls-key
+    #[arg(long, env = "NEARCACHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the public and S3 listeners
+    #[arg(long, env = "NEARCACHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -615,6 +679,12 @@ impl Config {
         set!(self.cluster.replication_factor, a.replication_factor);
         set!(self.cluster.write_quorum, a.write_quorum);
         set!(self.log.level, a.log_level);
+        if a.tls_cert.is_some() {
+            self.tls.cert = a.tls_cert.clone();
+        }
+        if a.tls_key.is_some() {
+            self.tls.key = a.tls_key.clone();
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -660,6 +730,19 @@ impl Config {
         }
         if !c.join.is_empty() && c.listen.is_none() {
             bail!("--join needs --cluster-listen (the private address gossip and peers use)");
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            bail!("tls.cert and tls.key (--tls-cert, --tls-key) must be given together");
+        }
+        if t.cluster_ca.is_some() && t.cluster_pair().is_none() {
+            bail!("tls.cluster_ca needs this node's certificate and key: tls.cluster_cert and tls.cluster_key (or tls.cert and tls.key)");
+        }
+        if t.cluster_ca.is_some() && c.listen.is_none() {
+            bail!("tls.cluster_ca is set but the node is not in a cluster (--cluster-listen)");
+        }
+        if t.reload_interval_secs == 0 {
+            bail!("tls.reload_interval_secs must be at least 1");
         }
         for k in &self.s3api.keys {
             if k.access_key.is_empty() || k.secret_key.is_empty() {

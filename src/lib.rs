@@ -68,6 +68,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod object;
 pub mod server;
+pub mod tls;
 
 #[cfg(test)]
 mod fuzz;

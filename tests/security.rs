@@ -166,3 +166,393 @@ fn cluster_secret_keeps_outsiders_out_and_refuses_replays() {
         "no genuine request was refused"
     );
 }
+
+// ---- TLS ----------------------------------------------------------------------------
+
+mod pki {
+    //! Certificates made at test time with rcgen.
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+
+    pub struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+    /// A leaf certificate: PEM of the chain and key, and the leaf's DER.
+    pub struct Leaf {
+        pub cert_pem: String,
+        pub key_pem: String,
+        pub der: Vec<u8>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            Ca(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
+        }
+
+        pub fn pem(&self) -> String {
+            self.0.pem()
+        }
+
+        /// For `localhost` and 127.0.0.1, usable by servers and clients.
+        pub fn leaf(&self, cn: &str) -> Leaf {
+            let mut p =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                    .unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &self.0).unwrap();
+            Leaf {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().to_vec(),
+            }
+        }
+    }
+}
+
+/// Writes a certificate pair where a node reads it (each file replaced atomically).
+fn install(leaf: &pki::Leaf, cert: &std::path::Path, key: &std::path::Path) {
+    for (path, text) in [(key, &leaf.key_pem), (cert, &leaf.cert_pem)] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
+mod tlsc {
+    //! A TLS client on a tokio runtime, to look at what the server negotiates.
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+
+    pub fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    pub fn config(
+        ca_pem: &str,
+        alpn: &[&[u8]],
+        versions: &[&'static SupportedProtocolVersion],
+        client: Option<(&str, &str)>,
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let b = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut cfg = match client {
+            None => b.with_no_client_auth(),
+            Some((cert, key)) => b
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .map(|c| c.unwrap())
+                        .collect(),
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        cfg: Arc<ClientConfig>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        tokio_rustls::TlsConnector::from(cfg)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
+
+    /// The status line of `GET path` over HTTP/1.1 on `s`.
+    pub async fn h1_get(mut s: TlsStream<TcpStream>, path: &str) -> std::io::Result<String> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        let text = String::from_utf8_lossy(&out).to_string();
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+
+    /// The status of `GET path` over HTTP/2 on `s`.
+    pub async fn h2_get(s: TlsStream<TcpStream>, path: &str) -> u16 {
+        let (mut client, conn) = h2::client::handshake(s).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        resp.await.unwrap().status().as_u16()
+    }
+
+    /// The leaf certificate the server presented.
+    pub fn peer_leaf(s: &TlsStream<TcpStream>) -> Vec<u8> {
+        s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+}
+
+/// A node whose public and S3 listeners use TLS with `leaf`, files in `dir`.
+fn tls_node(tag: &str, dir: &std::path::Path, leaf: &pki::Leaf, reload_secs: u64) -> TestNode {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    install(leaf, &cert, &key);
+    TestNode::start_with(tag, |c: &mut Config| {
+        local_origin(c);
+        c.server.shards = 1;
+        c.tls.cert = Some(cert);
+        c.tls.key = Some(key);
+        c.tls.reload_interval_secs = reload_secs;
+    })
+}
+
+fn addrs(n: &TestNode) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let h = n.handle.as_ref().unwrap();
+    (h.addr, h.s3_addr)
+}
+
+#[test]
+fn tls_listeners_negotiate_alpn_and_versions() {
+    use rustls::version::{TLS12, TLS13};
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("test CA");
+    let leaf = ca.leaf("node");
+    let node = tls_node("tls-alpn", tmp.path(), &leaf, 10);
+    let (public, s3) = addrs(&node);
+    let rt = tlsc::rt();
+    rt.block_on(async {
+        let both: &[&'static rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
+        // ALPN h2: HTTP/2 over TLS 1.3.
+        let s = tlsc::connect(public, tlsc::config(&ca.pem(), &[b"h2"], both, None))
+            .await
+            .unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(
+            s.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(tlsc::peer_leaf(&s), leaf.der);
+        assert_eq!(tlsc::h2_get(s, "/healthz").await, 200);
+        // ALPN http/1.1.
+        let s = tlsc::connect(public, tlsc::config(&ca.pem(), &[b"http/1.1"], both, None))
+            .await
+            .unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(tlsc::h1_get(s, "/healthz").await.unwrap(), "HTTP/1.1 200 OK");
+        // No ALPN at all: HTTP/1.1 still works.
+        let s = tlsc::connect(public, tlsc::config(&ca.pem(), &[], both, None))
+            .await
+            .unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), None);
+        assert_eq!(tlsc::h1_get(s, "/healthz").await.unwrap(), "HTTP/1.1 200 OK");
+        // TLS 1.2 only.
+        let s = tlsc::connect(public, tlsc::config(&ca.pem(), &[b"h2"], &[&TLS12], None))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(tlsc::h2_get(s, "/healthz").await, 200);
+        // The S3 listener: TLS too (an unsigned request is refused by S3 auth, over TLS).
+        let s = tlsc::connect(s3, tlsc::config(&ca.pem(), &[b"http/1.1"], both, None))
+            .await
+            .unwrap();
+        assert_eq!(tlsc::h1_get(s, "/").await.unwrap(), "HTTP/1.1 403 Forbidden");
+        // A client that does not trust the CA fails the handshake.
+        let other = pki::Ca::new("other CA");
+        assert!(tlsc::connect(public, tlsc::config(&other.pem(), &[b"h2"], both, None))
+            .await
+            .is_err());
+    });
+    // A TLS 1.1 ClientHello (no supported_versions extension) gets a fatal alert
+    // (rustls says handshake_failure) instead of a ServerHello.
+    let mut hello = vec![0x03, 0x02];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.extend_from_slice(&[0x00, 0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f, 0x01, 0x00]);
+    let mut hs = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    hs.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, hs.len() as u8];
+    record.extend_from_slice(&hs);
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(public).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(&record).unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(answer.len() >= 7, "{answer:02x?}");
+    assert_eq!(answer[0], 0x15, "an alert record: {answer:02x?}");
+    assert_eq!(answer[5], 2, "fatal: {answer:02x?}");
+    assert!(
+        matches!(answer[6], 40 | 70),
+        "handshake_failure or protocol_version: {answer:02x?}"
+    );
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut tcp = std::net::TcpStream::connect(public).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:02x?}");
+}
+
+/// Connects until the server presents `want` (the deadline fails the test).
+fn wait_for_cert(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr, ca: &str, want: &[u8]) {
+    let cfg = tlsc::config(ca, &[b"h2"], &[&rustls::version::TLS13], None);
+    wait_until("the new certificate is served", || {
+        rt.block_on(async {
+            match tlsc::connect(addr, cfg.clone()).await {
+                Ok(s) => tlsc::peer_leaf(&s) == want,
+                Err(_) => false,
+            }
+        })
+    });
+}
+
+#[test]
+fn tls_certificates_reload_on_file_change_and_sighup() {
+    let ca = pki::Ca::new("test CA");
+    let rt = tlsc::rt();
+    // File change, picked up by the periodic check.
+    let tmp = tempfile::tempdir().unwrap();
+    let first = ca.leaf("first");
+    let node = tls_node("tls-reload", tmp.path(), &first, 1);
+    let (public, s3) = addrs(&node);
+    wait_for_cert(&rt, public, &ca.pem(), &first.der);
+    // A connection open across the reload keeps working.
+    let open = rt
+        .block_on(tlsc::connect(
+            public,
+            tlsc::config(&ca.pem(), &[b"h2"], &[&rustls::version::TLS13], None),
+        ))
+        .unwrap();
+    let second = ca.leaf("second");
+    install(&second, &tmp.path().join("server.crt"), &tmp.path().join("server.key"));
+    wait_for_cert(&rt, public, &ca.pem(), &second.der);
+    wait_for_cert(&rt, s3, &ca.pem(), &second.der);
+    assert_eq!(rt.block_on(tlsc::h2_get(open, "/healthz")), 200);
+
+    // SIGHUP: a node that would not look at its files for an hour reloads at once.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let node2 = tls_node("tls-hup", tmp2.path(), &first, 3600);
+    let (public2, _) = addrs(&node2);
+    let third = ca.leaf("third");
+    install(&third, &tmp2.path().join("server.crt"), &tmp2.path().join("server.key"));
+    signal_hook::low_level::raise(signal_hook::consts::SIGHUP).unwrap();
+    wait_for_cert(&rt, public2, &ca.pem(), &third.der);
+    // The other node got the signal too: its files had not changed, it keeps serving.
+    wait_for_cert(&rt, public, &ca.pem(), &second.der);
+    drop((node, node2));
+}
+
+#[test]
+fn mutual_tls_between_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("cluster CA");
+    std::fs::write(tmp.path().join("ca.crt"), ca.pem()).unwrap();
+    let mtls = |tag: &str, seed: Option<&TestNode>| {
+        let leaf = ca.leaf(tag);
+        let (cert, key) = (tmp.path().join(format!("{tag}.crt")), tmp.path().join(format!("{tag}.key")));
+        install(&leaf, &cert, &key);
+        let seed = seed.map(|s| cluster_addr(s).to_string());
+        let ca_path = tmp.path().join("ca.crt");
+        TestNode::start_with(tag, |c: &mut Config| {
+            local_origin(c);
+            c.cluster.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.cluster.gossip_interval_ms = 100;
+            c.cluster.secret = Some(Secret(SECRET.into()));
+            c.cluster.join = seed.into_iter().collect();
+            c.tls.cluster_ca = Some(ca_path);
+            c.tls.cluster_cert = Some(cert);
+            c.tls.cluster_key = Some(key);
+        })
+    };
+    let a = mtls("mtls-a", None);
+    let b = mtls("mtls-b", Some(&a));
+    wait_until("a and b see each other", || {
+        alive(&a).len() == 2 && alive(&b).len() == 2
+    });
+    // Writes through either node are read through the other: proxying and replica
+    // pushes go over mutual TLS.
+    for (writer, reader) in [(&a, &b), (&b, &a)] {
+        for i in 0..4 {
+            let id = new_id(writer);
+            let body = format!("over mutual TLS {i}").into_bytes();
+            let r = put(writer, &id, body.clone(), &[("X-Meta-ConsistencyLevel", "0")]);
+            assert_eq!(r.status(), 200);
+            let got = client()
+                .get(reader.url(&format!("/api/v1/get/{id}")))
+                .send()
+                .unwrap();
+            assert_eq!(got.status(), 200);
+            assert_eq!(got.bytes().unwrap().to_vec(), body);
+        }
+    }
+    assert!(a.metric("nearcache_cluster_proxied_requests_total") + b.metric("nearcache_cluster_proxied_requests_total") > 0.0);
+
+    let rt = tlsc::rt();
+    let both: &[&'static rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    rt.block_on(async {
+        // Without a client certificate, or with one of another CA: no HTTP answer.
+        let other = pki::Ca::new("other CA").leaf("intruder");
+        for client_cert in [None, Some((other.cert_pem.as_str(), other.key_pem.as_str()))] {
+            let cfg = tlsc::config(&ca.pem(), &[b"http/1.1"], both, client_cert);
+            match tlsc::connect(cluster_addr(&a), cfg).await {
+                Err(_) => {}
+                // TLS 1.3: the client finishes first; the server refuses the certificate
+                // before any request is read.
+                Ok(s) => assert!(
+                    tlsc::h1_get(s, CHANGES).await.map_or(true, |l| l.is_empty()),
+                    "served without a good client certificate"
+                ),
+            }
+        }
+        // Plain TCP to the private address: no HTTP answer either.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(cluster_addr(&a)).await.unwrap();
+        tcp.write_all(b"GET /_nc/v1/changes HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        assert!(!answer.starts_with(b"HTTP/"));
+        // A client with a certificate of the cluster CA gets as far as the cluster
+        // secret: unsigned, it is refused with 401.
+        let member = ca.leaf("tool");
+        let cfg = tlsc::config(
+            &ca.pem(),
+            &[b"http/1.1"],
+            both,
+            Some((&member.cert_pem, &member.key_pem)),
+        );
+        let s = tlsc::connect(cluster_addr(&a), cfg).await.unwrap();
+        assert_eq!(
+            tlsc::h1_get(s, CHANGES).await.unwrap(),
+            "HTTP/1.1 401 Unauthorized"
+        );
+    });
+}

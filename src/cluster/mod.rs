@@ -248,6 +248,9 @@ pub struct Cluster {
     last_move_ms: AtomicU64,
     /// With a cluster secret: signs and checks node-to-node requests.
     pub auth: Option<auth::RequestAuth>,
+    /// With a cluster CA: mutual TLS to peers (the client side; the listener has the
+    /// server side).
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 /// How long after a membership change owner misses first look for a previous holder.
@@ -258,6 +261,7 @@ impl Cluster {
         cfg: &ClusterConfig,
         node_id: &str,
         data_dir: PathBuf,
+        tls: Option<crate::tls::ClusterTls>,
     ) -> anyhow::Result<Option<Arc<Cluster>>> {
         let Some(listen) = cfg.listen else {
             return Ok(None);
@@ -299,6 +303,7 @@ impl Cluster {
             blocked: ArcSwap::from_pointee(HashSet::new()),
             last_move_ms: AtomicU64::new(nearcache_shards::hlc::wall_ms()),
             auth: secret.map(|s| auth::RequestAuth::new(&s, window)),
+            tls,
         })))
     }
 
@@ -424,6 +429,7 @@ impl Cluster {
             "replication_factor": self.cfg.replication_factor,
             "write_quorum": self.cfg.write_quorum,
             "authenticated": self.auth.is_some(),
+            "mutual_tls": self.tls.is_some(),
             "placement": "rendezvous hashing (xxh3 of key and node id) over alive nodes: the top \
                           replication_factor own a key (level 2: every node); inside a node, \
                           xxh3(key) % shards",
