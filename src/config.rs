@@ -108,6 +108,9 @@ pub mod defaults {
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
     pub const REPLAY_WINDOW_SECS: u64 = 60;
     pub const TLS_RELOAD_INTERVAL_SECS: u64 = 10;
+    pub const JWT_LEEWAY_SECS: u64 = 60;
+    /// The most clock skew `auth.leeway_secs` may allow.
+    pub const JWT_MAX_LEEWAY_SECS: u64 = 600;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -478,6 +481,35 @@ impl TlsConfig {
     }
 }
 
+/// Bearer tokens (`[auth]`) on the native API, the admin routes and the
+/// cachenator-compatible endpoints. Without `jwt_key` no token is asked for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Public key that signs the tokens: RS256 or ES256 in PEM, or a JWKS file.
+    pub jwt_key: Option<PathBuf>,
+    /// Required `iss` claim (unchecked when unset).
+    pub issuer: Option<String>,
+    /// Required in the `aud` claim (unchecked when unset).
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (at most 600).
+    pub leeway_secs: u64,
+    /// `/metrics` needs a token too (`/healthz` never does).
+    pub metrics_token: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_key: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: defaults::JWT_LEEWAY_SECS,
+            metrics_token: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -488,6 +520,7 @@ pub struct Config {
     pub s3api: S3ApiConfig,
     pub cluster: ClusterConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -582,6 +615,15 @@ pub struct ServeArgs {
     /// TLS private key (PEM) for the public and S3 listeners
     #[arg(long, env = "NEARCACHE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Public key (RS256/ES256 PEM, or JWKS) of the JWTs the native API then requires
+    #[arg(long, env = "NEARCACHE_JWT_KEY")]
+    pub jwt_key: Option<PathBuf>,
+    /// Required JWT issuer (iss)
+    #[arg(long, env = "NEARCACHE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required JWT audience (aud)
+    #[arg(long, env = "NEARCACHE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -685,6 +727,15 @@ impl Config {
         if a.tls_key.is_some() {
             self.tls.key = a.tls_key.clone();
         }
+        if a.jwt_key.is_some() {
+            self.auth.jwt_key = a.jwt_key.clone();
+        }
+        if a.jwt_issuer.is_some() {
+            self.auth.issuer = a.jwt_issuer.clone();
+        }
+        if a.jwt_audience.is_some() {
+            self.auth.audience = a.jwt_audience.clone();
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -740,6 +791,13 @@ impl Config {
         }
         if t.cluster_ca.is_some() && c.listen.is_none() {
             bail!("tls.cluster_ca is set but the node is not in a cluster (--cluster-listen)");
+        }
+        if self.auth.leeway_secs > defaults::JWT_MAX_LEEWAY_SECS {
+            bail!(
+                "auth.leeway_secs is {}; at most {} (it is the clock skew tolerated on expiry)",
+                self.auth.leeway_secs,
+                defaults::JWT_MAX_LEEWAY_SECS
+            );
         }
         if t.reload_interval_secs == 0 {
             bail!("tls.reload_interval_secs must be at least 1");

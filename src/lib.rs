@@ -64,6 +64,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod http_util;
+pub mod jwt;
 pub mod mesh;
 pub mod metrics;
 pub mod object;

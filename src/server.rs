@@ -239,6 +239,20 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let s3_addr = resolve_listen(cfg.s3api.listen, wait)?;
     let s3 = Arc::new(S3State::from_config(&cfg.s3api));
     let (tls, cluster_tls, tls_reload) = setup_tls(&cfg)?;
+    let jwt = match &cfg.auth.jwt_key {
+        Some(path) => {
+            let settings = crate::jwt::JwtSettings {
+                issuer: cfg.auth.issuer.clone(),
+                audience: cfg.auth.audience.clone(),
+                leeway_secs: cfg.auth.leeway_secs,
+            };
+            let v = crate::jwt::Verifier::load(path, &settings)
+                .map_err(|e| anyhow!("loading the JWT key: {e}"))?;
+            tracing::info!(key = %path.display(), issuer = ?settings.issuer, audience = ?settings.audience, "bearer tokens required");
+            Some(Arc::new(v))
+        }
+        None => None,
+    };
     let cluster_addr = match cfg.cluster.listen {
         Some(a) => Some(resolve_listen(a, wait)?),
         None => None,
@@ -352,6 +366,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let node_header =
         http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
     let node = Arc::new(Node {
+        jwt,
         cluster,
         node_header,
         cfg,
