@@ -556,3 +556,178 @@ fn mutual_tls_between_nodes() {
         );
     });
 }
+
+// ---- JWT ----------------------------------------------------------------------------
+
+mod jwtk {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+    /// An ES256 key made at test time: the public PEM a node gets, tokens signed with it.
+    pub struct Key {
+        private: String,
+        pub public_pem: String,
+    }
+
+    impl Key {
+        pub fn new() -> Key {
+            let k = rcgen::KeyPair::generate().unwrap();
+            Key {
+                private: k.serialize_pem(),
+                public_pem: k.public_key_pem(),
+            }
+        }
+
+        pub fn token(&self, claims: serde_json::Value) -> String {
+            let key = EncodingKey::from_ec_pem(self.private.as_bytes()).unwrap();
+            encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap()
+        }
+    }
+
+    pub fn now() -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64
+    }
+}
+
+#[test]
+fn jwt_guards_the_native_api() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = jwtk::Key::new();
+    let key_path = tmp.path().join("jwt.pub");
+    std::fs::write(&key_path, &key.public_pem).unwrap();
+    let mut node = TestNode::start_with("jwt", |c: &mut Config| {
+        local_origin(c);
+        c.server.shards = 1;
+        c.auth.jwt_key = Some(key_path.clone());
+        c.auth.audience = Some("nearcache".into());
+        c.auth.leeway_secs = 5;
+    });
+    let token = |claims: serde_json::Value| {
+        let mut c = json!({ "aud": "nearcache", "exp": jwtk::now() + 300 });
+        c.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        format!("Bearer {}", key.token(c))
+    };
+    let writer = token(json!({ "action": ["WRITE", "READ"] }));
+    let reader = token(json!({ "action": "READ" }));
+
+    // /healthz is open; /metrics too by default; everything else wants a token.
+    assert_eq!(client().get(node.url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(client().get(node.url("/metrics")).send().unwrap().status(), 200);
+    let r = client().get(node.url("/api/v1/id")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    assert!(body["detail"].as_str().unwrap().contains("Bearer"), "{body}");
+
+    let id = client()
+        .get(node.url("/api/v1/id"))
+        .header("Authorization", &reader)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let put_as = |auth: &str, id: &str| {
+        client()
+            .post(node.url("/api/v1/put"))
+            .header("Authorization", auth)
+            .header("X-Meta-ID", id)
+            .body("guarded")
+            .send()
+            .unwrap()
+    };
+    let get_as = |auth: Option<&str>, id: &str| {
+        let mut r = client().get(node.url(&format!("/api/v1/get/{id}")));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send().unwrap()
+    };
+    // A READ token cannot write: 403 with the reason.
+    let r = put_as(&reader, &id);
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"], "forbidden");
+    assert!(body["detail"].as_str().unwrap().contains("WRITE"), "{body}");
+    assert_eq!(put_as(&writer, &id).status(), 200);
+    assert_eq!(get_as(Some(&reader), &id).text().unwrap(), "guarded");
+    assert_eq!(get_as(None, &id).status(), 401);
+    // Neither can delete.
+    for t in [&reader, &writer] {
+        let r = client()
+            .post(node.url(&format!("/api/v1/delete/{id}")))
+            .header("Authorization", t)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    // Bucket and prefix: the native API's bucket is the origin's ("" here, so only
+    // tokens for every bucket), keys are ids.
+    let other_bucket = token(json!({ "action": "READ", "bucket": "photos" }));
+    assert_eq!(get_as(Some(&other_bucket), &id).status(), 403);
+    let prefixed = token(json!({ "action": "READ", "prefix": &id[..6] }));
+    assert_eq!(get_as(Some(&prefixed), &id).status(), 200);
+    let elsewhere = token(json!({ "action": "READ", "prefix": "7ZZZZZ" }));
+    assert_eq!(get_as(Some(&elsewhere), &id).status(), 403);
+    // Expired beyond the 5 s skew, wrong audience, another key, garbage: 401, and the
+    // body never repeats the token.
+    let expired = token(json!({ "action": "READ", "exp": jwtk::now() - 60 }));
+    let wrong_aud = token(json!({ "action": "READ", "aud": "someone-else" }));
+    let other_key = format!(
+        "Bearer {}",
+        jwtk::Key::new().token(json!({ "aud": "nearcache", "exp": jwtk::now() + 60, "action": "READ" }))
+    );
+    for (t, why) in [
+        (&expired, "expired"),
+        (&wrong_aud, "audience"),
+        (&other_key, "signature"),
+        (&"Bearer not.a.jwt".to_string(), "malformed"),
+    ] {
+        let r = get_as(Some(t), &id);
+        assert_eq!(r.status(), 401, "{why}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
+        let body = r.text().unwrap();
+        assert!(body.contains(why), "{why}: {body}");
+        assert!(!body.contains(&t[7..t.len().min(30)]), "the refusal repeats the token: {body}");
+    }
+    // Admin routes need a token for every bucket; /metrics counts the outcomes.
+    assert_eq!(client().get(node.url("/api/v1/stats")).send().unwrap().status(), 401);
+    let stats = |t: &str| {
+        client()
+            .get(node.url("/api/v1/stats"))
+            .header("Authorization", t)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(stats(&reader), 200);
+    assert_eq!(stats(&other_bucket), 403);
+    let m = node.metric("nearcache_auth_requests_total");
+    assert!(m >= 15.0, "{m}");
+    let text = client().get(node.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(text.contains("nearcache_auth_requests_total{result=\"expired\"} 1"), "{text}");
+
+    // With auth.metrics_token, /metrics wants a token too; /healthz never does.
+    node.restart(|c: &mut Config| {
+        local_origin(c);
+        c.server.shards = 1;
+        c.auth.jwt_key = Some(key_path.clone());
+        c.auth.audience = Some("nearcache".into());
+        c.auth.metrics_token = true;
+    });
+    assert_eq!(client().get(node.url("/metrics")).send().unwrap().status(), 401);
+    assert_eq!(client().get(node.url("/healthz")).send().unwrap().status(), 200);
+    let r = client()
+        .get(node.url("/metrics"))
+        .header("Authorization", &reader)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The object written before the restart is still there for a reader.
+    let r = client()
+        .get(node.url(&format!("/api/v1/get/{id}")))
+        .header("Authorization", &reader)
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "guarded");
+}
