@@ -621,3 +621,46 @@ mod tests {
         );
     }
 }
+
+/// Fuzz target (bolero; `cargo test -p nearcache --lib jwt::fuzz`): arbitrary
+/// Authorization values, and tokens with one byte changed, never panic and never verify.
+#[cfg(test)]
+mod fuzz {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    use bolero::check;
+
+    use super::tests::TestKey;
+    use super::*;
+
+    #[test]
+    fn arbitrary_and_altered_tokens_are_refused() {
+        static KEY: OnceLock<(TestKey, String)> = OnceLock::new();
+        let (key, token) = KEY.get_or_init(|| {
+            let k = TestKey::es256();
+            let exp = jsonwebtoken::get_current_timestamp() + 3600;
+            let t = k.sign(&serde_json::json!({"exp": exp, "action": "READ"}), None);
+            (k, t)
+        });
+        let v = Verifier::from_bytes(key.public_pem.as_bytes(), &JwtSettings::default()).unwrap();
+        assert!(v.verify(Some(format!("Bearer {token}").as_bytes())).is_ok());
+        let n = AtomicUsize::new(0);
+        check!()
+            .with_iterations(2000)
+            .with_type::<(Vec<u8>, u16, u8)>()
+            .for_each(|(raw, pos, xor)| {
+                n.fetch_add(1, Ordering::Relaxed);
+                let _ = v.verify(Some(raw));
+                let mut t = format!("Bearer {token}").into_bytes();
+                let i = 7 + *pos as usize % (t.len() - 7);
+                t[i] ^= (*xor).max(1);
+                // base64url has a few spare bits at the end of each part; a flip there
+                // can decode to the same bytes, which is the same token.
+                if let Ok(c) = v.verify(Some(&t)) {
+                    assert_eq!(c.actions, vec![Action::Read], "altered token at {i} accepted");
+                }
+            });
+        eprintln!("fuzz target jwt_tokens: {} cases", n.load(Ordering::Relaxed));
+    }
+}

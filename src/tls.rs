@@ -370,3 +370,51 @@ impl Drop for Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k, cert.der().to_vec())
+    }
+
+    #[test]
+    fn reload_swaps_only_complete_matching_pairs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cert, key, first) = pair(tmp.path(), "first");
+        let store = CertStore::open(&cert, &key).unwrap();
+        assert_eq!(store.current().cert[0].as_ref(), &first[..]);
+        assert!(!store.reload().unwrap(), "unchanged files: nothing to do");
+
+        // A new certificate with the old key (written first, as a renewal tool might):
+        // refused, the old pair stays.
+        let (cert2, key2, second) = pair(tmp.path(), "second");
+        std::fs::copy(&cert2, &cert).unwrap();
+        let e = store.reload().unwrap_err();
+        assert!(e.to_string().contains("does not go with"), "{e}");
+        assert_eq!(store.current().cert[0].as_ref(), &first[..]);
+        // Then the key: the new pair is in.
+        std::fs::copy(&key2, &key).unwrap();
+        assert!(store.reload().unwrap());
+        assert_eq!(store.current().cert[0].as_ref(), &second[..]);
+
+        // Garbage or a missing file: refused with the file named, the pair stays.
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let e = store.reload().unwrap_err();
+        assert!(e.to_string().contains(&cert.display().to_string()), "{e}");
+        std::fs::remove_file(&key).unwrap();
+        assert!(matches!(store.reload(), Err(TlsError::Read { .. })));
+        assert_eq!(store.current().cert[0].as_ref(), &second[..]);
+        // Secrets never show in errors: the key's PEM is not in any message.
+        assert!(!format!("{e:?}").contains("PRIVATE KEY"));
+    }
+}
