@@ -228,6 +228,9 @@ pub struct OriginSection {
     pub min_transfer_rate: Size,
     /// Per-attempt bound of the uploader's background puts and deletes.
     pub background_attempt_timeout_ms: u64,
+    /// CA certificates (PEM) trusted for an `https://` endpoint instead of the system's
+    /// roots (an S3-compatible store behind a private CA).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Default for OriginSection {
@@ -255,6 +258,7 @@ impl Default for OriginSection {
             body_idle_timeout_ms: defaults::BODY_IDLE_TIMEOUT_MS,
             min_transfer_rate: Size(defaults::MIN_TRANSFER_RATE),
             background_attempt_timeout_ms: defaults::BACKGROUND_ATTEMPT_TIMEOUT_MS,
+            ca_bundle: None,
         }
     }
 }
@@ -572,6 +576,9 @@ pub struct ServeArgs {
     /// Prefix for every S3 key
     #[arg(long, env = "NEARCACHE_S3_PREFIX")]
     pub s3_prefix: Option<String>,
+    /// CA bundle (PEM) trusted for an https S3 endpoint instead of the system's roots
+    #[arg(long, env = "NEARCACHE_S3_CA_BUNDLE")]
+    pub s3_ca_bundle: Option<PathBuf>,
     /// Create the S3 bucket at start if it does not exist
     #[arg(long, env = "NEARCACHE_S3_CREATE_BUCKET", num_args = 0..=1, default_missing_value = "true")]
     pub s3_create_bucket: Option<bool>,
@@ -699,6 +706,9 @@ impl Config {
         set!(self.origin.path_style, a.s3_path_style);
         set!(self.origin.prefix, a.s3_prefix);
         set!(self.origin.create_bucket, a.s3_create_bucket);
+        if a.s3_ca_bundle.is_some() {
+            self.origin.ca_bundle = a.s3_ca_bundle.clone();
+        }
         set!(self.api.fetch_default, a.fetch_default);
         set!(self.api.default_level, a.default_level);
         set!(self.s3api.listen, a.s3_listen);
@@ -860,6 +870,7 @@ impl Config {
             threads: o.threads.max(1),
             body_channel_chunks: o.body_channel_chunks.max(1),
             inject_failure_rate: o.inject_failure_rate,
+            ca_bundle: o.ca_bundle.clone(),
         }
     }
 }

@@ -271,6 +271,10 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         );
     }
 
+    if let Some(ca) = &cfg.origin.ca_bundle {
+        // Checked here for a clear error; the origin client loads it again.
+        crate::tls::load_roots(ca).context("origin.ca_bundle")?;
+    }
     let origin_cfg = cfg.origin_config();
     let local_origin = matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
     let bridge = Bridge::start_with(origin_cfg, cfg.origin_deadlines())

@@ -731,3 +731,99 @@ fn jwt_guards_the_native_api() {
         .unwrap();
     assert_eq!(r.text().unwrap(), "guarded");
 }
+
+// ---- Origin over TLS with a private CA ----------------------------------------------
+
+/// A TLS terminator in front of `upstream` (the test S3 server): an `https://` S3
+/// endpoint whose certificate only `ca` vouches for. Stops with its runtime.
+fn tls_proxy(
+    leaf: &pki::Leaf,
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::runtime::Runtime) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (addr, rt)
+}
+
+#[test]
+fn origin_over_https_trusts_the_configured_ca_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("private S3 CA");
+    let ca_path = tmp.path().join("s3-ca.crt");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let upstream: std::net::SocketAddr = nearcache_s3::testutil::s3_target()
+        .endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the test S3 endpoint is http://ip:port");
+    let (proxy, _rt) = tls_proxy(&ca.leaf("s3"), upstream);
+    let https = format!("https://{proxy}");
+
+    // Trusting the bundle: the bucket is created and writes reach S3 through TLS.
+    let node = TestNode::start_with("s3-ca", |c: &mut Config| {
+        c.server.shards = 1;
+        c.origin.endpoint = Some(https.clone());
+        c.origin.ca_bundle = Some(ca_path.clone());
+    });
+    let id = new_id(&node);
+    let r = put(&node, &id, b"over https".to_vec(), &[("X-Meta-Sync", "1")]);
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let (body, _) = node.s3().get(&id).expect("the object reached S3");
+    assert_eq!(body, b"over https");
+
+    // Without it, the system's roots do not know the private CA: the read-through fails
+    // with an origin error, nothing is served.
+    let bucket = node.bucket.clone();
+    let plain = TestNode::start_with("s3-noca", |c: &mut Config| {
+        c.server.shards = 1;
+        c.origin.endpoint = Some(https.clone());
+        c.origin.bucket = Some(bucket.clone());
+        c.origin.create_bucket = false;
+        c.origin.max_attempts = 1;
+    });
+    let r = client()
+        .get(plain.url(&format!("/api/v1/get/{id}")))
+        .send()
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    // A bundle that is not PEM stops the start with the file named.
+    std::fs::write(tmp.path().join("bad.crt"), "nope").unwrap();
+    let mut cfg = test_config(&tmp.path().join("bad"), &node.bucket);
+    cfg.origin.ca_bundle = Some(tmp.path().join("bad.crt"));
+    let e = nearcache::start(cfg).err().expect("a bad CA bundle is refused");
+    assert!(format!("{e:#}").contains("bad.crt"), "{e:#}");
+}
