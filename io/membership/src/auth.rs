@@ -240,3 +240,4 @@ mod tests {
         assert!(w.len() <= 100, "{}", w.len());
     }
 }
+
