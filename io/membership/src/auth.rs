@@ -105,6 +105,10 @@ pub enum Replay {
     InFuture { ahead_ms: u64, window_ms: u64 },
     #[error("message already seen (replayed)")]
     Seen,
+    /// The window was full and forgot messages before their time: anything not newer
+    /// than those is refused, so that none of them can be replayed.
+    #[error("timestamp not newer than messages the full replay window had to forget (overload)")]
+    Forgotten,
 }
 
 /// Remembers the ids of accepted messages for as long as their timestamps are inside
@@ -116,17 +120,23 @@ pub struct ReplayWindow {
     seen: HashMap<[u8; 16], u64>,
     /// Ids in the order they were recorded, with the time they may be forgotten.
     order: VecDeque<(u64, [u8; 16])>,
+    /// Timestamps up to this one are refused: ids inside the window were forgotten to
+    /// keep within `max_entries`, and none of them may come back.
+    floor_ms: u64,
 }
 
 impl ReplayWindow {
     /// Refuses timestamps more than `window` away from the local clock; remembers at most
-    /// `max_entries` ids (past that the oldest are forgotten early).
+    /// `max_entries` ids. Past that the oldest are forgotten early, and every timestamp
+    /// not newer than theirs is refused from then on: under overload a delayed genuine
+    /// message may be refused, a replay never accepted.
     pub fn new(window: Duration, max_entries: usize) -> Self {
         ReplayWindow {
             window_ms: window.as_millis().max(1) as u64,
             max_entries: max_entries.max(1),
             seen: HashMap::new(),
             order: VecDeque::new(),
+            floor_ms: 0,
         }
     }
 
@@ -151,6 +161,10 @@ impl ReplayWindow {
             if forget_at >= now_ms && self.order.len() < self.max_entries {
                 break;
             }
+            if forget_at >= now_ms {
+                // Still inside the window: its timestamp (and all before) becomes the floor.
+                self.floor_ms = self.floor_ms.max(forget_at - window_ms);
+            }
             self.order.pop_front();
             if self.seen.get(&old) == Some(&forget_at) {
                 self.seen.remove(&old);
@@ -158,6 +172,9 @@ impl ReplayWindow {
         }
         if self.seen.contains_key(&id) {
             return Err(Replay::Seen);
+        }
+        if ts_ms <= self.floor_ms {
+            return Err(Replay::Forgotten);
         }
         // Outside the window from then on, whatever the order messages came in.
         let forget_at = ts_ms.max(now_ms) + window_ms;
@@ -230,14 +247,26 @@ mod tests {
     }
 
     #[test]
-    fn replay_window_memory_is_bounded() {
-        let mut w = ReplayWindow::new(Duration::from_secs(60), 100);
-        for i in 0..1000u32 {
+    fn replay_window_memory_is_bounded_and_forgetting_never_readmits() {
+        let id = |i: u32| {
             let mut id = [0; 16];
             id[..4].copy_from_slice(&i.to_le_bytes());
-            w.check(5_000, 5_000, id).unwrap();
+            id
+        };
+        let mut w = ReplayWindow::new(Duration::from_secs(60), 100);
+        let now = 100_000;
+        // 1000 messages, one per ms: the window keeps the last 100 or so.
+        for i in 0..1000u32 {
+            w.check(now + u64::from(i), now + u64::from(i), id(i)).unwrap();
         }
         assert!(w.len() <= 100, "{}", w.len());
+        // A forgotten message replayed inside the time window is still refused...
+        let later = now + 1000;
+        assert_eq!(w.check(later, now + 5, id(5)), Err(Replay::Forgotten));
+        // ...and so is a new one as old as the forgotten ones; newer ones pass.
+        assert_eq!(w.check(later, now + 850, id(5000)), Err(Replay::Forgotten));
+        assert_eq!(w.check(later, later, id(5001)), Ok(()));
+        assert_eq!(w.check(later, now + 999, id(999)), Err(Replay::Seen));
     }
 }
 
