@@ -56,6 +56,8 @@ pub struct Claims {
     /// Empty: every key.
     pub prefix: String,
     pub subject: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
 }
 
 impl Claims {
@@ -159,6 +161,9 @@ struct KeyEntry {
 /// Verifies bearer tokens against the configured keys; counts what it accepts and
 /// refuses (node-wide).
 pub struct Verifier {
+    /// Tells this verifier's entries apart in the per-thread cache.
+    id: u64,
+    leeway_secs: u64,
     keys: Vec<KeyEntry>,
     accepted: AtomicU64,
     refused: [AtomicU64; JwtError::REASONS.len()],
@@ -189,6 +194,10 @@ struct RawClaims {
     prefix: Option<String>,
     #[serde(default)]
     sub: Option<String>,
+    /// Required and checked by the validation (which reports it missing); kept for the
+    /// cache of verified tokens.
+    #[serde(default)]
+    exp: u64,
 }
 
 impl Verifier {
@@ -246,7 +255,10 @@ impl Verifier {
         if keys.is_empty() {
             return Err("no key found".into());
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Verifier {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            leeway_secs: settings.leeway_secs,
             keys,
             accepted: AtomicU64::new(0),
             refused: Default::default(),
@@ -283,7 +295,39 @@ impl Verifier {
     /// Checks the value of an `Authorization` header (or None when there was none) and
     /// returns the access the token grants.
     pub fn verify(&self, authorization: Option<&[u8]>) -> Result<Claims, JwtError> {
+        self.verify_at(jsonwebtoken::get_current_timestamp(), authorization)
+    }
+
+    /// [`Verifier::verify`] at `now` (seconds): a token this thread verified before is
+    /// answered from the cache until its `exp` (plus the leeway) passes; signature
+    /// checks (tens of µs for ES256 or RS256) are paid once per token and thread.
+    fn verify_at(&self, now: u64, authorization: Option<&[u8]>) -> Result<Claims, JwtError> {
         let value = authorization.ok_or(JwtError::Missing)?;
+        let cached = VERIFIED.with(|c| {
+            let mut c = c.borrow_mut();
+            let key = (self.id, value);
+            let hit = c.get(&key as &dyn CacheKey)?.clone();
+            if now > hit.expires_at.saturating_add(self.leeway_secs) {
+                c.remove(&key as &dyn CacheKey);
+                return Some(Err(JwtError::Expired));
+            }
+            Some(Ok(hit))
+        });
+        if let Some(r) = cached {
+            return r;
+        }
+        let claims = self.verify_uncached(value)?;
+        VERIFIED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert((self.id, value.into()), claims.clone());
+        });
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, value: &[u8]) -> Result<Claims, JwtError> {
         if value.len() > MAX_TOKEN_LEN {
             return Err(JwtError::Malformed(format!(
                 "the Authorization header is over {MAX_TOKEN_LEN} bytes"
@@ -334,6 +378,53 @@ impl Verifier {
     }
 }
 
+/// Tokens verified per thread at most (then the cache starts over).
+const CACHE_ENTRIES: usize = 1024;
+
+thread_local! {
+    /// Verified tokens by (verifier, Authorization value): shard threads serve the same
+    /// clients' tokens again and again.
+    static VERIFIED: std::cell::RefCell<std::collections::HashMap<(u64, Box<[u8]>), Claims>> =
+        Default::default();
+}
+
+/// Looks the cache up by borrowed bytes (the map owns boxed copies).
+trait CacheKey {
+    fn parts(&self) -> (u64, &[u8]);
+}
+
+impl CacheKey for (u64, Box<[u8]>) {
+    fn parts(&self) -> (u64, &[u8]) {
+        (self.0, &self.1)
+    }
+}
+
+impl CacheKey for (u64, &[u8]) {
+    fn parts(&self) -> (u64, &[u8]) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn CacheKey + 'a> for (u64, Box<[u8]>) {
+    fn borrow(&self) -> &(dyn CacheKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn CacheKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn CacheKey + '_ {}
+
+impl std::hash::Hash for dyn CacheKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
 fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = s.leeway_secs;
@@ -377,6 +468,7 @@ fn claims(raw: RawClaims) -> Result<Claims, JwtError> {
         bucket: raw.bucket.unwrap_or_default(),
         prefix: raw.prefix.unwrap_or_default(),
         subject: raw.sub,
+        expires_at: raw.exp,
     })
 }
 
@@ -605,6 +697,26 @@ mod tests {
         // No kid: each key is tried.
         assert!(v.verify(Some(&bearer(&ec.sign(&good(), None)))).is_ok());
         assert!(Verifier::from_bytes(b"not a key", &settings()).is_err());
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_per_verifier_until_they_expire() {
+        let k = TestKey::es256();
+        let v = Verifier::from_bytes(k.public_pem.as_bytes(), &settings()).unwrap();
+        let mut claims = good();
+        claims["exp"] = json!(now() + 100);
+        let t = bearer(&k.sign(&claims, None));
+        let first = v.verify(Some(&t)).unwrap();
+        let n = now() as u64;
+        // Answered from the cache (same claims), until exp + the 30 s leeway.
+        assert_eq!(v.verify_at(n + 120, Some(&t)), Ok(first));
+        assert_eq!(v.verify_at(n + 200, Some(&t)), Err(JwtError::Expired));
+        // Another verifier (another key) on the same thread does not see this one's
+        // entries.
+        let other = TestKey::es256();
+        let w = Verifier::from_bytes(other.public_pem.as_bytes(), &settings()).unwrap();
+        assert!(v.verify(Some(&t)).is_ok());
+        assert_eq!(w.verify(Some(&t)), Err(JwtError::BadSignature));
     }
 
     #[test]
