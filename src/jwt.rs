@@ -71,7 +71,11 @@ impl Claims {
                 if self.actions.is_empty() {
                     "no action".to_string()
                 } else {
-                    self.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                    self.actions
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             )));
         }
@@ -216,7 +220,11 @@ impl Verifier {
             let set: JwkSet =
                 serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
             for jwk in &set.keys {
-                let alg = match jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok()) {
+                let alg = match jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| Algorithm::try_from(a).ok())
+                {
                     Some(a) => a,
                     None => match &jwk.algorithm {
                         jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
@@ -227,7 +235,9 @@ impl Verifier {
                     },
                 };
                 if !matches!(alg, Algorithm::RS256 | Algorithm::ES256) {
-                    return Err(format!("JWKS key with algorithm {alg:?}: only RS256 and ES256"));
+                    return Err(format!(
+                        "JWKS key with algorithm {alg:?}: only RS256 and ES256"
+                    ));
                 }
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key: {e}"))?;
                 keys.push(KeyEntry {
@@ -577,10 +587,25 @@ mod tests {
         assert_eq!(c.subject.as_deref(), Some("ann"));
         assert_eq!(c.allows(Action::Read, "photos", "users/42/a.jpg"), Ok(()));
         for (action, bucket, key, why) in [
-            (Action::Write, "photos", "users/42/a", "does not grant WRITE"),
-            (Action::Delete, "photos", "users/42/a", "does not grant DELETE"),
+            (
+                Action::Write,
+                "photos",
+                "users/42/a",
+                "does not grant WRITE",
+            ),
+            (
+                Action::Delete,
+                "photos",
+                "users/42/a",
+                "does not grant DELETE",
+            ),
             (Action::Read, "other", "users/42/a", "bucket \"photos\""),
-            (Action::Read, "photos", "users/43/a", "keys under \"users/42/\""),
+            (
+                Action::Read,
+                "photos",
+                "users/43/a",
+                "keys under \"users/42/\"",
+            ),
         ] {
             let e = c.allows(action, bucket, key).unwrap_err();
             assert!(matches!(e, JwtError::Forbidden(_)));
@@ -612,12 +637,21 @@ mod tests {
             c[key] = value;
             c
         };
-        assert_eq!(check(with("exp", json!(now() - 120))), Err(JwtError::Expired));
+        assert_eq!(
+            check(with("exp", json!(now() - 120))),
+            Err(JwtError::Expired)
+        );
         // Within the 30 s leeway: a clock slightly behind the issuer's still accepts.
         assert!(check(with("exp", json!(now() - 10))).is_ok());
-        assert_eq!(check(with("nbf", json!(now() + 120))), Err(JwtError::NotYetValid));
+        assert_eq!(
+            check(with("nbf", json!(now() + 120))),
+            Err(JwtError::NotYetValid)
+        );
         assert!(check(with("nbf", json!(now() + 10))).is_ok());
-        assert_eq!(check(with("iss", json!("https://evil.test"))), Err(JwtError::Issuer));
+        assert_eq!(
+            check(with("iss", json!("https://evil.test"))),
+            Err(JwtError::Issuer)
+        );
         assert_eq!(check(with("aud", json!("other"))), Err(JwtError::Audience));
         assert!(check(with("aud", json!(["other", "nearcache"]))).is_ok());
         let mut no_exp = good();
@@ -633,7 +667,10 @@ mod tests {
             v.verify(Some(&bearer(&other.sign(&good(), None)))),
             Err(JwtError::BadSignature)
         );
-        assert!(matches!(v.verify(Some(b"Bearer abc")), Err(JwtError::Malformed(_))));
+        assert!(matches!(
+            v.verify(Some(b"Bearer abc")),
+            Err(JwtError::Malformed(_))
+        ));
         assert_eq!(v.verify(None), Err(JwtError::Missing));
         let token = k.sign(&good(), None);
         assert!(matches!(
@@ -692,8 +729,12 @@ mod tests {
         };
         let text = serde_json::to_vec(&set).unwrap();
         let v = Verifier::from_bytes(&text, &settings()).unwrap();
-        assert!(v.verify(Some(&bearer(&rsa.sign(&good(), Some("r1"))))).is_ok());
-        assert!(v.verify(Some(&bearer(&ec.sign(&good(), Some("e1"))))).is_ok());
+        assert!(v
+            .verify(Some(&bearer(&rsa.sign(&good(), Some("r1")))))
+            .is_ok());
+        assert!(v
+            .verify(Some(&bearer(&ec.sign(&good(), Some("e1")))))
+            .is_ok());
         // No kid: each key is tried.
         assert!(v.verify(Some(&bearer(&ec.sign(&good(), None)))).is_ok());
         assert!(Verifier::from_bytes(b"not a key", &settings()).is_err());
@@ -724,7 +765,10 @@ mod tests {
         let k = TestKey::es256();
         let v = Verifier::from_bytes(k.public_pem.as_bytes(), &JwtSettings::default()).unwrap();
         assert!(v
-            .verify(Some(&bearer(&k.sign(&json!({"exp": now() + 60, "aud": "x", "iss": "y"}), None))))
+            .verify(Some(&bearer(&k.sign(
+                &json!({"exp": now() + 60, "aud": "x", "iss": "y"}),
+                None
+            ))))
             .is_ok());
         // With no leeway, expired is expired.
         assert_eq!(
@@ -770,9 +814,16 @@ mod fuzz {
                 // base64url has a few spare bits at the end of each part; a flip there
                 // can decode to the same bytes, which is the same token.
                 if let Ok(c) = v.verify(Some(&t)) {
-                    assert_eq!(c.actions, vec![Action::Read], "altered token at {i} accepted");
+                    assert_eq!(
+                        c.actions,
+                        vec![Action::Read],
+                        "altered token at {i} accepted"
+                    );
                 }
             });
-        eprintln!("fuzz target jwt_tokens: {} cases", n.load(Ordering::Relaxed));
+        eprintln!(
+            "fuzz target jwt_tokens: {} cases",
+            n.load(Ordering::Relaxed)
+        );
     }
 }

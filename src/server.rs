@@ -182,7 +182,11 @@ struct Tls {
 /// thread.
 fn setup_tls(
     cfg: &Config,
-) -> anyhow::Result<(Tls, Option<crate::tls::ClusterTls>, Option<crate::tls::Reloader>)> {
+) -> anyhow::Result<(
+    Tls,
+    Option<crate::tls::ClusterTls>,
+    Option<crate::tls::Reloader>,
+)> {
     use crate::tls::{server_config, CertStore, ClusterTls, Reloader};
     let t = &cfg.tls;
     let mut stores = Vec::new();
@@ -196,10 +200,14 @@ fn setup_tls(
     }
     let mut cluster = None;
     if let (Some((cert, key)), Some(ca)) = (t.cluster_pair(), &t.cluster_ca) {
-        let store = match stores.iter().find(|s| s.cert_path == *cert && s.key_path == *key) {
+        let store = match stores
+            .iter()
+            .find(|s| s.cert_path == *cert && s.key_path == *key)
+        {
             Some(s) => s.clone(),
             None => {
-                let s = CertStore::open(cert, key).context("loading the cluster TLS certificate")?;
+                let s =
+                    CertStore::open(cert, key).context("loading the cluster TLS certificate")?;
                 stores.push(s.clone());
                 s
             }

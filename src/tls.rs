@@ -106,12 +106,11 @@ fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
         path: key.to_path_buf(),
         detail: format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
     })?;
-    let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
-        TlsError::Parse {
+    let certified =
+        CertifiedKey::from_der(chain, private, &provider()).map_err(|e| TlsError::Parse {
             path: key.to_path_buf(),
             detail: format!("does not go with {}: {e}", cert.display()),
-        }
-    })?;
+        })?;
     Ok(Loaded {
         key: Arc::new(certified),
         source: (cert_pem, key_pem),
@@ -218,9 +217,10 @@ impl ClusterTls {
     pub fn new(store: Arc<CertStore>, ca: &Path) -> Result<ClusterTls, TlsError> {
         let roots = Arc::new(load_roots(ca)?);
         let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Rustls(format!("cluster CA {}: {e}", ca.display())))?;
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| TlsError::Rustls(format!("cluster CA {}: {e}", ca.display())))?;
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&versions)
             .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -381,7 +381,10 @@ mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k, cert.der().to_vec())

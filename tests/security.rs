@@ -46,7 +46,14 @@ fn local_origin(c: &mut Config) {
 }
 
 fn cluster_addr(n: &TestNode) -> std::net::SocketAddr {
-    n.handle.as_ref().unwrap().node.cluster.as_ref().unwrap().addr
+    n.handle
+        .as_ref()
+        .unwrap()
+        .node
+        .cluster
+        .as_ref()
+        .unwrap()
+        .addr
 }
 
 fn cluster(n: &TestNode) -> &Arc<nearcache::cluster::Cluster> {
@@ -99,16 +106,15 @@ fn cluster_secret_keeps_outsiders_out_and_refuses_replays() {
     });
     // The outsiders keep announcing to a: wait until a has refused several of each.
     wait_until("a refuses the outsiders' gossip", || {
-        cluster(&a)
-            .membership
-            .metrics()
-            .dropped_unauthenticated
-            >= 4
+        cluster(&a).membership.metrics().dropped_unauthenticated >= 4
     });
     for n in [&a, &b] {
         let ids = alive(n);
         for outsider in [&x, &p] {
-            assert!(!ids.contains(&cluster(outsider).self_id), "an outsider became a member");
+            assert!(
+                !ids.contains(&cluster(outsider).self_id),
+                "an outsider became a member"
+            );
         }
     }
     assert_eq!(alive(&x).len(), 1);
@@ -121,13 +127,19 @@ fn cluster_secret_keeps_outsiders_out_and_refuses_replays() {
     let (status, body) = peer_get(&a, &peer_headers(&from, "nearcache", None));
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "unauthenticated");
-    assert!(body["detail"].as_str().unwrap().contains("x-nc-ts"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("x-nc-ts"),
+        "{body}"
+    );
     let wrong = request_auth("another-secret-0123456789abcdef");
     let h = peer_headers(&from, "nearcache", Some(&wrong));
     let (status, body) = peer_get(&a, &h);
     assert_eq!(status, 401, "{body}");
     let sig = h["x-nc-sig"].to_str().unwrap();
-    assert!(!body.to_string().contains(sig), "the refusal echoes the signature");
+    assert!(
+        !body.to_string().contains(sig),
+        "the refusal echoes the signature"
+    );
     assert!(!body.to_string().contains("another-secret"));
     assert_eq!(
         a.metric("nearcache_cluster_unauthenticated_requests_total") - before,
@@ -141,7 +153,10 @@ fn cluster_secret_keeps_outsiders_out_and_refuses_replays() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = peer_get(&a, &h);
     assert_eq!(status, 401, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("already seen"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("already seen"),
+        "{body}"
+    );
     assert_eq!(a.metric("nearcache_cluster_replayed_requests_total"), 1.0);
     // A signed header changed on the way breaks the signature.
     let mut h = peer_headers(&from, "nearcache", Some(&right));
@@ -151,7 +166,12 @@ fn cluster_secret_keeps_outsiders_out_and_refuses_replays() {
     // The members still work together through signed requests: a write through b is
     // readable through a (proxied to the owner, or replicated).
     let id = new_id(&b);
-    let r = put(&b, &id, b"signed".to_vec(), &[("X-Meta-ConsistencyLevel", "0")]);
+    let r = put(
+        &b,
+        &id,
+        b"signed".to_vec(),
+        &[("X-Meta-ConsistencyLevel", "0")],
+    );
     assert_eq!(r.status(), 200);
     let got = client()
         .get(a.url(&format!("/api/v1/get/{id}")))
@@ -363,13 +383,19 @@ fn tls_listeners_negotiate_alpn_and_versions() {
             .await
             .unwrap();
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-        assert_eq!(tlsc::h1_get(s, "/healthz").await.unwrap(), "HTTP/1.1 200 OK");
+        assert_eq!(
+            tlsc::h1_get(s, "/healthz").await.unwrap(),
+            "HTTP/1.1 200 OK"
+        );
         // No ALPN at all: HTTP/1.1 still works.
         let s = tlsc::connect(public, tlsc::config(&ca.pem(), &[], both, None))
             .await
             .unwrap();
         assert_eq!(s.get_ref().1.alpn_protocol(), None);
-        assert_eq!(tlsc::h1_get(s, "/healthz").await.unwrap(), "HTTP/1.1 200 OK");
+        assert_eq!(
+            tlsc::h1_get(s, "/healthz").await.unwrap(),
+            "HTTP/1.1 200 OK"
+        );
         // TLS 1.2 only.
         let s = tlsc::connect(public, tlsc::config(&ca.pem(), &[b"h2"], &[&TLS12], None))
             .await
@@ -383,12 +409,17 @@ fn tls_listeners_negotiate_alpn_and_versions() {
         let s = tlsc::connect(s3, tlsc::config(&ca.pem(), &[b"http/1.1"], both, None))
             .await
             .unwrap();
-        assert_eq!(tlsc::h1_get(s, "/").await.unwrap(), "HTTP/1.1 403 Forbidden");
+        assert_eq!(
+            tlsc::h1_get(s, "/").await.unwrap(),
+            "HTTP/1.1 403 Forbidden"
+        );
         // A client that does not trust the CA fails the handshake.
         let other = pki::Ca::new("other CA");
-        assert!(tlsc::connect(public, tlsc::config(&other.pem(), &[b"h2"], both, None))
-            .await
-            .is_err());
+        assert!(
+            tlsc::connect(public, tlsc::config(&other.pem(), &[b"h2"], both, None))
+                .await
+                .is_err()
+        );
     });
     // A TLS 1.1 ClientHello (no supported_versions extension) gets a fatal alert
     // (rustls says handshake_failure) instead of a ServerHello.
@@ -415,7 +446,8 @@ fn tls_listeners_negotiate_alpn_and_versions() {
     // Plain HTTP on the TLS port gets no HTTP answer.
     let mut tcp = std::net::TcpStream::connect(public).unwrap();
     tcp.set_read_timeout(Some(DEADLINE)).unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/"), "{answer:02x?}");
@@ -452,7 +484,11 @@ fn tls_certificates_reload_on_file_change_and_sighup() {
         ))
         .unwrap();
     let second = ca.leaf("second");
-    install(&second, &tmp.path().join("server.crt"), &tmp.path().join("server.key"));
+    install(
+        &second,
+        &tmp.path().join("server.crt"),
+        &tmp.path().join("server.key"),
+    );
     wait_for_cert(&rt, public, &ca.pem(), &second.der);
     wait_for_cert(&rt, s3, &ca.pem(), &second.der);
     assert_eq!(rt.block_on(tlsc::h2_get(open, "/healthz")), 200);
@@ -462,7 +498,11 @@ fn tls_certificates_reload_on_file_change_and_sighup() {
     let node2 = tls_node("tls-hup", tmp2.path(), &first, 3600);
     let (public2, _) = addrs(&node2);
     let third = ca.leaf("third");
-    install(&third, &tmp2.path().join("server.crt"), &tmp2.path().join("server.key"));
+    install(
+        &third,
+        &tmp2.path().join("server.crt"),
+        &tmp2.path().join("server.key"),
+    );
     signal_hook::low_level::raise(signal_hook::consts::SIGHUP).unwrap();
     wait_for_cert(&rt, public2, &ca.pem(), &third.der);
     // The other node got the signal too: its files had not changed, it keeps serving.
@@ -477,7 +517,10 @@ fn mutual_tls_between_nodes() {
     std::fs::write(tmp.path().join("ca.crt"), ca.pem()).unwrap();
     let mtls = |tag: &str, seed: Option<&TestNode>| {
         let leaf = ca.leaf(tag);
-        let (cert, key) = (tmp.path().join(format!("{tag}.crt")), tmp.path().join(format!("{tag}.key")));
+        let (cert, key) = (
+            tmp.path().join(format!("{tag}.crt")),
+            tmp.path().join(format!("{tag}.key")),
+        );
         install(&leaf, &cert, &key);
         let seed = seed.map(|s| cluster_addr(s).to_string());
         let ca_path = tmp.path().join("ca.crt");
@@ -503,7 +546,12 @@ fn mutual_tls_between_nodes() {
         for i in 0..4 {
             let id = new_id(writer);
             let body = format!("over mutual TLS {i}").into_bytes();
-            let r = put(writer, &id, body.clone(), &[("X-Meta-ConsistencyLevel", "0")]);
+            let r = put(
+                writer,
+                &id,
+                body.clone(),
+                &[("X-Meta-ConsistencyLevel", "0")],
+            );
             assert_eq!(r.status(), 200);
             let got = client()
                 .get(reader.url(&format!("/api/v1/get/{id}")))
@@ -513,7 +561,11 @@ fn mutual_tls_between_nodes() {
             assert_eq!(got.bytes().unwrap().to_vec(), body);
         }
     }
-    assert!(a.metric("nearcache_cluster_proxied_requests_total") + b.metric("nearcache_cluster_proxied_requests_total") > 0.0);
+    assert!(
+        a.metric("nearcache_cluster_proxied_requests_total")
+            + b.metric("nearcache_cluster_proxied_requests_total")
+            > 0.0
+    );
 
     let rt = tlsc::rt();
     let both: &[&'static rustls::SupportedProtocolVersion] =
@@ -521,22 +573,31 @@ fn mutual_tls_between_nodes() {
     rt.block_on(async {
         // Without a client certificate, or with one of another CA: no HTTP answer.
         let other = pki::Ca::new("other CA").leaf("intruder");
-        for client_cert in [None, Some((other.cert_pem.as_str(), other.key_pem.as_str()))] {
+        for client_cert in [
+            None,
+            Some((other.cert_pem.as_str(), other.key_pem.as_str())),
+        ] {
             let cfg = tlsc::config(&ca.pem(), &[b"http/1.1"], both, client_cert);
             match tlsc::connect(cluster_addr(&a), cfg).await {
                 Err(_) => {}
                 // TLS 1.3: the client finishes first; the server refuses the certificate
                 // before any request is read.
                 Ok(s) => assert!(
-                    tlsc::h1_get(s, CHANGES).await.map_or(true, |l| l.is_empty()),
+                    tlsc::h1_get(s, CHANGES)
+                        .await
+                        .map_or(true, |l| l.is_empty()),
                     "served without a good client certificate"
                 ),
             }
         }
         // Plain TCP to the private address: no HTTP answer either.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(cluster_addr(&a)).await.unwrap();
-        tcp.write_all(b"GET /_nc/v1/changes HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(cluster_addr(&a))
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /_nc/v1/changes HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut answer = Vec::new();
         let _ = tcp.read_to_end(&mut answer).await;
         assert!(!answer.starts_with(b"HTTP/"));
@@ -604,21 +665,32 @@ fn jwt_guards_the_native_api() {
     });
     let token = |claims: serde_json::Value| {
         let mut c = json!({ "aud": "nearcache", "exp": jwtk::now() + 300 });
-        c.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        c.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
         format!("Bearer {}", key.token(c))
     };
     let writer = token(json!({ "action": ["WRITE", "READ"] }));
     let reader = token(json!({ "action": "READ" }));
 
     // /healthz is open; /metrics too by default; everything else wants a token.
-    assert_eq!(client().get(node.url("/healthz")).send().unwrap().status(), 200);
-    assert_eq!(client().get(node.url("/metrics")).send().unwrap().status(), 200);
+    assert_eq!(
+        client().get(node.url("/healthz")).send().unwrap().status(),
+        200
+    );
+    assert_eq!(
+        client().get(node.url("/metrics")).send().unwrap().status(),
+        200
+    );
     let r = client().get(node.url("/api/v1/id")).send().unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["error"], "unauthorized");
-    assert!(body["detail"].as_str().unwrap().contains("Bearer"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("Bearer"),
+        "{body}"
+    );
 
     let id = client()
         .get(node.url("/api/v1/id"))
@@ -675,7 +747,8 @@ fn jwt_guards_the_native_api() {
     let wrong_aud = token(json!({ "action": "READ", "aud": "someone-else" }));
     let other_key = format!(
         "Bearer {}",
-        jwtk::Key::new().token(json!({ "aud": "nearcache", "exp": jwtk::now() + 60, "action": "READ" }))
+        jwtk::Key::new()
+            .token(json!({ "aud": "nearcache", "exp": jwtk::now() + 60, "action": "READ" }))
     );
     for (t, why) in [
         (&expired, "expired"),
@@ -685,13 +758,26 @@ fn jwt_guards_the_native_api() {
     ] {
         let r = get_as(Some(t), &id);
         assert_eq!(r.status(), 401, "{why}");
-        assert_eq!(r.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\""
+        );
         let body = r.text().unwrap();
         assert!(body.contains(why), "{why}: {body}");
-        assert!(!body.contains(&t[7..t.len().min(30)]), "the refusal repeats the token: {body}");
+        assert!(
+            !body.contains(&t[7..t.len().min(30)]),
+            "the refusal repeats the token: {body}"
+        );
     }
     // Admin routes need a token for every bucket; /metrics counts the outcomes.
-    assert_eq!(client().get(node.url("/api/v1/stats")).send().unwrap().status(), 401);
+    assert_eq!(
+        client()
+            .get(node.url("/api/v1/stats"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
     let stats = |t: &str| {
         client()
             .get(node.url("/api/v1/stats"))
@@ -704,8 +790,16 @@ fn jwt_guards_the_native_api() {
     assert_eq!(stats(&other_bucket), 403);
     let m = node.metric("nearcache_auth_requests_total");
     assert!(m >= 15.0, "{m}");
-    let text = client().get(node.url("/metrics")).send().unwrap().text().unwrap();
-    assert!(text.contains("nearcache_auth_requests_total{result=\"expired\"} 1"), "{text}");
+    let text = client()
+        .get(node.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains("nearcache_auth_requests_total{result=\"expired\"} 1"),
+        "{text}"
+    );
 
     // With auth.metrics_token, /metrics wants a token too; /healthz never does.
     node.restart(|c: &mut Config| {
@@ -715,8 +809,14 @@ fn jwt_guards_the_native_api() {
         c.auth.audience = Some("nearcache".into());
         c.auth.metrics_token = true;
     });
-    assert_eq!(client().get(node.url("/metrics")).send().unwrap().status(), 401);
-    assert_eq!(client().get(node.url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(
+        client().get(node.url("/metrics")).send().unwrap().status(),
+        401
+    );
+    assert_eq!(
+        client().get(node.url("/healthz")).send().unwrap().status(),
+        200
+    );
     let r = client()
         .get(node.url("/metrics"))
         .header("Authorization", &reader)
@@ -766,11 +866,17 @@ fn tls_proxy(
     let addr = listener.local_addr().unwrap();
     rt.spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
             });
         }
@@ -824,6 +930,8 @@ fn origin_over_https_trusts_the_configured_ca_bundle() {
     std::fs::write(tmp.path().join("bad.crt"), "nope").unwrap();
     let mut cfg = test_config(&tmp.path().join("bad"), &node.bucket);
     cfg.origin.ca_bundle = Some(tmp.path().join("bad.crt"));
-    let e = nearcache::start(cfg).err().expect("a bad CA bundle is refused");
+    let e = nearcache::start(cfg)
+        .err()
+        .expect("a bad CA bundle is refused");
     assert!(format!("{e:#}").contains("bad.crt"), "{e:#}");
 }

@@ -58,7 +58,9 @@ fn verify(v: &crate::jwt::Verifier, headers: &HeaderMap) -> Result<Claims, AuthE
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let first = values.next();
     if values.next().is_some() {
-        return Err(AuthError::Malformed("more than one Authorization header".into()));
+        return Err(AuthError::Malformed(
+            "more than one Authorization header".into(),
+        ));
     }
     v.verify(first.map(HeaderValue::as_bytes))
 }
@@ -72,14 +74,18 @@ pub fn native_bucket(node: &Node) -> &str {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         match e {
-            AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            AuthError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
             _ => {
                 let challenge = match e {
                     AuthError::Missing => "Bearer",
                     _ => "Bearer error=\"invalid_token\"",
                 };
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-                    .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                )
             }
         }
     }

@@ -88,7 +88,13 @@ impl RequestAuth {
 
     /// Adds the timestamp, nonce and signature to a request about to be sent.
     pub fn sign(&self, method: &Method, path_and_query: &str, headers: &mut HeaderMap) {
-        self.sign_at(now_ms(), ulid::Ulid::generate(), method, path_and_query, headers)
+        self.sign_at(
+            now_ms(),
+            ulid::Ulid::generate(),
+            method,
+            path_and_query,
+            headers,
+        )
     }
 
     fn sign_at(
@@ -212,11 +218,20 @@ mod tests {
 
     fn signed(a: &RequestAuth, now: u64) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-nc-from", HeaderValue::from_static("01KBD0Z4YV6M3N4H4T8CDZ4QPR"));
+        h.insert(
+            "x-nc-from",
+            HeaderValue::from_static("01KBD0Z4YV6M3N4H4T8CDZ4QPR"),
+        );
         h.insert("x-nc-cluster", HeaderValue::from_static("prod"));
         h.append("x-meta-id", HeaderValue::from_static("A"));
         h.append("x-meta-id", HeaderValue::from_static("B"));
-        a.sign_at(now, ulid::Ulid::generate(), &Method::PUT, "/_nc/v1/replica", &mut h);
+        a.sign_at(
+            now,
+            ulid::Ulid::generate(),
+            &Method::PUT,
+            "/_nc/v1/replica",
+            &mut h,
+        );
         h
     }
 
@@ -227,14 +242,20 @@ mod tests {
     fn signed_requests_verify_once() {
         let a = auth(SECRET);
         let h = signed(&a, NOW);
-        assert_eq!(a.verify_at(NOW + 10, &Method::PUT, "/_nc/v1/replica", &h), Ok(()));
+        assert_eq!(
+            a.verify_at(NOW + 10, &Method::PUT, "/_nc/v1/replica", &h),
+            Ok(())
+        );
         assert!(a
             .verify_at(NOW + 20, &Method::PUT, "/_nc/v1/replica", &h)
             .unwrap_err()
             .is_replay());
         // Another node with the same secret verifies it too (once).
         let b = auth(SECRET);
-        assert_eq!(b.verify_at(NOW, &Method::PUT, "/_nc/v1/replica", &h), Ok(()));
+        assert_eq!(
+            b.verify_at(NOW, &Method::PUT, "/_nc/v1/replica", &h),
+            Ok(())
+        );
         // content-length added after signing is not covered; header order is free.
         let mut h2 = signed(&a, NOW);
         h2.insert("content-length", HeaderValue::from_static("12"));
@@ -246,7 +267,10 @@ mod tests {
         reordered.remove("x-meta-id");
         reordered.append("x-meta-id", HeaderValue::from_static("A"));
         reordered.append("x-meta-id", HeaderValue::from_static("B"));
-        assert_eq!(b.verify_at(NOW, &Method::PUT, "/_nc/v1/replica", &reordered), Ok(()));
+        assert_eq!(
+            b.verify_at(NOW, &Method::PUT, "/_nc/v1/replica", &reordered),
+            Ok(())
+        );
     }
 
     /// The cost of the signature on a typical proxied request (a native PUT's head:
@@ -300,8 +324,14 @@ mod tests {
         let a = auth(SECRET);
         let h = signed(&a, NOW);
         let v = |h: &HeaderMap, m: &Method, p: &str| a.verify_at(NOW, m, p, h);
-        assert_eq!(v(&h, &Method::GET, "/_nc/v1/replica"), Err(RequestAuthError::BadSignature));
-        assert_eq!(v(&h, &Method::PUT, "/_nc/v1/tombstone"), Err(RequestAuthError::BadSignature));
+        assert_eq!(
+            v(&h, &Method::GET, "/_nc/v1/replica"),
+            Err(RequestAuthError::BadSignature)
+        );
+        assert_eq!(
+            v(&h, &Method::PUT, "/_nc/v1/tombstone"),
+            Err(RequestAuthError::BadSignature)
+        );
         for (name, value) in [
             ("x-nc-cluster", "other"),
             ("x-nc-from", "01KBD0Z4YV6M3N4H4T8CDZ4QPS"),
@@ -344,7 +374,10 @@ mod tests {
         ));
         // No message shows the signature.
         let sig = h[H_SIG].to_str().unwrap().to_string();
-        for e in [RequestAuthError::BadSignature, RequestAuthError::Missing(H_SIG)] {
+        for e in [
+            RequestAuthError::BadSignature,
+            RequestAuthError::Missing(H_SIG),
+        ] {
             assert!(!e.to_string().contains(&sig));
         }
     }
@@ -385,7 +418,10 @@ mod fuzz {
                 }
                 assert!(a.verify(&Method::GET, path, &h).is_err());
             });
-        eprintln!("fuzz target request_auth_arbitrary: {} cases", n.load(Ordering::Relaxed));
+        eprintln!(
+            "fuzz target request_auth_arbitrary: {} cases",
+            n.load(Ordering::Relaxed)
+        );
     }
 
     #[test]
@@ -421,6 +457,9 @@ mod fuzz {
                 assert!(a.verify_at(now, &m, &p, &changed).is_err());
                 assert_eq!(a.verify_at(now, &Method::PUT, path, &h), Ok(()));
             });
-        eprintln!("fuzz target request_auth_changes: {} cases", n.load(Ordering::Relaxed));
+        eprintln!(
+            "fuzz target request_auth_changes: {} cases",
+            n.load(Ordering::Relaxed)
+        );
     }
 }

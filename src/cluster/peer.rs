@@ -94,7 +94,7 @@ impl ClusterShard {
         let _ = stream.set_nodelay(true);
         let io = stream.into_poll_io().map_err(|e| err(e.to_string()))?;
         let conn = match &cl.tls {
-            None => handshake(MonoioIo::new(io), timeout).await,
+            None => handshake(MonoioIo::new(io), addr, timeout).await,
             Some(tls) => {
                 // Peers are dialled by address; the verifier accepts any name the
                 // cluster CA signed (see `tls`).
@@ -104,7 +104,7 @@ impl ClusterShard {
                     .await
                     .map_err(|_| err("TLS handshake timed out".into()))?
                     .map_err(|e| err(format!("TLS handshake: {e}")))?;
-                handshake(MonoioIo::new(stream), timeout).await
+                handshake(MonoioIo::new(stream), addr, timeout).await
             }
         };
         let (sender, conn) = conn.map_err(|e| err(format!("HTTP/2 handshake: {e}")))?;
@@ -203,6 +203,7 @@ type ConnTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 /// for the caller to spawn.
 async fn handshake<I>(
     io: I,
+    addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(SendRequest<PeerBody>, ConnTask), hyper::Error>
 where
@@ -220,7 +221,7 @@ where
         sender,
         Box::pin(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "peer connection ended");
+                tracing::debug!(%addr, error = %e, "peer connection ended");
             }
         }),
     ))

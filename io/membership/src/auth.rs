@@ -99,9 +99,13 @@ pub fn now_ms() -> u64 {
 /// Why a tagged message was refused by the [`ReplayWindow`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Replay {
-    #[error("timestamp {age_ms} ms old, beyond the {window_ms} ms window (replayed, or clocks apart)")]
+    #[error(
+        "timestamp {age_ms} ms old, beyond the {window_ms} ms window (replayed, or clocks apart)"
+    )]
     TooOld { age_ms: u64, window_ms: u64 },
-    #[error("timestamp {ahead_ms} ms in the future, beyond the {window_ms} ms window (clocks apart?)")]
+    #[error(
+        "timestamp {ahead_ms} ms in the future, beyond the {window_ms} ms window (clocks apart?)"
+    )]
     InFuture { ahead_ms: u64, window_ms: u64 },
     #[error("message already seen (replayed)")]
     Seen,
@@ -213,12 +217,18 @@ mod tests {
         let t = a.key("gossip").tag(&[b"m"]);
         assert!(a.key("gossip").verify(&[b"m"], &t));
         assert!(a.key("gossip").verify(&[b"m"], &t[..16]));
-        assert!(!a.key("gossip").verify(&[b"m"], &t[..15]), "too short a tag");
+        assert!(
+            !a.key("gossip").verify(&[b"m"], &t[..15]),
+            "too short a tag"
+        );
         assert!(!a.key("request").verify(&[b"m"], &t));
         assert!(!b.key("gossip").verify(&[b"m"], &t));
         assert!(!a.key("gossip").verify(&[b"n"], &t));
         // Parts are concatenated: the caller frames them unambiguously.
-        assert_eq!(a.key("x").tag(&[b"ab", b"c"]), a.key("x").tag(&[b"a", b"bc"]));
+        assert_eq!(
+            a.key("x").tag(&[b"ab", b"c"]),
+            a.key("x").tag(&[b"a", b"bc"])
+        );
     }
 
     #[test]
@@ -241,7 +251,10 @@ mod tests {
         ));
         // Once an id's timestamp has left the window it is forgotten, and refused by age.
         let later = now + 25_000;
-        assert!(matches!(w.check(later, now, [1; 16]), Err(Replay::TooOld { .. })));
+        assert!(matches!(
+            w.check(later, now, [1; 16]),
+            Err(Replay::TooOld { .. })
+        ));
         assert_eq!(w.check(later, later, [4; 16]), Ok(()));
         assert_eq!(w.len(), 1);
     }
@@ -257,7 +270,8 @@ mod tests {
         let now = 100_000;
         // 1000 messages, one per ms: the window keeps the last 100 or so.
         for i in 0..1000u32 {
-            w.check(now + u64::from(i), now + u64::from(i), id(i)).unwrap();
+            w.check(now + u64::from(i), now + u64::from(i), id(i))
+                .unwrap();
         }
         assert!(w.len() <= 100, "{}", w.len());
         // A forgotten message replayed inside the time window is still refused...
@@ -269,4 +283,3 @@ mod tests {
         assert_eq!(w.check(later, now + 999, id(999)), Err(Replay::Seen));
     }
 }
-

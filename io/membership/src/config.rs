@@ -167,6 +167,9 @@ mod tests {
             c.periodic_announce_to_down_members.unwrap().frequency,
             Duration::from_millis(750)
         );
-        assert_eq!(c.max_packet_size.get() + MAX_HEADER_LEN, defaults::MAX_DATAGRAM);
+        assert_eq!(
+            c.max_packet_size.get() + MAX_HEADER_LEN,
+            defaults::MAX_DATAGRAM
+        );
     }
 }

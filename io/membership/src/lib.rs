@@ -240,8 +240,7 @@ impl Membership {
                 "replay_window must be non-zero".into(),
             ));
         }
-        let framing =
-            wire::Framing::new(&cfg.cluster_name, cfg.secret.as_ref(), cfg.replay_window);
+        let framing = wire::Framing::new(&cfg.cluster_name, cfg.secret.as_ref(), cfg.replay_window);
         let foca = foca::Foca::new(
             me,
             config::foca_config(cfg.probe_interval, cfg.suspect_timeout),

@@ -134,7 +134,11 @@ struct Auth {
 impl Framing {
     /// Plain (version 2) frames without a secret; authenticated ones (version 3) with
     /// one, accepting timestamps within `window` of the local clock.
-    pub(crate) fn new(cluster_name: &str, secret: Option<&ClusterSecret>, window: Duration) -> Self {
+    pub(crate) fn new(
+        cluster_name: &str,
+        secret: Option<&ClusterSecret>,
+        window: Duration,
+    ) -> Self {
         Framing {
             hash: cluster_hash(cluster_name),
             auth: secret.map(|s| Auth {
@@ -205,7 +209,11 @@ impl Framing {
         }
         match version {
             Some(AUTH_WIRE_VERSION) => {}
-            Some(WIRE_VERSION) => return Err(FrameError::Unauthenticated { actual: WIRE_VERSION }),
+            Some(WIRE_VERSION) => {
+                return Err(FrameError::Unauthenticated {
+                    actual: WIRE_VERSION,
+                })
+            }
             Some(v) => {
                 return Err(FrameError::BadVersion {
                     expected: AUTH_WIRE_VERSION,
@@ -433,7 +441,10 @@ mod tests {
         assert_eq!(d[2], AUTH_WIRE_VERSION);
         assert_eq!(rx.parse_at(now + 5, &d), Ok((Kind::Foca, &b"body"[..])));
         // The same datagram again (a replay) is refused, even much later.
-        assert_eq!(rx.parse_at(now + 6, &d), Err(FrameError::Replay(Replay::Seen)));
+        assert_eq!(
+            rx.parse_at(now + 6, &d),
+            Err(FrameError::Replay(Replay::Seen))
+        );
         assert!(matches!(
             rx.parse_at(now + 120_000, &d),
             Err(FrameError::Replay(Replay::TooOld { .. }))
@@ -453,13 +464,21 @@ mod tests {
         let mut rx = Framing::new("prod", Some(&ours), WINDOW);
         let mut d = Vec::new();
         // Another secret, same cluster name: a forger, not a foreign cluster.
-        Framing::new("prod", Some(&secret("0123456789abcdef-theirs")), WINDOW)
-            .encode_at(now, Kind::Foca, b"x", &mut d);
+        Framing::new("prod", Some(&secret("0123456789abcdef-theirs")), WINDOW).encode_at(
+            now,
+            Kind::Foca,
+            b"x",
+            &mut d,
+        );
         assert_eq!(rx.parse_at(now, &d), Err(FrameError::BadTag));
         assert!(rx.parse_at(now, &d).unwrap_err().is_auth());
         // Another cluster with its own secret is foreign, as without secrets.
-        Framing::new("staging", Some(&secret("0123456789abcdef-theirs")), WINDOW)
-            .encode_at(now, Kind::Foca, b"x", &mut d);
+        Framing::new("staging", Some(&secret("0123456789abcdef-theirs")), WINDOW).encode_at(
+            now,
+            Kind::Foca,
+            b"x",
+            &mut d,
+        );
         assert!(matches!(
             rx.parse_at(now, &d),
             Err(FrameError::ForeignCluster { .. })
@@ -468,7 +487,9 @@ mod tests {
         Framing::new("prod", None, WINDOW).encode_at(now, Kind::Foca, b"x", &mut d);
         assert_eq!(
             rx.parse_at(now, &d),
-            Err(FrameError::Unauthenticated { actual: WIRE_VERSION })
+            Err(FrameError::Unauthenticated {
+                actual: WIRE_VERSION
+            })
         );
         Framing::new("prod", Some(&ours), WINDOW).encode_at(now, Kind::Foca, b"x", &mut d);
         assert_eq!(
@@ -481,7 +502,10 @@ mod tests {
         for i in 0..d.len() {
             let mut bad = d.clone();
             bad[i] ^= 0x40;
-            assert!(rx.parse_at(now, &bad).is_err(), "byte {i} flipped went unnoticed");
+            assert!(
+                rx.parse_at(now, &bad).is_err(),
+                "byte {i} flipped went unnoticed"
+            );
         }
         // A stale timestamp cannot be refreshed without the key.
         let mut stale = Vec::new();
@@ -562,7 +586,10 @@ mod fuzz {
                     msg.contains("expected") || matches!(e, FrameError::UnknownKind(_)),
                     "{msg}"
                 );
-                assert!(!e.is_auth(), "a plain frame failed as unauthenticated: {msg}");
+                assert!(
+                    !e.is_auth(),
+                    "a plain frame failed as unauthenticated: {msg}"
+                );
             });
         report("wire_roundtrip_and_corruption", &n);
     }
@@ -579,12 +606,19 @@ mod fuzz {
                 let mut rx = Framing::new("c", Some(&secret), Duration::from_secs(60));
                 let _ = rx.parse_at(now, raw);
                 let mut d = Vec::new();
-                Framing::new("c", Some(&secret), Duration::from_secs(60))
-                    .encode_at(now, Kind::Foca, body, &mut d);
+                Framing::new("c", Some(&secret), Duration::from_secs(60)).encode_at(
+                    now,
+                    Kind::Foca,
+                    body,
+                    &mut d,
+                );
                 let i = *pos as usize % d.len();
                 let mut bad = d.clone();
                 bad[i] ^= (*xor).max(1);
-                assert!(rx.parse_at(now, &bad).is_err(), "corrupted byte {i} accepted");
+                assert!(
+                    rx.parse_at(now, &bad).is_err(),
+                    "corrupted byte {i} accepted"
+                );
                 assert_eq!(rx.parse_at(now, &d), Ok((Kind::Foca, &body[..])));
                 assert!(rx.parse_at(now, &d).is_err(), "replay accepted");
             });

@@ -247,12 +247,19 @@ fn nodes_without_the_secret_never_become_members() {
             && p.metrics().dropped_unauthenticated >= 1
     });
     for outsider in [&x, &p] {
-        assert_eq!(outsider.view().members.len(), 1, "the outsider learnt nobody");
+        assert_eq!(
+            outsider.view().members.len(),
+            1,
+            "the outsider learnt nobody"
+        );
     }
     for m in [&a, &b] {
         assert_eq!(alive_ids(m), members);
         for outsider in [&x, &p] {
-            assert!(m.view().get(outsider.node_id()).is_none(), "an outsider became known");
+            assert!(
+                m.view().get(outsider.node_id()).is_none(),
+                "an outsider became known"
+            );
         }
         let c = m.counters();
         assert_eq!(

@@ -43,7 +43,11 @@ fn client_trusting(
         OriginError::Rejected(format!("reading the CA bundle {}: {e}", path.display()))
     })?;
     let ctx = TlsContext::builder()
-        .with_trust_store(TrustStore::empty().with_native_roots(false).with_pem_certificate(pem))
+        .with_trust_store(
+            TrustStore::empty()
+                .with_native_roots(false)
+                .with_pem_certificate(pem),
+        )
         .build()
         .map_err(|e| OriginError::Rejected(format!("CA bundle {}: {e}", path.display())))?;
     Ok(aws_smithy_http_client::Builder::new()
