@@ -74,6 +74,20 @@ fn peer_get(to: &TestNode, headers: &HeaderMap) -> (u16, serde_json::Value) {
 
 const CHANGES: &str = "/_nc/v1/changes?shard=0&after=0&limit=1";
 
+/// A level-0 write through `writer` read back through `reader` (proxied to the owner or
+/// served from a replica: either way node-to-node).
+fn write_then_read(writer: &TestNode, reader: &TestNode, body: &[u8]) {
+    let id = new_id(writer);
+    let level0 = [("X-Meta-ConsistencyLevel", "0")];
+    assert_eq!(put(writer, &id, body.to_vec(), &level0).status(), 200);
+    let got = client()
+        .get(reader.url(&format!("/api/v1/get/{id}")))
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().unwrap().as_ref(), body);
+}
+
 /// What a node sends (signed when `auth` is given), with the headers reqwest would add
 /// after signing already in place.
 fn peer_headers(from: &str, cluster: &str, auth: Option<&RequestAuth>) -> HeaderMap {
@@ -165,20 +179,7 @@ fn cluster_secret_keeps_outsiders_out_and_refuses_replays() {
 
     // The members still work together through signed requests: a write through b is
     // readable through a (proxied to the owner, or replicated).
-    let id = new_id(&b);
-    let r = put(
-        &b,
-        &id,
-        b"signed".to_vec(),
-        &[("X-Meta-ConsistencyLevel", "0")],
-    );
-    assert_eq!(r.status(), 200);
-    let got = client()
-        .get(a.url(&format!("/api/v1/get/{id}")))
-        .send()
-        .unwrap();
-    assert_eq!(got.status(), 200);
-    assert_eq!(got.bytes().unwrap().as_ref(), b"signed");
+    write_then_read(&b, &a, b"signed");
     assert_eq!(
         a.metric("nearcache_cluster_unauthenticated_requests_total")
             + b.metric("nearcache_cluster_unauthenticated_requests_total"),
@@ -544,21 +545,7 @@ fn mutual_tls_between_nodes() {
     // pushes go over mutual TLS.
     for (writer, reader) in [(&a, &b), (&b, &a)] {
         for i in 0..4 {
-            let id = new_id(writer);
-            let body = format!("over mutual TLS {i}").into_bytes();
-            let r = put(
-                writer,
-                &id,
-                body.clone(),
-                &[("X-Meta-ConsistencyLevel", "0")],
-            );
-            assert_eq!(r.status(), 200);
-            let got = client()
-                .get(reader.url(&format!("/api/v1/get/{id}")))
-                .send()
-                .unwrap();
-            assert_eq!(got.status(), 200);
-            assert_eq!(got.bytes().unwrap().to_vec(), body);
+            write_then_read(writer, reader, format!("over mutual TLS {i}").as_bytes());
         }
     }
     assert!(
