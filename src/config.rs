@@ -43,6 +43,24 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A secret given in the config, the environment or a flag. Its `Debug` never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 pub mod defaults {
     use nearcache_shards::defaults as store;
     pub const LISTEN: &str = "127.0.0.1:8080";
@@ -91,6 +109,11 @@ pub mod defaults {
     pub const STALE_IF_ERROR_SECS: u64 = 0;
     pub const NEGATIVE_TTL_SECS: u64 = 5;
     pub const NEGATIVE_MAX_ENTRIES: usize = 100_000;
+    pub const REPLAY_WINDOW_SECS: u64 = 60;
+    pub const TLS_RELOAD_INTERVAL_SECS: u64 = 10;
+    pub const JWT_LEEWAY_SECS: u64 = 60;
+    /// The most clock skew `auth.leeway_secs` may allow.
+    pub const JWT_MAX_LEEWAY_SECS: u64 = 600;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -208,6 +231,9 @@ pub struct OriginSection {
     pub min_transfer_rate: Size,
     /// Per-attempt bound of the uploader's background puts and deletes.
     pub background_attempt_timeout_ms: u64,
+    /// CA certificates (PEM) trusted for an `https://` endpoint instead of the system's
+    /// roots (an S3-compatible store behind a private CA).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Default for OriginSection {
@@ -235,6 +261,7 @@ impl Default for OriginSection {
             body_idle_timeout_ms: defaults::BODY_IDLE_TIMEOUT_MS,
             min_transfer_rate: Size(defaults::MIN_TRANSFER_RATE),
             background_attempt_timeout_ms: defaults::BACKGROUND_ATTEMPT_TIMEOUT_MS,
+            ca_bundle: None,
         }
     }
 }
@@ -378,6 +405,12 @@ pub struct ClusterConfig {
     pub peer_timeout_ms: u64,
     /// Testing: enables `POST /api/v1/cluster/block` (a per-peer drop switch).
     pub fault_injection: bool,
+    /// Shared by every node of the cluster (at least 16 bytes): signs every
+    /// node-to-node request and gossip datagram; nodes without it are refused.
+    pub secret: Option<Secret>,
+    /// With a secret: how far a signed request's or datagram's timestamp may be from
+    /// this node's clock. Replays inside the window are refused by their nonce.
+    pub replay_window_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -397,6 +430,93 @@ impl Default for ClusterConfig {
             replica_upload_delay_secs: defaults::REPLICA_UPLOAD_DELAY_SECS,
             peer_timeout_ms: defaults::PEER_TIMEOUT_MS,
             fault_injection: false,
+            secret: None,
+            replay_window_secs: defaults::REPLAY_WINDOW_SECS,
+        }
+    }
+}
+
+/// TLS (`[tls]`): certificates of the public and S3 listeners, and mutual TLS between
+/// nodes. Without `cert` and `key` every listener speaks plain HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first) of the public and S3 listeners.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// With `cert` and `key`: serve the public listener (native API, /metrics,
+    /// /healthz) over TLS. false keeps it plain HTTP (e.g. on loopback).
+    pub public: bool,
+    /// With `cert` and `key`: serve the S3-compatible API over TLS.
+    pub s3: bool,
+    /// How often the certificate files are checked for a change (SIGHUP: at once).
+    pub reload_interval_secs: u64,
+    /// CA (PEM) of the cluster: turns on mutual TLS on the private address. Every node
+    /// presents `cluster_cert` (default: `cert`) and accepts only peers whose
+    /// certificate this CA signed. The CA should sign nothing but node certificates.
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate for the private address (default: `cert`).
+    pub cluster_cert: Option<PathBuf>,
+    /// Its key (default: `key`).
+    pub cluster_key: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            public: true,
+            s3: true,
+            reload_interval_secs: defaults::TLS_RELOAD_INTERVAL_SECS,
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The public listeners' certificate and key, when both are set.
+    pub fn pair(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.cert.as_ref().zip(self.key.as_ref())
+    }
+
+    /// The private address's certificate and key, when mutual TLS is on.
+    pub fn cluster_pair(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.cluster_ca.as_ref()?;
+        let cert = self.cluster_cert.as_ref().or(self.cert.as_ref())?;
+        let key = self.cluster_key.as_ref().or(self.key.as_ref())?;
+        Some((cert, key))
+    }
+}
+
+/// Bearer tokens (`[auth]`) on the native API, the admin routes and the
+/// cachenator-compatible endpoints. Without `jwt_key` no token is asked for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Public key that signs the tokens: RS256 or ES256 in PEM, or a JWKS file.
+    pub jwt_key: Option<PathBuf>,
+    /// Required `iss` claim (unchecked when unset).
+    pub issuer: Option<String>,
+    /// Required in the `aud` claim (unchecked when unset).
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (at most 600).
+    pub leeway_secs: u64,
+    /// `/metrics` needs a token too (`/healthz` never does).
+    pub metrics_token: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_key: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: defaults::JWT_LEEWAY_SECS,
+            metrics_token: false,
         }
     }
 }
@@ -411,6 +531,8 @@ pub struct Config {
     pub s3api: S3ApiConfig,
     pub cluster: ClusterConfig,
     pub freshness: FreshnessConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -522,6 +644,9 @@ pub struct ServeArgs {
     /// Prefix for every S3 key
     #[arg(long, env = "NEARCACHE_S3_PREFIX")]
     pub s3_prefix: Option<String>,
+    /// CA bundle (PEM) trusted for an https S3 endpoint instead of the system's roots
+    #[arg(long, env = "NEARCACHE_S3_CA_BUNDLE")]
+    pub s3_ca_bundle: Option<PathBuf>,
     /// Create the S3 bucket at start if it does not exist
     #[arg(long, env = "NEARCACHE_S3_CREATE_BUCKET", num_args = 0..=1, default_missing_value = "true")]
     pub s3_create_bucket: Option<bool>,
@@ -549,12 +674,31 @@ pub struct ServeArgs {
     /// Cluster name; nodes of other clusters are ignored [default: nearcache]
     #[arg(long, env = "NEARCACHE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// Cluster secret (16+ bytes) authenticating node-to-node requests and gossip
+    /// (prefer the environment or the config file: flags show in `ps`)
+    #[arg(long, env = "NEARCACHE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
     /// Copies of each object in the cluster [default: 1]
     #[arg(long, env = "NEARCACHE_REPLICATION_FACTOR")]
     pub replication_factor: Option<usize>,
     /// Copies durable before a write is acknowledged [default: 1]
     #[arg(long, env = "NEARCACHE_WRITE_QUORUM")]
     pub write_quorum: Option<usize>,
+    /// TLS certificate chain (PEM) for the public and S3 listeners; needs --tls-key
+    #[arg(long, env = "NEARCACHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the public and S3 listeners
+    #[arg(long, env = "NEARCACHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Public key (RS256/ES256 PEM, or JWKS) of the JWTs the native API then requires
+    #[arg(long, env = "NEARCACHE_JWT_KEY")]
+    pub jwt_key: Option<PathBuf>,
+    /// Required JWT issuer (iss)
+    #[arg(long, env = "NEARCACHE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required JWT audience (aud)
+    #[arg(long, env = "NEARCACHE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -630,6 +774,9 @@ impl Config {
         set!(self.origin.path_style, a.s3_path_style);
         set!(self.origin.prefix, a.s3_prefix);
         set!(self.origin.create_bucket, a.s3_create_bucket);
+        if a.s3_ca_bundle.is_some() {
+            self.origin.ca_bundle = a.s3_ca_bundle.clone();
+        }
         set!(self.api.fetch_default, a.fetch_default);
         set!(self.api.default_level, a.default_level);
         set!(self.s3api.listen, a.s3_listen);
@@ -646,9 +793,27 @@ impl Config {
             self.cluster.join = a.join.clone();
         }
         set!(self.cluster.name, a.cluster_name);
+        if a.cluster_secret.is_some() {
+            self.cluster.secret = a.cluster_secret.clone();
+        }
         set!(self.cluster.replication_factor, a.replication_factor);
         set!(self.cluster.write_quorum, a.write_quorum);
         set!(self.log.level, a.log_level);
+        if a.tls_cert.is_some() {
+            self.tls.cert = a.tls_cert.clone();
+        }
+        if a.tls_key.is_some() {
+            self.tls.key = a.tls_key.clone();
+        }
+        if a.jwt_key.is_some() {
+            self.auth.jwt_key = a.jwt_key.clone();
+        }
+        if a.jwt_issuer.is_some() {
+            self.auth.issuer = a.jwt_issuer.clone();
+        }
+        if a.jwt_audience.is_some() {
+            self.auth.audience = a.jwt_audience.clone();
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -685,8 +850,35 @@ impl Config {
                 bail!("cluster.listen {l} is a wildcard address: set cluster.advertise (--cluster-advertise) to the address peers should use");
             }
         }
+        if let Some(secret) = &c.secret {
+            nearcache_membership::auth::ClusterSecret::new(secret.0.as_bytes())
+                .map_err(|e| anyhow::anyhow!("cluster.secret: {e}"))?;
+            if c.replay_window_secs == 0 {
+                bail!("cluster.replay_window_secs must be at least 1");
+            }
+        }
         if !c.join.is_empty() && c.listen.is_none() {
             bail!("--join needs --cluster-listen (the private address gossip and peers use)");
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            bail!("tls.cert and tls.key (--tls-cert, --tls-key) must be given together");
+        }
+        if t.cluster_ca.is_some() && t.cluster_pair().is_none() {
+            bail!("tls.cluster_ca needs this node's certificate and key: tls.cluster_cert and tls.cluster_key (or tls.cert and tls.key)");
+        }
+        if t.cluster_ca.is_some() && c.listen.is_none() {
+            bail!("tls.cluster_ca is set but the node is not in a cluster (--cluster-listen)");
+        }
+        if self.auth.leeway_secs > defaults::JWT_MAX_LEEWAY_SECS {
+            bail!(
+                "auth.leeway_secs is {}; at most {} (it is the clock skew tolerated on expiry)",
+                self.auth.leeway_secs,
+                defaults::JWT_MAX_LEEWAY_SECS
+            );
+        }
+        if t.reload_interval_secs == 0 {
+            bail!("tls.reload_interval_secs must be at least 1");
         }
         for k in &self.s3api.keys {
             if k.access_key.is_empty() || k.secret_key.is_empty() {
@@ -746,6 +938,7 @@ impl Config {
             threads: o.threads.max(1),
             body_channel_chunks: o.body_channel_chunks.max(1),
             inject_failure_rate: o.inject_failure_rate,
+            ca_bundle: o.ca_bundle.clone(),
         }
     }
 }

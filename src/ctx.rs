@@ -44,6 +44,8 @@ pub struct Node {
     pub cluster: Option<Arc<Cluster>>,
     /// `X-Nearcache-Node` of every response this node serves.
     pub node_header: http::HeaderValue,
+    /// With `auth.jwt_key`: checks the bearer tokens of the API edges (`api::auth`).
+    pub jwt: Option<Arc<crate::jwt::Verifier>>,
 }
 
 /// What a shard thread keeps for its request tasks: each layer's part.

@@ -64,10 +64,12 @@ pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod http_util;
+pub mod jwt;
 pub mod mesh;
 pub mod metrics;
 pub mod object;
 pub mod server;
+pub mod tls;
 
 #[cfg(test)]
 mod fuzz;

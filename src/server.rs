@@ -39,6 +39,8 @@ pub struct ServerHandle {
     pub s3: Arc<S3State>,
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     shutdown_tx: watch::Sender<bool>,
+    /// Re-reads the TLS certificates (stops when dropped).
+    _tls_reload: Option<crate::tls::Reloader>,
     _lock: File,
 }
 
@@ -165,6 +167,64 @@ struct ShardStart {
     ready_tx: std_mpsc::Sender<Result<Ready, String>>,
     node_rx: std_mpsc::Receiver<Arc<Node>>,
     listening_tx: std_mpsc::Sender<Result<(), String>>,
+    tls: Tls,
+}
+
+/// The TLS server config of each listener (None: plain HTTP).
+#[derive(Clone, Default)]
+struct Tls {
+    public: Option<Arc<rustls::ServerConfig>>,
+    s3: Option<Arc<rustls::ServerConfig>>,
+    cluster: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Loads the certificates, builds each listener's TLS config and starts the reload
+/// thread.
+fn setup_tls(
+    cfg: &Config,
+) -> anyhow::Result<(
+    Tls,
+    Option<crate::tls::ClusterTls>,
+    Option<crate::tls::Reloader>,
+)> {
+    use crate::tls::{server_config, CertStore, ClusterTls, Reloader};
+    let t = &cfg.tls;
+    let mut stores = Vec::new();
+    let mut tls = Tls::default();
+    if let Some((cert, key)) = t.pair() {
+        let store = CertStore::open(cert, key).context("loading the TLS certificate")?;
+        let sc = server_config(store.clone())?;
+        tls.public = t.public.then(|| sc.clone());
+        tls.s3 = t.s3.then_some(sc);
+        stores.push(store);
+    }
+    let mut cluster = None;
+    if let (Some((cert, key)), Some(ca)) = (t.cluster_pair(), &t.cluster_ca) {
+        let store = match stores
+            .iter()
+            .find(|s| s.cert_path == *cert && s.key_path == *key)
+        {
+            Some(s) => s.clone(),
+            None => {
+                let s =
+                    CertStore::open(cert, key).context("loading the cluster TLS certificate")?;
+                stores.push(s.clone());
+                s
+            }
+        };
+        let c = ClusterTls::new(store, ca)?;
+        tls.cluster = Some(c.server.clone());
+        cluster = Some(c);
+    }
+    let reload = if stores.is_empty() {
+        None
+    } else {
+        Some(Reloader::start(
+            stores,
+            Duration::from_secs(t.reload_interval_secs.max(1)),
+        )?)
+    };
+    Ok((tls, cluster, reload))
 }
 
 #[derive(Clone, Copy)]
@@ -186,6 +246,21 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let addr = resolve_listen(cfg.server.listen, wait)?;
     let s3_addr = resolve_listen(cfg.s3api.listen, wait)?;
     let s3 = Arc::new(S3State::from_config(&cfg.s3api));
+    let (tls, cluster_tls, tls_reload) = setup_tls(&cfg)?;
+    let jwt = match &cfg.auth.jwt_key {
+        Some(path) => {
+            let settings = crate::jwt::JwtSettings {
+                issuer: cfg.auth.issuer.clone(),
+                audience: cfg.auth.audience.clone(),
+                leeway_secs: cfg.auth.leeway_secs,
+            };
+            let v = crate::jwt::Verifier::load(path, &settings)
+                .map_err(|e| anyhow!("loading the JWT key: {e}"))?;
+            tracing::info!(key = %path.display(), issuer = ?settings.issuer, audience = ?settings.audience, "bearer tokens required");
+            Some(Arc::new(v))
+        }
+        None => None,
+    };
     let cluster_addr = match cfg.cluster.listen {
         Some(a) => Some(resolve_listen(a, wait)?),
         None => None,
@@ -204,6 +279,10 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         );
     }
 
+    if let Some(ca) = &cfg.origin.ca_bundle {
+        // Checked here for a clear error; the origin client loads it again.
+        crate::tls::load_roots(ca).context("origin.ca_bundle")?;
+    }
     let origin_cfg = cfg.origin_config();
     let local_origin = matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
     let bridge = Bridge::start_with(origin_cfg, cfg.origin_deadlines())
@@ -256,6 +335,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             ready_tx: ready_tx.clone(),
             node_rx,
             listening_tx: listening_tx.clone(),
+            tls: tls.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))
@@ -294,10 +374,11 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     if ccfg.advertise.is_none_or(|a| a.port() == 0) {
         ccfg.advertise = cluster_addr;
     }
-    let cluster = Cluster::start(&ccfg, &node_id, cfg.server.data_dir.clone())?;
+    let cluster = Cluster::start(&ccfg, &node_id, cfg.server.data_dir.clone(), cluster_tls)?;
     let node_header =
         http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
     let node = Arc::new(Node {
+        jwt,
         cluster,
         node_header,
         cfg,
@@ -323,7 +404,8 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             Err(_) => bail!("a shard thread died before listening"),
         }
     }
-    tracing::info!(%addr, shards = n, io = if uring_active { "io_uring" } else { "epoll" }, "nearcache listening");
+    tracing::info!(%addr, shards = n, io = if uring_active { "io_uring" } else { "epoll" }, tls = tls.public.is_some(), "nearcache listening");
+    warn_plaintext(&node.cfg, &tls);
     if let Some(cl) = &node.cluster {
         tracing::info!(node_id = %cl.self_id, addr = %cl.addr, cluster = %cl.cfg.name, seeds = ?cl.cfg.join, "cluster member");
     }
@@ -343,8 +425,22 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         s3,
         threads,
         shutdown_tx,
+        _tls_reload: tls_reload,
         _lock: lock,
     })
+}
+
+/// Secrets that cross a plain-HTTP listener reachable from other hosts are worth a
+/// warning: tokens and signatures can be read (and requests replayed inside a window).
+fn warn_plaintext(cfg: &Config, tls: &Tls) {
+    if tls.public.is_none() && !cfg.server.listen.ip().is_loopback() {
+        tracing::warn!(addr = %cfg.server.listen, "the public listener speaks plain HTTP on a non-loopback address: set tls.cert and tls.key (--tls-cert, --tls-key)");
+    }
+    if let (Some(_), None) = (cfg.cluster.listen, &tls.cluster) {
+        if cfg.cluster.secret.is_none() {
+            tracing::warn!("cluster without a secret: anyone who reaches the private address can join, read, write and delete (set cluster.secret)");
+        }
+    }
 }
 
 impl ServerHandle {
@@ -406,6 +502,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         ready_tx,
         node_rx,
         listening_tx,
+        tls,
     } = start;
     let n = inboxes.len();
     let (shard, report) = match Shard::open(shard_config(&cfg, i, n)).await {
@@ -477,7 +574,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
             tokio::sync::oneshot::channel::<()>(),
         );
         monoio::spawn(async move {
-            accept_loop(&c_ctx, l, Api::Internal(c_s3)).await;
+            accept_loop(&c_ctx, l, Api::Internal(c_s3), tls.cluster).await;
             let _ = tx.send(());
         });
         cluster_done = Some(rx);
@@ -494,10 +591,10 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
 
     let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());
     monoio::spawn(async move {
-        accept_loop(&s3_ctx, s3_listener, Api::S3(s3)).await;
+        accept_loop(&s3_ctx, s3_listener, Api::S3(s3), tls.s3).await;
         let _ = s3_done_tx.send(());
     });
-    accept_loop(&ctx, listener, Api::Public).await;
+    accept_loop(&ctx, listener, Api::Public, tls.public).await;
     let _ = s3_done.await;
     if let Some(rx) = cluster_done {
         let _ = rx.await;
@@ -588,7 +685,13 @@ async fn dispatch(
     }
 }
 
-async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
+async fn accept_loop(
+    ctx: &Rc<ShardCtx>,
+    listener: TcpListener,
+    api: Api,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let cfg = &ctx.node.cfg.server;
     let mut builder = hyper_util::server::conn::auto::Builder::new(MonoioExecutor);
     builder
@@ -618,7 +721,7 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (ctx, builder, api) = (ctx.clone(), builder.clone(), api.clone());
+        let (ctx, builder, api, tls) = (ctx.clone(), builder.clone(), api.clone(), tls.clone());
         monoio::spawn(async move {
             // hyper's header timeout starts once it knows HTTP/1 from HTTP/2, which it
             // learns from the first bytes: a client that connects and sends nothing
@@ -632,22 +735,46 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: TcpListener, api: Api) {
                 }
             }
             let io = match stream.into_poll_io() {
-                Ok(io) => MonoioIo::new(io),
+                Ok(io) => io,
                 Err(e) => {
                     tracing::warn!(shard = ctx.id, error = %e, "could not switch the connection to poll I/O");
                     return;
                 }
             };
             ctx.http.connections.fetch_add(1, Relaxed);
-            let svc_ctx = ctx.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let (ctx, api) = (svc_ctx.clone(), api.clone());
-                async move { Ok::<_, Infallible>(dispatch(ctx, api, req).await) }
-            });
-            if let Err(e) = builder.serve_connection(io, svc).await {
-                tracing::debug!(shard = ctx.id, error = %e, "connection ended with an error");
+            match tls {
+                None => serve(&ctx, &builder, api, MonoioIo::new(io)).await,
+                // The handshake gets the same bound as the first byte.
+                Some(acceptor) => match monoio::time::timeout(first, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => serve(&ctx, &builder, api, MonoioIo::new(tls)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(shard = ctx.id, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        ctx.http.idle_closed.fetch_add(1, Relaxed);
+                    }
+                },
             }
             ctx.http.connections.fetch_sub(1, Relaxed);
         });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one connection (plain or TLS) until it ends.
+async fn serve<I>(
+    ctx: &Rc<ShardCtx>,
+    builder: &hyper_util::server::conn::auto::Builder<MonoioExecutor>,
+    api: Api,
+    io: I,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let svc_ctx = ctx.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (ctx, api) = (svc_ctx.clone(), api.clone());
+        async move { Ok::<_, Infallible>(dispatch(ctx, api, req).await) }
+    });
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        tracing::debug!(shard = ctx.id, error = %e, "connection ended with an error");
     }
 }

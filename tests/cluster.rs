@@ -58,9 +58,11 @@ impl Proc {
         let config = self.dir.join("node.toml");
         std::fs::write(
             &config,
-            // A short journal: nodes that were away resync from peers' indexes too.
+            // A short journal: nodes that were away resync from peers' indexes too. Every
+            // node-to-node request and datagram is signed with the cluster secret.
             "[store]\njournal_retain = 30\n\n[cluster]\ngossip_interval_ms = 200\nsync_interval_ms = 150\nfault_injection = true\n\
-             replica_upload_delay_secs = 5\npeer_timeout_ms = 3000\n\n\
+             replica_upload_delay_secs = 5\npeer_timeout_ms = 3000\n\
+             secret = \"cluster-test-secret-0123456789abcdef\"\n\n\
              [[s3api.keys]]\naccess_key = \"NCTESTKEY\"\nsecret_key = \"nctestsecret\"\n",
         )
         .unwrap();

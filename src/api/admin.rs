@@ -56,6 +56,8 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
             header::ALLOW,
             HeaderValue::from_str(&allowed).expect("ascii"),
         ))
+    } else if let Err(e) = check_token(&ctx, route, &req) {
+        Err(e.into())
     } else {
         match route {
             Route::Health => Ok(health(&ctx)),
@@ -81,6 +83,27 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
     ctx.finish(route, start, resp)
 }
 
+/// With JWT on: `/healthz` is open, `/metrics` too unless `auth.metrics_token`; the
+/// cluster's drop switch needs WRITE, the other routes READ, on every bucket (they
+/// show or change the whole node).
+fn check_token(
+    ctx: &ShardCtx,
+    route: Route,
+    req: &Request<Incoming>,
+) -> Result<(), super::auth::AuthError> {
+    use super::auth::{authenticate, authorize, Action};
+    let h = req.headers();
+    match route {
+        Route::Health => Ok(()),
+        Route::Metrics if !ctx.node.cfg.auth.metrics_token => Ok(()),
+        Route::Metrics | Route::Version | Route::Ping => authenticate(ctx, h).map(|_| ()),
+        Route::Cluster if req.method() == Method::POST => {
+            authorize(ctx, h, Action::Write, "", "").map(|_| ())
+        }
+        _ => authorize(ctx, h, Action::Read, "", "").map(|_| ()),
+    }
+}
+
 /// The whole node's metrics: every layer writes its own families.
 pub fn render_metrics(node: &Node) -> String {
     let mut out = Exposition::default();
@@ -97,6 +120,7 @@ pub fn render_metrics(node: &Node) -> String {
     if let Some(cl) = &node.cluster {
         cl.render_metrics(&mut out);
     }
+    super::auth::render_metrics(node, &mut out);
     out.finish()
 }
 

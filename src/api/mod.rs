@@ -3,9 +3,11 @@
 //! - [`native`]: objstore's native API (`/api/v1`), JSON errors ([`error::ApiError`]);
 //! - [`admin`]: health, metrics, stats, cluster view, on the same listener;
 //! - [`s3`]: the S3-compatible API, S3's XML errors;
-//! - [`peer`]: the node-to-node API on the private cluster address.
+//! - [`peer`]: the node-to-node API on the private cluster address;
+//! - [`auth`]: bearer tokens (JWT), for every edge that serves clients.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod native;
 pub mod peer;

@@ -49,6 +49,39 @@ async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Re
     ctx.finish(route, start, resp)
 }
 
+/// The bearer token's check for a request of `route` (nothing when JWT is off): reads
+/// need READ, puts WRITE, deletes DELETE on the id, in the origin bucket; a new id
+/// only a valid token.
+fn check_token(
+    ctx: &ShardCtx,
+    route: Route,
+    path: &str,
+    h: &HeaderMap,
+) -> Result<(), super::auth::AuthError> {
+    use super::auth::{authenticate, authorize, native_bucket, Action};
+    if !super::auth::enabled(ctx) {
+        return Ok(());
+    }
+    // The canonical id when it parses (a token's prefix is matched against that); the
+    // request fails on a bad id later, after the token.
+    let id = |raw: &str| parse_id(raw, "id").unwrap_or_else(|_| raw.to_string());
+    let (action, key) = match route {
+        Route::Get | Route::Head => (Action::Read, id(&path["/api/v1/get/".len()..])),
+        Route::Meta => (Action::Read, id(&path["/api/v1/meta/".len()..])),
+        Route::Delete => (Action::Delete, id(&path["/api/v1/delete/".len()..])),
+        // Without X-Meta-ID the id is made here: only a token for every key allows it.
+        Route::Put => (
+            Action::Write,
+            h.get(X_META_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(id)
+                .unwrap_or_default(),
+        ),
+        _ => return authenticate(ctx, h).map(|_| ()),
+    };
+    authorize(ctx, h, action, native_bucket(&ctx.node), &key).map(|_| ())
+}
+
 /// The key and level a request is placed by in a cluster, or None for node-local routes.
 /// A PUT without an id gets one here, so that every node agrees on it.
 fn placement_key(
@@ -124,6 +157,11 @@ async fn dispatch(
             HeaderValue::from_str(&allowed).expect("ascii"),
         );
         return (route, Err(e));
+    }
+    if !forwarded {
+        if let Err(e) = check_token(ctx, route, &path, req.headers()) {
+            return (route, Err(e.into()));
+        }
     }
     if let (false, Some(cs)) = (forwarded, ctx.cluster.clone()) {
         // A read this node may serve from its own copy takes one cross-shard hop.

@@ -10,8 +10,9 @@
 //! | `PUT /_nc/v1/replica` + `x-nc-meta` | store a replica if newer (last writer wins)     |
 //! | `POST /_nc/v1/tombstone`           | apply a tombstone if newer                        |
 //!
-//! Requests must carry this cluster's name and the sender's node id; a peer cut off by
-//! the drop switch is refused. Proxied public requests are handed to their API edge by
+//! Requests must carry this cluster's name and the sender's node id, and with a cluster
+//! secret a valid signature (`cluster::auth`; refused with 401 and counted otherwise); a
+//! peer cut off by the drop switch is refused. Proxied public requests are handed to their API edge by
 //! the listener (see `server`), after [`admit`].
 
 use std::rc::Rc;
@@ -34,6 +35,23 @@ pub fn admit(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<std::sync::Arc<C
     let Some(cl) = ctx.node.cluster.clone() else {
         return Err(ApiError::not_found("this node is not in a cluster"));
     };
+    if let Some(auth) = &cl.auth {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Err(e) = auth.verify(req.method(), pq, req.headers()) {
+            let counter = if e.is_replay() {
+                &cl.metrics.replayed_requests
+            } else {
+                &cl.metrics.unauthenticated_requests
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(error = %e, "refused a node-to-node request");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                e.to_string(),
+            ));
+        }
+    }
     let h = req.headers();
     let name = h.get(H_CLUSTER).and_then(|v| v.to_str().ok());
     if name != Some(cl.cfg.name.as_str()) {

@@ -16,6 +16,7 @@
 //!   peer shard), applies those for keys this node owns, last writer wins by HLC
 //! ```
 
+pub mod auth;
 pub mod peer;
 pub mod placement;
 pub mod route;
@@ -187,6 +188,22 @@ const COUNTERS: &[(Family, ClusterCounter)] = &[
         ),
         |m| &m.sync_gaps,
     ),
+    (
+        Family::new(
+            "nearcache_cluster_unauthenticated_requests_total",
+            Kind::Counter,
+            "Node-to-node requests refused by the cluster secret (unsigned, or signed with another secret or altered).",
+        ),
+        |m| &m.unauthenticated_requests,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_replayed_requests_total",
+            Kind::Counter,
+            "Signed node-to-node requests refused as replays (nonce seen, or timestamp outside the window).",
+        ),
+        |m| &m.replayed_requests,
+    ),
 ];
 const MEMBERS: Family = Family::new(
     "nearcache_cluster_members",
@@ -211,6 +228,8 @@ pub struct ClusterMetrics {
     pub sync_bytes: AtomicU64,
     pub sync_errors: AtomicU64,
     pub sync_gaps: AtomicU64,
+    pub unauthenticated_requests: AtomicU64,
+    pub replayed_requests: AtomicU64,
 }
 
 pub struct Cluster {
@@ -227,6 +246,11 @@ pub struct Cluster {
     blocked: ArcSwap<HashSet<String>>,
     /// Wall-clock ms of the last change of the alive set (ownership moved).
     last_move_ms: AtomicU64,
+    /// With a cluster secret: signs and checks node-to-node requests.
+    pub auth: Option<auth::RequestAuth>,
+    /// With a cluster CA: mutual TLS to peers (the client side; the listener has the
+    /// server side).
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 /// How long after a membership change owner misses first look for a previous holder.
@@ -237,12 +261,20 @@ impl Cluster {
         cfg: &ClusterConfig,
         node_id: &str,
         data_dir: PathBuf,
+        tls: Option<crate::tls::ClusterTls>,
     ) -> anyhow::Result<Option<Arc<Cluster>>> {
         let Some(listen) = cfg.listen else {
             return Ok(None);
         };
         let advertise = cfg.advertise.unwrap_or(listen);
         let interval = std::time::Duration::from_millis(cfg.gossip_interval_ms.max(10));
+        let secret = cfg
+            .secret
+            .as_ref()
+            .map(|s| nearcache_membership::auth::ClusterSecret::new(s.0.as_bytes()))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("cluster.secret: {e}"))?;
+        let window = std::time::Duration::from_secs(cfg.replay_window_secs.max(1));
         let membership = Membership::start(MembershipConfig {
             node_id: node_id.to_string(),
             cluster_name: cfg.name.clone(),
@@ -251,6 +283,8 @@ impl Cluster {
             seeds: cfg.join.clone(),
             probe_interval: interval,
             suspect_timeout: interval * 3,
+            secret: secret.clone(),
+            replay_window: window,
         })
         .map_err(|e| anyhow::anyhow!("starting cluster membership on {listen}: {e}"))?;
         let addr = membership.local_addr();
@@ -268,6 +302,8 @@ impl Cluster {
             metrics: ClusterMetrics::default(),
             blocked: ArcSwap::from_pointee(HashSet::new()),
             last_move_ms: AtomicU64::new(nearcache_shards::hlc::wall_ms()),
+            auth: secret.map(|s| auth::RequestAuth::new(&s, window)),
+            tls,
         })))
     }
 
@@ -392,6 +428,8 @@ impl Cluster {
             "epoch": view.epoch,
             "replication_factor": self.cfg.replication_factor,
             "write_quorum": self.cfg.write_quorum,
+            "authenticated": self.auth.is_some(),
+            "mutual_tls": self.tls.is_some(),
             "placement": "rendezvous hashing (xxh3 of key and node id) over alive nodes: the top \
                           replication_factor own a key (level 2: every node); inside a node, \
                           xxh3(key) % shards",

@@ -93,20 +93,22 @@ impl ClusterShard {
             .map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let io = stream.into_poll_io().map_err(|e| err(e.to_string()))?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(MonoioExecutor)
-            .timer(MonoioTimer)
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(timeout)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(8 << 20)
-            .handshake::<_, PeerBody>(MonoioIo::new(io))
-            .await
-            .map_err(|e| err(format!("HTTP/2 handshake: {e}")))?;
-        monoio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "peer connection ended");
+        let conn = match &cl.tls {
+            None => handshake(MonoioIo::new(io), addr, timeout).await,
+            Some(tls) => {
+                // Peers are dialled by address; the verifier accepts any name the
+                // cluster CA signed (see `tls`).
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                let stream = monoio::time::timeout(timeout, connector.connect(name, io))
+                    .await
+                    .map_err(|_| err("TLS handshake timed out".into()))?
+                    .map_err(|e| err(format!("TLS handshake: {e}")))?;
+                handshake(MonoioIo::new(stream), addr, timeout).await
             }
-        });
+        };
+        let (sender, conn) = conn.map_err(|e| err(format!("HTTP/2 handshake: {e}")))?;
+        monoio::spawn(conn);
         self.pool.0.borrow_mut().insert(addr, sender.clone());
         Ok(sender)
     }
@@ -154,6 +156,11 @@ impl ClusterShard {
         if let Ok(v) = HeaderValue::from_str(&cl.cfg.name) {
             h.insert(H_CLUSTER, v);
         }
+        if let Some(auth) = &cl.auth {
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            auth.sign(&method, pq, req.headers_mut());
+        }
         let ms = cl.cfg.peer_timeout_ms.max(1);
         let sent = sender.try_send_request(req);
         let result = match monoio::time::timeout(Duration::from_millis(ms), sent).await {
@@ -187,6 +194,37 @@ impl ClusterShard {
         let sender = self.channel(to).await?;
         self.send_on(to, sender, req).await.map_err(|(e, _)| e)
     }
+}
+
+/// A connection future that runs until the peer connection ends.
+type ConnTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// HTTP/2 client handshake over `io` (plain or TLS); the connection's task is returned
+/// for the caller to spawn.
+async fn handshake<I>(
+    io: I,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(SendRequest<PeerBody>, ConnTask), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(MonoioExecutor)
+        .timer(MonoioTimer)
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(timeout)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake::<_, PeerBody>(io)
+        .await?;
+    Ok((
+        sender,
+        Box::pin(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "peer connection ended");
+            }
+        }),
+    ))
 }
 
 /// Reads a whole (small) peer response body.

@@ -41,7 +41,6 @@ pub(crate) struct Agent {
     seeds: Vec<String>,
     probe_interval: Duration,
     suspect_timeout: Duration,
-    cluster_hash: u64,
     /// Identities that announced a graceful leave, by address (foca's key).
     left: HashMap<SocketAddr, NodeIdentity>,
     my_state: MemberState,
@@ -66,7 +65,8 @@ pub(crate) struct Setup {
     pub probe_interval: Duration,
     /// Foca's `suspect_to_down_after`, which foca does not let us read back.
     pub suspect_timeout: Duration,
-    pub cluster_hash: u64,
+    /// The cluster hash, and the gossip key with its replay window.
+    pub framing: wire::Framing,
     /// Our entry in the view `start` published before the thread runs.
     pub published: Entry,
 }
@@ -79,7 +79,7 @@ impl Agent {
                 socket: s.socket,
                 local_addr: s.local_addr,
                 shared: s.shared.clone(),
-                cluster_hash: s.cluster_hash,
+                framing: s.framing,
                 timers: BinaryHeap::new(),
                 timer_seq: 0,
                 notes: VecDeque::new(),
@@ -90,7 +90,6 @@ impl Agent {
             seeds: s.seeds,
             probe_interval: s.probe_interval,
             suspect_timeout: s.suspect_timeout,
-            cluster_hash: s.cluster_hash,
             left: HashMap::new(),
             my_state: MemberState::Alive,
             published: vec![s.published],
@@ -173,10 +172,22 @@ impl Agent {
             Counters::inc(&counters.dropped_blocked);
             return;
         }
-        let (kind, body) = match wire::parse(&buf[..len], self.cluster_hash) {
+        let (kind, body) = match self.io.framing.parse(&buf[..len]) {
             Ok(parsed) => parsed,
             Err(e @ FrameError::ForeignCluster { .. }) => {
                 Counters::inc(&counters.dropped_foreign_cluster);
+                debug!(%src, error = %e, "dropped datagram");
+                return;
+            }
+            Err(e @ FrameError::Replay(_)) => {
+                Counters::inc(&counters.dropped_replayed);
+                debug!(%src, error = %e, "dropped datagram");
+                return;
+            }
+            Err(e) if e.is_auth() => {
+                Counters::inc(&counters.dropped_unauthenticated);
+                // Once per source would be nicer; debug keeps a flood out of the log,
+                // the counter shows it.
                 debug!(%src, error = %e, "dropped datagram");
                 return;
             }
@@ -457,7 +468,7 @@ pub(crate) struct Io {
     socket: UdpSocket,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    cluster_hash: u64,
+    framing: wire::Framing,
     timers: BinaryHeap<Reverse<Scheduled>>,
     timer_seq: u64,
     notes: VecDeque<OwnedNotification<NodeIdentity>>,
@@ -475,7 +486,7 @@ impl Io {
             Counters::inc(&counters.dropped_blocked);
             return;
         }
-        wire::encode(kind, self.cluster_hash, body, &mut self.out);
+        self.framing.encode(kind, body, &mut self.out);
         match self.socket.send_to(&self.out, to) {
             Ok(n) => {
                 Counters::inc(&counters.packets_out);
@@ -574,7 +585,7 @@ mod tests {
             seeds: Vec::new(),
             probe_interval: PROBE,
             suspect_timeout: SUSPECT,
-            cluster_hash: 0,
+            framing: wire::Framing::new("", None, defaults::REPLAY_WINDOW),
             published,
         })
     }

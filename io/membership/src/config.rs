@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
-use crate::wire::HEADER_LEN;
+use crate::auth::ClusterSecret;
+use crate::wire::MAX_HEADER_LEN;
 
 /// Named defaults. Intervals other than the two configurable ones are multiples of
 /// `probe_interval`, so a test cluster probing every 150 ms scales every timer with it.
@@ -54,6 +55,10 @@ pub mod defaults {
     pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(250);
     /// How long `stop_without_leave` and `Drop` wait for the thread to exit.
     pub const STOP_WAIT: Duration = Duration::from_secs(5);
+    /// With a cluster secret: how far a datagram's timestamp may be from the local
+    /// clock (replays inside it are caught by their tag). Clocks of a cluster are
+    /// expected to be synchronised (NTP) well within it.
+    pub const REPLAY_WINDOW: Duration = Duration::from_secs(60);
 }
 
 /// Membership settings of one node.
@@ -79,6 +84,11 @@ pub struct MembershipConfig {
     pub probe_interval: Duration,
     /// Suspect-to-Down delay. Default [`defaults::SUSPECT_TIMEOUT`].
     pub suspect_timeout: Duration,
+    /// The cluster secret: every datagram is authenticated with it (and datagrams
+    /// without a good tag are dropped and counted). None: plain frames.
+    pub secret: Option<ClusterSecret>,
+    /// With a secret, the replay window. Default [`defaults::REPLAY_WINDOW`].
+    pub replay_window: Duration,
 }
 
 impl MembershipConfig {
@@ -96,6 +106,8 @@ impl MembershipConfig {
             seeds: Vec::new(),
             probe_interval: defaults::PROBE_INTERVAL,
             suspect_timeout: defaults::SUSPECT_TIMEOUT,
+            secret: None,
+            replay_window: defaults::REPLAY_WINDOW,
         }
     }
 }
@@ -117,7 +129,7 @@ pub(crate) fn foca_config(probe_interval: Duration, suspect_timeout: Duration) -
         suspect_to_down_after: suspect_timeout,
         remove_down_after: Some(REMOVE_DOWN_AFTER),
         // Foca's limit covers its own bytes only; our frame header comes on top.
-        max_packet_size: nz(MAX_DATAGRAM - HEADER_LEN),
+        max_packet_size: nz(MAX_DATAGRAM - MAX_HEADER_LEN),
         // Tells a member it was declared Down, so it renews its identity and rejoins
         // instead of talking into the void.
         notify_down_members: true,
@@ -155,6 +167,9 @@ mod tests {
             c.periodic_announce_to_down_members.unwrap().frequency,
             Duration::from_millis(750)
         );
-        assert_eq!(c.max_packet_size.get() + HEADER_LEN, defaults::MAX_DATAGRAM);
+        assert_eq!(
+            c.max_packet_size.get() + MAX_HEADER_LEN,
+            defaults::MAX_DATAGRAM
+        );
     }
 }

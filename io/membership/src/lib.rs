@@ -14,9 +14,14 @@
 //!   name, and foreign ones are dropped and counted.
 //! - Fault injection for tests ([`Membership::set_blocked`]).
 //!
+//! - With a cluster secret ([`MembershipConfig::secret`]), every datagram is
+//!   authenticated (HMAC-SHA256) and accepted once (a replay window): a node without the
+//!   secret never becomes a member, and its datagrams are dropped and counted. See
+//!   `wire.rs` and [`auth`].
+//!
 //! Non-goals:
-//! - Security. Datagrams are neither authenticated nor encrypted: run gossip on a
-//!   trusted network.
+//! - Confidentiality. Datagrams are not encrypted: who can read the private network
+//!   sees member ids and addresses. Without a secret they are not authenticated either.
 //! - Consensus or a consistent view. Two nodes may briefly disagree; callers (request
 //!   routing) must tolerate that.
 //! - Metadata or user broadcasts over gossip, and persistence: the caller keeps the
@@ -77,6 +82,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod auth;
 mod config;
 mod error;
 mod identity;
@@ -229,7 +235,12 @@ impl Membership {
         };
         let shared = Arc::new(Shared::new(my_entry));
 
-        let cluster_hash = wire::cluster_hash(&cfg.cluster_name);
+        if cfg.secret.is_some() && cfg.replay_window.is_zero() {
+            return Err(MembershipError::InvalidConfig(
+                "replay_window must be non-zero".into(),
+            ));
+        }
+        let framing = wire::Framing::new(&cfg.cluster_name, cfg.secret.as_ref(), cfg.replay_window);
         let foca = foca::Foca::new(
             me,
             config::foca_config(cfg.probe_interval, cfg.suspect_timeout),
@@ -246,7 +257,7 @@ impl Membership {
             seeds: cfg.seeds.clone(),
             probe_interval: cfg.probe_interval,
             suspect_timeout: cfg.suspect_timeout,
-            cluster_hash,
+            framing,
             published: my_entry,
         });
         let guard = StoppedOnDrop(shared.clone());

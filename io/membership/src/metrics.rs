@@ -28,6 +28,10 @@ pub struct MembershipMetrics {
     /// Received datagrams with a bad header (checksum included) or a body foca could
     /// not decode.
     pub decode_errors: u64,
+    /// Received datagrams refused by the cluster secret: no tag or a wrong one.
+    pub dropped_unauthenticated: u64,
+    /// Received datagrams with a good tag refused by the replay window.
+    pub dropped_replayed: u64,
     /// Sends the socket refused (unreachable network, full buffer).
     pub send_errors: u64,
     /// Times this node took a new identity after being declared down.
@@ -86,6 +90,8 @@ pub struct MembershipCounters {
     pub(crate) dropped_foreign_cluster: AtomicU64,
     pub(crate) dropped_blocked: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
+    pub(crate) dropped_unauthenticated: AtomicU64,
+    pub(crate) dropped_replayed: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) receive_errors: AtomicU64,
     pub(crate) rejoins: AtomicU64,
@@ -135,6 +141,18 @@ pub const COUNTERS: &[CounterInfo] = &[
         help: "Received datagrams dropped for a bad header, a bad checksum or a body foca could not decode.",
         kind: MetricKind::Counter,
         field: |c| &c.decode_errors,
+    },
+    CounterInfo {
+        name: "nearcache_membership_unauthenticated_datagrams_dropped_total",
+        help: "Received datagrams refused by the cluster secret (no tag, or one made with another secret).",
+        kind: MetricKind::Counter,
+        field: |c| &c.dropped_unauthenticated,
+    },
+    CounterInfo {
+        name: "nearcache_membership_replayed_datagrams_dropped_total",
+        help: "Received datagrams with a good tag refused as replays (seen before, or timestamp outside the window).",
+        kind: MetricKind::Counter,
+        field: |c| &c.dropped_replayed,
     },
     CounterInfo {
         name: "nearcache_membership_send_errors_total",
@@ -191,6 +209,8 @@ impl MembershipCounters {
             dropped_foreign_cluster: self.dropped_foreign_cluster.load(Relaxed),
             dropped_blocked: self.dropped_blocked.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
+            dropped_unauthenticated: self.dropped_unauthenticated.load(Relaxed),
+            dropped_replayed: self.dropped_replayed.load(Relaxed),
             send_errors: self.send_errors.load(Relaxed),
             rejoins: self.rejoins.load(Relaxed),
             members_alive: self.members_alive.load(Relaxed),
@@ -241,6 +261,8 @@ mod tests {
             dropped_foreign_cluster,
             dropped_blocked,
             decode_errors,
+            dropped_unauthenticated,
+            dropped_replayed,
             send_errors,
             receive_errors,
             rejoins,
@@ -254,6 +276,8 @@ mod tests {
             dropped_foreign_cluster,
             dropped_blocked,
             decode_errors,
+            dropped_unauthenticated,
+            dropped_replayed,
             send_errors,
             receive_errors,
             rejoins,

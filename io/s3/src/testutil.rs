@@ -113,6 +113,7 @@ fn test_defaults(kind: OriginKind) -> OriginConfig {
         threads: 1,
         body_channel_chunks: 4,
         inject_failure_rate: 0.0,
+        ca_bundle: None,
     }
 }
 

@@ -41,6 +41,9 @@ pub struct OriginConfig {
     /// Failure injection for tests: this fraction (0.0..=1.0) of requests fails with a
     /// retryable error before reaching the origin.
     pub inject_failure_rate: f64,
+    /// CA certificates (PEM) the S3 client trusts instead of the system's roots: an
+    /// S3-compatible store behind a private CA. None: the system's roots.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// Default [`OriginDeadlines::request_deadline`]: 10 s.

@@ -29,6 +29,33 @@ use crate::{
     RemoteMeta, UploadInfo, UploadsPage, UploadsParams,
 };
 
+/// An HTTPS client (rustls on aws-lc-rs, as the default one) that trusts only the CA
+/// certificates in `path` (PEM).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "once, while the bridge thread builds its client; never on a shard thread"
+)]
+fn client_trusting(
+    path: &std::path::Path,
+) -> Result<aws_sdk_s3::config::SharedHttpClient, OriginError> {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let pem = std::fs::read(path).map_err(|e| {
+        OriginError::Rejected(format!("reading the CA bundle {}: {e}", path.display()))
+    })?;
+    let ctx = TlsContext::builder()
+        .with_trust_store(
+            TrustStore::empty()
+                .with_native_roots(false)
+                .with_pem_certificate(pem),
+        )
+        .build()
+        .map_err(|e| OriginError::Rejected(format!("CA bundle {}: {e}", path.display())))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(ctx)
+        .build_https())
+}
+
 pub(crate) struct S3Origin {
     client: Client,
     bucket: String,
@@ -91,6 +118,9 @@ impl S3Origin {
             .interceptor(RetryCounter { stats });
         if let Some(ep) = endpoint {
             builder = builder.endpoint_url(ep);
+        }
+        if let Some(path) = &cfg.ca_bundle {
+            builder = builder.http_client(client_trusting(path)?);
         }
         Ok(S3Origin {
             client: Client::from_conf(builder.build()),

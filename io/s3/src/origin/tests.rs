@@ -26,6 +26,7 @@ fn config(dir: &Path) -> OriginConfig {
         threads: 2,
         body_channel_chunks: 2,
         inject_failure_rate: 0.0,
+        ca_bundle: None,
     }
 }
 
