@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod check;
+
 /// A byte size written like `512MiB`, `20GiB` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
@@ -77,6 +79,7 @@ pub mod defaults {
     pub const DEFAULT_LEVEL: u8 = 1;
     pub const MAX_OBJECT_SIZE: u64 = 5 << 30;
     pub const LOG_LEVEL: &str = "info";
+    pub const LOG_FORMAT: &str = "text";
     pub const S3_LISTEN: &str = "127.0.0.1:9000";
     pub const CLUSTER_NAME: &str = "nearcache";
     pub const REPLICATION_FACTOR: usize = 1;
@@ -267,12 +270,15 @@ impl Default for ApiConfig {
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     pub level: String,
+    /// `text` (colours only when stderr is a terminal) or `json` (one object per line).
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: defaults::LOG_LEVEL.into(),
+            format: defaults::LOG_FORMAT.into(),
         }
     }
 }
@@ -490,6 +496,9 @@ pub struct ServeArgs {
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: text or json (one object per line) [default: text]
+    #[arg(long, env = "NEARCACHE_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 impl Config {
@@ -500,7 +509,7 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<Config>(&text)
+                check::parse(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => Config::default(),
@@ -581,6 +590,7 @@ impl Config {
         set!(self.cluster.replication_factor, a.replication_factor);
         set!(self.cluster.write_quorum, a.write_quorum);
         set!(self.log.level, a.log_level);
+        set!(self.log.format, a.log_format);
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -595,6 +605,9 @@ impl Config {
                 "store.device must be auto, uring or syscall, not {:?}",
                 self.store.device
             );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be text or json, not {:?}", self.log.format);
         }
         if self.store.disk_capacity.0 == 0 {
             bail!("store.disk_capacity must be above zero");
