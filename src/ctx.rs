@@ -44,6 +44,8 @@ pub struct Node {
     pub cluster: Option<Arc<Cluster>>,
     /// `X-Nearcache-Node` of every response this node serves.
     pub node_header: http::HeaderValue,
+    /// The last minutes of node-wide counters, for `/ui` and `/api/v1/history`.
+    pub history: crate::history::History,
 }
 
 /// What a shard thread keeps for its request tasks: each layer's part.

@@ -309,6 +309,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         shutdown_rx,
         node_id,
         drained: Default::default(),
+        history: Default::default(),
     });
     for tx in node_txs {
         let _ = tx.send(node.clone());
@@ -488,6 +489,9 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     let shutdown = || node.shutdown_rx.clone();
     monoio::spawn(crate::object::uploader::run(ctx.clone(), shutdown()));
     monoio::spawn(crate::object::sweep_tombstones(ctx.clone(), shutdown()));
+    if i == 0 {
+        monoio::spawn(crate::api::ui::run_sampler(node.clone(), shutdown()));
+    }
     if let Some(cs) = ctx.cluster.clone() {
         monoio::spawn(crate::cluster::sync::run(ctx.clone(), cs, shutdown()));
     }

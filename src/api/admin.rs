@@ -1,5 +1,6 @@
 //! The admin edge on the public listener: `/healthz`, `/metrics`, `/api/v1/version`,
-//! `/api/v1/ping`, `/api/v1/stats`, `/api/v1/cluster` (and its drop switch).
+//! `/api/v1/ping`, `/api/v1/stats`, `/api/v1/history`, `/api/v1/cluster` (and its drop
+//! switch), and the status page `/ui` ([`super::ui`]).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -27,6 +28,8 @@ fn route_of(path: &str) -> Option<(Route, &'static [Method])> {
         "/api/v1/stats" => (Route::Stats, &[Method::GET]),
         "/api/v1/cluster" => (Route::Cluster, &[Method::GET]),
         "/api/v1/cluster/block" => (Route::Cluster, &[Method::POST]),
+        "/api/v1/history" => (Route::Stats, &[Method::GET]),
+        p if super::ui::serves(p) => (Route::Ui, &[Method::GET, Method::HEAD]),
         _ => return None,
     })
 }
@@ -71,7 +74,11 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
                 }),
             )),
             Route::Ping => Ok(text(StatusCode::OK, "text/plain", "pong".into())),
+            Route::Stats if path == "/api/v1/history" => {
+                Ok(json(StatusCode::OK, &ctx.node.history.render()))
+            }
             Route::Stats => Ok(stats(&ctx)),
+            Route::Ui => Ok(super::ui::asset(&path)),
             Route::Cluster if req.method() == Method::GET => cluster_info(&ctx, &req),
             Route::Cluster => cluster_block(&ctx, req).await,
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
