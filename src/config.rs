@@ -91,6 +91,8 @@ pub mod defaults {
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
+    pub const DRAIN_ON_SHUTDOWN: bool = true;
+    pub const DRAIN_TIMEOUT_SECS: u64 = 60;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -377,6 +379,12 @@ pub struct ClusterConfig {
     pub peer_timeout_ms: u64,
     /// Testing: enables `POST /api/v1/cluster/block` (a per-peer drop switch).
     pub fault_injection: bool,
+    /// On SIGTERM, hand the keys only this node holds (level 0, uploads pending,
+    /// tombstones) to their next owners before leaving, as `POST /api/v1/drain` does.
+    pub drain_on_shutdown: bool,
+    /// The longest a drain (hand-over and leave) may take; keep it under the service
+    /// manager's stop timeout minus `server.shutdown_grace_secs`.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -396,6 +404,8 @@ impl Default for ClusterConfig {
             replica_upload_delay_secs: defaults::REPLICA_UPLOAD_DELAY_SECS,
             peer_timeout_ms: defaults::PEER_TIMEOUT_MS,
             fault_injection: false,
+            drain_on_shutdown: defaults::DRAIN_ON_SHUTDOWN,
+            drain_timeout_secs: defaults::DRAIN_TIMEOUT_SECS,
         }
     }
 }

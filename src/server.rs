@@ -353,8 +353,13 @@ impl ServerHandle {
     /// flushes every journal and stops the origin bridge.
     pub fn shutdown(self) -> anyhow::Result<()> {
         self.node.shutting_down.store(true, Relaxed);
-        // Leave first: peers stop routing here while in-flight requests finish.
+        // Leave first: peers stop routing here while in-flight requests finish. A drain
+        // hands over what only this node holds before it leaves.
         if let Some(cl) = &self.node.cluster {
+            if cl.cfg.drain_on_shutdown {
+                let timeout = Duration::from_secs(cl.cfg.drain_timeout_secs);
+                crate::cluster::drain::run_blocking(cl, self.node.shards.len(), timeout);
+            }
             cl.leave();
         }
         let _ = self.shutdown_tx.send(true);
@@ -493,7 +498,8 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         monoio::spawn(crate::api::ui::run_sampler(node.clone(), shutdown()));
     }
     if let Some(cs) = ctx.cluster.clone() {
-        monoio::spawn(crate::cluster::sync::run(ctx.clone(), cs, shutdown()));
+        monoio::spawn(crate::cluster::sync::run(ctx.clone(), cs.clone(), shutdown()));
+        monoio::spawn(crate::cluster::drain::run_shard(ctx.clone(), cs, shutdown()));
     }
 
     let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());

@@ -289,6 +289,9 @@ fn cluster_view_of_a_node_that_runs_alone_is_not_found() {
     let out = nc(&node, &["cluster"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("runs alone"), "{}", stderr(&out));
+    let out = nc(&node, &["drain"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("runs alone"), "{}", stderr(&out));
 }
 
 /// invalidate, prewarm and jobs against this branch's node: when the node has the

@@ -6,74 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::{cluster, get_json, wait_for};
 use common::*;
-
-struct Proc {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(root: &Path, i: usize, cluster_port: u16, seed: Option<u16>) -> Proc {
-    let dir = root.join(format!("node{i}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        "[server]\npin_cores = false\n[cluster]\ngossip_interval_ms = 200\nsync_interval_ms = 200\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nearcache"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--s3-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--cluster-listen", &format!("127.0.0.1:{cluster_port}")])
-        .args(["--shards", "1", "--replication-factor", "2"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("log")).unwrap()));
-    if let Some(s) = seed {
-        cmd.args(["--join", &format!("127.0.0.1:{s}")]);
-    }
-    Proc {
-        child: cmd.spawn().expect("start nearcache"),
-        port,
-    }
-}
-
-fn get_json(url: &str) -> Option<serde_json::Value> {
-    let r = client().get(url).send().ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().ok()
-}
-
-/// Polls `f` until it returns Some or the deadline passes.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Chromium from the OS packages; installed with apt-get when missing.
 fn chromium() -> PathBuf {
@@ -150,27 +87,9 @@ fn run_chromium(bin: &Path, url: &str, args: &[String]) -> Vec<u8> {
 #[test]
 fn status_page_shows_a_three_node_cluster_with_plots() {
     let root = tempfile::tempdir().unwrap();
-    let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let nodes: Vec<Proc> = (0..3)
-        .map(|i| start_node(root.path(), i, cports[i], (i > 0).then(|| cports[0])))
-        .collect();
-    let base = format!("http://127.0.0.1:{}", nodes[0].port);
-
-    // Every node sees the others alive.
-    let mut ids = Vec::new();
-    for n in &nodes {
-        let url = format!("http://127.0.0.1:{}/api/v1/cluster", n.port);
-        let v = wait_for("three alive members", Duration::from_secs(60), || {
-            let v = get_json(&url)?;
-            let alive = v["members"]
-                .as_array()?
-                .iter()
-                .filter(|m| m["state"] == "alive")
-                .count();
-            (alive == 3).then_some(v)
-        });
-        ids.push(v["node_id"].as_str().unwrap().to_string());
-    }
+    let nodes = cluster(root.path(), 3, &["--replication-factor", "2"], "");
+    let base = nodes[0].base();
+    let ids: Vec<String> = nodes.iter().map(|n| n.id()).collect();
 
     // Traffic on node 0 (writes, hits, a miss) until its history has plotted points.
     let mut written = Vec::new();

@@ -29,6 +29,7 @@ fn route_of(path: &str) -> Option<(Route, &'static [Method])> {
         "/api/v1/cluster" => (Route::Cluster, &[Method::GET]),
         "/api/v1/cluster/block" => (Route::Cluster, &[Method::POST]),
         "/api/v1/history" => (Route::Stats, &[Method::GET]),
+        "/api/v1/drain" => (Route::Cluster, &[Method::GET, Method::POST]),
         p if super::ui::serves(p) => (Route::Ui, &[Method::GET, Method::HEAD]),
         _ => return None,
     })
@@ -79,6 +80,7 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
             }
             Route::Stats => Ok(stats(&ctx)),
             Route::Ui => Ok(super::ui::asset(&path)),
+            Route::Cluster if path == "/api/v1/drain" => drain(&ctx, &req),
             Route::Cluster if req.method() == Method::GET => cluster_info(&ctx, &req),
             Route::Cluster => cluster_block(&ctx, req).await,
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
@@ -115,7 +117,9 @@ const IO_URING: crate::metrics::Family = crate::metrics::Family::new(
 
 fn health(ctx: &ShardCtx) -> Response<Body> {
     let stopping = ctx.node.shutting_down.load(Relaxed);
-    let status = if stopping {
+    // A draining node tells load balancers to send clients elsewhere.
+    let draining = ctx.node.cluster.as_ref().is_some_and(|c| c.drain.active());
+    let status = if stopping || draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -123,7 +127,7 @@ fn health(ctx: &ShardCtx) -> Response<Body> {
     json(
         status,
         &serde_json::json!({
-            "status": if stopping { "shutting down" } else { "ok" },
+            "status": if stopping { "shutting down" } else if draining { "draining" } else { "ok" },
             "shards": ctx.node.shards.len(),
             "io": if ctx.node.uring_active { "io_uring" } else { "epoll" },
             "uptime_seconds": ctx.node.started.elapsed().as_secs(),
@@ -190,6 +194,33 @@ fn cluster_info(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body
     let cl = cluster_of(ctx)?;
     let key = query_param(req, "key");
     Ok(json(StatusCode::OK, &cl.describe(key.as_deref())))
+}
+
+/// `POST /api/v1/drain[?all=true]` starts taking this node out of the cluster (202);
+/// `GET /api/v1/drain` reports how far it is. See [`crate::cluster::drain`].
+fn drain(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cl = cluster_of(ctx)?;
+    if req.method() == Method::GET {
+        return Ok(json(StatusCode::OK, &cl.drain.describe()));
+    }
+    let all = match query_param(req, "all").as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "invalid parameter",
+                format!("all must be true or false, not {v:?}"),
+            ))
+        }
+    };
+    let timeout = std::time::Duration::from_secs(cl.cfg.drain_timeout_secs);
+    let started = crate::cluster::drain::start(&cl, ctx.node.shards.len(), all, timeout);
+    let status = if started {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &cl.drain.describe()))
 }
 
 /// `POST /api/v1/cluster/block?peer=ID&blocked=true|false`: the per-peer drop switch

@@ -16,6 +16,7 @@
 //!   peer shard), applies those for keys this node owns, last writer wins by HLC
 //! ```
 
+pub mod drain;
 pub mod peer;
 pub mod placement;
 pub mod route;
@@ -227,6 +228,8 @@ pub struct Cluster {
     blocked: ArcSwap<HashSet<String>>,
     /// Wall-clock ms of the last change of the alive set (ownership moved).
     last_move_ms: AtomicU64,
+    /// Taking this node out (`POST /api/v1/drain`, SIGTERM): see [`drain`].
+    pub drain: drain::Drain,
 }
 
 /// How long after a membership change owner misses first look for a previous holder.
@@ -268,6 +271,7 @@ impl Cluster {
             metrics: ClusterMetrics::default(),
             blocked: ArcSwap::from_pointee(HashSet::new()),
             last_move_ms: AtomicU64::new(nearcache_shards::hlc::wall_ms()),
+            drain: drain::Drain::default(),
         })))
     }
 
@@ -286,8 +290,15 @@ impl Cluster {
         since < MOVE_WINDOW_MS || self.book.lag() > 0
     }
 
+    /// The membership as placement uses it: while draining, this node is marked left
+    /// in its own view, so it owns no key and sends every request elsewhere.
     pub fn view(&self) -> Arc<View> {
-        self.membership.view()
+        let view = self.membership.view();
+        if self.drain.active() {
+            Arc::new(drain::without_self(&view))
+        } else {
+            view
+        }
     }
 
     /// Alive nodes (self included) ranked for `key`: the first R own it.
@@ -398,6 +409,7 @@ impl Cluster {
             "members": view.members,
             "blocked": self.blocked_ids(),
             "sync": self.book.describe(),
+            "drain": self.drain.describe(),
         });
         if let Some(key) = key {
             let ranked = self.ranking(key);
