@@ -195,6 +195,41 @@ mod tests {
         assert!(parse("[server]\nshards = 2\n").is_ok());
     }
 
+    /// Fuzz target (bolero): any config text, valid TOML with misspelt keys included,
+    /// is accepted or refused with a message, never a panic; an unknown key always gets
+    /// a hint.
+    #[test]
+    fn fuzz_config_text_never_panics() {
+        const SAMPLE: &str = include_str!("../../deploy/nearcache.toml");
+        bolero::check!()
+            .with_iterations(2000)
+            .with_max_len(256)
+            .for_each(|input: &[u8]| {
+                let text = String::from_utf8_lossy(input);
+                let _ = parse(&text);
+                // A key of the sample with the input spliced into its name.
+                let line = SAMPLE
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && l.contains(" = "))
+                    .nth(usize::from(input.first().copied().unwrap_or(0)) % 40)
+                    .unwrap_or("listen = 1");
+                let section = SAMPLE
+                    .lines()
+                    .take_while(|l| *l != line)
+                    .filter(|l| l.starts_with('['))
+                    .last()
+                    .unwrap_or("[server]");
+                let word: String = text.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(12).collect();
+                let mangled = format!("{section}\n{word}{line}\n");
+                if let Err(e) = parse(&mangled) {
+                    let e = e.to_string();
+                    if e.contains("unknown field") {
+                        assert!(e.contains("unknown key"), "no hint: {e}");
+                    }
+                }
+            });
+    }
+
     #[test]
     fn sources_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();

@@ -229,6 +229,38 @@ nearcache_cache_misses_total{shard=\"0\"} 16
 nearcache_pending_uploads{shard=\"0\"} 3
 ";
 
+    /// Fuzz target (bolero, bounded for `cargo test`; raise with BOLERO_RANDOM_ITERATIONS):
+    /// any `/metrics` text, mangled metric lines included, parses without a panic, and
+    /// quantiles between any two scrapes are None or finite and non-negative.
+    #[test]
+    fn fuzz_metrics_text_parses_without_panics() {
+        let seeds = [BEFORE, AFTER];
+        bolero::check!()
+            .with_iterations(3000)
+            .with_max_len(512)
+            .for_each(|input: &[u8]| {
+                let text = String::from_utf8_lossy(input);
+                // Half the cases splice the input into a real scrape, so labels, `le`
+                // values and numbers get mangled in place.
+                let spliced = match input.first() {
+                    Some(b) if b % 2 == 0 => {
+                        let seed = seeds[usize::from(b % 4 == 0)];
+                        let at = usize::from(input.get(1).copied().unwrap_or(0)) * seed.len() / 256;
+                        let at = (0..=at).rev().find(|i| seed.is_char_boundary(*i)).unwrap_or(0);
+                        format!("{}{text}{}", &seed[..at], &seed[at..])
+                    }
+                    _ => text.into_owned(),
+                };
+                let a = parse(&spliced);
+                let b = parse(BEFORE);
+                for q in [0.0, 0.5, 0.99, 1.0] {
+                    for v in [quantile(&b, &a, q), quantile(&a, &b, q), quantile(&a, &a, q)] {
+                        assert!(v.is_none_or(|v| v.is_finite() && v >= 0.0), "{v:?}");
+                    }
+                }
+            });
+    }
+
     #[test]
     fn rates_and_percentiles_come_from_the_difference_of_two_scrapes() {
         let (b, a) = (parse(BEFORE), parse(AFTER));
