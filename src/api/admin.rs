@@ -196,6 +196,19 @@ fn cluster_info(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body
     Ok(json(StatusCode::OK, &cl.describe(key.as_deref())))
 }
 
+/// A `true|false|1|0` query parameter, `default` when absent.
+fn bool_param(req: &Request<Incoming>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match query_param(req, name).as_deref() {
+        None => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(
+            "invalid parameter",
+            format!("{name} must be true or false, not {v:?}"),
+        )),
+    }
+}
+
 /// `POST /api/v1/drain[?all=true]` starts taking this node out of the cluster (202);
 /// `GET /api/v1/drain` reports how far it is. See [`crate::cluster::drain`].
 fn drain(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -203,16 +216,7 @@ fn drain(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>, ApiE
     if req.method() == Method::GET {
         return Ok(json(StatusCode::OK, &cl.drain.describe()));
     }
-    let all = match query_param(req, "all").as_deref() {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                "invalid parameter",
-                format!("all must be true or false, not {v:?}"),
-            ))
-        }
-    };
+    let all = bool_param(req, "all", false)?;
     let timeout = std::time::Duration::from_secs(cl.cfg.drain_timeout_secs);
     let started = crate::cluster::drain::start(&cl, ctx.node.shards.len(), all, timeout);
     let status = if started {
@@ -236,16 +240,7 @@ async fn cluster_block(ctx: &ShardCtx, req: Request<Incoming>) -> Result<Respons
     }
     let peer = query_param(&req, "peer")
         .ok_or_else(|| ApiError::bad_request("missing parameter", "peer=<node id> is required"))?;
-    let blocked = match query_param(&req, "blocked").as_deref() {
-        None | Some("true") | Some("1") => true,
-        Some("false") | Some("0") => false,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                "invalid parameter",
-                format!("blocked must be true or false, not {v:?}"),
-            ))
-        }
-    };
+    let blocked = bool_param(&req, "blocked", true)?;
     if peer == cl.self_id {
         return Err(ApiError::bad_request(
             "invalid peer",

@@ -415,17 +415,11 @@ async fn catch_up<C: ClusterCtx>(ctx: &Rc<C>, cs: &ClusterShard, mut after: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nearcache_membership::MemberState;
 
     fn member(id: &str, me: bool) -> Member {
-        Member {
-            id: id.to_string(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            state: MemberState::Alive,
-            incarnation: 0,
-            generation: 0,
-            is_self: me,
-        }
+        let mut m = super::super::placement::tests::member(id);
+        m.is_self = me;
+        m
     }
 
     #[test]
