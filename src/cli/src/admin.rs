@@ -178,11 +178,19 @@ pub struct DrainArgs {
     /// The longest --wait waits.
     #[arg(long, default_value_t = 600)]
     pub wait_secs: u64,
+    /// Hand over every key the node owns (keeps caches warm), not only those not safe
+    /// in S3.
+    #[arg(long)]
+    pub all: bool,
 }
 
 pub fn drain(a: DrainArgs) -> Result<(), CliError> {
     let conn = Conn::new(&a.c)?;
-    let mut v = conn.call_json("drain", conn.post("/api/v1/drain"))?;
+    let mut rb = conn.post("/api/v1/drain");
+    if a.all {
+        rb = rb.query(&[("all", "true")]);
+    }
+    let mut v = conn.call_json("drain", rb)?;
     if a.wait {
         let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
         while !matches!(v["state"].as_str(), Some("left") | Some("failed")) {
