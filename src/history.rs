@@ -164,6 +164,10 @@ mod tests {
         assert_eq!(quantile_ms(&[0, 0], 0.5), None);
         let mut over = vec![0; LATENCY_BOUNDS.len() + 1];
         *over.last_mut().unwrap() = 3;
-        assert_eq!(quantile_ms(&over, 0.5), Some(5000.0), "above the last bound");
+        assert_eq!(
+            quantile_ms(&over, 0.5),
+            Some(5000.0),
+            "above the last bound"
+        );
     }
 }

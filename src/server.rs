@@ -498,8 +498,16 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         monoio::spawn(crate::api::ui::run_sampler(node.clone(), shutdown()));
     }
     if let Some(cs) = ctx.cluster.clone() {
-        monoio::spawn(crate::cluster::sync::run(ctx.clone(), cs.clone(), shutdown()));
-        monoio::spawn(crate::cluster::drain::run_shard(ctx.clone(), cs, shutdown()));
+        monoio::spawn(crate::cluster::sync::run(
+            ctx.clone(),
+            cs.clone(),
+            shutdown(),
+        ));
+        monoio::spawn(crate::cluster::drain::run_shard(
+            ctx.clone(),
+            cs,
+            shutdown(),
+        ));
     }
 
     let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());

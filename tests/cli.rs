@@ -42,12 +42,8 @@ fn ok(out: &Output) -> &Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&ok(out).stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&ok(out).stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn code(out: &Output) -> i32 {
@@ -69,7 +65,13 @@ fn objects_round_trip_through_the_cli() {
     // put --json: at least {"id": ...}
     let v = json(&nc(
         &node,
-        &["put", src.to_str().unwrap(), "--json", "--meta", "owner=ann"],
+        &[
+            "put",
+            src.to_str().unwrap(),
+            "--json",
+            "--meta",
+            "owner=ann",
+        ],
     ));
     let id = v["id"].as_str().expect("put --json has an id").to_string();
     assert_eq!(v["size"], body.len() as u64);
@@ -81,7 +83,10 @@ fn objects_round_trip_through_the_cli() {
     assert_eq!(v["user_meta"]["owner"], "ann");
     let human = ok(&nc(&node, &["stat", &id])).stdout.clone();
     let human = String::from_utf8(human).unwrap();
-    assert!(human.contains("report.txt") && human.contains("5.0 MiB"), "{human}");
+    assert!(
+        human.contains("report.txt") && human.contains("5.0 MiB"),
+        "{human}"
+    );
 
     // get -o FILE and -o -
     let dst = dir.path().join("out.bin");
@@ -90,7 +95,10 @@ fn objects_round_trip_through_the_cli() {
     assert!(!Path::new(&format!("{}.nearcache-part", dst.display())).exists());
     let out = ok(&nc(&node, &["get", &id, "-o", "-"])).stdout.clone();
     assert_eq!(md5_hex(&out), md5_hex(&body));
-    let v = json(&nc(&node, &["get", &id, "-o", dst.to_str().unwrap(), "--json"]));
+    let v = json(&nc(
+        &node,
+        &["get", &id, "-o", dst.to_str().unwrap(), "--json"],
+    ));
     assert_eq!(v["size"], body.len() as u64);
 
     // put from stdin, human output: the id alone on stdout
@@ -108,7 +116,10 @@ fn objects_round_trip_through_the_cli() {
         stdin.write_all(b"# hello from stdin\n").unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    let id2 = String::from_utf8(ok(&out).stdout.clone()).unwrap().trim().to_string();
+    let id2 = String::from_utf8(ok(&out).stdout.clone())
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(id2.len(), 26, "a ULID: {id2:?}");
     let out = ok(&nc(&node, &["get", &id2])).stdout.clone();
     assert_eq!(out, b"# hello from stdin\n");
@@ -159,7 +170,11 @@ fn ls_goes_through_the_s3_api() {
 
     let v = json(&run(&["--json"]));
     assert!(
-        v["buckets"].as_array().unwrap().iter().any(|b| b == &bucket),
+        v["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == &bucket),
         "{v}"
     );
     let v = json(&run(&[&bucket, "--json"]));
@@ -179,7 +194,10 @@ fn ls_goes_through_the_s3_api() {
     let v = json(&run(&[&bucket, "-r", "--json"]));
     assert_eq!(keys_of(&v).len(), 3);
     let human = String::from_utf8(ok(&run(&[&bucket])).stdout.clone()).unwrap();
-    assert!(human.contains("PRE") && human.contains("dir/") && human.contains("a.txt"), "{human}");
+    assert!(
+        human.contains("PRE") && human.contains("dir/") && human.contains("a.txt"),
+        "{human}"
+    );
 
     // Keys from the node's config file.
     let cfg = tempfile::NamedTempFile::new().unwrap();
@@ -194,7 +212,13 @@ fn ls_goes_through_the_s3_api() {
     .unwrap();
     let out = nc_env(
         &node,
-        &["ls", &bucket, "--json", "--config", cfg.path().to_str().unwrap()],
+        &[
+            "ls",
+            &bucket,
+            "--json",
+            "--config",
+            cfg.path().to_str().unwrap(),
+        ],
         &[("NEARCACHE_SERVER", "")],
     );
     assert_eq!(keys_of(&json(&out)), ["a.txt"]);
@@ -202,7 +226,16 @@ fn ls_goes_through_the_s3_api() {
     // A wrong secret: the S3 API refuses (4).
     let out = nc(
         &node,
-        &["ls", &bucket, "--access-key", S3_ACCESS_KEY, "--secret-key", "wrong", "--s3-url", &node.s3_base],
+        &[
+            "ls",
+            &bucket,
+            "--access-key",
+            S3_ACCESS_KEY,
+            "--secret-key",
+            "wrong",
+            "--s3-url",
+            &node.s3_base,
+        ],
     );
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     // No key at all: usage (2), saying where keys come from.
@@ -217,22 +250,34 @@ fn admin_commands_and_exit_codes() {
         c.cluster.listen = Some("127.0.0.1:0".parse().unwrap());
     });
     let id = new_id(&node);
-    assert!(put(&node, &id, b"hello".to_vec(), &[]).status().is_success());
-    let _ = client().get(node.url(&format!("/api/v1/get/{id}"))).send().unwrap();
+    assert!(put(&node, &id, b"hello".to_vec(), &[])
+        .status()
+        .is_success());
+    let _ = client()
+        .get(node.url(&format!("/api/v1/get/{id}")))
+        .send()
+        .unwrap();
 
     let v = json(&nc(&node, &["stats", "--json"]));
     assert!(v["total"]["objects"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(v["shards"].as_array().unwrap().len(), 2);
     let human = String::from_utf8(ok(&nc(&node, &["stats"])).stdout.clone()).unwrap();
-    assert!(human.contains("total") && human.contains("HIT RATIO"), "{human}");
+    assert!(
+        human.contains("total") && human.contains("HIT RATIO"),
+        "{human}"
+    );
 
     let v = json(&nc(&node, &["cluster", "--json", "--key", &id]));
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(members[0]["state"], "alive");
     assert_eq!(v["key"]["owners"][0], v["node_id"]);
-    let human = String::from_utf8(ok(&nc(&node, &["cluster", "--key", &id])).stdout.clone()).unwrap();
-    assert!(human.contains("alive") && human.contains("owners"), "{human}");
+    let human =
+        String::from_utf8(ok(&nc(&node, &["cluster", "--key", &id])).stdout.clone()).unwrap();
+    assert!(
+        human.contains("alive") && human.contains("owners"),
+        "{human}"
+    );
 
     // top: one JSON line per refresh, with rates from the difference of two scrapes.
     let load = std::thread::spawn({
@@ -262,17 +307,25 @@ fn admin_commands_and_exit_codes() {
         assert!(n[k].is_number(), "{k}: {n}");
     }
     assert!(
-        lines.iter().any(|l| l["nodes"][0]["req_per_sec"].as_f64().unwrap() > 0.0
-            && l["nodes"][0]["p50_ms"].is_number()),
+        lines
+            .iter()
+            .any(|l| l["nodes"][0]["req_per_sec"].as_f64().unwrap() > 0.0
+                && l["nodes"][0]["p50_ms"].is_number()),
         "{lines:?}"
     );
     let human = String::from_utf8(
-        ok(&nc(&node, &["top", "--interval", "0.1", "--iterations", "1"]))
-            .stdout
-            .clone(),
+        ok(&nc(
+            &node,
+            &["top", "--interval", "0.1", "--iterations", "1"],
+        ))
+        .stdout
+        .clone(),
     )
     .unwrap();
-    assert!(human.contains("REQ/S") && human.contains(&node.base), "{human}");
+    assert!(
+        human.contains("REQ/S") && human.contains(&node.base),
+        "{human}"
+    );
 
     // A node that does not answer: 6.
     let dead = format!("http://127.0.0.1:{}", free_port());
@@ -321,17 +374,28 @@ fn cache_management_commands() {
     }
     let sdk = Sdk::node(&node);
     let bucket = fresh_bucket("cli-jobs-b");
-    sdk.run(sdk.c.create_bucket().bucket(&bucket).send()).unwrap();
+    sdk.run(sdk.c.create_bucket().bucket(&bucket).send())
+        .unwrap();
     for i in 0..5 {
         sdk.put(&bucket, &format!("p/{i}"), vec![b'x'; 100]);
     }
-    let v = json(&nc(&node, &["invalidate", &bucket, "--prefix", "p/", "--json"]));
+    let v = json(&nc(
+        &node,
+        &["invalidate", &bucket, "--prefix", "p/", "--json"],
+    ));
     assert!(v["dropped"].is_number(), "{v}");
-    let v = json(&nc(&node, &["prewarm", &bucket, "--prefix", "p/", "--wait", "--json"]));
+    let v = json(&nc(
+        &node,
+        &["prewarm", &bucket, "--prefix", "p/", "--wait", "--json"],
+    ));
     assert!(!v["finished_unix_ms"].is_null(), "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let v = json(&nc(&node, &["jobs", "--json"]));
-    assert!(v["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
+    assert!(v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
     let v = json(&nc(&node, &["jobs", &id, "--json"]));
     assert_eq!(v["id"], id.as_str());
 }
@@ -340,7 +404,11 @@ fn cache_management_commands() {
 fn config_check_validates_and_shows_sources() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[server]\nshards = 2\n[store]\ndisk_capacity = \"2GiB\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "[server]\nshards = 2\n[store]\ndisk_capacity = \"2GiB\"\n",
+    )
+    .unwrap();
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nearcache"));
         cmd.args(args);
@@ -355,7 +423,13 @@ fn config_check_validates_and_shows_sources() {
         cmd.output().unwrap()
     };
     let out = run(
-        &["config", "check", good.to_str().unwrap(), "--listen", "127.0.0.1:9999"],
+        &[
+            "config",
+            "check",
+            good.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9999",
+        ],
         &[("NEARCACHE_MEMORY_CAPACITY", "1GiB")],
     );
     let text = String::from_utf8(ok(&out).stdout.clone()).unwrap();
@@ -400,7 +474,13 @@ fn logs_are_plain_off_a_terminal_and_json_on_request() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nearcache"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--shards", "1", "--log-format", format])
             .arg("--data-dir")
             .arg(dir.path())

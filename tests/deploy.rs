@@ -12,7 +12,9 @@ use std::process::Command;
 use common::*;
 
 fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file)
 }
 
 /// systemd-analyze, installed from the OS packages when missing (tests run as root, as
@@ -30,13 +32,19 @@ fn systemd_analyze() -> &'static str {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
-            || (Command::new("apt-get").args(["update", "-q"]).status().is_ok()
+            || (Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .is_ok()
                 && Command::new("apt-get")
                     .args(["install", "-y", "-q", "systemd"])
                     .env("DEBIAN_FRONTEND", "noninteractive")
                     .status()
                     .is_ok_and(|s| s.success()));
-        assert!(ok && have(), "systemd-analyze is missing and apt-get could not install systemd");
+        assert!(
+            ok && have(),
+            "systemd-analyze is missing and apt-get could not install systemd"
+        );
     }
     "systemd-analyze"
 }
@@ -62,7 +70,10 @@ fn systemd_unit_verifies_and_is_hardened() {
     let unit = unit_for_test(dir.path());
     let out = Command::new(sa).arg("verify").arg(&unit).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     assert!(
         !stderr.contains("nearcache.service"),
         "systemd-analyze verify warns about the unit:\n{stderr}"
@@ -104,7 +115,10 @@ fn systemd_unit_verifies_and_is_hardened() {
     );
     let score: f64 = all
         .lines()
-        .find_map(|l| l.split("Overall exposure level for nearcache.service:").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for nearcache.service:")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in:\n{all}"));
     assert!(score <= 2.5, "exposure {score}:\n{all}");
@@ -136,7 +150,11 @@ fn install_script_stages_a_working_layout() {
     };
     assert_eq!(mode("usr/local/bin/nearcache"), 0o755);
     assert_eq!(mode("var/lib/nearcache"), 0o750);
-    assert_eq!(mode("etc/nearcache/nearcache.toml"), 0o640, "it holds secrets");
+    assert_eq!(
+        mode("etc/nearcache/nearcache.toml"),
+        0o640,
+        "it holds secrets"
+    );
     assert_eq!(mode("etc/systemd/system/nearcache.service"), 0o644);
     assert_eq!(mode("etc/sysctl.d/90-nearcache.conf"), 0o644);
     // The staged config is valid and keeps its data where the unit says.
@@ -148,8 +166,15 @@ fn install_script_stages_a_working_layout() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("data_dir = \"/var/lib/nearcache\"  # file"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("data_dir = \"/var/lib/nearcache\"  # file"),
+        "{text}"
+    );
     // A second run keeps the edited config.
     std::fs::write(&conf, "[server]\nshards = 4\n").unwrap();
     let out = Command::new("bash")
@@ -159,7 +184,10 @@ fn install_script_stages_a_working_layout() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "[server]\nshards = 4\n");
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "[server]\nshards = 4\n"
+    );
 }
 
 #[test]
@@ -209,14 +237,22 @@ fn dashboard_and_alerts_use_metrics_a_node_exports() {
     });
     let id = new_id(&node);
     assert!(put(&node, &id, b"x".to_vec(), &[]).status().is_success());
-    let text = client().get(node.url("/metrics")).send().unwrap().text().unwrap();
+    let text = client()
+        .get(node.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let exported: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect();
-    let used: BTreeSet<String> = metric_names(&dash).union(&metric_names(&alerts)).cloned().collect();
+    let used: BTreeSet<String> = metric_names(&dash)
+        .union(&metric_names(&alerts))
+        .cloned()
+        .collect();
     assert!(used.len() >= 20, "{used:?}");
     let missing: Vec<_> = used.difference(&exported).collect();
     assert!(missing.is_empty(), "not exported by a node: {missing:?}");

@@ -38,7 +38,10 @@ fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
             .send()
             .unwrap();
         assert!(r.status().is_success(), "put: {}", r.status());
-        let owner = r.headers()["x-nearcache-node"].to_str().unwrap().to_string();
+        let owner = r.headers()["x-nearcache-node"]
+            .to_str()
+            .unwrap()
+            .to_string();
         objects.insert(id, (body, owner));
     }
     let owned_by = |node: &str| objects.values().filter(|(_, o)| o == node).count();
@@ -83,13 +86,20 @@ fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    let stored_on = r.headers()["x-nearcache-node"].to_str().unwrap().to_string();
+    let stored_on = r.headers()["x-nearcache-node"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_ne!(stored_on, ids[1], "a drained node stored a new key");
     objects.insert(id, (b"after the drain".to_vec(), stored_on));
     // The others see it left.
     wait_for("node 1 seen as left", Duration::from_secs(30), || {
         let v = get_json(&nodes[0].url("/api/v1/cluster"))?;
-        let m = v["members"].as_array()?.iter().find(|m| m["id"] == ids[1].as_str())?.clone();
+        let m = v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == ids[1].as_str())?
+            .clone();
         (m["state"] == "left").then_some(())
     });
 

@@ -110,7 +110,10 @@ fn status_page_shows_a_three_node_cluster_with_plots() {
         assert!(r.status().is_success(), "put: {}", r.status());
         written.push(id);
         for id in written.iter().rev().take(5) {
-            let _ = client().get(format!("{base}/api/v1/get/{id}")).send().map(|r| r.bytes());
+            let _ = client()
+                .get(format!("{base}/api/v1/get/{id}"))
+                .send()
+                .map(|r| r.bytes());
         }
         let v = get_json(&format!("{base}/api/v1/history"))?;
         let pts = v["points"].as_array()?;
@@ -135,11 +138,17 @@ fn status_page_shows_a_three_node_cluster_with_plots() {
     let bin = chromium();
     let url = format!("{base}/ui");
     let dom = String::from_utf8(run_chromium(&bin, &url, &["--dump-dom".into()])).unwrap();
-    assert!(dom.contains("data-loaded=\"true\""), "the script did not finish a refresh:\n{dom}");
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the script did not finish a refresh:\n{dom}"
+    );
     let alive = dom.matches("class=\"member\" data-state=\"alive\"").count();
     assert_eq!(alive, 3, "three alive member rows:\n{dom}");
     for id in &ids {
-        assert!(dom.contains(id.as_str()), "member {id} missing from the page");
+        assert!(
+            dom.contains(id.as_str()),
+            "member {id} missing from the page"
+        );
     }
     let points = |plot: &str| -> usize {
         let at = dom
@@ -176,7 +185,11 @@ fn status_page_shows_a_three_node_cluster_with_plots() {
         a.0.abs_diff(b.0) <= 12 && a.1.abs_diff(b.1) <= 12 && a.2.abs_diff(b.2) <= 12
     };
     // The header band is the page's dark colour (#111827): CSS applied.
-    assert!(near(px(4, 4), (0x11, 0x18, 0x27)), "header pixel {:?}", px(4, 4));
+    assert!(
+        near(px(4, 4), (0x11, 0x18, 0x27)),
+        "header pixel {:?}",
+        px(4, 4)
+    );
     let mut colours = std::collections::HashSet::new();
     let (mut non_bg, mut blue) = (0usize, 0usize);
     for y in (0..info.height).step_by(2) {
@@ -193,8 +206,19 @@ fn status_page_shows_a_three_node_cluster_with_plots() {
         }
     }
     let total = (info.width as usize / 2) * (info.height as usize / 2);
-    assert!(colours.len() > 50, "{} colours: a blank page?", colours.len());
-    assert!(non_bg * 20 > total, "only {non_bg} of {total} sampled pixels are not background");
+    assert!(
+        colours.len() > 50,
+        "{} colours: a blank page?",
+        colours.len()
+    );
+    assert!(
+        non_bg * 20 > total,
+        "only {non_bg} of {total} sampled pixels are not background"
+    );
     assert!(blue > 30, "plot lines not visible ({blue} blue pixels)");
-    println!("screenshot: {} ({} colours, {blue} plot-line pixels)", shot.display(), colours.len());
+    println!(
+        "screenshot: {} ({} colours, {blue} plot-line pixels)",
+        shot.display(),
+        colours.len()
+    );
 }

@@ -129,6 +129,9 @@ mod tests {
         assert!(!PAGE.contains("http://") && !PAGE.contains("https://"));
         let script = SCRIPT.replace("http://www.w3.org/2000/svg", "");
         assert!(!script.contains("http://") && !script.contains("https://"));
-        assert!(!SCRIPT.contains("innerHTML"), "text goes in as text, never as markup");
+        assert!(
+            !SCRIPT.contains("innerHTML"),
+            "text goes in as text, never as markup"
+        );
     }
 }

@@ -194,8 +194,12 @@ pub fn run_blocking(cl: &Arc<Cluster>, shards: usize, timeout: Duration) {
 fn coordinate(cl: &Arc<Cluster>, shards: usize, timeout: Duration) {
     let d = &cl.drain;
     let deadline = Instant::now() + timeout;
-    d.started_ms.store(nearcache_shards::hlc::wall_ms(), Relaxed);
-    tracing::info!(all = d.all.load(Relaxed), "drain: handing over the keys only this node holds");
+    d.started_ms
+        .store(nearcache_shards::hlc::wall_ms(), Relaxed);
+    tracing::info!(
+        all = d.all.load(Relaxed),
+        "drain: handing over the keys only this node holds"
+    );
     d.set(DrainState::HandingOver);
     // Placement changed here: this node no longer ranks any key.
     cl.note_move();
@@ -215,15 +219,23 @@ fn coordinate(cl: &Arc<Cluster>, shards: usize, timeout: Duration) {
     d.set(DrainState::CatchingUp);
     d.phase.send_replace(2);
     let caught_up = handed && wait(2 * shards);
-    d.finished_ms.store(nearcache_shards::hlc::wall_ms(), Relaxed);
+    d.finished_ms
+        .store(nearcache_shards::hlc::wall_ms(), Relaxed);
     let failed = d.failed.load(Relaxed);
     if !caught_up {
-        d.fail(format!("the drain did not finish within {} s", timeout.as_secs()));
+        d.fail(format!(
+            "the drain did not finish within {} s",
+            timeout.as_secs()
+        ));
     } else if failed > 0 {
         d.fail(format!("{failed} hand-over pushes failed"));
     }
     let ok = caught_up && failed == 0;
-    d.set(if ok { DrainState::Left } else { DrainState::Failed });
+    d.set(if ok {
+        DrainState::Left
+    } else {
+        DrainState::Failed
+    });
     tracing::info!(
         handed_over = d.handed_over.load(Relaxed),
         failed,
@@ -233,7 +245,11 @@ fn coordinate(cl: &Arc<Cluster>, shards: usize, timeout: Duration) {
 }
 
 /// One shard's part: waits for the coordinator's phases and works on this shard's keys.
-pub async fn run_shard<C: ClusterCtx>(ctx: Rc<C>, cs: ClusterShard, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_shard<C: ClusterCtx>(
+    ctx: Rc<C>,
+    cs: ClusterShard,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut phase = cs.cl.drain.phase.subscribe();
     let mut since = 0;
     loop {
@@ -440,7 +456,11 @@ mod tests {
             if first[0] == "A" {
                 assert_eq!(r.first().unwrap().id, first[1]);
             } else {
-                assert_eq!(r.first().unwrap().id, first[0], "keys A did not own stay put");
+                assert_eq!(
+                    r.first().unwrap().id,
+                    first[0],
+                    "keys A did not own stay put"
+                );
             }
         }
     }

@@ -97,7 +97,10 @@ fn lookup<'a>(
 
 /// The effective config of `file` with `args` (flags and env, as `serve` reads them),
 /// each value's source, as TOML with a comment per line. Errors say what is wrong.
-#[expect(clippy::disallowed_methods, reason = "a command-line tool, on the main thread")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a command-line tool, on the main thread"
+)]
 pub fn check(file: &Path, args: &ServeArgs) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading config file {}", file.display()))?;
@@ -157,7 +160,13 @@ pub fn check(file: &Path, args: &ServeArgs) -> anyhow::Result<String> {
 
 /// Secrets are shown as set, never printed.
 fn redact(key: &str, v: &toml::Value) -> String {
-    let hide = |s: &str| if s.is_empty() { String::new() } else { "<redacted>".into() };
+    let hide = |s: &str| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            "<redacted>".into()
+        }
+    };
     match v {
         toml::Value::String(s) if key.contains("secret") => format!("{:?}", hide(s)),
         toml::Value::Array(items) => {
@@ -186,11 +195,20 @@ mod tests {
 
     #[test]
     fn unknown_keys_get_a_suggestion() {
-        let e = parse("[server]\nlisten_adr = \"127.0.0.1:1\"\n").unwrap_err().to_string();
-        assert!(e.contains("unknown key [server] listen_adr: did you mean `listen`?"), "{e}");
-        let e = parse("[sever]\nlisten = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        let e = parse("[server]\nlisten_adr = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key [server] listen_adr: did you mean `listen`?"),
+            "{e}"
+        );
+        let e = parse("[sever]\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("section [sever]: did you mean `server`?"), "{e}");
-        let e = parse("[store]\nzzzzzzzzzzzz = 1\n").unwrap_err().to_string();
+        let e = parse("[store]\nzzzzzzzzzzzz = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("known: memory_capacity"), "{e}");
         assert!(parse("[server]\nshards = 2\n").is_ok());
     }
@@ -219,7 +237,11 @@ mod tests {
                     .filter(|l| l.starts_with('['))
                     .last()
                     .unwrap_or("[server]");
-                let word: String = text.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(12).collect();
+                let word: String = text
+                    .chars()
+                    .filter(|c| c.is_ascii_lowercase() || *c == '_')
+                    .take(12)
+                    .collect();
                 let mangled = format!("{section}\n{word}{line}\n");
                 if let Err(e) = parse(&mangled) {
                     let e = e.to_string();

@@ -17,7 +17,13 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts node `i` under `root`, joining through `seed` (a cluster port), with
     /// `extra` flags and `config` as its TOML file.
-    pub fn start(root: &Path, i: usize, seed: Option<u16>, extra: &[&str], config: &str) -> NodeProc {
+    pub fn start(
+        root: &Path,
+        i: usize,
+        seed: Option<u16>,
+        extra: &[&str],
+        config: &str,
+    ) -> NodeProc {
         let dir = root.join(format!("node{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("node.toml");
@@ -84,7 +90,9 @@ impl NodeProc {
     pub fn sigterm(&mut self, within: Duration) -> (Option<i32>, Duration) {
         let mut c = self.child.take().expect("running");
         let start = Instant::now();
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         loop {
             if let Some(st) = c.try_wait().unwrap() {
                 return (st.code(), start.elapsed());

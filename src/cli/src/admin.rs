@@ -43,7 +43,11 @@ pub fn cluster(a: ClusterArgs) -> Result<(), CliError> {
         Some(
             last.iter()
                 .zip(applied)
-                .map(|(l, a)| l.as_u64().unwrap_or(0).saturating_sub(a.as_u64().unwrap_or(0)))
+                .map(|(l, a)| {
+                    l.as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(a.as_u64().unwrap_or(0))
+                })
                 .sum(),
         )
     };
@@ -70,10 +74,16 @@ pub fn cluster(a: ClusterArgs) -> Result<(), CliError> {
         .collect();
     println!(
         "{}",
-        table(&["MEMBER", "ADDR", "STATE", "GENERATION", "SYNC LAG"], &rows)
+        table(
+            &["MEMBER", "ADDR", "STATE", "GENERATION", "SYNC LAG"],
+            &rows
+        )
     );
     if let Some(b) = v["blocked"].as_array().filter(|b| !b.is_empty()) {
-        println!("blocked (fault injection): {}", serde_json::Value::Array(b.clone()));
+        println!(
+            "blocked (fault injection): {}",
+            serde_json::Value::Array(b.clone())
+        );
     }
     if let Some(k) = v.get("key") {
         let list = |f: &str| {
@@ -122,7 +132,11 @@ pub fn stats(a: StatsArgs) -> Result<(), CliError> {
         vec![
             name,
             n(r, "objects").to_string(),
-            format!("{} / {}", bytes(n(r, "bytes")), bytes(n(r, "capacity_bytes"))),
+            format!(
+                "{} / {}",
+                bytes(n(r, "bytes")),
+                bytes(n(r, "capacity_bytes"))
+            ),
             format!(
                 "{} / {}",
                 bytes(n(r, "memory_bytes")),
@@ -147,7 +161,14 @@ pub fn stats(a: StatsArgs) -> Result<(), CliError> {
         "{}",
         table(
             &[
-                "", "OBJECTS", "DISK", "MEMORY", "HITS", "MISSES", "HIT RATIO", "EVICTIONS",
+                "",
+                "OBJECTS",
+                "DISK",
+                "MEMORY",
+                "HITS",
+                "MISSES",
+                "HIT RATIO",
+                "EVICTIONS",
                 "PENDING UPLOADS"
             ],
             &rows

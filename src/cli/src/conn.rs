@@ -41,21 +41,22 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     fn load(common: &Common) -> Result<NodeConfig, CliError> {
-        let path = match &common.config {
-            Some(p) => p.clone(),
-            None if std::path::Path::new(SYSTEM_CONFIG).exists() => SYSTEM_CONFIG.into(),
-            None => return Ok(NodeConfig::default()),
+        let (path, text) = match &common.config {
+            Some(p) => (
+                p.clone(),
+                std::fs::read_to_string(p)
+                    .map_err(|e| CliError::other(format!("reading {}", p.display()), e))?,
+            ),
+            // The system config is only a default: unreadable (mode 0640, other users)
+            // or absent, the defaults apply.
+            None => match std::fs::read_to_string(SYSTEM_CONFIG) {
+                Ok(text) => (PathBuf::from(SYSTEM_CONFIG), text),
+                Err(_) => return Ok(NodeConfig::default()),
+            },
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| CliError::other(format!("reading {}", path.display()), e))?;
         let t: toml::Table = toml::from_str(&text)
             .map_err(|e| CliError::other(format!("parsing {}", path.display()), e))?;
-        let s = |section: &str, key: &str| {
-            t.get(section)?
-                .get(key)?
-                .as_str()
-                .map(str::to_string)
-        };
+        let s = |section: &str, key: &str| t.get(section)?.get(key)?.as_str().map(str::to_string);
         let s3_key = t
             .get("s3api")
             .and_then(|s| s.get("keys"))
@@ -113,7 +114,9 @@ impl Conn {
             format!("http://{}", base.trim_end_matches('/'))
         };
         if !common.timeout.is_finite() || common.timeout <= 0.0 {
-            return Err(CliError::Usage("--timeout must be a positive number".into()));
+            return Err(CliError::Usage(
+                "--timeout must be a positive number".into(),
+            ));
         }
         // No overall timeout on the client: bodies of any size stream through it. Small
         // requests set their own.
@@ -173,7 +176,13 @@ impl Conn {
         let detail = body["detail"]
             .as_str()
             .map(str::to_string)
-            .unwrap_or_else(|| if body.is_null() { text.trim().to_string() } else { String::new() });
+            .unwrap_or_else(|| {
+                if body.is_null() {
+                    text.trim().to_string()
+                } else {
+                    String::new()
+                }
+            });
         if status == reqwest::StatusCode::NOT_FOUND && detail.starts_with("no route for") {
             return Err(CliError::NoRoute {
                 what: what.to_string(),

@@ -36,7 +36,9 @@ pub enum CliError {
         detail: String,
     },
     /// The node does not serve this route (an older or newer nearcache).
-    #[error("{what}: this node does not serve {route} (404); it may run another version of nearcache")]
+    #[error(
+        "{what}: this node does not serve {route} (404); it may run another version of nearcache"
+    )]
     NoRoute { what: String, route: String },
     /// A cluster-wide action reached only some nodes; retrying may help.
     #[error("{0}")]

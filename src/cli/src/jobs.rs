@@ -152,8 +152,8 @@ pub fn jobs(a: JobsArgs) -> Result<(), CliError> {
 }
 
 const HEADER: &[&str] = &[
-    "ID", "KIND", "BUCKET", "PREFIX", "STATE", "LISTED", "FETCHED", "SKIPPED", "DELETED",
-    "BYTES", "ERRORS", "RATE", "ETA",
+    "ID", "KIND", "BUCKET", "PREFIX", "STATE", "LISTED", "FETCHED", "SKIPPED", "DELETED", "BYTES",
+    "ERRORS", "RATE", "ETA",
 ];
 
 fn row(j: &Value) -> Vec<String> {

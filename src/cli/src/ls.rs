@@ -58,7 +58,13 @@ pub fn ls(a: LsArgs) -> Result<(), CliError> {
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(&endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(access, secret, None, None, "nearcache-cli"))
+        .credentials_provider(Credentials::new(
+            access,
+            secret,
+            None,
+            None,
+            "nearcache-cli",
+        ))
         .force_path_style(true)
         .build();
     let client = aws_sdk_s3::Client::from_conf(conf);
@@ -71,28 +77,32 @@ pub fn ls(a: LsArgs) -> Result<(), CliError> {
         .as_deref()
         .map(|p| p.strip_prefix("s3://").unwrap_or(p))
         .filter(|p| !p.is_empty());
-    let classify = |what: &str, e: &dyn std::fmt::Display, status: Option<u16>, code: Option<&str>| {
-        match status {
-            None => CliError::Unreachable {
-                url: endpoint.clone(),
-                detail: e.to_string(),
-            },
-            Some(status) => CliError::Status {
-                what: what.to_string(),
-                status,
-                error: code.unwrap_or("error").to_string(),
-                detail: String::new(),
-            },
-        }
-    };
+    let classify =
+        |what: &str, e: &dyn std::fmt::Display, status: Option<u16>, code: Option<&str>| {
+            match status {
+                None => CliError::Unreachable {
+                    url: endpoint.clone(),
+                    detail: e.to_string(),
+                },
+                Some(status) => CliError::Status {
+                    what: what.to_string(),
+                    status,
+                    error: code.unwrap_or("error").to_string(),
+                    detail: String::new(),
+                },
+            }
+        };
     let Some(target) = target else {
-        let out = rt
-            .block_on(client.list_buckets().send())
-            .map_err(|e| {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_string);
-                classify("ls", &aws_sdk_s3::error::DisplayErrorContext(&e), status, code.as_deref())
-            })?;
+        let out = rt.block_on(client.list_buckets().send()).map_err(|e| {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_string);
+            classify(
+                "ls",
+                &aws_sdk_s3::error::DisplayErrorContext(&e),
+                status,
+                code.as_deref(),
+            )
+        })?;
         let names: Vec<String> = out
             .buckets()
             .iter()

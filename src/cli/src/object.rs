@@ -268,7 +268,10 @@ pub fn stat(a: StatArgs) -> Result<(), CliError> {
         }
     }
     if let Some(m) = v["user_meta"].as_object().filter(|m| !m.is_empty()) {
-        rows.push(("user_meta", serde_json::Value::Object(m.clone()).to_string()));
+        rows.push((
+            "user_meta",
+            serde_json::Value::Object(m.clone()).to_string(),
+        ));
     }
     for (k, val) in rows {
         println!("{k:<14}{val}");

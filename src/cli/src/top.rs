@@ -61,7 +61,11 @@ fn parse(text: &str) -> Scrape {
             "nearcache_http_request_duration_seconds_bucket" if !scrape => {
                 if let Some(le) = label(labels, "le").and_then(|l| l.parse::<f64>().ok()) {
                     // Keyed by micro-seconds so that +Inf sorts last.
-                    let key = if le.is_finite() { (le * 1e6) as u64 } else { u64::MAX };
+                    let key = if le.is_finite() {
+                        (le * 1e6) as u64
+                    } else {
+                        u64::MAX
+                    };
                     *s.buckets.entry(key).or_default() += value;
                 }
             }
@@ -94,7 +98,11 @@ fn quantile(before: &Scrape, after: &Scrape, q: f64) -> Option<f64> {
             if le == u64::MAX {
                 return Some(prev.0 as f64 / 1e3);
             }
-            let within = if cum > prev.1 { (rank - prev.1) / (cum - prev.1) } else { 1.0 };
+            let within = if cum > prev.1 {
+                (rank - prev.1) / (cum - prev.1)
+            } else {
+                1.0
+            };
             return Some((prev.0 as f64 + within * (le - prev.0) as f64) / 1e3);
         }
         prev = (le, cum);
@@ -113,7 +121,9 @@ pub fn top(a: TopArgs) -> Result<(), CliError> {
             .collect::<Result<Vec<_>, _>>()?
     };
     if !a.interval.is_finite() || a.interval <= 0.0 {
-        return Err(CliError::Usage("--interval must be a positive number of seconds".into()));
+        return Err(CliError::Usage(
+            "--interval must be a positive number of seconds".into(),
+        ));
     }
     let interval = Duration::from_secs_f64(a.interval);
     let scrape = |c: &Conn| -> Result<Scrape, CliError> {
@@ -147,7 +157,9 @@ pub fn top(a: TopArgs) -> Result<(), CliError> {
                         "inflight": after.inflight,
                     })
                 }
-                (_, Err(e)) | (Err(e), _) => serde_json::json!({ "server": c.base, "error": e.to_string() }),
+                (_, Err(e)) | (Err(e), _) => {
+                    serde_json::json!({ "server": c.base, "error": e.to_string() })
+                }
             };
             let f = |k: &str, unit: &str| {
                 node[k]
@@ -178,7 +190,10 @@ pub fn top(a: TopArgs) -> Result<(), CliError> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            println!("{}", serde_json::json!({ "time_unix_ms": ms, "nodes": nodes }));
+            println!(
+                "{}",
+                serde_json::json!({ "time_unix_ms": ms, "nodes": nodes })
+            );
         } else {
             let mut out = std::io::stdout().lock();
             if tty {
@@ -190,7 +205,16 @@ pub fn top(a: TopArgs) -> Result<(), CliError> {
                 "nearcache top: every {:.1} s (Ctrl-C quits)\n{}\n",
                 a.interval,
                 table(
-                    &["NODE", "REQ/S", "HIT RATIO", "P50", "P90", "P99", "IN FLIGHT", "PENDING UPLOADS"],
+                    &[
+                        "NODE",
+                        "REQ/S",
+                        "HIT RATIO",
+                        "P50",
+                        "P90",
+                        "P99",
+                        "IN FLIGHT",
+                        "PENDING UPLOADS"
+                    ],
                     &rows
                 )
             );
@@ -246,7 +270,10 @@ nearcache_pending_uploads{shard=\"0\"} 3
                     Some(b) if b % 2 == 0 => {
                         let seed = seeds[usize::from(b % 4 == 0)];
                         let at = usize::from(input.get(1).copied().unwrap_or(0)) * seed.len() / 256;
-                        let at = (0..=at).rev().find(|i| seed.is_char_boundary(*i)).unwrap_or(0);
+                        let at = (0..=at)
+                            .rev()
+                            .find(|i| seed.is_char_boundary(*i))
+                            .unwrap_or(0);
                         format!("{}{text}{}", &seed[..at], &seed[at..])
                     }
                     _ => text.into_owned(),
@@ -254,7 +281,11 @@ nearcache_pending_uploads{shard=\"0\"} 3
                 let a = parse(&spliced);
                 let b = parse(BEFORE);
                 for q in [0.0, 0.5, 0.99, 1.0] {
-                    for v in [quantile(&b, &a, q), quantile(&a, &b, q), quantile(&a, &a, q)] {
+                    for v in [
+                        quantile(&b, &a, q),
+                        quantile(&a, &b, q),
+                        quantile(&a, &a, q),
+                    ] {
                         assert!(v.is_none_or(|v| v.is_finite() && v >= 0.0), "{v:?}");
                     }
                 }
@@ -264,7 +295,11 @@ nearcache_pending_uploads{shard=\"0\"} 3
     #[test]
     fn rates_and_percentiles_come_from_the_difference_of_two_scrapes() {
         let (b, a) = (parse(BEFORE), parse(AFTER));
-        assert_eq!(a.requests - b.requests, 100.0, "the scrapes themselves are not counted");
+        assert_eq!(
+            a.requests - b.requests,
+            100.0,
+            "the scrapes themselves are not counted"
+        );
         assert_eq!(a.hits - b.hits, 90.0);
         assert_eq!(a.pending_uploads, 3.0);
         // 50 requests took <= 1 ms, 50 between 1 and 10 ms.
