@@ -361,8 +361,9 @@ fn cache_management_commands() {
         .is_success();
     if !has_jobs {
         for args in [
-            vec!["invalidate", "b", "k"],
-            vec!["invalidate", "b", "--prefix", "p/"],
+            vec!["invalidate", "--bucket", "b", "k"],
+            vec!["invalidate", "--bucket", "b", "--prefix", "p/"],
+            vec!["invalidate", "01JCZ5V0R3Q6T9W2B7N4K8M1XE"],
             vec!["prewarm", "b", "--prefix", "p/"],
             vec!["jobs"],
         ] {
@@ -379,11 +380,21 @@ fn cache_management_commands() {
     for i in 0..5 {
         sdk.put(&bucket, &format!("p/{i}"), vec![b'x'; 100]);
     }
+    // The S3-API writes were cached; invalidating the prefix drops them.
     let v = json(&nc(
         &node,
-        &["invalidate", &bucket, "--prefix", "p/", "--json"],
+        &["invalidate", "--bucket", &bucket, "--prefix", "p/", "--json"],
     ));
-    assert!(v["dropped"].is_number(), "{v}");
+    assert!(v["dropped"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["failed_nodes"], serde_json::json!([]), "{v}");
+    let human = String::from_utf8(
+        ok(&nc(&node, &["invalidate", "--bucket", &bucket, "p/0"]))
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(human.contains("dropped"), "{human}");
+    // Prewarm reads them back into the cache.
     let v = json(&nc(
         &node,
         &["prewarm", &bucket, "--prefix", "p/", "--wait", "--json"],
@@ -398,6 +409,11 @@ fn cache_management_commands() {
         .any(|j| j["id"] == id.as_str()));
     let v = json(&nc(&node, &["jobs", &id, "--json"]));
     assert_eq!(v["id"], id.as_str());
+    assert!(v["fetched"].as_u64().unwrap() + v["skipped"].as_u64().unwrap() >= 5, "{v}");
+    let human = String::from_utf8(ok(&nc(&node, &["jobs"])).stdout.clone()).unwrap();
+    assert!(human.contains(&id) && human.contains("prewarm"), "{human}");
+    let out = nc(&node, &["jobs", "01JCZ5V0R3Q6T9W2B7N4K8M1XE"]);
+    assert_eq!(code(&out), 3, "an unknown job: {}", stderr(&out));
 }
 
 #[test]

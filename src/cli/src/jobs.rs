@@ -12,27 +12,27 @@ use crate::error::CliError;
 use crate::util::{bytes, print_json, table};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("scope").args(["key", "bucket", "prefix"]).multiple(true).required(true)))]
 pub struct InvalidateArgs {
     #[command(flatten)]
     pub c: Common,
-    /// Bucket of the S3 API.
-    pub bucket: String,
-    /// One key to drop.
-    #[arg(conflicts_with = "prefix", required_unless_present = "prefix")]
+    /// One key to drop: a native id, or with --bucket a key of that bucket.
+    #[arg(conflicts_with = "prefix")]
     pub key: Option<String>,
-    /// Drop every key under this prefix.
+    /// A bucket of the S3 API (alone: the whole bucket).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Drop every key under this prefix (of --bucket, else native ids).
     #[arg(long)]
     pub prefix: Option<String>,
 }
 
 pub fn invalidate(a: InvalidateArgs) -> Result<(), CliError> {
     let conn = Conn::new(&a.c)?;
-    let mut q = vec![("bucket", a.bucket.as_str())];
-    match (&a.key, &a.prefix) {
-        (Some(k), _) => q.push(("key", k)),
-        (None, Some(p)) => q.push(("prefix", p)),
-        (None, None) => return Err(CliError::Usage("invalidate needs KEY or --prefix".into())),
-    }
+    let q: Vec<(&str, &str)> = [("bucket", &a.bucket), ("key", &a.key), ("prefix", &a.prefix)]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+        .collect();
     let v = conn.call_json("invalidate", conn.post("/api/v1/invalidate").query(&q))?;
     let failed = v["failed_nodes"].as_array().cloned().unwrap_or_default();
     if conn.json {
@@ -51,10 +51,17 @@ pub fn invalidate(a: InvalidateArgs) -> Result<(), CliError> {
         }
     }
     if !failed.is_empty() {
+        let nodes: Vec<String> = failed
+            .iter()
+            .map(|f| match (f["node"].as_str(), f["error"].as_str()) {
+                (Some(n), Some(e)) => format!("{n} ({e})"),
+                _ => f.to_string(),
+            })
+            .collect();
         return Err(CliError::Partial(format!(
             "invalidate: {} node(s) could not be reached and may still serve the old copy: {}; retry",
             failed.len(),
-            Value::Array(failed)
+            nodes.join(", ")
         )));
     }
     Ok(())
