@@ -359,6 +359,7 @@ fn cache_management_commands() {
         .unwrap()
         .status()
         .is_success();
+    println!("this node has the jobs API: {has_jobs}");
     if !has_jobs {
         for args in [
             vec!["invalidate", "--bucket", "b", "k"],
