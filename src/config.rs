@@ -93,6 +93,9 @@ pub mod defaults {
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
     pub const DRAIN_ON_SHUTDOWN: bool = true;
     pub const DRAIN_TIMEOUT_SECS: u64 = 60;
+    pub const STALE_IF_ERROR_SECS: u64 = 0;
+    pub const NEGATIVE_TTL_SECS: u64 = 5;
+    pub const NEGATIVE_MAX_ENTRIES: usize = 100_000;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -419,7 +422,68 @@ pub struct Config {
     pub api: ApiConfig,
     pub s3api: S3ApiConfig,
     pub cluster: ClusterConfig,
+    pub freshness: FreshnessConfig,
     pub log: LogConfig,
+}
+
+/// Freshness of cached copies (`[freshness]`): when a copy read through from (or written
+/// to) the origin must be revalidated, how long stale copies may still be served, and
+/// how long an origin 404 is remembered. The top-level fields are the rule for keys that
+/// no `[[freshness.rule]]` matches.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreshnessConfig {
+    /// Seconds a copy stays fresh after it was fetched, written or revalidated; 0 = never
+    /// stale (unless the origin's headers say otherwise and `honour_origin` is on).
+    pub ttl_secs: u64,
+    /// Let the origin's `Cache-Control` (s-maxage, max-age, no-cache, no-store, private,
+    /// must-revalidate, stale-while-revalidate, stale-if-error) and `Expires` decide
+    /// instead of `ttl_secs`, when the object carries them.
+    pub honour_origin: bool,
+    /// Seconds past its TTL a stale copy is still answered while one background request
+    /// revalidates it (0 = revalidate before answering).
+    pub stale_while_revalidate_secs: u64,
+    /// Seconds past its TTL a stale copy is answered when revalidation fails (origin
+    /// errors or timeouts; never when the origin says the object is gone).
+    pub stale_if_error_secs: u64,
+    /// Seconds an origin 404 is remembered (one origin request per key per this time);
+    /// 0 = off. A write through nearcache forgets it at once.
+    pub negative_ttl_secs: u64,
+    /// Remembered 404s per shard; past this the oldest half is forgotten.
+    pub negative_max_entries: usize,
+    /// Rules by bucket and key prefix; the longest matching prefix wins.
+    pub rule: Vec<FreshnessRule>,
+}
+
+impl Default for FreshnessConfig {
+    fn default() -> Self {
+        FreshnessConfig {
+            ttl_secs: 0,
+            honour_origin: true,
+            stale_while_revalidate_secs: 0,
+            stale_if_error_secs: defaults::STALE_IF_ERROR_SECS,
+            negative_ttl_secs: defaults::NEGATIVE_TTL_SECS,
+            negative_max_entries: defaults::NEGATIVE_MAX_ENTRIES,
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// One freshness rule (`[[freshness.rule]]`). Fields left out take the `[freshness]`
+/// value.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessRule {
+    /// Origin bucket the rule applies to (`*` = every bucket). Native-API objects live in
+    /// the `[origin]` bucket.
+    pub bucket: String,
+    /// Key prefix within the bucket (native API: of the object id); empty = all keys.
+    #[serde(default)]
+    pub prefix: String,
+    pub ttl_secs: Option<u64>,
+    pub honour_origin: Option<bool>,
+    pub stale_while_revalidate_secs: Option<u64>,
+    pub stale_if_error_secs: Option<u64>,
 }
 
 /// Command-line flags; each also reads an environment variable.

@@ -30,7 +30,9 @@
 //!   the merge of an origin page with pending writes and deletes (sorted, bounded, no
 //!   deleted key, every pending write within the page, `next` iff truncated), and whole
 //!   listings paged through against a model of S3's origin (every key once, in order);
-//! - S3 addressing (`api::s3::address`): Host and path to bucket and key.
+//! - S3 addressing (`api::s3::address`): Host and path to bucket and key;
+//! - `Cache-Control`/`Expires` (`object::fresh`): directive names are tokens, standings are
+//!   consistent in time, well-formed max-age/s-maxage read back exactly.
 //!
 //! Inputs that once failed are kept at the end as plain regression tests.
 
@@ -163,6 +165,65 @@ fn check_range(h: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ()> {
         }
     }
     r.map_err(|_| ())
+}
+
+/// `Cache-Control` and `Expires` (`object::fresh`): any header text parses without
+/// panicking into directives whose names are tokens; a copy's standing is consistent (a
+/// copy not in the origin is always fresh; a fresh copy stays fresh earlier); and
+/// well-formed `max-age`/`s-maxage` values read back exactly.
+#[test]
+fn fuzz_cache_control() {
+    use crate::object::fresh::{cache_control, origin_directives, standing, Rule, Standing};
+    let n = AtomicUsize::new(0);
+    check!()
+        .with_iterations(RAW_ITERS)
+        .with_max_len(256)
+        .for_each(|input: &[u8]| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let mut src = Src(input);
+            let max_age = src.u64() % 100_000;
+            let s_maxage = src.bool().then(|| src.u64() % 100_000);
+            let now = src.u64() % (1 << 42);
+            let rule = Rule {
+                ttl_secs: u64::from(src.byte()),
+                honour_origin: src.bool(),
+                stale_while_revalidate_secs: u64::from(src.byte()),
+                stale_if_error_secs: u64::from(src.byte()),
+            };
+            let in_origin = src.bool();
+            let raw = String::from_utf8_lossy(src.rest()).into_owned();
+            for (name, _) in cache_control(&raw) {
+                assert!(!name.is_empty() && !name.contains([',', '=', '"', ' ']), "{name:?}");
+            }
+            let mut cc = format!("{raw}, max-age={max_age}");
+            if let Some(s) = s_maxage {
+                cc.push_str(&format!(", s-maxage={s}"));
+            }
+            let mut headers = BTreeMap::new();
+            headers.insert("cache-control".to_string(), cc);
+            if raw.len() % 3 == 0 {
+                headers.insert("expires".to_string(), raw.clone());
+            }
+            let d = origin_directives(&headers);
+            // The well-formed directives come last and are not inside quotes unless the
+            // fuzzed text left a quote open.
+            if raw.matches('"').count() % 2 == 0 && !raw.contains('\\') {
+                if let Some(s) = s_maxage {
+                    assert_eq!(d.max_age, Some(s), "{headers:?}");
+                } else if !raw.to_ascii_lowercase().contains("s-maxage") {
+                    assert_eq!(d.max_age, Some(max_age), "{headers:?}");
+                }
+            }
+            let meta = crate::object::fresh::tests::test_meta(now / 2, in_origin, headers);
+            let st = standing(rule, &meta, now);
+            if !in_origin {
+                assert_eq!(st, Standing::Fresh);
+            }
+            if st == Standing::Fresh {
+                assert_eq!(standing(rule, &meta, now / 2), Standing::Fresh);
+            }
+        });
+    report("cache_control", &n);
 }
 
 #[test]

@@ -189,6 +189,8 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
 ];
 
 const NR: usize = 18;
+// Merges that add routes must raise NR: an index past it would panic at run time.
+const _: () = assert!(Route::ALL.len() == NR);
 const NS: usize = STATUSES.len();
 const NB: usize = LATENCY_BOUNDS.len() + 1;
 

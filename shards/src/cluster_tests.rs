@@ -39,6 +39,7 @@ fn remote_meta(key: &str, body: &[u8], hlc: u64, level: u8) -> ObjectMeta {
         in_origin: false,
         provenance: Provenance::Client,
         headers: Default::default(),
+        validated_ms: 0,
         derived: Default::default(),
     }
 }

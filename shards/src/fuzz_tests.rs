@@ -70,6 +70,7 @@ fn meta(seed: &MetaSeed) -> ObjectMeta {
             Provenance::Client
         },
         headers: user.into_iter().rev().collect::<BTreeMap<_, _>>(),
+        validated_ms: 0,
         derived: Default::default(),
     }
 }

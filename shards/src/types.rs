@@ -122,6 +122,12 @@ pub struct ObjectMeta {
     /// Absent in journals written before it existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Wall-clock ms when this version was last known to be the origin's current one:
+    /// when it was written or fetched, or last revalidated ([`crate::Shard::renew`]).
+    /// Freshness is measured from here. 0 in journals written before it existed (such a
+    /// copy counts as old: it is revalidated on its first read under a TTL).
+    #[serde(default)]
+    pub validated_ms: u64,
     /// What the layers above derive from this version (response header values), made
     /// on first use so that every later hit reuses it. Not persisted.
     #[serde(skip)]

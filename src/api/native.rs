@@ -502,11 +502,12 @@ async fn meta(
                 "fetched": meta.provenance == nearcache_shards::Provenance::Fetched,
             }),
         )),
-        Stat::Origin(m) => {
+        Stat::Origin(m, restored) => {
             let mut r = json(
                 StatusCode::OK,
                 &serde_json::json!({
                     "id": id, "size": m.size, "etag": m.etag, "content_type": m.content_type,
+                    "name": restored.name, "level": restored.level,
                     "user_meta": m.user_meta, "last_modified": http_date(m.last_modified_ms),
                     "last_modified_ms": m.last_modified_ms, "in_origin": true, "cached": false,
                     "deleted": false, "fetched": true,

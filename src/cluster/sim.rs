@@ -288,6 +288,7 @@ fn meta(key: &str, etag: String, hlc: u64, seq: u64, level: u8, wall: u64) -> Ob
         in_origin: true,
         provenance: Provenance::Client,
         headers: Default::default(),
+        validated_ms: 0,
         derived: Default::default(),
     }
 }

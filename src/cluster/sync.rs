@@ -974,6 +974,7 @@ mod tests {
             in_origin: false,
             provenance: nearcache_shards::Provenance::Client,
             headers: Default::default(),
+            validated_ms: 0,
             derived: Default::default(),
         };
         let enc = encode_meta(&m);

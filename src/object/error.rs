@@ -113,7 +113,10 @@ impl From<OriginError> for ObjectError {
             OriginError::NotFound => {
                 ObjectError::NotFound("object not found here or in the origin".into())
             }
-            OriginError::InvalidRange => ObjectError::OriginOther(e.to_string()),
+            // Revalidation handles a 304 itself; reaching here means nobody asked for one.
+            OriginError::InvalidRange | OriginError::NotModified => {
+                ObjectError::OriginOther(e.to_string())
+            }
             // The variants' own texts, without OriginError's prefix (ours says it).
             OriginError::Unavailable(m) => ObjectError::OriginUnavailable(m.clone()),
             OriginError::Closed => {

@@ -21,6 +21,73 @@ pub struct ObjectMetrics {
     pub origin_deletes_ok: AtomicU64,
     /// Requests answered with an error because the origin did not answer in time.
     pub origin_waits_timed_out: AtomicU64,
+    /// Revalidations of stale copies, by [`Revalidation`] outcome.
+    pub revalidations: [AtomicU64; Revalidation::ALL.len()],
+    /// Answers given from a stale copy, by [`StaleReason`].
+    pub stale_responses: [AtomicU64; StaleReason::ALL.len()],
+    /// Misses answered 404 from a remembered origin 404, without asking the origin.
+    pub negative_hits: AtomicU64,
+    /// Origin 404s remembered.
+    pub negative_stored: AtomicU64,
+}
+
+/// How a revalidation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revalidation {
+    /// 304: the copy was renewed, no body moved.
+    NotModified,
+    /// The origin has another version: it replaced the copy.
+    Changed,
+    /// The origin no longer has the object: the copy was dropped.
+    Gone,
+    /// The origin failed or timed out.
+    Failed,
+}
+
+impl Revalidation {
+    pub const ALL: [Revalidation; 4] = [
+        Revalidation::NotModified,
+        Revalidation::Changed,
+        Revalidation::Gone,
+        Revalidation::Failed,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Revalidation::NotModified => "not_modified",
+            Revalidation::Changed => "changed",
+            Revalidation::Gone => "gone",
+            Revalidation::Failed => "failed",
+        }
+    }
+}
+
+/// Why a stale copy was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// stale-while-revalidate: a background request is renewing it.
+    Revalidating,
+    /// stale-if-error: revalidation failed.
+    OriginError,
+}
+
+impl StaleReason {
+    pub const ALL: [StaleReason; 2] = [StaleReason::Revalidating, StaleReason::OriginError];
+    fn label(self) -> &'static str {
+        match self {
+            StaleReason::Revalidating => "revalidating",
+            StaleReason::OriginError => "origin_error",
+        }
+    }
+}
+
+impl ObjectMetrics {
+    pub fn revalidated(&self, outcome: Revalidation) {
+        self.revalidations[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn stale_served(&self, reason: StaleReason) {
+        self.stale_responses[reason as usize].fetch_add(1, Relaxed);
+    }
 }
 
 impl ObjectMetrics {
@@ -55,9 +122,33 @@ impl ObjectMetrics {
             Kind::Counter,
             "Requests answered with an error because the origin did not answer within origin_wait_secs.",
         ),
+        Family::new(
+            "nearcache_negative_cache_hits_total",
+            Kind::Counter,
+            "Misses answered 404 from a remembered origin 404, without asking the origin.",
+        ),
+        Family::new(
+            "nearcache_negative_cache_stores_total",
+            Kind::Counter,
+            "Origin 404s remembered (freshness.negative_ttl_secs).",
+        ),
     ];
 
-    fn values(&self) -> [u64; 6] {
+    /// Families labelled by shard and one more label.
+    pub const LABELLED: &'static [Family] = &[
+        Family::new(
+            "nearcache_revalidations_total",
+            Kind::Counter,
+            "Revalidations of stale copies with the origin, by outcome (not_modified, changed, gone, failed).",
+        ),
+        Family::new(
+            "nearcache_stale_responses_total",
+            Kind::Counter,
+            "Answers given from a stale copy, by reason (revalidating: stale-while-revalidate; origin_error: stale-if-error).",
+        ),
+    ];
+
+    fn values(&self) -> [u64; 8] {
         [
             self.coalesced.load(Relaxed),
             self.origin_fetches.load(Relaxed),
@@ -65,14 +156,35 @@ impl ObjectMetrics {
             self.upload_failures.load(Relaxed),
             self.origin_deletes_ok.load(Relaxed),
             self.origin_waits_timed_out.load(Relaxed),
+            self.negative_hits.load(Relaxed),
+            self.negative_stored.load(Relaxed),
         ]
     }
 
     /// Writes the families for every shard (`shards[i]` is shard i's metrics).
     pub fn render(shards: &[Arc<ObjectMetrics>], out: &mut Exposition) {
-        let rows: Vec<[u64; 6]> = shards.iter().map(|m| m.values()).collect();
+        let rows: Vec<[u64; 8]> = shards.iter().map(|m| m.values()).collect();
         for (i, f) in Self::FAMILIES.iter().enumerate() {
             out.per_shard(f, rows.iter().map(|r| r[i]));
+        }
+        let [revalidations, stale] = Self::LABELLED else {
+            unreachable!("two labelled families")
+        };
+        out.family(revalidations);
+        for o in Revalidation::ALL {
+            for (shard, m) in shards.iter().enumerate() {
+                let v = m.revalidations[o as usize].load(Relaxed);
+                let labels = format!("shard=\"{shard}\",outcome=\"{}\"", o.label());
+                out.sample(revalidations.name, &labels, v);
+            }
+        }
+        out.family(stale);
+        for r in StaleReason::ALL {
+            for (shard, m) in shards.iter().enumerate() {
+                let v = m.stale_responses[r as usize].load(Relaxed);
+                let labels = format!("shard=\"{shard}\",reason=\"{}\"", r.label());
+                out.sample(stale.name, &labels, v);
+            }
         }
     }
 }

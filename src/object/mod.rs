@@ -3,6 +3,9 @@
 //! It owns what a cache does with an object, whichever API asked:
 //! - reads ([`read`]): hits, conditional requests and ranges, read-through on a miss
 //!   with coalescing (one origin GET per key at a time), HEAD and stat;
+//! - freshness ([`fresh`]): TTL rules, the origin's Cache-Control, revalidation with
+//!   conditional GETs (coalesced like misses), stale-while-revalidate, stale-if-error and
+//!   remembered 404s;
 //! - writes and deletes ([`write`]): levels, write conditions, replication to the other
 //!   owners after a write (called once, here), waiting for the origin when asked;
 //! - the uploader ([`uploader`]): drains the journal's pending origin writes;
@@ -13,8 +16,10 @@
 //! API asked; the [`CacheKey`] knows where an object lives in the origin.
 
 pub mod error;
+pub mod fresh;
 pub mod key;
 pub mod metrics;
+pub mod origin_meta;
 pub mod read;
 pub mod uploader;
 pub mod write;
@@ -47,8 +52,13 @@ pub struct ObjectShard {
     /// The same origin with the background bounds, for the uploader.
     origin_background: Bridge,
     pub metrics: Arc<ObjectMetrics>,
-    /// Origin fetches in progress on this (owner) shard, by key: later misses wait on them.
+    /// Origin fetches and revalidations in progress on this (owner) shard, by key: later
+    /// misses and stale hits wait on them.
     fetches: RefCell<HashMap<String, Rc<read::Fetch>>>,
+    /// The `[freshness]` rules.
+    pub rules: fresh::Rules,
+    /// Origin 404s remembered by this shard.
+    negative: RefCell<fresh::NegativeCache>,
     /// Writers waiting for the uploader, by (key, seq).
     upload_waiters: RefCell<HashMap<(String, u64), Vec<oneshot::Sender<Result<(), String>>>>>,
     /// Wakes this shard's uploader loop when an upload ends and frees a slot.
@@ -57,12 +67,15 @@ pub struct ObjectShard {
 
 impl ObjectShard {
     pub fn new(cfg: Arc<Config>, origin: Bridge) -> Self {
+        let rules = fresh::Rules::new(&cfg.freshness, cfg.origin.bucket.as_deref());
         ObjectShard {
             cfg,
             origin_background: origin.background(),
             origin,
             metrics: Arc::default(),
             fetches: Default::default(),
+            rules,
+            negative: Default::default(),
             upload_waiters: Default::default(),
             upload_slot_freed: Default::default(),
         }
@@ -71,6 +84,11 @@ impl ObjectShard {
     /// How long a request waits for the origin (a write it must see there, a fetch).
     pub fn origin_wait(&self) -> Duration {
         Duration::from_secs(self.cfg.api.origin_wait_secs.max(1))
+    }
+
+    /// Forgets a remembered origin 404 of `key` (it was just written through nearcache).
+    pub fn forget_missing(&self, key: &str) {
+        self.negative.borrow_mut().forget(key);
     }
 
     /// Releases every writer waiting for the uploader at shutdown (their writes stay

@@ -8,11 +8,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::Response;
-use nearcache_s3::{GetObject, RemoteMeta};
+use nearcache_s3::{GetObject, OriginError, RemoteMeta};
 use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, ObjectWriter, StoreError, WriteAttrs};
 use tokio::sync::{oneshot, watch};
 
+use super::fresh::{self, Standing};
 use super::key::Origin;
+use super::metrics::{Revalidation, StaleReason};
+use super::origin_meta::{self, Restored};
 use super::{CacheKey, ObjectCtx, ObjectError};
 use crate::body::{pump, Body, BodyError, BodySender, PUMP_DEPTH};
 use crate::http_util::{resolve_range, Answer, ByteRangeSpec, Conditions};
@@ -43,6 +46,11 @@ pub struct ObjectView<'a> {
     pub level: Option<u8>,
     /// The body came from the origin for this request (or a fetch it waited on).
     pub fetched: bool,
+    /// How the cache answered (the `X-Cache-Status` header).
+    pub status: CacheStatus,
+    /// Seconds since the copy was last known current (the `Age` header); None when the
+    /// origin described it for this request.
+    pub age_secs: Option<u64>,
     /// Where a stored version keeps its rendered header values (None: from the origin).
     derived: Option<&'a nearcache_shards::Derived>,
 }
@@ -56,8 +64,40 @@ pub struct HeadValues {
     pub user_meta_json: Option<http::HeaderValue>,
 }
 
+/// How the cache answered a read, as `X-Cache-Status` says (nginx's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// A fresh stored copy.
+    Hit,
+    /// Read through from the origin.
+    Miss,
+    /// A stale copy the origin confirmed (304) before this answer.
+    Revalidated,
+    /// A stale copy answered because revalidation failed (stale-if-error).
+    Stale,
+    /// A stale copy answered while a background request revalidates it
+    /// (stale-while-revalidate).
+    Updating,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Revalidated => "REVALIDATED",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Updating => "UPDATING",
+        }
+    }
+}
+
+/// The response header that says how the cache answered.
+pub const X_CACHE_STATUS: &str = "x-cache-status";
+
 impl<'a> ObjectView<'a> {
-    pub fn stored(m: &'a ObjectMeta, fetched: bool) -> Self {
+    pub fn stored(m: &'a ObjectMeta, status: CacheStatus) -> Self {
+        let age_ms = super::fresh::now_ms().saturating_sub(m.validated_ms);
         ObjectView {
             key: &m.key,
             size: m.size,
@@ -69,35 +109,44 @@ impl<'a> ObjectView<'a> {
             headers: &m.headers,
             parts_count: None,
             level: Some(m.level),
-            fetched,
+            fetched: status == CacheStatus::Miss,
+            status,
+            age_secs: Some(age_ms / 1000),
             derived: Some(&m.derived),
         }
     }
 
-    pub fn remote(key: &'a str, m: &'a RemoteMeta) -> Self {
+    pub fn remote(key: &'a str, m: &'a RemoteMeta, restored: &'a Restored) -> Self {
         ObjectView {
             key,
             size: m.size,
             etag: &m.etag,
             last_modified_ms: m.last_modified_ms,
             content_type: m.content_type.as_deref(),
-            name: None,
+            name: restored.name.as_deref(),
             user_meta: &m.user_meta,
             headers: &m.headers,
             parts_count: m.parts_count,
             level: None,
             fetched: true,
+            status: CacheStatus::Miss,
+            age_secs: None,
             derived: None,
         }
     }
 
-    /// A response head with ETag, Last-Modified and Accept-Ranges.
+    /// A response head with ETag, Last-Modified, Accept-Ranges, X-Cache-Status and Age.
     pub fn head_builder(&self) -> http::response::Builder {
         let hv = self.head_values();
-        Response::builder()
+        let mut b = Response::builder()
             .header(http::header::ETAG, hv.etag.clone())
             .header(http::header::LAST_MODIFIED, hv.last_modified.clone())
             .header(http::header::ACCEPT_RANGES, "bytes")
+            .header(X_CACHE_STATUS, self.status.as_str());
+        if let Some(age) = self.age_secs {
+            b = b.header(http::header::AGE, age);
+        }
+        b
     }
 
     /// ETag, Last-Modified and user metadata as header values: for a stored version
@@ -173,8 +222,9 @@ pub async fn get<C: ObjectCtx, R: Render>(
 }
 
 /// GET or HEAD in a cluster, on a node that is not the key's first owner: served here in
-/// one hop if the owner shard holds a copy this node may serve (it owns the key, or the
-/// copy is level 2). `None`: nothing servable here; the caller proxies.
+/// one hop if the owner shard holds a fresh copy this node may serve (it owns the key, or
+/// the copy is level 2). `None`: nothing servable here; the caller proxies (a stale copy
+/// is revalidated by the first owner, so that one request per key goes to the origin).
 pub async fn get_held<C: ObjectCtx, R: Render>(
     ctx: &Rc<C>,
     req: GetRequest,
@@ -189,9 +239,12 @@ pub async fn get_held<C: ObjectCtx, R: Render>(
         if !owner_here && meta.level < 2 {
             return Ok(None);
         }
+        if standing_of(&*ctx, &req.key, &meta) != Standing::Fresh {
+            return Ok(None);
+        }
         // Counted as a hit only when served.
         let _ = ctx.store().lookup(req.key.as_str());
-        match serve_hit(&*ctx, &req, &render, &meta, body, false).await {
+        match serve_hit(&*ctx, &req, &render, &meta, body, CacheStatus::Hit).await {
             Ok(r) => r.map(Some),
             // Dropped as corrupt: not servable here any more.
             Err(Corrupted) => Ok(None),
@@ -203,26 +256,57 @@ pub async fn get_held<C: ObjectCtx, R: Render>(
 /// The stored copy failed verification (already dropped by the store).
 struct Corrupted;
 
+/// The freshness standing of a stored copy of `key` now.
+fn standing_of<C: ObjectCtx>(ctx: &C, key: &CacheKey, meta: &ObjectMeta) -> Standing {
+    fresh::standing(ctx.objects().rules.rule_for(key), meta, fresh::now_ms())
+}
+
 async fn get_here<C: ObjectCtx, R: Render>(
     ctx: Rc<C>,
     req: GetRequest,
     render: R,
 ) -> Result<Response<Body>, ObjectError> {
     match ctx.store().lookup(req.key.as_str()) {
-        Lookup::Hit { meta, body } => {
-            match serve_hit(&*ctx, &req, &render, &meta, body, false).await {
-                Ok(r) => r,
-                Err(Corrupted) if req.fetch => read_through(ctx, req, render).await,
-                Err(Corrupted) => Err(ObjectError::NotFound(format!(
-                "the stored copy of {} failed verification and was dropped; read-through is off",
-                req.key
-            ))),
+        Lookup::Hit { meta, body } => match standing_of(&*ctx, &req.key, &meta) {
+            Standing::Fresh => serve_stored(ctx, req, render, &meta, body, CacheStatus::Hit).await,
+            // The client asked not to reach the origin: what is here is the answer.
+            Standing::Stale { .. } if !req.fetch => {
+                serve_stored(ctx, req, render, &meta, body, CacheStatus::Stale).await
             }
-        }
+            Standing::Stale {
+                serve_while_revalidating: true,
+                ..
+            } => {
+                revalidate_in_background(&ctx, &req.key, &meta);
+                ctx.objects().metrics.stale_served(StaleReason::Revalidating);
+                serve_stored(ctx, req, render, &meta, body, CacheStatus::Updating).await
+            }
+            Standing::Stale { .. } => revalidate(ctx, req, render, meta, body).await,
+        },
         Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
         Lookup::Miss if req.fetch => read_through(ctx, req, render).await,
         Lookup::Miss => Err(ObjectError::NotFound(format!(
             "{} is not cached and read-through is off",
+            req.key
+        ))),
+    }
+}
+
+/// Serves a stored copy; one that fails verification is read through again (or is a
+/// miss when read-through is off).
+async fn serve_stored<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+    meta: &ObjectMeta,
+    body: Option<Bytes>,
+    status: CacheStatus,
+) -> Result<Response<Body>, ObjectError> {
+    match serve_hit(&*ctx, &req, &render, meta, body, status).await {
+        Ok(r) => r,
+        Err(Corrupted) if req.fetch => read_through(ctx, req, render).await,
+        Err(Corrupted) => Err(ObjectError::NotFound(format!(
+            "the stored copy of {} failed verification and was dropped; read-through is off",
             req.key
         ))),
     }
@@ -241,9 +325,9 @@ async fn serve_hit<C: ObjectCtx, R: Render>(
     render: &R,
     meta: &ObjectMeta,
     body: Option<Bytes>,
-    fetched: bool,
+    status: CacheStatus,
 ) -> Result<Result<Response<Body>, ObjectError>, Corrupted> {
-    let view = ObjectView::stored(meta, fetched);
+    let view = ObjectView::stored(meta, status);
     let answer = match decide(req, &view) {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
@@ -294,6 +378,198 @@ fn slice(b: &Bytes, range: &Range<u64>) -> Bytes {
     b.slice(s as usize..e as usize)
 }
 
+/// Answers from what the store holds after a fetch or revalidation ended with
+/// `error` (None: it succeeded). `revalidated`: the hlc of the stale copy the request
+/// found (the same version now is REVALIDATED, another one came from the origin: MISS).
+/// After a failure a stale copy is answered only within its stale-if-error bound.
+async fn serve_current<C: ObjectCtx, R: Render>(
+    ctx: &C,
+    req: &GetRequest,
+    render: &R,
+    revalidated: Option<u64>,
+    error: Option<&ObjectError>,
+) -> Result<Response<Body>, ObjectError> {
+    match ctx.store().peek(req.key.as_str()) {
+        Lookup::Hit { meta, body } => {
+            let status = match (error, standing_of(ctx, &req.key, &meta)) {
+                (None, _) if revalidated == Some(meta.hlc) => CacheStatus::Revalidated,
+                (None, _) => CacheStatus::Miss,
+                (Some(_), Standing::Fresh) => CacheStatus::Hit,
+                (
+                    Some(e),
+                    Standing::Stale {
+                        serve_on_error_until_ms: until,
+                        ..
+                    },
+                ) => {
+                    if fresh::now_ms() >= until {
+                        return Err(e.clone());
+                    }
+                    ctx.objects().metrics.stale_served(StaleReason::OriginError);
+                    tracing::info!(key = %req.key, error = %e, "answering a stale copy (stale-if-error)");
+                    CacheStatus::Stale
+                }
+            };
+            match serve_hit(ctx, req, render, &meta, body, status).await {
+                Ok(r) => r,
+                Err(Corrupted) => Err(ObjectError::Corrupt(format!(
+                    "the stored copy of {} failed verification and was dropped",
+                    req.key
+                ))),
+            }
+        }
+        Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
+        Lookup::Miss => Err(error.cloned().unwrap_or_else(|| {
+            ObjectError::Unavailable(format!(
+                "the copy of {} was evicted while it was fetched; retry",
+                req.key
+            ))
+        })),
+    }
+}
+
+/// A stale copy that must not be answered before the origin confirms or replaces it:
+/// one revalidation per key at a time (later requests wait for it, as misses do).
+async fn revalidate<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+    stale: Rc<ObjectMeta>,
+    body: Option<Bytes>,
+) -> Result<Response<Body>, ObjectError> {
+    if let Some(fetch) = fetch_in_progress(&*ctx, &req.key) {
+        let outcome = fetch.wait().await;
+        let was = Some(stale.hlc);
+        return serve_current(&*ctx, &req, &render, was, outcome.err().as_ref()).await;
+    }
+    drop(body);
+    let (resp_tx, resp_rx) = oneshot::channel();
+    let guard = FetchGuard::register(ctx.clone(), req.key.as_str());
+    // Its own task: the copy is renewed or replaced even if this client goes away.
+    monoio::spawn(async move {
+        let outcome = revalidate_task(&ctx, &req, &render, &stale, Some(resp_tx)).await;
+        guard.finish(outcome);
+    });
+    resp_rx.await.unwrap_or_else(|_| {
+        Err(ObjectError::Unavailable(
+            "the revalidation task ended without answering".into(),
+        ))
+    })
+}
+
+/// The fetch or revalidation of `key` under way on this shard, if any (counted: the
+/// caller waits for it instead of asking the origin itself).
+fn fetch_in_progress<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Option<Rc<Fetch>> {
+    let fetch = ctx.objects().fetches.borrow().get(key.as_str()).cloned()?;
+    ctx.objects().metrics.coalesced.fetch_add(1, Relaxed);
+    Some(fetch)
+}
+
+/// stale-while-revalidate: renews `stale` in the background unless a fetch or
+/// revalidation of the key is already under way.
+fn revalidate_in_background<C: ObjectCtx>(ctx: &Rc<C>, key: &CacheKey, stale: &Rc<ObjectMeta>) {
+    if ctx.objects().fetches.borrow().contains_key(key.as_str()) {
+        return;
+    }
+    let guard = FetchGuard::register(ctx.clone(), key.as_str());
+    let (ctx, stale) = (ctx.clone(), stale.clone());
+    let req = GetRequest {
+        key: key.clone(),
+        head: false,
+        range: ByteRangeSpec::Whole,
+        cond: Conditions::default(),
+        fetch: true,
+    };
+    monoio::spawn(async move {
+        let outcome = revalidate_task(&ctx, &req, &Unrendered, &stale, None).await;
+        guard.finish(outcome);
+    });
+}
+
+/// The response head of a background request that answers nobody.
+struct Unrendered;
+
+impl Render for Unrendered {
+    fn head(&self, _: &ObjectView<'_>, _: &Answer) -> http::response::Builder {
+        Response::builder()
+    }
+}
+
+type Responder = oneshot::Sender<Result<Response<Body>, ObjectError>>;
+
+/// Asks the origin whether `stale` is still its current version (If-None-Match): a 304
+/// renews the copy in place, another version replaces it (streamed to the client too),
+/// a 404 drops it. Answers `resp_tx` (if any) and returns the outcome for waiters.
+async fn revalidate_task<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+    stale: &ObjectMeta,
+    resp_tx: Option<Responder>,
+) -> Result<(), ObjectError> {
+    let objects = ctx.objects();
+    let key = req.key.as_str();
+    let origin = &objects.origin;
+    let res = match req.key.origin() {
+        Origin::Native(id) => origin.get_if_changed(None, id, &stale.etag).await,
+        Origin::Bucket { bucket, key } => {
+            origin.get_if_changed(Some(bucket), key, &stale.etag).await
+        }
+    };
+    let outcome = match res {
+        Ok(obj) => {
+            objects.metrics.revalidated(Revalidation::Changed);
+            return fill(ctx, req, render, obj, resp_tx).await;
+        }
+        Err(OriginError::NotModified) => {
+            objects.metrics.revalidated(Revalidation::NotModified);
+            match ctx.store().renew(key, stale.hlc, fresh::now_ms()).await {
+                Ok(renewed) => tracing::debug!(key, renewed, "revalidated: not modified"),
+                Err(e) => tracing::warn!(key, error = %e, "renewing a revalidated copy failed"),
+            }
+            Ok(())
+        }
+        Err(OriginError::NotFound) => {
+            objects.metrics.revalidated(Revalidation::Gone);
+            // Gone from the origin behind nearcache's back: drop the copy (not a delete
+            // through nearcache: no tombstone), unless a newer write landed meanwhile.
+            let still = matches!(ctx.store().peek(key), Lookup::Hit { meta, .. } if meta.hlc == stale.hlc);
+            if still {
+                if let Err(e) = ctx.store().forget(key).await {
+                    tracing::warn!(key, error = %e, "dropping a copy the origin no longer has");
+                }
+                remember_missing(&**ctx, &req.key);
+            }
+            Err(ObjectError::NotFound(format!(
+                "{key} is no longer in the origin; the cached copy was dropped"
+            )))
+        }
+        Err(e) => {
+            objects.metrics.revalidated(Revalidation::Failed);
+            Err(ObjectError::from(e))
+        }
+    };
+    if let Some(tx) = resp_tx {
+        let was = Some(stale.hlc);
+        let _ = tx.send(serve_current(&**ctx, req, render, was, outcome.as_ref().err()).await);
+    }
+    outcome
+}
+
+/// Remembers an origin 404 of `key` for `freshness.negative_ttl_secs`.
+fn remember_missing<C: ObjectCtx>(ctx: &C, key: &CacheKey) {
+    let o = ctx.objects();
+    if o.rules.negative_ttl_ms == 0 {
+        return;
+    }
+    let now = fresh::now_ms();
+    let until = now.saturating_add(o.rules.negative_ttl_ms);
+    o.negative
+        .borrow_mut()
+        .remember(key.as_str(), until, now, o.rules.negative_max_entries);
+    o.metrics.negative_stored.fetch_add(1, Relaxed);
+}
+
 /// A miss: read through from the origin. The first miss for a key fetches; concurrent
 /// misses wait for it and then read the stored copy.
 async fn read_through<C: ObjectCtx, R: Render>(
@@ -311,7 +587,8 @@ async fn read_through<C: ObjectCtx, R: Render>(
             // the fetches in progress would fetch a second time).
             match ctx.store().peek(req.key.as_str()) {
                 Lookup::Hit { meta, body } => {
-                    if let Ok(r) = serve_hit(&*ctx, &req, &render, &meta, body, false).await {
+                    let status = CacheStatus::Hit;
+                    if let Ok(r) = serve_hit(&*ctx, &req, &render, &meta, body, status).await {
                         return r;
                     }
                 }
@@ -320,33 +597,40 @@ async fn read_through<C: ObjectCtx, R: Render>(
             }
         }
     }
-    let existing = ctx
+    let now = fresh::now_ms();
+    if ctx
         .objects()
-        .fetches
-        .borrow()
-        .get(req.key.as_str())
-        .cloned();
-    if let Some(fetch) = existing {
-        ctx.objects().metrics.coalesced.fetch_add(1, Relaxed);
-        fetch.wait().await?;
-        return match ctx.store().peek(req.key.as_str()) {
-            Lookup::Hit { meta, body } => {
-                match serve_hit(&*ctx, &req, &render, &meta, body, true).await {
-                    Ok(r) => r,
-                    Err(Corrupted) => Err(ObjectError::Corrupt(
-                        "the freshly fetched copy failed verification".into(),
-                    )),
-                }
-            }
-            Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
-            // Fetched but not cached (no room): fetch for this request too.
-            Lookup::Miss => fetch_and_respond(ctx, req, render).await,
-        };
+        .negative
+        .borrow_mut()
+        .is_missing(req.key.as_str(), now)
+    {
+        ctx.objects().metrics.negative_hits.fetch_add(1, Relaxed);
+        return Err(ObjectError::NotFound(format!(
+            "{} is not in the origin (its 404 is remembered for freshness.negative_ttl_secs)",
+            req.key
+        )));
+    }
+    if let Some(fetch) = fetch_in_progress(&*ctx, &req.key) {
+        let outcome = fetch.wait().await;
+        if let (Ok(()), Lookup::Miss) = (&outcome, ctx.store().peek(req.key.as_str())) {
+            // Fetched but not cached (no room, or no-store): fetch for this request too.
+            return fetch_and_respond(ctx, req, render).await;
+        }
+        return serve_current(&*ctx, &req, &render, None, outcome.err().as_ref()).await;
     }
     if req.head {
         // HEAD needs only the metadata: ask the origin, don't fill the cache.
-        let rmeta = origin_head(&*ctx, &req.key).await?;
-        let view = ObjectView::remote(req.key.as_str(), &rmeta);
+        let mut rmeta = match origin_head(&*ctx, &req.key).await {
+            Ok(m) => m,
+            Err(e) => {
+                if matches!(e, ObjectError::NotFound(_)) {
+                    remember_missing(&*ctx, &req.key);
+                }
+                return Err(e);
+            }
+        };
+        let restored = origin_meta::from_origin(&req.key, &mut rmeta.user_meta);
+        let view = ObjectView::remote(req.key.as_str(), &rmeta, &restored);
         let answer = decide(&req, &view)?;
         return Ok(respond(render.head(&view, &answer), Body::Empty));
     }
@@ -380,8 +664,8 @@ pub(super) async fn origin_head<C: ObjectCtx>(
     })
 }
 
-/// One in-progress read-through. Waiters learn the outcome; on success they read the
-/// now-stored object like any hit.
+/// One in-progress read-through or revalidation. Waiters learn the outcome; on success
+/// they read the now-stored object like any hit.
 pub struct Fetch {
     done: watch::Sender<Option<Result<(), ObjectError>>>,
 }
@@ -462,7 +746,7 @@ async fn fetch_and_respond<C: ObjectCtx, R: Render>(
     let guard = FetchGuard::register(ctx.clone(), req.key.as_str());
     // The fetch runs in its own task: it fills the cache even if this client goes away.
     monoio::spawn(async move {
-        let outcome = fetch_task(&*ctx, &req, &render, resp_tx).await;
+        let outcome = fetch_task(&ctx, &req, &render, resp_tx).await;
         guard.finish(outcome);
     });
     resp_rx.await.unwrap_or_else(|_| {
@@ -516,24 +800,27 @@ impl Tee {
         ObjectError::OriginOther(msg)
     }
 
-    /// The whole object arrived: store it.
-    async fn finish(mut self, rmeta: &RemoteMeta) {
-        let Some(w) = self.writer.take() else { return };
+    /// The whole object arrived: store it with what nearcache kept of it in the origin
+    /// (a native object's name and level). The stored version, if it was stored.
+    async fn finish(mut self, rmeta: &RemoteMeta, restored: &Restored) -> Option<Rc<ObjectMeta>> {
+        let w = self.writer.take()?;
         let attrs = WriteAttrs {
             content_type: rmeta.content_type.clone(),
-            name: None,
+            name: restored.name.clone(),
             user_meta: rmeta.user_meta.clone(),
             headers: rmeta.headers.clone(),
-            level: 1,
+            level: restored.level,
             fetched: Some(FetchedFrom {
                 etag: rmeta.etag.clone(),
                 last_modified_ms: rmeta.last_modified_ms,
             }),
         };
         match w.finish(attrs).await {
-            Ok(_) | Err(StoreError::Superseded) => {}
+            Ok(m) => Some(m),
+            Err(StoreError::Superseded) => None,
             Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "read-through: storing failed")
+                tracing::warn!(shard = self.shard, error = %e, "read-through: storing failed");
+                None
             }
         }
     }
@@ -542,54 +829,76 @@ impl Tee {
 /// Fetches the object, answers the client as soon as the origin's head is in, then
 /// streams the body to the client and the store. Returns the outcome for waiters.
 async fn fetch_task<C: ObjectCtx, R: Render>(
-    ctx: &C,
+    ctx: &Rc<C>,
     req: &GetRequest,
     render: &R,
-    resp_tx: oneshot::Sender<Result<Response<Body>, ObjectError>>,
+    resp_tx: Responder,
 ) -> Result<(), ObjectError> {
-    let objects = ctx.objects();
-    objects.metrics.origin_fetches.fetch_add(1, Relaxed);
-    let obj = match origin_get(ctx, &req.key).await {
-        Ok(o) => o,
+    ctx.objects().metrics.origin_fetches.fetch_add(1, Relaxed);
+    match origin_get(&**ctx, &req.key).await {
+        Ok(obj) => fill(ctx, req, render, obj, Some(resp_tx)).await,
         Err(e) => {
-            let _ = resp_tx.send(Err(e.clone()));
-            return Err(e);
-        }
-    };
-    let rmeta = obj.meta;
-    let mut origin_body = obj.body;
-    let view = ObjectView::remote(req.key.as_str(), &rmeta);
-    let mut client = None;
-    match decide(req, &view) {
-        Ok(answer) => {
-            let builder = render.head(&view, &answer);
-            let range = match &answer {
-                Answer::Whole => 0..rmeta.size,
-                Answer::Partial(r) => r.clone(),
-                Answer::NotModified => 0..0,
-            };
-            if range.is_empty() {
-                let _ = resp_tx.send(Ok(respond(builder, Body::Empty)));
-            } else {
-                let (tx, body) = Body::channel(range.end - range.start, PUMP_DEPTH);
-                client = Some((tx, range));
-                let _ = resp_tx.send(Ok(respond(builder, body)));
+            if matches!(e, ObjectError::NotFound(_)) {
+                remember_missing(&**ctx, &req.key);
             }
+            let _ = resp_tx.send(Err(e.clone()));
+            Err(e)
         }
-        Err(e) => {
-            let _ = resp_tx.send(Err(e));
+    }
+}
+
+/// Streams an object the origin sent to the client (answered on `resp_tx`, if any) and
+/// into the store (unless its Cache-Control forbids a shared cache to keep it). A
+/// restored level-2 object spreads to every node again.
+async fn fill<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+    obj: GetObject,
+    resp_tx: Option<Responder>,
+) -> Result<(), ObjectError> {
+    let mut rmeta = obj.meta;
+    let restored = origin_meta::from_origin(&req.key, &mut rmeta.user_meta);
+    let mut origin_body = obj.body;
+    let view = ObjectView::remote(req.key.as_str(), &rmeta, &restored);
+    let mut client = None;
+    if let Some(resp_tx) = resp_tx {
+        match decide(req, &view) {
+            Ok(answer) => {
+                let builder = render.head(&view, &answer);
+                let range = match &answer {
+                    Answer::Whole => 0..rmeta.size,
+                    Answer::Partial(r) => r.clone(),
+                    Answer::NotModified => 0..0,
+                };
+                if range.is_empty() || req.head {
+                    let _ = resp_tx.send(Ok(respond(builder, Body::Empty)));
+                } else {
+                    let (tx, body) = Body::channel(range.end - range.start, PUMP_DEPTH);
+                    client = Some((tx, range));
+                    let _ = resp_tx.send(Ok(respond(builder, body)));
+                }
+            }
+            Err(e) => {
+                let _ = resp_tx.send(Err(e));
+            }
         }
     }
     let shard = ctx.mesh().id();
-    let writer = match ctx
-        .store()
-        .begin_write(req.key.as_str(), Some(rmeta.size))
-        .await
-    {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(shard, error = %e, "read-through not cached");
-            None
+    let rule = ctx.objects().rules.rule_for(&req.key);
+    let writer = if !fresh::storable(rule, &rmeta.headers) {
+        None
+    } else {
+        match ctx
+            .store()
+            .begin_write(req.key.as_str(), Some(rmeta.size))
+            .await
+        {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "read-through not cached");
+                None
+            }
         }
     };
     let mut tee = Tee {
@@ -612,14 +921,27 @@ async fn fetch_task<C: ObjectCtx, R: Render>(
         let msg = format!("origin sent {} bytes of {}", tee.pos, rmeta.size);
         return Err(tee.fail(msg).await);
     }
-    tee.finish(&rmeta).await;
+    if let Some(meta) = tee.finish(&rmeta, &restored).await {
+        if meta.level >= 2 {
+            // Its own task: waiters need not wait for the other nodes.
+            let ctx = ctx.clone();
+            monoio::spawn(async move {
+                if let Some(cs) = ctx.cluster() {
+                    if let Err(e) = crate::cluster::route::replicate_put(&ctx, cs, meta).await {
+                        tracing::warn!(error = %e, "spreading a restored level-2 object");
+                    }
+                }
+            });
+        }
+    }
     Ok(())
 }
 
-/// What `stat` found: a stored object's metadata, or the origin's description.
+/// What `stat` found: a stored object's metadata, or the origin's description (with
+/// what nearcache kept there of a native object).
 pub enum Stat {
     Cached(ObjectMeta),
-    Origin(RemoteMeta),
+    Origin(RemoteMeta, Restored),
 }
 
 /// The metadata of `key` without its body (read through to a HEAD when asked).
@@ -633,7 +955,11 @@ pub async fn stat<C: ObjectCtx>(
         match ctx.store().peek(key.as_str()) {
             Lookup::Hit { meta, .. } => Ok(Stat::Cached((*meta).clone())),
             Lookup::Deleted(t) => Err(deleted(&key, t.deleted_at_ms)),
-            Lookup::Miss if fetch => Ok(Stat::Origin(origin_head(&*ctx, &key).await?)),
+            Lookup::Miss if fetch => {
+                let mut m = origin_head(&*ctx, &key).await?;
+                let restored = origin_meta::from_origin(&key, &mut m.user_meta);
+                Ok(Stat::Origin(m, restored))
+            }
             Lookup::Miss => Err(ObjectError::NotFound(format!(
                 "{key} is not cached and read-through is off"
             ))),

@@ -77,7 +77,12 @@ async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingO
         } => {
             let pm = PutMeta {
                 content_type: meta.content_type.clone(),
-                user_meta: meta.user_meta.clone(),
+                user_meta: super::origin_meta::to_origin(
+                    &key,
+                    &meta.user_meta,
+                    meta.name.as_deref(),
+                    meta.level,
+                ),
                 // Client writes carry the body's MD5 as ETag: let the origin verify it.
                 md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
                 headers: meta.headers.clone(),

@@ -198,6 +198,7 @@ async fn put_here<C: ObjectCtx, E, S: BodyStream<E>>(
         return Err(too_large(len, max).into());
     }
     req.cond.check(&**ctx, &req.key).await?;
+    ctx.objects().forget_missing(req.key.as_str());
     let mut writer = ctx
         .store()
         .begin_write(req.key.as_str(), req.content_length)

@@ -2,6 +2,9 @@
 pub enum OriginError {
     #[error("object not found in origin")]
     NotFound,
+    /// A conditional GET's validator still holds: the stored copy is current (304).
+    #[error("object not modified in origin")]
+    NotModified,
     /// A range outside the object.
     #[error("requested range not satisfiable")]
     InvalidRange,

@@ -202,11 +202,32 @@ impl Bridge {
                 key: key.to_owned(),
                 range,
                 part: None,
+                if_none_match: None,
                 reply,
             },
             rx,
         )
         .await
+    }
+
+    /// Conditional GET of a whole object (native keys without a bucket, or `loc`):
+    /// `Err(NotModified)` while its ETag is still `etag` (unquoted), else the object.
+    pub async fn get_if_changed(
+        &self,
+        bucket: Option<&str>,
+        key: &str,
+        etag: &str,
+    ) -> Result<GetObject, OriginError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Get {
+            bucket: bucket.map(str::to_owned),
+            key: key.to_owned(),
+            range: None,
+            part: None,
+            if_none_match: Some(etag.to_owned()),
+            reply,
+        };
+        self.call(job, rx).await
     }
 
     pub async fn head(&self, key: &str) -> Result<RemoteMeta, OriginError> {
@@ -280,6 +301,7 @@ impl Bridge {
             key: loc.key.clone(),
             range,
             part,
+            if_none_match: None,
             reply,
         };
         self.call(job, rx).await

@@ -42,6 +42,7 @@ use crate::{
 };
 
 mod capacity;
+mod freshness;
 mod pending;
 mod read;
 mod recover;

@@ -224,6 +224,7 @@ impl ObjectWriter {
                 Provenance::Client
             },
             headers: attrs.headers,
+            validated_ms: wall_ms(),
             derived: Default::default(),
         })
         .await

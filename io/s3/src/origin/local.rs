@@ -168,9 +168,13 @@ impl LocalOrigin {
         key: &str,
         range: Option<(u64, u64)>,
         part: Option<u32>,
+        if_none_match: Option<&str>,
     ) -> Result<OpenedGet, OriginError> {
         check_part(part)?;
         let sc = self.read_sidecar(key).await?;
+        if if_none_match.is_some_and(|e| e == sc.remote_meta().etag) {
+            return Err(OriginError::NotModified);
+        }
         let mut file = match tokio::fs::File::open(self.data_path(key)).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

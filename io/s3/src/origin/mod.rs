@@ -74,6 +74,8 @@ pub(crate) enum Job {
         key: String,
         range: Option<(u64, u64)>,
         part: Option<u32>,
+        /// Conditional GET: answered `NotModified` while the object's ETag is this one.
+        if_none_match: Option<String>,
         reply: oneshot::Sender<Result<GetObject, OriginError>>,
     },
     Head {
@@ -220,10 +222,15 @@ impl Backend {
         key: &str,
         range: Option<(u64, u64)>,
         part: Option<u32>,
+        if_none_match: Option<&str>,
     ) -> Result<OpenedGet, OriginError> {
         match self {
-            Backend::S3(o) => o.get(bucket, key, range, part).await,
-            Backend::Local(o) => o.bucket(bucket)?.get(key, range, part).await,
+            Backend::S3(o) => o.get(bucket, key, range, part, if_none_match).await,
+            Backend::Local(o) => {
+                o.bucket(bucket)?
+                    .get(key, range, part, if_none_match)
+                    .await
+            }
         }
     }
 
@@ -397,10 +404,12 @@ impl Service {
                 key,
                 range,
                 part,
+                if_none_match,
                 reply,
             } => {
                 let limit = self.limit(class, enqueued, 0);
-                self.handle_get(bucket, key, range, part, &limit, reply)
+                let cond = if_none_match.as_deref();
+                self.handle_get(bucket, key, range, part, cond, &limit, reply)
                     .await
             }
             Job::Head {
@@ -485,6 +494,7 @@ impl Service {
         key: String,
         range: Option<(u64, u64)>,
         part: Option<u32>,
+        if_none_match: Option<&str>,
         limit: &Limit,
         reply: oneshot::Sender<Result<GetObject, OriginError>>,
     ) {
@@ -492,7 +502,7 @@ impl Service {
         let b = bucket.as_deref();
         let res = self
             .run(Op::Get, &key, limit, || {
-                self.backend.get(b, &key, range, part)
+                self.backend.get(b, &key, range, part, if_none_match)
             })
             .await;
         match res {
@@ -625,6 +635,8 @@ impl Service {
         self.stats.record_latency(elapsed);
         match &result {
             Ok(_) => debug!(?op, key, ?elapsed, "origin request done"),
+            // A conditional GET's answer: the copy is current. Not a failure.
+            Err(OriginError::NotModified) => debug!(?op, key, ?elapsed, "origin: not modified"),
             Err(OriginError::NotFound) => {
                 self.stats.not_found.fetch_add(1, Ordering::Relaxed);
                 debug!(?op, key, ?elapsed, "origin: not found");

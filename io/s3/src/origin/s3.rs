@@ -116,6 +116,7 @@ impl S3Origin {
         key: &str,
         range: Option<(u64, u64)>,
         part: Option<u32>,
+        if_none_match: Option<&str>,
     ) -> Result<OpenedGet, OriginError> {
         let mut req = self
             .client
@@ -130,6 +131,9 @@ impl S3Origin {
         }
         if let Some(p) = part {
             req = req.part_number(p as i32);
+        }
+        if let Some(etag) = if_none_match {
+            req = req.if_none_match(format!("\"{etag}\""));
         }
         let out = req.send().await.map_err(|e| mapper(bucket)(e))?;
         let len = out.content_length().unwrap_or(0).max(0) as u64;
@@ -884,6 +888,7 @@ where
         let code = ctx.err().code().map(str::to_owned);
         let message = ctx.err().message().unwrap_or_default().to_owned();
         return match (status, code.as_deref()) {
+            (304, _) => OriginError::NotModified,
             (404, None | Some("NoSuchKey" | "NotFound")) => OriginError::NotFound,
             (429 | 500..=599, _) | (_, Some("SlowDown" | "RequestTimeout")) => {
                 OriginError::Unavailable(DisplayErrorContext(&err).to_string())
@@ -944,6 +949,7 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
 /// Classifies a service error response by HTTP status and S3 error code.
 pub(crate) fn classify(status: u16, code: Option<&str>, text: String) -> OriginError {
     match (status, code) {
+        (304, _) => OriginError::NotModified,
         // A missing bucket is a configuration problem, not a missing object.
         (_, Some("NoSuchBucket")) => OriginError::Rejected(text),
         (404, _) | (_, Some("NoSuchKey")) => OriginError::NotFound,
