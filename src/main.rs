@@ -105,7 +105,7 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr: text (colours only on a terminal, so files and the journal get
-/// none) or one JSON object per line (`log.format = "json"`).
+/// none; never with NO_COLOR set) or one JSON object per line (`log.format = "json"`).
 fn init_logging(log: &nearcache::config::LogConfig) -> anyhow::Result<()> {
     let level = &log.level;
     let filter = match std::env::var("RUST_LOG") {
@@ -122,7 +122,9 @@ fn init_logging(log: &nearcache::config::LogConfig) -> anyhow::Result<()> {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
-        _ => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        _ => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
     }
     Ok(())
 }
