@@ -154,7 +154,8 @@ pub fn top(a: TopArgs) -> Result<(), CliError> {
                         "p90_ms": quantile(before, after, 0.90),
                         "p99_ms": quantile(before, after, 0.99),
                         "pending_uploads": after.pending_uploads,
-                        "inflight": after.inflight,
+                        // The scrape that read this is in flight itself.
+                        "inflight": (after.inflight - 1.0).max(0.0),
                     })
                 }
                 (_, Err(e)) | (Err(e), _) => {
@@ -177,8 +178,8 @@ pub fn top(a: TopArgs) -> Result<(), CliError> {
                     f("p50_ms", " ms"),
                     f("p90_ms", " ms"),
                     f("p99_ms", " ms"),
-                    f("inflight", ""),
-                    f("pending_uploads", ""),
+                    format!("{}", node["inflight"].as_f64().unwrap_or(0.0)),
+                    format!("{}", node["pending_uploads"].as_f64().unwrap_or(0.0)),
                 ],
             });
             nodes.push(node);
