@@ -100,6 +100,32 @@ fn objects_round_trip_through_the_cli() {
         &["get", &id, "-o", dst.to_str().unwrap(), "--json"],
     ));
     assert_eq!(v["size"], body.len() as u64);
+    // Off a terminal: no progress bar, no control characters, one line for the human.
+    let out = ok(&nc(&node, &["get", &id, "-o", dst.to_str().unwrap()])).clone();
+    assert_eq!(
+        stderr(&out),
+        format!("wrote 5.0 MiB to {}\n", dst.display()),
+        "stderr off a terminal"
+    );
+    // On a terminal (a pty from script(1), where it exists): a progress bar.
+    if Path::new("/usr/bin/script").exists() {
+        let cmd = format!(
+            "{} get {id} -o {}",
+            env!("CARGO_BIN_EXE_nearcache"),
+            dst.display()
+        );
+        let out = Command::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("NEARCACHE_SERVER", &node.base)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            tty.contains("get [") && tty.contains("MiB"),
+            "no progress bar on a terminal: {tty:?}"
+        );
+    }
 
     // put from stdin, human output: the id alone on stdout
     let mut child = Command::new(env!("CARGO_BIN_EXE_nearcache"))
