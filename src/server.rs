@@ -295,6 +295,18 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         ccfg.advertise = cluster_addr;
     }
     let cluster = Cluster::start(&ccfg, &node_id, cfg.server.data_dir.clone())?;
+    if let Some(cl) = &cluster {
+        // Peers learn where clients reach this node from its requests (for `top`, `/ui`).
+        let ip = if addr.ip().is_unspecified() {
+            cl.addr.ip()
+        } else {
+            addr.ip()
+        };
+        let url = format!("http://{}", SocketAddr::new(ip, addr.port()));
+        if let Ok(v) = http::HeaderValue::from_str(&url) {
+            let _ = cl.public_url.set(v);
+        }
+    }
     let node_header =
         http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
     let node = Arc::new(Node {

@@ -125,6 +125,45 @@ fn status_page_shows_a_three_node_cluster_with_plots() {
     });
     assert!(history["interval_ms"].as_u64().unwrap() > 0);
 
+    // Every node learns the others' public URLs; `top` then watches all three.
+    wait_for(
+        "public URLs of all members",
+        Duration::from_secs(30),
+        || {
+            let v = get_json(&format!("{base}/api/v1/cluster"))?;
+            (v["public_urls"].as_object()?.len() == 3).then_some(())
+        },
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nearcache"))
+        .args([
+            "top",
+            "--json",
+            "--interval",
+            "0.2",
+            "--iterations",
+            "1",
+            "--server",
+            &base,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut servers: Vec<String> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["server"].as_str().unwrap().to_string())
+        .collect();
+    servers.sort();
+    let mut want: Vec<String> = nodes.iter().map(|n| n.base()).collect();
+    want.sort();
+    assert_eq!(servers, want, "top watches every member");
+
     // The CLI sees the same cluster.
     let out = Command::new(env!("CARGO_BIN_EXE_nearcache"))
         .args(["cluster", "--json", "--server", &base])

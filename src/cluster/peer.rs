@@ -154,6 +154,9 @@ impl ClusterShard {
         if let Ok(v) = HeaderValue::from_str(&cl.cfg.name) {
             h.insert(H_CLUSTER, v);
         }
+        if let Some(v) = cl.public_url.get() {
+            h.insert(super::H_PUBLIC, v.clone());
+        }
         let ms = cl.cfg.peer_timeout_ms.max(1);
         let sent = sender.try_send_request(req);
         let result = match monoio::time::timeout(Duration::from_millis(ms), sent).await {

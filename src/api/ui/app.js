@@ -206,6 +206,11 @@ function renderCluster(c, health) {
     return;
   }
   const b = c.body;
+  const drain = b.drain || {};
+  if (drain.state && drain.state !== 'serving') {
+    $('error').textContent = 'draining: ' + drain.state + ', ' + (drain.handed_over || 0) + ' of ' +
+      (drain.to_hand_over || 0) + ' keys handed over' + (drain.error ? ' (' + drain.error + ')' : '');
+  }
   $('node').textContent = 'node ' + b.node_id + ' · cluster ' + b.cluster + ' · ' + b.addr;
   const states = {};
   for (const m of b.members) states[m.state] = (states[m.state] || 0) + 1;
@@ -214,8 +219,13 @@ function renderCluster(c, health) {
     b.replication_factor + ', write quorum ' + b.write_quorum + ', epoch ' + b.epoch;
   replaceRows(tbody, b.members.map((m) => {
     const lag = m.is_self ? null : lagOf(b.sync, m.id);
+    const url = (b.public_urls || {})[m.id];
+    const name = m.id + (m.is_self ? ' (this node)' : '');
+    // Only http(s) URLs become links (the node checks this too).
+    const link = url && /^https?:\/\//.test(url) && !m.is_self
+      ? el('a', { href: url + '/ui', title: 'status page of ' + m.id }, name) : name;
     return el('tr', { class: 'member', 'data-state': m.state, 'data-id': m.id },
-      el('td', {}, m.id + (m.is_self ? ' (this node)' : '')),
+      el('td', {}, link),
       el('td', {}, m.addr),
       el('td', {}, el('span', { class: 'badge ' + m.state }, m.state)),
       el('td', { class: 'num' }, m.generation),
@@ -281,12 +291,12 @@ async function refresh() {
       getJSON('/healthz'), getJSON('/api/v1/stats'), getJSON('/api/v1/cluster'),
       getJSON('/api/v1/history'), getJSON('/api/v1/jobs'),
     ]);
+    $('error').textContent = health.status === 0 ? 'node unreachable: ' + (health.error || '') : '';
     const h = renderHealth(health);
     renderStats(stats);
     renderCluster(cluster, h);
     renderHistory(history);
     renderJobs(jobs);
-    $('error').textContent = health.status === 0 ? 'node unreachable: ' + (health.error || '') : '';
     $('updated').textContent = new Date().toLocaleTimeString();
     document.body.dataset.loaded = 'true';
   } finally {

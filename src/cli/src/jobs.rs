@@ -29,10 +29,14 @@ pub struct InvalidateArgs {
 
 pub fn invalidate(a: InvalidateArgs) -> Result<(), CliError> {
     let conn = Conn::new(&a.c)?;
-    let q: Vec<(&str, &str)> = [("bucket", &a.bucket), ("key", &a.key), ("prefix", &a.prefix)]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.as_deref()?)))
-        .collect();
+    let q: Vec<(&str, &str)> = [
+        ("bucket", &a.bucket),
+        ("key", &a.key),
+        ("prefix", &a.prefix),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+    .collect();
     let v = conn.call_json("invalidate", conn.post("/api/v1/invalidate").query(&q))?;
     let failed = v["failed_nodes"].as_array().cloned().unwrap_or_default();
     if conn.json {

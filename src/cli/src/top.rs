@@ -13,7 +13,8 @@ use crate::util::table;
 pub struct TopArgs {
     #[command(flatten)]
     pub c: Common,
-    /// Nodes to watch (comma-separated URLs) [default: --server]
+    /// Nodes to watch (comma-separated URLs) [default: --server and, in a cluster, every
+    /// live member it knows the address of]
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
     /// Seconds between refreshes.
@@ -110,10 +111,38 @@ fn quantile(before: &Scrape, after: &Scrape, q: f64) -> Option<f64> {
     None
 }
 
+/// The node and, in a cluster, every other live member whose public URL it has
+/// learnt (from their node-to-node requests).
+fn cluster_nodes(first: Conn, common: &Common) -> Result<Vec<Conn>, CliError> {
+    let Ok(v) = first.call_json("cluster", first.get("/api/v1/cluster")) else {
+        return Ok(vec![first]);
+    };
+    let mut others = Vec::new();
+    for m in v["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let alive = matches!(m["state"].as_str(), Some("alive") | Some("suspect"));
+        if m["is_self"] == true || !alive {
+            continue;
+        }
+        if let Some(url) = m["id"]
+            .as_str()
+            .and_then(|id| v["public_urls"][id].as_str())
+        {
+            others.push(Conn::to(url, common, NodeConfig::default())?);
+        }
+    }
+    let mut conns = vec![first];
+    conns.extend(others);
+    Ok(conns)
+}
+
 pub fn top(a: TopArgs) -> Result<(), CliError> {
     let first = Conn::new(&a.c)?;
     let conns = if a.nodes.is_empty() {
-        vec![first]
+        cluster_nodes(first, &a.c)?
     } else {
         a.nodes
             .iter()
