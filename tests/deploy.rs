@@ -237,12 +237,7 @@ fn dashboard_and_alerts_use_metrics_a_node_exports() {
     });
     let id = new_id(&node);
     assert!(put(&node, &id, b"x".to_vec(), &[]).status().is_success());
-    let text = client()
-        .get(node.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = node.metrics_text();
     let exported: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -13,6 +13,27 @@ use std::time::Duration;
 use common::procs::{cluster, get_json, wait_for};
 use common::*;
 
+/// A level-0 write of `body` under a fresh id through `base`: the id and the node that
+/// stored it.
+fn put_level0(base: &str, body: &[u8]) -> (String, String) {
+    let id = client()
+        .get(format!("{base}/api/v1/id"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let r = client()
+        .post(format!("{base}/api/v1/put"))
+        .header("X-Meta-ID", &id)
+        .header("X-Meta-ConsistencyLevel", "0")
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "put: {}", r.status());
+    let node = r.headers()["x-nearcache-node"].to_str().unwrap();
+    (id, node.to_string())
+}
+
 #[test]
 fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
     let root = tempfile::tempdir().unwrap();
@@ -23,25 +44,8 @@ fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
     // 45 level-0 objects written through node 0 land on their single owner.
     let mut objects: HashMap<String, (Vec<u8>, String)> = HashMap::new();
     for i in 0..45u64 {
-        let id = client()
-            .get(format!("{base0}/api/v1/id"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
         let body = random_bytes(1000 + i as usize * 37, i);
-        let r = client()
-            .post(format!("{base0}/api/v1/put"))
-            .header("X-Meta-ID", &id)
-            .header("X-Meta-ConsistencyLevel", "0")
-            .body(body.clone())
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "put: {}", r.status());
-        let owner = r.headers()["x-nearcache-node"]
-            .to_str()
-            .unwrap()
-            .to_string();
+        let (id, owner) = put_level0(&base0, &body);
         objects.insert(id, (body, owner));
     }
     let owned_by = |node: &str| objects.values().filter(|(_, o)| o == node).count();
@@ -72,24 +76,7 @@ fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
     let h = client().get(nodes[1].url("/healthz")).send().unwrap();
     assert_eq!(h.status().as_u16(), 503);
     // It takes no new keys: a write through it is stored on another node.
-    let id = client()
-        .get(nodes[1].url("/api/v1/id"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let r = client()
-        .post(nodes[1].url("/api/v1/put"))
-        .header("X-Meta-ID", &id)
-        .header("X-Meta-ConsistencyLevel", "0")
-        .body(b"after the drain".to_vec())
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    let stored_on = r.headers()["x-nearcache-node"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (id, stored_on) = put_level0(&nodes[1].base(), b"after the drain");
     assert_ne!(stored_on, ids[1], "a drained node stored a new key");
     objects.insert(id, (b"after the drain".to_vec(), stored_on));
     // The others see it left.

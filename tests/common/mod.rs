@@ -121,13 +121,17 @@ impl TestNode {
 
     /// Sum of a metric over all label sets.
     pub fn metric(&self, name: &str) -> f64 {
-        let text = client()
+        metric_sum(&self.metrics_text(), name)
+    }
+
+    /// The node's `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        client()
             .get(self.url("/metrics"))
             .send()
             .unwrap()
             .text()
-            .unwrap();
-        metric_sum(&text, name)
+            .unwrap()
     }
 
     pub fn s3(&self) -> S3 {
