@@ -248,6 +248,13 @@ fn ls_goes_through_the_s3_api() {
         &[("NEARCACHE_SERVER", "")],
     );
     assert_eq!(keys_of(&json(&out)), ["a.txt"]);
+    // The native API's address comes from the same file (server.listen).
+    let out = nc_env(
+        &node,
+        &["stats", "--json", "--config", cfg.path().to_str().unwrap()],
+        &[("NEARCACHE_SERVER", "")],
+    );
+    assert!(json(&out)["total"].is_object());
 
     // A wrong secret: the S3 API refuses (4).
     let out = nc(

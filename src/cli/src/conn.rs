@@ -97,7 +97,8 @@ pub struct Conn {
 impl Conn {
     pub fn new(common: &Common) -> Result<Conn, CliError> {
         let node_cfg = NodeConfig::load(common)?;
-        let base = match (&common.server, &node_cfg.listen) {
+        let server = common.server.as_ref().filter(|s| !s.trim().is_empty());
+        let base = match (server, &node_cfg.listen) {
             (Some(s), _) => s.clone(),
             (None, Some(l)) => url_of_listen(l),
             (None, None) => DEFAULT_SERVER.to_string(),
