@@ -30,7 +30,7 @@ anon_kb() { awk '$1 == "RssAnon:" { print $2 }' "/proc/$(cat "$WORK/pid")/status
 start 0; sleep 1
 A0=$(anon_kb)
 "$LT" seed --target "http://127.0.0.1:$PORT" --objects "$N" --size 1KiB --level 0 \
-  --manifest "$WORK/m.json" --connections 16 > "$WORK/seed.log"
+  --manifest "$WORK/m.json" --connections 16 > "$WORK/seed.log" 2>&1
 OBJ=$(curl -fs "127.0.0.1:$PORT/api/v1/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["objects"])')
 stop
 start 1; sleep 1
