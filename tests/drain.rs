@@ -1,5 +1,6 @@
-//! Draining nodes of a 3-node cluster of real processes (R = 1, level-0 writes: each
-//! object lives on one node and nowhere else, not even the origin): `nearcache drain
+//! Draining nodes of a 3-node cluster of real processes (R = 1, level-0 writes and
+//! level-1 writes whose uploads are pending: each object lives on one node and nowhere
+//! else, not even the origin): `nearcache drain
 //! --wait` hands over what only that node holds, makes it take no new keys and leave;
 //! killed with -9 afterwards, nothing is lost. A second node is stopped with SIGTERM,
 //! which drains the same way and exits 0 within the stop timeout.
@@ -13,9 +14,9 @@ use std::time::Duration;
 use common::procs::{cluster, get_json, wait_for};
 use common::*;
 
-/// A level-0 write of `body` under a fresh id through `base`: the id and the node that
-/// stored it.
-fn put_level0(base: &str, body: &[u8]) -> (String, String) {
+/// A write of `body` at `level` under a fresh id through `base`: the id and the node
+/// that stored it.
+fn put_at(base: &str, body: &[u8], level: u8) -> (String, String) {
     let id = client()
         .get(format!("{base}/api/v1/id"))
         .send()
@@ -25,7 +26,7 @@ fn put_level0(base: &str, body: &[u8]) -> (String, String) {
     let r = client()
         .post(format!("{base}/api/v1/put"))
         .header("X-Meta-ID", &id)
-        .header("X-Meta-ConsistencyLevel", "0")
+        .header("X-Meta-ConsistencyLevel", level.to_string())
         .body(body.to_vec())
         .send()
         .unwrap();
@@ -37,20 +38,40 @@ fn put_level0(base: &str, body: &[u8]) -> (String, String) {
 #[test]
 fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(root.path(), 3, &["--replication-factor", "1"], "");
+    // An origin that refuses every connection: level-1 writes are acknowledged (durable
+    // here, queued) and their uploads stay pending.
+    let dead_origin = [
+        "--replication-factor",
+        "1",
+        "--s3-endpoint",
+        "http://127.0.0.1:1",
+        "--s3-bucket",
+        "nowhere",
+        "--s3-access-key",
+        "x",
+        "--s3-secret-key",
+        "y",
+        "--s3-path-style",
+    ];
+    let mut nodes = cluster(root.path(), 3, &dead_origin, "");
     let ids: Vec<String> = nodes.iter().map(|n| n.id()).collect();
     let base0 = nodes[0].base();
 
-    // 45 level-0 objects written through node 0 land on their single owner.
+    // 45 objects written through node 0 land on their single owner: level 0 (never meant
+    // for the origin) and level 1 (pending: the origin is down).
     let mut objects: HashMap<String, (Vec<u8>, String)> = HashMap::new();
     for i in 0..45u64 {
         let body = random_bytes(1000 + i as usize * 37, i);
-        let (id, owner) = put_level0(&base0, &body);
+        let (id, owner) = put_at(&base0, &body, (i % 2) as u8);
         objects.insert(id, (body, owner));
     }
     let owned_by = |node: &str| objects.values().filter(|(_, o)| o == node).count();
     let on_x = owned_by(&ids[1]);
     assert!(on_x >= 3, "node 1 owns {on_x} of 45 objects");
+    let pending = get_json(&nodes[1].url("/api/v1/stats")).unwrap()["total"]["pending_uploads"]
+        .as_u64()
+        .unwrap();
+    assert!(pending >= 1, "node 1 has uploads pending");
 
     // Drain node 1 with the CLI.
     let out = Command::new(env!("CARGO_BIN_EXE_nearcache"))
@@ -76,7 +97,7 @@ fn drain_and_sigterm_hand_over_what_only_the_node_holds() {
     let h = client().get(nodes[1].url("/healthz")).send().unwrap();
     assert_eq!(h.status().as_u16(), 503);
     // It takes no new keys: a write through it is stored on another node.
-    let (id, stored_on) = put_level0(&nodes[1].base(), b"after the drain");
+    let (id, stored_on) = put_at(&nodes[1].base(), b"after the drain", 0);
     assert_ne!(stored_on, ids[1], "a drained node stored a new key");
     objects.insert(id, (b"after the drain".to_vec(), stored_on));
     // The others see it left.
