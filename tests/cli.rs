@@ -417,7 +417,14 @@ fn cache_management_commands() {
     // The S3-API writes were cached; invalidating the prefix drops them.
     let v = json(&nc(
         &node,
-        &["invalidate", "--bucket", &bucket, "--prefix", "p/", "--json"],
+        &[
+            "invalidate",
+            "--bucket",
+            &bucket,
+            "--prefix",
+            "p/",
+            "--json",
+        ],
     ));
     assert!(v["dropped"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(v["failed_nodes"], serde_json::json!([]), "{v}");
@@ -443,7 +450,10 @@ fn cache_management_commands() {
         .any(|j| j["id"] == id.as_str()));
     let v = json(&nc(&node, &["jobs", &id, "--json"]));
     assert_eq!(v["id"], id.as_str());
-    assert!(v["fetched"].as_u64().unwrap() + v["skipped"].as_u64().unwrap() >= 5, "{v}");
+    assert!(
+        v["fetched"].as_u64().unwrap() + v["skipped"].as_u64().unwrap() >= 5,
+        "{v}"
+    );
     let human = String::from_utf8(ok(&nc(&node, &["jobs"])).stdout.clone()).unwrap();
     assert!(human.contains(&id) && human.contains("prewarm"), "{human}");
     let out = nc(&node, &["jobs", "01JCZ5V0R3Q6T9W2B7N4K8M1XE"]);
