@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod check;
+
 /// A byte size written like `512MiB`, `20GiB` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
@@ -95,6 +97,7 @@ pub mod defaults {
     pub const DEFAULT_LEVEL: u8 = 1;
     pub const MAX_OBJECT_SIZE: u64 = 5 << 30;
     pub const LOG_LEVEL: &str = "info";
+    pub const LOG_FORMAT: &str = "text";
     pub const S3_LISTEN: &str = "127.0.0.1:9000";
     pub const CLUSTER_NAME: &str = "nearcache";
     pub const REPLICATION_FACTOR: usize = 1;
@@ -106,6 +109,8 @@ pub mod defaults {
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
+    pub const DRAIN_ON_SHUTDOWN: bool = true;
+    pub const DRAIN_TIMEOUT_SECS: u64 = 60;
     pub const STALE_IF_ERROR_SECS: u64 = 0;
     pub const NEGATIVE_TTL_SECS: u64 = 5;
     pub const NEGATIVE_MAX_ENTRIES: usize = 100_000;
@@ -297,12 +302,15 @@ impl Default for ApiConfig {
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     pub level: String,
+    /// `text` (colours only when stderr is a terminal) or `json` (one object per line).
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: defaults::LOG_LEVEL.into(),
+            format: defaults::LOG_FORMAT.into(),
         }
     }
 }
@@ -411,6 +419,12 @@ pub struct ClusterConfig {
     /// With a secret: how far a signed request's or datagram's timestamp may be from
     /// this node's clock. Replays inside the window are refused by their nonce.
     pub replay_window_secs: u64,
+    /// On SIGTERM, hand the keys only this node holds (level 0, uploads pending,
+    /// tombstones) to their next owners before leaving, as `POST /api/v1/drain` does.
+    pub drain_on_shutdown: bool,
+    /// The longest a drain (hand-over and leave) may take; keep it under the service
+    /// manager's stop timeout minus `server.shutdown_grace_secs`.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -432,6 +446,8 @@ impl Default for ClusterConfig {
             fault_injection: false,
             secret: None,
             replay_window_secs: defaults::REPLAY_WINDOW_SECS,
+            drain_on_shutdown: defaults::DRAIN_ON_SHUTDOWN,
+            drain_timeout_secs: defaults::DRAIN_TIMEOUT_SECS,
         }
     }
 }
@@ -702,6 +718,9 @@ pub struct ServeArgs {
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: text or json (one object per line) [default: text]
+    #[arg(long, env = "NEARCACHE_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 impl Config {
@@ -712,7 +731,7 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<Config>(&text)
+                check::parse(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => Config::default(),
@@ -814,6 +833,7 @@ impl Config {
         if a.jwt_audience.is_some() {
             self.auth.audience = a.jwt_audience.clone();
         }
+        set!(self.log.format, a.log_format);
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -828,6 +848,9 @@ impl Config {
                 "store.device must be auto, uring or syscall, not {:?}",
                 self.store.device
             );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be text or json, not {:?}", self.log.format);
         }
         if self.store.disk_capacity.0 == 0 {
             bail!("store.disk_capacity must be above zero");

@@ -46,6 +46,8 @@ pub struct Node {
     pub node_header: http::HeaderValue,
     /// With `auth.jwt_key`: checks the bearer tokens of the API edges (`api::auth`).
     pub jwt: Option<Arc<crate::jwt::Verifier>>,
+    /// The last minutes of node-wide counters, for `/ui` and `/api/v1/history`.
+    pub history: crate::history::History,
 }
 
 /// What a shard thread keeps for its request tasks: each layer's part.

@@ -15,8 +15,8 @@
 //! Imports point one way: [`server`] (process assembly) → [`api`] (native, admin, S3,
 //! node-to-node edges) → [`ctx`] (the per-shard context) → [`object`] (the object
 //! service) → [`cluster`] (placement, peers, anti-entropy) → [`mesh`] (cross-shard work)
-//! → the store, origin and membership crates. [`metrics`], [`http_util`] and [`body`]
-//! import nothing of the server.
+//! → the store, origin and membership crates. [`metrics`], [`history`], [`http_util`] and
+//! [`body`] import nothing of the server.
 //!
 //! ## Thread model
 //!
@@ -63,6 +63,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod ctx;
+pub mod history;
 pub mod http_util;
 pub mod jwt;
 pub mod mesh;

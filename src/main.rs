@@ -1,5 +1,9 @@
-//! The `nearcache` binary.
+//! The `nearcache` binary: `serve` (the default) runs a node; `config check` validates a
+//! config file; the client commands (`put`, `get`, `stat`, `rm`, `ls`, `cluster`,
+//! `stats`, `top`, `invalidate`, `prewarm`, `jobs`, `drain`) live in `nearcache-cli`.
 #![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,23 +31,61 @@ struct Cli {
 enum Command {
     /// Run a node (the default).
     Serve(ServeArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    #[command(flatten)]
+    Client(nearcache_cli::Command),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and print the effective config with the source of each
+    /// value (default, file, env, flag). Flags and NEARCACHE_* variables apply as for
+    /// `serve`.
+    Check {
+        /// The TOML file to check.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("nearcache: error: {e:#}");
-        std::process::exit(1);
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(Command::Client(cmd)) => nearcache_cli::run(cmd),
+        Some(Command::Config(ConfigCommand::Check { file, serve })) => {
+            match nearcache::config::check::check(&file, &serve) {
+                Ok(report) => {
+                    print!("{report}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("nearcache: {e:#}");
+                    nearcache_cli::exit::USAGE
+                }
+            }
+        }
+        Some(Command::Serve(a)) => serve(a),
+        None => serve(cli.serve),
+    };
+    std::process::exit(code);
+}
+
+fn serve(args: ServeArgs) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nearcache: error: {e:#}");
+            1
+        }
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(a)) => a,
-        None => cli.serve,
-    };
+fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args)?;
-    init_logging(&cfg.log.level)?;
+    init_logging(&cfg.log)?;
     // One dead core must not leave the others serving half a node.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -67,15 +109,27 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+/// Logs go to stderr: text (colours only on a terminal, so files and the journal get
+/// none; never with NO_COLOR set) or one JSON object per line (`log.format = "json"`).
+fn init_logging(log: &nearcache::config::LogConfig) -> anyhow::Result<()> {
+    let level = &log.level;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::try_new(level)
             .with_context(|| format!("invalid log level {level:?}"))?,
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format.as_str() {
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        _ => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     Ok(())
 }

@@ -175,6 +175,7 @@ routes! {
     Delete => "delete", Version => "version", Ping => "ping", Stats => "stats",
     Health => "healthz", Metrics => "metrics", Cluster => "cluster", Unknown => "unknown",
     S3Read => "s3_read", S3Write => "s3_write", S3List => "s3_list", S3Other => "s3_other",
+    Ui => "ui",
 }
 
 const STATUSES: [u16; 20] = [
@@ -187,7 +188,9 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-const NR: usize = 17;
+const NR: usize = 18;
+// Merges that add routes must raise NR: an index past it would panic at run time.
+const _: () = assert!(Route::ALL.len() == NR);
 const NS: usize = STATUSES.len();
 const NB: usize = LATENCY_BOUNDS.len() + 1;
 
@@ -220,6 +223,21 @@ impl HttpMetrics {
             .unwrap_or(NB - 1);
         r.buckets[bi].fetch_add(1, Relaxed);
         r.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// Requests of the routes `include` picks, and their latency histogram (not
+    /// cumulative; bucket i counts latencies up to `LATENCY_BOUNDS[i]`, the last one above).
+    pub fn totals(&self, include: impl Fn(Route) -> bool) -> (u64, [u64; NB]) {
+        let (mut n, mut buckets) = (0, [0u64; NB]);
+        for &route in Route::ALL.iter().filter(|r| include(**r)) {
+            let r = &self.routes[route as usize];
+            for (b, c) in buckets.iter_mut().zip(&r.buckets) {
+                let c = c.load(Relaxed);
+                *b += c;
+                n += c;
+            }
+        }
+        (n, buckets)
     }
 }
 

@@ -375,6 +375,18 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         ccfg.advertise = cluster_addr;
     }
     let cluster = Cluster::start(&ccfg, &node_id, cfg.server.data_dir.clone(), cluster_tls)?;
+    if let Some(cl) = &cluster {
+        // Peers learn where clients reach this node from its requests (for `top`, `/ui`).
+        let ip = if addr.ip().is_unspecified() {
+            cl.addr.ip()
+        } else {
+            addr.ip()
+        };
+        let url = format!("http://{}", SocketAddr::new(ip, addr.port()));
+        if let Ok(v) = http::HeaderValue::from_str(&url) {
+            let _ = cl.public_url.set(v);
+        }
+    }
     let node_header =
         http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
     let node = Arc::new(Node {
@@ -390,6 +402,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         shutdown_rx,
         node_id,
         drained: Default::default(),
+        history: Default::default(),
     });
     for tx in node_txs {
         let _ = tx.send(node.clone());
@@ -448,8 +461,13 @@ impl ServerHandle {
     /// flushes every journal and stops the origin bridge.
     pub fn shutdown(self) -> anyhow::Result<()> {
         self.node.shutting_down.store(true, Relaxed);
-        // Leave first: peers stop routing here while in-flight requests finish.
+        // Leave first: peers stop routing here while in-flight requests finish. A drain
+        // hands over what only this node holds before it leaves.
         if let Some(cl) = &self.node.cluster {
+            if cl.cfg.drain_on_shutdown {
+                let timeout = Duration::from_secs(cl.cfg.drain_timeout_secs);
+                crate::cluster::drain::run_blocking(cl, self.node.shards.len(), timeout);
+            }
             cl.leave();
         }
         let _ = self.shutdown_tx.send(true);
@@ -585,8 +603,20 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     let shutdown = || node.shutdown_rx.clone();
     monoio::spawn(crate::object::uploader::run(ctx.clone(), shutdown()));
     monoio::spawn(crate::object::sweep_tombstones(ctx.clone(), shutdown()));
+    if i == 0 {
+        monoio::spawn(crate::api::ui::run_sampler(node.clone(), shutdown()));
+    }
     if let Some(cs) = ctx.cluster.clone() {
-        monoio::spawn(crate::cluster::sync::run(ctx.clone(), cs, shutdown()));
+        monoio::spawn(crate::cluster::sync::run(
+            ctx.clone(),
+            cs.clone(),
+            shutdown(),
+        ));
+        monoio::spawn(crate::cluster::drain::run_shard(
+            ctx.clone(),
+            cs,
+            shutdown(),
+        ));
     }
 
     let (s3_ctx, (s3_done_tx, s3_done)) = (ctx.clone(), tokio::sync::oneshot::channel::<()>());

@@ -1,5 +1,6 @@
 //! The admin edge on the public listener: `/healthz`, `/metrics`, `/api/v1/version`,
-//! `/api/v1/ping`, `/api/v1/stats`, `/api/v1/cluster` (and its drop switch).
+//! `/api/v1/ping`, `/api/v1/stats`, `/api/v1/history`, `/api/v1/cluster` (and its drop
+//! switch), and the status page `/ui` ([`super::ui`]).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -27,6 +28,9 @@ fn route_of(path: &str) -> Option<(Route, &'static [Method])> {
         "/api/v1/stats" => (Route::Stats, &[Method::GET]),
         "/api/v1/cluster" => (Route::Cluster, &[Method::GET]),
         "/api/v1/cluster/block" => (Route::Cluster, &[Method::POST]),
+        "/api/v1/history" => (Route::Stats, &[Method::GET]),
+        "/api/v1/drain" => (Route::Cluster, &[Method::GET, Method::POST]),
+        p if super::ui::serves(p) => (Route::Ui, &[Method::GET, Method::HEAD]),
         _ => return None,
     })
 }
@@ -73,7 +77,12 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
                 }),
             )),
             Route::Ping => Ok(text(StatusCode::OK, "text/plain", "pong".into())),
+            Route::Stats if path == "/api/v1/history" => {
+                Ok(json(StatusCode::OK, &ctx.node.history.render()))
+            }
             Route::Stats => Ok(stats(&ctx)),
+            Route::Ui => Ok(super::ui::asset(&path)),
+            Route::Cluster if path == "/api/v1/drain" => drain(&ctx, &req),
             Route::Cluster if req.method() == Method::GET => cluster_info(&ctx, &req),
             Route::Cluster => cluster_block(&ctx, req).await,
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
@@ -132,7 +141,9 @@ const IO_URING: crate::metrics::Family = crate::metrics::Family::new(
 
 fn health(ctx: &ShardCtx) -> Response<Body> {
     let stopping = ctx.node.shutting_down.load(Relaxed);
-    let status = if stopping {
+    // A draining node tells load balancers to send clients elsewhere.
+    let draining = ctx.node.cluster.as_ref().is_some_and(|c| c.drain.active());
+    let status = if stopping || draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -140,7 +151,7 @@ fn health(ctx: &ShardCtx) -> Response<Body> {
     json(
         status,
         &serde_json::json!({
-            "status": if stopping { "shutting down" } else { "ok" },
+            "status": if stopping { "shutting down" } else if draining { "draining" } else { "ok" },
             "shards": ctx.node.shards.len(),
             "io": if ctx.node.uring_active { "io_uring" } else { "epoll" },
             "uptime_seconds": ctx.node.started.elapsed().as_secs(),
@@ -209,6 +220,37 @@ fn cluster_info(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body
     Ok(json(StatusCode::OK, &cl.describe(key.as_deref())))
 }
 
+/// A `true|false|1|0` query parameter, `default` when absent.
+fn bool_param(req: &Request<Incoming>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match query_param(req, name).as_deref() {
+        None => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(
+            "invalid parameter",
+            format!("{name} must be true or false, not {v:?}"),
+        )),
+    }
+}
+
+/// `POST /api/v1/drain[?all=true]` starts taking this node out of the cluster (202);
+/// `GET /api/v1/drain` reports how far it is. See [`crate::cluster::drain`].
+fn drain(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cl = cluster_of(ctx)?;
+    if req.method() == Method::GET {
+        return Ok(json(StatusCode::OK, &cl.drain.describe()));
+    }
+    let all = bool_param(req, "all", false)?;
+    let timeout = std::time::Duration::from_secs(cl.cfg.drain_timeout_secs);
+    let started = crate::cluster::drain::start(&cl, ctx.node.shards.len(), all, timeout);
+    let status = if started {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &cl.drain.describe()))
+}
+
 /// `POST /api/v1/cluster/block?peer=ID&blocked=true|false`: the per-peer drop switch
 /// (only with `cluster.fault_injection`).
 async fn cluster_block(ctx: &ShardCtx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -222,16 +264,7 @@ async fn cluster_block(ctx: &ShardCtx, req: Request<Incoming>) -> Result<Respons
     }
     let peer = query_param(&req, "peer")
         .ok_or_else(|| ApiError::bad_request("missing parameter", "peer=<node id> is required"))?;
-    let blocked = match query_param(&req, "blocked").as_deref() {
-        None | Some("true") | Some("1") => true,
-        Some("false") | Some("0") => false,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                "invalid parameter",
-                format!("blocked must be true or false, not {v:?}"),
-            ))
-        }
-    };
+    let blocked = bool_param(&req, "blocked", true)?;
     if peer == cl.self_id {
         return Err(ApiError::bad_request(
             "invalid peer",

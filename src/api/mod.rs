@@ -1,7 +1,8 @@
 //! The API edges. Each parses its requests into the object service's types, renders
 //! the answers, and maps errors to its own, once:
 //! - [`native`]: objstore's native API (`/api/v1`), JSON errors ([`error::ApiError`]);
-//! - [`admin`]: health, metrics, stats, cluster view, on the same listener;
+//! - [`admin`]: health, metrics, stats, cluster view, on the same listener, and the
+//!   status page ([`ui`]);
 //! - [`s3`]: the S3-compatible API, S3's XML errors;
 //! - [`peer`]: the node-to-node API on the private cluster address;
 //! - [`auth`]: bearer tokens (JWT), for every edge that serves clients.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod native;
 pub mod peer;
 pub mod s3;
+pub mod ui;
 
 use std::rc::Rc;
 

@@ -24,7 +24,7 @@ use nearcache_shards::{Lookup, Tombstone};
 use super::error::ApiError;
 use crate::body::{json, Body};
 use crate::cluster::sync::{self, ChangesReply, ReplicaError};
-use crate::cluster::{Cluster, H_CLUSTER, H_FROM, H_META};
+use crate::cluster::{Cluster, H_CLUSTER, H_FROM, H_META, H_PUBLIC};
 use crate::ctx::ShardCtx;
 use crate::http_util::query_param;
 use crate::mesh::{on_owner, on_shard};
@@ -79,6 +79,9 @@ pub fn admit(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<std::sync::Arc<C
         return Err(ApiError::unavailable(format!(
             "traffic from {from} is blocked (fault injection)"
         )));
+    }
+    if let Some(url) = h.get(H_PUBLIC).and_then(|v| v.to_str().ok()) {
+        cl.note_public_url(from, url);
     }
     Ok(cl)
 }

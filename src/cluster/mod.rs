@@ -17,6 +17,7 @@
 //! ```
 
 pub mod auth;
+pub mod drain;
 pub mod peer;
 pub mod placement;
 pub mod route;
@@ -111,6 +112,8 @@ pub const H_FORWARDED: &str = "x-nc-forwarded";
 pub const H_API: &str = "x-nc-api";
 /// A replica's metadata (URL-safe base64 of JSON).
 pub const H_META: &str = "x-nc-meta";
+/// Node-to-node requests: the sender's public URL (for `nearcache top` and `/ui`).
+pub const H_PUBLIC: &str = "x-nc-public";
 
 type ClusterCounter = fn(&ClusterMetrics) -> &AtomicU64;
 
@@ -251,6 +254,29 @@ pub struct Cluster {
     /// With a cluster CA: mutual TLS to peers (the client side; the listener has the
     /// server side).
     pub tls: Option<crate::tls::ClusterTls>,
+    /// Taking this node out (`POST /api/v1/drain`, SIGTERM): see [`drain`].
+    pub drain: drain::Drain,
+    /// This node's public URL, sent with every node-to-node request.
+    pub public_url: std::sync::OnceLock<http::HeaderValue>,
+    /// Peers' public URLs, as their requests said (member id -> URL).
+    public_urls: ArcSwap<std::collections::BTreeMap<String, String>>,
+}
+
+/// A URL a page may render as a link: http(s), short, nothing that ends an attribute.
+pub fn valid_public_url(url: &str) -> bool {
+    url.len() <= 256
+        && (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '<')
+}
+
+#[cfg(test)]
+#[test]
+fn only_plain_http_urls_are_kept_as_public_urls() {
+    assert!(valid_public_url("http://10.0.0.5:8080"));
+    assert!(valid_public_url("https://cache-1.example:8443"));
+    assert!(!valid_public_url("javascript:alert(1)"));
+    assert!(!valid_public_url("http://x\" onmouseover=\"y"));
+    assert!(!valid_public_url(&format!("http://{}", "a".repeat(300))));
 }
 
 /// How long after a membership change owner misses first look for a previous holder.
@@ -304,6 +330,9 @@ impl Cluster {
             last_move_ms: AtomicU64::new(nearcache_shards::hlc::wall_ms()),
             auth: secret.map(|s| auth::RequestAuth::new(&s, window)),
             tls,
+            drain: drain::Drain::default(),
+            public_url: Default::default(),
+            public_urls: Default::default(),
         })))
     }
 
@@ -322,8 +351,15 @@ impl Cluster {
         since < MOVE_WINDOW_MS || self.book.lag() > 0
     }
 
+    /// The membership as placement uses it: while draining, this node is marked left
+    /// in its own view, so it owns no key and sends every request elsewhere.
     pub fn view(&self) -> Arc<View> {
-        self.membership.view()
+        let view = self.membership.view();
+        if self.drain.active() {
+            Arc::new(drain::without_self(&view))
+        } else {
+            view
+        }
     }
 
     /// Alive nodes (self included) ranked for `key`: the first R own it.
@@ -379,6 +415,17 @@ impl Cluster {
         v
     }
 
+    /// Records a peer's public URL (from [`H_PUBLIC`]); only `http(s)://` URLs of
+    /// reasonable length are kept, since pages render them as links.
+    pub fn note_public_url(&self, id: &str, url: &str) {
+        if !valid_public_url(url) || self.public_urls.load().get(id).is_some_and(|u| u == url) {
+            return;
+        }
+        let mut m = (**self.public_urls.load()).clone();
+        m.insert(id.to_string(), url.to_string());
+        self.public_urls.store(Arc::new(m));
+    }
+
     /// Graceful leave: peers see this node as left (not failed) right away.
     pub fn leave(&self) {
         self.membership.leave(std::time::Duration::from_secs(2));
@@ -387,6 +434,14 @@ impl Cluster {
         if let Err(e) = self.book.save() {
             tracing::warn!(error = %e, "saving cluster sync positions");
         }
+    }
+
+    fn public_urls_with_self(&self) -> std::collections::BTreeMap<String, String> {
+        let mut m = (**self.public_urls.load()).clone();
+        if let Some(u) = self.public_url.get().and_then(|v| v.to_str().ok()) {
+            m.insert(self.self_id.clone(), u.to_string());
+        }
+        m
     }
 
     /// The cluster's metric families.
@@ -436,6 +491,8 @@ impl Cluster {
             "members": view.members,
             "blocked": self.blocked_ids(),
             "sync": self.book.describe(),
+            "drain": self.drain.describe(),
+            "public_urls": self.public_urls_with_self(),
         });
         if let Some(key) = key {
             let ranked = self.ranking(key);

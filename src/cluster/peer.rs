@@ -156,6 +156,9 @@ impl ClusterShard {
         if let Ok(v) = HeaderValue::from_str(&cl.cfg.name) {
             h.insert(H_CLUSTER, v);
         }
+        if let Some(v) = cl.public_url.get() {
+            h.insert(super::H_PUBLIC, v.clone());
+        }
         if let Some(auth) = &cl.auth {
             let (method, uri) = (req.method().clone(), req.uri().clone());
             let pq = uri.path_and_query().map_or("/", |p| p.as_str());

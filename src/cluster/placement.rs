@@ -96,11 +96,12 @@ impl Ranking {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nearcache_membership::MemberState;
 
-    fn member(id: &str) -> Member {
+    /// An alive member (not this node) for tests.
+    pub(crate) fn member(id: &str) -> Member {
         Member {
             id: id.to_string(),
             addr: "127.0.0.1:1".parse().unwrap(),

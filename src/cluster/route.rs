@@ -310,7 +310,7 @@ pub async fn replicate_put<C: ClusterCtx>(
     quorum(cl, rx, targets.len(), need).await
 }
 
-async fn push_put<C: ClusterCtx>(
+pub(super) async fn push_put<C: ClusterCtx>(
     ctx: &C,
     cs: &ClusterShard,
     to: &Member,
@@ -359,29 +359,38 @@ pub async fn replicate_delete(cs: &ClusterShard, t: Tombstone) -> Result<(), Clu
         return Ok(());
     }
     let need = need(cl, targets.len(), owner_here);
-    let body = Bytes::from(serde_json::to_vec(&t).expect("tombstone serializes"));
+    let t = Rc::new(t);
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {
-        let (cs, body, tx) = (cs.clone(), body.clone(), tx.clone());
+        let (cs, t, tx) = (cs.clone(), t.clone(), tx.clone());
         monoio::spawn(async move {
-            let req: Request<PeerBody> = Request::builder()
-                .method(Method::POST)
-                .uri("/_nc/v1/tombstone")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(peer::full(body))
-                .expect("valid request");
-            let cl = &cs.cl;
-            let r = match cs.send(&m, req).await {
-                Ok(resp) => answer(resp).await,
-                Err(e) => Err(e.to_string()),
-            };
+            let r = push_tombstone(&cs, &m, &t).await;
             if let Err(e) = &r {
                 tracing::warn!(peer = %m.id, error = %e, "tombstone push failed; anti-entropy will repair");
-                cl.metrics.replica_failures.fetch_add(1, Relaxed);
+                cs.cl.metrics.replica_failures.fetch_add(1, Relaxed);
             }
             let _ = tx.send(r);
         });
     }
     drop(tx);
     quorum(cl, rx, targets.len(), need).await
+}
+
+/// Sends one tombstone to one peer.
+pub(super) async fn push_tombstone(
+    cs: &ClusterShard,
+    to: &Member,
+    t: &Tombstone,
+) -> Result<(), String> {
+    let body = Bytes::from(serde_json::to_vec(t).expect("tombstone serializes"));
+    let req: Request<PeerBody> = Request::builder()
+        .method(Method::POST)
+        .uri("/_nc/v1/tombstone")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(peer::full(body))
+        .expect("valid request");
+    match cs.send(to, req).await {
+        Ok(resp) => answer(resp).await,
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -12,6 +12,7 @@ use nearcache::config::{Config, Size};
 use nearcache::ServerHandle;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
 
+pub mod procs;
 pub mod sdk;
 
 pub fn init_logging() {
@@ -120,13 +121,17 @@ impl TestNode {
 
     /// Sum of a metric over all label sets.
     pub fn metric(&self, name: &str) -> f64 {
-        let text = client()
+        metric_sum(&self.metrics_text(), name)
+    }
+
+    /// The node's `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        client()
             .get(self.url("/metrics"))
             .send()
             .unwrap()
             .text()
-            .unwrap();
-        metric_sum(&text, name)
+            .unwrap()
     }
 
     pub fn s3(&self) -> S3 {
