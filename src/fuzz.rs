@@ -218,12 +218,12 @@ fn fuzz_cache_control() {
                 }
             }
             let meta = crate::object::fresh::tests::test_meta(now / 2, in_origin, headers);
-            let st = standing(rule, &meta, now);
+            let st = standing(rule, &meta, &d, now);
             if !in_origin {
                 assert_eq!(st, Standing::Fresh);
             }
             if st == Standing::Fresh {
-                assert_eq!(standing(rule, &meta, now / 2), Standing::Fresh);
+                assert_eq!(standing(rule, &meta, &d, now / 2), Standing::Fresh);
             }
         });
     report("cache_control", &n);

@@ -206,150 +206,132 @@ async fn dispatch(
     (route, result)
 }
 
-/// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
-)]
-pub(crate) fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
-    let Some(v) = h.get(name) else {
-        return Ok(None);
-    };
-    match v
-        .to_str()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "1" | "true" | "yes" => Ok(Some(true)),
-        "0" | "false" | "no" => Ok(Some(false)),
-        other => Err(ApiError::bad_request(
-            "invalid header",
-            format!(
-                "{} must be 0 or 1 (or true/false), not {other:?}",
-                display_name(name)
-            ),
-        )),
-    }
-}
+/// The native API's header parsers. Client input must not be able to panic them: they
+/// deny unchecked indexing, arithmetic, `unwrap` and `expect` (README, "Errors and logs").
+mod headers {
+    #![cfg_attr(
+        not(test),
+        deny(
+            clippy::indexing_slicing,
+            clippy::arithmetic_side_effects,
+            clippy::unwrap_used,
+            clippy::expect_used
+        )
+    )]
 
-/// `x-meta-sync` -> `X-Meta-Sync`, for error messages.
-fn display_name(name: &str) -> String {
-    name.split('-')
-        .map(|p| {
-            let mut c = p.chars();
-            c.next().map_or(String::new(), |f| {
-                f.to_ascii_uppercase().to_string() + c.as_str()
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("-")
-}
+    use super::*;
 
-/// Validates an id: a ULID, returned in canonical form.
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
-)]
-pub(crate) fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
-    // 26 base32 digits hold 130 bits: `ulid` drops the top two, so a first digit above 7
-    // would alias another id ("8..." is "0..."). The ULID spec refuses it; so do we.
-    let overflow = raw.len() == 26 && !raw.starts_with(|c| ('0'..='7').contains(&c));
-    let parsed = match Ulid::from_string(raw) {
-        Ok(_) if overflow => Err("the value is larger than 128 bits".to_owned()),
-        r => r.map_err(|e| e.to_string()),
-    };
-    parsed.map(|u| u.to_string()).map_err(|e| {
-        ApiError::bad_request("invalid id", format!("{what} {raw:?} is not a ULID: {e}"))
-    })
-}
-
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
-)]
-pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
-    let Some(v) = h.get(X_META_LEVEL) else {
-        return Ok(default);
-    };
-    match v.to_str().unwrap_or("").trim() {
-        "0" => Ok(0),
-        "1" => Ok(1),
-        "2" => Ok(2),
-        other => Err(ApiError::bad_request(
-            "invalid consistency level",
-            format!("X-Meta-ConsistencyLevel must be 0, 1 or 2, not {other:?}"),
-        )),
-    }
-}
-
-/// X-Meta-UserMeta: a JSON object of string values; keys become x-amz-meta-* in S3, so
-/// they must be header-safe.
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
-)]
-pub(crate) fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
-    let Some(v) = h.get(X_META_USERMETA) else {
-        return Ok(BTreeMap::new());
-    };
-    let bad = |d: String| ApiError::bad_request("invalid user metadata", d);
-    let s = v
-        .to_str()
-        .map_err(|_| bad("X-Meta-UserMeta is not ASCII".into()))?;
-    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(s)
-        .map_err(|e| bad(format!("X-Meta-UserMeta is not a JSON object: {e}")))?;
-    let mut out = BTreeMap::new();
-    for (k, v) in map {
-        let serde_json::Value::String(v) = v else {
-            return Err(bad(format!(
-                "X-Meta-UserMeta value of {k:?} is not a string"
-            )));
+    /// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
+    pub(crate) fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
+        let Some(v) = h.get(name) else {
+            return Ok(None);
         };
-        let key_ok = !k.is_empty()
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !key_ok {
-            return Err(bad(format!(
-                "X-Meta-UserMeta key {k:?} must be non-empty ASCII letters, digits, '-' or '_'"
-            )));
-        }
-        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(bad(format!(
-                "X-Meta-UserMeta value of {k:?} must be printable ASCII"
-            )));
-        }
-        // Keys are case-insensitive (x-amz-meta-* headers): "A" and "a" are one key twice,
-        // which would silently keep only one of the values.
-        if out.insert(k.to_ascii_lowercase(), v).is_some() {
-            return Err(bad(format!(
-                "X-Meta-UserMeta key {k:?} is given twice (keys are case-insensitive)"
-            )));
+        match v
+            .to_str()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "1" | "true" | "yes" => Ok(Some(true)),
+            "0" | "false" | "no" => Ok(Some(false)),
+            other => Err(ApiError::bad_request(
+                "invalid header",
+                format!(
+                    "{} must be 0 or 1 (or true/false), not {other:?}",
+                    display_name(name)
+                ),
+            )),
         }
     }
-    Ok(out)
+
+    /// `x-meta-sync` -> `X-Meta-Sync`, for error messages.
+    fn display_name(name: &str) -> String {
+        name.split('-')
+            .map(|p| {
+                let mut c = p.chars();
+                c.next().map_or(String::new(), |f| {
+                    f.to_ascii_uppercase().to_string() + c.as_str()
+                })
+            })
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+
+    /// Validates an id: a ULID, returned in canonical form.
+    pub(crate) fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
+        // 26 base32 digits hold 130 bits: `ulid` drops the top two, so a first digit above 7
+        // would alias another id ("8..." is "0..."). The ULID spec refuses it; so do we.
+        let overflow = raw.len() == 26 && !raw.starts_with(|c| ('0'..='7').contains(&c));
+        let parsed = match Ulid::from_string(raw) {
+            Ok(_) if overflow => Err("the value is larger than 128 bits".to_owned()),
+            r => r.map_err(|e| e.to_string()),
+        };
+        parsed.map(|u| u.to_string()).map_err(|e| {
+            ApiError::bad_request("invalid id", format!("{what} {raw:?} is not a ULID: {e}"))
+        })
+    }
+
+    pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
+        let Some(v) = h.get(X_META_LEVEL) else {
+            return Ok(default);
+        };
+        match v.to_str().unwrap_or("").trim() {
+            "0" => Ok(0),
+            "1" => Ok(1),
+            "2" => Ok(2),
+            other => Err(ApiError::bad_request(
+                "invalid consistency level",
+                format!("X-Meta-ConsistencyLevel must be 0, 1 or 2, not {other:?}"),
+            )),
+        }
+    }
+
+    /// X-Meta-UserMeta: a JSON object of string values; keys become x-amz-meta-* in S3, so
+    /// they must be header-safe.
+    pub(crate) fn user_meta_header(h: &HeaderMap) -> Result<BTreeMap<String, String>, ApiError> {
+        let Some(v) = h.get(X_META_USERMETA) else {
+            return Ok(BTreeMap::new());
+        };
+        let bad = |d: String| ApiError::bad_request("invalid user metadata", d);
+        let s = v
+            .to_str()
+            .map_err(|_| bad("X-Meta-UserMeta is not ASCII".into()))?;
+        let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(s)
+            .map_err(|e| bad(format!("X-Meta-UserMeta is not a JSON object: {e}")))?;
+        let mut out = BTreeMap::new();
+        for (k, v) in map {
+            let serde_json::Value::String(v) = v else {
+                return Err(bad(format!(
+                    "X-Meta-UserMeta value of {k:?} is not a string"
+                )));
+            };
+            let key_ok = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !key_ok {
+                return Err(bad(format!(
+                    "X-Meta-UserMeta key {k:?} must be non-empty ASCII letters, digits, '-' or '_'"
+                )));
+            }
+            if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(bad(format!(
+                    "X-Meta-UserMeta value of {k:?} must be printable ASCII"
+                )));
+            }
+            // Keys are case-insensitive (x-amz-meta-* headers): "A" and "a" are one key twice,
+            // which would silently keep only one of the values.
+            if out.insert(k.to_ascii_lowercase(), v).is_some() {
+                return Err(bad(format!(
+                    "X-Meta-UserMeta key {k:?} is given twice (keys are case-insensitive)"
+                )));
+            }
+        }
+        Ok(out)
+    }
 }
+
+pub(crate) use headers::{bool_header, level_header, parse_id, user_meta_header};
 
 // ---------------------------------------------------------------------------------------
 // PUT
@@ -477,7 +459,7 @@ struct NativeRender;
 impl Render for NativeRender {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
         let mut b = v.head_builder().header(X_META_ID, v.key);
-        if v.fetched {
+        if v.fetched() {
             b = b.header(X_META_FETCHED, "true");
         }
         if *answer == Answer::NotModified {

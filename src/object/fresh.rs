@@ -232,14 +232,20 @@ pub fn storable(rule: Rule, headers: &BTreeMap<String, String>) -> bool {
     !(rule.honour_origin && origin_directives(headers).no_store)
 }
 
-/// The standing of `meta` at `now_ms` under `rule`.
-pub fn standing(rule: Rule, meta: &ObjectMeta, now_ms: u64) -> Standing {
+/// The standing of `meta` at `now_ms` under `rule`; `directives` are its headers'
+/// ([`origin_directives`], parsed once per stored version by the caller).
+pub fn standing(
+    rule: Rule,
+    meta: &ObjectMeta,
+    directives: &OriginDirectives,
+    now_ms: u64,
+) -> Standing {
     // Until its upload lands, nearcache holds the newest version; the origin's is older.
     if !meta.in_origin {
         return Standing::Fresh;
     }
     let d = if rule.honour_origin {
-        origin_directives(&meta.headers)
+        *directives
     } else {
         OriginDirectives::default()
     };
@@ -366,6 +372,10 @@ pub(crate) mod tests {
         }
     }
 
+    fn st(rule: Rule, m: &ObjectMeta, now_ms: u64) -> Standing {
+        standing(rule, m, &origin_directives(&m.headers), now_ms)
+    }
+
     const RULE: Rule = Rule {
         ttl_secs: 10,
         honour_origin: true,
@@ -397,26 +407,23 @@ pub(crate) mod tests {
         ]));
         assert_eq!(d.max_age, Some(5));
         let m = meta(1_000_000, &[("cache-control", "max-age=60, s-maxage=5")]);
-        assert_eq!(standing(RULE, &m, 1_004_999), Standing::Fresh);
-        assert!(matches!(
-            standing(RULE, &m, 1_005_000),
-            Standing::Stale { .. }
-        ));
+        assert_eq!(st(RULE, &m, 1_004_999), Standing::Fresh);
+        assert!(matches!(st(RULE, &m, 1_005_000), Standing::Stale { .. }));
     }
 
     #[test]
     fn ttl_applies_without_origin_headers_and_zero_means_never_stale() {
         let m = meta(1_000_000, &[]);
-        assert_eq!(standing(RULE, &m, 1_009_999), Standing::Fresh);
+        assert_eq!(st(RULE, &m, 1_009_999), Standing::Fresh);
         assert_eq!(
-            standing(RULE, &m, 1_010_000),
+            st(RULE, &m, 1_010_000),
             Standing::Stale {
                 serve_while_revalidating: true,
                 serve_on_error_until_ms: 1_070_000
             }
         );
         assert_eq!(
-            standing(RULE, &m, 1_015_000),
+            st(RULE, &m, 1_015_000),
             Standing::Stale {
                 serve_while_revalidating: false,
                 serve_on_error_until_ms: 1_070_000
@@ -426,21 +433,18 @@ pub(crate) mod tests {
             ttl_secs: 0,
             ..RULE
         };
-        assert_eq!(standing(never, &m, u64::MAX), Standing::Fresh);
+        assert_eq!(st(never, &m, u64::MAX), Standing::Fresh);
     }
 
     #[test]
     fn origin_headers_are_ignored_unless_honoured() {
         let m = meta(1_000_000, &[("cache-control", "no-cache")]);
-        assert!(matches!(
-            standing(RULE, &m, 1_000_000),
-            Standing::Stale { .. }
-        ));
+        assert!(matches!(st(RULE, &m, 1_000_000), Standing::Stale { .. }));
         let ignore = Rule {
             honour_origin: false,
             ..RULE
         };
-        assert_eq!(standing(ignore, &m, 1_000_000), Standing::Fresh);
+        assert_eq!(st(ignore, &m, 1_000_000), Standing::Fresh);
         assert!(!storable(RULE, &headers(&[("cache-control", "no-store")])));
         assert!(!storable(RULE, &headers(&[("cache-control", "private")])));
         assert!(storable(ignore, &headers(&[("cache-control", "no-store")])));
@@ -450,21 +454,21 @@ pub(crate) mod tests {
     fn must_revalidate_forbids_stale_answers_and_bad_expires_is_expired() {
         let m = meta(0, &[("cache-control", "max-age=1, must-revalidate")]);
         assert_eq!(
-            standing(RULE, &m, 5_000),
+            st(RULE, &m, 5_000),
             Standing::Stale {
                 serve_while_revalidating: false,
                 serve_on_error_until_ms: 0
             }
         );
         let m = meta(1_000, &[("expires", "0")]);
-        assert!(matches!(standing(RULE, &m, 1_000), Standing::Stale { .. }));
+        assert!(matches!(st(RULE, &m, 1_000), Standing::Stale { .. }));
     }
 
     #[test]
     fn copies_not_yet_in_the_origin_are_never_stale() {
         let mut m = meta(0, &[("cache-control", "no-cache")]);
         m.in_origin = false;
-        assert_eq!(standing(RULE, &m, u64::MAX), Standing::Fresh);
+        assert_eq!(st(RULE, &m, u64::MAX), Standing::Fresh);
     }
 
     #[test]

@@ -44,8 +44,6 @@ pub struct ObjectView<'a> {
     pub parts_count: Option<u32>,
     /// The stored consistency level (None: described by the origin).
     pub level: Option<u8>,
-    /// The body came from the origin for this request (or a fetch it waited on).
-    pub fetched: bool,
     /// How the cache answered (the `X-Cache-Status` header).
     pub status: CacheStatus,
     /// Seconds since the copy was last known current (the `Age` header); None when the
@@ -62,6 +60,8 @@ pub struct HeadValues {
     pub last_modified: http::HeaderValue,
     /// The user metadata as one JSON object (None when there is none).
     pub user_meta_json: Option<http::HeaderValue>,
+    /// What its Cache-Control and Expires say (read by every freshness check).
+    pub directives: fresh::OriginDirectives,
 }
 
 /// How the cache answered a read, as `X-Cache-Status` says (nginx's words).
@@ -109,7 +109,6 @@ impl<'a> ObjectView<'a> {
             headers: &m.headers,
             parts_count: None,
             level: Some(m.level),
-            fetched: status == CacheStatus::Miss,
             status,
             age_secs: Some(age_ms / 1000),
             derived: Some(&m.derived),
@@ -128,11 +127,15 @@ impl<'a> ObjectView<'a> {
             headers: &m.headers,
             parts_count: m.parts_count,
             level: None,
-            fetched: true,
             status: CacheStatus::Miss,
             age_secs: None,
             derived: None,
         }
+    }
+
+    /// The body came from the origin for this request (or a fetch it waited on).
+    pub fn fetched(&self) -> bool {
+        self.status == CacheStatus::Miss
     }
 
     /// A response head with ETag, Last-Modified, Accept-Ranges, X-Cache-Status and Age.
@@ -161,6 +164,7 @@ impl<'a> ObjectView<'a> {
             user_meta_json: (!self.user_meta.is_empty())
                 .then(|| serde_json::to_string(self.user_meta).unwrap_or_default())
                 .and_then(|j| http::HeaderValue::from_str(&j).ok()),
+            directives: fresh::origin_directives(self.headers),
         };
         match self.derived.and_then(|d| d.get_or_init(make)) {
             Some(v) => std::borrow::Cow::Borrowed(v),
@@ -175,6 +179,7 @@ impl Clone for HeadValues {
             etag: self.etag.clone(),
             last_modified: self.last_modified.clone(),
             user_meta_json: self.user_meta_json.clone(),
+            directives: self.directives,
         }
     }
 }
@@ -258,7 +263,9 @@ struct Corrupted;
 
 /// The freshness standing of a stored copy of `key` now.
 fn standing_of<C: ObjectCtx>(ctx: &C, key: &CacheKey, meta: &ObjectMeta) -> Standing {
-    fresh::standing(ctx.objects().rules.rule_for(key), meta, fresh::now_ms())
+    let rule = ctx.objects().rules.rule_for(key);
+    let view = ObjectView::stored(meta, CacheStatus::Hit);
+    fresh::standing(rule, meta, &view.head_values().directives, fresh::now_ms())
 }
 
 async fn get_here<C: ObjectCtx, R: Render>(
@@ -283,7 +290,7 @@ async fn get_here<C: ObjectCtx, R: Render>(
                     .stale_served(StaleReason::Revalidating);
                 serve_stored(ctx, req, render, &meta, body, CacheStatus::Updating).await
             }
-            Standing::Stale { .. } => revalidate(ctx, req, render, meta, body).await,
+            Standing::Stale { .. } => revalidate(ctx, req, render, meta).await,
         },
         Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
         Lookup::Miss if req.fetch => read_through(ctx, req, render).await,
@@ -437,14 +444,12 @@ async fn revalidate<C: ObjectCtx, R: Render>(
     req: GetRequest,
     render: R,
     stale: Rc<ObjectMeta>,
-    body: Option<Bytes>,
 ) -> Result<Response<Body>, ObjectError> {
     if let Some(fetch) = fetch_in_progress(&*ctx, &req.key) {
         let outcome = fetch.wait().await;
         let was = Some(stale.hlc);
         return serve_current(&*ctx, &req, &render, was, outcome.err().as_ref()).await;
     }
-    drop(body);
     let (resp_tx, resp_rx) = oneshot::channel();
     let guard = FetchGuard::register(ctx.clone(), req.key.as_str());
     // Its own task: the copy is renewed or replaced even if this client goes away.
