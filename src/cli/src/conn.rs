@@ -29,10 +29,6 @@ pub struct Common {
     /// Timeout in seconds of requests without a large body.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
-    /// PEM file of CA certificates to trust for an https:// server, besides the system's
-    /// (a node whose certificate a private CA signed).
-    #[arg(long, env = "NEARCACHE_CACERT")]
-    pub cacert: Option<PathBuf>,
     /// A bearer token (JWT) for a node started with --jwt-key; sent as
     /// `Authorization: Bearer TOKEN`.
     #[arg(long, env = "NEARCACHE_TOKEN", hide_env_values = true)]
@@ -129,27 +125,9 @@ impl Conn {
         }
         // No overall timeout on the client: bodies of any size stream through it. Small
         // requests set their own.
-        // reqwest's rustls uses the process's provider: aws-lc-rs, as the server does.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut builder = Client::builder()
-            .use_rustls_tls()
             .timeout(None)
             .connect_timeout(Duration::from_secs(5));
-        if let Some(path) = &common.cacert {
-            let pem = std::fs::read(path)
-                .map_err(|e| CliError::other(&format!("reading --cacert {}", path.display()), e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| CliError::other(&format!("parsing --cacert {}", path.display()), e))?;
-            if certs.is_empty() {
-                return Err(CliError::Usage(format!(
-                    "--cacert {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
         if let Some(token) = common
             .token
             .as_deref()
