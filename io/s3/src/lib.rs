@@ -99,6 +99,8 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<OriginStats>,
     description: String,
+    /// The configured bucket (None: the local origin).
+    bucket: Option<String>,
 }
 
 impl Bridge {
@@ -117,6 +119,10 @@ impl Bridge {
         let threads = cfg.threads.max(1);
         let stats = Arc::new(OriginStats::default());
         let description = describe_config(&cfg);
+        let bucket = match &cfg.kind {
+            OriginKind::S3 { bucket, .. } => Some(bucket.clone()),
+            OriginKind::Local { .. } => None,
+        };
         let cfg = Arc::new(cfg);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), OriginError>>();
         let mut senders = Vec::with_capacity(threads);
@@ -153,6 +159,7 @@ impl Bridge {
                 threads: Mutex::new(handles),
                 stats,
                 description,
+                bucket,
             }),
             class: Class::Foreground,
         };
@@ -168,6 +175,11 @@ impl Bridge {
     /// "local origin at DIR").
     pub fn describe(&self) -> String {
         self.inner.description.clone()
+    }
+
+    /// The configured bucket, where the native API's ids live (None: the local origin).
+    pub fn native_bucket(&self) -> Option<String> {
+        self.inner.bucket.clone()
     }
 
     pub fn stats(&self) -> Arc<OriginStats> {
