@@ -21,6 +21,14 @@ pub struct ObjectMetrics {
     pub origin_deletes_ok: AtomicU64,
     /// Requests answered with an error because the origin did not answer in time.
     pub origin_waits_timed_out: AtomicU64,
+    /// Sync log entries made (a backend missed a write or delete, drift, a check).
+    pub sync_logged: AtomicU64,
+    /// Sync log entries replayed and verified.
+    pub sync_repaired: AtomicU64,
+    pub sync_repaired_bytes: AtomicU64,
+    pub sync_repair_failures: AtomicU64,
+    /// The shard's sync log backlog per backend, as its syncer last saw it.
+    pub sync_backlog: std::sync::Mutex<std::collections::BTreeMap<String, nearcache_shards::SyncBacklog>>,
 }
 
 impl ObjectMetrics {

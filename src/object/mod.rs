@@ -12,10 +12,12 @@
 //! response head, and map [`ObjectError`] to their own errors. Nothing here knows which
 //! API asked; the [`CacheKey`] knows where an object lives in the origin.
 
+pub mod backends;
 pub mod error;
 pub mod key;
 pub mod metrics;
 pub mod read;
+pub mod syncer;
 pub mod uploader;
 pub mod write;
 
@@ -25,6 +27,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nearcache_backends::Backends;
 use nearcache_s3::Bridge;
 use tokio::sync::oneshot;
 
@@ -43,9 +46,15 @@ pub trait ObjectCtx: ClusterCtx {
 /// One shard thread's part of the object service.
 pub struct ObjectShard {
     pub cfg: Arc<Config>,
+    /// The primary backend (the first of the default set): bucket-level, listing,
+    /// multipart and copy operations of the S3 API go here.
     pub origin: Bridge,
-    /// The same origin with the background bounds, for the uploader.
-    origin_background: Bridge,
+    /// Every origin backend, their sets and health (one backend: today's single origin).
+    pub backends: Arc<Backends>,
+    /// Writes and repairs in flight per (backend, key).
+    fanout: RefCell<backends::FanoutState>,
+    /// Wakes this shard's syncer when a repair ends.
+    sync_slot_freed: tokio::sync::Notify,
     pub metrics: Arc<ObjectMetrics>,
     /// Origin fetches in progress on this (owner) shard, by key: later misses wait on them.
     fetches: RefCell<HashMap<String, Rc<read::Fetch>>>,
@@ -56,11 +65,13 @@ pub struct ObjectShard {
 }
 
 impl ObjectShard {
-    pub fn new(cfg: Arc<Config>, origin: Bridge) -> Self {
+    pub fn new(cfg: Arc<Config>, backends: Arc<Backends>) -> Self {
         ObjectShard {
             cfg,
-            origin_background: origin.background(),
-            origin,
+            origin: backends.primary().bridge.clone(),
+            backends,
+            fanout: Default::default(),
+            sync_slot_freed: Default::default(),
             metrics: Arc::default(),
             fetches: Default::default(),
             upload_waiters: Default::default(),

@@ -12,7 +12,6 @@ use nearcache_s3::{GetObject, RemoteMeta};
 use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, ObjectWriter, StoreError, WriteAttrs};
 use tokio::sync::{oneshot, watch};
 
-use super::key::Origin;
 use super::{CacheKey, ObjectCtx, ObjectError};
 use crate::body::{pump, Body, BodyError, BodySender, PUMP_DEPTH};
 use crate::http_util::{resolve_range, Answer, ByteRangeSpec, Conditions};
@@ -353,31 +352,16 @@ async fn read_through<C: ObjectCtx, R: Render>(
     fetch_and_respond(ctx, req, render).await
 }
 
+/// The origin GET of a miss: the preferred backend of the key's set, failing over.
 async fn origin_get<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Result<GetObject, ObjectError> {
-    let origin = &ctx.objects().origin;
-    Ok(match key.origin() {
-        Origin::Native(id) => origin.get(id, None).await?,
-        Origin::Bucket { .. } => {
-            origin
-                .get_in(&key.loc().expect("a bucket key"), None, None)
-                .await?
-        }
-    })
+    super::backends::get(ctx, key).await
 }
 
 pub(super) async fn origin_head<C: ObjectCtx>(
     ctx: &C,
     key: &CacheKey,
 ) -> Result<RemoteMeta, ObjectError> {
-    let origin = &ctx.objects().origin;
-    Ok(match key.origin() {
-        Origin::Native(id) => origin.head(id).await?,
-        Origin::Bucket { .. } => {
-            origin
-                .head_in(&key.loc().expect("a bucket key"), None)
-                .await?
-        }
-    })
+    super::backends::head(ctx, key).await
 }
 
 /// One in-progress read-through. Waiters learn the outcome; on success they read the

@@ -139,6 +139,8 @@ pub struct Backend {
     /// Background bounds (uploads, repairs).
     pub background: Bridge,
     buckets: BTreeMap<String, String>,
+    /// Where the native API's ids live on this backend (None: a local origin).
+    native_bucket: Option<String>,
     pub health: Health,
 }
 
@@ -243,7 +245,7 @@ impl Backends {
         }
         let mut list: Vec<Arc<Backend>> = Vec::new();
         for spec in cfg.backends {
-            let bridge = match Bridge::start_with(spec.origin, spec.deadlines) {
+            let bridge = match Bridge::start_with(spec.origin.clone(), spec.deadlines) {
                 Ok(b) => b,
                 Err(error) => {
                     for b in &list {
@@ -260,6 +262,7 @@ impl Backends {
                 background: bridge.background(),
                 bridge,
                 buckets: spec.buckets,
+                native_bucket: config_bucket(&spec.origin).map(str::to_owned),
                 health: Health::default(),
             }));
         }
@@ -277,13 +280,14 @@ impl Backends {
     }
 
     /// Today's single origin: one backend named `name`, policy `all`, breaker off.
-    pub fn single(name: &str, bridge: Bridge) -> Backends {
+    pub fn single(name: &str, bridge: Bridge, native_bucket: Option<String>) -> Backends {
         Backends {
             list: vec![Arc::new(Backend {
                 name: name.to_owned(),
                 background: bridge.background(),
                 bridge,
                 buckets: BTreeMap::new(),
+                native_bucket,
                 health: Health::default(),
             })],
             default_set: BackendSet {
@@ -570,7 +574,7 @@ impl Backends {
 
 /// The bucket the native API's ids live in on this backend (None: a local origin).
 fn native_bucket(b: &Backend) -> Option<String> {
-    b.bridge.native_bucket()
+    b.native_bucket.clone()
 }
 
 async fn head_on(b: &Backend, target: &Target, background: bool) -> Result<RemoteMeta, OriginError> {

@@ -99,8 +99,6 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<OriginStats>,
     description: String,
-    /// The configured bucket (None: the local origin).
-    bucket: Option<String>,
 }
 
 impl Bridge {
@@ -119,10 +117,6 @@ impl Bridge {
         let threads = cfg.threads.max(1);
         let stats = Arc::new(OriginStats::default());
         let description = describe_config(&cfg);
-        let bucket = match &cfg.kind {
-            OriginKind::S3 { bucket, .. } => Some(bucket.clone()),
-            OriginKind::Local { .. } => None,
-        };
         let cfg = Arc::new(cfg);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), OriginError>>();
         let mut senders = Vec::with_capacity(threads);
@@ -159,7 +153,6 @@ impl Bridge {
                 threads: Mutex::new(handles),
                 stats,
                 description,
-                bucket,
             }),
             class: Class::Foreground,
         };
@@ -175,11 +168,6 @@ impl Bridge {
     /// "local origin at DIR").
     pub fn describe(&self) -> String {
         self.inner.description.clone()
-    }
-
-    /// The configured bucket, where the native API's ids live (None: the local origin).
-    pub fn native_bucket(&self) -> Option<String> {
-        self.inner.bucket.clone()
     }
 
     pub fn stats(&self) -> Arc<OriginStats> {
