@@ -174,6 +174,7 @@ routes! {
     NewId => "id", Put => "put", Get => "get", Head => "head", Meta => "meta",
     Delete => "delete", Version => "version", Ping => "ping", Stats => "stats",
     Health => "healthz", Metrics => "metrics", Cluster => "cluster", Unknown => "unknown",
+    Backends => "backends",
     S3Read => "s3_read", S3Write => "s3_write", S3List => "s3_list", S3Other => "s3_other",
 }
 

@@ -162,6 +162,7 @@ struct ShardStart {
     inbox: mpsc::UnboundedReceiver<Job<ShardCtx>>,
     inboxes: Arc<[mpsc::UnboundedSender<Job<ShardCtx>>]>,
     backends: Arc<Backends>,
+    checks: Arc<crate::object::check::CheckJobs>,
     s3: Arc<S3State>,
     ready_tx: std_mpsc::Sender<Result<Ready, String>>,
     node_rx: std_mpsc::Receiver<Arc<Node>>,
@@ -234,6 +235,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         }
     };
     let backends = Arc::new(backends);
+    let checks = Arc::new(crate::object::check::CheckJobs::default());
     let bridge = backends.primary().bridge.clone();
     if local_origin || cfg.origin.create_bucket {
         for b in backends.list() {
@@ -276,6 +278,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             inbox,
             inboxes: inboxes.clone(),
             backends: backends.clone(),
+            checks: checks.clone(),
             s3: s3.clone(),
             ready_tx: ready_tx.clone(),
             node_rx,
@@ -427,6 +430,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         inbox,
         inboxes,
         backends,
+        checks,
         s3,
         ready_tx,
         node_rx,
@@ -450,7 +454,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         "shard recovered"
     );
     let mesh = Mesh::new(i, inboxes);
-    let objects = ObjectShard::new(cfg.clone(), backends);
+    let objects = ObjectShard::new(cfg.clone(), backends, checks);
     let http = Arc::new(HttpMetrics::default());
     let metrics = ShardMetricsSet {
         store: shard.metrics(),

@@ -27,6 +27,7 @@ fn route_of(path: &str) -> Option<(Route, &'static [Method])> {
         "/api/v1/stats" => (Route::Stats, &[Method::GET]),
         "/api/v1/cluster" => (Route::Cluster, &[Method::GET]),
         "/api/v1/cluster/block" => (Route::Cluster, &[Method::POST]),
+        p if super::backends::serves(p) => (Route::Backends, super::backends::allowed(p)),
         _ => return None,
     })
 }
@@ -74,6 +75,7 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
             Route::Stats => Ok(stats(&ctx)),
             Route::Cluster if req.method() == Method::GET => cluster_info(&ctx, &req),
             Route::Cluster => cluster_block(&ctx, req).await,
+            Route::Backends => super::backends::handle(&ctx, req).await,
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
         }
     };
@@ -93,6 +95,7 @@ pub fn render_metrics(node: &Node) -> String {
     let stores: Vec<_> = node.shards.iter().map(|s| s.store.clone()).collect();
     crate::object::metrics::render_store(&stores, &mut out);
     crate::object::metrics::render_origin(&node.bridge.stats(), &mut out);
+    super::backends::render_metrics(node, &mut out);
     out.single(&IO_URING, u8::from(node.uring_active));
     if let Some(cl) = &node.cluster {
         cl.render_metrics(&mut out);

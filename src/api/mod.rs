@@ -6,6 +6,7 @@
 //! - [`peer`]: the node-to-node API on the private cluster address.
 
 pub mod admin;
+pub mod backends;
 pub mod error;
 pub mod native;
 pub mod peer;

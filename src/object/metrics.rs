@@ -63,9 +63,29 @@ impl ObjectMetrics {
             Kind::Counter,
             "Requests answered with an error because the origin did not answer within origin_wait_secs.",
         ),
+        Family::new(
+            "nearcache_sync_log_entries_total",
+            Kind::Counter,
+            "Sync log entries made: a backend missed a write or delete, drift, a consistency check.",
+        ),
+        Family::new(
+            "nearcache_sync_repairs_total",
+            Kind::Counter,
+            "Sync log entries replayed on their backend and verified.",
+        ),
+        Family::new(
+            "nearcache_sync_repaired_bytes_total",
+            Kind::Counter,
+            "Bytes copied to backends by sync log repairs.",
+        ),
+        Family::new(
+            "nearcache_sync_repair_failures_total",
+            Kind::Counter,
+            "Sync log repair attempts that failed (they are retried).",
+        ),
     ];
 
-    fn values(&self) -> [u64; 6] {
+    fn values(&self) -> [u64; 10] {
         [
             self.coalesced.load(Relaxed),
             self.origin_fetches.load(Relaxed),
@@ -73,12 +93,16 @@ impl ObjectMetrics {
             self.upload_failures.load(Relaxed),
             self.origin_deletes_ok.load(Relaxed),
             self.origin_waits_timed_out.load(Relaxed),
+            self.sync_logged.load(Relaxed),
+            self.sync_repaired.load(Relaxed),
+            self.sync_repaired_bytes.load(Relaxed),
+            self.sync_repair_failures.load(Relaxed),
         ]
     }
 
     /// Writes the families for every shard (`shards[i]` is shard i's metrics).
     pub fn render(shards: &[Arc<ObjectMetrics>], out: &mut Exposition) {
-        let rows: Vec<[u64; 6]> = shards.iter().map(|m| m.values()).collect();
+        let rows: Vec<[u64; 10]> = shards.iter().map(|m| m.values()).collect();
         for (i, f) in Self::FAMILIES.iter().enumerate() {
             out.per_shard(f, rows.iter().map(|r| r[i]));
         }

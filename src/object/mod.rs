@@ -13,6 +13,7 @@
 //! API asked; the [`CacheKey`] knows where an object lives in the origin.
 
 pub mod backends;
+pub mod check;
 pub mod error;
 pub mod key;
 pub mod metrics;
@@ -51,6 +52,8 @@ pub struct ObjectShard {
     pub origin: Bridge,
     /// Every origin backend, their sets and health (one backend: today's single origin).
     pub backends: Arc<Backends>,
+    /// The node's consistency checks.
+    pub checks: Arc<check::CheckJobs>,
     /// Writes and repairs in flight per (backend, key).
     fanout: RefCell<backends::FanoutState>,
     /// Wakes this shard's syncer when a repair ends.
@@ -65,9 +68,10 @@ pub struct ObjectShard {
 }
 
 impl ObjectShard {
-    pub fn new(cfg: Arc<Config>, backends: Arc<Backends>) -> Self {
+    pub fn new(cfg: Arc<Config>, backends: Arc<Backends>, checks: Arc<check::CheckJobs>) -> Self {
         ObjectShard {
             cfg,
+            checks,
             origin: backends.primary().bridge.clone(),
             backends,
             fanout: Default::default(),
