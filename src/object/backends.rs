@@ -120,6 +120,76 @@ pub fn entry(
     }
 }
 
+/// CreateBucket: on the primary backend (its answer is the client's), then on the other
+/// backends of the bucket's set (best effort: one that fails is logged; writes to it
+/// fail and stay in the sync log until the bucket exists there).
+pub async fn create_bucket(objects: &super::ObjectShard, bucket: &str) -> Result<(), ObjectError> {
+    objects.origin.create_bucket(bucket).await?;
+    bucket_everywhere(objects, bucket, true).await;
+    Ok(())
+}
+
+/// DeleteBucket, like [`create_bucket`].
+pub async fn delete_bucket(objects: &super::ObjectShard, bucket: &str) -> Result<(), ObjectError> {
+    objects.origin.delete_bucket(bucket).await?;
+    bucket_everywhere(objects, bucket, false).await;
+    Ok(())
+}
+
+async fn bucket_everywhere(objects: &super::ObjectShard, bucket: &str, create: bool) {
+    let bk = &objects.backends;
+    let primary = bk.primary().name.clone();
+    for i in bk.all_members() {
+        let b = bk.get_backend(i);
+        if b.name == primary {
+            continue;
+        }
+        let name = b.map_bucket(bucket).to_owned();
+        let res = if create {
+            b.bridge.create_bucket(&name).await
+        } else {
+            b.bridge.delete_bucket(&name).await
+        };
+        match res {
+            Ok(()) => {}
+            Err(nearcache_s3::OriginError::Service { code, .. })
+                if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" => {}
+            Err(e) => tracing::warn!(backend = %b.name, bucket = %name, create, error = %e,
+                "bucket operation failed on a secondary backend"),
+        }
+    }
+}
+
+/// An object written on the primary backend only (CompleteMultipartUpload,
+/// CopyObject run there): queue copies to the other backends of its set, which the
+/// syncer makes from the primary (or any backend that has it).
+pub async fn replicate_from_primary<C: ObjectCtx>(
+    ctx: &Rc<C>,
+    key: CacheKey,
+    etag: &str,
+) -> Result<(), ObjectError> {
+    let bk = ctx.objects().backends.clone();
+    if !bk.is_multi() || !key.fits_store() {
+        return Ok(());
+    }
+    let primary = bk.index_of(&bk.primary().name);
+    let etag = etag.trim_matches('"').to_owned();
+    let owner = ctx.mesh().owner_of(key.as_str());
+    crate::mesh::on_shard(ctx, owner, move |ctx| async move {
+        let bk = &ctx.objects().backends;
+        let entries: Vec<SyncEntry> = set_of(bk, &key)
+            .members
+            .iter()
+            .filter(|&&i| Some(i) != primary)
+            .map(|&i| entry(bk, i, key.as_str(), SyncKind::Put, SyncCause::Missed, 0, 0, &etag))
+            .collect();
+        let n = ctx.store().log_sync(entries, false).await?;
+        ctx.objects().metrics.sync_logged.fetch_add(n as u64, Relaxed);
+        Ok::<(), ObjectError>(())
+    })
+    .await?
+}
+
 /// The origin metadata of a pending put.
 pub fn put_meta(meta: &nearcache_shards::ObjectMeta) -> PutMeta {
     PutMeta {

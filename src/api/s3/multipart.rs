@@ -180,7 +180,8 @@ pub async fn complete(
         .origin
         .complete_multipart(&req.loc(), &id, parts)
         .await?;
-    write::forget(ctx, key).await?;
+    write::forget(ctx, key.clone()).await?;
+    crate::object::backends::replicate_from_primary(ctx, key, &etag).await?;
     Ok(xml_response(format!(
         "{DECL}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{}/{}</Location>\
          <Bucket>{}</Bucket><Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
