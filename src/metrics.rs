@@ -188,7 +188,7 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-const NR: usize = 17;
+const NR: usize = Route::ALL.len();
 const NS: usize = STATUSES.len();
 const NB: usize = LATENCY_BOUNDS.len() + 1;
 
