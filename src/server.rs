@@ -239,11 +239,16 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let bridge = backends.primary().bridge.clone();
     if local_origin || cfg.origin.create_bucket {
         for b in backends.list() {
-            // Start-up is worth a few more tries than one request.
+            // Start-up is worth a few more tries than one request. With several backends
+            // the node starts with one of them down: what it misses is queued for it.
             let mut attempt = 1;
             loop {
                 match futures::executor::block_on(b.bridge.ensure_bucket()) {
                     Ok(()) => break,
+                    Err(e) if backends.is_multi() => {
+                        tracing::warn!(backend = %b.name, error = %e, "creating the origin bucket failed; starting without it");
+                        break;
+                    }
                     Err(e) if e.is_retryable() && attempt < 5 => {
                         tracing::warn!(attempt, backend = %b.name, error = %e, "creating the origin bucket failed; retrying");
                         std::thread::sleep(Duration::from_millis(200 << attempt));

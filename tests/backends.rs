@@ -463,7 +463,8 @@ impl Proc {
             .arg(&self.cfg)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--s3-listen", &format!("127.0.0.1:{}", harness::free_port())])
-            .args(["--shards", "2", "--log-level", "warn"])
+            .args(["--shards", "2"])
+            .args(["--log-level", &std::env::var("NEARCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into())])
             .arg("--data-dir")
             .arg(&self.data)
             .env("NO_COLOR", "1")
@@ -510,10 +511,20 @@ struct Acked {
 }
 
 /// Writes (and every 5th op deletes) until `stop`; returns the ops acknowledged.
-fn storm(base: String, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>, ops: Arc<AtomicU64>) {
+fn storm(
+    base: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Acked>>,
+    ops: Arc<AtomicU64>,
+    slowest_ms: Arc<AtomicU64>,
+) {
     let c = harness::http(Duration::from_secs(40));
     let mut n = 0u64;
+    let mut t = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        slowest_ms.fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+        t = Instant::now();
         n += 1;
         let delete = n % 5 == 0;
         if delete {
@@ -584,7 +595,11 @@ fn sigstop_write_storm_kill9_drain() {
     let b = Moto::start().unwrap();
     let bucket = fresh_bucket("bk-storm");
     let tmp = tempfile::tempdir().unwrap();
-    let mut node = Proc::start(tmp.path(), &a.target, &b.target, &bucket);
+    let dir = tmp.path().to_owned();
+    if std::env::var_os("NEARCACHE_KEEP_TEST_DIR").is_some() {
+        println!("test dir kept: {}", tmp.keep().display());
+    }
+    let mut node = Proc::start(&dir, &a.target, &b.target, &bucket);
     let base = node.base.clone();
     let (da, db) = (Direct::new(&a.target, &bucket), Direct::new(&b.target, &bucket));
     da.create_bucket();
@@ -593,16 +608,33 @@ fn sigstop_write_storm_kill9_drain() {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Acked::default()));
     let ops = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..4)
         .map(|i| {
-            let (base, stop, acked, ops) = (base.clone(), stop.clone(), acked.clone(), ops.clone());
-            std::thread::spawn(move || storm(base, i, stop, acked, ops))
+            let (base, stop, acked, ops, slowest) =
+                (base.clone(), stop.clone(), acked.clone(), ops.clone(), slowest.clone());
+            std::thread::spawn(move || storm(base, i, stop, acked, ops, slowest))
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
     let before_stop = ops.load(Ordering::Relaxed);
+    println!("slowest op before SIGSTOP: {} ms", slowest.swap(0, Ordering::Relaxed));
     b.pause().unwrap();
     let stopped_at = Instant::now();
+    if std::env::var_os("NEARCACHE_TEST_MONITOR").is_some() {
+        for _ in 0..12 {
+            let text = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+            println!(
+                "t={:.1}s ops={} pending={} inflight={} dc2={:?}",
+                stopped_at.elapsed().as_secs_f64(),
+                ops.load(Ordering::Relaxed),
+                common::metric_sum(&text, "nearcache_pending_uploads"),
+                common::metric_sum(&text, "nearcache_inflight_requests"),
+                backend_state(&base, "dc2")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     std::thread::sleep(Duration::from_secs(6));
     let during_stop = ops.load(Ordering::Relaxed) - before_stop;
     stop.store(true, Ordering::Relaxed);
@@ -610,8 +642,9 @@ fn sigstop_write_storm_kill9_drain() {
         w.join().unwrap();
     }
     println!(
-        "storm: {before_stop} ops acknowledged before SIGSTOP, {during_stop} in the {:.1} s dc2 was stopped",
-        stopped_at.elapsed().as_secs_f64()
+        "storm: {before_stop} ops acknowledged before SIGSTOP, {during_stop} in the {:.1} s dc2 was stopped; slowest op then {} ms",
+        stopped_at.elapsed().as_secs_f64(),
+        slowest.load(Ordering::Relaxed)
     );
     assert!(during_stop > 20, "writes stopped being acknowledged: {during_stop}");
 

@@ -249,6 +249,8 @@ pub async fn write<C: ObjectCtx>(ctx: &Rc<C>, op: &PendingOp) -> Result<Vec<Sync
         monoio::spawn(one_write(ctx.clone(), i, op.clone(), tx.clone()));
     }
     drop(tx);
+    let started = Instant::now();
+    tracing::debug!(key = %op.key, seq = op.seq, launched = launch.len(), queued = missed.len(), needed, "fan-out");
     let straggler = Duration::from_millis(objects.cfg.origin.straggler_ms);
     let mut in_flight = launch.len();
     let mut errors = Vec::new();
@@ -280,6 +282,7 @@ pub async fn write<C: ObjectCtx>(ctx: &Rc<C>, op: &PendingOp) -> Result<Vec<Sync
             break;
         }
     }
+    tracing::debug!(key = %op.key, seq = op.seq, ok, needed, elapsed = ?started.elapsed(), "fan-out settled");
     if ok < needed {
         return Err(if errors.is_empty() {
             format!(

@@ -94,13 +94,24 @@ impl ObjectShard {
         self.upload_waiters.borrow_mut().clear();
     }
 
-    /// Resolves the waiters of one pending op.
+    /// Resolves the waiters of one pending op, and on success those of older ops of the
+    /// key that it superseded before they were applied (the origin now has a newer state
+    /// of the key; they would otherwise wait until `origin_wait_secs`).
     fn notify_upload(&self, key: &str, seq: u64, outcome: Result<(), String>) {
-        let waiters = self
-            .upload_waiters
-            .borrow_mut()
-            .remove(&(key.to_string(), seq));
-        for w in waiters.into_iter().flatten() {
+        let mut all = self.upload_waiters.borrow_mut();
+        let mut waiters = all.remove(&(key.to_string(), seq)).unwrap_or_default();
+        if outcome.is_ok() {
+            let older: Vec<(String, u64)> = all
+                .keys()
+                .filter(|(k, s)| k == key && *s < seq)
+                .cloned()
+                .collect();
+            for k in older {
+                waiters.extend(all.remove(&k).unwrap_or_default());
+            }
+        }
+        drop(all);
+        for w in waiters {
             let _ = w.send(outcome.clone());
         }
     }
