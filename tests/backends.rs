@@ -526,7 +526,7 @@ fn storm(
         slowest_ms.fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
         t = Instant::now();
         n += 1;
-        let delete = n % 5 == 0;
+        let delete = n.is_multiple_of(5);
         if delete {
             let victim = acked.lock().unwrap().live.keys().next().cloned();
             if let Some(id) = victim {

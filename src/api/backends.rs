@@ -197,6 +197,9 @@ const BACKLOG_AGE: Family = Family::new(
     "Age of the oldest sync log entry waiting for each origin backend (0: none).",
 );
 
+type StatusValue = fn(&nearcache_backends::BackendStatus) -> f64;
+type BacklogValue<'a> = &'a dyn Fn(&SyncBacklog) -> f64;
+
 /// The backends' families, labelled by backend name (config, never a key).
 pub fn render_metrics(node: &Node, out: &mut Exposition) {
     let status = node.backends.status();
@@ -210,7 +213,7 @@ pub fn render_metrics(node: &Node, out: &mut Exposition) {
             out.sample(STATE.name, &format!("{},state=\"{st}\"", label(&s.name)), v);
         }
     }
-    let rows: [(&Family, fn(&nearcache_backends::BackendStatus) -> f64); 6] = [
+    let rows: [(&Family, StatusValue); 6] = [
         (&REQUESTS, |s| s.requests as f64),
         (&FAILURES, |s| s.failures as f64),
         (&ERROR_RATE, |s| s.error_rate),
@@ -224,7 +227,7 @@ pub fn render_metrics(node: &Node, out: &mut Exposition) {
             out.sample(f.name, &label(&s.name), value(s));
         }
     }
-    let rows: [(&Family, &dyn Fn(&SyncBacklog) -> f64); 3] = [
+    let rows: [(&Family, BacklogValue); 3] = [
         (&BACKLOG, &|b| b.entries as f64),
         (&BACKLOG_BYTES, &|b| b.bytes as f64),
         (&BACKLOG_AGE, &|b| {

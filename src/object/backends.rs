@@ -243,6 +243,14 @@ pub async fn write<C: ObjectCtx>(ctx: &Rc<C>, op: &PendingOp) -> Result<Vec<Sync
             launch.push(i);
         }
     }
+    // One-writes that finish while this call coordinates record their ack here; later
+    // ones (stragglers) clear the sync log entry made for them instead.
+    objects
+        .fanout
+        .borrow_mut()
+        .acked
+        .entry((op.key.clone(), op.seq))
+        .or_default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for &i in &launch {
         objects.fanout.borrow_mut().busy.insert((i, op.key.clone()));
@@ -314,7 +322,7 @@ pub async fn write<C: ObjectCtx>(ctx: &Rc<C>, op: &PendingOp) -> Result<Vec<Sync
         PendingKind::Delete => (SyncKind::Delete, 0, ""),
     };
     for &i in &missed {
-        tracing::warn!(key = %op.key, backend = %bk.get_backend(i).name, ?kind,
+        tracing::debug!(key = %op.key, backend = %bk.get_backend(i).name, ?kind,
             "origin backend missed a write; queued in the sync log");
     }
     Ok(missed
@@ -349,15 +357,14 @@ async fn one_write<C: ObjectCtx>(
     objects.fanout.borrow_mut().busy.remove(&(i, op.key.clone()));
     if res.is_ok() {
         let store = ctx.store();
-        if store.pending_seq(&op.key) == Some(op.seq) {
-            objects
-                .fanout
-                .borrow_mut()
-                .acked
-                .entry((op.key.clone(), op.seq))
-                .or_default()
-                .push(i);
-        } else {
+        let coordinating = match objects.fanout.borrow_mut().acked.get_mut(&(op.key.clone(), op.seq)) {
+            Some(acks) => {
+                acks.push(i);
+                true
+            }
+            None => false,
+        };
+        if !coordinating {
             // The op was completed without waiting for this backend, which was logged as
             // missing it: its entry (if still this op's) is done.
             let name = &bk.get_backend(i).name;

@@ -226,8 +226,8 @@ async fn run<C: ObjectCtx>(
             _ => false,
         };
         checks.update(id, |s| {
-            for side in 0..2 {
-                s.listed[side] += u64::from(have[side].is_some());
+            for (listed, h) in s.listed.iter_mut().zip(&have) {
+                *listed += u64::from(h.is_some());
             }
             match (&have[0], &have[1]) {
                 (Some(_), None) => s.only_in[0] += 1,
@@ -277,9 +277,8 @@ async fn queue<C: ObjectCtx>(
                     _ => None,
                 };
                 let deleted = matches!(lookup, Lookup::Deleted(_));
-                for side in 0..2 {
+                for (side, &target) in pair.iter().enumerate() {
                     let (here, there) = (&d.have[side], &d.have[1 - side]);
-                    let target = pair[side];
                     let e = match (here, there) {
                         // Deleted through nearcache: a copy left behind goes.
                         (Some(_), _) if deleted => Some(SyncKind::Delete),
