@@ -182,17 +182,7 @@ pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreErr
             if b.len() < 1 + 4 {
                 return Err(bad("length", &"at least 5 bytes", &b.len()));
             }
-            let (body, crc) = b.split_at(b.len() - 4);
-            let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-            let computed = crc32c::crc32c(body);
-            if stored != computed {
-                return Err(bad(
-                    "checksum",
-                    &format_args!("{stored:08x}"),
-                    &format_args!("{computed:08x}"),
-                ));
-            }
-            &body[1..]
+            &strip_crc(b, "journal value")?[1..]
         }
         Some(&CODEC_VERSION_V1) => {
             // No checksum: at least insist on one JSON value and nothing after it (a
@@ -217,6 +207,20 @@ pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreErr
     };
     serde_json::from_slice(json)
         .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}")))
+}
+
+/// `b` without its trailing CRC32C (LE u32 over everything before it), once that
+/// checks out; `what` names the value in the error. `b` holds at least 4 bytes.
+pub(crate) fn strip_crc<'a>(b: &'a [u8], what: &str) -> Result<&'a [u8], StoreError> {
+    let (body, crc) = b.split_at(b.len() - 4);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Err(StoreError::Journal(format!(
+            "{what} checksum: expected {stored:08x}, found {computed:08x}"
+        )));
+    }
+    Ok(body)
 }
 
 fn jerr(e: heed::Error) -> StoreError {

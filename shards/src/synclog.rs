@@ -119,16 +119,7 @@ pub fn decode_entry(b: &[u8]) -> Result<SyncEntry, StoreError> {
     if b[4] != SYNC_VERSION {
         return Err(bad("version", &SYNC_VERSION, &b[4]));
     }
-    let (body, crc) = b.split_at(b.len() - 4);
-    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    let computed = crc32c::crc32c(body);
-    if stored != computed {
-        return Err(bad(
-            "checksum",
-            &format_args!("{stored:08x}"),
-            &format_args!("{computed:08x}"),
-        ));
-    }
+    let body = crate::journal::strip_crc(b, "sync log value")?;
     serde_json::from_slice(&body[5..])
         .map_err(|e| StoreError::Journal(format!("decoding a sync log value: {e}")))
 }

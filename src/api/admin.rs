@@ -201,16 +201,7 @@ async fn cluster_block(ctx: &ShardCtx, req: Request<Incoming>) -> Result<Respons
     }
     let peer = query_param(&req, "peer")
         .ok_or_else(|| ApiError::bad_request("missing parameter", "peer=<node id> is required"))?;
-    let blocked = match query_param(&req, "blocked").as_deref() {
-        None | Some("true") | Some("1") => true,
-        Some("false") | Some("0") => false,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                "invalid parameter",
-                format!("blocked must be true or false, not {v:?}"),
-            ))
-        }
-    };
+    let blocked = super::backends::bool_param(&req, "blocked")?;
     if peer == cl.self_id {
         return Err(ApiError::bad_request(
             "invalid peer",

@@ -70,20 +70,23 @@ pub async fn handle(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Respon
 fn maintenance(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let name = query_param(req, "backend")
         .ok_or_else(|| ApiError::bad_request("missing parameter", "backend=<name> is required"))?;
-    let on = match query_param(req, "enabled").as_deref() {
-        None | Some("true") | Some("1") => true,
-        Some("false") | Some("0") => false,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                "invalid parameter",
-                format!("enabled must be true or false, not {v:?}"),
-            ))
-        }
-    };
+    let on = bool_param(req, "enabled")?;
     if !ctx.node.backends.set_maintenance(&name, on) {
         return Err(ApiError::not_found(format!("no backend {name:?}")));
     }
     Ok(json(StatusCode::OK, &describe(&ctx.node)))
+}
+
+/// A `true|false|1|0` query parameter that defaults to true when absent.
+pub(super) fn bool_param(req: &Request<Incoming>, name: &str) -> Result<bool, ApiError> {
+    match query_param(req, name).as_deref() {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(
+            "invalid parameter",
+            format!("{name} must be true or false, not {v:?}"),
+        )),
+    }
 }
 
 /// Every shard's backlog, summed per backend.
