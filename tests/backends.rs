@@ -749,6 +749,35 @@ fn numbers() {
         let r2 = put_rate(&two.base, secs, conns);
         rows.push((policy, r1, r2));
     }
+    // Drain rate: objects written while dc2 is in maintenance, then replayed.
+    let two = TestNode::start_with("bk-num3", |cfg| {
+        two_backends(cfg, &a.target, &b.target, WritePolicy::Any);
+        cfg.origin.sync_concurrency = 8;
+    });
+    client()
+        .post(format!("{}/api/v1/backends/maintenance?backend=dc2&enabled=true", two.base))
+        .send()
+        .unwrap();
+    let (n, size) = (200usize, 256usize << 10);
+    for i in 0..n {
+        assert_eq!(native_put(&two.base, &ulid(), random_bytes(size, i as u64)).status(), 200);
+    }
+    let t = Instant::now();
+    while backend_state(&two.base, "dc2").1 < n as u64 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client()
+        .post(format!("{}/api/v1/backends/maintenance?backend=dc2&enabled=false", two.base))
+        .send()
+        .unwrap();
+    let drained = wait_backlog_zero(&two.base, "dc2", Duration::from_secs(300)).expect("drained");
+    println!(
+        "drain: {n} x {} KiB in {:.2} s = {:.0} entries/s, {:.1} MB/s",
+        size >> 10,
+        drained.as_secs_f64(),
+        n as f64 / drained.as_secs_f64(),
+        (n * size) as f64 / 1e6 / drained.as_secs_f64()
+    );
     for (p, r1, r2) in &rows {
         println!(
             "PUT 1 MiB, {conns} writers, X-Meta-Sync: one backend {r1:.1} req/s, two backends (policy {p}) {r2:.1} req/s = {:.2}x",
