@@ -134,6 +134,11 @@ impl Health {
         self.maintenance.store(on, Relaxed);
     }
 
+    /// Whether the circuit has opened and not closed since (cool-down over or not).
+    pub fn is_tripped(&self) -> bool {
+        self.open_until_ms.load(Relaxed) != 0
+    }
+
     /// Whether the circuit is open now (cool-down not over).
     pub fn is_open(&self) -> bool {
         let until = self.open_until_ms.load(Relaxed);

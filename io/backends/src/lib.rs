@@ -346,27 +346,39 @@ impl Backends {
 
     /// The order a read tries the members of `set`: those admitted now (by preference or
     /// latency), then those whose circuit is open (a last resort, so a read never fails
-    /// only because every breaker is open); members in maintenance never.
+    /// only because every breaker is open); members in maintenance never. Without a
+    /// probe: for repairs, which pick their source themselves.
     pub fn read_order(&self, set: &BackendSet) -> Vec<usize> {
+        self.plan_read(set, false).0
+    }
+
+    /// [`Backends::read_order`]; with `probe`, a backend whose cool-down is over is asked
+    /// first, as its circuit's probe (returned: release it if it was not asked).
+    fn plan_read(&self, set: &BackendSet, probe: bool) -> (Vec<usize>, Option<usize>) {
         let mut up: Vec<usize> = Vec::new();
         let mut down: Vec<usize> = Vec::new();
+        let mut probing = None;
         for &i in &set.members {
             let h = &self.list[i].health;
             if h.in_maintenance() {
                 continue;
             }
-            if self.breaker.enabled && h.is_open() {
-                down.push(i);
-            } else {
+            if !self.breaker.enabled || !h.is_open() && !h.is_tripped() {
                 up.push(i);
+            } else if probe && probing.is_none() && h.admit(&self.breaker) == Admit::Probe {
+                probing = Some(i);
+            } else {
+                down.push(i);
             }
         }
         if self.read_order == ReadOrder::Latency {
             // Backends without a sample yet sort first, so they get one.
             up.sort_by_key(|&i| self.list[i].health.latency().unwrap_or(Duration::ZERO));
         }
-        up.extend(down);
-        up
+        let mut order: Vec<usize> = probing.into_iter().collect();
+        order.extend(up);
+        order.extend(down);
+        (order, probing)
     }
 
     /// Runs `op` on backend `i`, feeding its outcome into the backend's health.
@@ -430,7 +442,8 @@ impl Backends {
         F: Fn(Arc<Backend>) -> Fut,
         Fut: std::future::Future<Output = Result<T, OriginError>>,
     {
-        let order = self.read_order(set);
+        // A probe comes first in the order, so it is always asked (and `on` records it).
+        let (order, _probe) = self.plan_read(set, true);
         let mut missing_on = Vec::new();
         let mut last_err: Option<OriginError> = None;
         for (n, &i) in order.iter().enumerate() {
