@@ -623,4 +623,17 @@ mod tests {
         assert_eq!(WritePolicy::Quorum(2).needed(3), 2);
         assert_eq!(WritePolicy::Quorum(5).needed(3), 3);
     }
+
+    /// The policy parser takes any text: it never panics, and what it accepts prints
+    /// back to a text it parses to the same policy.
+    #[test]
+    fn fuzz_write_policy_parse() {
+        bolero::check!().for_each(|b: &[u8]| {
+            let text = String::from_utf8_lossy(b);
+            if let Ok(p) = WritePolicy::parse(&text) {
+                assert_eq!(WritePolicy::parse(&p.to_string()), Ok(p));
+                assert!(p.needed(2) <= 2);
+            }
+        });
+    }
 }
