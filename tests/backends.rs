@@ -13,6 +13,8 @@
 //!   byte for byte.
 //! - `policy_all_waits_for_every_backend`: under policy "all" a write one backend did not
 //!   take is not acknowledged, stays queued (no sync log entry) and reaches it later.
+//! - `multipart_and_copy_reach_the_other_backend`: CompleteMultipartUpload and CopyObject
+//!   run on the primary; the sync log copies the objects to the other backend.
 //! - `numbers` (ignored; run with `-- --ignored --nocapture`): PUT throughput of 1 MiB
 //!   objects to two backends vs one in the same run, the drain rate, read failover latency.
 
@@ -827,4 +829,80 @@ fn policy_all_waits_for_every_backend() {
         assert!(t.elapsed() < within, "the write stayed pending");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Multipart uploads and CopyObject run on the primary backend; the other backends of
+/// the set get the object from the sync log (copied from the primary, verified).
+#[test]
+fn multipart_and_copy_reach_the_other_backend() {
+    let a = Moto::start().unwrap();
+    let b = Moto::start().unwrap();
+    let node = TestNode::start_with("bk-mpu", |cfg| {
+        two_backends(cfg, &a.target, &b.target, WritePolicy::Any)
+    });
+    let sdk = common::sdk::Sdk::node(&node);
+    let bucket = fresh_bucket("bk-mpu");
+    sdk.run(sdk.c.create_bucket().bucket(&bucket).send()).unwrap();
+    let (p1, p2) = (random_bytes(5 << 20, 1), random_bytes(1000, 2));
+    let up = sdk
+        .run(sdk.c.create_multipart_upload().bucket(&bucket).key("big").send())
+        .unwrap();
+    let id = up.upload_id().unwrap().to_owned();
+    let mut parts = Vec::new();
+    for (n, body) in [(1, &p1), (2, &p2)] {
+        let r = sdk
+            .run(
+                sdk.c
+                    .upload_part()
+                    .bucket(&bucket)
+                    .key("big")
+                    .upload_id(&id)
+                    .part_number(n)
+                    .body(ByteStream::from(body.clone()))
+                    .send(),
+            )
+            .unwrap();
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(n)
+                .e_tag(r.e_tag().unwrap())
+                .build(),
+        );
+    }
+    sdk.run(
+        sdk.c
+            .complete_multipart_upload()
+            .bucket(&bucket)
+            .key("big")
+            .upload_id(&id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    sdk.run(
+        sdk.c
+            .copy_object()
+            .bucket(&bucket)
+            .key("copy")
+            .copy_source(format!("{bucket}/big"))
+            .send(),
+    )
+    .unwrap();
+    let whole = md5_hex(&[p1, p2].concat());
+    let within = Duration::from_secs(60);
+    for key in ["big", "copy"] {
+        for t in [&a.target, &b.target] {
+            let d = Direct::new(t, &bucket);
+            assert!(
+                d.wait(key, within, |m| m.as_deref() == Some(whole.as_str())),
+                "{key} missing on {}",
+                t.endpoint
+            );
+        }
+    }
+    assert!(wait_backlog_zero(&node.base, "dc2", within).is_some());
 }
