@@ -15,6 +15,8 @@
 //!   take is not acknowledged, stays queued (no sync log entry) and reaches it later.
 //! - `multipart_and_copy_reach_the_other_backend`: CompleteMultipartUpload and CopyObject
 //!   run on the primary; the sync log copies the objects to the other backend.
+//! - `maintenance_by_config_reload` (the real binary): SIGHUP applies a backend's
+//!   `maintenance` switch from the config file.
 //! - `numbers` (ignored; run with `-- --ignored --nocapture`): PUT throughput of 1 MiB
 //!   objects to two backends vs one in the same run, the drain rate, read failover latency.
 
@@ -904,5 +906,38 @@ fn multipart_and_copy_reach_the_other_backend() {
             );
         }
     }
+    assert!(wait_backlog_zero(&node.base, "dc2", within).is_some());
+}
+
+/// Maintenance by config reload: `maintenance = true` in a backend's section and SIGHUP
+/// take it out of traffic (what it misses is queued); removing it and SIGHUP again bring
+/// it back, and the queue drains.
+#[test]
+fn maintenance_by_config_reload() {
+    let a = Moto::start().unwrap();
+    let b = Moto::start().unwrap();
+    let bucket = fresh_bucket("bk-hup");
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Proc::start(tmp.path(), &a.target, &b.target, &bucket);
+    let db = Direct::new(&b.target, &bucket);
+    let original = std::fs::read_to_string(&node.cfg).unwrap();
+    let hup = |text: &str| {
+        std::fs::write(&node.cfg, text).unwrap();
+        let pid = node.child.as_ref().unwrap().id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+    hup(&original.replace("name = \"dc2\"\n", "name = \"dc2\"\nmaintenance = true\n"));
+    let within = Duration::from_secs(20);
+    let t = Instant::now();
+    while backend_state(&node.base, "dc2").0 != "maintenance" {
+        assert!(t.elapsed() < within, "SIGHUP did not put dc2 in maintenance");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = ulid();
+    assert_eq!(native_put(&node.base, &id, b"queued".to_vec()).status(), 200);
+    assert_eq!(db.md5(&id), None, "dc2 got a write in maintenance");
+    hup(&original);
+    assert!(db.wait(&id, within, |m| m.as_deref() == Some(md5_hex(b"queued").as_str())));
     assert!(wait_backlog_zero(&node.base, "dc2", within).is_some());
 }
