@@ -183,7 +183,7 @@ fn two_backends(cfg: &mut Config, a: &S3Target, b: &S3Target, policy: WritePolic
     cfg.origin.write_policy = WritePolicyValue(policy);
     cfg.origin.straggler_ms = 300;
     cfg.origin.breaker_failures = 2;
-    cfg.origin.breaker_cooldown_ms = 1000;
+    cfg.origin.breaker_cooldown_ms = 3000;
     cfg.origin.request_deadline_ms = 1500;
     cfg.origin.background_attempt_timeout_ms = 2000;
     cfg.origin.max_attempts = 2;
