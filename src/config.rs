@@ -119,6 +119,14 @@ pub mod defaults {
     pub const JWT_LEEWAY_SECS: u64 = 60;
     /// The most clock skew `auth.leeway_secs` may allow.
     pub const JWT_MAX_LEEWAY_SECS: u64 = 600;
+    pub const WRITE_POLICY: &str = "all";
+    pub const READ_ORDER: &str = "preference";
+    pub const BREAKER_FAILURES: u32 = 3;
+    pub const BREAKER_COOLDOWN_MS: u64 = 5_000;
+    pub const BREAKER_STALL_LIMIT: u32 = 64;
+    pub const STRAGGLER_MS: u64 = 1_000;
+    pub const BACKEND_SYNC_CONCURRENCY: usize = 4;
+    pub const SYNC_MAX_BACKOFF_SECS: u64 = 30;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -239,6 +247,88 @@ pub struct OriginSection {
     /// CA certificates (PEM) trusted for an `https://` endpoint instead of the system's
     /// roots (an S3-compatible store behind a private CA).
     pub ca_bundle: Option<PathBuf>,
+    /// Several backends (`[[origin.backend]]`): the default set, in read-preference
+    /// order. Empty with backends configured: all of them, in config order. Without any
+    /// `[[origin.backend]]`, the single origin above is used (today's behaviour).
+    pub backends: Vec<String>,
+    /// How many backends of a set take a write before it is done: "all" (every backend
+    /// not in maintenance), "any" (one; the rest are repaired from the sync log), or a
+    /// number (a quorum).
+    pub write_policy: WritePolicyValue,
+    /// Which backend a miss reads first: "preference" (the set's order) or "latency"
+    /// (the lowest recent latency).
+    pub read_order: String,
+    /// Consecutive failures that open a backend's circuit (reads and writes skip it).
+    pub breaker_failures: u32,
+    /// How long an open circuit keeps a backend out before one probe is let through.
+    pub breaker_cooldown_ms: u64,
+    /// Requests in flight on one backend at once that count as stalled and open its circuit.
+    pub breaker_stall_limit: u32,
+    /// Once the write policy is met, how long a write waits for the other backends
+    /// before it is answered and they are left to the sync log.
+    pub straggler_ms: u64,
+    /// Sync log repairs in flight per shard.
+    pub sync_concurrency: usize,
+    /// Cap of the backoff between repairs of one sync log entry.
+    pub sync_max_backoff_secs: u64,
+    /// The backends (`[[origin.backend]]`); see `backends`.
+    pub backend: Vec<BackendConfig>,
+}
+
+/// A write policy as written in the config: "all", "any" or a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritePolicyValue(pub nearcache_backends::WritePolicy);
+
+impl Serialize for WritePolicyValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            nearcache_backends::WritePolicy::Quorum(n) => s.serialize_u64(n as u64),
+            p => s.serialize_str(&p.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WritePolicyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string(),
+            Raw::S(s) => s,
+        };
+        nearcache_backends::WritePolicy::parse(&text)
+            .map(WritePolicyValue)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One origin backend (`[[origin.backend]]`). Unset fields take the `[origin]` value.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub path_style: Option<bool>,
+    /// The native API's bucket on this backend (default: `origin.bucket`).
+    pub bucket: Option<String>,
+    /// S3-API bucket name -> this backend's bucket name.
+    pub bucket_map: std::collections::BTreeMap<String, String>,
+    /// Bridge threads (connections are pooled per thread).
+    pub threads: Option<usize>,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_deadline_ms: Option<u64>,
+    pub background_attempt_timeout_ms: Option<u64>,
+    /// CA certificates (PEM) for this backend's `https://` endpoint (default: `origin.ca_bundle`).
+    pub ca_bundle: Option<PathBuf>,
+    /// Start in maintenance: no traffic; what it misses is queued for it.
+    pub maintenance: bool,
 }
 
 impl Default for OriginSection {
@@ -267,6 +357,19 @@ impl Default for OriginSection {
             min_transfer_rate: Size(defaults::MIN_TRANSFER_RATE),
             background_attempt_timeout_ms: defaults::BACKGROUND_ATTEMPT_TIMEOUT_MS,
             ca_bundle: None,
+            backends: Vec::new(),
+            write_policy: WritePolicyValue(
+                nearcache_backends::WritePolicy::parse(defaults::WRITE_POLICY)
+                    .expect("default policy parses"),
+            ),
+            read_order: defaults::READ_ORDER.into(),
+            breaker_failures: defaults::BREAKER_FAILURES,
+            breaker_cooldown_ms: defaults::BREAKER_COOLDOWN_MS,
+            breaker_stall_limit: defaults::BREAKER_STALL_LIMIT,
+            straggler_ms: defaults::STRAGGLER_MS,
+            sync_concurrency: defaults::BACKEND_SYNC_CONCURRENCY,
+            sync_max_backoff_secs: defaults::SYNC_MAX_BACKOFF_SECS,
+            backend: Vec::new(),
         }
     }
 }
@@ -362,7 +465,7 @@ fn all_buckets() -> Vec<String> {
 }
 
 /// Settings of one bucket of the S3 API (`[[s3api.buckets]]`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3BucketConfig {
     pub name: String,
@@ -374,6 +477,12 @@ pub struct S3BucketConfig {
     /// `public-read`): GetObject, HeadObject, ListObjects, HeadBucket. Writes still need a key.
     #[serde(default)]
     pub public_read: bool,
+    /// The backends this bucket's objects live in (default: `origin.backends`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+    /// This bucket's write policy (default: `origin.write_policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_policy: Option<WritePolicyValue>,
 }
 
 /// The cluster layer (`[cluster]`). Without `listen` the node runs alone.
@@ -903,6 +1012,29 @@ impl Config {
         if t.reload_interval_secs == 0 {
             bail!("tls.reload_interval_secs must be at least 1");
         }
+        if !matches!(self.origin.read_order.as_str(), "preference" | "latency") {
+            bail!(
+                "origin.read_order must be \"preference\" or \"latency\", not {:?}",
+                self.origin.read_order
+            );
+        }
+        for b in &self.origin.backend {
+            if b.name.is_empty() || b.name.len() > 64 || b.name.contains('\0') {
+                bail!("origin.backend: every backend needs a name of 1 to 64 characters");
+            }
+            if b.bucket.is_none() && self.origin.bucket.is_none() {
+                bail!(
+                    "origin.backend {:?}: no bucket (set its bucket or origin.bucket / --s3-bucket)",
+                    b.name
+                );
+            }
+        }
+        if self.origin.backend.is_empty()
+            && (!self.origin.backends.is_empty()
+                || self.s3api.buckets.iter().any(|b| !b.backends.is_empty()))
+        {
+            bail!("origin.backends names backends, but there is no [[origin.backend]]");
+        }
         for k in &self.s3api.keys {
             if k.access_key.is_empty() || k.secret_key.is_empty() {
                 bail!("s3api.keys: access_key and secret_key must not be empty");
@@ -966,6 +1098,95 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The backend set, when `[[origin.backend]]` names any (None: the single origin).
+    pub fn backends_config(&self) -> Option<nearcache_backends::BackendsConfig> {
+        use nearcache_backends::{BackendSpec, BackendsConfig, BreakerConfig, ReadOrder, SetSpec};
+        use nearcache_s3::OriginKind;
+        let o = &self.origin;
+        if o.backend.is_empty() {
+            return None;
+        }
+        let backends = o
+            .backend
+            .iter()
+            .map(|b| {
+                let mut origin = self.origin_config();
+                origin.kind = OriginKind::S3 {
+                    endpoint: b.endpoint.clone().or_else(|| o.endpoint.clone()),
+                    region: b.region.clone().unwrap_or_else(|| o.region.clone()),
+                    bucket: b.bucket.clone().or_else(|| o.bucket.clone()).unwrap_or_default(),
+                    access_key: b.access_key.clone().or_else(|| o.access_key.clone()),
+                    secret_key: b.secret_key.clone().or_else(|| o.secret_key.clone()),
+                    path_style: b.path_style.unwrap_or(o.path_style),
+                };
+                if b.ca_bundle.is_some() {
+                    origin.ca_bundle = b.ca_bundle.clone();
+                }
+                if let Some(t) = b.threads {
+                    origin.threads = t.max(1);
+                }
+                if let Some(ms) = b.connect_timeout_ms {
+                    origin.connect_timeout = Duration::from_millis(ms);
+                }
+                let mut deadlines = self.origin_deadlines();
+                if let Some(ms) = b.request_deadline_ms {
+                    deadlines.request_deadline = Duration::from_millis(ms);
+                }
+                if let Some(ms) = b.background_attempt_timeout_ms {
+                    deadlines.background_attempt_timeout = Duration::from_millis(ms);
+                }
+                BackendSpec {
+                    name: b.name.clone(),
+                    origin,
+                    deadlines,
+                    buckets: b.bucket_map.clone(),
+                }
+            })
+            .collect();
+        let all: Vec<String> = o.backend.iter().map(|b| b.name.clone()).collect();
+        let default_members = if o.backends.is_empty() {
+            all
+        } else {
+            o.backends.clone()
+        };
+        let bucket_sets = self
+            .s3api
+            .buckets
+            .iter()
+            .filter(|b| !b.backends.is_empty() || b.write_policy.is_some())
+            .map(|b| {
+                let members = if b.backends.is_empty() {
+                    default_members.clone()
+                } else {
+                    b.backends.clone()
+                };
+                let policy = b.write_policy.as_ref().unwrap_or(&o.write_policy).0;
+                (b.name.clone(), SetSpec { members, policy })
+            })
+            .collect();
+        Some(BackendsConfig {
+            backends,
+            default_set: SetSpec {
+                members: default_members,
+                policy: o.write_policy.0,
+            },
+            bucket_sets,
+            breaker: BreakerConfig {
+                enabled: true,
+                failure_threshold: o.breaker_failures.max(1),
+                cooldown: Duration::from_millis(o.breaker_cooldown_ms),
+                stall_limit: o.breaker_stall_limit.max(1),
+            },
+            read_order: if o.read_order == "latency" {
+                ReadOrder::Latency
+            } else {
+                ReadOrder::Preference
+            },
+        })
+    }
+}
+
 impl StoreConfig {
     pub fn device_kind(&self) -> Option<nearcache_shards::DeviceKind> {
         use nearcache_shards::DeviceKind;
@@ -1005,6 +1226,55 @@ mod tests {
         cfg.apply_args(&args);
         assert_eq!(cfg.store.disk_capacity, Size(2 << 30));
         assert_eq!(cfg.server.listen.port(), 9999);
+    }
+
+    /// The shape the issue asks for: named backends, a default set and a policy, and a
+    /// per-bucket override.
+    #[test]
+    fn backend_sets_parse() {
+        let cfg: Config = toml::from_str(
+            r#"
+[origin]
+bucket = "native"
+backends = ["dc1", "dc2"]
+write_policy = "any"
+
+[[origin.backend]]
+name = "dc1"
+endpoint = "http://s3.dc1.internal:9000"
+region = "us-east-1"
+access_key = "a"
+secret_key = "b"
+path_style = true
+
+[[origin.backend]]
+name = "dc2"
+endpoint = "http://s3.dc2.internal:9000"
+bucket_map = { photos = "photos-dc2" }
+maintenance = true
+
+[[s3api.buckets]]
+name = "photos"
+backends = ["dc2", "dc1"]
+write_policy = 2
+"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let set = cfg.backends_config().expect("a backend set");
+        assert_eq!(set.backends.len(), 2);
+        assert_eq!(set.default_set.members, ["dc1", "dc2"]);
+        assert_eq!(set.default_set.policy, nearcache_backends::WritePolicy::Any);
+        assert_eq!(set.bucket_sets[0].0, "photos");
+        assert_eq!(
+            set.bucket_sets[0].1.policy,
+            nearcache_backends::WritePolicy::Quorum(2)
+        );
+        assert_eq!(set.backends[1].buckets["photos"], "photos-dc2");
+        assert!(toml::from_str::<Config>("[origin]\nwrite_policy = \"most\"\n").is_err());
+        assert!(toml::from_str::<Config>("[origin]\nwrite_policy = 0\n").is_err());
+        // One origin and no set: today's behaviour.
+        assert!(Config::default().backends_config().is_none());
     }
 
     #[test]

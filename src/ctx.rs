@@ -29,7 +29,10 @@ pub struct ShardMetricsSet {
 pub struct Node {
     pub cfg: Arc<Config>,
     pub shards: Vec<ShardMetricsSet>,
+    /// The primary origin backend.
     pub bridge: Bridge,
+    /// Every origin backend (one: the single origin).
+    pub backends: Arc<nearcache_backends::Backends>,
     pub started: Instant,
     pub uring_active: bool,
     pub shutting_down: AtomicBool,

@@ -98,15 +98,37 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
     let server = nearcache::start(cfg)?;
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            reload(&args, &server);
+            continue;
+        }
         tracing::info!(signal = sig, "shutting down");
+        break;
     }
     server.shutdown().context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the config again and applies what can change while running: the
+/// origin backends' maintenance switches. Anything else needs a restart.
+fn reload(args: &nearcache::config::ServeArgs, server: &nearcache::ServerHandle) {
+    match Config::load(args) {
+        Ok(cfg) => {
+            for b in &cfg.origin.backend {
+                if !server.node.backends.set_maintenance(&b.name, b.maintenance) {
+                    tracing::warn!(backend = %b.name, "config reload: unknown backend (adding one needs a restart)");
+                }
+            }
+            tracing::info!("config reloaded (backend maintenance switches)");
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "config reload failed; keeping the running config"),
+    }
 }
 
 /// Logs go to stderr: text (colours only on a terminal, so files and the journal get

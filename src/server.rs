@@ -17,6 +17,7 @@ use fs2::FileExt;
 use monoio::io::IntoPollIo;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio_compat::hyper::{MonoioExecutor, MonoioIo, MonoioTimer};
+use nearcache_backends::Backends;
 use nearcache_s3::Bridge;
 use nearcache_shards::{RecoveryReport, Shard, ShardConfig};
 use tokio::sync::{mpsc, watch};
@@ -162,7 +163,8 @@ struct ShardStart {
     addrs: ListenAddrs,
     inbox: mpsc::UnboundedReceiver<Job<ShardCtx>>,
     inboxes: Arc<[mpsc::UnboundedSender<Job<ShardCtx>>]>,
-    bridge: Bridge,
+    backends: Arc<Backends>,
+    checks: Arc<crate::object::check::CheckJobs>,
     s3: Arc<S3State>,
     ready_tx: std_mpsc::Sender<Result<Ready, String>>,
     node_rx: std_mpsc::Receiver<Arc<Node>>,
@@ -283,27 +285,61 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         // Checked here for a clear error; the origin client loads it again.
         crate::tls::load_roots(ca).context("origin.ca_bundle")?;
     }
-    let origin_cfg = cfg.origin_config();
-    let local_origin = matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
-    let bridge = Bridge::start_with(origin_cfg, cfg.origin_deadlines())
-        .map_err(|e| anyhow!("starting the origin bridge: {e}"))?;
-    if local_origin {
-        tracing::warn!(origin = %bridge.describe(), "no S3 bucket configured: using the embedded local origin");
-    } else {
-        tracing::info!(origin = %bridge.describe(), "origin");
+    for b in &cfg.origin.backend {
+        if let Some(ca) = &b.ca_bundle {
+            crate::tls::load_roots(ca).with_context(|| format!("origin.backend {:?}: ca_bundle", b.name))?;
+        }
     }
-    if local_origin || cfg.origin.create_bucket {
-        // Start-up is worth a few more tries than one request.
-        let mut attempt = 1;
-        loop {
-            match futures::executor::block_on(bridge.ensure_bucket()) {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() && attempt < 5 => {
-                    tracing::warn!(attempt, error = %e, "creating the origin bucket failed; retrying");
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
-                    attempt += 1;
+    let origin_cfg = cfg.origin_config();
+    let local_origin =
+        cfg.origin.backend.is_empty() && matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
+    let backends = match cfg.backends_config() {
+        Some(set) => {
+            let b = Backends::start(set).map_err(|e| anyhow!("{e}"))?;
+            for spec in &cfg.origin.backend {
+                if spec.maintenance {
+                    b.set_maintenance(&spec.name, true);
                 }
-                Err(e) => bail!("creating the origin bucket: {e}"),
+            }
+            for s in b.status() {
+                tracing::info!(backend = %s.name, origin = %s.description, "origin backend");
+            }
+            b
+        }
+        None => {
+            let native_bucket = cfg.origin.bucket.clone();
+            let bridge = Bridge::start_with(origin_cfg, cfg.origin_deadlines())
+                .map_err(|e| anyhow!("starting the origin bridge: {e}"))?;
+            if local_origin {
+                tracing::warn!(origin = %bridge.describe(), "no S3 bucket configured: using the embedded local origin");
+            } else {
+                tracing::info!(origin = %bridge.describe(), "origin");
+            }
+            Backends::single("origin", bridge, native_bucket)
+        }
+    };
+    let backends = Arc::new(backends);
+    let checks = Arc::new(crate::object::check::CheckJobs::default());
+    let bridge = backends.primary().bridge.clone();
+    if local_origin || cfg.origin.create_bucket {
+        for b in backends.list() {
+            // Start-up is worth a few more tries than one request. With several backends
+            // the node starts with one of them down: what it misses is queued for it.
+            let mut attempt = 1;
+            loop {
+                match futures::executor::block_on(b.bridge.ensure_bucket()) {
+                    Ok(()) => break,
+                    Err(e) if backends.is_multi() => {
+                        tracing::warn!(backend = %b.name, error = %e, "creating the origin bucket failed; starting without it");
+                        break;
+                    }
+                    Err(e) if e.is_retryable() && attempt < 5 => {
+                        tracing::warn!(attempt, backend = %b.name, error = %e, "creating the origin bucket failed; retrying");
+                        std::thread::sleep(Duration::from_millis(200 << attempt));
+                        attempt += 1;
+                    }
+                    Err(e) => bail!("creating the origin bucket of {}: {e}", b.name),
+                }
             }
         }
     }
@@ -330,7 +366,8 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             addrs,
             inbox,
             inboxes: inboxes.clone(),
-            bridge: bridge.clone(),
+            backends: backends.clone(),
+            checks: checks.clone(),
             s3: s3.clone(),
             ready_tx: ready_tx.clone(),
             node_rx,
@@ -396,6 +433,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         cfg,
         shards,
         bridge,
+        backends,
         started,
         uring_active,
         shutting_down: Default::default(),
@@ -483,7 +521,7 @@ impl ServerHandle {
                 }
             }
         }
-        self.node.bridge.shutdown();
+        self.node.backends.shutdown();
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -515,7 +553,8 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         addrs,
         inbox,
         inboxes,
-        bridge,
+        backends,
+        checks,
         s3,
         ready_tx,
         node_rx,
@@ -540,7 +579,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         "shard recovered"
     );
     let mesh = Mesh::new(i, inboxes);
-    let objects = ObjectShard::new(cfg.clone(), bridge);
+    let objects = ObjectShard::new(cfg.clone(), backends, checks);
     let http = Arc::new(HttpMetrics::default());
     let metrics = ShardMetricsSet {
         store: shard.metrics(),
@@ -602,6 +641,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     monoio::spawn(crate::mesh::serve_inbox(ctx.clone(), inbox));
     let shutdown = || node.shutdown_rx.clone();
     monoio::spawn(crate::object::uploader::run(ctx.clone(), shutdown()));
+    monoio::spawn(crate::object::syncer::run(ctx.clone(), shutdown()));
     monoio::spawn(crate::object::sweep_tombstones(ctx.clone(), shutdown()));
     if i == 0 {
         monoio::spawn(crate::api::ui::run_sampler(node.clone(), shutdown()));

@@ -338,7 +338,7 @@ fn write_behind_listing_sees_pending_writes() {
         cfg.s3api.buckets = vec![nearcache::config::S3BucketConfig {
             name: "wb-bucket-x".into(),
             write_behind: true,
-            public_read: false,
+            ..Default::default()
         }];
     });
     let sdk = Sdk::node(&node);

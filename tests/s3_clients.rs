@@ -142,11 +142,13 @@ fn conformance_node(tag: &str) -> TestNode {
                 name: b.clone(),
                 write_behind: false,
                 public_read: true,
+                ..Default::default()
             },
             nearcache::config::S3BucketConfig {
                 name: format!("{b}-wb"),
                 write_behind: true,
                 public_read: false,
+                ..Default::default()
             },
         ];
     })

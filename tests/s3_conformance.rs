@@ -28,6 +28,7 @@ fn bucket_config(
         name: name.into(),
         write_behind,
         public_read,
+        ..Default::default()
     }
 }
 

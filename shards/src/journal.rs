@@ -1,6 +1,6 @@
 //! The LMDB journal and index of one shard, and its group-commit writer thread.
 //!
-//! One heed env per shard at `<dir>/journal/`, four databases:
+//! One heed env per shard at `<dir>/journal/`, five databases:
 //!
 //! | db        | key                 | value                                         |
 //! |-----------|---------------------|-----------------------------------------------|
@@ -8,6 +8,7 @@
 //! | `journal` | seq, u64 big-endian | [`Record`]: what happened, with its HLC       |
 //! | `pending` | object key          | [`PendingRec`]: origin op not yet acknowledged |
 //! | `meta`    | `next_seq`, `hlc`, `trimmed_through` | u64 big-endian high-water marks |
+//! | `synclog` | backend NUL key     | a backend's missed write or delete ([`crate::synclog`], own magic) |
 //!
 //! Values are a version byte, JSON, and (since version 2) a checksum:
 //!
@@ -156,6 +157,9 @@ pub(crate) enum Op {
     PutPending(String, PendingRec),
     RemovePending(String),
     Record(Record),
+    /// A sync log entry, already encoded ([`crate::synclog::encode_entry`]).
+    PutSync(String, Vec<u8>),
+    RemoveSync(String),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -178,17 +182,7 @@ pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreErr
             if b.len() < 1 + 4 {
                 return Err(bad("length", &"at least 5 bytes", &b.len()));
             }
-            let (body, crc) = b.split_at(b.len() - 4);
-            let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-            let computed = crc32c::crc32c(body);
-            if stored != computed {
-                return Err(bad(
-                    "checksum",
-                    &format_args!("{stored:08x}"),
-                    &format_args!("{computed:08x}"),
-                ));
-            }
-            &body[1..]
+            &strip_crc(b, "journal value")?[1..]
         }
         Some(&CODEC_VERSION_V1) => {
             // No checksum: at least insist on one JSON value and nothing after it (a
@@ -215,6 +209,20 @@ pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreErr
         .map_err(|e| StoreError::Journal(format!("decoding a journal value: {e}")))
 }
 
+/// `b` without its trailing CRC32C (LE u32 over everything before it), once that
+/// checks out; `what` names the value in the error. `b` holds at least 4 bytes.
+pub(crate) fn strip_crc<'a>(b: &'a [u8], what: &str) -> Result<&'a [u8], StoreError> {
+    let (body, crc) = b.split_at(b.len() - 4);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Err(StoreError::Journal(format!(
+            "{what} checksum: expected {stored:08x}, found {computed:08x}"
+        )));
+    }
+    Ok(body)
+}
+
 fn jerr(e: heed::Error) -> StoreError {
     StoreError::Journal(e.to_string())
 }
@@ -225,6 +233,7 @@ struct Dbs {
     journal: Database<'static, U64<BigEndian>, RawBytes>,
     pending: Database<'static, Str, RawBytes>,
     meta: Database<'static, Str, U64<BigEndian>>,
+    synclog: Database<'static, Str, RawBytes>,
 }
 
 /// What the journal held at open.
@@ -232,6 +241,8 @@ struct Dbs {
 pub(crate) struct Recovered {
     pub entries: Vec<StoredEntry>,
     pub pending: Vec<(String, PendingRec)>,
+    /// Sync log values, still encoded.
+    pub sync: Vec<Vec<u8>>,
     pub next_seq: u64,
     pub hlc: u64,
     pub last_record_seq: u64,
@@ -398,7 +409,7 @@ impl Journal {
         std::fs::create_dir_all(dir)?;
         let map_size = nearcache_file::align_up_u64(map_size.max(1 << 20)) as usize;
         // One env per shard directory; the server's data-dir lock keeps other processes out.
-        let env = nearcache_file::open_lmdb_env(dir, map_size, 4).map_err(jerr)?;
+        let env = nearcache_file::open_lmdb_env(dir, map_size, 8).map_err(jerr)?;
         let wtxn = env.write_txn().map_err(jerr)?;
         let dbs = env
             .create_databases_and_commit(wtxn, |o, wtxn| -> Result<_, heed::Error> {
@@ -407,8 +418,9 @@ impl Journal {
                     o.create_database::<U64<BigEndian>, RawBytes>(wtxn, Some("journal"))?;
                 let pending = o.create_database::<Str, RawBytes>(wtxn, Some("pending"))?;
                 let meta = o.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
+                let synclog = o.create_database::<Str, RawBytes>(wtxn, Some("synclog"))?;
                 Ok(CommitOrAbort::<_, ()>::Commit((
-                    objects, journal, pending, meta,
+                    objects, journal, pending, meta, synclog,
                 )))
             })
             .map_err(jerr)?
@@ -419,6 +431,7 @@ impl Journal {
             journal: dbs.1,
             pending: dbs.2,
             meta: dbs.3,
+            synclog: dbs.4,
         };
 
         {
@@ -451,6 +464,10 @@ impl Journal {
             for item in dbs.pending.iter(&rtxn).map_err(jerr)? {
                 let (k, v) = item.map_err(jerr)?;
                 rec.pending.push((k.to_owned(), decode(v)?));
+            }
+            for item in dbs.synclog.iter(&rtxn).map_err(jerr)? {
+                let (_, v) = item.map_err(jerr)?;
+                rec.sync.push(v.to_vec());
             }
             rec.next_seq = dbs.meta.get(&rtxn, "next_seq").map_err(jerr)?.unwrap_or(1);
             rec.hlc = dbs.meta.get(&rtxn, "hlc").map_err(jerr)?.unwrap_or(0);
@@ -687,6 +704,10 @@ fn apply(
                 Op::PutPending(k, p) => dbs.pending.put(&mut wtxn, k, &encode(p))?,
                 Op::RemovePending(k) => {
                     dbs.pending.delete(&mut wtxn, k)?;
+                }
+                Op::PutSync(k, v) => dbs.synclog.put(&mut wtxn, k, v)?,
+                Op::RemoveSync(k) => {
+                    dbs.synclog.delete(&mut wtxn, k)?;
                 }
                 Op::Record(r) => {
                     dbs.journal.put(&mut wtxn, &r.seq, &encode(r))?;

@@ -47,6 +47,7 @@ mod fuzz_tests;
 pub mod hlc;
 mod journal;
 mod shard;
+pub mod synclog;
 #[cfg(test)]
 mod space_tests;
 #[cfg(test)]
@@ -57,4 +58,5 @@ pub use error::{NoSpaceReason, StoreError};
 pub use hlc::Hlc;
 pub use journal::{cut_changes, cut_index_page, records_to_trim, ChangesRead};
 pub use shard::{ObjectReader, ObjectWriter, Shard};
+pub use synclog::{SyncBacklog, SyncCause, SyncEntry, SyncKind};
 pub use types::*;

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::error::ApiError;
+use super::params::bool_param;
 use crate::body::{json, text, Body};
 use crate::cluster::Cluster;
 use crate::ctx::{ActiveGuard, Node, ShardCtx};
@@ -31,6 +32,7 @@ fn route_of(path: &str) -> Option<(Route, &'static [Method])> {
         "/api/v1/history" => (Route::Stats, &[Method::GET]),
         "/api/v1/drain" => (Route::Cluster, &[Method::GET, Method::POST]),
         p if super::ui::serves(p) => (Route::Ui, &[Method::GET, Method::HEAD]),
+        p if super::backends::serves(p) => (Route::Backends, super::backends::allowed(p)),
         _ => return None,
     })
 }
@@ -85,6 +87,7 @@ pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body>
             Route::Cluster if path == "/api/v1/drain" => drain(&ctx, &req),
             Route::Cluster if req.method() == Method::GET => cluster_info(&ctx, &req),
             Route::Cluster => cluster_block(&ctx, req).await,
+            Route::Backends => super::backends::handle(&ctx, req).await,
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
         }
     };
@@ -125,6 +128,7 @@ pub fn render_metrics(node: &Node) -> String {
     let stores: Vec<_> = node.shards.iter().map(|s| s.store.clone()).collect();
     crate::object::metrics::render_store(&stores, &mut out);
     crate::object::metrics::render_origin(&node.bridge.stats(), &mut out);
+    super::backends::render_metrics(node, &mut out);
     out.single(&IO_URING, u8::from(node.uring_active));
     if let Some(cl) = &node.cluster {
         cl.render_metrics(&mut out);
@@ -218,19 +222,6 @@ fn cluster_info(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body
     let cl = cluster_of(ctx)?;
     let key = query_param(req, "key");
     Ok(json(StatusCode::OK, &cl.describe(key.as_deref())))
-}
-
-/// A `true|false|1|0` query parameter, `default` when absent.
-fn bool_param(req: &Request<Incoming>, name: &str, default: bool) -> Result<bool, ApiError> {
-    match query_param(req, name).as_deref() {
-        None => Ok(default),
-        Some("true") | Some("1") => Ok(true),
-        Some("false") | Some("0") => Ok(false),
-        Some(v) => Err(ApiError::bad_request(
-            "invalid parameter",
-            format!("{name} must be true or false, not {v:?}"),
-        )),
-    }
 }
 
 /// `POST /api/v1/drain[?all=true]` starts taking this node out of the cluster (202);

@@ -9,6 +9,8 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backends;
+pub mod params;
 pub mod error;
 pub mod native;
 pub mod peer;

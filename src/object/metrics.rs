@@ -29,6 +29,14 @@ pub struct ObjectMetrics {
     pub negative_hits: AtomicU64,
     /// Origin 404s remembered.
     pub negative_stored: AtomicU64,
+    /// Sync log entries made (a backend missed a write or delete, drift, a check).
+    pub sync_logged: AtomicU64,
+    /// Sync log entries replayed and verified.
+    pub sync_repaired: AtomicU64,
+    pub sync_repaired_bytes: AtomicU64,
+    pub sync_repair_failures: AtomicU64,
+    /// The shard's sync log backlog per backend, as its syncer last saw it.
+    pub sync_backlog: std::sync::Mutex<std::collections::BTreeMap<String, nearcache_shards::SyncBacklog>>,
 }
 
 /// How a revalidation ended.
@@ -132,6 +140,26 @@ impl ObjectMetrics {
             Kind::Counter,
             "Origin 404s remembered (freshness.negative_ttl_secs).",
         ),
+        Family::new(
+            "nearcache_sync_log_entries_total",
+            Kind::Counter,
+            "Sync log entries made: a backend missed a write or delete, drift, a consistency check.",
+        ),
+        Family::new(
+            "nearcache_sync_repairs_total",
+            Kind::Counter,
+            "Sync log entries replayed on their backend and verified.",
+        ),
+        Family::new(
+            "nearcache_sync_repaired_bytes_total",
+            Kind::Counter,
+            "Bytes copied to backends by sync log repairs.",
+        ),
+        Family::new(
+            "nearcache_sync_repair_failures_total",
+            Kind::Counter,
+            "Sync log repair attempts that failed (they are retried).",
+        ),
     ];
 
     /// Families labelled by shard and one more label.
@@ -148,7 +176,7 @@ impl ObjectMetrics {
         ),
     ];
 
-    fn values(&self) -> [u64; 8] {
+    fn values(&self) -> [u64; 12] {
         [
             self.coalesced.load(Relaxed),
             self.origin_fetches.load(Relaxed),
@@ -158,12 +186,16 @@ impl ObjectMetrics {
             self.origin_waits_timed_out.load(Relaxed),
             self.negative_hits.load(Relaxed),
             self.negative_stored.load(Relaxed),
+            self.sync_logged.load(Relaxed),
+            self.sync_repaired.load(Relaxed),
+            self.sync_repaired_bytes.load(Relaxed),
+            self.sync_repair_failures.load(Relaxed),
         ]
     }
 
     /// Writes the families for every shard (`shards[i]` is shard i's metrics).
     pub fn render(shards: &[Arc<ObjectMetrics>], out: &mut Exposition) {
-        let rows: Vec<[u64; 8]> = shards.iter().map(|m| m.values()).collect();
+        let rows: Vec<[u64; 12]> = shards.iter().map(|m| m.values()).collect();
         for (i, f) in Self::FAMILIES.iter().enumerate() {
             out.per_shard(f, rows.iter().map(|r| r[i]));
         }

@@ -15,12 +15,15 @@
 //! response head, and map [`ObjectError`] to their own errors. Nothing here knows which
 //! API asked; the [`CacheKey`] knows where an object lives in the origin.
 
+pub mod backends;
+pub mod check;
 pub mod error;
 pub mod fresh;
 pub mod key;
 pub mod metrics;
 pub mod origin_meta;
 pub mod read;
+pub mod syncer;
 pub mod uploader;
 pub mod write;
 
@@ -30,6 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nearcache_backends::Backends;
 use nearcache_s3::Bridge;
 use tokio::sync::oneshot;
 
@@ -48,9 +52,17 @@ pub trait ObjectCtx: ClusterCtx {
 /// One shard thread's part of the object service.
 pub struct ObjectShard {
     pub cfg: Arc<Config>,
+    /// The primary backend (the first of the default set): bucket-level, listing,
+    /// multipart and copy operations of the S3 API go here.
     pub origin: Bridge,
-    /// The same origin with the background bounds, for the uploader.
-    origin_background: Bridge,
+    /// Every origin backend, their sets and health (one backend: today's single origin).
+    pub backends: Arc<Backends>,
+    /// The node's consistency checks.
+    pub checks: Arc<check::CheckJobs>,
+    /// Writes and repairs in flight per (backend, key).
+    fanout: RefCell<backends::FanoutState>,
+    /// Wakes this shard's syncer when a repair ends.
+    sync_slot_freed: tokio::sync::Notify,
     pub metrics: Arc<ObjectMetrics>,
     /// Origin fetches and revalidations in progress on this (owner) shard, by key: later
     /// misses and stale hits wait on them.
@@ -66,12 +78,15 @@ pub struct ObjectShard {
 }
 
 impl ObjectShard {
-    pub fn new(cfg: Arc<Config>, origin: Bridge) -> Self {
+    pub fn new(cfg: Arc<Config>, backends: Arc<Backends>, checks: Arc<check::CheckJobs>) -> Self {
         let rules = fresh::Rules::new(&cfg.freshness, cfg.origin.bucket.as_deref());
         ObjectShard {
             cfg,
-            origin_background: origin.background(),
-            origin,
+            checks,
+            origin: backends.primary().bridge.clone(),
+            backends,
+            fanout: Default::default(),
+            sync_slot_freed: Default::default(),
             metrics: Arc::default(),
             fetches: Default::default(),
             rules,
@@ -97,13 +112,24 @@ impl ObjectShard {
         self.upload_waiters.borrow_mut().clear();
     }
 
-    /// Resolves the waiters of one pending op.
+    /// Resolves the waiters of one pending op, and on success those of older ops of the
+    /// key that it superseded before they were applied (the origin now has a newer state
+    /// of the key; they would otherwise wait until `origin_wait_secs`).
     fn notify_upload(&self, key: &str, seq: u64, outcome: Result<(), String>) {
-        let waiters = self
-            .upload_waiters
-            .borrow_mut()
-            .remove(&(key.to_string(), seq));
-        for w in waiters.into_iter().flatten() {
+        let mut all = self.upload_waiters.borrow_mut();
+        let mut waiters = all.remove(&(key.to_string(), seq)).unwrap_or_default();
+        if outcome.is_ok() {
+            let older: Vec<(String, u64)> = all
+                .keys()
+                .filter(|(k, s)| k == key && *s < seq)
+                .cloned()
+                .collect();
+            for k in older {
+                waiters.extend(all.remove(&k).unwrap_or_default());
+            }
+        }
+        drop(all);
+        for w in waiters {
             let _ = w.send(outcome.clone());
         }
     }

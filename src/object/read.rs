@@ -13,7 +13,6 @@ use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, ObjectWriter, StoreError
 use tokio::sync::{oneshot, watch};
 
 use super::fresh::{self, Standing};
-use super::key::Origin;
 use super::metrics::{Revalidation, StaleReason};
 use super::origin_meta::{self, Restored};
 use super::{CacheKey, ObjectCtx, ObjectError};
@@ -516,13 +515,7 @@ async fn revalidate_task<C: ObjectCtx, R: Render>(
 ) -> Result<(), ObjectError> {
     let objects = ctx.objects();
     let key = req.key.as_str();
-    let origin = &objects.origin;
-    let res = match req.key.origin() {
-        Origin::Native(id) => origin.get_if_changed(None, id, &stale.etag).await,
-        Origin::Bucket { bucket, key } => {
-            origin.get_if_changed(Some(bucket), key, &stale.etag).await
-        }
-    };
+    let res = super::backends::get_if_changed(&**ctx, &req.key, &stale.etag).await;
     let outcome = match res {
         Ok(obj) => {
             objects.metrics.revalidated(Revalidation::Changed);
@@ -645,31 +638,16 @@ async fn read_through<C: ObjectCtx, R: Render>(
     fetch_and_respond(ctx, req, render).await
 }
 
+/// The origin GET of a miss: the preferred backend of the key's set, failing over.
 async fn origin_get<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Result<GetObject, ObjectError> {
-    let origin = &ctx.objects().origin;
-    Ok(match key.origin() {
-        Origin::Native(id) => origin.get(id, None).await?,
-        Origin::Bucket { .. } => {
-            origin
-                .get_in(&key.loc().expect("a bucket key"), None, None)
-                .await?
-        }
-    })
+    super::backends::get(ctx, key).await
 }
 
 pub(super) async fn origin_head<C: ObjectCtx>(
     ctx: &C,
     key: &CacheKey,
 ) -> Result<RemoteMeta, ObjectError> {
-    let origin = &ctx.objects().origin;
-    Ok(match key.origin() {
-        Origin::Native(id) => origin.head(id).await?,
-        Origin::Bucket { .. } => {
-            origin
-                .head_in(&key.loc().expect("a bucket key"), None)
-                .await?
-        }
-    })
+    super::backends::head(ctx, key).await
 }
 
 /// One in-progress read-through or revalidation. Waiters learn the outcome; on success

@@ -8,11 +8,9 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use nearcache_s3::PutMeta;
-use nearcache_shards::{PendingKind, PendingOp, Provenance};
+use nearcache_shards::{PendingKind, PendingOp};
 
-use super::key::Origin;
-use super::{CacheKey, ObjectCtx};
+use super::ObjectCtx;
 
 struct State {
     in_flight: HashSet<String>,
@@ -66,49 +64,18 @@ pub async fn run<C: ObjectCtx>(ctx: Rc<C>, mut shutdown: tokio::sync::watch::Rec
 
 async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingOp) {
     let objects = ctx.objects();
-    let bridge = &objects.origin_background;
-    let key = CacheKey::from_stored(&op.key);
-    let result = match &op.kind {
-        PendingKind::Put {
-            path,
-            offset,
-            len,
-            meta,
-        } => {
-            let pm = PutMeta {
-                content_type: meta.content_type.clone(),
-                user_meta: super::origin_meta::to_origin(
-                    &key,
-                    &meta.user_meta,
-                    meta.name.as_deref(),
-                    meta.level,
-                ),
-                // Client writes carry the body's MD5 as ETag: let the origin verify it.
-                md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
-                headers: meta.headers.clone(),
-            };
-            match (key.origin(), key.loc()) {
-                (Origin::Bucket { .. }, Some(loc)) => {
-                    bridge
-                        .put_file_in(&loc, path.clone(), *offset, *len, pm)
-                        .await
-                }
-                _ => {
-                    bridge
-                        .put_file(&op.key, path.clone(), *offset, *len, pm)
-                        .await
-                }
-            }
-            .map(|_| ())
-        }
-        PendingKind::Delete => match key.loc() {
-            Some(loc) => bridge.delete_in(&loc).await,
-            None => bridge.delete(&op.key).await,
-        },
-    };
+    // Every backend of the key's set; those that miss it go to the sync log.
+    let result = super::backends::write(&ctx, &op).await;
     let outcome = match result {
-        Ok(()) => match ctx.store().complete_pending(&op.key, op.seq).await {
+        Ok(missed) => {
+            let logged = missed.len() as u64;
+            match ctx
+                .store()
+                .complete_pending_logging(&op.key, op.seq, missed)
+                .await
+            {
             Ok(()) => {
+                objects.metrics.sync_logged.fetch_add(logged, Relaxed);
                 match op.kind {
                     PendingKind::Put { .. } => objects.metrics.uploads_ok.fetch_add(1, Relaxed),
                     PendingKind::Delete => objects.metrics.origin_deletes_ok.fetch_add(1, Relaxed),
@@ -117,8 +84,9 @@ async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingO
                 Ok(())
             }
             Err(e) => Err(format!("recording the upload in the journal failed: {e}")),
-        },
-        Err(e) => Err(e.to_string()),
+            }
+        }
+        Err(e) => Err(e),
     };
     if let Err(msg) = &outcome {
         objects.metrics.upload_failures.fetch_add(1, Relaxed);

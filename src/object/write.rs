@@ -390,6 +390,19 @@ pub(super) async fn wait_for_origin<C: ObjectCtx>(
     seq: u64,
 ) -> Result<(), ObjectError> {
     let objects = ctx.objects();
+    // The uploader may have applied the op already (it starts as soon as the op is
+    // queued, and its journal commit can land with the write's own): then there is
+    // nothing to wait for. Checked and registered in one synchronous step.
+    if ctx.store().pending_seq(&key) != Some(seq) {
+        let done = match ctx.store().peek(&key) {
+            Lookup::Hit { meta, .. } => meta.seq == seq && meta.in_origin,
+            Lookup::Deleted(t) => t.seq == seq,
+            Lookup::Miss => false,
+        };
+        if done {
+            return Ok(());
+        }
+    }
     let (tx, rx) = oneshot::channel();
     objects
         .upload_waiters

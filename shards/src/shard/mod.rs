@@ -46,6 +46,7 @@ mod freshness;
 mod pending;
 mod read;
 mod recover;
+mod synclog;
 mod tombstones;
 mod write;
 
@@ -155,6 +156,10 @@ struct Core {
     last_queued: Cell<u64>,
     state: RefCell<State>,
     pending_notify: tokio::sync::Notify,
+    /// The sync log's entries (mirror of the `synclog` db).
+    sync: RefCell<synclog::SyncState>,
+    /// Wakes the syncer when entries are added.
+    sync_notify: tokio::sync::Notify,
     /// Reused block buffers: a fresh zeroed 256 KiB allocation per write costs more than
     /// a small write itself and fragments the heap.
     block_bufs: RefCell<Vec<AlignedBuf>>,

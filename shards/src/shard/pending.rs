@@ -140,6 +140,19 @@ impl Shard {
     /// Marks a pending op done. If the key has since been rewritten (another seq), the newer
     /// op stays pending. A completed put marks the object `in_origin` and unpins it.
     pub async fn complete_pending(&self, key: &str, seq: u64) -> Result<(), StoreError> {
+        self.complete_pending_logging(key, seq, Vec::new()).await
+    }
+
+    /// [`Shard::complete_pending`], and in the same journal commit the sync log entries
+    /// of the backends that missed the op (each supersedes the backend's older entry for
+    /// the key). Nothing is logged if the op was superseded meanwhile: the newer op
+    /// goes to every backend anyway.
+    pub async fn complete_pending_logging(
+        &self,
+        key: &str,
+        seq: u64,
+        missed: Vec<crate::SyncEntry>,
+    ) -> Result<(), StoreError> {
         let ack = {
             let mut st = self.core.state.borrow_mut();
             if st.pending.get(key).map(|p| p.seq) != Some(seq) {
@@ -147,7 +160,8 @@ impl Shard {
             }
             let rec = st.clear_pending(key).expect("checked above");
             let put = rec.kind == PendingRecKind::Put;
-            self.origin_has(&mut st, key, Some(rec), |m| put && m.seq == seq)?
+            let extra = self.sync_ops(missed);
+            self.origin_has(&mut st, key, Some(rec), |m| put && m.seq == seq, extra)?
         };
         Journal::wait(ack.expect("a pending op was cleared")).await
     }
@@ -164,7 +178,7 @@ impl Shard {
             } else {
                 None
             };
-            self.origin_has(&mut st, key, rec, |m| m.hlc == hlc)?
+            self.origin_has(&mut st, key, rec, |m| m.hlc == hlc, Vec::new())?
         };
         match ack {
             Some(ack) => Journal::wait(ack).await.map(|()| true),
@@ -181,9 +195,10 @@ impl Shard {
         key: &str,
         cleared: Option<PendingRec>,
         object: impl Fn(&ObjectMeta) -> bool,
+        extra: Vec<Op>,
     ) -> Result<Option<Ack>, StoreError> {
         let core = &self.core;
-        let mut ops = Vec::new();
+        let mut ops = extra;
         let mut done = None;
         if let Some(rec) = cleared {
             ops.push(Op::RemovePending(key.to_owned()));

@@ -105,6 +105,8 @@ impl Shard {
             last_queued: Cell::new(rec.last_record_seq),
             state: RefCell::new(st),
             pending_notify: tokio::sync::Notify::new(),
+            sync: RefCell::new(synclog::SyncState::recover(rec.sync)?),
+            sync_notify: tokio::sync::Notify::new(),
             cfg,
             block_bufs: RefCell::new(Vec::new()),
         };

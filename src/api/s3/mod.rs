@@ -491,7 +491,7 @@ async fn run(
         }
         Endpoint::CreateBucket => create_bucket(ctx, &req, body).await,
         Endpoint::DeleteBucket => {
-            ctx.objects.origin.delete_bucket(req.bucket()).await?;
+            crate::object::backends::delete_bucket(&ctx.objects, req.bucket()).await?;
             req.state.forget_bucket(req.bucket());
             Ok(empty(StatusCode::NO_CONTENT))
         }
@@ -864,7 +864,7 @@ async fn create_bucket(
     // The body (CreateBucketConfiguration) may name a location: nearcache creates buckets
     // in the origin's configured region.
     read_small_body(req, body).await?;
-    ctx.objects.origin.create_bucket(req.bucket()).await?;
+    crate::object::backends::create_bucket(&ctx.objects, req.bucket()).await?;
     req.state.learn_bucket(req.bucket());
     let mut r = empty(StatusCode::OK);
     if let Ok(v) = HeaderValue::from_str(&format!("/{}", req.bucket())) {

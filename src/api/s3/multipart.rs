@@ -214,7 +214,8 @@ pub async fn complete(
         Ok(etag) => etag,
         Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
     };
-    write::forget(ctx, key).await?;
+    write::forget(ctx, key.clone()).await?;
+    crate::object::backends::replicate_from_primary(ctx, key, &etag).await?;
     Ok(xml_response(format!(
         "{DECL}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{}/{}</Location>\
          <Bucket>{}</Bucket><Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",

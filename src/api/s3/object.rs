@@ -736,7 +736,8 @@ pub async fn copy_object(
         .origin
         .copy_object(&req.loc(), src, meta)
         .await?;
-    write::forget(ctx, dst_key).await?;
+    write::forget(ctx, dst_key.clone()).await?;
+    crate::object::backends::replicate_from_primary(ctx, dst_key, &res.etag).await?;
     Ok(xml_response(format!(
         "{DECL}<CopyObjectResult xmlns=\"{NS}\"><LastModified>{}</LastModified>\
          <ETag>{}</ETag></CopyObjectResult>",
