@@ -88,6 +88,12 @@ pub mod defaults {
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
+    pub const READ_ONLY: bool = false;
+    pub const JOB_CONCURRENCY: usize = 8;
+    pub const JOB_BATCH: usize = 16;
+    pub const JOB_RATE_OBJECTS: u64 = 0;
+    pub const JOB_RATE_BYTES: u64 = 0;
+    pub const JOBS_KEPT: usize = 100;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -249,6 +255,9 @@ pub struct ApiConfig {
     /// writes to buckets that are not write-behind) before it is answered with an error
     /// (the write stays stored and queued).
     pub origin_wait_secs: u64,
+    /// Node-wide read-only switch: every write and delete, through any API, is refused
+    /// (403) with a message saying so; reads, listings, invalidation and prewarm work.
+    pub read_only: bool,
 }
 
 impl Default for ApiConfig {
@@ -258,6 +267,7 @@ impl Default for ApiConfig {
             default_level: defaults::DEFAULT_LEVEL,
             max_object_size: Size(defaults::MAX_OBJECT_SIZE),
             origin_wait_secs: defaults::ORIGIN_WAIT_SECS,
+            read_only: defaults::READ_ONLY,
         }
     }
 }
@@ -332,6 +342,46 @@ pub struct S3BucketConfig {
     /// API's level 1) instead of after they reached the origin.
     #[serde(default)]
     pub write_behind: bool,
+    /// Keep what is written through the S3 API in the cache (true), or only pass it
+    /// through to the origin and drop any cached copy (false).
+    #[serde(default = "yes")]
+    pub cache_on_write: bool,
+    /// Refuse every write and delete of this bucket (S3 API: 403 AccessDenied; other
+    /// APIs: JSON 403).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Background jobs: prewarm and delete by prefix (`[jobs]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Objects one job fetches or deletes at once, over the whole cluster.
+    pub concurrency: usize,
+    /// Objects sent to an owner node in one request.
+    pub batch: usize,
+    /// Most objects per second one job handles (0 = no limit).
+    pub rate_objects_per_sec: u64,
+    /// Most bytes per second one prewarm job fetches, by the listed sizes (0 = no limit).
+    pub rate_bytes_per_sec: Size,
+    /// Finished jobs kept for `GET /api/v1/jobs` (in memory: jobs do not survive a restart).
+    pub kept: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            concurrency: defaults::JOB_CONCURRENCY,
+            batch: defaults::JOB_BATCH,
+            rate_objects_per_sec: defaults::JOB_RATE_OBJECTS,
+            rate_bytes_per_sec: Size(defaults::JOB_RATE_BYTES),
+            kept: defaults::JOBS_KEPT,
+        }
+    }
 }
 
 /// The cluster layer (`[cluster]`). Without `listen` the node runs alone.
@@ -403,6 +453,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub s3api: S3ApiConfig,
     pub cluster: ClusterConfig,
+    pub jobs: JobsConfig,
     pub log: LogConfig,
 }
 
@@ -490,6 +541,9 @@ pub struct ServeArgs {
     /// Log level or tracing filter (also RUST_LOG) [default: info]
     #[arg(long, env = "NEARCACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Refuse every write and delete on this node (reads, invalidation, prewarm work)
+    #[arg(long, env = "NEARCACHE_READ_ONLY", num_args = 0..=1, default_missing_value = "true")]
+    pub read_only: Option<bool>,
 }
 
 impl Config {
@@ -581,6 +635,12 @@ impl Config {
         set!(self.cluster.replication_factor, a.replication_factor);
         set!(self.cluster.write_quorum, a.write_quorum);
         set!(self.log.level, a.log_level);
+        set!(self.api.read_only, a.read_only);
+    }
+
+    /// The settings of an S3-API bucket, if it has any.
+    pub fn bucket(&self, name: &str) -> Option<&S3BucketConfig> {
+        self.s3api.buckets.iter().find(|b| b.name == name)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

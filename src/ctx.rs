@@ -44,6 +44,8 @@ pub struct Node {
     pub cluster: Option<Arc<Cluster>>,
     /// `X-Nearcache-Node` of every response this node serves.
     pub node_header: http::HeaderValue,
+    /// Background jobs and invalidation counters.
+    pub ops: Arc<crate::object::jobs::Ops>,
 }
 
 /// What a shard thread keeps for its request tasks: each layer's part.
@@ -77,6 +79,10 @@ impl ClusterCtx for ShardCtx {
 impl ObjectCtx for ShardCtx {
     fn objects(&self) -> &ObjectShard {
         &self.objects
+    }
+
+    fn ops(&self) -> &Arc<crate::object::jobs::Ops> {
+        &self.node.ops
     }
 }
 

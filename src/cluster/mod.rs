@@ -16,6 +16,7 @@
 //!   peer shard), applies those for keys this node owns, last writer wins by HLC
 //! ```
 
+pub mod fanout;
 pub mod peer;
 pub mod placement;
 pub mod route;

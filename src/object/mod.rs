@@ -13,6 +13,8 @@
 //! API asked; the [`CacheKey`] knows where an object lives in the origin.
 
 pub mod error;
+pub mod invalidate;
+pub mod jobs;
 pub mod key;
 pub mod metrics;
 pub mod read;
@@ -38,6 +40,8 @@ use crate::config::Config;
 /// What the object service needs of a shard's context.
 pub trait ObjectCtx: ClusterCtx {
     fn objects(&self) -> &ObjectShard;
+    /// Node-wide: jobs and invalidation counters.
+    fn ops(&self) -> &Arc<jobs::Ops>;
 }
 
 /// One shard thread's part of the object service.
