@@ -175,11 +175,12 @@ routes! {
     Delete => "delete", Version => "version", Ping => "ping", Stats => "stats",
     Health => "healthz", Metrics => "metrics", Cluster => "cluster", Unknown => "unknown",
     S3Read => "s3_read", S3Write => "s3_write", S3List => "s3_list", S3Other => "s3_other",
+    Invalidate => "invalidate", Jobs => "jobs", Cachenator => "cachenator",
 }
 
-const STATUSES: [u16; 20] = [
-    200, 201, 204, 206, 304, 400, 404, 405, 408, 409, 412, 413, 416, 431, 500, 502, 503, 504, 507,
-    0,
+const STATUSES: [u16; 22] = [
+    200, 201, 202, 204, 206, 304, 400, 403, 404, 405, 408, 409, 412, 413, 416, 431, 500, 502, 503,
+    504, 507, 0,
 ];
 
 /// Upper bounds of the request latency histogram, seconds.
@@ -187,7 +188,7 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-const NR: usize = 17;
+const NR: usize = 20;
 const NS: usize = STATUSES.len();
 const NB: usize = LATENCY_BOUNDS.len() + 1;
 

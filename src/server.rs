@@ -585,6 +585,9 @@ async fn dispatch(
                 if h.get(H_API).is_some_and(|v| v == "s3") {
                     return crate::api::s3::handle_forwarded(ctx, s3, req).await;
                 }
+                if h.get(H_API).is_some_and(|v| v == "cachenator") {
+                    return crate::api::cachenator::handle_forwarded(ctx, req).await;
+                }
                 if req.uri().path().starts_with("/api/v1/") {
                     return crate::api::native::handle_forwarded(ctx, req).await;
                 }

@@ -6,8 +6,10 @@
 //! - [`peer`]: the node-to-node API on the private cluster address.
 
 pub mod admin;
+pub mod cachenator;
 pub mod error;
 pub mod native;
+pub mod ops;
 pub mod peer;
 pub mod s3;
 
@@ -21,8 +23,13 @@ use crate::ctx::ShardCtx;
 
 /// The public listener: the admin routes, else the native API.
 pub async fn public(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
-    if admin::serves(req.uri().path()) {
+    let path = req.uri().path();
+    if admin::serves(path) {
         admin::handle(ctx, req).await
+    } else if ops::serves(path) {
+        ops::handle(ctx, req).await
+    } else if cachenator::serves(path) {
+        cachenator::handle(ctx, req).await
     } else {
         native::handle(ctx, req).await
     }

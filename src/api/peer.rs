@@ -197,6 +197,7 @@ async fn route(
                 &serde_json::json!({ "applied": applied }),
             ))
         }
+        (_, p) if super::ops::serves_internal(p) => super::ops::internal(ctx, req).await,
         (m, p) => Err(ApiError::not_found(format!(
             "no internal route for {m} {p}"
         ))),

@@ -192,6 +192,18 @@ pub async fn everywhere<C: ObjectCtx>(
     Ok(out)
 }
 
+/// After a write passed through to the origin uncached: older copies of the key are
+/// dropped everywhere (a failure is logged; the write itself succeeded).
+pub async fn after_pass_through<C: ObjectCtx>(ctx: &Rc<C>, key: CacheKey) {
+    match everywhere(ctx, &Scope::Key(key)).await {
+        Ok(d) if d.failed_nodes.is_empty() => {}
+        Ok(d) => {
+            tracing::warn!(failed = d.failed_nodes.len(), "dropping older copies after a pass-through write: some nodes failed")
+        }
+        Err(e) => tracing::warn!(error = %e, "dropping older copies after a pass-through write"),
+    }
+}
+
 /// Drops the copies of `scope` held by this node's shards.
 pub async fn on_this_node<C: ObjectCtx>(
     ctx: &Rc<C>,

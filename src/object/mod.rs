@@ -17,6 +17,7 @@ pub mod invalidate;
 pub mod jobs;
 pub mod key;
 pub mod metrics;
+pub mod policy;
 pub mod read;
 pub mod uploader;
 pub mod write;

@@ -410,6 +410,9 @@ async fn run(
             cred.access_key
         )));
     }
+    if !read {
+        crate::object::policy::check_write(&ctx.node.cfg, req.bucket.as_deref())?;
+    }
     if let Some(sub) = UNSUPPORTED.iter().find(|s| req.has(s)) {
         return Err(S3Error::not_implemented(format!("the ?{sub} sub-resource")));
     }

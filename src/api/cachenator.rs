@@ -1,0 +1,487 @@
+//! cachenator-compatible endpoints on the public listener, so that cachenator's users
+//! switch by changing the address only. Same methods, parameters, status codes and JSON
+//! shapes as cachenator (github.com/adrianchifor/cachenator), served from the same cache
+//! as the S3 API: object KEY of bucket B is one cached object either way.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /get?bucket=&key=` | the object (`application/octet-stream`, `Content-Disposition: attachment`); 404 `{"error"}` |
+//! | `POST /upload?bucket=&path=` | multipart form, field `files`: each file stored as `path/FILENAME`, streamed |
+//! | `GET /list?bucket=&prefix=` | `{"keys": [...]}`; 404 when there is none |
+//! | `POST /prewarm?bucket=&prefix=` | starts a prewarm job (`"job"` in the answer); 404 when nothing matches |
+//! | `POST /invalidate?bucket=&key=` (or `&prefix=`) | drops the cached copies on every node |
+//! | `DELETE /delete?bucket=&key=` (or `&prefix=`) | deletes in S3 and the cache (tombstones); a prefix runs a delete job and waits for it |
+//!
+//! Errors are `{"error": "..."}`; successes carry `"message"` and `"error": ""`.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use nearcache_s3::ListParams;
+use nearcache_shards::WriteAttrs;
+
+use super::error::ApiError;
+use crate::body::{json, Body};
+use crate::ctx::{ActiveGuard, ShardCtx};
+use crate::http_util::{answer_head, parse_byte_range, Answer, Conditions};
+use crate::metrics::Route;
+use crate::object::invalidate::{self, Scope};
+use crate::object::jobs::{self, JobKind, JobState};
+use crate::object::read::{GetRequest, ObjectView, Render};
+use crate::object::write::{DeleteRequest, PutRequest, WriteCondition, WriteError};
+use crate::object::{CacheKey, ObjectError};
+
+/// The routes, with the method each accepts (GET also HEAD).
+fn method_of(path: &str) -> Option<Method> {
+    Some(match path {
+        "/get" | "/list" => Method::GET,
+        "/upload" | "/prewarm" | "/invalidate" => Method::POST,
+        "/delete" => Method::DELETE,
+        _ => return None,
+    })
+}
+
+/// Whether this edge serves `path`.
+pub fn serves(path: &str) -> bool {
+    method_of(path).is_some()
+}
+
+pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, false).await
+}
+
+/// A `/get` or `/delete` proxied here by another node (this node owns the key).
+pub async fn handle_forwarded(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
+    serve(ctx, req, true).await
+}
+
+/// A cachenator error: `{"error": message}` with `status`.
+fn err(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": msg.into() }))
+}
+
+/// Our error, in cachenator's shape (its status and headers kept).
+fn from_api(e: ApiError) -> Response<Body> {
+    let mut r = err(e.status, e.detail);
+    for (k, v) in e.headers {
+        r.headers_mut().insert(k, v);
+    }
+    r
+}
+
+fn message(msg: String, extra: serde_json::Value) -> Response<Body> {
+    let mut v = serde_json::json!({ "message": msg, "error": "" });
+    if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+        o.extend(x);
+    }
+    json(StatusCode::OK, &v)
+}
+
+async fn serve(ctx: Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
+    let start = Instant::now();
+    let _active = ActiveGuard::new(&ctx);
+    let resp = route(&ctx, req, forwarded).await;
+    ctx.finish(Route::Cachenator, start, resp)
+}
+
+/// The query parameters as cachenator reads them: decoded ('+' is a space), trimmed.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn of(req: &Request<Incoming>) -> Params {
+        Params(super::s3::parse_query(req.uri().query().unwrap_or("")))
+    }
+
+    fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.trim())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, Response<Body>> {
+        match self.get(name) {
+            "" => Err(err(
+                StatusCode::BAD_REQUEST,
+                format!("'{name}' not found in querystring parameters"),
+            )),
+            v => Ok(v),
+        }
+    }
+}
+
+async fn route(ctx: &Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let want = method_of(&path).unwrap_or(Method::GET);
+    let method = req.method().clone();
+    if method != want && !(want == Method::GET && method == Method::HEAD) {
+        return from_api(
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                format!("{path} accepts {want}, not {method}"),
+            )
+            .with_header(
+                header::ALLOW,
+                HeaderValue::from_str(want.as_str()).expect("ascii"),
+            ),
+        );
+    }
+    let p = Params::of(&req);
+    let result = match path.as_str() {
+        "/get" => get(ctx, req, &p, forwarded).await,
+        "/upload" => upload(ctx, req, &p).await,
+        "/list" => list(ctx, &p).await,
+        "/prewarm" => prewarm(ctx, &p).await,
+        "/invalidate" => invalidate(ctx, &p).await,
+        _ => delete(ctx, req, &p, forwarded).await,
+    };
+    result.unwrap_or_else(|r| r)
+}
+
+type Answered = Result<Response<Body>, Response<Body>>;
+
+/// In a cluster, a single-object request goes to the key's owner (reads: to a node that
+/// holds a copy or reads it through); `Ok(req)`: serve it here.
+async fn place(
+    ctx: &Rc<ShardCtx>,
+    mut req: Request<Incoming>,
+    key: &CacheKey,
+    forwarded: bool,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let Some(cs) = ctx.cluster.clone().filter(|_| !forwarded && key.fits_store()) else {
+        return Ok(req);
+    };
+    req.headers_mut().insert(
+        crate::cluster::H_API,
+        HeaderValue::from_static("cachenator"),
+    );
+    match crate::cluster::route::route(ctx, &cs, key.as_str(), 1, req).await {
+        Ok(crate::cluster::route::Route::Local(r)) => Ok(r),
+        Ok(crate::cluster::route::Route::Remote(resp)) => Err(resp),
+        Err(e) => Err(from_api(e.into())),
+    }
+}
+
+/// cachenator's `/get` answer head.
+struct CachenatorRender {
+    disposition: Option<HeaderValue>,
+}
+
+impl Render for CachenatorRender {
+    fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
+        let mut b = v
+            .head_builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(d) = &self.disposition {
+            b = b.header(header::CONTENT_DISPOSITION, d.clone());
+        }
+        answer_head(b, v.size, answer)
+    }
+}
+
+async fn get(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    p: &Params,
+    forwarded: bool,
+) -> Answered {
+    let bucket = p.required("bucket")?;
+    let key = p.required("key")?;
+    let ckey = CacheKey::s3(bucket, key);
+    let req = place(ctx, req, &ckey, forwarded).await?;
+    let h = req.headers();
+    let greq = GetRequest {
+        key: ckey,
+        head: req.method() == Method::HEAD,
+        range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
+        cond: Conditions::from_headers(h),
+        fetch: true,
+    };
+    let render = CachenatorRender {
+        disposition: HeaderValue::from_str(&format!("attachment; filename=\"{key}\"")).ok(),
+    };
+    match crate::object::read::get(ctx, greq, render).await {
+        Ok(r) => Ok(r),
+        Err(ObjectError::NotFound(_) | ObjectError::Deleted { .. }) => Err(err(
+            StatusCode::NOT_FOUND,
+            format!("Blob '{bucket}#{key}' not found"),
+        )),
+        Err(e) => Err(from_api(e.into())),
+    }
+}
+
+/// Every key under `prefix`: the origin's listing with this node's writes and deletes
+/// still pending upload merged in.
+async fn list_keys(
+    ctx: &Rc<ShardCtx>,
+    bucket: &str,
+    prefix: &str,
+    limit: u32,
+) -> Result<Vec<String>, ObjectError> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut start_after = None;
+    loop {
+        let page = ctx
+            .objects
+            .origin
+            .list_objects(
+                bucket,
+                ListParams {
+                    prefix: prefix.to_owned(),
+                    delimiter: None,
+                    start_after: start_after.take(),
+                    max_keys: limit.min(1000),
+                },
+            )
+            .await?;
+        start_after = page.entries.last().map(|e| e.key.clone());
+        keys.extend(page.entries.into_iter().map(|e| e.key));
+        if !page.is_truncated || start_after.is_none() || keys.len() >= limit as usize {
+            break;
+        }
+    }
+    for (key, entry) in crate::object::read::pending_under(ctx, bucket, prefix).await? {
+        match entry {
+            Some(_) => keys.insert(key),
+            None => keys.remove(&key),
+        };
+    }
+    Ok(keys.into_iter().collect())
+}
+
+async fn list(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
+    let bucket = p.required("bucket")?;
+    let prefix = p.get("prefix");
+    let keys = list_keys(ctx, bucket, prefix, u32::MAX)
+        .await
+        .map_err(|e| from_api(e.into()))?;
+    let status = if keys.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &serde_json::json!({ "keys": keys })))
+}
+
+async fn prewarm(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
+    let bucket = p.required("bucket")?;
+    let prefix = p.required("prefix")?;
+    let any = list_keys(ctx, bucket, prefix, 1)
+        .await
+        .map_err(|e| from_api(e.into()))?;
+    if any.is_empty() {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            format!("No keys found with prefix '{prefix}' in S3 bucket '{bucket}'"),
+        ));
+    }
+    let job = super::ops::start_job(ctx, JobKind::Prewarm, bucket, prefix)
+        .await
+        .map_err(|e| from_api(e.into()))?;
+    Ok(message(
+        format!("Pre-warming cache in the background with prefix '{prefix}' from S3 bucket '{bucket}'"),
+        serde_json::json!({ "job": job.to_json(&ctx.node.node_id) }),
+    ))
+}
+
+/// `key` or `prefix`, exactly one.
+fn key_or_prefix<'a>(p: &'a Params) -> Result<(Option<&'a str>, Option<&'a str>), Response<Body>> {
+    match (p.get("key"), p.get("prefix")) {
+        ("", "") => Err(err(
+            StatusCode::BAD_REQUEST,
+            "'key' or 'prefix' not found in querystring parameters",
+        )),
+        (k, pre) if !k.is_empty() && !pre.is_empty() => Err(err(
+            StatusCode::BAD_REQUEST,
+            "Only provide one of 'key' or 'prefix' in querystring parameters",
+        )),
+        ("", pre) => Ok((None, Some(pre))),
+        (k, _) => Ok((Some(k), None)),
+    }
+}
+
+async fn invalidate(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
+    let bucket = p.required("bucket")?;
+    let (key, prefix) = match key_or_prefix(p) {
+        Ok(kp) => kp,
+        // cachenator names only the key.
+        Err(_) if p.get("prefix").is_empty() => return Err(p.required("key").unwrap_err()),
+        Err(e) => return Err(e),
+    };
+    let scope = Scope::from_params(Some(bucket), key, prefix)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    let out = invalidate::everywhere(ctx, &scope)
+        .await
+        .map_err(|e| from_api(e.into()))?;
+    let what = match (key, prefix) {
+        (Some(k), _) => format!("'{bucket}#{k}'"),
+        (_, pre) => format!("prefix '{bucket}#{}'", pre.unwrap_or_default()),
+    };
+    Ok(message(
+        format!("{what} invalidated from cache"),
+        serde_json::to_value(out).expect("serializes"),
+    ))
+}
+
+async fn delete(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+    p: &Params,
+    forwarded: bool,
+) -> Answered {
+    let bucket = p.required("bucket")?.to_owned();
+    let (key, prefix) = key_or_prefix(p)?;
+    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
+        .map_err(|e| from_api(e.into()))?;
+    if let Some(key) = key {
+        let ckey = CacheKey::s3(&bucket, key);
+        place(ctx, req, &ckey, forwarded).await?;
+        let dreq = DeleteRequest {
+            key: ckey,
+            level: 1,
+            wait_origin: true,
+        };
+        return match crate::object::write::delete(ctx, dreq).await {
+            Ok(()) => Ok(message(
+                format!("Deleted '{bucket}#{key}' from S3"),
+                serde_json::json!({}),
+            )),
+            Err(e) => {
+                let a = ApiError::from(e);
+                Err(err(
+                    a.status,
+                    format!("Failed to delete '{bucket}#{key}' from S3: {}", a.detail),
+                ))
+            }
+        };
+    }
+    let prefix = prefix.unwrap_or_default();
+    let job = super::ops::start_job(ctx, JobKind::Delete, &bucket, prefix)
+        .await
+        .map_err(|e| from_api(e.into()))?;
+    jobs::wait(&job).await;
+    let v = job.to_json(&ctx.node.node_id);
+    if job.state() == JobState::Done && v["errors"] == 0 {
+        Ok(message(
+            format!("Deleted object(s) with prefix '{prefix}' from S3 bucket '{bucket}'"),
+            serde_json::json!({ "job": v }),
+        ))
+    } else {
+        let why = v["error"].as_str().unwrap_or("cancelled").to_owned();
+        Err(json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({
+                "error": format!("Failed to batch delete '{bucket}#{prefix}' from S3: {why}"),
+                "job": v,
+            }),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /upload
+
+/// The file name of a part as cachenator takes it: the last path element.
+fn base_name(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
+}
+
+async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answered {
+    let boundary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, "Expecting a multipart form"))?;
+    let bucket = p.required("bucket")?.to_owned();
+    let mut path = p.get("path").to_owned();
+    if !path.is_empty() && !path.ends_with('/') {
+        path.push('/');
+    }
+    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
+        .map_err(|e| from_api(e.into()))?;
+    ctx.objects
+        .origin
+        .head_bucket(&bucket)
+        .await
+        .map_err(|e| from_api(ObjectError::from(e).into()))?;
+    let write_behind = ctx.node.cfg.bucket(&bucket).is_some_and(|b| b.write_behind);
+    let mut form = multer::Multipart::new(req.into_body().into_data_stream(), boundary);
+    let (mut uploaded, mut failed, mut details) = (0usize, Vec::new(), Vec::new());
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                // The form itself is broken: nothing after this point can be read.
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    format!("Expecting a multipart form: {e}"),
+                ));
+            }
+        };
+        let Some(name) = field
+            .file_name()
+            .filter(|_| field.name() == Some("files"))
+            .map(|n| base_name(n).to_owned())
+        else {
+            continue; // not a file of `files`: skipped (its bytes are drained by multer)
+        };
+        let key = format!("{path}{name}");
+        if name.is_empty() {
+            failed.push(key.clone());
+            details.push(format!("{key}: the part has an empty file name"));
+            continue;
+        }
+        let preq = PutRequest {
+            key: CacheKey::s3(&bucket, &key),
+            attrs: WriteAttrs {
+                content_type: field.content_type().map(|m| m.essence_str().to_owned()),
+                level: 1,
+                ..Default::default()
+            },
+            content_length: None,
+            wait_origin: !write_behind,
+            cond: WriteCondition::default(),
+        };
+        let body = field.map(|r| r.map_err(|e| e.to_string()));
+        match crate::object::write::put(ctx, preq, body).await {
+            Ok(_) => uploaded += 1,
+            Err(e) => {
+                let why = match e {
+                    WriteError::Body { got, error } => {
+                        format!("the part broke after {got} bytes: {error}")
+                    }
+                    WriteError::Object(e) => e.to_string(),
+                };
+                failed.push(key.clone());
+                details.push(format!("{key}: {why}"));
+            }
+        }
+    }
+    if uploaded == 0 && failed.is_empty() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "'files' not found in multipart form",
+        ));
+    }
+    if !failed.is_empty() {
+        return Err(json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({
+                "error": "Failed to upload some blobs",
+                "uploadsFailed": failed,
+                "details": details,
+            }),
+        ));
+    }
+    Ok(message(
+        format!("Uploaded {uploaded} object(s) to S3 bucket '{bucket}'"),
+        serde_json::json!({}),
+    ))
+}
