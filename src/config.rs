@@ -94,6 +94,7 @@ pub mod defaults {
     pub const JOB_RATE_OBJECTS: u64 = 0;
     pub const JOB_RATE_BYTES: u64 = 0;
     pub const JOBS_KEPT: usize = 100;
+    pub const JOB_NODE_TIMEOUT_SECS: u64 = 600;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -370,6 +371,9 @@ pub struct JobsConfig {
     pub rate_bytes_per_sec: Size,
     /// Finished jobs kept for `GET /api/v1/jobs` (in memory: jobs do not survive a restart).
     pub kept: usize,
+    /// How long a node-to-node cache operation (a job's batch, an invalidation on a peer)
+    /// may take before it counts as failed.
+    pub node_timeout_secs: u64,
 }
 
 impl Default for JobsConfig {
@@ -380,6 +384,7 @@ impl Default for JobsConfig {
             rate_objects_per_sec: defaults::JOB_RATE_OBJECTS,
             rate_bytes_per_sec: Size(defaults::JOB_RATE_BYTES),
             kept: defaults::JOBS_KEPT,
+            node_timeout_secs: defaults::JOB_NODE_TIMEOUT_SECS,
         }
     }
 }

@@ -32,13 +32,15 @@ pub fn first_owner(cs: &ClusterShard, key: &str) -> Option<Member> {
     cs.cl.ranking(key).first().cloned()
 }
 
-/// Sends one request to `to` and reads its JSON answer.
+/// Sends one request to `to` and reads its JSON answer, which the peer sends once its
+/// work is done: waited for up to `ms`.
 pub async fn call(
     cs: &ClusterShard,
     to: &Member,
     method: Method,
     path_and_query: &str,
     body: Bytes,
+    ms: u64,
 ) -> Result<serde_json::Value, String> {
     let req = Request::builder()
         .method(method)
@@ -46,7 +48,10 @@ pub async fn call(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body::<PeerBody>(peer::full(body))
         .map_err(|e| format!("building the request: {e}"))?;
-    let resp = cs.send(to, req).await.map_err(|e| e.to_string())?;
+    let resp = cs
+        .send_within(to, req, ms)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
     let body = peer::read_body(resp, MAX_ANSWER).await?;
     if !status.is_success() {
@@ -64,6 +69,7 @@ pub async fn to_peers(
     method: Method,
     path_and_query: &str,
     body: Bytes,
+    ms: u64,
 ) -> Vec<PeerAnswer> {
     let members = peers(cs);
     futures::future::join_all(members.iter().map(|m| {
@@ -71,7 +77,7 @@ pub async fn to_peers(
         async move {
             PeerAnswer {
                 node: m.id.clone(),
-                result: call(cs, m, method, path_and_query, body).await,
+                result: call(cs, m, method, path_and_query, body, ms).await,
             }
         }
     }))

@@ -166,7 +166,8 @@ pub async fn everywhere<C: ObjectCtx>(
     };
     if let Some(cs) = ctx.cluster() {
         let path = format!("/_nc/v1/ops/invalidate?{}", scope.to_query());
-        for a in fanout::to_peers(cs, Method::POST, &path, bytes::Bytes::new()).await {
+        let ms = super::jobs::node_timeout_ms(&ctx.objects().cfg);
+        for a in fanout::to_peers(cs, Method::POST, &path, bytes::Bytes::new(), ms).await {
             match a
                 .result
                 .and_then(|v| serde_json::from_value::<Dropped>(v).map_err(|e| e.to_string()))

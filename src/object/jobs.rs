@@ -405,6 +405,11 @@ impl BatchResult {
     }
 }
 
+/// How long a node-to-node cache operation (a job's batch, an invalidation) may take.
+pub fn node_timeout_ms(cfg: &crate::config::Config) -> u64 {
+    cfg.jobs.node_timeout_secs.max(1).saturating_mul(1000)
+}
+
 /// Starts a job on this node; it runs in the background on this shard.
 pub fn start<C: ObjectCtx>(ctx: &Rc<C>, kind: JobKind, bucket: &str, prefix: &str) -> Arc<Job> {
     let job = Arc::new(Job::new(kind, bucket, prefix));
@@ -565,7 +570,8 @@ async fn process<C: ObjectCtx>(
                             )
                         );
                         let body = serde_json::to_vec(&batch).unwrap_or_default();
-                        match fanout::call(cs, &m, Method::POST, &path, body.into()).await {
+                        let ms = node_timeout_ms(&ctx.objects().cfg);
+                        match fanout::call(cs, &m, Method::POST, &path, body.into(), ms).await {
                             Ok(v) => serde_json::from_value(v).unwrap_or_else(|e| BatchResult {
                                 errors: n,
                                 error: Some(format!("node {}: bad answer: {e}", m.id)),
@@ -708,7 +714,8 @@ pub async fn find<C: ObjectCtx>(ctx: &Rc<C>, id: &str, cancel: bool) -> Option<s
     let cs = ctx.cluster()?;
     let method = if cancel { Method::DELETE } else { Method::GET };
     let path = format!("/_nc/v1/ops/jobs/{id}");
-    fanout::to_peers(cs, method, &path, bytes::Bytes::new())
+    let ms = cs.cl.cfg.peer_timeout_ms;
+    fanout::to_peers(cs, method, &path, bytes::Bytes::new(), ms)
         .await
         .into_iter()
         .find_map(|a| a.result.ok())
@@ -723,7 +730,8 @@ pub async fn list_all<C: ObjectCtx>(ctx: &Rc<C>) -> Vec<serde_json::Value> {
         .map(|j| j.to_json(&ops.node_id))
         .collect();
     if let Some(cs) = ctx.cluster() {
-        for a in fanout::to_peers(cs, Method::GET, "/_nc/v1/ops/jobs", bytes::Bytes::new()).await
+        let ms = cs.cl.cfg.peer_timeout_ms;
+        for a in fanout::to_peers(cs, Method::GET, "/_nc/v1/ops/jobs", bytes::Bytes::new(), ms).await
         {
             if let Ok(serde_json::Value::Object(mut o)) = a.result {
                 if let Some(serde_json::Value::Array(jobs)) = o.remove("jobs") {

@@ -396,6 +396,12 @@ pub(super) async fn wait_for_origin<C: ObjectCtx>(
     seq: u64,
 ) -> Result<(), ObjectError> {
     let objects = ctx.objects();
+    // The uploader may have finished while the caller was busy (replicating the write to
+    // peers): then nobody would wake this waiter. Checked in the same synchronous step
+    // as the registration below.
+    if ctx.store().pending_seq(&key) != Some(seq) {
+        return Ok(());
+    }
     let (tx, rx) = oneshot::channel();
     objects
         .upload_waiters
