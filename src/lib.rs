@@ -71,6 +71,8 @@ pub mod server;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod fuzz_ops;
 
 pub use config::Config;
 pub use server::{start, ServerHandle};

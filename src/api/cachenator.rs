@@ -386,9 +386,20 @@ async fn delete(
 // ---------------------------------------------------------------------------------------
 // /upload
 
-/// The file name of a part as cachenator takes it: the last path element.
-fn base_name(name: &str) -> &str {
-    name.rsplit(['/', '\\']).next().unwrap_or(name)
+/// The object key a form part is stored under, for parts of field `files` that carry a
+/// file name (others: None): `path` (with a trailing '/' added when it has none) and the
+/// file name's last path element, as cachenator takes it. An empty file name gives
+/// `Err(key)`.
+pub(crate) fn part_key(
+    path: &str,
+    field: Option<&str>,
+    file_name: Option<&str>,
+) -> Option<Result<String, String>> {
+    let name = file_name.filter(|_| field == Some("files"))?;
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let sep = if path.is_empty() || path.ends_with('/') { "" } else { "/" };
+    let key = format!("{path}{sep}{base}");
+    Some(if base.is_empty() { Err(key) } else { Ok(key) })
 }
 
 async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answered {
@@ -399,10 +410,7 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
         .and_then(|ct| multer::parse_boundary(ct).ok())
         .ok_or_else(|| err(StatusCode::BAD_REQUEST, "Expecting a multipart form"))?;
     let bucket = p.required("bucket")?.to_owned();
-    let mut path = p.get("path").to_owned();
-    if !path.is_empty() && !path.ends_with('/') {
-        path.push('/');
-    }
+    let path = p.get("path").to_owned();
     crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
         .map_err(|e| from_api(e.into()))?;
     ctx.objects
@@ -425,19 +433,16 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
                 ));
             }
         };
-        let Some(name) = field
-            .file_name()
-            .filter(|_| field.name() == Some("files"))
-            .map(|n| base_name(n).to_owned())
-        else {
-            continue; // not a file of `files`: skipped (its bytes are drained by multer)
+        let key = match part_key(&path, field.name(), field.file_name()) {
+            // Not a file of `files`: skipped (multer drains its bytes).
+            None => continue,
+            Some(Ok(key)) => key,
+            Some(Err(key)) => {
+                failed.push(key.clone());
+                details.push(format!("{key}: the part has an empty file name"));
+                continue;
+            }
         };
-        let key = format!("{path}{name}");
-        if name.is_empty() {
-            failed.push(key.clone());
-            details.push(format!("{key}: the part has an empty file name"));
-            continue;
-        }
         let preq = PutRequest {
             key: CacheKey::s3(&bucket, &key),
             attrs: WriteAttrs {

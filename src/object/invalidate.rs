@@ -81,7 +81,7 @@ impl Scope {
     }
 
     /// Whether a stored key is in this (prefix) scope.
-    fn covers(&self, stored: &str) -> bool {
+    pub(crate) fn covers(&self, stored: &str) -> bool {
         match self {
             Scope::Key(k) => k.as_str() == stored,
             Scope::Bucket { bucket, prefix } => stored
@@ -94,7 +94,7 @@ impl Scope {
     }
 
     /// A stored key as the client named it: the object key of a bucket, or the id.
-    fn shown(&self, stored: &str) -> String {
+    pub(crate) fn shown(&self, stored: &str) -> String {
         match self {
             Scope::Bucket { bucket, .. } => stored
                 .get(bucket.len() + 1..)
