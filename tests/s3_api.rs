@@ -338,6 +338,8 @@ fn write_behind_listing_sees_pending_writes() {
         cfg.s3api.buckets = vec![nearcache::config::S3BucketConfig {
             name: "wb-bucket-x".into(),
             write_behind: true,
+            cache_on_write: true,
+            read_only: false,
         }];
     });
     let sdk = Sdk::node(&node);

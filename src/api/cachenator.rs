@@ -59,14 +59,14 @@ pub async fn handle_forwarded(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Resp
     serve(ctx, req, true).await
 }
 
-/// A cachenator error: `{"error": message}` with `status`.
-fn err(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": msg.into() }))
+/// A cachenator error: answered as `{"error": message}` with `status`.
+fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(status, "cachenator", msg)
 }
 
-/// Our error, in cachenator's shape (its status and headers kept).
+/// An error in cachenator's shape (its status and headers kept).
 fn from_api(e: ApiError) -> Response<Body> {
-    let mut r = err(e.status, e.detail);
+    let mut r = json(e.status, &serde_json::json!({ "error": e.detail }));
     for (k, v) in e.headers {
         r.headers_mut().insert(k, v);
     }
@@ -103,7 +103,7 @@ impl Params {
             .map_or("", |(_, v)| v.trim())
     }
 
-    fn required(&self, name: &str) -> Result<&str, Response<Body>> {
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
         match self.get(name) {
             "" => Err(err(
                 StatusCode::BAD_REQUEST,
@@ -140,10 +140,17 @@ async fn route(ctx: &Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> R
         "/invalidate" => invalidate(ctx, &p).await,
         _ => delete(ctx, req, &p, forwarded).await,
     };
-    result.unwrap_or_else(|r| r)
+    result.unwrap_or_else(from_api)
 }
 
-type Answered = Result<Response<Body>, Response<Body>>;
+type Answered = Result<Response<Body>, ApiError>;
+
+/// Where a single-object request is served.
+enum Placed {
+    Here(Request<Incoming>),
+    /// Proxied to the owner; its answer.
+    Owner(Response<Body>),
+}
 
 /// In a cluster, a single-object request goes to the key's owner (reads: to a node that
 /// holds a copy or reads it through); `Ok(req)`: serve it here.
@@ -152,18 +159,18 @@ async fn place(
     mut req: Request<Incoming>,
     key: &CacheKey,
     forwarded: bool,
-) -> Result<Request<Incoming>, Response<Body>> {
+) -> Result<Placed, ApiError> {
     let Some(cs) = ctx.cluster.clone().filter(|_| !forwarded && key.fits_store()) else {
-        return Ok(req);
+        return Ok(Placed::Here(req));
     };
     req.headers_mut().insert(
         crate::cluster::H_API,
         HeaderValue::from_static("cachenator"),
     );
     match crate::cluster::route::route(ctx, &cs, key.as_str(), 1, req).await {
-        Ok(crate::cluster::route::Route::Local(r)) => Ok(r),
-        Ok(crate::cluster::route::Route::Remote(resp)) => Err(resp),
-        Err(e) => Err(from_api(e.into())),
+        Ok(crate::cluster::route::Route::Local(r)) => Ok(Placed::Here(r)),
+        Ok(crate::cluster::route::Route::Remote(resp)) => Ok(Placed::Owner(resp)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -193,7 +200,10 @@ async fn get(
     let bucket = p.required("bucket")?;
     let key = p.required("key")?;
     let ckey = CacheKey::s3(bucket, key);
-    let req = place(ctx, req, &ckey, forwarded).await?;
+    let req = match place(ctx, req, &ckey, forwarded).await? {
+        Placed::Here(req) => req,
+        Placed::Owner(resp) => return Ok(resp),
+    };
     let h = req.headers();
     let greq = GetRequest {
         key: ckey,
@@ -211,7 +221,7 @@ async fn get(
             StatusCode::NOT_FOUND,
             format!("Blob '{bucket}#{key}' not found"),
         )),
-        Err(e) => Err(from_api(e.into())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -259,7 +269,7 @@ async fn list(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
     let prefix = p.get("prefix");
     let keys = list_keys(ctx, bucket, prefix, u32::MAX)
         .await
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     let status = if keys.is_empty() {
         StatusCode::NOT_FOUND
     } else {
@@ -273,7 +283,7 @@ async fn prewarm(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
     let prefix = p.required("prefix")?;
     let any = list_keys(ctx, bucket, prefix, 1)
         .await
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     if any.is_empty() {
         return Err(err(
             StatusCode::NOT_FOUND,
@@ -282,7 +292,7 @@ async fn prewarm(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
     }
     let job = super::ops::start_job(ctx, JobKind::Prewarm, bucket, prefix)
         .await
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     Ok(message(
         format!("Pre-warming cache in the background with prefix '{prefix}' from S3 bucket '{bucket}'"),
         serde_json::json!({ "job": job.to_json(&ctx.node.node_id) }),
@@ -290,7 +300,7 @@ async fn prewarm(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
 }
 
 /// `key` or `prefix`, exactly one.
-fn key_or_prefix<'a>(p: &'a Params) -> Result<(Option<&'a str>, Option<&'a str>), Response<Body>> {
+fn key_or_prefix(p: &Params) -> Result<(Option<&str>, Option<&str>), ApiError> {
     match (p.get("key"), p.get("prefix")) {
         ("", "") => Err(err(
             StatusCode::BAD_REQUEST,
@@ -317,7 +327,7 @@ async fn invalidate(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
         .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let out = invalidate::everywhere(ctx, &scope)
         .await
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     let what = match (key, prefix) {
         (Some(k), _) => format!("'{bucket}#{k}'"),
         (_, pre) => format!("prefix '{bucket}#{}'", pre.unwrap_or_default()),
@@ -337,10 +347,12 @@ async fn delete(
     let bucket = p.required("bucket")?.to_owned();
     let (key, prefix) = key_or_prefix(p)?;
     crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     if let Some(key) = key {
         let ckey = CacheKey::s3(&bucket, key);
-        place(ctx, req, &ckey, forwarded).await?;
+        if let Placed::Owner(resp) = place(ctx, req, &ckey, forwarded).await? {
+            return Ok(resp);
+        }
         let dreq = DeleteRequest {
             key: ckey,
             level: 1,
@@ -363,7 +375,7 @@ async fn delete(
     let prefix = prefix.unwrap_or_default();
     let job = super::ops::start_job(ctx, JobKind::Delete, &bucket, prefix)
         .await
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     jobs::wait(&job).await;
     let v = job.to_json(&ctx.node.node_id);
     if job.state() == JobState::Done && v["errors"] == 0 {
@@ -373,7 +385,7 @@ async fn delete(
         ))
     } else {
         let why = v["error"].as_str().unwrap_or("cancelled").to_owned();
-        Err(json(
+        Ok(json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &serde_json::json!({
                 "error": format!("Failed to batch delete '{bucket}#{prefix}' from S3: {why}"),
@@ -412,12 +424,12 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
     let bucket = p.required("bucket")?.to_owned();
     let path = p.get("path").to_owned();
     crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
-        .map_err(|e| from_api(e.into()))?;
+        .map_err(ApiError::from)?;
     ctx.objects
         .origin
         .head_bucket(&bucket)
         .await
-        .map_err(|e| from_api(ObjectError::from(e).into()))?;
+        .map_err(|e| ApiError::from(ObjectError::from(e)))?;
     let write_behind = ctx.node.cfg.bucket(&bucket).is_some_and(|b| b.write_behind);
     let mut form = multer::Multipart::new(req.into_body().into_data_stream(), boundary);
     let (mut uploaded, mut failed, mut details) = (0usize, Vec::new(), Vec::new());
@@ -476,7 +488,7 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
         ));
     }
     if !failed.is_empty() {
-        return Err(json(
+        return Ok(json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &serde_json::json!({
                 "error": "Failed to upload some blobs",

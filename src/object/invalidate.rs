@@ -4,8 +4,8 @@
 //! dropped: it is kept and listed, since dropping it would lose an acknowledged write.
 //! Tombstones stay too (they keep deleted objects from coming back).
 //!
-//! A read-through already in flight when the invalidation runs may still store the copy
-//! it is fetching (it began before the invalidation was asked).
+//! A read-through in flight when the invalidation runs stores its copy when it ends (after
+//! its client has the body): the invalidation waits for it and drops that copy too.
 
 use std::rc::Rc;
 
@@ -283,8 +283,37 @@ async fn drop_here<C: ObjectCtx>(
             _ => continue,
         }
     }
+    out.dropped += settle_fetches(ctx, scope).await?;
     ctx.ops().metrics.invalidated(ctx.mesh().id(), out.dropped);
     Ok(out)
+}
+
+/// Waits for this shard's read-throughs of keys in `scope` to end, then drops what they
+/// stored (fetched copies are in the origin: safe to drop). Returns how many.
+async fn settle_fetches<C: ObjectCtx>(ctx: &C, scope: &Scope) -> Result<u64, ObjectError> {
+    let in_flight: Vec<String> = ctx
+        .objects()
+        .fetches
+        .borrow()
+        .keys()
+        .filter(|k| scope.covers(k))
+        .cloned()
+        .collect();
+    let mut dropped = 0;
+    for key in in_flight {
+        // The fetch leaves the map once its copy is stored (or given up).
+        while ctx.objects().fetches.borrow().contains_key(&key) {
+            monoio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let store = ctx.store();
+        if let Lookup::Hit { meta, .. } = store.peek(&key) {
+            if !unsafe_to_drop(&meta, store.pending_seq(&key).is_some()) {
+                store.forget(&key).await?;
+                dropped += 1;
+            }
+        }
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]
