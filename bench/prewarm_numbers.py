@@ -35,7 +35,11 @@ def call(url, method="GET"):
     req = urllib.request.Request(url, method=method)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
+            body = r.read()
+            try:
+                return r.status, json.loads(body or b"null")
+            except ValueError:
+                return r.status, body
     except urllib.error.HTTPError as e:
         return e.code, e.read()
     except OSError:
@@ -55,10 +59,8 @@ moto = subprocess.Popen(
     [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
     stdout=subprocess.DEVNULL, stderr=open(f"{WORK}/moto.log", "w"))
 endpoint = f"http://127.0.0.1:{moto_port}"
-until("moto", 30, lambda: call(endpoint)[0] != 0)
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                   aws_access_key_id="test", aws_secret_access_key="test")
-s3.create_bucket(Bucket=BUCKET)
 
 
 def seed(prefix, n, size):
@@ -99,6 +101,7 @@ class Node:
                 args += ["--join", f"127.0.0.1:{seed}"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                      stderr=open(f"{self.dir}/log", "w"))
+        nodes.append(self)
         self.base = f"http://127.0.0.1:{self.port}"
         until(f"{name} up", 30, lambda: call(f"{self.base}/healthz")[0] == 200)
 
@@ -112,8 +115,9 @@ class Node:
         return sum(m["state"] == "alive" for m in v["members"]) if s == 200 else 0
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
 
 
 def prewarm(nodes, prefix):
@@ -133,7 +137,10 @@ def prewarm(nodes, prefix):
 
 
 rows = []
+nodes = []
 try:
+    until("moto", 30, lambda: call(endpoint)[0] != 0)
+    s3.create_bucket(Bucket=BUCKET)
     seed("small/", OBJECTS, 4096)
     seed("large/", LARGE, 1 << 20)
     base_small = moto_get_rate("small/", min(OBJECTS, 2000))
@@ -158,6 +165,8 @@ try:
     for n in (a, b, c):
         n.stop()
 finally:
+    for n in nodes:
+        n.stop()
     moto.terminate()
 
 with open(OUT, "w") as f:

@@ -14,23 +14,13 @@ use bolero::check;
 use bytes::Bytes;
 
 use crate::api::cachenator::part_key;
-use crate::object::invalidate::Scope;
+use crate::object::invalidate::{query_value as decode, Scope};
 use crate::object::CacheKey;
 
 fn report(name: &str, n: &AtomicUsize) {
     eprintln!("fuzz {name}: {} cases", n.load(Ordering::Relaxed));
 }
 
-fn decode(q: &str, name: &str) -> Option<String> {
-    q.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
-}
 
 #[test]
 fn fuzz_ops_invalidate_scope() {

@@ -217,15 +217,7 @@ fn delete_by_prefix_removes_objects_from_s3_and_the_cache() {
 
 #[test]
 fn read_only_buckets_and_nodes_refuse_writes_with_a_clear_error() {
-    let node = TestNode::start_with("ro", |c| {
-        let name = c.origin.bucket.clone().unwrap();
-        c.s3api.buckets.push(nearcache::config::S3BucketConfig {
-            name,
-            write_behind: false,
-            cache_on_write: true,
-            read_only: true,
-        });
-    });
+    let node = TestNode::start_with("ro", |c| bucket_settings(c, true, true));
     let b = node.bucket.clone();
     node.s3().put("r/1", b"readable".to_vec(), "text/plain");
     let sdk = Sdk::node(&node);
@@ -279,21 +271,24 @@ fn read_only_buckets_and_nodes_refuse_writes_with_a_clear_error() {
     assert_eq!(r.status(), 403);
 }
 
+/// Settings for the node's own bucket.
+fn bucket_settings(c: &mut nearcache::config::Config, cache_on_write: bool, read_only: bool) {
+    let name = c.origin.bucket.clone().unwrap();
+    c.s3api.buckets.push(nearcache::config::S3BucketConfig {
+        name,
+        write_behind: false,
+        cache_on_write,
+        read_only,
+    });
+}
+
 fn ulid_like() -> String {
     "01J0000000000000000000000A".into()
 }
 
 #[test]
 fn a_bucket_without_cache_on_write_only_passes_writes_through() {
-    let node = TestNode::start_with("passthru", |c| {
-        let name = c.origin.bucket.clone().unwrap();
-        c.s3api.buckets.push(nearcache::config::S3BucketConfig {
-            name,
-            write_behind: false,
-            cache_on_write: false,
-            read_only: false,
-        });
-    });
+    let node = TestNode::start_with("passthru", |c| bucket_settings(c, false, false));
     let b = node.bucket.clone();
     let sdk = Sdk::node(&node);
     // A cached copy of the old version is dropped by the write.

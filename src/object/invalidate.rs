@@ -316,6 +316,19 @@ async fn settle_fetches<C: ObjectCtx>(ctx: &C, scope: &Scope) -> Result<u64, Obj
     Ok(dropped)
 }
 
+/// The decoded value of `name` in a query string (what a peer reads back).
+#[cfg(test)]
+pub(crate) fn query_value(q: &str, name: &str) -> Option<String> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,16 +392,7 @@ mod tests {
             Scope::NativePrefix("01J".into()),
         ] {
             let q = s.to_query();
-            let p = |name: &str| {
-                q.split('&').find_map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    (k == name).then(|| {
-                        percent_encoding::percent_decode_str(v)
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    })
-                })
-            };
+            let p = |name: &str| query_value(&q, name);
             let back = Scope::from_params(
                 p("bucket").as_deref(),
                 p("key").as_deref(),

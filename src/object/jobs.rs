@@ -532,7 +532,12 @@ async fn process<C: ObjectCtx>(
     pace: &std::cell::RefCell<Pace>,
     entries: Vec<BatchEntry>,
 ) {
-    // Grouped by owner (None: this node), in batches.
+    // Grouped by owner (None: this node), in batches; small enough that a short page
+    // still makes `concurrency` batches.
+    let per_batch = cfg
+        .batch
+        .min(entries.len() / cfg.concurrency.max(1))
+        .max(1);
     let mut groups: Vec<(Option<nearcache_membership::Member>, Vec<BatchEntry>)> = Vec::new();
     for e in entries {
         let owner = ctx.cluster().and_then(|cs| {
@@ -541,7 +546,7 @@ async fn process<C: ObjectCtx>(
         });
         let owner_id = owner.as_ref().map(|m| m.id.clone());
         match groups.iter_mut().find(|(o, b)| {
-            o.as_ref().map(|m| &m.id) == owner_id.as_ref() && b.len() < cfg.batch.max(1)
+            o.as_ref().map(|m| &m.id) == owner_id.as_ref() && b.len() < per_batch
         }) {
             Some((_, b)) => b.push(e),
             None => groups.push((owner, vec![e])),

@@ -361,6 +361,10 @@ async fn run(
         .ok_or_else(|| S3Error::access_denied("unknown access key"))?
         .clone();
     let (bucket, key) = address(&parts, s3.domain.as_deref())?;
+    // Refused by the node that takes it, before it goes to an owner.
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        crate::object::policy::check_write(&ctx.node.cfg, bucket.as_deref())?;
+    }
     // In a cluster, single-object requests go to the key's owner (which checks the
     // signature again); multipart uploads and listings stay on this node.
     if let (false, Some(cs), Some(b), Some(k)) = (forwarded, ctx.cluster.clone(), &bucket, &key) {
@@ -410,9 +414,7 @@ async fn run(
             cred.access_key
         )));
     }
-    if !read {
-        crate::object::policy::check_write(&ctx.node.cfg, req.bucket.as_deref())?;
-    }
+
     if let Some(sub) = UNSUPPORTED.iter().find(|s| req.has(s)) {
         return Err(S3Error::not_implemented(format!("the ?{sub} sub-resource")));
     }
