@@ -802,8 +802,21 @@ fn cache_operations_through_any_node() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    // Each file went to its owners: reads through any node find it cached, not in S3.
+    let fetched = || -> f64 {
+        nodes
+            .iter()
+            .map(|p| p.metric("nearcache_origin_fetches_total"))
+            .sum()
+    };
+    let before = fetched();
     for p in &nodes {
-        assert_eq!(cget(p, "up/two"), (200, b"22".to_vec()), "via {}", p.id);
+        for (k, want) in [("up/one", &b"1"[..]), ("up/two", b"22"), ("up/three", b"333")] {
+            assert_eq!(cget(p, k), (200, want.to_vec()), "{k} via {}", p.id);
+        }
+    }
+    assert_eq!(fetched(), before, "no read went to S3");
+    for p in &nodes {
         let (s, v) = call(Method::GET, &p.url(&format!("/list?bucket={b}&prefix=up/")));
         assert_eq!((s, &v["keys"]), (200, &serde_json::json!(["up/one", "up/three", "up/two"])));
     }

@@ -6,7 +6,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /get?bucket=&key=` | the object (`application/octet-stream`, `Content-Disposition: attachment`); 404 `{"error"}` |
-//! | `POST /upload?bucket=&path=` | multipart form, field `files`: each file stored as `path/FILENAME`, streamed |
+//! | `POST /upload?bucket=&path=` | multipart form, field `files`: each file stored as `path/FILENAME`, streamed (in a cluster, to its key's first owner: `PUT /upload/part` node to node) |
 //! | `GET /list?bucket=&prefix=` | `{"keys": [...]}`; 404 when there is none |
 //! | `POST /prewarm?bucket=&prefix=` | starts a prewarm job (`"job"` in the answer); 404 when nothing matches |
 //! | `POST /invalidate?bucket=&key=` (or `&prefix=`) | drops the cached copies on every node |
@@ -116,7 +116,10 @@ impl Params {
 
 async fn route(ctx: &Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let want = method_of(&path).unwrap_or(Method::GET);
+    let want = match path.as_str() {
+        "/upload/part" if forwarded => Method::PUT,
+        _ => method_of(&path).unwrap_or(Method::GET),
+    };
     let method = req.method().clone();
     if method != want && !(want == Method::GET && method == Method::HEAD) {
         return from_api(
@@ -133,6 +136,7 @@ async fn route(ctx: &Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> R
     }
     let p = Params::of(&req);
     let result = match path.as_str() {
+        "/upload/part" if forwarded => upload_part(ctx, req, &p).await,
         "/get" => get(ctx, req, &p, forwarded).await,
         "/upload" => upload(ctx, req, &p).await,
         "/list" => list(ctx, &p).await,
@@ -455,27 +459,11 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
                 continue;
             }
         };
-        let preq = PutRequest {
-            key: CacheKey::s3(&bucket, &key),
-            attrs: WriteAttrs {
-                content_type: field.content_type().map(|m| m.essence_str().to_owned()),
-                level: 1,
-                ..Default::default()
-            },
-            content_length: None,
-            wait_origin: !write_behind,
-            cond: WriteCondition::default(),
-        };
+        let content_type = field.content_type().map(|m| m.essence_str().to_owned());
         let body = field.map(|r| r.map_err(|e| e.to_string()));
-        match crate::object::write::put(ctx, preq, body).await {
-            Ok(_) => uploaded += 1,
-            Err(e) => {
-                let why = match e {
-                    WriteError::Body { got, error } => {
-                        format!("the part broke after {got} bytes: {error}")
-                    }
-                    WriteError::Object(e) => e.to_string(),
-                };
+        match store_file(ctx, &bucket, &key, content_type, write_behind, body).await {
+            Ok(()) => uploaded += 1,
+            Err(why) => {
                 failed.push(key.clone());
                 details.push(format!("{key}: {why}"));
             }
@@ -501,4 +489,139 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
         format!("Uploaded {uploaded} object(s) to S3 bucket '{bucket}'"),
         serde_json::json!({}),
     ))
+}
+
+/// Stores one uploaded file: here when this node owns its key (or runs alone), else
+/// streamed to the key's first owner (stored here if that node cannot be reached).
+async fn store_file<S>(
+    ctx: &Rc<ShardCtx>,
+    bucket: &str,
+    key: &str,
+    content_type: Option<String>,
+    write_behind: bool,
+    body: S,
+) -> Result<(), String>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Send + Unpin + 'static,
+{
+    let ckey = CacheKey::s3(bucket, key);
+    if let Some(cs) = ctx.cluster.clone().filter(|_| ckey.fits_store()) {
+        let owners = cs.cl.owners(ckey.as_str(), 1);
+        if let Some(first) = owners.first().filter(|_| !owners.iter().any(|m| m.is_self)) {
+            match cs.channel(first).await {
+                Ok(sender) => {
+                    return send_file(ctx, &cs, first, sender, bucket, key, content_type, body)
+                        .await
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %first.id, error = %e, "owner unreachable; the upload is stored here")
+                }
+            }
+        }
+    }
+    put_file(ctx, ckey, content_type, write_behind, body).await
+}
+
+async fn put_file<S>(
+    ctx: &Rc<ShardCtx>,
+    key: CacheKey,
+    content_type: Option<String>,
+    write_behind: bool,
+    body: S,
+) -> Result<(), String>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Send + Unpin + 'static,
+{
+    let preq = PutRequest {
+        key,
+        attrs: WriteAttrs {
+            content_type,
+            level: 1,
+            ..Default::default()
+        },
+        content_length: None,
+        wait_origin: !write_behind,
+        cond: WriteCondition::default(),
+    };
+    match crate::object::write::put(ctx, preq, body).await {
+        Ok(_) => Ok(()),
+        Err(WriteError::Body { got, error }) => {
+            Err(format!("the part broke after {got} bytes: {error}"))
+        }
+        Err(WriteError::Object(e)) => Err(e.to_string()),
+    }
+}
+
+/// Streams one file to `to` (`PUT /upload/part`, a node-to-node request).
+#[expect(clippy::too_many_arguments, reason = "one call site; the parts of one request")]
+async fn send_file<S>(
+    ctx: &Rc<ShardCtx>,
+    cs: &crate::cluster::ClusterShard,
+    to: &nearcache_membership::Member,
+    sender: hyper::client::conn::http2::SendRequest<crate::cluster::peer::PeerBody>,
+    bucket: &str,
+    key: &str,
+    content_type: Option<String>,
+    body: S,
+) -> Result<(), String>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Send + Unpin + 'static,
+{
+    use http_body_util::StreamBody;
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let frames = body.map(|r| {
+        r.map(http_body::Frame::data)
+            .map_err(crate::cluster::peer::BoxError::from)
+    });
+    let mut req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/upload/part?bucket={}&key={}", enc(bucket), enc(key)))
+        .header(crate::cluster::H_FORWARDED, "1")
+        .header(crate::cluster::H_API, "cachenator");
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    let req = req
+        .body(StreamBody::new(frames).boxed_unsync())
+        .map_err(|e| e.to_string())?;
+    let ms = crate::object::jobs::node_timeout_ms(&ctx.node.cfg);
+    let resp = cs
+        .send_on_within(to, sender, req, ms)
+        .await
+        .map_err(|(e, _)| format!("node {}: {e}", to.id))?;
+    let status = resp.status();
+    let answer = crate::cluster::peer::read_body(resp, 64 << 10).await?;
+    if status.is_success() {
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    Err(format!(
+        "node {}: {}",
+        to.id,
+        v["error"].as_str().unwrap_or(&String::from_utf8_lossy(&answer))
+    ))
+}
+
+/// `PUT /upload/part?bucket=&key=`: one file of an upload another node took, sent here
+/// because this node owns its key.
+async fn upload_part(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answered {
+    let bucket = p.required("bucket")?.to_owned();
+    let key = p.required("key")?.to_owned();
+    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))?;
+    let write_behind = ctx.node.cfg.bucket(&bucket).is_some_and(|b| b.write_behind);
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = req
+        .into_body()
+        .into_data_stream()
+        .map(|r| r.map_err(|e| e.to_string()));
+    put_file(ctx, CacheKey::s3(&bucket, &key), content_type, write_behind, body)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(message(format!("stored '{bucket}#{key}'"), serde_json::json!({})))
 }

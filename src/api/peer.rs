@@ -9,6 +9,8 @@
 //! | `GET /_nc/v1/replica?key=K`        | the local copy of K with its metadata (never read through) |
 //! | `PUT /_nc/v1/replica` + `x-nc-meta` | store a replica if newer (last writer wins)     |
 //! | `POST /_nc/v1/tombstone`           | apply a tombstone if newer                        |
+//! | `/_nc/v1/ops/...`                  | cache operations: invalidation, job batches and lookups (see `api::ops`) |
+//! | `PUT /upload/part` + `x-nc-forwarded`, `x-nc-api: cachenator` | one file of a cachenator upload, stored here (the key's owner) |
 //!
 //! Requests must carry this cluster's name and the sender's node id; a peer cut off by
 //! the drop switch is refused. Proxied public requests are handed to their API edge by
