@@ -425,3 +425,39 @@ fn cachenator_endpoints_behave_as_cachenator() {
     assert_eq!(origin_keys(&b, "").len(), 2);
     assert_eq!(call(Method::GET, &node.url("/delete?bucket=x&key=y")).0, 405);
 }
+
+#[test]
+fn an_upload_lists_the_files_that_failed_and_stores_the_others() {
+    let node = TestNode::start_with("upload-fail", |c| {
+        c.api.max_object_size = nearcache::config::Size(1 << 20);
+    });
+    let b = node.bucket.clone();
+    let big = random_bytes(3 << 20, 1);
+    let (ct, body) = multipart(&[
+        ("big", big.as_slice()),
+        ("", b"no name".as_slice()),
+        ("ok", b"fine".as_slice()),
+    ]);
+    let r = client()
+        .post(node.url(&format!("/upload?bucket={b}&path=x/")))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["error"], "Failed to upload some blobs");
+    assert_eq!(v["uploadsFailed"], serde_json::json!(["x/big", "x/"]), "{v}");
+    assert!(v["details"][0].as_str().unwrap().contains("exceeds"), "{v}");
+    assert_eq!(node.s3().get("x/ok").unwrap().0, b"fine");
+    assert!(node.s3().get("x/big").is_none());
+    // A form cut short: a clear 400, nothing half-stored.
+    let r = client()
+        .post(node.url(&format!("/upload?bucket={b}")))
+        .header("content-type", "multipart/form-data; boundary=zz")
+        .body("--zz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"cut\"\r\n\r\nabc")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400, "{}", r.text().unwrap());
+    assert!(node.s3().get("cut").is_none());
+}
