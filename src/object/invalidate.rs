@@ -20,6 +20,9 @@ use crate::mesh::{on_every_shard, on_owner};
 /// Most keys listed as pending in one answer (the count of dropped copies is exact).
 pub const MAX_PENDING_LISTED: usize = 10_000;
 
+/// Copies one shard drops at once (their journal records share group commits).
+const DROP_AT_ONCE: usize = 512;
+
 /// What an invalidation covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -260,27 +263,33 @@ async fn drop_here<C: ObjectCtx>(
 ) -> Result<Dropped, ObjectError> {
     let mut out = Dropped::default();
     let store = ctx.store();
+    let mut safe = Vec::new();
     for (meta, pending) in found {
-        if unsafe_to_drop(&meta, pending) {
-            if out.pending.len() < MAX_PENDING_LISTED {
-                out.pending.push(scope.shown(&meta.key));
-            }
-            continue;
+        if !unsafe_to_drop(&meta, pending) {
+            safe.push(meta);
+        } else if out.pending.len() < MAX_PENDING_LISTED {
+            out.pending.push(scope.shown(&meta.key));
         }
-        // Checked again right before dropping, in the same synchronous step as the
-        // store's own check (nothing else runs on this thread in between): a write that
-        // landed since the scan is not dropped.
-        match store.peek(&meta.key) {
-            Lookup::Hit { meta: now, .. }
-                if now.seq == meta.seq && store.pending_seq(&meta.key).is_none() =>
-            {
-                if unsafe_to_drop(&now, false) {
-                    continue;
+    }
+    // Many drops at once, so that the journal commits them in a few group commits.
+    for chunk in safe.chunks(DROP_AT_ONCE) {
+        let drops = chunk.iter().map(|meta| async move {
+            // Checked again right before dropping, in the same synchronous step as the
+            // store's own check (a future's first poll runs both before anything else on
+            // this thread): a write that landed since the scan is not dropped.
+            match store.peek(&meta.key) {
+                Lookup::Hit { meta: now, .. }
+                    if now.seq == meta.seq
+                        && store.pending_seq(&meta.key).is_none()
+                        && !unsafe_to_drop(&now, false) =>
+                {
+                    store.forget(&meta.key).await.map(|()| 1u64)
                 }
-                store.forget(&meta.key).await?;
-                out.dropped += 1;
+                _ => Ok(0),
             }
-            _ => continue,
+        });
+        for r in futures::future::join_all(drops).await {
+            out.dropped += r?;
         }
     }
     out.dropped += settle_fetches(ctx, scope).await?;
