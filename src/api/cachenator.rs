@@ -144,7 +144,14 @@ async fn route(ctx: &Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> R
         "/invalidate" => invalidate(ctx, &p).await,
         _ => delete(ctx, req, &p, forwarded).await,
     };
-    result.unwrap_or_else(from_api)
+    let mut resp = result.unwrap_or_else(from_api);
+    // A failed upload may leave its body unread: the client must not reuse the
+    // connection (hyper closes it) rather than send its next request into a closing socket.
+    if path.starts_with("/upload") && !resp.status().is_success() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 type Answered = Result<Response<Body>, ApiError>;
