@@ -461,3 +461,38 @@ fn an_upload_lists_the_files_that_failed_and_stores_the_others() {
     assert_eq!(r.status(), 400, "{}", r.text().unwrap());
     assert!(node.s3().get("cut").is_none());
 }
+
+#[test]
+fn a_restart_forgets_jobs_but_keeps_what_they_cached() {
+    let mut node = TestNode::start_with("jobs-restart", |c| c.jobs.rate_objects_per_sec = 20);
+    let b = node.bucket.clone();
+    seed_objects(&b, "r/", 100, 10);
+    let (_, job) = call(
+        Method::POST,
+        &node.url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=r/")),
+    );
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fetched = loop {
+        let (_, v) = call(Method::GET, &node.url(&format!("/api/v1/jobs/{id}")));
+        let f = v["fetched"].as_u64().unwrap();
+        if f >= 5 {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    node.restart(|c| c.jobs.rate_objects_per_sec = 20);
+    let (s, _) = call(Method::GET, &node.url(&format!("/api/v1/jobs/{id}")));
+    assert_eq!(s, 404, "jobs live in memory");
+    let (_, all) = call(Method::GET, &node.url("/api/v1/jobs"));
+    assert_eq!(all["jobs"], serde_json::json!([]));
+    // What the job fetched before the restart is still cached: a new run skips it.
+    let (_, job) = call(
+        Method::POST,
+        &node.url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=r/")),
+    );
+    let done = wait_job(&node.base, job["id"].as_str().unwrap(), Duration::from_secs(60));
+    assert!(done["skipped"].as_u64().unwrap() >= fetched, "{done}");
+    assert_eq!(done["fetched"].as_u64().unwrap() + done["skipped"].as_u64().unwrap(), 100);
+}

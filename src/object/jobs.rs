@@ -675,6 +675,7 @@ async fn prewarm_one<C: ObjectCtx>(
         Held::Stale => super::write::forget(ctx, key.clone()).await?,
         Held::Missing => {}
     }
+    let k = key.as_str().to_owned();
     let req = GetRequest {
         key,
         head: false,
@@ -693,6 +694,13 @@ async fn prewarm_one<C: ObjectCtx>(
             n += d.len() as u64;
         }
     }
+    // The body ends before the copy is committed: counted once it is stored.
+    on_owner(ctx, &k.clone(), move |ctx| async move {
+        while ctx.objects().fetches.borrow().contains_key(&k) {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await?;
     Ok(Some(n))
 }
 

@@ -69,6 +69,36 @@ mod tests {
     }
 
     #[test]
+    fn the_switches_come_from_toml_and_flags() {
+        let mut c: Config = toml::from_str(
+            "[[s3api.buckets]]\nname = \"b\"\nread_only = true\ncache_on_write = false\n\n\
+             [[s3api.buckets]]\nname = \"plain\"\n",
+        )
+        .unwrap();
+        assert!(check_write(&c, Some("b")).is_err());
+        assert!(!caches_writes(&c, &CacheKey::s3("b", "k")));
+        assert!(caches_writes(&c, &CacheKey::s3("plain", "k")), "on unless switched off");
+        assert!(check_write(&c, Some("plain")).is_ok());
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: crate::config::ServeArgs,
+        }
+        use clap::Parser;
+        for (argv, want) in [
+            (&["nc", "--read-only"][..], true),
+            (&["nc", "--read-only", "true"][..], true),
+            (&["nc", "--read-only", "false"][..], false),
+        ] {
+            let mut c2 = c.clone();
+            c2.apply_args(&Cli::try_parse_from(argv).unwrap().args);
+            assert_eq!(c2.api.read_only, want, "{argv:?}");
+        }
+        c.api.read_only = true;
+        assert!(check_write(&c, Some("plain")).is_err());
+    }
+
+    #[test]
     fn cache_on_write_is_per_bucket_and_on_by_default() {
         let c = cfg();
         assert!(!caches_writes(&c, &CacheKey::s3("pass", "k")));
