@@ -21,7 +21,6 @@ fn report(name: &str, n: &AtomicUsize) {
     eprintln!("fuzz {name}: {} cases", n.load(Ordering::Relaxed));
 }
 
-
 #[test]
 fn fuzz_ops_invalidate_scope() {
     let n = AtomicUsize::new(0);
@@ -63,13 +62,20 @@ fn fuzz_ops_invalidate_scope() {
 }
 
 /// The files (key, body) a form yields, its stream cut into chunks of these sizes.
-fn parse_form(body: &[u8], boundary: &str, path: &str, cuts: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn parse_form(
+    body: &[u8],
+    boundary: &str,
+    path: &str,
+    cuts: &[u8],
+) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut chunks = Vec::new();
     let mut rest = body;
     let mut i = 0;
     while !rest.is_empty() {
         let n = (cuts.get(i).copied().unwrap_or(64) as usize).clamp(1, rest.len());
-        chunks.push(Ok::<Bytes, std::io::Error>(Bytes::copy_from_slice(&rest[..n])));
+        chunks.push(Ok::<Bytes, std::io::Error>(Bytes::copy_from_slice(
+            &rest[..n],
+        )));
         rest = &rest[n..];
         i += 1;
     }
@@ -151,10 +157,22 @@ fn fuzz_ops_upload_form_model() {
 
 #[test]
 fn part_keys_follow_cachenator() {
-    assert_eq!(part_key("", Some("files"), Some("a.txt")), Some(Ok("a.txt".into())));
-    assert_eq!(part_key("p", Some("files"), Some("a")), Some(Ok("p/a".into())));
-    assert_eq!(part_key("p/", Some("files"), Some("d/a")), Some(Ok("p/a".into())));
-    assert_eq!(part_key("p", Some("files"), Some("")), Some(Err("p/".into())));
+    assert_eq!(
+        part_key("", Some("files"), Some("a.txt")),
+        Some(Ok("a.txt".into()))
+    );
+    assert_eq!(
+        part_key("p", Some("files"), Some("a")),
+        Some(Ok("p/a".into()))
+    );
+    assert_eq!(
+        part_key("p/", Some("files"), Some("d/a")),
+        Some(Ok("p/a".into()))
+    );
+    assert_eq!(
+        part_key("p", Some("files"), Some("")),
+        Some(Err("p/".into()))
+    );
     assert_eq!(part_key("p", Some("other"), Some("a")), None);
     assert_eq!(part_key("p", Some("files"), None), None);
 }

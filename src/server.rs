@@ -297,11 +297,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let cluster = Cluster::start(&ccfg, &node_id, cfg.server.data_dir.clone())?;
     let node_header =
         http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
-    let ops = Arc::new(crate::object::jobs::Ops::new(
-        &node_id,
-        n,
-        cfg.jobs.kept,
-    ));
+    let ops = Arc::new(crate::object::jobs::Ops::new(&node_id, n, cfg.jobs.kept));
     let node = Arc::new(Node {
         ops,
         cluster,

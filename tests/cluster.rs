@@ -691,10 +691,18 @@ fn cache_operations_through_any_node() {
     );
     assert_eq!((s, &v["nodes"]), (200, &3.into()), "{v}");
     assert_eq!(v["failed_nodes"], serde_json::json!([]));
-    assert!(v["dropped"].as_u64().unwrap() >= 30, "every copy, replicas too: {v}");
+    assert!(
+        v["dropped"].as_u64().unwrap() >= 30,
+        "every copy, replicas too: {v}"
+    );
     for p in &nodes {
         for k in &keys {
-            assert_eq!(cget(p, k).1, format!("v2 {k}").into_bytes(), "{k} via {}", p.id);
+            assert_eq!(
+                cget(p, k).1,
+                format!("v2 {k}").into_bytes(),
+                "{k} via {}",
+                p.id
+            );
         }
     }
     // By key, through another node.
@@ -711,7 +719,10 @@ fn cache_operations_through_any_node() {
     // A level-0 object is never dropped: listed as pending by every invalidation.
     let id = new_id(&nodes[0]);
     put(&nodes[0], &id, b"only in the cluster", 0);
-    for url in [format!("/api/v1/invalidate?key={id}"), "/api/v1/invalidate?prefix=0".into()] {
+    for url in [
+        format!("/api/v1/invalidate?key={id}"),
+        "/api/v1/invalidate?prefix=0".into(),
+    ] {
         let (_, v) = call(Method::POST, &nodes[2].url(&url));
         assert_eq!(v["pending"], serde_json::json!([id]), "{url}: {v}");
         assert_eq!(v["dropped"], 0, "{v}");
@@ -730,8 +741,16 @@ fn cache_operations_through_any_node() {
         &nodes[1].url(&format!("/api/v1/jobs/delete?bucket={b}&prefix=del/")),
     );
     assert_eq!(s, 202, "{job}");
-    let done = wait_job(&nodes[0].base(), job["id"].as_str().unwrap(), Duration::from_secs(60));
-    assert_eq!((&done["state"], &done["deleted"]), (&"done".into(), &30.into()), "{done}");
+    let done = wait_job(
+        &nodes[0].base(),
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (&done["state"], &done["deleted"]),
+        (&"done".into(), &30.into()),
+        "{done}"
+    );
     assert!(origin_keys(b, "del/").is_empty());
     for p in &nodes {
         for k in del.iter().take(9) {
@@ -773,20 +792,34 @@ fn cache_operations_through_any_node() {
     assert!(first_fetched < 10_000, "{first}");
     eprintln!("cancelled after {:?}: {first}", t.elapsed());
     let (_, all) = call(Method::GET, &nodes[2].url("/api/v1/jobs"));
-    assert!(all["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
+    assert!(all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
 
     let (_, job) = call(
         Method::POST,
         &nodes[1].url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=pw/")),
     );
-    let done = wait_job(&nodes[1].base(), job["id"].as_str().unwrap(), Duration::from_secs(300));
+    let done = wait_job(
+        &nodes[1].base(),
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
     eprintln!("second prewarm: {done}");
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["listed"], 10_000);
     assert_eq!(done["errors"], 0, "{done}");
-    let (f, sk) = (done["fetched"].as_u64().unwrap(), done["skipped"].as_u64().unwrap());
+    let (f, sk) = (
+        done["fetched"].as_u64().unwrap(),
+        done["skipped"].as_u64().unwrap(),
+    );
     assert_eq!(f + sk, 10_000);
-    assert!(sk >= first_fetched, "copies the first run fetched are fresh: {done}");
+    assert!(
+        sk >= first_fetched,
+        "copies the first run fetched are fresh: {done}"
+    );
     // Spread by placement: every node fetched its share from S3.
     for (p, before) in nodes.iter().zip(&fetches) {
         let n = p.metric("nearcache_origin_fetches_total") - before;
@@ -794,7 +827,11 @@ fn cache_operations_through_any_node() {
     }
 
     // cachenator endpoints through every node.
-    let (ct, body) = multipart(&[("one", b"1".as_slice()), ("two", b"22".as_slice()), ("three", b"333".as_slice())]);
+    let (ct, body) = multipart(&[
+        ("one", b"1".as_slice()),
+        ("two", b"22".as_slice()),
+        ("three", b"333".as_slice()),
+    ]);
     let r = client()
         .post(nodes[2].url(&format!("/upload?bucket={b}&path=up")))
         .header("content-type", ct)
@@ -811,21 +848,34 @@ fn cache_operations_through_any_node() {
     };
     let before = fetched();
     for p in &nodes {
-        for (k, want) in [("up/one", &b"1"[..]), ("up/two", b"22"), ("up/three", b"333")] {
+        for (k, want) in [
+            ("up/one", &b"1"[..]),
+            ("up/two", b"22"),
+            ("up/three", b"333"),
+        ] {
             assert_eq!(cget(p, k), (200, want.to_vec()), "{k} via {}", p.id);
         }
     }
     assert_eq!(fetched(), before, "no read went to S3");
     for p in &nodes {
         let (s, v) = call(Method::GET, &p.url(&format!("/list?bucket={b}&prefix=up/")));
-        assert_eq!((s, &v["keys"]), (200, &serde_json::json!(["up/one", "up/three", "up/two"])));
+        assert_eq!(
+            (s, &v["keys"]),
+            (200, &serde_json::json!(["up/one", "up/three", "up/two"]))
+        );
     }
-    let (s, v) = call(Method::DELETE, &nodes[0].url(&format!("/delete?bucket={b}&key=up/two")));
+    let (s, v) = call(
+        Method::DELETE,
+        &nodes[0].url(&format!("/delete?bucket={b}&key=up/two")),
+    );
     assert_eq!(s, 200, "{v}");
     for p in &nodes {
         assert_eq!(cget(p, "up/two").0, 404, "via {}", p.id);
     }
-    let (s, v) = call(Method::POST, &nodes[1].url(&format!("/invalidate?bucket={b}&key=up/one")));
+    let (s, v) = call(
+        Method::POST,
+        &nodes[1].url(&format!("/invalidate?bucket={b}&key=up/one")),
+    );
     assert_eq!((s, &v["nodes"]), (200, &3.into()), "{v}");
     assert_eq!(cget(&nodes[0], "up/one"), (200, b"1".to_vec()));
 }

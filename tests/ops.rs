@@ -17,12 +17,19 @@ use reqwest::Method;
 fn wait_cached(node: &TestNode, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stats: serde_json::Value =
-            client().get(node.url("/api/v1/stats")).send().unwrap().json().unwrap();
+        let stats: serde_json::Value = client()
+            .get(node.url("/api/v1/stats"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         if stats["total"]["objects"] == n {
             return;
         }
-        assert!(Instant::now() < deadline, "want {n} objects cached: {stats}");
+        assert!(
+            Instant::now() < deadline,
+            "want {n} objects cached: {stats}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -47,17 +54,29 @@ fn invalidation_drops_safe_copies_and_lists_pending_ones() {
     // Changed behind nearcache's back: the cached copies are stale.
     for k in ["a/1", "a/2", "b/1"] {
         s3.put(k, format!("v2 {k}").into_bytes(), "text/plain");
-        assert_eq!(cget(&node, k).text().unwrap(), format!("v1 {k}"), "{k} is cached");
+        assert_eq!(
+            cget(&node, k).text().unwrap(),
+            format!("v1 {k}"),
+            "{k} is cached"
+        );
     }
     let (s, v) = call(
         Method::POST,
         &node.url(&format!("/api/v1/invalidate?bucket={b}&key=a/1")),
     );
-    assert_eq!((s, &v["dropped"], &v["nodes"]), (200, &1.into(), &1.into()), "{v}");
+    assert_eq!(
+        (s, &v["dropped"], &v["nodes"]),
+        (200, &1.into(), &1.into()),
+        "{v}"
+    );
     assert_eq!(v["pending"], serde_json::json!([]));
     assert_eq!(v["failed_nodes"], serde_json::json!([]));
     assert_eq!(cget(&node, "a/1").text().unwrap(), "v2 a/1");
-    assert_eq!(cget(&node, "a/2").text().unwrap(), "v1 a/2", "outside the scope");
+    assert_eq!(
+        cget(&node, "a/2").text().unwrap(),
+        "v1 a/2",
+        "outside the scope"
+    );
     wait_cached(&node, 3);
 
     let (_, v) = call(
@@ -71,19 +90,41 @@ fn invalidation_drops_safe_copies_and_lists_pending_ones() {
 
     // Level 0 (never in S3) is kept and listed; level 1 once in S3 is dropped.
     let (id0, id1) = (new_id(&node), new_id(&node));
-    assert_eq!(put(&node, &id0, b"local only".to_vec(), &[("X-Meta-ConsistencyLevel", "0")]).status(), 200);
-    assert_eq!(put(&node, &id1, b"in s3".to_vec(), &[("X-Meta-Sync", "1")]).status(), 200);
+    assert_eq!(
+        put(
+            &node,
+            &id0,
+            b"local only".to_vec(),
+            &[("X-Meta-ConsistencyLevel", "0")]
+        )
+        .status(),
+        200
+    );
+    assert_eq!(
+        put(&node, &id1, b"in s3".to_vec(), &[("X-Meta-Sync", "1")]).status(),
+        200
+    );
     let (_, v) = call(
         Method::POST,
         &node.url(&format!("/api/v1/invalidate?key={id0}")),
     );
-    assert_eq!((&v["dropped"], &v["pending"]), (&0.into(), &serde_json::json!([id0])), "{v}");
+    assert_eq!(
+        (&v["dropped"], &v["pending"]),
+        (&0.into(), &serde_json::json!([id0])),
+        "{v}"
+    );
     let (_, v) = call(Method::POST, &node.url("/api/v1/invalidate?prefix=0"));
     assert_eq!(v["dropped"], 1, "{v}");
     assert_eq!(v["pending"], serde_json::json!([id0]));
-    let r = client().get(node.url(&format!("/api/v1/get/{id0}"))).send().unwrap();
+    let r = client()
+        .get(node.url(&format!("/api/v1/get/{id0}")))
+        .send()
+        .unwrap();
     assert_eq!(r.text().unwrap(), "local only");
-    let r = client().get(node.url(&format!("/api/v1/get/{id1}"))).send().unwrap();
+    let r = client()
+        .get(node.url(&format!("/api/v1/get/{id1}")))
+        .send()
+        .unwrap();
     assert_eq!(r.headers()["x-meta-fetched"], "true", "read through again");
 
     // The whole bucket.
@@ -122,19 +163,36 @@ fn prewarm_fetches_into_the_cache_skips_fresh_copies_and_cancels() {
     assert_eq!(job["state"], "running");
     let id = job["id"].as_str().unwrap().to_owned();
     let (_, list) = call(Method::GET, &node.url("/api/v1/jobs"));
-    assert!(list["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
+    assert!(list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
     let done = wait_job(&node.base, &id, Duration::from_secs(60));
     assert_eq!(done["state"], "done", "{done}");
-    assert_eq!((&done["listed"], &done["fetched"]), (&120.into(), &120.into()), "{done}");
-    assert_eq!((&done["bytes"], &done["errors"]), (&120_000.into(), &0.into()));
+    assert_eq!(
+        (&done["listed"], &done["fetched"]),
+        (&120.into(), &120.into()),
+        "{done}"
+    );
+    assert_eq!(
+        (&done["bytes"], &done["errors"]),
+        (&120_000.into(), &0.into())
+    );
     assert!(done["rate_objects_per_sec"].as_f64().unwrap() > 0.0);
     assert!(done["finished_unix_ms"].as_u64().is_some());
-    assert_eq!(node.metric("nearcache_origin_fetches_total") - fetches, 120.0);
+    assert_eq!(
+        node.metric("nearcache_origin_fetches_total") - fetches,
+        120.0
+    );
     // Served from the cache: no more origin fetches.
     for k in keys.iter().take(5) {
         assert_eq!(cget(&node, k).status(), 200);
     }
-    assert_eq!(node.metric("nearcache_origin_fetches_total") - fetches, 120.0);
+    assert_eq!(
+        node.metric("nearcache_origin_fetches_total") - fetches,
+        120.0
+    );
 
     // Again: every copy is fresh. One object changed in S3 is fetched again.
     Sdk::origin().put(&b, &keys[7], b"changed".to_vec());
@@ -142,8 +200,16 @@ fn prewarm_fetches_into_the_cache_skips_fresh_copies_and_cancels() {
         Method::POST,
         &node.url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=warm/")),
     );
-    let again = wait_job(&node.base, job["id"].as_str().unwrap(), Duration::from_secs(60));
-    assert_eq!((&again["skipped"], &again["fetched"]), (&119.into(), &1.into()), "{again}");
+    let again = wait_job(
+        &node.base,
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (&again["skipped"], &again["fetched"]),
+        (&119.into(), &1.into()),
+        "{again}"
+    );
     assert_eq!(cget(&node, &keys[7]).text().unwrap(), "changed");
 
     // Cancel: at 20 objects/s the job is far from done when cancelled.
@@ -155,7 +221,10 @@ fn prewarm_fetches_into_the_cache_skips_fresh_copies_and_cancels() {
     seed_objects(&slow.bucket, "s/", 200, 10);
     let (_, job) = call(
         Method::POST,
-        &slow.url(&format!("/api/v1/jobs/prewarm?bucket={}&prefix=s/", slow.bucket)),
+        &slow.url(&format!(
+            "/api/v1/jobs/prewarm?bucket={}&prefix=s/",
+            slow.bucket
+        )),
     );
     let id = job["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -177,17 +246,35 @@ fn prewarm_fetches_into_the_cache_skips_fresh_copies_and_cancels() {
     assert!(n < 200, "{after}");
     std::thread::sleep(Duration::from_millis(500));
     let (_, later) = call(Method::GET, &slow.url(&format!("/api/v1/jobs/{id}")));
-    assert_eq!(later["fetched"].as_u64().unwrap(), n, "a cancelled job stops");
+    assert_eq!(
+        later["fetched"].as_u64().unwrap(),
+        n,
+        "a cancelled job stops"
+    );
     assert_eq!(later["state"], "cancelled");
-    let (s, _) = call(Method::GET, &slow.url("/api/v1/jobs/01JUNKNOWN0000000000000000"));
+    let (s, _) = call(
+        Method::GET,
+        &slow.url("/api/v1/jobs/01JUNKNOWN0000000000000000"),
+    );
     assert_eq!(s, 404);
-    let (s, _) = call(Method::DELETE, &slow.url("/api/v1/jobs/01JUNKNOWN0000000000000000"));
+    let (s, _) = call(
+        Method::DELETE,
+        &slow.url("/api/v1/jobs/01JUNKNOWN0000000000000000"),
+    );
     assert_eq!(s, 404);
     let (s, _) = call(Method::POST, &slow.url("/api/v1/jobs/prewarm"));
     assert_eq!(s, 400);
-    let (s, _) = call(Method::POST, &slow.url("/api/v1/jobs/prewarm?bucket=no-such-bucket-here"));
+    let (s, _) = call(
+        Method::POST,
+        &slow.url("/api/v1/jobs/prewarm?bucket=no-such-bucket-here"),
+    );
     assert_eq!(s, 404);
-    let m = client().get(slow.url("/metrics")).send().unwrap().text().unwrap();
+    let m = client()
+        .get(slow.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(m.contains("nearcache_job_objects_total{kind=\"prewarm\",outcome=\"fetched\"}"));
     assert!(m.contains("nearcache_jobs{kind=\"prewarm\",state=\"cancelled\"} 1"));
 }
@@ -206,12 +293,24 @@ fn delete_by_prefix_removes_objects_from_s3_and_the_cache() {
         &node.url(&format!("/api/v1/jobs/delete?bucket={b}&prefix=gone/")),
     );
     assert_eq!((s, &job["kind"]), (202, &"delete".into()), "{job}");
-    let done = wait_job(&node.base, job["id"].as_str().unwrap(), Duration::from_secs(60));
-    assert_eq!((&done["state"], &done["deleted"]), (&"done".into(), &40.into()), "{done}");
+    let done = wait_job(
+        &node.base,
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (&done["state"], &done["deleted"]),
+        (&"done".into(), &40.into()),
+        "{done}"
+    );
     assert!(origin_keys(&b, "gone/").is_empty());
     assert_eq!(origin_keys(&b, "kept/").len(), 3);
     for k in keys.iter().take(12) {
-        assert_eq!(cget(&node, k).status(), 404, "{k}: a tombstone, not the cached copy");
+        assert_eq!(
+            cget(&node, k).status(),
+            404,
+            "{k}: a tombstone, not the cached copy"
+        );
     }
 }
 
@@ -222,7 +321,14 @@ fn read_only_buckets_and_nodes_refuse_writes_with_a_clear_error() {
     node.s3().put("r/1", b"readable".to_vec(), "text/plain");
     let sdk = Sdk::node(&node);
     let e = sdk
-        .run(sdk.c.put_object().bucket(&b).key("w").body(b"x".to_vec().into()).send())
+        .run(
+            sdk.c
+                .put_object()
+                .bucket(&b)
+                .key("w")
+                .body(b"x".to_vec().into())
+                .send(),
+        )
         .unwrap_err();
     assert_eq!(status_code(&e), (403, "AccessDenied".into()));
     assert!(format!("{e:?}").contains("read-only"), "{e:?}");
@@ -241,7 +347,10 @@ fn read_only_buckets_and_nodes_refuse_writes_with_a_clear_error() {
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().unwrap();
     assert!(v["error"].as_str().unwrap().contains("read-only"), "{v}");
-    let (s, v) = call(Method::DELETE, &node.url(&format!("/delete?bucket={b}&key=r/1")));
+    let (s, v) = call(
+        Method::DELETE,
+        &node.url(&format!("/delete?bucket={b}&key=r/1")),
+    );
     assert_eq!(s, 403, "{v}");
     let (s, v) = call(
         Method::POST,
@@ -249,7 +358,10 @@ fn read_only_buckets_and_nodes_refuse_writes_with_a_clear_error() {
     );
     assert_eq!((s, &v["error"]), (403, &"read-only".into()), "{v}");
     // Cache operations still work.
-    let (s, _) = call(Method::POST, &node.url(&format!("/api/v1/invalidate?bucket={b}")));
+    let (s, _) = call(
+        Method::POST,
+        &node.url(&format!("/api/v1/invalidate?bucket={b}")),
+    );
     assert_eq!(s, 200);
     assert_eq!(origin_keys(&b, ""), vec!["r/1".to_string()]);
     drop(node);
@@ -261,7 +373,14 @@ fn read_only_buckets_and_nodes_refuse_writes_with_a_clear_error() {
     assert_eq!(v["error"], "read-only", "{v}");
     let sdk = Sdk::node(&node);
     let e = sdk
-        .run(sdk.c.put_object().bucket(&node.bucket).key("w").body(b"x".to_vec().into()).send())
+        .run(
+            sdk.c
+                .put_object()
+                .bucket(&node.bucket)
+                .key("w")
+                .body(b"x".to_vec().into())
+                .send(),
+        )
         .unwrap_err();
     assert_eq!(status_code(&e), (403, "AccessDenied".into()));
     let r = client()
@@ -296,7 +415,11 @@ fn a_bucket_without_cache_on_write_only_passes_writes_through() {
     assert_eq!(sdk.get(&b, "p").0, b"old");
     wait_cached(&node, 1);
     sdk.put(&b, "p", b"new".to_vec());
-    assert_eq!(node.s3().get("p").unwrap().0, b"new", "in S3 when acknowledged");
+    assert_eq!(
+        node.s3().get("p").unwrap().0,
+        b"new",
+        "in S3 when acknowledged"
+    );
     let fetches = node.metric("nearcache_origin_fetches_total");
     assert_eq!(sdk.get(&b, "p").0, b"new");
     assert_eq!(
@@ -322,7 +445,10 @@ fn cachenator_endpoints_behave_as_cachenator() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().unwrap();
-    assert_eq!(v["message"], format!("Uploaded 2 object(s) to S3 bucket '{b}'"));
+    assert_eq!(
+        v["message"],
+        format!("Uploaded 2 object(s) to S3 bucket '{b}'")
+    );
     assert_eq!(v["error"], "");
     assert_eq!(node.s3().get("folder/blob").unwrap().0, blob);
     let r = client()
@@ -372,9 +498,15 @@ fn cachenator_endpoints_behave_as_cachenator() {
         v["keys"],
         serde_json::json!(["blob", "folder/blob", "folder/small.txt", "small.txt"])
     );
-    let (s, v) = call(Method::GET, &node.url(&format!("/list?bucket={b}&prefix=folder")));
+    let (s, v) = call(
+        Method::GET,
+        &node.url(&format!("/list?bucket={b}&prefix=folder")),
+    );
     assert_eq!((s, v["keys"].as_array().unwrap().len()), (200, 2));
-    let (s, v) = call(Method::GET, &node.url(&format!("/list?bucket={b}&prefix=somerandompath")));
+    let (s, v) = call(
+        Method::GET,
+        &node.url(&format!("/list?bucket={b}&prefix=somerandompath")),
+    );
     assert_eq!((s, &v["keys"]), (404, &serde_json::json!([])));
     assert_eq!(call(Method::GET, &node.url("/list")).0, 400);
     // prewarm
@@ -385,22 +517,41 @@ fn cachenator_endpoints_behave_as_cachenator() {
     ] {
         assert_eq!(call(Method::POST, &node.url(&url)).0, want, "{url}");
     }
-    let (s, v) = call(Method::POST, &node.url(&format!("/prewarm?bucket={b}&prefix=folder")));
+    let (s, v) = call(
+        Method::POST,
+        &node.url(&format!("/prewarm?bucket={b}&prefix=folder")),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["message"],
         format!("Pre-warming cache in the background with prefix 'folder' from S3 bucket '{b}'")
     );
-    let job = wait_job(&node.base, v["job"]["id"].as_str().unwrap(), Duration::from_secs(30));
+    let job = wait_job(
+        &node.base,
+        v["job"]["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    );
     assert_eq!(job["state"], "done");
     // invalidate
-    let (s, v) = call(Method::POST, &node.url(&format!("/invalidate?bucket={b}&key=folder/blob")));
+    let (s, v) = call(
+        Method::POST,
+        &node.url(&format!("/invalidate?bucket={b}&key=folder/blob")),
+    );
     assert_eq!(s, 200);
-    assert_eq!(v["message"], format!("'{b}#folder/blob' invalidated from cache"));
+    assert_eq!(
+        v["message"],
+        format!("'{b}#folder/blob' invalidated from cache")
+    );
     assert_eq!(v["dropped"], 1, "{v}");
-    let (s, v) = call(Method::POST, &node.url(&format!("/invalidate?bucket={b}&prefix=folder/")));
+    let (s, v) = call(
+        Method::POST,
+        &node.url(&format!("/invalidate?bucket={b}&prefix=folder/")),
+    );
     assert_eq!((s, &v["dropped"]), (200, &1.into()), "{v}");
-    assert_eq!(call(Method::POST, &node.url(&format!("/invalidate?bucket={b}"))).0, 400);
+    assert_eq!(
+        call(Method::POST, &node.url(&format!("/invalidate?bucket={b}"))).0,
+        400
+    );
     assert_eq!(call(Method::POST, &node.url("/invalidate")).0, 400);
     // delete
     for url in [
@@ -410,11 +561,20 @@ fn cachenator_endpoints_behave_as_cachenator() {
     ] {
         assert_eq!(call(Method::DELETE, &node.url(&url)).0, 400, "{url}");
     }
-    let (s, v) = call(Method::DELETE, &node.url(&format!("/delete?bucket={b}&key=folder/small.txt")));
+    let (s, v) = call(
+        Method::DELETE,
+        &node.url(&format!("/delete?bucket={b}&key=folder/small.txt")),
+    );
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["message"], format!("Deleted '{b}#folder/small.txt' from S3"));
+    assert_eq!(
+        v["message"],
+        format!("Deleted '{b}#folder/small.txt' from S3")
+    );
     assert!(node.s3().get("folder/small.txt").is_none());
-    let (s, v) = call(Method::DELETE, &node.url(&format!("/delete?bucket={b}&prefix=folder")));
+    let (s, v) = call(
+        Method::DELETE,
+        &node.url(&format!("/delete?bucket={b}&prefix=folder")),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["message"],
@@ -423,7 +583,10 @@ fn cachenator_endpoints_behave_as_cachenator() {
     assert!(origin_keys(&b, "folder").is_empty());
     assert_eq!(cget(&node, "folder/blob").status(), 404);
     assert_eq!(origin_keys(&b, "").len(), 2);
-    assert_eq!(call(Method::GET, &node.url("/delete?bucket=x&key=y")).0, 405);
+    assert_eq!(
+        call(Method::GET, &node.url("/delete?bucket=x&key=y")).0,
+        405
+    );
 }
 
 #[test]
@@ -447,7 +610,11 @@ fn an_upload_lists_the_files_that_failed_and_stores_the_others() {
     assert_eq!(r.status(), 500);
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["error"], "Failed to upload some blobs");
-    assert_eq!(v["uploadsFailed"], serde_json::json!(["x/big", "x/"]), "{v}");
+    assert_eq!(
+        v["uploadsFailed"],
+        serde_json::json!(["x/big", "x/"]),
+        "{v}"
+    );
     assert!(v["details"][0].as_str().unwrap().contains("exceeds"), "{v}");
     assert_eq!(node.s3().get("x/ok").unwrap().0, b"fine");
     assert!(node.s3().get("x/big").is_none());
@@ -492,7 +659,14 @@ fn a_restart_forgets_jobs_but_keeps_what_they_cached() {
         Method::POST,
         &node.url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=r/")),
     );
-    let done = wait_job(&node.base, job["id"].as_str().unwrap(), Duration::from_secs(60));
+    let done = wait_job(
+        &node.base,
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
     assert!(done["skipped"].as_u64().unwrap() >= fetched, "{done}");
-    assert_eq!(done["fetched"].as_u64().unwrap() + done["skipped"].as_u64().unwrap(), 100);
+    assert_eq!(
+        done["fetched"].as_u64().unwrap() + done["skipped"].as_u64().unwrap(),
+        100
+    );
 }

@@ -18,8 +18,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use http_body_util::BodyExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_s3::ListParams;
 use nearcache_shards::WriteAttrs;
@@ -171,7 +171,11 @@ async fn place(
     key: &CacheKey,
     forwarded: bool,
 ) -> Result<Placed, ApiError> {
-    let Some(cs) = ctx.cluster.clone().filter(|_| !forwarded && key.fits_store()) else {
+    let Some(cs) = ctx
+        .cluster
+        .clone()
+        .filter(|_| !forwarded && key.fits_store())
+    else {
         return Ok(Placed::Here(req));
     };
     req.headers_mut().insert(
@@ -202,12 +206,7 @@ impl Render for CachenatorRender {
     }
 }
 
-async fn get(
-    ctx: &Rc<ShardCtx>,
-    req: Request<Incoming>,
-    p: &Params,
-    forwarded: bool,
-) -> Answered {
+async fn get(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params, forwarded: bool) -> Answered {
     let bucket = p.required("bucket")?;
     let key = p.required("key")?;
     let ckey = CacheKey::s3(bucket, key);
@@ -305,7 +304,9 @@ async fn prewarm(ctx: &Rc<ShardCtx>, p: &Params) -> Answered {
         .await
         .map_err(ApiError::from)?;
     Ok(message(
-        format!("Pre-warming cache in the background with prefix '{prefix}' from S3 bucket '{bucket}'"),
+        format!(
+            "Pre-warming cache in the background with prefix '{prefix}' from S3 bucket '{bucket}'"
+        ),
         serde_json::json!({ "job": job.to_json(&ctx.node.node_id) }),
     ))
 }
@@ -357,8 +358,7 @@ async fn delete(
 ) -> Answered {
     let bucket = p.required("bucket")?.to_owned();
     let (key, prefix) = key_or_prefix(p)?;
-    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
-        .map_err(ApiError::from)?;
+    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket)).map_err(ApiError::from)?;
     if let Some(key) = key {
         let ckey = CacheKey::s3(&bucket, key);
         if let Placed::Owner(resp) = place(ctx, req, &ckey, forwarded).await? {
@@ -420,7 +420,11 @@ pub(crate) fn part_key(
 ) -> Option<Result<String, String>> {
     let name = file_name.filter(|_| field == Some("files"))?;
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let sep = if path.is_empty() || path.ends_with('/') { "" } else { "/" };
+    let sep = if path.is_empty() || path.ends_with('/') {
+        ""
+    } else {
+        "/"
+    };
     let key = format!("{path}{sep}{base}");
     Some(if base.is_empty() { Err(key) } else { Ok(key) })
 }
@@ -434,8 +438,7 @@ async fn upload(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> Answe
         .ok_or_else(|| err(StatusCode::BAD_REQUEST, "Expecting a multipart form"))?;
     let bucket = p.required("bucket")?.to_owned();
     let path = p.get("path").to_owned();
-    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket))
-        .map_err(ApiError::from)?;
+    crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket)).map_err(ApiError::from)?;
     ctx.objects
         .origin
         .head_bucket(&bucket)
@@ -560,7 +563,10 @@ where
 }
 
 /// Streams one file to `to` (`PUT /upload/part`, a node-to-node request).
-#[expect(clippy::too_many_arguments, reason = "one call site; the parts of one request")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the parts of one request"
+)]
 async fn send_file<S>(
     ctx: &Rc<ShardCtx>,
     cs: &crate::cluster::ClusterShard,
@@ -584,7 +590,11 @@ where
     });
     let mut req = Request::builder()
         .method(Method::PUT)
-        .uri(format!("/upload/part?bucket={}&key={}", enc(bucket), enc(key)))
+        .uri(format!(
+            "/upload/part?bucket={}&key={}",
+            enc(bucket),
+            enc(key)
+        ))
         .header(crate::cluster::H_FORWARDED, "1")
         .header(crate::cluster::H_API, "cachenator");
     if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
@@ -607,7 +617,9 @@ where
     Err(format!(
         "node {}: {}",
         to.id,
-        v["error"].as_str().unwrap_or(&String::from_utf8_lossy(&answer))
+        v["error"]
+            .as_str()
+            .unwrap_or(&String::from_utf8_lossy(&answer))
     ))
 }
 
@@ -627,8 +639,17 @@ async fn upload_part(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params) -> 
         .into_body()
         .into_data_stream()
         .map(|r| r.map_err(|e| e.to_string()));
-    put_file(ctx, CacheKey::s3(&bucket, &key), content_type, write_behind, body)
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(message(format!("stored '{bucket}#{key}'"), serde_json::json!({})))
+    put_file(
+        ctx,
+        CacheKey::s3(&bucket, &key),
+        content_type,
+        write_behind,
+        body,
+    )
+    .await
+    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(message(
+        format!("stored '{bucket}#{key}'"),
+        serde_json::json!({}),
+    ))
 }

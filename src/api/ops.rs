@@ -151,7 +151,9 @@ pub async fn internal(
         (Method::POST, "/_nc/v1/ops/batch") => {
             let kind = query_param(&req, "kind")
                 .and_then(|k| JobKind::parse(&k))
-                .ok_or_else(|| ApiError::bad_request("invalid parameter", "kind is prewarm or delete"))?;
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid parameter", "kind is prewarm or delete")
+                })?;
             let bucket = query_param(&req, "bucket")
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| ApiError::bad_request("missing parameter", "bucket is required"))?;
@@ -177,6 +179,8 @@ pub async fn internal(
             }
             ok(job.to_json(&ops.node_id))
         }
-        (m, p) => Err(ApiError::not_found(format!("no internal route for {m} {p}"))),
+        (m, p) => Err(ApiError::not_found(format!(
+            "no internal route for {m} {p}"
+        ))),
     }
 }

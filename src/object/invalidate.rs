@@ -56,9 +56,11 @@ impl Scope {
             (None, Some(k), None) => Scope::Key(CacheKey::native(k)),
             (None, None, Some(p)) => Scope::NativePrefix(p),
             (None, None, None) => {
-                return Err("give bucket (with key or prefix, or alone for the whole bucket), \
+                return Err(
+                    "give bucket (with key or prefix, or alone for the whole bucket), \
                             or key or prefix (native ids)"
-                    .into())
+                        .into(),
+                )
             }
             (_, Some(_), Some(_)) => unreachable!("refused above"),
         })
@@ -99,10 +101,9 @@ impl Scope {
     /// A stored key as the client named it: the object key of a bucket, or the id.
     pub(crate) fn shown(&self, stored: &str) -> String {
         match self {
-            Scope::Bucket { bucket, .. } => stored
-                .get(bucket.len() + 1..)
-                .unwrap_or(stored)
-                .to_owned(),
+            Scope::Bucket { bucket, .. } => {
+                stored.get(bucket.len() + 1..).unwrap_or(stored).to_owned()
+            }
             Scope::Key(k) => match k.origin() {
                 super::key::Origin::Bucket { key, .. } => key.to_owned(),
                 super::key::Origin::Native(id) => id.to_owned(),
@@ -202,7 +203,10 @@ pub async fn after_pass_through<C: ObjectCtx>(ctx: &Rc<C>, key: CacheKey) {
     match everywhere(ctx, &Scope::Key(key)).await {
         Ok(d) if d.failed_nodes.is_empty() => {}
         Ok(d) => {
-            tracing::warn!(failed = d.failed_nodes.len(), "dropping older copies after a pass-through write: some nodes failed")
+            tracing::warn!(
+                failed = d.failed_nodes.len(),
+                "dropping older copies after a pass-through write: some nodes failed"
+            )
         }
         Err(e) => tracing::warn!(error = %e, "dropping older copies after a pass-through write"),
     }

@@ -116,7 +116,9 @@ impl Job {
     }
 
     pub fn state(&self) -> JobState {
-        lock(&self.end).as_ref().map_or(JobState::Running, |e| e.state)
+        lock(&self.end)
+            .as_ref()
+            .map_or(JobState::Running, |e| e.state)
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -330,7 +332,10 @@ impl OpsMetrics {
     }
 
     fn render(&self, jobs: &[Arc<Job>], out: &mut Exposition) {
-        out.per_shard(&INVALIDATED, self.invalidated.iter().map(|c| c.load(Relaxed)));
+        out.per_shard(
+            &INVALIDATED,
+            self.invalidated.iter().map(|c| c.load(Relaxed)),
+        );
         out.family(&JOB_OBJECTS);
         for kind in [JobKind::Prewarm, JobKind::Delete] {
             for (i, outcome) in OUTCOMES.iter().enumerate() {
@@ -534,10 +539,7 @@ async fn process<C: ObjectCtx>(
 ) {
     // Grouped by owner (None: this node), in batches; small enough that a short page
     // still makes `concurrency` batches.
-    let per_batch = cfg
-        .batch
-        .min(entries.len() / cfg.concurrency.max(1))
-        .max(1);
+    let per_batch = cfg.batch.min(entries.len() / cfg.concurrency.max(1)).max(1);
     let mut groups: Vec<(Option<nearcache_membership::Member>, Vec<BatchEntry>)> = Vec::new();
     for e in entries {
         let owner = ctx.cluster().and_then(|cs| {
@@ -545,9 +547,10 @@ async fn process<C: ObjectCtx>(
                 .filter(|m| !m.is_self)
         });
         let owner_id = owner.as_ref().map(|m| m.id.clone());
-        match groups.iter_mut().find(|(o, b)| {
-            o.as_ref().map(|m| &m.id) == owner_id.as_ref() && b.len() < per_batch
-        }) {
+        match groups
+            .iter_mut()
+            .find(|(o, b)| o.as_ref().map(|m| &m.id) == owner_id.as_ref() && b.len() < per_batch)
+        {
             Some((_, b)) => b.push(e),
             None => groups.push((owner, vec![e])),
         }
@@ -737,14 +740,12 @@ pub async fn find<C: ObjectCtx>(ctx: &Rc<C>, id: &str, cancel: bool) -> Option<s
 /// Every job of the cluster, newest first (nodes that do not answer are left out).
 pub async fn list_all<C: ObjectCtx>(ctx: &Rc<C>) -> Vec<serde_json::Value> {
     let ops = ctx.ops();
-    let mut all: Vec<serde_json::Value> = ops
-        .list()
-        .iter()
-        .map(|j| j.to_json(&ops.node_id))
-        .collect();
+    let mut all: Vec<serde_json::Value> =
+        ops.list().iter().map(|j| j.to_json(&ops.node_id)).collect();
     if let Some(cs) = ctx.cluster() {
         let ms = cs.cl.cfg.peer_timeout_ms;
-        for a in fanout::to_peers(cs, Method::GET, "/_nc/v1/ops/jobs", bytes::Bytes::new(), ms).await
+        for a in
+            fanout::to_peers(cs, Method::GET, "/_nc/v1/ops/jobs", bytes::Bytes::new(), ms).await
         {
             if let Ok(serde_json::Value::Object(mut o)) = a.result {
                 if let Some(serde_json::Value::Array(jobs)) = o.remove("jobs") {
@@ -802,7 +803,10 @@ mod tests {
         assert_eq!(v["fetched"], 3);
         assert_eq!(v["eta_secs"], serde_json::Value::Null, "listing not done");
         j.listing_done.store(true, Relaxed);
-        assert!(j.to_json("N")["eta_secs"].as_f64().is_some(), "known once listed");
+        assert!(
+            j.to_json("N")["eta_secs"].as_f64().is_some(),
+            "known once listed"
+        );
         j.cancel();
         j.finish(JobState::Done, None);
         let v = j.to_json("N");

@@ -77,7 +77,10 @@ mod tests {
         .unwrap();
         assert!(check_write(&c, Some("b")).is_err());
         assert!(!caches_writes(&c, &CacheKey::s3("b", "k")));
-        assert!(caches_writes(&c, &CacheKey::s3("plain", "k")), "on unless switched off");
+        assert!(
+            caches_writes(&c, &CacheKey::s3("plain", "k")),
+            "on unless switched off"
+        );
         assert!(check_write(&c, Some("plain")).is_ok());
         #[derive(clap::Parser)]
         struct Cli {
