@@ -32,7 +32,7 @@ use crate::metrics::Route;
 use crate::object::invalidate::{self, Scope};
 use crate::object::jobs::{self, JobKind, JobState};
 use crate::object::read::{GetRequest, ObjectView, Render};
-use crate::object::write::{DeleteRequest, PutRequest, WriteCondition, WriteError};
+use crate::object::write::{BodyStream, DeleteRequest, PutRequest, WriteCondition, WriteError};
 use crate::object::{CacheKey, ObjectError};
 
 /// The routes, with the method each accepts (GET also HEAD).
@@ -512,7 +512,7 @@ async fn store_file<S>(
     body: S,
 ) -> Result<(), String>
 where
-    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Send + Unpin + 'static,
+    S: BodyStream<String>,
 {
     let ckey = CacheKey::s3(bucket, key);
     if let Some(cs) = ctx.cluster.clone().filter(|_| ckey.fits_store()) {
@@ -540,7 +540,7 @@ async fn put_file<S>(
     body: S,
 ) -> Result<(), String>
 where
-    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Send + Unpin + 'static,
+    S: BodyStream<String>,
 {
     let preq = PutRequest {
         key,
@@ -578,7 +578,7 @@ async fn send_file<S>(
     body: S,
 ) -> Result<(), String>
 where
-    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Send + Unpin + 'static,
+    S: BodyStream<String>,
 {
     use http_body_util::StreamBody;
     let enc = |v: &str| {
