@@ -127,6 +127,13 @@ pub mod defaults {
     pub const STRAGGLER_MS: u64 = 1_000;
     pub const BACKEND_SYNC_CONCURRENCY: usize = 4;
     pub const SYNC_MAX_BACKOFF_SECS: u64 = 30;
+    pub const READ_ONLY: bool = false;
+    pub const JOB_CONCURRENCY: usize = 8;
+    pub const JOB_BATCH: usize = 16;
+    pub const JOB_RATE_OBJECTS: u64 = 0;
+    pub const JOB_RATE_BYTES: u64 = 0;
+    pub const JOBS_KEPT: usize = 100;
+    pub const JOB_NODE_TIMEOUT_SECS: u64 = 600;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -387,6 +394,9 @@ pub struct ApiConfig {
     /// writes to buckets that are not write-behind) before it is answered with an error
     /// (the write stays stored and queued).
     pub origin_wait_secs: u64,
+    /// Node-wide read-only switch: every write and delete, through any API, is refused
+    /// (403) with a message saying so; reads, listings, invalidation and prewarm work.
+    pub read_only: bool,
 }
 
 impl Default for ApiConfig {
@@ -396,6 +406,7 @@ impl Default for ApiConfig {
             default_level: defaults::DEFAULT_LEVEL,
             max_object_size: Size(defaults::MAX_OBJECT_SIZE),
             origin_wait_secs: defaults::ORIGIN_WAIT_SECS,
+            read_only: defaults::READ_ONLY,
         }
     }
 }
@@ -465,7 +476,7 @@ fn all_buckets() -> Vec<String> {
 }
 
 /// Settings of one bucket of the S3 API (`[[s3api.buckets]]`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3BucketConfig {
     pub name: String,
@@ -483,6 +494,65 @@ pub struct S3BucketConfig {
     /// This bucket's write policy (default: `origin.write_policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_policy: Option<WritePolicyValue>,
+    /// Keep what is written through the S3 API in the cache (true), or only pass it
+    /// through to the origin and drop any cached copy (false).
+    #[serde(default = "yes")]
+    pub cache_on_write: bool,
+    /// Refuse every write and delete of this bucket (S3 API: 403 AccessDenied; other
+    /// APIs: JSON 403).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Like a `[[s3api.buckets]]` entry with only its name set.
+impl Default for S3BucketConfig {
+    fn default() -> Self {
+        S3BucketConfig {
+            name: String::new(),
+            write_behind: false,
+            public_read: false,
+            backends: Vec::new(),
+            write_policy: None,
+            cache_on_write: true,
+            read_only: false,
+        }
+    }
+}
+
+/// Background jobs: prewarm and delete by prefix (`[jobs]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Objects one job fetches or deletes at once, over the whole cluster.
+    pub concurrency: usize,
+    /// Objects sent to an owner node in one request.
+    pub batch: usize,
+    /// Most objects per second one job handles (0 = no limit).
+    pub rate_objects_per_sec: u64,
+    /// Most bytes per second one prewarm job fetches, by the listed sizes (0 = no limit).
+    pub rate_bytes_per_sec: Size,
+    /// Finished jobs kept for `GET /api/v1/jobs` (in memory: jobs do not survive a restart).
+    pub kept: usize,
+    /// How long a node-to-node cache operation (a job's batch, an invalidation on a peer)
+    /// may take before it counts as failed.
+    pub node_timeout_secs: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            concurrency: defaults::JOB_CONCURRENCY,
+            batch: defaults::JOB_BATCH,
+            rate_objects_per_sec: defaults::JOB_RATE_OBJECTS,
+            rate_bytes_per_sec: Size(defaults::JOB_RATE_BYTES),
+            kept: defaults::JOBS_KEPT,
+            node_timeout_secs: defaults::JOB_NODE_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// The cluster layer (`[cluster]`). Without `listen` the node runs alone.
@@ -658,6 +728,7 @@ pub struct Config {
     pub freshness: FreshnessConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub jobs: JobsConfig,
     pub log: LogConfig,
 }
 
@@ -830,6 +901,9 @@ pub struct ServeArgs {
     /// Log format: text or json (one object per line) [default: text]
     #[arg(long, env = "NEARCACHE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Refuse every write and delete on this node (reads, invalidation, prewarm work)
+    #[arg(long, env = "NEARCACHE_READ_ONLY", num_args = 0..=1, default_missing_value = "true")]
+    pub read_only: Option<bool>,
 }
 
 impl Config {
@@ -943,6 +1017,12 @@ impl Config {
             self.auth.audience = a.jwt_audience.clone();
         }
         set!(self.log.format, a.log_format);
+        set!(self.api.read_only, a.read_only);
+    }
+
+    /// The settings of an S3-API bucket, if it has any.
+    pub fn bucket(&self, name: &str) -> Option<&S3BucketConfig> {
+        self.s3api.buckets.iter().find(|b| b.name == name)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

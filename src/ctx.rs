@@ -51,6 +51,8 @@ pub struct Node {
     pub jwt: Option<Arc<crate::jwt::Verifier>>,
     /// The last minutes of node-wide counters, for `/ui` and `/api/v1/history`.
     pub history: crate::history::History,
+    /// Background jobs and invalidation counters.
+    pub ops: Arc<crate::object::jobs::Ops>,
 }
 
 /// What a shard thread keeps for its request tasks: each layer's part.
@@ -84,6 +86,10 @@ impl ClusterCtx for ShardCtx {
 impl ObjectCtx for ShardCtx {
     fn objects(&self) -> &ObjectShard {
         &self.objects
+    }
+
+    fn ops(&self) -> &Arc<crate::object::jobs::Ops> {
+        &self.node.ops
     }
 }
 

@@ -74,6 +74,8 @@ pub mod tls;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod fuzz_ops;
 
 pub use config::Config;
 pub use server::{start, ServerHandle};

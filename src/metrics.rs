@@ -177,11 +177,12 @@ routes! {
     Backends => "backends",
     S3Read => "s3_read", S3Write => "s3_write", S3List => "s3_list", S3Other => "s3_other",
     Ui => "ui",
+    Invalidate => "invalidate", Jobs => "jobs", Cachenator => "cachenator",
 }
 
-const STATUSES: [u16; 20] = [
-    200, 201, 204, 206, 304, 400, 404, 405, 408, 409, 412, 413, 416, 431, 500, 502, 503, 504, 507,
-    0,
+const STATUSES: [u16; 22] = [
+    200, 201, 202, 204, 206, 304, 400, 403, 404, 405, 408, 409, 412, 413, 416, 431, 500, 502, 503,
+    504, 507, 0,
 ];
 
 /// Upper bounds of the request latency histogram, seconds.

@@ -426,8 +426,10 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     }
     let node_header =
         http::HeaderValue::from_str(&node_id).context("node id is not a valid header")?;
+    let ops = Arc::new(crate::object::jobs::Ops::new(&node_id, n, cfg.jobs.kept));
     let node = Arc::new(Node {
         jwt,
+        ops,
         cluster,
         node_header,
         cfg,
@@ -745,6 +747,9 @@ async fn dispatch(
             if h.contains_key(H_FORWARDED) {
                 if h.get(H_API).is_some_and(|v| v == "s3") {
                     return crate::api::s3::handle_forwarded(ctx, s3, req).await;
+                }
+                if h.get(H_API).is_some_and(|v| v == "cachenator") {
+                    return crate::api::cachenator::handle_forwarded(ctx, req).await;
                 }
                 if req.uri().path().starts_with("/api/v1/") {
                     return crate::api::native::handle_forwarded(ctx, req).await;

@@ -726,3 +726,237 @@ fn s3_part_reads_through_any_node() {
         assert_eq!(count, Some(2));
     }
 }
+
+/// Cache operations through a 3-node cluster (R = 2): invalidation by prefix and by key
+/// asked of one node and seen on all (level-0 copies listed, not dropped); a prewarm of
+/// 10,000 objects spread over the nodes by placement, followed and cancelled through other
+/// nodes, then run to the end skipping what the first run fetched; delete by prefix; and
+/// the cachenator endpoints through every node.
+#[test]
+fn cache_operations_through_any_node() {
+    use common::ops::{call, multipart, origin_keys, seed_objects, wait_job};
+    use reqwest::Method;
+    let (_tmp, nodes, bucket) = three("clops", 2, 2);
+    let b = &bucket;
+    let cget = |p: &Proc, key: &str| {
+        let r = client()
+            .get(p.url(&format!("/get?bucket={b}&key={key}")))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let lag_zero = || {
+        wait_until("anti-entropy to catch up", 30, || {
+            nodes
+                .iter()
+                .all(|p| p.metric("nearcache_cluster_sync_lag_changes") == 0.0)
+        })
+    };
+
+    // Invalidation: 30 objects read (and cached) through every node, changed in S3.
+    let keys = seed_objects(b, "inv/", 30, 64);
+    for (i, k) in keys.iter().enumerate() {
+        let (s, body) = cget(&nodes[i % 3], k);
+        assert_eq!((s, body.len()), (200, 64));
+    }
+    for k in &keys {
+        common::sdk::Sdk::origin().put(b, k, format!("v2 {k}").into_bytes());
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(cget(&nodes[(i + 1) % 3], k).1.len(), 64, "{k} is cached");
+    }
+    lag_zero();
+    let (s, v) = call(
+        Method::POST,
+        &nodes[2].url(&format!("/api/v1/invalidate?bucket={b}&prefix=inv/")),
+    );
+    assert_eq!((s, &v["nodes"]), (200, &3.into()), "{v}");
+    assert_eq!(v["failed_nodes"], serde_json::json!([]));
+    assert!(
+        v["dropped"].as_u64().unwrap() >= 30,
+        "every copy, replicas too: {v}"
+    );
+    for p in &nodes {
+        for k in &keys {
+            assert_eq!(
+                cget(p, k).1,
+                format!("v2 {k}").into_bytes(),
+                "{k} via {}",
+                p.id
+            );
+        }
+    }
+    // By key, through another node.
+    common::sdk::Sdk::origin().put(b, &keys[3], b"v3".to_vec());
+    lag_zero();
+    let (_, v) = call(
+        Method::POST,
+        &nodes[1].url(&format!("/api/v1/invalidate?bucket={b}&key={}", keys[3])),
+    );
+    assert!(v["dropped"].as_u64().unwrap() >= 1, "{v}");
+    for p in &nodes {
+        assert_eq!(cget(p, &keys[3]).1, b"v3", "via {}", p.id);
+    }
+    // A level-0 object is never dropped: listed as pending by every invalidation.
+    let id = new_id(&nodes[0]);
+    put(&nodes[0], &id, b"only in the cluster", 0);
+    for url in [
+        format!("/api/v1/invalidate?key={id}"),
+        "/api/v1/invalidate?prefix=0".into(),
+    ] {
+        let (_, v) = call(Method::POST, &nodes[2].url(&url));
+        assert_eq!(v["pending"], serde_json::json!([id]), "{url}: {v}");
+        assert_eq!(v["dropped"], 0, "{v}");
+    }
+    for p in &nodes {
+        assert_eq!(status_of(p, &id), 200);
+    }
+
+    // Delete by prefix, asked of one node.
+    let del = seed_objects(b, "del/", 30, 10);
+    for (i, k) in del.iter().enumerate().take(9) {
+        assert_eq!(cget(&nodes[i % 3], k).0, 200);
+    }
+    let (s, job) = call(
+        Method::POST,
+        &nodes[1].url(&format!("/api/v1/jobs/delete?bucket={b}&prefix=del/")),
+    );
+    assert_eq!(s, 202, "{job}");
+    let done = wait_job(
+        &nodes[0].base(),
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (&done["state"], &done["deleted"]),
+        (&"done".into(), &30.into()),
+        "{done}"
+    );
+    assert!(origin_keys(b, "del/").is_empty());
+    for p in &nodes {
+        for k in del.iter().take(9) {
+            assert_eq!(cget(p, k).0, 404, "{k} via {}", p.id);
+        }
+    }
+
+    // Prewarm 10,000 objects: progress and cancel through other nodes than the one running it.
+    let t = Instant::now();
+    seed_objects(b, "pw/", 10_000, 100);
+    eprintln!("seeded 10,000 objects in S3 in {:?}", t.elapsed());
+    let fetches: Vec<f64> = nodes
+        .iter()
+        .map(|p| p.metric("nearcache_origin_fetches_total"))
+        .collect();
+    let (s, job) = call(
+        Method::POST,
+        &nodes[0].url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=pw/")),
+    );
+    assert_eq!(s, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let t = Instant::now();
+    let mut seen = 0;
+    wait_until("the prewarm to get going", 120, || {
+        let (s, v) = call(Method::GET, &nodes[1].url(&format!("/api/v1/jobs/{id}")));
+        assert_eq!(s, 200, "{v}");
+        let f = v["fetched"].as_u64().unwrap();
+        assert!(f >= seen, "progress never goes back");
+        assert!(v["listed"].as_u64().unwrap() >= f);
+        seen = f;
+        f >= 1000
+    });
+    let (s, v) = call(Method::DELETE, &nodes[2].url(&format!("/api/v1/jobs/{id}")));
+    assert_eq!((s, &v["state"]), (200, &"cancelled".into()), "{v}");
+    assert_eq!(v["node"], nodes[0].id.as_str());
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, first) = call(Method::GET, &nodes[0].url(&format!("/api/v1/jobs/{id}")));
+    let first_fetched = first["fetched"].as_u64().unwrap();
+    assert!(first_fetched < 10_000, "{first}");
+    eprintln!("cancelled after {:?}: {first}", t.elapsed());
+    let (_, all) = call(Method::GET, &nodes[2].url("/api/v1/jobs"));
+    assert!(all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
+
+    let (_, job) = call(
+        Method::POST,
+        &nodes[1].url(&format!("/api/v1/jobs/prewarm?bucket={b}&prefix=pw/")),
+    );
+    let done = wait_job(
+        &nodes[1].base(),
+        job["id"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
+    eprintln!("second prewarm: {done}");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["listed"], 10_000);
+    assert_eq!(done["errors"], 0, "{done}");
+    let (f, sk) = (
+        done["fetched"].as_u64().unwrap(),
+        done["skipped"].as_u64().unwrap(),
+    );
+    assert_eq!(f + sk, 10_000);
+    assert!(
+        sk >= first_fetched,
+        "copies the first run fetched are fresh: {done}"
+    );
+    // Spread by placement: every node fetched its share from S3.
+    for (p, before) in nodes.iter().zip(&fetches) {
+        let n = p.metric("nearcache_origin_fetches_total") - before;
+        assert!(n > 1500.0, "{} fetched only {n}", p.id);
+    }
+
+    // cachenator endpoints through every node.
+    let (ct, body) = multipart(&[
+        ("one", b"1".as_slice()),
+        ("two", b"22".as_slice()),
+        ("three", b"333".as_slice()),
+    ]);
+    let r = client()
+        .post(nodes[2].url(&format!("/upload?bucket={b}&path=up")))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    // Each file went to its owners: reads through any node find it cached, not in S3.
+    let fetched = || -> f64 {
+        nodes
+            .iter()
+            .map(|p| p.metric("nearcache_origin_fetches_total"))
+            .sum()
+    };
+    let before = fetched();
+    for p in &nodes {
+        for (k, want) in [
+            ("up/one", &b"1"[..]),
+            ("up/two", b"22"),
+            ("up/three", b"333"),
+        ] {
+            assert_eq!(cget(p, k), (200, want.to_vec()), "{k} via {}", p.id);
+        }
+    }
+    assert_eq!(fetched(), before, "no read went to S3");
+    for p in &nodes {
+        let (s, v) = call(Method::GET, &p.url(&format!("/list?bucket={b}&prefix=up/")));
+        assert_eq!(
+            (s, &v["keys"]),
+            (200, &serde_json::json!(["up/one", "up/three", "up/two"]))
+        );
+    }
+    let (s, v) = call(
+        Method::DELETE,
+        &nodes[0].url(&format!("/delete?bucket={b}&key=up/two")),
+    );
+    assert_eq!(s, 200, "{v}");
+    for p in &nodes {
+        assert_eq!(cget(p, "up/two").0, 404, "via {}", p.id);
+    }
+    let (s, v) = call(
+        Method::POST,
+        &nodes[1].url(&format!("/invalidate?bucket={b}&key=up/one")),
+    );
+    assert_eq!((s, &v["nodes"]), (200, &3.into()), "{v}");
+    assert_eq!(cget(&nodes[0], "up/one"), (200, b"1".to_vec()));
+}

@@ -965,3 +965,68 @@ fn the_cli_sends_a_token() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"with a token");
 }
+
+/// JWT on the cache operations and the cachenator-compatible endpoints, with cachenator's
+/// method-to-action rule (GET: READ, POST: WRITE, DELETE: DELETE) scoped by bucket and
+/// key or prefix.
+#[test]
+fn jwt_guards_cache_operations_and_cachenator_endpoints() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = jwtk::Key::new();
+    let key_path = tmp.path().join("jwt.pub");
+    std::fs::write(&key_path, &key.public_pem).unwrap();
+    let node = TestNode::start_with("jwt-ops", |c: &mut Config| {
+        local_origin(c);
+        c.server.shards = 1;
+        c.auth.jwt_key = Some(key_path.clone());
+    });
+    let token = |claims: serde_json::Value| {
+        let mut c = json!({ "exp": jwtk::now() + 300 });
+        c.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        format!("Bearer {}", key.token(c))
+    };
+    let reader = token(json!({ "action": "READ" }));
+    let writer = token(json!({ "action": ["READ", "WRITE"] }));
+    let photos_a = token(json!({ "action": ["READ", "WRITE", "DELETE"], "bucket": "photos", "prefix": "a/" }));
+    let call = |method: reqwest::Method, path: &str, auth: Option<&str>| {
+        let mut r = client().request(method, node.url(path));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    use reqwest::Method as M;
+    // Cache operations.
+    assert_eq!(call(M::POST, "/api/v1/invalidate?key=01J0000000000000000000000A", None), 401);
+    assert_eq!(call(M::POST, "/api/v1/invalidate?key=01J0000000000000000000000A", Some(&reader)), 403);
+    assert_eq!(call(M::POST, "/api/v1/invalidate?key=01J0000000000000000000000A", Some(&writer)), 200);
+    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=photos&prefix=a/x", Some(&photos_a)), 200);
+    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=photos&prefix=b/", Some(&photos_a)), 403);
+    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=photos", Some(&photos_a)), 403, "a whole bucket is beyond a prefix grant");
+    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=video&key=a/1", Some(&photos_a)), 403);
+    assert_eq!(call(M::POST, "/api/v1/jobs/delete?bucket=photos&prefix=a/", Some(&writer)), 403, "a delete job needs DELETE");
+    assert_eq!(call(M::POST, "/api/v1/jobs/prewarm?bucket=photos&prefix=a/", Some(&reader)), 403, "a prewarm needs WRITE");
+    assert_eq!(call(M::GET, "/api/v1/jobs", None), 401);
+    assert_eq!(call(M::GET, "/api/v1/jobs", Some(&reader)), 200);
+    assert_eq!(call(M::DELETE, "/api/v1/jobs/nosuchjob", Some(&photos_a)), 403, "cancelling needs a grant on every bucket");
+    assert_eq!(call(M::DELETE, "/api/v1/jobs/nosuchjob", Some(&writer)), 404);
+    // cachenator endpoints.
+    assert_eq!(call(M::GET, "/get?bucket=photos&key=a/1", None), 401);
+    assert_eq!(call(M::GET, "/get?bucket=photos&key=b/1", Some(&photos_a)), 403);
+    assert_eq!(call(M::GET, "/list?bucket=video&prefix=a/", Some(&photos_a)), 403);
+    assert_eq!(call(M::DELETE, "/delete?bucket=photos&key=a/1", Some(&writer)), 403);
+    assert_eq!(call(M::POST, "/invalidate?bucket=photos&key=a/1", Some(&reader)), 403);
+    assert_eq!(call(M::POST, "/invalidate?bucket=photos&key=a/1", Some(&photos_a)), 200);
+    assert_eq!(call(M::POST, "/prewarm?bucket=photos&prefix=b/", Some(&photos_a)), 403);
+    let r = client()
+        .post(node.url("/upload?bucket=photos&path=b"))
+        .header("Authorization", &photos_a)
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body("--x--\r\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "an upload outside the grant's prefix");
+}

@@ -130,6 +130,7 @@ pub fn render_metrics(node: &Node) -> String {
     crate::object::metrics::render_origin(&node.bridge.stats(), &mut out);
     super::backends::render_metrics(node, &mut out);
     out.single(&IO_URING, u8::from(node.uring_active));
+    node.ops.render_metrics(&mut out);
     if let Some(cl) = &node.cluster {
         cl.render_metrics(&mut out);
     }

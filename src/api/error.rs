@@ -123,6 +123,7 @@ impl From<ObjectError> for ApiError {
             }
             ObjectError::Cluster(c) => return c.into(),
             ObjectError::Unavailable(d) => ApiError::unavailable(d),
+            ObjectError::ReadOnly(d) => ApiError::new(StatusCode::FORBIDDEN, "read-only", d),
         };
         if retry && a.status.is_server_error() {
             a.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))

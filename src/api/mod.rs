@@ -10,9 +10,11 @@
 pub mod admin;
 pub mod auth;
 pub mod backends;
-pub mod params;
+pub mod cachenator;
 pub mod error;
 pub mod native;
+pub mod ops;
+pub mod params;
 pub mod peer;
 pub mod s3;
 pub mod ui;
@@ -27,8 +29,13 @@ use crate::ctx::ShardCtx;
 
 /// The public listener: the admin routes, else the native API.
 pub async fn public(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
-    if admin::serves(req.uri().path()) {
+    let path = req.uri().path();
+    if admin::serves(path) {
         admin::handle(ctx, req).await
+    } else if ops::serves(path) {
+        ops::handle(ctx, req).await
+    } else if cachenator::serves(path) {
+        cachenator::handle(ctx, req).await
     } else {
         native::handle(ctx, req).await
     }

@@ -163,6 +163,11 @@ async fn dispatch(
             return (route, Err(e.into()));
         }
     }
+    if matches!(route, Route::Put | Route::Delete) {
+        if let Err(e) = crate::object::policy::check_write(&ctx.node.cfg, None) {
+            return (route, Err(e.into()));
+        }
+    }
     if let (false, Some(cs)) = (forwarded, ctx.cluster.clone()) {
         // A read this node may serve from its own copy takes one cross-shard hop.
         if matches!(route, Route::Get | Route::Head) {

@@ -9,6 +9,8 @@
 //! | `GET /_nc/v1/replica?key=K`        | the local copy of K with its metadata (never read through) |
 //! | `PUT /_nc/v1/replica` + `x-nc-meta` | store a replica if newer (last writer wins)     |
 //! | `POST /_nc/v1/tombstone`           | apply a tombstone if newer                        |
+//! | `/_nc/v1/ops/...`                  | cache operations: invalidation, job batches and lookups (see `api::ops`) |
+//! | `PUT /upload/part` + `x-nc-forwarded`, `x-nc-api: cachenator` | one file of a cachenator upload, stored here (the key's owner) |
 //!
 //! Requests must carry this cluster's name and the sender's node id, and with a cluster
 //! secret a valid signature (`cluster::auth`; refused with 401 and counted otherwise); a
@@ -218,6 +220,7 @@ async fn route(
                 &serde_json::json!({ "applied": applied }),
             ))
         }
+        (_, p) if super::ops::serves_internal(p) => super::ops::internal(ctx, req).await,
         (m, p) => Err(ApiError::not_found(format!(
             "no internal route for {m} {p}"
         ))),

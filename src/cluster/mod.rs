@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod drain;
+pub mod fanout;
 pub mod peer;
 pub mod placement;
 pub mod route;

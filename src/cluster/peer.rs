@@ -143,8 +143,21 @@ impl ClusterShard {
     pub async fn send_on(
         &self,
         to: &Member,
+        sender: SendRequest<PeerBody>,
+        req: Request<PeerBody>,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        let ms = self.cl.cfg.peer_timeout_ms.max(1);
+        self.send_on_within(to, sender, req, ms).await
+    }
+
+    /// [`send_on`], waiting up to `ms` for the response head (a peer that answers only
+    /// once its work is done, such as a job's batch).
+    pub async fn send_on_within(
+        &self,
+        to: &Member,
         mut sender: SendRequest<PeerBody>,
         mut req: Request<PeerBody>,
+        ms: u64,
     ) -> Result<Response<Incoming>, SendFailure> {
         let cl = &self.cl;
         let addr = to.addr;
@@ -164,7 +177,6 @@ impl ClusterShard {
             let pq = uri.path_and_query().map_or("/", |p| p.as_str());
             auth.sign(&method, pq, req.headers_mut());
         }
-        let ms = cl.cfg.peer_timeout_ms.max(1);
         let sent = sender.try_send_request(req);
         let result = match monoio::time::timeout(Duration::from_millis(ms), sent).await {
             Err(_) => Err((PeerError::Timeout { addr, ms }, None)),
@@ -196,6 +208,19 @@ impl ClusterShard {
     ) -> Result<Response<Incoming>, PeerError> {
         let sender = self.channel(to).await?;
         self.send_on(to, sender, req).await.map_err(|(e, _)| e)
+    }
+
+    /// [`send`] with its own bound on the wait for the response head.
+    pub async fn send_within(
+        &self,
+        to: &Member,
+        req: Request<PeerBody>,
+        ms: u64,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let sender = self.channel(to).await?;
+        self.send_on_within(to, sender, req, ms)
+            .await
+            .map_err(|(e, _)| e)
     }
 }
 

@@ -74,6 +74,9 @@ pub enum ObjectError {
     /// Shutting down, or a shard stopped.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Writes and deletes are switched off (the node, or the bucket, is read-only).
+    #[error("{0}")]
+    ReadOnly(String),
 }
 
 impl ObjectError {

@@ -19,9 +19,12 @@ pub mod backends;
 pub mod check;
 pub mod error;
 pub mod fresh;
+pub mod invalidate;
+pub mod jobs;
 pub mod key;
 pub mod metrics;
 pub mod origin_meta;
+pub mod policy;
 pub mod read;
 pub mod syncer;
 pub mod uploader;
@@ -47,6 +50,8 @@ use crate::config::Config;
 /// What the object service needs of a shard's context.
 pub trait ObjectCtx: ClusterCtx {
     fn objects(&self) -> &ObjectShard;
+    /// Node-wide: jobs and invalidation counters.
+    fn ops(&self) -> &Arc<jobs::Ops>;
 }
 
 /// One shard thread's part of the object service.

@@ -172,8 +172,11 @@ where
     S: BodyStream<E>,
 {
     let owner = ctx.mesh().owner_of(req.key.as_str());
-    let fits = req.key.fits_store();
-    on_shard(ctx, owner, move |ctx| async move {
+    // A bucket with cache_on_write = false only passes writes through to the origin.
+    let cached = super::policy::caches_writes(&ctx.objects().cfg, &req.key);
+    let fits = req.key.fits_store() && cached;
+    let key = (!cached).then(|| req.key.clone());
+    let written = on_shard(ctx, owner, move |ctx| async move {
         if fits {
             put_here(&ctx, req, body).await
         } else {
@@ -181,7 +184,11 @@ where
         }
     })
     .await
-    .map_err(|e| WriteError::Object(e.into()))?
+    .map_err(|e| WriteError::Object(e.into()))??;
+    if let Some(key) = key.filter(CacheKey::fits_store) {
+        super::invalidate::after_pass_through(ctx, key).await;
+    }
+    Ok(written)
 }
 
 fn too_large(size: u64, max: u64) -> ObjectError {

@@ -12,6 +12,7 @@ use nearcache::config::{Config, Size};
 use nearcache::ServerHandle;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
 
+pub mod ops;
 pub mod procs;
 pub mod sdk;
 

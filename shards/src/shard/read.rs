@@ -176,6 +176,25 @@ impl Shard {
         }
     }
 
+    /// Objects whose key starts with `prefix` and passes `keep` (tombstones are not
+    /// listed): their metadata, and whether an origin op of the key is still pending.
+    /// A scan of the whole index (invalidation by prefix, an admin operation).
+    pub fn objects_with_prefix(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<(Rc<ObjectMeta>, bool)> {
+        let st = self.core.state.borrow();
+        st.index
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && keep(k))
+            .filter_map(|(k, e)| match e {
+                Entry::Object(m) => Some((m.clone(), st.pending.contains_key(k))),
+                Entry::Tombstone(_) => None,
+            })
+            .collect()
+    }
+
     /// Looks a key up; counts a hit or a miss (a tombstone counts as a hit); touches eviction state.
     pub fn lookup(&self, key: &str) -> Lookup {
         self.lookup_inner(key, true)

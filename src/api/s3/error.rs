@@ -179,6 +179,7 @@ impl From<ObjectError> for S3Error {
         let message = e.to_string();
         match e {
             ObjectError::NotFound(_) | ObjectError::Deleted { .. } => S3Error::no_such_key(),
+            ObjectError::ReadOnly(m) => S3Error::access_denied(m),
             ObjectError::PreconditionFailed(_) => S3Error::precondition_failed(),
             ObjectError::RangeNotSatisfiable { .. } => S3Error::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,

@@ -410,6 +410,10 @@ async fn run(
         (cred, verified.body, verified.trailer)
     };
     let (bucket, key) = address(&parts, s3.domain.as_deref())?;
+    // Refused by the node that takes it, before it goes to an owner.
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        crate::object::policy::check_write(&ctx.node.cfg, bucket.as_deref())?;
+    }
     // In a cluster, single-object requests go to the key's owner (which checks the
     // signature again); multipart uploads and listings stay on this node.
     if let (false, Some(cs), Some(b), Some(k)) = (forwarded, ctx.cluster.clone(), &bucket, &key) {
