@@ -29,6 +29,16 @@ pub struct ObjectMetrics {
     pub negative_hits: AtomicU64,
     /// Origin 404s remembered.
     pub negative_stored: AtomicU64,
+    /// Ranged origin GETs of one chunk of a large object.
+    pub chunk_fetches: AtomicU64,
+    /// Chunks of large objects served from the store.
+    pub chunk_hits: AtomicU64,
+    /// Body bytes received from the origin by reads (read-through, revalidation, chunks).
+    pub origin_body_bytes: AtomicU64,
+    /// Second origin GETs sent because the first was slow.
+    pub hedges_sent: AtomicU64,
+    /// Hedged GETs whose second request answered first.
+    pub hedges_won: AtomicU64,
 }
 
 /// How a revalidation ended.
@@ -132,6 +142,31 @@ impl ObjectMetrics {
             Kind::Counter,
             "Origin 404s remembered (freshness.negative_ttl_secs).",
         ),
+        Family::new(
+            "nearcache_chunk_fetches_total",
+            Kind::Counter,
+            "Ranged origin GETs of one chunk of a large object.",
+        ),
+        Family::new(
+            "nearcache_chunk_hits_total",
+            Kind::Counter,
+            "Chunks of large objects served from the store.",
+        ),
+        Family::new(
+            "nearcache_origin_body_bytes_total",
+            Kind::Counter,
+            "Body bytes received from the origin by reads (read-through, revalidation, chunks).",
+        ),
+        Family::new(
+            "nearcache_hedges_sent_total",
+            Kind::Counter,
+            "Second origin GETs sent because the first had not answered within the hedge delay.",
+        ),
+        Family::new(
+            "nearcache_hedges_won_total",
+            Kind::Counter,
+            "Hedged origin GETs whose second request answered first.",
+        ),
     ];
 
     /// Families labelled by shard and one more label.
@@ -148,7 +183,7 @@ impl ObjectMetrics {
         ),
     ];
 
-    fn values(&self) -> [u64; 8] {
+    fn values(&self) -> [u64; 13] {
         [
             self.coalesced.load(Relaxed),
             self.origin_fetches.load(Relaxed),
@@ -158,12 +193,17 @@ impl ObjectMetrics {
             self.origin_waits_timed_out.load(Relaxed),
             self.negative_hits.load(Relaxed),
             self.negative_stored.load(Relaxed),
+            self.chunk_fetches.load(Relaxed),
+            self.chunk_hits.load(Relaxed),
+            self.origin_body_bytes.load(Relaxed),
+            self.hedges_sent.load(Relaxed),
+            self.hedges_won.load(Relaxed),
         ]
     }
 
     /// Writes the families for every shard (`shards[i]` is shard i's metrics).
     pub fn render(shards: &[Arc<ObjectMetrics>], out: &mut Exposition) {
-        let rows: Vec<[u64; 8]> = shards.iter().map(|m| m.values()).collect();
+        let rows: Vec<[u64; 13]> = shards.iter().map(|m| m.values()).collect();
         for (i, f) in Self::FAMILIES.iter().enumerate() {
             out.per_shard(f, rows.iter().map(|r| r[i]));
         }

@@ -15,8 +15,11 @@
 //! response head, and map [`ObjectError`] to their own errors. Nothing here knows which
 //! API asked; the [`CacheKey`] knows where an object lives in the origin.
 
+pub mod chunks;
+pub mod coalesce;
 pub mod error;
 pub mod fresh;
+pub mod hedge;
 pub mod key;
 pub mod metrics;
 pub mod origin_meta;
@@ -54,11 +57,13 @@ pub struct ObjectShard {
     pub metrics: Arc<ObjectMetrics>,
     /// Origin fetches and revalidations in progress on this (owner) shard, by key: later
     /// misses and stale hits wait on them.
-    fetches: RefCell<HashMap<String, Rc<read::Fetch>>>,
+    fetches: RefCell<HashMap<String, Rc<coalesce::Fetch>>>,
     /// The `[freshness]` rules.
     pub rules: fresh::Rules,
     /// Origin 404s remembered by this shard.
     negative: RefCell<fresh::NegativeCache>,
+    /// This shard's origin GET latencies and hedge budget.
+    hedger: hedge::Hedger,
     /// Writers waiting for the uploader, by (key, seq).
     upload_waiters: RefCell<HashMap<(String, u64), Vec<oneshot::Sender<Result<(), String>>>>>,
     /// Wakes this shard's uploader loop when an upload ends and frees a slot.
@@ -68,6 +73,7 @@ pub struct ObjectShard {
 impl ObjectShard {
     pub fn new(cfg: Arc<Config>, origin: Bridge) -> Self {
         let rules = fresh::Rules::new(&cfg.freshness, cfg.origin.bucket.as_deref());
+        let hedger = hedge::Hedger::new(&cfg.hedge);
         ObjectShard {
             cfg,
             origin_background: origin.background(),
@@ -76,6 +82,7 @@ impl ObjectShard {
             fetches: Default::default(),
             rules,
             negative: Default::default(),
+            hedger,
             upload_waiters: Default::default(),
             upload_slot_freed: Default::default(),
         }
