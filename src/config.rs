@@ -48,6 +48,9 @@ pub mod defaults {
     pub const CHUNK_THRESHOLD: u64 = 64 << 20;
     pub const CHUNK_SIZE: u64 = 8 << 20;
     pub const CHUNK_FETCH_CONCURRENCY: usize = 4;
+    pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+    pub const MULTIPART_PART_SIZE: u64 = 16 << 20;
+    pub const MULTIPART_CONCURRENCY: usize = 4;
     pub const HEDGE_PERCENTILE: f64 = 0.95;
     pub const HEDGE_MAX_FRACTION: f64 = 0.05;
     pub const HEDGE_MIN_DELAY_MS: u64 = 50;
@@ -433,6 +436,13 @@ pub struct ChunksConfig {
     pub chunk_size: Size,
     /// Chunks a full GET fetches from the origin at a time (per request).
     pub fetch_concurrency: usize,
+    /// Level-1/2 writes larger than this reach S3 as multipart uploads (S3 origins).
+    pub multipart_threshold: Size,
+    /// Bytes per part of those uploads (at least 5MiB, S3's minimum; raised when an
+    /// object would need more than 10000 parts).
+    pub multipart_part_size: Size,
+    /// Parts of one upload sent at a time.
+    pub multipart_concurrency: usize,
 }
 
 impl Default for ChunksConfig {
@@ -442,6 +452,9 @@ impl Default for ChunksConfig {
             threshold: Size(defaults::CHUNK_THRESHOLD),
             chunk_size: Size(defaults::CHUNK_SIZE),
             fetch_concurrency: defaults::CHUNK_FETCH_CONCURRENCY,
+            multipart_threshold: Size(defaults::MULTIPART_THRESHOLD),
+            multipart_part_size: Size(defaults::MULTIPART_PART_SIZE),
+            multipart_concurrency: defaults::MULTIPART_CONCURRENCY,
         }
     }
 }
@@ -732,6 +745,9 @@ impl Config {
         let k = &self.chunks;
         if k.chunk_size.0 < 64 << 10 || k.fetch_concurrency == 0 {
             bail!("chunks.chunk_size must be at least 64KiB and chunks.fetch_concurrency at least 1");
+        }
+        if k.multipart_part_size.0 < 5 << 20 || k.multipart_concurrency == 0 {
+            bail!("chunks.multipart_part_size must be at least 5MiB (S3's minimum) and chunks.multipart_concurrency at least 1");
         }
         let h = &self.hedge;
         if !(0.0..=1.0).contains(&h.percentile) || !(0.0..=1.0).contains(&h.max_fraction) {

@@ -2,7 +2,8 @@
 //! object moves only the chunks it covers (counted in origin body bytes), concurrent
 //! ranges of one chunk make one origin GET, a full GET is byte-identical and fetches
 //! chunks in parallel, a changed object is served new after its TTL (never a mix of
-//! versions), and a slow origin GET is hedged.
+//! versions), a slow origin GET is hedged, and a large level-1 write reaches S3 as a
+//! multipart upload.
 //!
 //! The large object here is 64 MiB in 4 MiB chunks to keep CI short; the code paths are
 //! the same for 1 GiB in 8 MiB chunks (see bench/results/ for numbers at that size).
@@ -325,6 +326,47 @@ fn a_slow_origin_get_is_hedged_and_the_hedge_wins() {
     assert!(took < Duration::from_secs(4), "answered by the hedge: {took:?}");
     assert_eq!(node.metric("nearcache_hedges_sent_total"), 1.0);
     assert_eq!(node.metric("nearcache_hedges_won_total"), 1.0);
+}
+
+#[test]
+fn a_large_level_one_write_reaches_s3_as_a_multipart_upload_intact() {
+    let node = TestNode::start_with("chunk-mpu", |c| {
+        c.chunks.multipart_threshold = Size(8 * MIB as u64);
+        c.chunks.multipart_part_size = Size(5 * MIB as u64);
+        c.chunks.multipart_concurrency = 3;
+    });
+    let sdk = Sdk::node(&node);
+    let origin = Sdk::origin();
+    let bucket = origin_bucket(&origin, "chunk-mpu-b");
+    let data = random_bytes(24 * MIB, 5);
+    let small = random_bytes(MIB, 6);
+    // Level 1 (the default): acknowledged when stored here, uploaded in the background.
+    sdk.put(&bucket, "big", data.clone());
+    sdk.put(&bucket, "small", small.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (etag, body) = loop {
+        let got = origin.run(origin.c.get_object().bucket(&bucket).key("big").send());
+        if let Ok(out) = got {
+            let etag = out.e_tag().unwrap_or_default().to_owned();
+            let body = origin.run(out.body.collect()).unwrap().into_bytes();
+            break (etag, body);
+        }
+        assert!(Instant::now() < deadline, "the upload never reached S3");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(etag.trim_matches('"').ends_with("-5"), "24 MiB in 5 MiB parts: {etag}");
+    assert!(body.as_ref() == data.as_slice(), "S3 holds the bytes written");
+    // Below the threshold: one PUT, whose ETag is the body's MD5.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let small_etag = loop {
+        let got = origin.run(origin.c.head_object().bucket(&bucket).key("small").send());
+        if let Ok(h) = got {
+            break h.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+        }
+        assert!(Instant::now() < deadline, "the small upload never reached S3");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(small_etag, md5_hex(&small));
 }
 
 /// A TCP proxy in front of the test S3 server that delays each request by `delay`

@@ -22,6 +22,7 @@ pub mod fresh;
 pub mod hedge;
 pub mod key;
 pub mod metrics;
+pub mod multipart;
 pub mod origin_meta;
 pub mod read;
 pub mod uploader;

@@ -87,7 +87,13 @@ async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingO
                 md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
                 headers: meta.headers.clone(),
             };
+            let multipart = super::multipart::target(&objects.cfg, &key, *len);
             match (key.origin(), key.loc()) {
+                _ if multipart.is_some() => {
+                    let loc = multipart.as_ref().expect("checked");
+                    let (path, cfg) = (path.clone(), &objects.cfg.chunks);
+                    super::multipart::put(bridge, loc, path, *offset, *len, pm, cfg).await
+                }
                 (Origin::Bucket { .. }, Some(loc)) => {
                     bridge
                         .put_file_in(&loc, path.clone(), *offset, *len, pm)
