@@ -107,7 +107,7 @@ def main():
                           aws_secret_access_key="test", region_name="us-east-1")
         s3.create_bucket(Bucket="bench")
         # Native ids (ULIDs) as S3 keys, so the native API reads them through.
-        small_id, big_id = "01JDBLARGE0000000000000064", "01JDBLARGE000000000000B1G0"
+        small_id, big_id = "01JDB7ARGE0000000000000064", "01JDB7ARGE000000000000B1G0"
         block = os.urandom(64 * MIB)
         small_md5 = hashlib.md5(block).hexdigest()
         s3.put_object(Bucket="bench", Key=small_id, Body=block)

@@ -324,29 +324,55 @@ pub fn layout_of<C: ObjectCtx>(ctx: &C, obj: &GetObject) -> Layout {
     }
 }
 
-/// Stores chunk `index` from the first GET's answer, in its own task; registered at
-/// once, so readers of that chunk wait for it instead of asking the origin again.
+/// The chunk the first GET of a miss brought, as it arrives: the request that made
+/// the GET gets its bytes directly, not back from the store.
+pub struct FirstChunk {
+    index: u64,
+    rx: oneshot::Receiver<Result<Bytes, ObjectError>>,
+}
+
+/// Reads and stores chunk `index` from the first GET's answer, in its own task;
+/// registered at once, so other readers of that chunk wait for it instead of asking the
+/// origin again.
 pub fn keep_first_chunk<C: ObjectCtx>(
     ctx: &Rc<C>,
     key: &CacheKey,
     layout: &Rc<Layout>,
     obj: GetObject,
     index: u64,
-) {
+) -> FirstChunk {
     let ck = chunk_key(&layout.etag, index, key.as_str());
     let guard = FetchGuard::register(ctx.clone(), &ck);
     let (ctx, layout) = (ctx.clone(), layout.clone());
     ctx.objects().metrics.chunk_fetches.fetch_add(1, Relaxed);
+    let (tx, rx) = oneshot::channel();
     monoio::spawn(async move {
-        let r = match collect(&*ctx, obj.body, layout.bounds(index)).await {
-            Ok(b) => {
-                store_chunk(&*ctx, &ck, b, &obj.meta).await;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
-        guard.finish(r);
+        let r = collect(&*ctx, obj.body, layout.bounds(index)).await;
+        deliver_and_store(&*ctx, &ck, r.map(|b| (b, obj.meta)), tx, guard).await;
     });
+    FirstChunk { index, rx }
+}
+
+/// Hands a fetched chunk to the request that fetched it, then stores it, then lets the
+/// requests waiting on the fetch read it from the store.
+async fn deliver_and_store<C: ObjectCtx>(
+    ctx: &C,
+    ck: &str,
+    fetched: Result<(Bytes, RemoteMeta), ObjectError>,
+    tx: oneshot::Sender<Result<Bytes, ObjectError>>,
+    guard: FetchGuard<impl ObjectCtx>,
+) {
+    match fetched {
+        Ok((bytes, meta)) => {
+            let _ = tx.send(Ok(bytes.clone()));
+            store_chunk(ctx, ck, bytes, &meta).await;
+            guard.finish(Ok(()));
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e.clone()));
+            guard.finish(Err(e));
+        }
+    }
 }
 
 /// Whether every chunk `range` covers is held (a read that may not reach the origin).
@@ -369,6 +395,7 @@ pub fn stream<C: ObjectCtx>(
     layout: Rc<Layout>,
     range: Range<u64>,
     tx: BodySender,
+    mut first: Option<FirstChunk>,
 ) {
     let ctx = ctx.clone();
     monoio::spawn(async move {
@@ -379,7 +406,14 @@ pub fn stream<C: ObjectCtx>(
         let parts = layout.covering(&range).map(|i| {
             let b = layout.bounds(i);
             let want = b.start.max(range.start) - b.start..b.end.min(range.end) - b.start;
-            load(ctx.clone(), key.clone(), layout.clone(), i, want)
+            let part: LocalBoxFuture<'static, _> = match first.take_if(|f| f.index == i) {
+                Some(f) => Box::pin(async move {
+                    let chunk = f.rx.await.unwrap_or_else(|_| Err(abandoned()))?;
+                    Ok(vec![slice(&chunk, &want)])
+                }),
+                None => Box::pin(load(ctx.clone(), key.clone(), layout.clone(), i, want)),
+            };
+            part
         });
         let mut parts = futures::stream::iter(parts).buffered(conc);
         while let Some(r) = parts.next().await {
@@ -426,17 +460,21 @@ async fn load<C: ObjectCtx>(
     let guard = FetchGuard::register(ctx.clone(), &ck);
     let (tx, rx) = oneshot::channel();
     monoio::spawn(async move {
-        let r = fetch_chunk(&ctx, &key, &layout, i, &ck).await;
-        guard.finish(r.as_ref().map(|_| ()).map_err(Clone::clone));
-        let _ = tx.send(r);
+        let r = fetch_chunk(&ctx, &key, &layout, i).await;
+        deliver_and_store(&*ctx, &ck, r, tx, guard).await;
     });
-    let chunk = rx.await.unwrap_or_else(|_| {
-        Err(ObjectError::Unavailable(
-            "the chunk fetch ended without an answer".into(),
-        ))
-    })?;
-    let (s, e) = (want.start as usize, (want.end as usize).min(chunk.len()));
-    Ok(vec![chunk.slice(s.min(e)..e)])
+    let chunk = rx.await.unwrap_or_else(|_| Err(abandoned()))?;
+    Ok(vec![slice(&chunk, &want)])
+}
+
+fn abandoned() -> ObjectError {
+    ObjectError::Unavailable("the chunk fetch ended without an answer".into())
+}
+
+/// `want` of a chunk's bytes, clamped to them.
+fn slice(chunk: &Bytes, want: &Range<u64>) -> Bytes {
+    let e = (want.end as usize).min(chunk.len());
+    chunk.slice((want.start as usize).min(e)..e)
 }
 
 /// `want` of the stored chunk `ck` (`len` bytes), verified; None when not held, of the
@@ -464,15 +502,14 @@ async fn stored<C: ObjectCtx>(
     Some(parts)
 }
 
-/// One ranged origin GET of chunk `i`, stored (when there is room) and returned whole.
-/// Another ETag than the manifest's: the object changed; the manifest is dropped.
+/// One ranged origin GET of chunk `i`, read whole. Another ETag than the manifest's:
+/// the object changed; the manifest is dropped.
 async fn fetch_chunk<C: ObjectCtx>(
     ctx: &Rc<C>,
     key: &CacheKey,
     layout: &Layout,
     i: u64,
-    ck: &str,
-) -> Result<Bytes, ObjectError> {
+) -> Result<(Bytes, RemoteMeta), ObjectError> {
     ctx.objects().metrics.chunk_fetches.fetch_add(1, Relaxed);
     let b = layout.bounds(i);
     let obj = origin_range(&**ctx, key, Some((b.start, b.end))).await?;
@@ -484,9 +521,7 @@ async fn fetch_chunk<C: ObjectCtx>(
         )));
     }
     let meta = obj.meta.clone();
-    let bytes = collect(&**ctx, obj.body, b).await?;
-    store_chunk(&**ctx, ck, bytes.clone(), &meta).await;
-    Ok(bytes)
+    Ok((collect(&**ctx, obj.body, b).await?, meta))
 }
 
 /// Reads a chunk's body from the origin whole, counting the bytes; it must be exactly

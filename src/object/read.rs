@@ -875,16 +875,18 @@ async fn fill_chunked<C: ObjectCtx, R: Render>(
     let mut rmeta = obj.meta.clone();
     let restored = origin_meta::from_origin(&req.key, &mut rmeta.user_meta);
     let layout = Rc::new(chunks::layout_of(&**ctx, &obj));
-    chunks::keep_first_chunk(ctx, &req.key, &layout, obj, index);
+    let first = Some(chunks::keep_first_chunk(ctx, &req.key, &layout, obj, index));
     let answer = match chunks::write_manifest(&**ctx, &req.key, &rmeta, &restored, &layout).await {
         Some(meta) => {
-            let c = Chunked { meta, layout };
-            answer_stored_chunks(ctx, req, render, &c, CacheStatus::Miss)
+            let mut view = ObjectView::stored(&meta, CacheStatus::Miss);
+            view.key = req.key.as_str();
+            view.size = layout.size;
+            answer_chunks(ctx, req, render, &view, &layout, first)
         }
         // Not kept (no-store, or no room): its chunks are never found without one.
         None => {
             let view = ObjectView::remote(req.key.as_str(), &rmeta, &restored);
-            answer_chunks(ctx, req, render, &view, &layout)
+            answer_chunks(ctx, req, render, &view, &layout, first)
         }
     };
     let _ = resp_tx.send(answer);
@@ -922,7 +924,7 @@ fn answer_stored_chunks<C: ObjectCtx, R: Render>(
     let mut view = ObjectView::stored(&c.meta, status);
     view.key = req.key.as_str();
     view.size = c.layout.size;
-    answer_chunks(ctx, req, render, &view, &c.layout)
+    answer_chunks(ctx, req, render, &view, &c.layout, None)
 }
 
 /// Answers `req` for the chunked object `view` describes; the body streams from chunks.
@@ -932,6 +934,7 @@ fn answer_chunks<C: ObjectCtx, R: Render>(
     render: &R,
     view: &ObjectView<'_>,
     layout: &Rc<chunks::Layout>,
+    first: Option<chunks::FirstChunk>,
 ) -> Result<Response<Body>, ObjectError> {
     let answer = decide(req, view)?;
     let builder = render.head(view, &answer);
@@ -951,7 +954,7 @@ fn answer_chunks<C: ObjectCtx, R: Render>(
         return Ok(respond(builder, Body::Empty));
     }
     let (tx, body) = Body::channel(range.end - range.start, PUMP_DEPTH);
-    chunks::stream(ctx, req.key.clone(), layout.clone(), range, tx);
+    chunks::stream(ctx, req.key.clone(), layout.clone(), range, tx, first);
     Ok(respond(builder, body))
 }
 
