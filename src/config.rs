@@ -744,7 +744,9 @@ impl Config {
         }
         let k = &self.chunks;
         if k.chunk_size.0 < 64 << 10 || k.fetch_concurrency == 0 {
-            bail!("chunks.chunk_size must be at least 64KiB and chunks.fetch_concurrency at least 1");
+            bail!(
+                "chunks.chunk_size must be at least 64KiB and chunks.fetch_concurrency at least 1"
+            );
         }
         if k.multipart_part_size.0 < 5 << 20 || k.multipart_concurrency == 0 {
             bail!("chunks.multipart_part_size must be at least 5MiB (S3's minimum) and chunks.multipart_concurrency at least 1");

@@ -130,7 +130,10 @@ fn a_range_moves_only_its_chunks_and_concurrent_ranges_of_a_chunk_make_one_get()
     assert_eq!(body, &data[at..at + 4096]);
     let (bytes, fetches, _) = settle(&node);
     assert_eq!(fetches, 1.0, "one chunk fetched");
-    assert_eq!(bytes, CHUNK as f64, "only the covering chunk's bytes came from S3");
+    assert_eq!(
+        bytes, CHUNK as f64,
+        "only the covering chunk's bytes came from S3"
+    );
 
     // Again: served from the stored chunk.
     let (status, cache, body) = get(&url, Some(&format!("bytes={}-{}", at + 10, at + 20)));
@@ -269,7 +272,10 @@ fn a_changed_chunked_object_is_served_new_after_its_ttl_never_mixed() {
         }
         // Within the TTL the old version is answered, or its stream is cut when a chunk
         // still to fetch turns out to be of the new one: never a mix.
-        assert!(cache == "CUT" || b == one, "a response mixed the two versions");
+        assert!(
+            cache == "CUT" || b == one,
+            "a response mixed the two versions"
+        );
         assert!(Instant::now() < deadline, "never served the new version");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -322,8 +328,14 @@ fn a_slow_origin_get_is_hedged_and_the_hedge_wins() {
     let t = Instant::now();
     let (s, cache, b) = get(&url, None);
     let took = t.elapsed();
-    assert_eq!((s, cache.as_str(), b.as_slice()), (200, "MISS", &b"hedged body"[..]));
-    assert!(took < Duration::from_secs(4), "answered by the hedge: {took:?}");
+    assert_eq!(
+        (s, cache.as_str(), b.as_slice()),
+        (200, "MISS", &b"hedged body"[..])
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "answered by the hedge: {took:?}"
+    );
     assert_eq!(node.metric("nearcache_hedges_sent_total"), 1.0);
     assert_eq!(node.metric("nearcache_hedges_won_total"), 1.0);
 }
@@ -354,8 +366,14 @@ fn a_large_level_one_write_reaches_s3_as_a_multipart_upload_intact() {
         assert!(Instant::now() < deadline, "the upload never reached S3");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(etag.trim_matches('"').ends_with("-5"), "24 MiB in 5 MiB parts: {etag}");
-    assert!(body.as_ref() == data.as_slice(), "S3 holds the bytes written");
+    assert!(
+        etag.trim_matches('"').ends_with("-5"),
+        "24 MiB in 5 MiB parts: {etag}"
+    );
+    assert!(
+        body.as_ref() == data.as_slice(),
+        "S3 holds the bytes written"
+    );
     // Below the threshold: one PUT, whose ETag is the body's MD5.
     let deadline = Instant::now() + Duration::from_secs(30);
     let small_etag = loop {
@@ -363,7 +381,10 @@ fn a_large_level_one_write_reaches_s3_as_a_multipart_upload_intact() {
         if let Ok(h) = got {
             break h.e_tag().unwrap_or_default().trim_matches('"').to_owned();
         }
-        assert!(Instant::now() < deadline, "the small upload never reached S3");
+        assert!(
+            Instant::now() < deadline,
+            "the small upload never reached S3"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(small_etag, md5_hex(&small));

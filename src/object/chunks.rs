@@ -174,7 +174,10 @@ pub async fn write_manifest<C: ObjectCtx>(
         }),
     };
     let stored = async {
-        let mut w = ctx.store().begin_write(&mkey, Some(body.len() as u64)).await?;
+        let mut w = ctx
+            .store()
+            .begin_write(&mkey, Some(body.len() as u64))
+            .await?;
         w.write(body).await?;
         w.finish(attrs).await
     };
@@ -284,7 +287,8 @@ pub async fn first_get<C: ObjectCtx>(
         }
     };
     let size = obj.meta.size;
-    if size > cfg.threshold.0 && chunk_key(&obj.meta.etag, index, key.as_str()).len() <= MAX_CACHE_KEY
+    if size > cfg.threshold.0
+        && chunk_key(&obj.meta.etag, index, key.as_str()).len() <= MAX_CACHE_KEY
     {
         return Ok(First::Chunked(obj, index));
     }
@@ -376,7 +380,12 @@ async fn deliver_and_store<C: ObjectCtx>(
 }
 
 /// Whether every chunk `range` covers is held (a read that may not reach the origin).
-pub fn all_held<C: ObjectCtx>(ctx: &C, key: &CacheKey, layout: &Layout, range: &Range<u64>) -> bool {
+pub fn all_held<C: ObjectCtx>(
+    ctx: &C,
+    key: &CacheKey,
+    layout: &Layout,
+    range: &Range<u64>,
+) -> bool {
     range.is_empty()
         || layout.covering(range).all(|i| {
             matches!(
@@ -569,7 +578,10 @@ async fn store_chunk<C: ObjectCtx>(ctx: &C, ck: &str, bytes: Bytes, rmeta: &Remo
         ..Default::default()
     };
     let stored = async {
-        let mut w = ctx.store().begin_write(ck, Some(bytes.len() as u64)).await?;
+        let mut w = ctx
+            .store()
+            .begin_write(ck, Some(bytes.len() as u64))
+            .await?;
         w.write(bytes).await?;
         w.finish(attrs).await
     };
@@ -605,6 +617,8 @@ mod tests {
         assert!(crate::cluster::sync::is_local_key(&k));
         assert!(crate::cluster::sync::is_local_key(&manifest_key("01J0")));
         // An S3 key's text starts with its bucket, which cannot contain '~'.
-        assert!(!crate::cluster::sync::is_local_key(CacheKey::s3("b", "~c/x").as_str()));
+        assert!(!crate::cluster::sync::is_local_key(
+            CacheKey::s3("b", "~c/x").as_str()
+        ));
     }
 }

@@ -88,4 +88,3 @@ pub fn fetch_in_progress<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Option<Rc<Fet
     ctx.objects().metrics.coalesced.fetch_add(1, Relaxed);
     Some(fetch)
 }
-

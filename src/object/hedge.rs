@@ -74,7 +74,11 @@ impl Hedger {
         }
         let cur = self.current.borrow();
         let prev = self.previous.borrow();
-        let window = if cur.len() >= MIN_SAMPLES { &*cur } else { &*prev };
+        let window = if cur.len() >= MIN_SAMPLES {
+            &*cur
+        } else {
+            &*prev
+        };
         let p_ms = if window.len() >= MIN_SAMPLES {
             window.value_at_quantile(self.cfg.percentile)
         } else {
@@ -165,7 +169,10 @@ mod tests {
                 hedged += 1;
             }
         }
-        assert!((99..=100).contains(&hedged), "{hedged} hedges of 1000 at 10 %");
+        assert!(
+            (99..=100).contains(&hedged),
+            "{hedged} hedges of 1000 at 10 %"
+        );
     }
 
     #[test]
@@ -176,7 +183,10 @@ mod tests {
             h.record(Duration::from_millis(i));
         }
         let d = h.delay().unwrap().as_millis();
-        assert!((89..=92).contains(&d), "p90 of 1..=100 ms is about 90, got {d}");
+        assert!(
+            (89..=92).contains(&d),
+            "p90 of 1..=100 ms is about 90, got {d}"
+        );
         let off = Hedger::new(&HedgeConfig {
             enabled: false,
             ..cfg(1.0)

@@ -34,7 +34,10 @@ pub fn target(cfg: &Config, key: &CacheKey, len: u64) -> Option<ObjectLoc> {
 
 /// Bytes per part for an object of `len` bytes.
 fn part_size(cfg: &ChunksConfig, len: u64) -> u64 {
-    cfg.multipart_part_size.0.max(len.div_ceil(MAX_PARTS)).max(1)
+    cfg.multipart_part_size
+        .0
+        .max(len.div_ceil(MAX_PARTS))
+        .max(1)
 }
 
 /// Uploads `len` bytes at `offset` of `path` to `loc` in parts; returns the ETag.
@@ -90,8 +93,10 @@ mod tests {
 
     #[test]
     fn parts_respect_the_size_and_s3s_part_count() {
-        let mut cfg = ChunksConfig::default();
-        cfg.multipart_part_size = Size(16 << 20);
+        let cfg = ChunksConfig {
+            multipart_part_size: Size(16 << 20),
+            ..Default::default()
+        };
         assert_eq!(part_size(&cfg, 100 << 20), 16 << 20);
         // 1 TiB in at most 10000 parts.
         let big = 1u64 << 40;
@@ -108,7 +113,10 @@ mod tests {
         cfg.origin.prefix = "p/".into();
         assert_eq!(target(&cfg, &id, 10), None, "not over the threshold");
         let loc = target(&cfg, &id, 11).unwrap();
-        assert_eq!((loc.bucket.as_str(), loc.key.as_str()), ("b", "p/01J0000000000000000000000A"));
+        assert_eq!(
+            (loc.bucket.as_str(), loc.key.as_str()),
+            ("b", "p/01J0000000000000000000000A")
+        );
         let s3 = target(&cfg, &CacheKey::s3("other", "k"), 11).unwrap();
         assert_eq!((s3.bucket.as_str(), s3.key.as_str()), ("other", "k"));
     }

@@ -833,7 +833,8 @@ async fn fill<C: ObjectCtx, R: Render>(
             None => break,
             Some(Ok(chunk)) => {
                 let n = chunk.len() as u64;
-                ctx.objects().metrics.origin_body_bytes.fetch_add(n, Relaxed);
+                let metrics = &ctx.objects().metrics;
+                metrics.origin_body_bytes.fetch_add(n, Relaxed);
                 tee.push(chunk).await
             }
             Some(Err(e)) => {
