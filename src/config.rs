@@ -65,6 +65,15 @@ impl FromStr for Secret {
 
 pub mod defaults {
     use nearcache_shards::defaults as store;
+    pub const CHUNK_THRESHOLD: u64 = 64 << 20;
+    pub const CHUNK_SIZE: u64 = 8 << 20;
+    pub const CHUNK_FETCH_CONCURRENCY: usize = 4;
+    pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+    pub const MULTIPART_PART_SIZE: u64 = 16 << 20;
+    pub const MULTIPART_CONCURRENCY: usize = 4;
+    pub const HEDGE_PERCENTILE: f64 = 0.95;
+    pub const HEDGE_MAX_FRACTION: f64 = 0.05;
+    pub const HEDGE_MIN_DELAY_MS: u64 = 50;
     pub const LISTEN: &str = "127.0.0.1:8080";
     pub const DATA_DIR: &str = "./nearcache-data";
     pub const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -729,7 +738,74 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub jobs: JobsConfig,
+    pub chunks: ChunksConfig,
+    pub hedge: HedgeConfig,
     pub log: LogConfig,
+}
+
+/// Large objects (`[chunks]`): objects over `threshold` are cached in `chunk_size`
+/// pieces fetched with ranged origin GETs, so a range request moves only the chunks it
+/// covers and a full GET fetches `fetch_concurrency` chunks at a time.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunksConfig {
+    /// Off: every miss is one whole-object GET, as before.
+    pub enabled: bool,
+    /// Objects larger than this are cached in chunks; smaller ones whole.
+    pub threshold: Size,
+    /// Bytes per chunk (the ranged GET's length); a miss asks for the first chunk first
+    /// and learns the object's size from the answer.
+    pub chunk_size: Size,
+    /// Chunks a full GET fetches from the origin at a time (per request).
+    pub fetch_concurrency: usize,
+    /// Level-1/2 writes larger than this reach S3 as multipart uploads (S3 origins).
+    pub multipart_threshold: Size,
+    /// Bytes per part of those uploads (at least 5MiB, S3's minimum; raised when an
+    /// object would need more than 10000 parts).
+    pub multipart_part_size: Size,
+    /// Parts of one upload sent at a time.
+    pub multipart_concurrency: usize,
+}
+
+impl Default for ChunksConfig {
+    fn default() -> Self {
+        ChunksConfig {
+            enabled: true,
+            threshold: Size(defaults::CHUNK_THRESHOLD),
+            chunk_size: Size(defaults::CHUNK_SIZE),
+            fetch_concurrency: defaults::CHUNK_FETCH_CONCURRENCY,
+            multipart_threshold: Size(defaults::MULTIPART_THRESHOLD),
+            multipart_part_size: Size(defaults::MULTIPART_PART_SIZE),
+            multipart_concurrency: defaults::MULTIPART_CONCURRENCY,
+        }
+    }
+}
+
+/// Hedged origin GETs (`[hedge]`): when an origin GET's head has not come after the
+/// shard's `percentile` latency, a second identical GET is sent and the first answer
+/// wins; at most `max_fraction` of GETs are hedged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HedgeConfig {
+    pub enabled: bool,
+    /// The latency percentile (0..1) of recent time-to-first-byte after which a GET is hedged.
+    pub percentile: f64,
+    /// At most this fraction (0..1) of origin GETs get a second request.
+    pub max_fraction: f64,
+    /// Never hedge before this many milliseconds (also the delay until enough
+    /// latencies are recorded).
+    pub min_delay_ms: u64,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        HedgeConfig {
+            enabled: true,
+            percentile: defaults::HEDGE_PERCENTILE,
+            max_fraction: defaults::HEDGE_MAX_FRACTION,
+            min_delay_ms: defaults::HEDGE_MIN_DELAY_MS,
+        }
+    }
 }
 
 /// Freshness of cached copies (`[freshness]`): when a copy read through from (or written
@@ -1046,6 +1122,19 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.origin.inject_failure_rate) {
             bail!("origin.inject_failure_rate must be within 0.0..=1.0");
+        }
+        let k = &self.chunks;
+        if k.chunk_size.0 < 64 << 10 || k.fetch_concurrency == 0 {
+            bail!(
+                "chunks.chunk_size must be at least 64KiB and chunks.fetch_concurrency at least 1"
+            );
+        }
+        if k.multipart_part_size.0 < 5 << 20 || k.multipart_concurrency == 0 {
+            bail!("chunks.multipart_part_size must be at least 5MiB (S3's minimum) and chunks.multipart_concurrency at least 1");
+        }
+        let h = &self.hedge;
+        if !(0.0..=1.0).contains(&h.percentile) || !(0.0..=1.0).contains(&h.max_fraction) {
+            bail!("hedge.percentile and hedge.max_fraction must be within 0.0..=1.0");
         }
         if self.origin.access_key.is_some() != self.origin.secret_key.is_some() {
             bail!("S3 access key and secret key must be given together");

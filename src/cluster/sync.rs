@@ -31,6 +31,17 @@ use super::{Cluster, ClusterCtx, ClusterShard, H_META};
 use crate::http_util::{drain_into, DrainError};
 use crate::mesh::on_owner;
 
+/// Keys that begin with this are node-local (the object service's chunks of large
+/// objects and their manifests, kept on the parent key's owner shard): they are never
+/// pulled from peers, so placement never routes them by their own hash. No API can
+/// name such a key (bucket names cannot contain '~'; native ids are ULIDs).
+pub const LOCAL_KEY_PREFIX: char = '~';
+
+/// Whether `key` is node-local (see [`LOCAL_KEY_PREFIX`]).
+pub fn is_local_key(key: &str) -> bool {
+    key.starts_with(LOCAL_KEY_PREFIX)
+}
+
 const BOOK_FILE: &str = "cluster-sync.json";
 const BOOK_FORMAT: u32 = 1;
 
@@ -709,6 +720,9 @@ async fn apply_change<C: ClusterCtx>(
         Change::Delete(t) => t.key.clone(),
         Change::Upgrade { key, .. } | Change::Uploaded { key, .. } => key.clone(),
     };
+    if is_local_key(&key) {
+        return Ok(());
+    }
     if let Change::Put(m) = &change {
         if !cl.is_owner(&m.key, m.level) {
             return Ok(());

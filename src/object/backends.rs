@@ -50,10 +50,15 @@ pub fn set_of<'a>(backends: &'a Backends, key: &CacheKey) -> &'a BackendSet {
     backends.set_for(key.bucket())
 }
 
-/// GET from the preferred backend of the key's set, failing over to the next.
-pub async fn get<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Result<GetObject, ObjectError> {
+/// GET of `range` (None: whole) from the preferred backend of the key's set, failing
+/// over to the next.
+pub async fn get_range<C: ObjectCtx>(
+    ctx: &C,
+    key: &CacheKey,
+    range: Option<(u64, u64)>,
+) -> Result<GetObject, nearcache_s3::OriginError> {
     let b = &ctx.objects().backends;
-    let found = b.get(set_of(b, key), &target(key), None).await?;
+    let found = b.get(set_of(b, key), &target(key), range).await?;
     note_drift(ctx, key, &found, &found.value.meta).await;
     Ok(found.value)
 }
@@ -214,6 +219,39 @@ pub fn put_meta(key: &CacheKey, meta: &nearcache_shards::ObjectMeta) -> PutMeta 
     }
 }
 
+/// Uploads `len` bytes at `offset` of `path` to backend `i` (background bounds): as a
+/// multipart upload over `chunks.multipart_threshold` (on an S3 backend), else one PUT.
+/// Returns whether the backend's ETag is the body's MD5 (a single PUT), which a
+/// verification may then compare.
+pub async fn put_stored<C: ObjectCtx>(
+    ctx: &C,
+    i: usize,
+    tgt: &Target,
+    path: std::path::PathBuf,
+    offset: u64,
+    len: u64,
+    meta: PutMeta,
+) -> Result<bool, nearcache_s3::OriginError> {
+    let objects = ctx.objects();
+    let bk = &objects.backends;
+    let cfg = &objects.cfg;
+    let loc = bk.get_backend(i).loc_of(tgt, &cfg.origin.prefix);
+    match loc {
+        Some(loc) if super::multipart::wanted(cfg, len) => {
+            bk.on(i, |b| async move {
+                super::multipart::put(&b.background, &loc, path, offset, len, meta, &cfg.chunks)
+                    .await
+            })
+            .await?;
+            Ok(false)
+        }
+        _ => {
+            bk.put_file(i, tgt, path, offset, len, meta).await?;
+            Ok(true)
+        }
+    }
+}
+
 /// Applies a pending op to the backends of its key's set. `Ok(missed)`: the policy is
 /// met, and `missed` are the entries to log with its completion; `Err`: not met (the op
 /// stays pending and is retried; backends that took it are not sent it again).
@@ -361,8 +399,7 @@ async fn one_write<C: ObjectCtx>(
             offset,
             len,
             meta,
-        } => bk
-            .put_file(i, &tgt, path.clone(), *offset, *len, put_meta(&key, meta))
+        } => put_stored(&*ctx, i, &tgt, path.clone(), *offset, *len, put_meta(&key, meta))
             .await
             .map(drop),
         PendingKind::Delete => bk.delete(i, &tgt).await,

@@ -37,6 +37,16 @@ pub struct ObjectMetrics {
     pub sync_repair_failures: AtomicU64,
     /// The shard's sync log backlog per backend, as its syncer last saw it.
     pub sync_backlog: std::sync::Mutex<std::collections::BTreeMap<String, nearcache_shards::SyncBacklog>>,
+    /// Ranged origin GETs of one chunk of a large object.
+    pub chunk_fetches: AtomicU64,
+    /// Chunks of large objects served from the store.
+    pub chunk_hits: AtomicU64,
+    /// Body bytes received from the origin by reads (read-through, revalidation, chunks).
+    pub origin_body_bytes: AtomicU64,
+    /// Second origin GETs sent because the first was slow.
+    pub hedges_sent: AtomicU64,
+    /// Hedged GETs whose second request answered first.
+    pub hedges_won: AtomicU64,
 }
 
 /// How a revalidation ended.
@@ -160,6 +170,31 @@ impl ObjectMetrics {
             Kind::Counter,
             "Sync log repair attempts that failed (they are retried).",
         ),
+        Family::new(
+            "nearcache_chunk_fetches_total",
+            Kind::Counter,
+            "Ranged origin GETs of one chunk of a large object.",
+        ),
+        Family::new(
+            "nearcache_chunk_hits_total",
+            Kind::Counter,
+            "Chunks of large objects served from the store.",
+        ),
+        Family::new(
+            "nearcache_origin_body_bytes_total",
+            Kind::Counter,
+            "Body bytes received from the origin by reads (read-through, revalidation, chunks).",
+        ),
+        Family::new(
+            "nearcache_hedges_sent_total",
+            Kind::Counter,
+            "Second origin GETs sent because the first had not answered within the hedge delay.",
+        ),
+        Family::new(
+            "nearcache_hedges_won_total",
+            Kind::Counter,
+            "Hedged origin GETs whose second request answered first.",
+        ),
     ];
 
     /// Families labelled by shard and one more label.
@@ -176,7 +211,7 @@ impl ObjectMetrics {
         ),
     ];
 
-    fn values(&self) -> [u64; 12] {
+    fn values(&self) -> [u64; 17] {
         [
             self.coalesced.load(Relaxed),
             self.origin_fetches.load(Relaxed),
@@ -190,12 +225,17 @@ impl ObjectMetrics {
             self.sync_repaired.load(Relaxed),
             self.sync_repaired_bytes.load(Relaxed),
             self.sync_repair_failures.load(Relaxed),
+            self.chunk_fetches.load(Relaxed),
+            self.chunk_hits.load(Relaxed),
+            self.origin_body_bytes.load(Relaxed),
+            self.hedges_sent.load(Relaxed),
+            self.hedges_won.load(Relaxed),
         ]
     }
 
     /// Writes the families for every shard (`shards[i]` is shard i's metrics).
     pub fn render(shards: &[Arc<ObjectMetrics>], out: &mut Exposition) {
-        let rows: Vec<[u64; 12]> = shards.iter().map(|m| m.values()).collect();
+        let rows: Vec<[u64; 17]> = shards.iter().map(|m| m.values()).collect();
         for (i, f) in Self::FAMILIES.iter().enumerate() {
             out.per_shard(f, rows.iter().map(|r| r[i]));
         }

@@ -17,12 +17,16 @@
 
 pub mod backends;
 pub mod check;
+pub mod chunks;
+pub mod coalesce;
 pub mod error;
 pub mod fresh;
+pub mod hedge;
 pub mod invalidate;
 pub mod jobs;
 pub mod key;
 pub mod metrics;
+pub mod multipart;
 pub mod origin_meta;
 pub mod policy;
 pub mod read;
@@ -71,11 +75,13 @@ pub struct ObjectShard {
     pub metrics: Arc<ObjectMetrics>,
     /// Origin fetches and revalidations in progress on this (owner) shard, by key: later
     /// misses and stale hits wait on them.
-    fetches: RefCell<HashMap<String, Rc<read::Fetch>>>,
+    fetches: RefCell<HashMap<String, Rc<coalesce::Fetch>>>,
     /// The `[freshness]` rules.
     pub rules: fresh::Rules,
     /// Origin 404s remembered by this shard.
     negative: RefCell<fresh::NegativeCache>,
+    /// This shard's origin GET latencies and hedge budget.
+    hedger: hedge::Hedger,
     /// Writers waiting for the uploader, by (key, seq).
     upload_waiters: RefCell<HashMap<(String, u64), Vec<oneshot::Sender<Result<(), String>>>>>,
     /// Wakes this shard's uploader loop when an upload ends and frees a slot.
@@ -85,6 +91,7 @@ pub struct ObjectShard {
 impl ObjectShard {
     pub fn new(cfg: Arc<Config>, backends: Arc<Backends>, checks: Arc<check::CheckJobs>) -> Self {
         let rules = fresh::Rules::new(&cfg.freshness, cfg.origin.bucket.as_deref());
+        let hedger = hedge::Hedger::new(&cfg.hedge);
         ObjectShard {
             cfg,
             checks,
@@ -96,6 +103,7 @@ impl ObjectShard {
             fetches: Default::default(),
             rules,
             negative: Default::default(),
+            hedger,
             upload_waiters: Default::default(),
             upload_slot_freed: Default::default(),
         }

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use http::Response;
 use nearcache_s3::{GetObject, OriginError, RemoteMeta};
 use nearcache_shards::{FetchedFrom, Lookup, ObjectMeta, ObjectWriter, StoreError, WriteAttrs};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
+use super::chunks::{self, Chunked, First};
+use super::coalesce::{fetch_in_progress, FetchGuard};
 use super::fresh::{self, Standing};
 use super::metrics::{Revalidation, StaleReason};
 use super::origin_meta::{self, Restored};
@@ -292,11 +294,14 @@ async fn get_here<C: ObjectCtx, R: Render>(
             Standing::Stale { .. } => revalidate(ctx, req, render, meta).await,
         },
         Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
-        Lookup::Miss if req.fetch => read_through(ctx, req, render).await,
-        Lookup::Miss => Err(ObjectError::NotFound(format!(
-            "{} is not cached and read-through is off",
-            req.key
-        ))),
+        Lookup::Miss => match chunks::manifest(&*ctx, &req.key).await {
+            Some(c) => serve_chunked(ctx, req, render, c).await,
+            None if req.fetch => read_through(ctx, req, render).await,
+            None => Err(ObjectError::NotFound(format!(
+                "{} is not cached and read-through is off",
+                req.key
+            ))),
+        },
     }
 }
 
@@ -463,14 +468,6 @@ async fn revalidate<C: ObjectCtx, R: Render>(
     })
 }
 
-/// The fetch or revalidation of `key` under way on this shard, if any (counted: the
-/// caller waits for it instead of asking the origin itself).
-fn fetch_in_progress<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Option<Rc<Fetch>> {
-    let fetch = ctx.objects().fetches.borrow().get(key.as_str()).cloned()?;
-    ctx.objects().metrics.coalesced.fetch_add(1, Relaxed);
-    Some(fetch)
-}
-
 /// stale-while-revalidate: renews `stale` in the background unless a fetch or
 /// revalidation of the key is already under way.
 fn revalidate_in_background<C: ObjectCtx>(ctx: &Rc<C>, key: &CacheKey, stale: &Rc<ObjectMeta>) {
@@ -519,7 +516,8 @@ async fn revalidate_task<C: ObjectCtx, R: Render>(
     let outcome = match res {
         Ok(obj) => {
             objects.metrics.revalidated(Revalidation::Changed);
-            return fill(ctx, req, render, obj, resp_tx).await;
+            let (rmeta, body) = chunks::Source::whole(obj);
+            return fill(ctx, req, render, rmeta, body, resp_tx).await;
         }
         Err(OriginError::NotModified) => {
             objects.metrics.revalidated(Revalidation::NotModified);
@@ -614,6 +612,9 @@ async fn read_through<C: ObjectCtx, R: Render>(
     if let Some(fetch) = fetch_in_progress(&*ctx, &req.key) {
         let outcome = fetch.wait().await;
         if let (Ok(()), Lookup::Miss) = (&outcome, ctx.store().peek(req.key.as_str())) {
+            if let Some(c) = chunks::manifest(&*ctx, &req.key).await {
+                return answer_stored_chunks(&ctx, &req, &render, &c, CacheStatus::Miss);
+            }
             // Fetched but not cached (no room, or no-store): fetch for this request too.
             return fetch_and_respond(ctx, req, render).await;
         }
@@ -638,88 +639,11 @@ async fn read_through<C: ObjectCtx, R: Render>(
     fetch_and_respond(ctx, req, render).await
 }
 
-/// The origin GET of a miss: the preferred backend of the key's set, failing over.
-async fn origin_get<C: ObjectCtx>(ctx: &C, key: &CacheKey) -> Result<GetObject, ObjectError> {
-    super::backends::get(ctx, key).await
-}
-
 pub(super) async fn origin_head<C: ObjectCtx>(
     ctx: &C,
     key: &CacheKey,
 ) -> Result<RemoteMeta, ObjectError> {
     super::backends::head(ctx, key).await
-}
-
-/// One in-progress read-through or revalidation. Waiters learn the outcome; on success
-/// they read the now-stored object like any hit.
-pub struct Fetch {
-    done: watch::Sender<Option<Result<(), ObjectError>>>,
-}
-
-impl Fetch {
-    async fn wait(&self) -> Result<(), ObjectError> {
-        let mut rx = self.done.subscribe();
-        loop {
-            if let Some(outcome) = rx.borrow_and_update().clone() {
-                return outcome;
-            }
-            if rx.changed().await.is_err() {
-                return Err(ObjectError::OriginOther(
-                    "the origin fetch this request waited on was abandoned".into(),
-                ));
-            }
-        }
-    }
-}
-
-/// Registers a fetch of `key` on this shard and always releases it: waiters learn the
-/// outcome given to [`FetchGuard::finish`], or an error if the fetch task ends without
-/// one (a panic-free early return, a dropped task).
-struct FetchGuard<C: ObjectCtx> {
-    ctx: Rc<C>,
-    key: String,
-    fetch: Rc<Fetch>,
-    outcome: Option<Result<(), ObjectError>>,
-}
-
-impl<C: ObjectCtx> FetchGuard<C> {
-    fn register(ctx: Rc<C>, key: &str) -> Self {
-        let fetch = Rc::new(Fetch {
-            done: watch::channel(None).0,
-        });
-        ctx.objects()
-            .fetches
-            .borrow_mut()
-            .insert(key.to_owned(), fetch.clone());
-        FetchGuard {
-            ctx,
-            key: key.to_owned(),
-            fetch,
-            outcome: None,
-        }
-    }
-
-    fn finish(mut self, outcome: Result<(), ObjectError>) {
-        self.outcome = Some(outcome);
-    }
-}
-
-impl<C: ObjectCtx> Drop for FetchGuard<C> {
-    fn drop(&mut self) {
-        let mut f = self.ctx.objects().fetches.borrow_mut();
-        if f.get(&self.key)
-            .is_some_and(|cur| Rc::ptr_eq(cur, &self.fetch))
-        {
-            f.remove(&self.key);
-        }
-        drop(f);
-        let outcome = self.outcome.take().unwrap_or_else(|| {
-            Err(ObjectError::OriginOther(
-                "the origin fetch ended without an outcome".into(),
-            ))
-        });
-        self.fetch.done.send_replace(Some(outcome));
-    }
 }
 
 async fn fetch_and_respond<C: ObjectCtx, R: Render>(
@@ -821,8 +745,13 @@ async fn fetch_task<C: ObjectCtx, R: Render>(
     resp_tx: Responder,
 ) -> Result<(), ObjectError> {
     ctx.objects().metrics.origin_fetches.fetch_add(1, Relaxed);
-    match origin_get(&**ctx, &req.key).await {
-        Ok(obj) => fill(ctx, req, render, obj, Some(resp_tx)).await,
+    let start = match req.range {
+        ByteRangeSpec::From { first, .. } if !req.head => first,
+        _ => 0,
+    };
+    match chunks::first_get(ctx, &req.key, start).await {
+        Ok(First::Whole(rmeta, body)) => fill(ctx, req, render, rmeta, body, Some(resp_tx)).await,
+        Ok(First::Chunked(obj, index)) => fill_chunked(ctx, req, render, obj, index, resp_tx).await,
         Err(e) => {
             if matches!(e, ObjectError::NotFound(_)) {
                 remember_missing(&**ctx, &req.key);
@@ -840,12 +769,11 @@ async fn fill<C: ObjectCtx, R: Render>(
     ctx: &Rc<C>,
     req: &GetRequest,
     render: &R,
-    obj: GetObject,
+    mut rmeta: RemoteMeta,
+    mut origin_body: chunks::Source,
     resp_tx: Option<Responder>,
 ) -> Result<(), ObjectError> {
-    let mut rmeta = obj.meta;
     let restored = origin_meta::from_origin(&req.key, &mut rmeta.user_meta);
-    let mut origin_body = obj.body;
     let view = ObjectView::remote(req.key.as_str(), &rmeta, &restored);
     let mut client = None;
     if let Some(resp_tx) = resp_tx {
@@ -896,7 +824,12 @@ async fn fill<C: ObjectCtx, R: Render>(
     loop {
         match origin_body.next_chunk().await {
             None => break,
-            Some(Ok(chunk)) => tee.push(chunk).await,
+            Some(Ok(chunk)) => {
+                let n = chunk.len() as u64;
+                let metrics = &ctx.objects().metrics;
+                metrics.origin_body_bytes.fetch_add(n, Relaxed);
+                tee.push(chunk).await
+            }
             Some(Err(e)) => {
                 let msg = format!("origin stream broke after {} bytes: {e}", tee.pos);
                 return Err(tee.fail(msg).await);
@@ -923,6 +856,188 @@ async fn fill<C: ObjectCtx, R: Render>(
     Ok(())
 }
 
+/// A large object's first origin answer (chunk `index`): the chunk is kept, the
+/// manifest stored, and the client served from chunks.
+async fn fill_chunked<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+    obj: GetObject,
+    index: u64,
+    resp_tx: Responder,
+) -> Result<(), ObjectError> {
+    let mut rmeta = obj.meta.clone();
+    let restored = origin_meta::from_origin(&req.key, &mut rmeta.user_meta);
+    let layout = Rc::new(chunks::layout_of(&**ctx, &obj));
+    let first = Some(chunks::keep_first_chunk(ctx, &req.key, &layout, obj, index));
+    let answer = match chunks::write_manifest(&**ctx, &req.key, &rmeta, &restored, &layout).await {
+        Some(meta) => {
+            let mut view = ObjectView::stored(&meta, CacheStatus::Miss);
+            view.key = req.key.as_str();
+            view.size = layout.size;
+            answer_chunks(ctx, req, render, &view, &layout, first)
+        }
+        // Not kept (no-store, or no room): its chunks are never found without one.
+        None => {
+            let view = ObjectView::remote(req.key.as_str(), &rmeta, &restored);
+            answer_chunks(ctx, req, render, &view, &layout, first)
+        }
+    };
+    let _ = resp_tx.send(answer);
+    Ok(())
+}
+
+/// A chunked object held here: served if fresh (or the client asked not to reach the
+/// origin), else revalidated first (stale-while-revalidate does not apply to chunked
+/// objects: a changed version must not mix with the old one's chunks).
+async fn serve_chunked<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+    c: Chunked,
+) -> Result<Response<Body>, ObjectError> {
+    match standing_of(&*ctx, &req.key, &c.meta) {
+        Standing::Fresh => answer_stored_chunks(&ctx, &req, &render, &c, CacheStatus::Hit),
+        Standing::Stale { .. } if !req.fetch => {
+            answer_stored_chunks(&ctx, &req, &render, &c, CacheStatus::Stale)
+        }
+        Standing::Stale {
+            serve_on_error_until_ms,
+            ..
+        } => revalidate_chunked(ctx, req, render, c, serve_on_error_until_ms).await,
+    }
+}
+
+fn answer_stored_chunks<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+    c: &Chunked,
+    status: CacheStatus,
+) -> Result<Response<Body>, ObjectError> {
+    let mut view = ObjectView::stored(&c.meta, status);
+    view.key = req.key.as_str();
+    view.size = c.layout.size;
+    answer_chunks(ctx, req, render, &view, &c.layout, None)
+}
+
+/// Answers `req` for the chunked object `view` describes; the body streams from chunks.
+fn answer_chunks<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+    view: &ObjectView<'_>,
+    layout: &Rc<chunks::Layout>,
+    first: Option<chunks::FirstChunk>,
+) -> Result<Response<Body>, ObjectError> {
+    let answer = decide(req, view)?;
+    let builder = render.head(view, &answer);
+    let range = match &answer {
+        Answer::NotModified => return Ok(respond(builder, Body::Empty)),
+        _ if req.head => return Ok(respond(builder, Body::Empty)),
+        Answer::Whole => 0..layout.size,
+        Answer::Partial(r) => r.clone(),
+    };
+    if !req.fetch && !chunks::all_held(&**ctx, &req.key, layout, &range) {
+        return Err(ObjectError::NotFound(format!(
+            "{} is not wholly cached and read-through is off",
+            req.key
+        )));
+    }
+    if range.is_empty() {
+        return Ok(respond(builder, Body::Empty));
+    }
+    let (tx, body) = Body::channel(range.end - range.start, PUMP_DEPTH);
+    chunks::stream(ctx, req.key.clone(), layout.clone(), range, tx, first);
+    Ok(respond(builder, body))
+}
+
+/// A stale chunked object: the origin's HEAD says whether it is the same version (the
+/// manifest is renewed), another one (read through again, chunked anew) or gone. One
+/// revalidation per key at a time, as for whole objects.
+async fn revalidate_chunked<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+    c: Chunked,
+    serve_on_error_until_ms: u64,
+) -> Result<Response<Body>, ObjectError> {
+    if let Some(fetch) = fetch_in_progress(&*ctx, &req.key) {
+        let outcome = fetch.wait().await;
+        if let Lookup::Hit { .. } = ctx.store().peek(req.key.as_str()) {
+            return serve_current(&*ctx, &req, &render, None, outcome.err().as_ref()).await;
+        }
+        return match chunks::manifest(&*ctx, &req.key).await {
+            Some(c) => answer_stored_chunks(&ctx, &req, &render, &c, CacheStatus::Revalidated),
+            None => Err(outcome.err().unwrap_or_else(|| {
+                ObjectError::Unavailable(format!("{} changed while it was read; retry", req.key))
+            })),
+        };
+    }
+    let guard = FetchGuard::register(ctx.clone(), req.key.as_str());
+    let (resp_tx, resp_rx) = oneshot::channel();
+    monoio::spawn(async move {
+        let until = serve_on_error_until_ms;
+        let outcome = revalidate_chunked_task(&ctx, &req, &render, c, until, resp_tx).await;
+        guard.finish(outcome);
+    });
+    resp_rx.await.unwrap_or_else(|_| {
+        Err(ObjectError::Unavailable(
+            "the revalidation task ended without answering".into(),
+        ))
+    })
+}
+
+async fn revalidate_chunked_task<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+    c: Chunked,
+    serve_on_error_until_ms: u64,
+    resp_tx: Responder,
+) -> Result<(), ObjectError> {
+    let metrics = &ctx.objects().metrics;
+    let key = req.key.as_str();
+    match origin_head(&**ctx, &req.key).await {
+        Ok(m) if m.etag == c.layout.etag && m.size == c.layout.size => {
+            metrics.revalidated(Revalidation::NotModified);
+            let mkey = chunks::manifest_key(key);
+            if let Err(e) = ctx.store().renew(&mkey, c.meta.hlc, fresh::now_ms()).await {
+                tracing::warn!(key, error = %e, "renewing a revalidated chunk manifest failed");
+            }
+            let answer = answer_stored_chunks(ctx, req, render, &c, CacheStatus::Revalidated);
+            let _ = resp_tx.send(answer);
+            Ok(())
+        }
+        Ok(_) => {
+            metrics.revalidated(Revalidation::Changed);
+            chunks::drop_manifest(ctx, key).await;
+            fetch_task(ctx, req, render, resp_tx).await
+        }
+        Err(ObjectError::NotFound(_)) => {
+            metrics.revalidated(Revalidation::Gone);
+            chunks::drop_manifest(ctx, key).await;
+            remember_missing(&**ctx, &req.key);
+            let e = ObjectError::NotFound(format!(
+                "{key} is no longer in the origin; the cached copy was dropped"
+            ));
+            let _ = resp_tx.send(Err(e.clone()));
+            Err(e)
+        }
+        Err(e) => {
+            metrics.revalidated(Revalidation::Failed);
+            let answer = if fresh::now_ms() < serve_on_error_until_ms {
+                metrics.stale_served(StaleReason::OriginError);
+                answer_stored_chunks(ctx, req, render, &c, CacheStatus::Stale)
+            } else {
+                Err(e.clone())
+            };
+            let _ = resp_tx.send(answer);
+            Err(e)
+        }
+    }
+}
+
 /// What `stat` found: a stored object's metadata, or the origin's description (with
 /// what nearcache kept there of a native object).
 pub enum Stat {
@@ -941,14 +1056,22 @@ pub async fn stat<C: ObjectCtx>(
         match ctx.store().peek(key.as_str()) {
             Lookup::Hit { meta, .. } => Ok(Stat::Cached((*meta).clone())),
             Lookup::Deleted(t) => Err(deleted(&key, t.deleted_at_ms)),
-            Lookup::Miss if fetch => {
-                let mut m = origin_head(&*ctx, &key).await?;
-                let restored = origin_meta::from_origin(&key, &mut m.user_meta);
-                Ok(Stat::Origin(m, restored))
-            }
-            Lookup::Miss => Err(ObjectError::NotFound(format!(
-                "{key} is not cached and read-through is off"
-            ))),
+            Lookup::Miss => match chunks::manifest(&*ctx, &key).await {
+                Some(c) => {
+                    let mut m = (*c.meta).clone();
+                    m.key = key.into_string();
+                    m.size = c.layout.size;
+                    Ok(Stat::Cached(m))
+                }
+                None if fetch => {
+                    let mut m = origin_head(&*ctx, &key).await?;
+                    let restored = origin_meta::from_origin(&key, &mut m.user_meta);
+                    Ok(Stat::Origin(m, restored))
+                }
+                None => Err(ObjectError::NotFound(format!(
+                    "{key} is not cached and read-through is off"
+                ))),
+            },
         }
     })
     .await?

@@ -134,13 +134,13 @@ async fn repair_one<C: ObjectCtx>(ctx: &C, e: &SyncEntry, i: usize) -> Result<u6
     if e.kind == SyncKind::Delete || deleted {
         return delete_verified(ctx, i, &tgt).await.map(|()| 0);
     }
-    let bk = &ctx.objects().backends;
     if let Some((path, offset, meta)) = ctx.store().object_file(&e.key) {
         if e.etag.is_empty() || meta.etag == e.etag {
-            bk.put_file(i, &tgt, path, offset, meta.size, put_meta(&key, &meta))
-                .await
-                .map_err(|err| format!("copy from the local copy: {err}"))?;
-            let plain_md5 = !meta.etag.contains('-');
+            let single =
+                super::backends::put_stored(ctx, i, &tgt, path, offset, meta.size, put_meta(&key, &meta))
+                    .await
+                    .map_err(|err| format!("copy from the local copy: {err}"))?;
+            let plain_md5 = single && !meta.etag.contains('-');
             verify(ctx, i, &tgt, meta.size, plain_md5.then_some(meta.etag.as_str())).await?;
             return Ok(meta.size);
         }
@@ -246,13 +246,12 @@ async fn copy_from_backend<C: ObjectCtx>(
         md5_hex: Some(staged.md5_hex.clone()),
         headers: meta.headers.clone(),
     };
-    let res = bk
-        .put_file(i, tgt, staged.path.clone(), 0, staged.len, pm)
+    let res = super::backends::put_stored(ctx, i, tgt, staged.path.clone(), 0, staged.len, pm)
         .await
         .map_err(|err| format!("copy from {}: {err}", bk.get_backend(j).name));
     let (len, md5) = (staged.len, staged.md5_hex.clone());
     staged.remove().await;
-    res?;
-    verify(ctx, i, tgt, len, Some(&md5)).await?;
+    let single = res?;
+    verify(ctx, i, tgt, len, single.then_some(md5.as_str())).await?;
     Ok(len)
 }

@@ -246,6 +246,8 @@ async fn put_here<C: ObjectCtx, E, S: BodyStream<E>>(
     }
     let level = req.attrs.level;
     let meta = writer.finish(req.attrs).await?;
+    // An older version held in chunks must not come back when this one is evicted.
+    super::chunks::drop_manifest(ctx, req.key.as_str()).await;
     if let Some(cs) = ctx.cluster() {
         crate::cluster::route::replicate_put(ctx, cs, meta.clone())
             .await
@@ -451,6 +453,7 @@ pub async fn delete<C: ObjectCtx>(ctx: &Rc<C>, req: DeleteRequest) -> Result<(),
     let owner = ctx.mesh().owner_of(req.key.as_str());
     on_shard(ctx, owner, move |ctx| async move {
         let t: Tombstone = ctx.store().delete(req.key.as_str(), req.level).await?;
+        super::chunks::drop_manifest(&ctx, req.key.as_str()).await;
         if let Some(cs) = ctx.cluster() {
             crate::cluster::route::replicate_delete(cs, t.clone()).await?;
         }
@@ -503,7 +506,9 @@ pub async fn forget<C: ObjectCtx>(ctx: &Rc<C>, key: CacheKey) -> Result<(), Obje
     }
     let owner = ctx.mesh().owner_of(key.as_str());
     on_shard(ctx, owner, move |ctx| async move {
-        Ok(ctx.store().forget(key.as_str()).await?)
+        ctx.store().forget(key.as_str()).await?;
+        super::chunks::drop_manifest(&ctx, key.as_str()).await;
+        Ok(())
     })
     .await?
 }

@@ -156,6 +156,18 @@ impl Backend {
         }
     }
 
+    /// Where `target` lives on this backend as a bucket and key (native ids under
+    /// `prefix` in its native bucket); None on a local origin.
+    pub fn loc_of(&self, target: &Target, prefix: &str) -> Option<ObjectLoc> {
+        match target {
+            Target::Native(id) => self.native_bucket.as_ref().map(|b| ObjectLoc {
+                bucket: b.clone(),
+                key: format!("{prefix}{id}"),
+            }),
+            Target::Loc(loc) => Some(self.map_loc(loc)),
+        }
+    }
+
     /// This backend's name for an S3-API bucket.
     pub fn map_bucket<'a>(&'a self, bucket: &'a str) -> &'a str {
         self.buckets.get(bucket).map_or(bucket, String::as_str)
