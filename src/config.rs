@@ -118,6 +118,10 @@ pub mod defaults {
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
+    pub const NEAR_CACHE_BYTES: u64 = 64 << 20;
+    pub const NEAR_OBJECT_MAX: u64 = 1 << 20;
+    pub const NEAR_LEASE_MS: u64 = 5_000;
+    pub const NEAR_WATCH_MS: u64 = 2;
     pub const DRAIN_ON_SHUTDOWN: bool = true;
     pub const DRAIN_TIMEOUT_SECS: u64 = 60;
     pub const STALE_IF_ERROR_SECS: u64 = 0;
@@ -613,6 +617,16 @@ pub struct ClusterConfig {
     /// The longest a drain (hand-over and leave) may take; keep it under the service
     /// manager's stop timeout minus `server.shutdown_grace_secs`.
     pub drain_timeout_secs: u64,
+    /// Memory for near copies: hot objects other nodes own, kept on this node (which
+    /// serves them) under a lease from their owner. 0 = none (every such read is proxied).
+    pub near_cache_bytes: Size,
+    /// Largest object kept as a near copy.
+    pub near_object_max: Size,
+    /// How long a near copy may be served without word from its owner (the bound on
+    /// staleness when the owner's change notice is lost).
+    pub near_lease_ms: u64,
+    /// How often an owner with leases checks its journal for changes to leased keys.
+    pub near_watch_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -636,6 +650,10 @@ impl Default for ClusterConfig {
             replay_window_secs: defaults::REPLAY_WINDOW_SECS,
             drain_on_shutdown: defaults::DRAIN_ON_SHUTDOWN,
             drain_timeout_secs: defaults::DRAIN_TIMEOUT_SECS,
+            near_cache_bytes: Size(defaults::NEAR_CACHE_BYTES),
+            near_object_max: Size(defaults::NEAR_OBJECT_MAX),
+            near_lease_ms: defaults::NEAR_LEASE_MS,
+            near_watch_ms: defaults::NEAR_WATCH_MS,
         }
     }
 }

@@ -960,3 +960,70 @@ fn cache_operations_through_any_node() {
     assert_eq!((s, &v["nodes"]), (200, &3.into()), "{v}");
     assert_eq!(cget(&nodes[0], "up/one"), (200, b"1".to_vec()));
 }
+
+/// Near copies (issue 14): a hot object another node owns is kept in memory on the node
+/// that serves it, and every write or delete of it is answered only after that copy is
+/// gone, so reads through any node still see the newest version at once.
+#[test]
+fn near_copies_serve_hot_reads_and_never_outlive_a_write() {
+    let (_tmp, nodes, _bucket) = three("near", 2, 2);
+    let id = new_id(&nodes[0]);
+    let owners = nodes[0].owners(&id);
+    let by_id = |want: &str| nodes.iter().find(|p| p.id == want).unwrap();
+    let (first, second) = (by_id(&owners[0]), by_id(&owners[1]));
+    let x = nodes.iter().find(|p| !owners.contains(&p.id)).unwrap();
+    let read = |p: &Proc| {
+        let r = client().get(p.url(&format!("/api/v1/get/{id}"))).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().unwrap().to_vec())
+    };
+    // Reads through X until a near copy answers (the second proxied read fetches one).
+    let warm = |want: &[u8]| {
+        let hits = x.metric("nearcache_near_hits_total");
+        wait_until("a near copy on the non-owner", 20, || {
+            assert_eq!(read(x), (200, want.to_vec()));
+            x.metric("nearcache_near_hits_total") > hits
+        });
+    };
+
+    put(first, &id, b"version 1", 1);
+    warm(b"version 1");
+    assert!(x.metric("nearcache_near_fills_total") >= 1.0);
+    assert!(first.metric("nearcache_near_leases_granted_total") >= 1.0);
+    // Hot reads stay on X: nothing more is proxied.
+    let proxied = x.metric("nearcache_cluster_proxied_requests_total");
+    for _ in 0..20 {
+        assert_eq!(read(x), (200, b"version 1".to_vec()));
+    }
+    assert_eq!(x.metric("nearcache_cluster_proxied_requests_total"), proxied);
+    assert!(x.metric("nearcache_near_bytes") >= 9.0);
+
+    // A write through the other owner: once it is answered, X serves the new version.
+    put(second, &id, b"version 2", 1);
+    assert_eq!(read(x), (200, b"version 2".to_vec()));
+    assert!(x.metric("nearcache_near_notices_applied_total") >= 1.0);
+
+    // A delete through the first owner: X answers 404 at once.
+    warm(b"version 2");
+    let r = client()
+        .post(first.url(&format!("/api/v1/delete/{id}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert_eq!(read(x).0, 404);
+
+    // A write through X itself drops X's own copy before it is forwarded.
+    put(first, &id, b"version 3", 1);
+    warm(b"version 3");
+    put(x, &id, b"version 4", 1);
+    assert_eq!(read(x), (200, b"version 4".to_vec()));
+
+    // An invalidation drops near copies too.
+    warm(b"version 4");
+    let r = client()
+        .post(first.url(&format!("/api/v1/invalidate?key={id}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert_eq!(x.metric("nearcache_near_bytes"), 0.0);
+}

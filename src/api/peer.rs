@@ -179,7 +179,27 @@ async fn route(
         (Method::GET, "/_nc/v1/replica") => {
             let key = query_param(&req, "key")
                 .ok_or_else(|| ApiError::bad_request("missing parameter", "key is required"))?;
-            on_owner(ctx, &key.clone(), move |ctx| serve_replica(ctx, key)).await?
+            let lease_for = (query_param(&req, "lease").as_deref() == Some("1")).then_some(from);
+            on_owner(ctx, &key.clone(), move |ctx| serve_replica(ctx, key, lease_for)).await?
+        }
+        (Method::POST, "/_nc/v1/near/drop") => {
+            let body = crate::http_util::read_small_body(req.into_body(), 4 << 20).await?;
+            let keys = crate::cluster::near::parse_drop(&body)
+                .map_err(|e| ApiError::bad_request("invalid notice", e))?;
+            let n = ctx.node.shards.len();
+            let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); n];
+            for k in keys {
+                by_shard[crate::mesh::owner_of(&k, n)].push(k);
+            }
+            for (shard, keys) in by_shard.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+                on_shard(ctx, shard, move |ctx| async move {
+                    if let Some(cs) = &ctx.cluster {
+                        crate::cluster::near::dropped(cs, &keys);
+                    }
+                })
+                .await?;
+            }
+            Ok(json(StatusCode::OK, &serde_json::json!({ "ok": true })))
         }
         (Method::PUT, "/_nc/v1/replica") => {
             let meta = req
@@ -196,7 +216,11 @@ async fn route(
             let body = req.into_body();
             let key = meta.key.clone();
             let applied = on_owner(ctx, &key, move |ctx| async move {
-                sync::store_replica(&ctx.shard, &meta, body, upload_after).await
+                let applied = sync::store_replica(&ctx.shard, &meta, body, upload_after).await;
+                if let (Ok(true), Some(cs)) = (&applied, &ctx.cluster) {
+                    crate::cluster::near::release(cs, &meta.key).await;
+                }
+                applied
             })
             .await?
             .map_err(replica_error)?;
@@ -211,7 +235,11 @@ async fn route(
                 .map_err(|e| ApiError::bad_request("invalid tombstone", e.to_string()))?;
             let upload_after = sync::replica_upload_after(cl);
             let applied = on_owner(ctx, &t.key.clone(), move |ctx| async move {
-                ctx.shard.apply_tombstone(&t, upload_after).await
+                let applied = ctx.shard.apply_tombstone(&t, upload_after).await;
+                if let (Ok(true), Some(cs)) = (&applied, &ctx.cluster) {
+                    crate::cluster::near::release(cs, &t.key).await;
+                }
+                applied
             })
             .await?
             .map_err(store_error)?;
@@ -227,8 +255,14 @@ async fn route(
     }
 }
 
-/// The local copy of `key`, whole, with its metadata in `x-nc-meta`.
-async fn serve_replica(ctx: Rc<ShardCtx>, key: String) -> Result<Response<Body>, ApiError> {
+/// The local copy of `key`, whole, with its metadata in `x-nc-meta`. `lease_for`: the
+/// node asking for a near copy; it gets a lease (`x-nc-lease-ms`) when the object is
+/// small enough to be kept as one.
+async fn serve_replica(
+    ctx: Rc<ShardCtx>,
+    key: String,
+    lease_for: Option<String>,
+) -> Result<Response<Body>, ApiError> {
     let Lookup::Hit { meta, body } = ctx.shard.peek(&key) else {
         return Err(ApiError::not_found(format!("no local copy of {key:?}")));
     };
@@ -239,6 +273,12 @@ async fn serve_replica(ctx: Rc<ShardCtx>, key: String) -> Result<Response<Body>,
             H_META,
             HeaderValue::from_str(&sync::encode_meta(&meta)).expect("base64 is ascii"),
         );
+    if let (Some(holder), Some(cs)) = (lease_for, &ctx.cluster) {
+        if !holder.is_empty() && meta.size <= cs.cl.cfg.near_object_max.0 {
+            let len = crate::cluster::near::grant(cs, &ctx.shard, &key, &holder);
+            b = b.header(crate::cluster::near::H_LEASE_MS, len.as_millis() as u64);
+        }
+    }
     if let Some(body) = body {
         return Ok(b.body(Body::full(body)).expect("valid response"));
     }

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod drain;
 pub mod fanout;
+pub mod near;
 pub mod peer;
 pub mod placement;
 pub mod route;
@@ -54,6 +55,8 @@ pub trait ClusterCtx: OnMesh {
 pub struct ClusterShard {
     pub cl: Arc<Cluster>,
     pool: Rc<peer::Pool>,
+    /// This thread's near copies (held) and leases (granted): see [`near`].
+    pub near: Rc<near::NearShard>,
 }
 
 impl ClusterShard {
@@ -61,6 +64,7 @@ impl ClusterShard {
         ClusterShard {
             cl,
             pool: Rc::default(),
+            near: Rc::default(),
         }
     }
 }
@@ -208,11 +212,56 @@ const COUNTERS: &[(Family, ClusterCounter)] = &[
         ),
         |m| &m.replayed_requests,
     ),
+    (
+        Family::new(
+            "nearcache_near_hits_total",
+            Kind::Counter,
+            "Reads of objects other nodes own answered from a near copy held here.",
+        ),
+        |m| &m.near_hits,
+    ),
+    (
+        Family::new(
+            "nearcache_near_fills_total",
+            Kind::Counter,
+            "Near copies fetched from their owner with a lease.",
+        ),
+        |m| &m.near_fills,
+    ),
+    (
+        Family::new(
+            "nearcache_near_leases_granted_total",
+            Kind::Counter,
+            "Leases this node granted to other nodes for near copies of keys it owns.",
+        ),
+        |m| &m.near_leases,
+    ),
+    (
+        Family::new(
+            "nearcache_near_notices_sent_total",
+            Kind::Counter,
+            "Keys this node told lease holders had changed.",
+        ),
+        |m| &m.near_notices_sent,
+    ),
+    (
+        Family::new(
+            "nearcache_near_notices_applied_total",
+            Kind::Counter,
+            "Near copies dropped here because their owner said the key changed.",
+        ),
+        |m| &m.near_notices_applied,
+    ),
 ];
 const MEMBERS: Family = Family::new(
     "nearcache_cluster_members",
     Kind::Gauge,
     "Members by state, as this node sees them.",
+);
+const NEAR_BYTES: Family = Family::new(
+    "nearcache_near_bytes",
+    Kind::Gauge,
+    "Bytes of near copies held here (objects other nodes own).",
 );
 const SYNC_LAG: Family = Family::new(
     "nearcache_cluster_sync_lag_changes",
@@ -234,6 +283,12 @@ pub struct ClusterMetrics {
     pub sync_gaps: AtomicU64,
     pub unauthenticated_requests: AtomicU64,
     pub replayed_requests: AtomicU64,
+    pub near_hits: AtomicU64,
+    pub near_fills: AtomicU64,
+    pub near_bytes: AtomicU64,
+    pub near_leases: AtomicU64,
+    pub near_notices_sent: AtomicU64,
+    pub near_notices_applied: AtomicU64,
 }
 
 pub struct Cluster {
@@ -464,6 +519,7 @@ impl Cluster {
             out.single(f, counter(&self.metrics).load(Relaxed));
         }
         out.single(&SYNC_LAG, self.book.lag());
+        out.single(&NEAR_BYTES, self.metrics.near_bytes.load(Relaxed));
         // The gossip layer counts; this layer, which runs it, exports its table.
         for (info, value) in self.membership.counters().values() {
             let kind = match info.kind {

@@ -92,6 +92,16 @@ pub async fn route<C: ClusterCtx>(
         }
     } else if owner_here {
         return Ok(Route::Local(req));
+    } else if cl.cfg.near_cache_bytes.0 > 0 {
+        // This node's near copy must not answer its own client's next read with the
+        // version this write replaces.
+        let k = key.to_string();
+        on_owner(ctx, key, move |ctx| async move {
+            if let Some(cs) = ctx.cluster() {
+                super::near::drop_key(cs, &k);
+            }
+        })
+        .await?;
     }
     proxy(cs, key, req).await
 }
@@ -284,6 +294,8 @@ pub async fn replicate_put<C: ClusterCtx>(
     cs: &ClusterShard,
     meta: Rc<ObjectMeta>,
 ) -> Result<(), ClusterError> {
+    // Near copies of the replaced version end before the write is answered.
+    super::near::release(cs, &meta.key).await;
     let cl = &cs.cl;
     let (targets, owner_here) = targets(cl, &meta.key, meta.level);
     if targets.is_empty() {
@@ -353,6 +365,7 @@ async fn answer(resp: Response<Incoming>) -> Result<(), String> {
 
 /// Pushes a fresh tombstone to the key's other owners; returns once the quorum holds.
 pub async fn replicate_delete(cs: &ClusterShard, t: Tombstone) -> Result<(), ClusterError> {
+    super::near::release(cs, &t.key).await;
     let cl = &cs.cl;
     let (targets, owner_here) = targets(cl, &t.key, t.level);
     if targets.is_empty() {

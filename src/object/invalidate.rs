@@ -266,6 +266,10 @@ async fn drop_here<C: ObjectCtx>(
     found: Vec<(Rc<ObjectMeta>, bool)>,
 ) -> Result<Dropped, ObjectError> {
     let mut out = Dropped::default();
+    if let Some(cs) = ctx.cluster() {
+        // Near copies of other nodes' objects held here go too (never pending here).
+        out.dropped += crate::cluster::near::drop_where(cs, |k| scope.covers(k));
+    }
     let store = ctx.store();
     let mut safe = Vec::new();
     for (meta, pending) in found {

@@ -239,12 +239,14 @@ pub async fn get_held<C: ObjectCtx, R: Render>(
 ) -> Result<Option<Response<Body>>, ObjectError> {
     let owner = ctx.mesh().owner_of(req.key.as_str());
     on_shard(ctx, owner, move |ctx| async move {
-        let Lookup::Hit { meta, body } = ctx.store().peek(req.key.as_str()) else {
-            return Ok(None);
+        let held = match ctx.store().peek(req.key.as_str()) {
+            Lookup::Hit { meta, .. } if !owner_here && meta.level < 2 => None,
+            Lookup::Hit { meta, body } => Some((meta, body)),
+            _ => None,
         };
-        if !owner_here && meta.level < 2 {
-            return Ok(None);
-        }
+        let Some((meta, body)) = held else {
+            return Ok(get_near(&ctx, &req, &render).await);
+        };
         if standing_of(&*ctx, &req.key, &meta) != Standing::Fresh {
             return Ok(None);
         }
@@ -257,6 +259,37 @@ pub async fn get_held<C: ObjectCtx, R: Render>(
         }
     })
     .await?
+}
+
+/// A read this node neither owns nor holds: answered from a near copy of the owner's
+/// (`cluster::near`) when one is held and fresh; else None (the caller proxies), and a
+/// key proxied twice recently gets a near copy fetched in the background.
+async fn get_near<C: ObjectCtx, R: Render>(
+    ctx: &Rc<C>,
+    req: &GetRequest,
+    render: &R,
+) -> Option<Response<Body>> {
+    let cs = ctx.cluster()?;
+    let key = req.key.as_str();
+    if let Some((meta, body)) = crate::cluster::near::lookup(cs, key) {
+        if standing_of(&**ctx, &req.key, &meta) == Standing::Fresh {
+            if let Ok(Ok(resp)) = serve_hit(&**ctx, req, render, &meta, Some(body), CacheStatus::Hit).await {
+                return Some(resp);
+            }
+            // An error answer (a failed precondition, a bad range): the owner gives it.
+            return None;
+        }
+        crate::cluster::near::drop_key(cs, key);
+    }
+    if crate::cluster::near::admit(cs, key) {
+        let (cs, shards, ctx2) = (cs.clone(), ctx.mesh().shards(), ctx.clone());
+        let (key, ckey) = (key.to_owned(), req.key.clone());
+        monoio::spawn(async move {
+            let fresh = |m: &ObjectMeta| standing_of(&*ctx2, &ckey, m) == Standing::Fresh;
+            crate::cluster::near::fill(cs, shards, key, fresh).await;
+        });
+    }
+    None
 }
 
 /// The stored copy failed verification (already dropped by the store).
