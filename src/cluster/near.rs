@@ -166,6 +166,10 @@ impl Copies {
     fn insert(&mut self, key: String, meta: Rc<ObjectMeta>, body: Bytes, until: Instant, budget: u64, m: &super::ClusterMetrics) {
         self.remove(&key, m);
         let len = body.len() as u64;
+        // A copy larger than the whole budget is not kept, and evicts nothing.
+        if len > budget {
+            return;
+        }
         while self.bytes + len > budget {
             let Some((old, gen)) = self.order.pop_front() else {
                 break;

@@ -699,11 +699,105 @@ async fn fetch_and_respond<C: ObjectCtx, R: Render>(
     })
 }
 
+/// How far the store may fall behind a read-through's client before caching is given
+/// up: the client never waits on the disk, and the bytes queued for it stay bounded.
+const STORE_BEHIND_MAX: u64 = 32 << 20;
+
+/// What the store task of a read-through is told.
+enum StoreMsg {
+    Chunk(Bytes),
+    Finish(WriteAttrs, oneshot::Sender<Option<Rc<ObjectMeta>>>),
+}
+
+/// The store's side of a read-through: a task of this shard writes the bytes while the
+/// client is served, so the first byte goes out before anything waits on the disk and
+/// later chunks never wait on it. Dropped without `finish`: the write is abandoned.
+struct StoreFeed {
+    tx: tokio::sync::mpsc::UnboundedSender<StoreMsg>,
+    /// Bytes sent to the task and not yet written.
+    behind: Rc<std::cell::Cell<u64>>,
+}
+
+impl StoreFeed {
+    /// Starts writing `key` (`size` bytes) in its own task. The write's base (what the
+    /// key holds) is taken when the task first runs, before it reads any chunk, so a
+    /// write of the key that lands during the fill supersedes it.
+    fn start(store: &Rc<nearcache_shards::Shard>, key: &str, size: u64, shard: usize) -> StoreFeed {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let behind = Rc::new(std::cell::Cell::new(0u64));
+        let (store, key) = (store.clone(), key.to_owned());
+        let left = behind.clone();
+        monoio::spawn(async move {
+            let mut writer = match store.begin_write(&key, Some(size)).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "read-through not cached");
+                    None
+                }
+            };
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    StoreMsg::Chunk(chunk) => {
+                        left.set(left.get().saturating_sub(chunk.len() as u64));
+                        let Some(w) = writer.as_mut() else { continue };
+                        if let Err(e) = w.write(chunk).await {
+                            tracing::warn!(shard, error = %e, "read-through: caching stopped");
+                            if let Some(w) = writer.take() {
+                                w.abort().await;
+                            }
+                        }
+                    }
+                    StoreMsg::Finish(attrs, reply) => {
+                        let stored = match writer.take() {
+                            Some(w) => finish_fill(w, attrs, shard).await,
+                            None => None,
+                        };
+                        let _ = reply.send(stored);
+                        return;
+                    }
+                }
+            }
+            if let Some(w) = writer.take() {
+                w.abort().await;
+            }
+        });
+        StoreFeed { tx, behind }
+    }
+
+    /// Queues a chunk; false when the store has fallen too far behind (caching is then
+    /// given up: dropping the feed abandons the write).
+    fn push(&self, chunk: Bytes) -> bool {
+        let behind = self.behind.get().saturating_add(chunk.len() as u64);
+        if behind > STORE_BEHIND_MAX {
+            return false;
+        }
+        self.behind.set(behind);
+        self.tx.send(StoreMsg::Chunk(chunk)).is_ok()
+    }
+
+    async fn finish(self, attrs: WriteAttrs) -> Option<Rc<ObjectMeta>> {
+        let (reply, stored) = oneshot::channel();
+        self.tx.send(StoreMsg::Finish(attrs, reply)).ok()?;
+        stored.await.ok().flatten()
+    }
+}
+
+async fn finish_fill(w: ObjectWriter, attrs: WriteAttrs, shard: usize) -> Option<Rc<ObjectMeta>> {
+    match w.finish(attrs).await {
+        Ok(m) => Some(m),
+        Err(StoreError::Superseded) => None,
+        Err(e) => {
+            tracing::warn!(shard, error = %e, "read-through: storing failed");
+            None
+        }
+    }
+}
+
 /// Where the bytes of a read-through go: the client's part of the stream (if it wants
 /// a body) and the store (if there is room).
 struct Tee {
     client: Option<(BodySender, Range<u64>)>,
-    writer: Option<ObjectWriter>,
+    store: Option<StoreFeed>,
     pos: u64,
     shard: usize,
 }
@@ -712,6 +806,14 @@ impl Tee {
     async fn push(&mut self, chunk: Bytes) {
         let len = chunk.len() as u64;
         let end = self.pos.saturating_add(len);
+        // The store first: queueing never waits, and the task writes while the client
+        // is served.
+        if let Some(feed) = &self.store {
+            if !feed.push(chunk.clone()) {
+                tracing::warn!(shard = self.shard, "read-through: the disk fell behind the client; not cached");
+                self.store = None;
+            }
+        }
         if let Some((tx, range)) = &self.client {
             let (s, e) = (self.pos.max(range.start), end.min(range.end));
             if s < e {
@@ -722,14 +824,6 @@ impl Tee {
             }
         }
         self.pos = end;
-        if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.write(chunk).await {
-                tracing::warn!(shard = self.shard, error = %e, "read-through: caching stopped");
-                if let Some(w) = self.writer.take() {
-                    w.abort().await;
-                }
-            }
-        }
     }
 
     /// The stream broke: the client's body ends with an error, nothing is cached.
@@ -737,16 +831,17 @@ impl Tee {
         if let Some((tx, _)) = &self.client {
             let _ = tx.send(Err(BodyError(msg.clone()))).await;
         }
-        if let Some(w) = self.writer.take() {
-            w.abort().await;
-        }
+        // Dropping the feed abandons the write.
+        self.store = None;
         ObjectError::OriginOther(msg)
     }
 
     /// The whole object arrived: store it with what nearcache kept of it in the origin
     /// (a native object's name and level). The stored version, if it was stored.
     async fn finish(mut self, rmeta: &RemoteMeta, restored: &Restored) -> Option<Rc<ObjectMeta>> {
-        let w = self.writer.take()?;
+        // The client has its whole body: let its stream end before the disk sync.
+        self.client = None;
+        let feed = self.store.take()?;
         let attrs = WriteAttrs {
             content_type: rmeta.content_type.clone(),
             name: restored.name.clone(),
@@ -758,14 +853,7 @@ impl Tee {
                 last_modified_ms: rmeta.last_modified_ms,
             }),
         };
-        match w.finish(attrs).await {
-            Ok(m) => Some(m),
-            Err(StoreError::Superseded) => None,
-            Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "read-through: storing failed");
-                None
-            }
-        }
+        feed.finish(attrs).await
     }
 }
 
@@ -833,24 +921,11 @@ async fn fill<C: ObjectCtx, R: Render>(
     }
     let shard = ctx.mesh().id();
     let rule = ctx.objects().rules.rule_for(&req.key);
-    let writer = if !fresh::storable(rule, &rmeta.headers) {
-        None
-    } else {
-        match ctx
-            .store()
-            .begin_write(req.key.as_str(), Some(rmeta.size))
-            .await
-        {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(shard, error = %e, "read-through not cached");
-                None
-            }
-        }
-    };
+    let store = fresh::storable(rule, &rmeta.headers)
+        .then(|| StoreFeed::start(ctx.store(), req.key.as_str(), rmeta.size, shard));
     let mut tee = Tee {
         client,
-        writer,
+        store,
         pos: 0,
         shard,
     };
