@@ -274,6 +274,7 @@ impl fmt::Debug for Credential {
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
     by_key: HashMap<String, Credential>,
+    signing: SigningKeys,
 }
 
 impl KeyStore {
@@ -282,11 +283,75 @@ impl KeyStore {
             .into_iter()
             .map(|c| (c.access_key.clone(), c))
             .collect();
-        KeyStore { by_key }
+        KeyStore {
+            by_key,
+            signing: SigningKeys::default(),
+        }
     }
 
     pub fn get(&self, ak: &str) -> Option<&Credential> {
         self.by_key.get(ak)
+    }
+}
+
+/// Most signing keys remembered; past it the set starts over (a key is one per access key,
+/// day and region in use, so this is only reached by many regions or keys at once).
+const SIGNING_KEYS_MAX: usize = 1024;
+
+/// Signing keys (four HMACs each) of requests that verified, by (access key, date,
+/// region): a hot client's requests skip the derivation. Read without locks from every
+/// shard; only keys that signed a valid request are remembered, so forged requests cannot
+/// fill it. Clones share it (their secrets are the same).
+#[derive(Clone, Default)]
+struct SigningKeys(std::sync::Arc<arc_swap::ArcSwap<HashMap<String, Vec<Remembered>>>>);
+
+/// A signing key: its date and region, and the key (by access key in [`SigningKeys`]).
+type Remembered = (String, String, [u8; 32]);
+
+impl fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n: usize = self.0.load().values().map(Vec::len).sum();
+        write!(f, "SigningKeys({n} remembered)")
+    }
+}
+
+impl SigningKeys {
+    /// The signing key of `cred` for the scope, and whether it was remembered.
+    fn get(&self, cred: &Credential, scope: &Scope<'_>) -> ([u8; 32], bool) {
+        let known = self.0.load().get(&cred.access_key).and_then(|v| {
+            v.iter()
+                .find(|(d, r, _)| d == scope.date && r == scope.region)
+                .map(|(_, _, k)| *k)
+        });
+        match known {
+            Some(k) => (k, true),
+            None => (
+                signing_key(&cred.secret_key, scope.date, scope.region),
+                false,
+            ),
+        }
+    }
+
+    /// Remembers a key that just verified a request.
+    fn remember(&self, cred: &Credential, scope: &Scope<'_>, key: [u8; 32]) {
+        self.0.rcu(|m| {
+            let n: usize = m.values().map(Vec::len).sum();
+            let mut m = if n >= SIGNING_KEYS_MAX {
+                HashMap::new()
+            } else {
+                HashMap::clone(m)
+            };
+            let v = m.entry(cred.access_key.clone()).or_default();
+            // Yesterday's keys of this access key are not needed once today's verified.
+            v.retain(|(d, r, _)| !(r == scope.region && d.as_str() < scope.date));
+            if !v
+                .iter()
+                .any(|(d, r, _)| d == scope.date && r == scope.region)
+            {
+                v.push((scope.date.to_owned(), scope.region.to_owned(), key));
+            }
+            m
+        });
     }
 }
 
@@ -569,7 +634,7 @@ fn verify_header_auth(
         .to_str()
         .map_err(|_| bad_content_sha256())?
         .to_owned();
-    let key = signing_key(&cred.secret_key, scope.date, scope.region);
+    let (key, remembered) = keys.signing.get(cred, &scope);
     let scope_str = scope.string();
     check_signature(
         parts,
@@ -583,6 +648,9 @@ fn verify_header_auth(
         &signature,
         None,
     )?;
+    if !remembered {
+        keys.signing.remember(cred, &scope, key);
+    }
     let trailer = declared_trailer(&parts.headers)?;
     let body = match payload.as_str() {
         UNSIGNED_PAYLOAD => BodyCheck::None,
@@ -679,7 +747,7 @@ fn verify_presigned(
     check_unsigned_amz_headers(&parts.headers, &signed)?;
 
     let payload = param("X-Amz-Content-Sha256").unwrap_or(UNSIGNED_PAYLOAD);
-    let key = signing_key(&cred.secret_key, scope.date, scope.region);
+    let (key, remembered) = keys.signing.get(cred, &scope);
     check_signature(
         parts,
         query,
@@ -692,6 +760,9 @@ fn verify_presigned(
         &signature,
         Some("X-Amz-Signature"),
     )?;
+    if !remembered {
+        keys.signing.remember(cred, &scope, key);
+    }
     let body = if is_sha256_hex(payload) {
         BodyCheck::Sha256(payload.to_ascii_lowercase())
     } else {

@@ -1443,3 +1443,49 @@ fn checksum_headers() {
         "InvalidRequest"
     );
 }
+
+#[test]
+fn signing_keys_are_remembered_only_after_a_valid_signature() {
+    let good = parts(
+        "GET",
+        "/test.txt",
+        &[
+            ("host", "examplebucket.s3.amazonaws.com"),
+            ("range", "bytes=0-9"),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("x-amz-date", DATE),
+            (
+                "authorization",
+                &auth(
+                    "host;range;x-amz-content-sha256;x-amz-date",
+                    "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
+                ),
+            ),
+        ],
+    );
+    let mut forged = good.clone();
+    forged
+        .headers
+        .insert("range", "bytes=0-10".parse().unwrap());
+    let ks = keys();
+    let credential = format!("{AK}/{SCOPE}");
+    let scope = parse_credential(&credential).unwrap();
+    let cred = ks.get(AK).unwrap().clone();
+    // A forged request is refused and teaches the store nothing.
+    assert_eq!(
+        code(verify_head(&forged, &ks, t2013())),
+        "SignatureDoesNotMatch"
+    );
+    assert!(!ks.signing.get(&cred, &scope).1);
+    // A valid one is remembered (with the key the chain gives), and shared by clones.
+    verify_head(&good, &ks, t2013()).unwrap();
+    let (k, remembered) = ks.clone().signing.get(&cred, &scope);
+    assert!(remembered);
+    assert_eq!(k, test_signing_key(SK, "20130524"));
+    // With the key remembered, signatures are still checked.
+    assert_eq!(
+        code(verify_head(&forged, &ks, t2013())),
+        "SignatureDoesNotMatch"
+    );
+    verify_head(&good, &ks, t2013()).unwrap();
+}
