@@ -1302,7 +1302,11 @@ impl Config {
                 origin.kind = OriginKind::S3 {
                     endpoint: b.endpoint.clone().or_else(|| o.endpoint.clone()),
                     region: b.region.clone().unwrap_or_else(|| o.region.clone()),
-                    bucket: b.bucket.clone().or_else(|| o.bucket.clone()).unwrap_or_default(),
+                    bucket: b
+                        .bucket
+                        .clone()
+                        .or_else(|| o.bucket.clone())
+                        .unwrap_or_default(),
                     access_key: b.access_key.clone().or_else(|| o.access_key.clone()),
                     secret_key: b.secret_key.clone().or_else(|| o.secret_key.clone()),
                     path_style: b.path_style.unwrap_or(o.path_style),

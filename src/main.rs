@@ -127,7 +127,9 @@ fn reload(args: &nearcache::config::ServeArgs, server: &nearcache::ServerHandle)
             }
             tracing::info!("config reloaded (backend maintenance switches)");
         }
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "config reload failed; keeping the running config"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "config reload failed; keeping the running config")
+        }
     }
 }
 

@@ -287,12 +287,13 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     }
     for b in &cfg.origin.backend {
         if let Some(ca) = &b.ca_bundle {
-            crate::tls::load_roots(ca).with_context(|| format!("origin.backend {:?}: ca_bundle", b.name))?;
+            crate::tls::load_roots(ca)
+                .with_context(|| format!("origin.backend {:?}: ca_bundle", b.name))?;
         }
     }
     let origin_cfg = cfg.origin_config();
-    let local_origin =
-        cfg.origin.backend.is_empty() && matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
+    let local_origin = cfg.origin.backend.is_empty()
+        && matches!(origin_cfg.kind, nearcache_s3::OriginKind::Local { .. });
     let backends = match cfg.backends_config() {
         Some(set) => {
             let b = Backends::start(set).map_err(|e| anyhow!("{e}"))?;

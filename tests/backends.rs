@@ -114,7 +114,14 @@ impl Direct {
     /// MD5 of the body, None when 404.
     fn md5(&self, key: &str) -> Option<String> {
         self.rt.block_on(async {
-            match self.c.get_object().bucket(&self.bucket).key(key).send().await {
+            match self
+                .c
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
                 Ok(o) => Some(md5_hex(&o.body.collect().await.unwrap().into_bytes())),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,
                 Err(e) => panic!("direct get {key}: {e:?}"),
@@ -139,7 +146,10 @@ impl Direct {
                 for o in page.contents() {
                     out.insert(
                         o.key().unwrap().to_owned(),
-                        (o.e_tag().unwrap_or_default().to_owned(), o.size().unwrap_or(0)),
+                        (
+                            o.e_tag().unwrap_or_default().to_owned(),
+                            o.size().unwrap_or(0),
+                        ),
                     );
                 }
                 token = page.next_continuation_token().map(str::to_owned);
@@ -271,7 +281,10 @@ fn two_backends_in_process() {
     }
     for (id, md5) in &written {
         for d in [&da, &db] {
-            assert!(d.wait(id, within, |m| m.as_deref() == Some(md5)), "{id} missing");
+            assert!(
+                d.wait(id, within, |m| m.as_deref() == Some(md5)),
+                "{id} missing"
+            );
         }
     }
     // ... and the S3 API (CreateBucket reaches every backend too).
@@ -295,7 +308,10 @@ fn two_backends_in_process() {
     let mut lat = Vec::new();
     for k in [&x, &y, &z] {
         let t = Instant::now();
-        let r = client().get(format!("{base}/api/v1/get/{k}")).send().unwrap();
+        let r = client()
+            .get(format!("{base}/api/v1/get/{k}"))
+            .send()
+            .unwrap();
         lat.push(t.elapsed());
         assert_eq!(r.status(), 200, "read of {k} during the dc1 stop");
         assert_eq!(r.bytes().unwrap().as_ref(), k.as_bytes());
@@ -312,20 +328,32 @@ fn two_backends_in_process() {
         let k = ulid();
         da.put(&k, k.as_bytes().to_vec());
         db.put(&k, k.as_bytes().to_vec());
-        assert_eq!(client().get(format!("{base}/api/v1/get/{k}")).send().unwrap().status(), 200);
+        assert_eq!(
+            client()
+                .get(format!("{base}/api/v1/get/{k}"))
+                .send()
+                .unwrap()
+                .status(),
+            200
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // Drift: a key only dc2 has is found there, counted, and copied to dc1.
     let drift = ulid();
     db.put(&drift, b"drift".to_vec());
-    let r = client().get(format!("{base}/api/v1/get/{drift}")).send().unwrap();
+    let r = client()
+        .get(format!("{base}/api/v1/get/{drift}"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(da.wait(&drift, within, |m| m.as_deref() == Some(&md5_hex(b"drift"))));
 
     // Maintenance: dc2 gets nothing, everything it misses is queued, then drains.
     let r = client()
-        .post(format!("{base}/api/v1/backends/maintenance?backend=dc2&enabled=true"))
+        .post(format!(
+            "{base}/api/v1/backends/maintenance?backend=dc2&enabled=true"
+        ))
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -343,13 +371,18 @@ fn two_backends_in_process() {
     while backend_state(&base, "dc2").1 < 3 && t.elapsed() < within {
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("dc2 backlog in maintenance: {backlog} then {}", backend_state(&base, "dc2").1);
+    println!(
+        "dc2 backlog in maintenance: {backlog} then {}",
+        backend_state(&base, "dc2").1
+    );
     assert!(backend_state(&base, "dc2").1 >= 3);
     for (id, _) in &maint {
         assert_eq!(db.md5(id), None, "dc2 got {id} in maintenance");
     }
     client()
-        .post(format!("{base}/api/v1/backends/maintenance?backend=dc2&enabled=false"))
+        .post(format!(
+            "{base}/api/v1/backends/maintenance?backend=dc2&enabled=false"
+        ))
         .send()
         .unwrap();
     assert!(wait_backlog_zero(&base, "dc2", within).is_some());
@@ -373,7 +406,11 @@ fn two_backends_in_process() {
         assert_eq!(d.md5(&k2), None, "deleted key came back");
     }
     assert_eq!(
-        client().get(format!("{base}/api/v1/get/{k1}")).send().unwrap().status(),
+        client()
+            .get(format!("{base}/api/v1/get/{k1}"))
+            .send()
+            .unwrap()
+            .status(),
         404
     );
 
@@ -468,9 +505,15 @@ impl Proc {
             .arg("--config")
             .arg(&self.cfg)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--s3-listen", &format!("127.0.0.1:{}", harness::free_port())])
+            .args([
+                "--s3-listen",
+                &format!("127.0.0.1:{}", harness::free_port()),
+            ])
             .args(["--shards", "2"])
-            .args(["--log-level", &std::env::var("NEARCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into())])
+            .args([
+                "--log-level",
+                &std::env::var("NEARCACHE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            ])
             .arg("--data-dir")
             .arg(&self.data)
             .env("NO_COLOR", "1")
@@ -550,7 +593,10 @@ fn storm(
             }
         }
         let id = ulid();
-        let body = random_bytes(1024 + (n as usize * 7919 + seed as usize) % (64 << 10), seed * 100_000 + n);
+        let body = random_bytes(
+            1024 + (n as usize * 7919 + seed as usize) % (64 << 10),
+            seed * 100_000 + n,
+        );
         let r = c
             .post(format!("{base}/api/v1/put"))
             .header("X-Meta-ID", &id)
@@ -574,7 +620,12 @@ fn sum_backlog(base: &str) -> u64 {
 }
 
 fn pending_uploads(base: &str) -> f64 {
-    let text = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     common::metric_sum(&text, "nearcache_pending_uploads")
 }
 
@@ -607,7 +658,10 @@ fn sigstop_write_storm_kill9_drain() {
     }
     let mut node = Proc::start(&dir, &a.target, &b.target, &bucket);
     let base = node.base.clone();
-    let (da, db) = (Direct::new(&a.target, &bucket), Direct::new(&b.target, &bucket));
+    let (da, db) = (
+        Direct::new(&a.target, &bucket),
+        Direct::new(&b.target, &bucket),
+    );
     da.create_bucket();
     db.create_bucket();
 
@@ -617,19 +671,32 @@ fn sigstop_write_storm_kill9_drain() {
     let slowest = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..4)
         .map(|i| {
-            let (base, stop, acked, ops, slowest) =
-                (base.clone(), stop.clone(), acked.clone(), ops.clone(), slowest.clone());
+            let (base, stop, acked, ops, slowest) = (
+                base.clone(),
+                stop.clone(),
+                acked.clone(),
+                ops.clone(),
+                slowest.clone(),
+            );
             std::thread::spawn(move || storm(base, i, stop, acked, ops, slowest))
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
     let before_stop = ops.load(Ordering::Relaxed);
-    println!("slowest op before SIGSTOP: {} ms", slowest.swap(0, Ordering::Relaxed));
+    println!(
+        "slowest op before SIGSTOP: {} ms",
+        slowest.swap(0, Ordering::Relaxed)
+    );
     b.pause().unwrap();
     let stopped_at = Instant::now();
     if std::env::var_os("NEARCACHE_TEST_MONITOR").is_some() {
         for _ in 0..12 {
-            let text = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+            let text = client()
+                .get(format!("{base}/metrics"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
             println!(
                 "t={:.1}s ops={} pending={} inflight={} dc2={:?}",
                 stopped_at.elapsed().as_secs_f64(),
@@ -652,7 +719,10 @@ fn sigstop_write_storm_kill9_drain() {
         stopped_at.elapsed().as_secs_f64(),
         slowest.load(Ordering::Relaxed)
     );
-    assert!(during_stop > 20, "writes stopped being acknowledged: {during_stop}");
+    assert!(
+        during_stop > 20,
+        "writes stopped being acknowledged: {during_stop}"
+    );
 
     // Everything acknowledged is done in dc1; what dc2 missed is in the sync log.
     let t = Instant::now();
@@ -751,7 +821,9 @@ fn numbers() {
     let mut rows = Vec::new();
     for policy in [WritePolicy::All, WritePolicy::Any] {
         let r1 = put_rate(&one.base, secs, conns);
-        let two = TestNode::start_with("bk-num2", |cfg| two_backends(cfg, &a.target, &b.target, policy));
+        let two = TestNode::start_with("bk-num2", |cfg| {
+            two_backends(cfg, &a.target, &b.target, policy)
+        });
         let r2 = put_rate(&two.base, secs, conns);
         rows.push((policy, r1, r2));
     }
@@ -761,19 +833,28 @@ fn numbers() {
         cfg.origin.sync_concurrency = 8;
     });
     client()
-        .post(format!("{}/api/v1/backends/maintenance?backend=dc2&enabled=true", two.base))
+        .post(format!(
+            "{}/api/v1/backends/maintenance?backend=dc2&enabled=true",
+            two.base
+        ))
         .send()
         .unwrap();
     let (n, size) = (200usize, 256usize << 10);
     for i in 0..n {
-        assert_eq!(native_put(&two.base, &ulid(), random_bytes(size, i as u64)).status(), 200);
+        assert_eq!(
+            native_put(&two.base, &ulid(), random_bytes(size, i as u64)).status(),
+            200
+        );
     }
     let t = Instant::now();
     while backend_state(&two.base, "dc2").1 < n as u64 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
     client()
-        .post(format!("{}/api/v1/backends/maintenance?backend=dc2&enabled=false", two.base))
+        .post(format!(
+            "{}/api/v1/backends/maintenance?backend=dc2&enabled=false",
+            two.base
+        ))
         .send()
         .unwrap();
     let drained = wait_backlog_zero(&two.base, "dc2", Duration::from_secs(300)).expect("drained");
@@ -804,7 +885,10 @@ fn policy_all_waits_for_every_backend() {
         cfg.api.origin_wait_secs = 3;
     });
     let base = node.base.clone();
-    let (da, db) = (Direct::new(&a.target, &node.bucket), Direct::new(&b.target, &node.bucket));
+    let (da, db) = (
+        Direct::new(&a.target, &node.bucket),
+        Direct::new(&b.target, &node.bucket),
+    );
     let id = ulid();
     assert_eq!(native_put(&base, &id, b"both".to_vec()).status(), 200);
     assert_eq!(db.md5(&id), Some(md5_hex(b"both")));
@@ -820,12 +904,17 @@ fn policy_all_waits_for_every_backend() {
     );
     assert_eq!(backend_state(&base, "dc2").1, 0, "policy all logged a miss");
     // Stored and queued: readable from the cache meanwhile.
-    let got = client().get(format!("{base}/api/v1/get/{id}")).send().unwrap();
+    let got = client()
+        .get(format!("{base}/api/v1/get/{id}"))
+        .send()
+        .unwrap();
     assert_eq!(got.bytes().unwrap().as_ref(), b"held");
     b.resume().unwrap();
     let within = Duration::from_secs(60);
-    assert!(db.wait(&id, within, |m| m.as_deref() == Some(md5_hex(b"held").as_str())));
-    assert!(da.wait(&id, within, |m| m.as_deref() == Some(md5_hex(b"held").as_str())));
+    assert!(db.wait(&id, within, |m| m.as_deref()
+        == Some(md5_hex(b"held").as_str())));
+    assert!(da.wait(&id, within, |m| m.as_deref()
+        == Some(md5_hex(b"held").as_str())));
     let t = Instant::now();
     while pending_uploads(&base) > 0.0 {
         assert!(t.elapsed() < within, "the write stayed pending");
@@ -844,10 +933,17 @@ fn multipart_and_copy_reach_the_other_backend() {
     });
     let sdk = common::sdk::Sdk::node(&node);
     let bucket = fresh_bucket("bk-mpu");
-    sdk.run(sdk.c.create_bucket().bucket(&bucket).send()).unwrap();
+    sdk.run(sdk.c.create_bucket().bucket(&bucket).send())
+        .unwrap();
     let (p1, p2) = (random_bytes(5 << 20, 1), random_bytes(1000, 2));
     let up = sdk
-        .run(sdk.c.create_multipart_upload().bucket(&bucket).key("big").send())
+        .run(
+            sdk.c
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key("big")
+                .send(),
+        )
         .unwrap();
     let id = up.upload_id().unwrap().to_owned();
     let mut parts = Vec::new();
@@ -931,13 +1027,20 @@ fn maintenance_by_config_reload() {
     let within = Duration::from_secs(20);
     let t = Instant::now();
     while backend_state(&node.base, "dc2").0 != "maintenance" {
-        assert!(t.elapsed() < within, "SIGHUP did not put dc2 in maintenance");
+        assert!(
+            t.elapsed() < within,
+            "SIGHUP did not put dc2 in maintenance"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let id = ulid();
-    assert_eq!(native_put(&node.base, &id, b"queued".to_vec()).status(), 200);
+    assert_eq!(
+        native_put(&node.base, &id, b"queued".to_vec()).status(),
+        200
+    );
     assert_eq!(db.md5(&id), None, "dc2 got a write in maintenance");
     hup(&original);
-    assert!(db.wait(&id, within, |m| m.as_deref() == Some(md5_hex(b"queued").as_str())));
+    assert!(db.wait(&id, within, |m| m.as_deref()
+        == Some(md5_hex(b"queued").as_str())));
     assert!(wait_backlog_zero(&node.base, "dc2", within).is_some());
 }

@@ -973,7 +973,10 @@ fn near_copies_serve_hot_reads_and_never_outlive_a_write() {
     let (first, second) = (by_id(&owners[0]), by_id(&owners[1]));
     let x = nodes.iter().find(|p| !owners.contains(&p.id)).unwrap();
     let read = |p: &Proc| {
-        let r = client().get(p.url(&format!("/api/v1/get/{id}"))).send().unwrap();
+        let r = client()
+            .get(p.url(&format!("/api/v1/get/{id}")))
+            .send()
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.bytes().unwrap().to_vec())
     };
@@ -995,7 +998,10 @@ fn near_copies_serve_hot_reads_and_never_outlive_a_write() {
     for _ in 0..20 {
         assert_eq!(read(x), (200, b"version 1".to_vec()));
     }
-    assert_eq!(x.metric("nearcache_cluster_proxied_requests_total"), proxied);
+    assert_eq!(
+        x.metric("nearcache_cluster_proxied_requests_total"),
+        proxied
+    );
     assert!(x.metric("nearcache_near_bytes") >= 9.0);
 
     // A write through the other owner: once it is answered, X serves the new version.

@@ -990,7 +990,8 @@ fn jwt_guards_cache_operations_and_cachenator_endpoints() {
     };
     let reader = token(json!({ "action": "READ" }));
     let writer = token(json!({ "action": ["READ", "WRITE"] }));
-    let photos_a = token(json!({ "action": ["READ", "WRITE", "DELETE"], "bucket": "photos", "prefix": "a/" }));
+    let photos_a =
+        token(json!({ "action": ["READ", "WRITE", "DELETE"], "bucket": "photos", "prefix": "a/" }));
     let call = |method: reqwest::Method, path: &str, auth: Option<&str>| {
         let mut r = client().request(method, node.url(path));
         if let Some(a) = auth {
@@ -1000,27 +1001,118 @@ fn jwt_guards_cache_operations_and_cachenator_endpoints() {
     };
     use reqwest::Method as M;
     // Cache operations.
-    assert_eq!(call(M::POST, "/api/v1/invalidate?key=01J0000000000000000000000A", None), 401);
-    assert_eq!(call(M::POST, "/api/v1/invalidate?key=01J0000000000000000000000A", Some(&reader)), 403);
-    assert_eq!(call(M::POST, "/api/v1/invalidate?key=01J0000000000000000000000A", Some(&writer)), 200);
-    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=photos&prefix=a/x", Some(&photos_a)), 200);
-    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=photos&prefix=b/", Some(&photos_a)), 403);
-    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=photos", Some(&photos_a)), 403, "a whole bucket is beyond a prefix grant");
-    assert_eq!(call(M::POST, "/api/v1/invalidate?bucket=video&key=a/1", Some(&photos_a)), 403);
-    assert_eq!(call(M::POST, "/api/v1/jobs/delete?bucket=photos&prefix=a/", Some(&writer)), 403, "a delete job needs DELETE");
-    assert_eq!(call(M::POST, "/api/v1/jobs/prewarm?bucket=photos&prefix=a/", Some(&reader)), 403, "a prewarm needs WRITE");
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/invalidate?key=01J0000000000000000000000A",
+            None
+        ),
+        401
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/invalidate?key=01J0000000000000000000000A",
+            Some(&reader)
+        ),
+        403
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/invalidate?key=01J0000000000000000000000A",
+            Some(&writer)
+        ),
+        200
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/invalidate?bucket=photos&prefix=a/x",
+            Some(&photos_a)
+        ),
+        200
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/invalidate?bucket=photos&prefix=b/",
+            Some(&photos_a)
+        ),
+        403
+    );
+    assert_eq!(
+        call(M::POST, "/api/v1/invalidate?bucket=photos", Some(&photos_a)),
+        403,
+        "a whole bucket is beyond a prefix grant"
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/invalidate?bucket=video&key=a/1",
+            Some(&photos_a)
+        ),
+        403
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/jobs/delete?bucket=photos&prefix=a/",
+            Some(&writer)
+        ),
+        403,
+        "a delete job needs DELETE"
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/api/v1/jobs/prewarm?bucket=photos&prefix=a/",
+            Some(&reader)
+        ),
+        403,
+        "a prewarm needs WRITE"
+    );
     assert_eq!(call(M::GET, "/api/v1/jobs", None), 401);
     assert_eq!(call(M::GET, "/api/v1/jobs", Some(&reader)), 200);
-    assert_eq!(call(M::DELETE, "/api/v1/jobs/nosuchjob", Some(&photos_a)), 403, "cancelling needs a grant on every bucket");
-    assert_eq!(call(M::DELETE, "/api/v1/jobs/nosuchjob", Some(&writer)), 404);
+    assert_eq!(
+        call(M::DELETE, "/api/v1/jobs/nosuchjob", Some(&photos_a)),
+        403,
+        "cancelling needs a grant on every bucket"
+    );
+    assert_eq!(
+        call(M::DELETE, "/api/v1/jobs/nosuchjob", Some(&writer)),
+        404
+    );
     // cachenator endpoints.
     assert_eq!(call(M::GET, "/get?bucket=photos&key=a/1", None), 401);
-    assert_eq!(call(M::GET, "/get?bucket=photos&key=b/1", Some(&photos_a)), 403);
-    assert_eq!(call(M::GET, "/list?bucket=video&prefix=a/", Some(&photos_a)), 403);
-    assert_eq!(call(M::DELETE, "/delete?bucket=photos&key=a/1", Some(&writer)), 403);
-    assert_eq!(call(M::POST, "/invalidate?bucket=photos&key=a/1", Some(&reader)), 403);
-    assert_eq!(call(M::POST, "/invalidate?bucket=photos&key=a/1", Some(&photos_a)), 200);
-    assert_eq!(call(M::POST, "/prewarm?bucket=photos&prefix=b/", Some(&photos_a)), 403);
+    assert_eq!(
+        call(M::GET, "/get?bucket=photos&key=b/1", Some(&photos_a)),
+        403
+    );
+    assert_eq!(
+        call(M::GET, "/list?bucket=video&prefix=a/", Some(&photos_a)),
+        403
+    );
+    assert_eq!(
+        call(M::DELETE, "/delete?bucket=photos&key=a/1", Some(&writer)),
+        403
+    );
+    assert_eq!(
+        call(M::POST, "/invalidate?bucket=photos&key=a/1", Some(&reader)),
+        403
+    );
+    assert_eq!(
+        call(
+            M::POST,
+            "/invalidate?bucket=photos&key=a/1",
+            Some(&photos_a)
+        ),
+        200
+    );
+    assert_eq!(
+        call(M::POST, "/prewarm?bucket=photos&prefix=b/", Some(&photos_a)),
+        403
+    );
     let r = client()
         .post(node.url("/upload?bucket=photos&path=b"))
         .header("Authorization", &photos_a)

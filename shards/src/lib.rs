@@ -47,9 +47,9 @@ mod fuzz_tests;
 pub mod hlc;
 mod journal;
 mod shard;
-pub mod synclog;
 #[cfg(test)]
 mod space_tests;
+pub mod synclog;
 #[cfg(test)]
 mod tests;
 mod types;

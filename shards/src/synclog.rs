@@ -163,11 +163,17 @@ mod tests {
         assert!(err.contains("magic"), "{err}");
         let mut bad = v.clone();
         bad[4] = 9;
-        assert!(decode_entry(&bad).unwrap_err().to_string().contains("version"));
+        assert!(decode_entry(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
         let mut bad = v.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
-        assert!(decode_entry(&bad).unwrap_err().to_string().contains("checksum"));
+        assert!(decode_entry(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
         assert!(decode_entry(&v[..5]).is_err());
     }
 

@@ -781,7 +781,11 @@ fn sync_log_supersedes_and_survives_reopen() {
         // A delete supersedes the copy entry while its repair runs.
         let t = shard.delete("k", 1).await.unwrap();
         shard
-            .complete_pending_logging("k", t.seq, vec![sync_entry("dc2", "k", SyncKind::Delete, t.seq)])
+            .complete_pending_logging(
+                "k",
+                t.seq,
+                vec![sync_entry("dc2", "k", SyncKind::Delete, t.seq)],
+            )
             .await
             .unwrap();
         assert!(!shard.complete_sync("dc2", "k", taken.id).await.unwrap());

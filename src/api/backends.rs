@@ -17,9 +17,9 @@ use hyper::body::Incoming;
 use nearcache_shards::SyncBacklog;
 
 use super::error::ApiError;
+use super::params::bool_param;
 use crate::body::{json, Body};
 use crate::ctx::{Node, ShardCtx};
-use super::params::bool_param;
 use crate::http_util::query_param;
 use crate::metrics::{Exposition, Family, Kind};
 
@@ -39,7 +39,10 @@ pub fn allowed(path: &str) -> &'static [Method] {
     }
 }
 
-pub async fn handle(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn handle(
+    ctx: &Rc<ShardCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     match path.as_str() {
         PREFIX => Ok(json(StatusCode::OK, &describe(&ctx.node))),
@@ -82,7 +85,11 @@ fn maintenance(ctx: &ShardCtx, req: &Request<Incoming>) -> Result<Response<Body>
 fn backlog(node: &Node) -> BTreeMap<String, SyncBacklog> {
     let mut total: BTreeMap<String, SyncBacklog> = BTreeMap::new();
     for s in &node.shards {
-        let b = s.objects.sync_backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let b = s
+            .objects
+            .sync_backlog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for (name, x) in b.iter() {
             let t = total.entry(name.clone()).or_default();
             t.entries += x.entries;

@@ -162,7 +162,11 @@ async fn route(ctx: &Rc<ShardCtx>, req: Request<Incoming>, forwarded: bool) -> R
 /// The bearer token's check (nothing when JWT is off), as cachenator maps methods to
 /// actions (GET: READ, POST: WRITE, DELETE: DELETE), on the bucket and the key, prefix
 /// or upload path named. Requests another node forwarded were checked there.
-fn check_token(ctx: &ShardCtx, req: &Request<Incoming>, p: &Params) -> Result<(), super::auth::AuthError> {
+fn check_token(
+    ctx: &ShardCtx,
+    req: &Request<Incoming>,
+    p: &Params,
+) -> Result<(), super::auth::AuthError> {
     use super::auth::{authorize, Action};
     let action = match *req.method() {
         Method::GET | Method::HEAD => Action::Read,

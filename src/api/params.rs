@@ -1,7 +1,7 @@
 //! Query parameters of the JSON admin endpoints.
 
-use hyper::body::Incoming;
 use http::Request;
+use hyper::body::Incoming;
 
 use super::error::ApiError;
 use crate::http_util::query_param;
@@ -18,4 +18,3 @@ pub fn bool_param(req: &Request<Incoming>, name: &str, default: bool) -> Result<
         )),
     }
 }
-

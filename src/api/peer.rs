@@ -180,7 +180,10 @@ async fn route(
             let key = query_param(&req, "key")
                 .ok_or_else(|| ApiError::bad_request("missing parameter", "key is required"))?;
             let lease_for = (query_param(&req, "lease").as_deref() == Some("1")).then_some(from);
-            on_owner(ctx, &key.clone(), move |ctx| serve_replica(ctx, key, lease_for)).await?
+            on_owner(ctx, &key.clone(), move |ctx| {
+                serve_replica(ctx, key, lease_for)
+            })
+            .await?
         }
         (Method::POST, "/_nc/v1/near/drop") => {
             let body = crate::http_util::read_small_body(req.into_body(), 4 << 20).await?;
@@ -191,7 +194,11 @@ async fn route(
             for k in keys {
                 by_shard[crate::mesh::owner_of(&k, n)].push(k);
             }
-            for (shard, keys) in by_shard.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+            for (shard, keys) in by_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, k)| !k.is_empty())
+            {
                 on_shard(ctx, shard, move |ctx| async move {
                     if let Some(cs) = &ctx.cluster {
                         crate::cluster::near::dropped(cs, &keys);

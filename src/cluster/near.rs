@@ -163,7 +163,15 @@ impl Copies {
         }
     }
 
-    fn insert(&mut self, key: String, meta: Rc<ObjectMeta>, body: Bytes, until: Instant, budget: u64, m: &super::ClusterMetrics) {
+    fn insert(
+        &mut self,
+        key: String,
+        meta: Rc<ObjectMeta>,
+        body: Bytes,
+        until: Instant,
+        budget: u64,
+        m: &super::ClusterMetrics,
+    ) {
         self.remove(&key, m);
         let len = body.len() as u64;
         // A copy larger than the whole budget is not kept, and evicts nothing.
@@ -186,11 +194,20 @@ impl Copies {
         self.order.push_back((key.clone(), gen));
         self.bytes += len;
         m.near_bytes.fetch_add(len, Relaxed);
-        self.map.insert(key, NearCopy { meta, body, until, gen });
+        self.map.insert(
+            key,
+            NearCopy {
+                meta,
+                body,
+                until,
+                gen,
+            },
+        );
         // Entries of dropped copies stay in `order` until they reach its front; bound them.
         if self.order.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
-            self.order.retain(|(k, g)| map.get(k).is_some_and(|c| c.gen == *g));
+            self.order
+                .retain(|(k, g)| map.get(k).is_some_and(|c| c.gen == *g));
         }
     }
 }
@@ -198,7 +215,12 @@ impl Copies {
 /// Fetches a near copy of `key` from the first reachable node of its ranking, with a
 /// lease, and keeps it (run on the key's owner shard of this node, after [`admit`]).
 /// `fresh` decides whether the copy may be served now (the freshness rules).
-pub async fn fill(cs: ClusterShard, shards: usize, key: String, fresh: impl Fn(&ObjectMeta) -> bool) {
+pub async fn fill(
+    cs: ClusterShard,
+    shards: usize,
+    key: String,
+    fresh: impl Fn(&ObjectMeta) -> bool,
+) {
     let result = fetch(&cs, &key).await;
     cs.near.filling.borrow_mut().remove(&key);
     let spoiled = cs.near.spoiled.borrow_mut().remove(&key);
@@ -206,17 +228,24 @@ pub async fn fill(cs: ClusterShard, shards: usize, key: String, fresh: impl Fn(&
         Ok(Some((meta, body, until))) if fresh(&meta) && !spoiled => {
             cs.cl.metrics.near_fills.fetch_add(1, Relaxed);
             let budget = budget(&cs, shards);
-            cs.near
-                .copies
-                .borrow_mut()
-                .insert(key, Rc::new(meta), body, until, budget, &cs.cl.metrics);
+            cs.near.copies.borrow_mut().insert(
+                key,
+                Rc::new(meta),
+                body,
+                until,
+                budget,
+                &cs.cl.metrics,
+            );
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(key, error = %e, "fetching a near copy failed"),
     }
 }
 
-async fn fetch(cs: &ClusterShard, key: &str) -> Result<Option<(ObjectMeta, Bytes, Instant)>, String> {
+async fn fetch(
+    cs: &ClusterShard,
+    key: &str,
+) -> Result<Option<(ObjectMeta, Bytes, Instant)>, String> {
     let max = cs.cl.cfg.near_object_max.0;
     let ranking = cs.cl.ranking(key);
     let Some(owner) = ranking.iter().find(|m| !m.is_self) else {
@@ -260,7 +289,11 @@ async fn fetch(cs: &ClusterShard, key: &str) -> Result<Option<(ObjectMeta, Bytes
             meta.size
         ));
     }
-    Ok(Some((meta, body, started + Duration::from_millis(lease_ms))))
+    Ok(Some((
+        meta,
+        body,
+        started + Duration::from_millis(lease_ms),
+    )))
 }
 
 /// Owner side: records a lease of `key` for node `holder` and returns its length. Starts
@@ -299,16 +332,19 @@ pub async fn release(cs: &ClusterShard, key: &str) {
         None => return,
     };
     let now = Instant::now();
-    let waits = holders.into_iter().filter(|(_, until)| *until > now).map(|(holder, until)| {
-        let (cs, key) = (cs.clone(), key.to_owned());
-        async move {
-            let left = until.saturating_duration_since(Instant::now());
-            let told = monoio::time::timeout(left, notify(cs, holder, vec![key])).await;
-            if !matches!(told, Ok(true)) {
-                monoio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    let waits = holders
+        .into_iter()
+        .filter(|(_, until)| *until > now)
+        .map(|(holder, until)| {
+            let (cs, key) = (cs.clone(), key.to_owned());
+            async move {
+                let left = until.saturating_duration_since(Instant::now());
+                let told = monoio::time::timeout(left, notify(cs, holder, vec![key])).await;
+                if !matches!(told, Ok(true)) {
+                    monoio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+                }
             }
-        }
-    });
+        });
     futures::future::join_all(waits).await;
 }
 
@@ -392,7 +428,10 @@ async fn notify(cs: ClusterShard, holder: String, keys: Vec<String>) -> bool {
         .expect("valid request");
     match cs.send(m, req).await {
         Ok(r) if r.status().is_success() => {
-            cs.cl.metrics.near_notices_sent.fetch_add(keys.len() as u64, Relaxed);
+            cs.cl
+                .metrics
+                .near_notices_sent
+                .fetch_add(keys.len() as u64, Relaxed);
             true
         }
         Ok(r) => {
@@ -454,25 +493,49 @@ mod tests {
         let until = Instant::now() + Duration::from_secs(60);
         for i in 0..10 {
             let k = format!("k{i}");
-            c.insert(k.clone(), meta(&k, 100), Bytes::from(vec![0u8; 100]), until, 350, &m);
+            c.insert(
+                k.clone(),
+                meta(&k, 100),
+                Bytes::from(vec![0u8; 100]),
+                until,
+                350,
+                &m,
+            );
             assert!(c.bytes <= 350);
         }
         assert_eq!(c.map.len(), 3);
         assert!(c.map.contains_key("k9") && c.map.contains_key("k7") && !c.map.contains_key("k6"));
         assert_eq!(m.near_bytes.load(Relaxed), 300);
         // Too large for the budget: not kept, nothing else lost.
-        c.insert("big".into(), meta("big", 400), Bytes::from(vec![0u8; 400]), until, 350, &m);
+        c.insert(
+            "big".into(),
+            meta("big", 400),
+            Bytes::from(vec![0u8; 400]),
+            until,
+            350,
+            &m,
+        );
         assert!(!c.map.contains_key("big"));
         c.remove("k9", &m);
         assert_eq!((c.bytes, m.near_bytes.load(Relaxed)), (200, 200));
         // Replacing a key keeps one copy and the right byte count.
-        c.insert("k8".into(), meta("k8", 50), Bytes::from(vec![0u8; 50]), until, 350, &m);
+        c.insert(
+            "k8".into(),
+            meta("k8", 50),
+            Bytes::from(vec![0u8; 50]),
+            until,
+            350,
+            &m,
+        );
         assert_eq!(c.bytes, 150);
     }
 
     #[test]
     fn drop_notices_parse_or_say_why_not() {
-        assert_eq!(parse_drop(br#"{"keys":["a","b/c"]}"#).unwrap(), vec!["a", "b/c"]);
+        assert_eq!(
+            parse_drop(br#"{"keys":["a","b/c"]}"#).unwrap(),
+            vec!["a", "b/c"]
+        );
         assert!(parse_drop(b"{}").unwrap_err().contains("keys"));
         assert!(parse_drop(b"\xff").is_err());
     }

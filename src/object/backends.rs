@@ -102,11 +102,25 @@ async fn note_drift<C: ObjectCtx, T>(ctx: &C, key: &CacheKey, found: &Found<T>, 
     let entries = found
         .missing_on
         .iter()
-        .map(|&i| entry(b, i, key.as_str(), SyncKind::Put, SyncCause::Drift, 0, meta.size, &meta.etag))
+        .map(|&i| {
+            entry(
+                b,
+                i,
+                key.as_str(),
+                SyncKind::Put,
+                SyncCause::Drift,
+                0,
+                meta.size,
+                &meta.etag,
+            )
+        })
         .collect();
     match ctx.store().log_sync(entries, true).await {
         Ok(n) => {
-            ctx.objects().metrics.sync_logged.fetch_add(n as u64, Relaxed);
+            ctx.objects()
+                .metrics
+                .sync_logged
+                .fetch_add(n as u64, Relaxed);
         }
         Err(e) => tracing::warn!(key = %key, error = %e, "queueing a drift repair failed"),
     }
@@ -198,10 +212,24 @@ pub async fn replicate_from_primary<C: ObjectCtx>(
             .members
             .iter()
             .filter(|&&i| Some(i) != primary)
-            .map(|&i| entry(bk, i, key.as_str(), SyncKind::Put, SyncCause::Missed, 0, 0, &etag))
+            .map(|&i| {
+                entry(
+                    bk,
+                    i,
+                    key.as_str(),
+                    SyncKind::Put,
+                    SyncCause::Missed,
+                    0,
+                    0,
+                    &etag,
+                )
+            })
             .collect();
         let n = ctx.store().log_sync(entries, false).await?;
-        ctx.objects().metrics.sync_logged.fetch_add(n as u64, Relaxed);
+        ctx.objects()
+            .metrics
+            .sync_logged
+            .fetch_add(n as u64, Relaxed);
         Ok::<(), ObjectError>(())
     })
     .await?
@@ -212,7 +240,12 @@ pub fn put_meta(key: &CacheKey, meta: &nearcache_shards::ObjectMeta) -> PutMeta 
     PutMeta {
         content_type: meta.content_type.clone(),
         // The native name and level travel with the object, so a read-through restores them.
-        user_meta: super::origin_meta::to_origin(key, &meta.user_meta, meta.name.as_deref(), meta.level),
+        user_meta: super::origin_meta::to_origin(
+            key,
+            &meta.user_meta,
+            meta.name.as_deref(),
+            meta.level,
+        ),
         // Client writes carry the body's MD5 as ETag: let the origin verify it.
         md5_hex: (meta.provenance == Provenance::Client).then(|| meta.etag.clone()),
         headers: meta.headers.clone(),
@@ -399,15 +432,32 @@ async fn one_write<C: ObjectCtx>(
             offset,
             len,
             meta,
-        } => put_stored(&*ctx, i, &tgt, path.clone(), *offset, *len, put_meta(&key, meta))
-            .await
-            .map(drop),
+        } => put_stored(
+            &*ctx,
+            i,
+            &tgt,
+            path.clone(),
+            *offset,
+            *len,
+            put_meta(&key, meta),
+        )
+        .await
+        .map(drop),
         PendingKind::Delete => bk.delete(i, &tgt).await,
     };
-    objects.fanout.borrow_mut().busy.remove(&(i, op.key.clone()));
+    objects
+        .fanout
+        .borrow_mut()
+        .busy
+        .remove(&(i, op.key.clone()));
     if res.is_ok() {
         let store = ctx.store();
-        let coordinating = match objects.fanout.borrow_mut().acked.get_mut(&(op.key.clone(), op.seq)) {
+        let coordinating = match objects
+            .fanout
+            .borrow_mut()
+            .acked
+            .get_mut(&(op.key.clone(), op.seq))
+        {
             Some(acks) => {
                 acks.push(i);
                 true

@@ -78,7 +78,9 @@ pub fn start<C: ObjectCtx>(
     let set = bk.set_for(bucket.as_deref());
     let pick = |name: Option<String>, nth: usize| -> Result<usize, String> {
         match name {
-            Some(n) => bk.index_of(&n).ok_or_else(|| format!("no backend named {n:?}")),
+            Some(n) => bk
+                .index_of(&n)
+                .ok_or_else(|| format!("no backend named {n:?}")),
             None => set
                 .members
                 .get(nth)
@@ -95,7 +97,10 @@ pub fn start<C: ObjectCtx>(
         id: id.clone(),
         bucket: bucket.clone(),
         prefix: prefix.clone(),
-        backends: [bk.get_backend(ia).name.clone(), bk.get_backend(ib).name.clone()],
+        backends: [
+            bk.get_backend(ia).name.clone(),
+            bk.get_backend(ib).name.clone(),
+        ],
         state: "running",
         listed: [0; 2],
         only_in: [0; 2],
@@ -294,13 +299,25 @@ async fn queue<C: ObjectCtx>(
                         let (size, etag) = there
                             .as_ref()
                             .map_or((0, String::new()), |t| (t.size, t.etag.clone()));
-                        entries.push(entry(&bk, target, &d.key, kind, SyncCause::Check, 0, size, &etag));
+                        entries.push(entry(
+                            &bk,
+                            target,
+                            &d.key,
+                            kind,
+                            SyncCause::Check,
+                            0,
+                            size,
+                            &etag,
+                        ));
                     }
                 }
             }
             let n = ctx.store().log_sync(entries, true).await;
             if let Ok(n) = n {
-                ctx.objects().metrics.sync_logged.fetch_add(n as u64, Relaxed);
+                ctx.objects()
+                    .metrics
+                    .sync_logged
+                    .fetch_add(n as u64, Relaxed);
             }
             n
         })

@@ -246,7 +246,10 @@ async fn origin_range<C: ObjectCtx>(
 ) -> Result<GetObject, OriginError> {
     let o = ctx.objects();
     // Each attempt (the hedge too) goes to the key's backends in read order, failing over.
-    hedge::get(&o.hedger, &o.metrics, || super::backends::get_range(ctx, key, range)).await
+    hedge::get(&o.hedger, &o.metrics, || {
+        super::backends::get_range(ctx, key, range)
+    })
+    .await
 }
 
 /// The first origin GET of a miss (see the module doc). `start`: the first byte the

@@ -36,7 +36,8 @@ pub struct ObjectMetrics {
     pub sync_repaired_bytes: AtomicU64,
     pub sync_repair_failures: AtomicU64,
     /// The shard's sync log backlog per backend, as its syncer last saw it.
-    pub sync_backlog: std::sync::Mutex<std::collections::BTreeMap<String, nearcache_shards::SyncBacklog>>,
+    pub sync_backlog:
+        std::sync::Mutex<std::collections::BTreeMap<String, nearcache_shards::SyncBacklog>>,
     /// Ranged origin GETs of one chunk of a large object.
     pub chunk_fetches: AtomicU64,
     /// Chunks of large objects served from the store.

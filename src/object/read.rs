@@ -273,7 +273,9 @@ async fn get_near<C: ObjectCtx, R: Render>(
     let key = req.key.as_str();
     if let Some((meta, body)) = crate::cluster::near::lookup(cs, key) {
         if standing_of(&**ctx, &req.key, &meta) == Standing::Fresh {
-            if let Ok(Ok(resp)) = serve_hit(&**ctx, req, render, &meta, Some(body), CacheStatus::Hit).await {
+            if let Ok(Ok(resp)) =
+                serve_hit(&**ctx, req, render, &meta, Some(body), CacheStatus::Hit).await
+            {
                 return Some(resp);
             }
             // An error answer (a failed precondition, a bad range): the owner gives it.
@@ -810,7 +812,10 @@ impl Tee {
         // is served.
         if let Some(feed) = &self.store {
             if !feed.push(chunk.clone()) {
-                tracing::warn!(shard = self.shard, "read-through: the disk fell behind the client; not cached");
+                tracing::warn!(
+                    shard = self.shard,
+                    "read-through: the disk fell behind the client; not cached"
+                );
                 self.store = None;
             }
         }

@@ -79,7 +79,9 @@ pub async fn run<C: ObjectCtx>(ctx: Rc<C>, mut shutdown: tokio::sync::watch::Rec
         }
         // Entries of a backend that is out wait for its cool-down: look again soon.
         let wait = next_due
-            .map_or(Duration::from_millis(500), |d| d.saturating_duration_since(now))
+            .map_or(Duration::from_millis(500), |d| {
+                d.saturating_duration_since(now)
+            })
             .clamp(Duration::from_millis(5), Duration::from_millis(500));
         monoio::select! {
             _ = ctx.store().sync_changed() => {}
@@ -101,7 +103,10 @@ async fn repair<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, e: SyncEntr
             match ctx.store().complete_sync(&e.backend, &e.key, e.id).await {
                 Ok(_) => {
                     objects.metrics.sync_repaired.fetch_add(1, Relaxed);
-                    objects.metrics.sync_repaired_bytes.fetch_add(bytes, Relaxed);
+                    objects
+                        .metrics
+                        .sync_repaired_bytes
+                        .fetch_add(bytes, Relaxed);
                     tracing::debug!(key = %e.key, backend = %e.backend, kind = ?e.kind, "repaired");
                 }
                 Err(err) => {
@@ -136,12 +141,26 @@ async fn repair_one<C: ObjectCtx>(ctx: &C, e: &SyncEntry, i: usize) -> Result<u6
     }
     if let Some((path, offset, meta)) = ctx.store().object_file(&e.key) {
         if e.etag.is_empty() || meta.etag == e.etag {
-            let single =
-                super::backends::put_stored(ctx, i, &tgt, path, offset, meta.size, put_meta(&key, &meta))
-                    .await
-                    .map_err(|err| format!("copy from the local copy: {err}"))?;
+            let single = super::backends::put_stored(
+                ctx,
+                i,
+                &tgt,
+                path,
+                offset,
+                meta.size,
+                put_meta(&key, &meta),
+            )
+            .await
+            .map_err(|err| format!("copy from the local copy: {err}"))?;
             let plain_md5 = single && !meta.etag.contains('-');
-            verify(ctx, i, &tgt, meta.size, plain_md5.then_some(meta.etag.as_str())).await?;
+            verify(
+                ctx,
+                i,
+                &tgt,
+                meta.size,
+                plain_md5.then_some(meta.etag.as_str()),
+            )
+            .await?;
             return Ok(meta.size);
         }
     }
@@ -150,7 +169,9 @@ async fn repair_one<C: ObjectCtx>(ctx: &C, e: &SyncEntry, i: usize) -> Result<u6
 
 async fn delete_verified<C: ObjectCtx>(ctx: &C, i: usize, tgt: &Target) -> Result<(), String> {
     let bk = &ctx.objects().backends;
-    bk.delete(i, tgt).await.map_err(|e| format!("delete: {e}"))?;
+    bk.delete(i, tgt)
+        .await
+        .map_err(|e| format!("delete: {e}"))?;
     match bk.head_on(i, tgt).await {
         Err(OriginError::NotFound) => Ok(()),
         Ok(_) => Err("the object is still there after the delete".into()),
@@ -173,11 +194,17 @@ async fn verify<C: ObjectCtx>(
         .await
         .map_err(|e| format!("verifying the copy: {e}"))?;
     if m.size != size {
-        return Err(format!("copy verification: size {} where {size} was sent", m.size));
+        return Err(format!(
+            "copy verification: size {} where {size} was sent",
+            m.size
+        ));
     }
     if let Some(want) = etag {
         if m.etag != want {
-            return Err(format!("copy verification: ETag {} where {want} was sent", m.etag));
+            return Err(format!(
+                "copy verification: ETag {} where {want} was sent",
+                m.etag
+            ));
         }
     }
     Ok(())

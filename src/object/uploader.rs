@@ -74,16 +74,18 @@ async fn apply<C: ObjectCtx>(ctx: Rc<C>, state: Rc<RefCell<State>>, op: PendingO
                 .complete_pending_logging(&op.key, op.seq, missed)
                 .await
             {
-            Ok(()) => {
-                objects.metrics.sync_logged.fetch_add(logged, Relaxed);
-                match op.kind {
-                    PendingKind::Put { .. } => objects.metrics.uploads_ok.fetch_add(1, Relaxed),
-                    PendingKind::Delete => objects.metrics.origin_deletes_ok.fetch_add(1, Relaxed),
-                };
-                state.borrow_mut().backoff.remove(&op.key);
-                Ok(())
-            }
-            Err(e) => Err(format!("recording the upload in the journal failed: {e}")),
+                Ok(()) => {
+                    objects.metrics.sync_logged.fetch_add(logged, Relaxed);
+                    match op.kind {
+                        PendingKind::Put { .. } => objects.metrics.uploads_ok.fetch_add(1, Relaxed),
+                        PendingKind::Delete => {
+                            objects.metrics.origin_deletes_ok.fetch_add(1, Relaxed)
+                        }
+                    };
+                    state.borrow_mut().backoff.remove(&op.key);
+                    Ok(())
+                }
+                Err(e) => Err(format!("recording the upload in the journal failed: {e}")),
             }
         }
         Err(e) => Err(e),

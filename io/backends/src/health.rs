@@ -171,10 +171,7 @@ impl Health {
         if now_ms() < until {
             return Admit::No;
         }
-        match self
-            .probing
-            .compare_exchange(false, true, Relaxed, Relaxed)
-        {
+        match self.probing.compare_exchange(false, true, Relaxed, Relaxed) {
             Ok(_) => Admit::Probe,
             Err(_) => Admit::No,
         }

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nearcache_s3::{
-    Bridge, GetObject, ListPage, ListParams, ObjectLoc, OriginConfig, OriginDeadlines,
-    OriginError, OriginKind, PutMeta, PutResult, RemoteMeta,
+    Bridge, GetObject, ListPage, ListParams, ObjectLoc, OriginConfig, OriginDeadlines, OriginError,
+    OriginKind, PutMeta, PutResult, RemoteMeta,
 };
 
 /// How many backends of a set must take a write before it counts as done (the rest get
@@ -451,7 +451,9 @@ impl Backends {
                     Target::Native(id) => b.bridge.get_if_changed(None, id, etag).await,
                     Target::Loc(loc) => {
                         let loc = b.map_loc(loc);
-                        b.bridge.get_if_changed(Some(&loc.bucket), &loc.key, etag).await
+                        b.bridge
+                            .get_if_changed(Some(&loc.bucket), &loc.key, etag)
+                            .await
                     }
                 }
             }
@@ -625,7 +627,11 @@ fn native_bucket(b: &Backend) -> Option<String> {
     b.native_bucket.clone()
 }
 
-async fn head_on(b: &Backend, target: &Target, background: bool) -> Result<RemoteMeta, OriginError> {
+async fn head_on(
+    b: &Backend,
+    target: &Target,
+    background: bool,
+) -> Result<RemoteMeta, OriginError> {
     let bridge = if background { &b.background } else { &b.bridge };
     match target {
         Target::Native(id) => bridge.head(id).await,

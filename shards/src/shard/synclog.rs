@@ -101,7 +101,12 @@ impl Shard {
 
     /// Removes the entry of (backend, key) if it is still the one with `id` (a repair
     /// finished); false if a newer entry superseded it.
-    pub async fn complete_sync(&self, backend: &str, key: &str, id: u64) -> Result<bool, StoreError> {
+    pub async fn complete_sync(
+        &self,
+        backend: &str,
+        key: &str,
+        id: u64,
+    ) -> Result<bool, StoreError> {
         let db_key = crate::synclog::db_key(backend, key);
         let ack = {
             let mut sync = self.core.sync.borrow_mut();
@@ -117,7 +122,11 @@ impl Shard {
     }
 
     /// Up to `limit` entries, oldest first, that `take` accepts.
-    pub fn sync_entries(&self, limit: usize, mut take: impl FnMut(&SyncEntry) -> bool) -> Vec<SyncEntry> {
+    pub fn sync_entries(
+        &self,
+        limit: usize,
+        mut take: impl FnMut(&SyncEntry) -> bool,
+    ) -> Vec<SyncEntry> {
         let sync = self.core.sync.borrow();
         sync.order
             .values()
@@ -168,9 +177,7 @@ impl Shard {
     /// is read; the copy then fails and is retried from another source.
     pub fn object_file(&self, key: &str) -> Option<(PathBuf, u64, Rc<ObjectMeta>)> {
         match self.core.state.borrow().index.get(key) {
-            Some(Entry::Object(m)) => {
-                Some((self.core.object_path(m.seq), BODY_OFFSET, m.clone()))
-            }
+            Some(Entry::Object(m)) => Some((self.core.object_path(m.seq), BODY_OFFSET, m.clone())),
             _ => None,
         }
     }
