@@ -25,6 +25,7 @@ rows = []
 for (target, size, conns), rs in groups.items():
     rows.append(dict(
         target=target, size=size, conns=conns, runs=len(rs),
+        generator=rs[0].get("generator", "nearcache-loadtest"),
         rps=med(rs, lambda r: r["rps"]),
         mbps=med(rs, lambda r: r["mbps"]),
         p50_ms=med(rs, lambda r: r["p50_us"] / 1000),
@@ -33,7 +34,9 @@ for (target, size, conns), rs in groups.items():
         req_per_cpu_s=med(rs, lambda r: r["requests"] / r["server_cpu_s"] if r["server_cpu_s"] > 0 else 0),
         errors=sum(sum(r["errors"].values()) for r in rs),
     ))
-order = ["nearcache", "nginx-static", "nginx-proxy_cache", "varnish", "s3-direct"]
+order = ["nearcache", "nearcache-s3-header", "nearcache-s3-presigned", "cluster-owner", "cluster-non-owner",
+         "nginx-static", "nginx-static-loadtest", "nginx-proxy_cache", "varnish", "s3-direct", "nearcache-baseline"]
+PEERS = ["nginx-static", "nginx-proxy_cache", "varnish", "s3-direct", "nearcache-baseline"]
 size_key = lambda s: float(s.rstrip("KMGiB") or 0) * {"K": 1, "M": 1024, "G": 1 << 20}.get(s.rstrip("iB")[-1], 1)
 rows.sort(key=lambda r: (size_key(r["size"]), r["conns"], order.index(r["target"]) if r["target"] in order else 99))
 
@@ -59,30 +62,53 @@ lines = ["# nearcache side by side", "",
          f"Machine: {machine['cpus']} cores ({machine['cpu_model']}), {machine['memory']}, Linux {machine['kernel']}; "
          f"{machine['nginx']}; {machine['varnish']}; nearcache {machine['nearcache']}. "
          "Server, peers and load generator share the cores (loopback), so req/s is noisy; "
-         "requests per server CPU-second is steadier. Medians of the runs shown.", "",
-         "| size | conns | target | req/s | MB/s | p50 ms | p99 ms | p99.9 ms | req per server CPU-s | errors | runs |",
-         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "requests per server CPU-second is steadier. Medians of the runs shown. "
+         "cluster-* count the CPU of both cluster nodes.", "",
+         "| size | conns | target | generator | req/s | MB/s | p50 ms | p99 ms | p99.9 ms | req per server CPU-s | errors | runs |",
+         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for r in rows:
-    lines.append(f"| {r['size']} | {r['conns']} | {r['target']} | {r['rps']:.0f} | {r['mbps']:.1f} | {r['p50_ms']:.2f} | "
+    lines.append(f"| {r['size']} | {r['conns']} | {r['target']} | {r['generator']} | {r['rps']:.0f} | {r['mbps']:.1f} | {r['p50_ms']:.2f} | "
                  f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['req_per_cpu_s']:.0f} | {r['errors']} | {r['runs']} |")
+by = {(r["target"], r["size"], r["conns"]): r for r in rows}
+ratio = lambda a, b: a / b if b else float("nan")
+lines += ["", "## Paths within nearcache (same run)", "",
+          "| size | conns | path / reference | req/s ratio | req per CPU-s ratio | p99 ratio (lower is better) |",
+          "|---|---:|---|---:|---:|---:|"]
+for a, b in (("nearcache-s3-header", "nearcache"), ("nearcache-s3-presigned", "nearcache"),
+             ("cluster-non-owner", "cluster-owner"), ("nearcache", "nginx-static")):
+    for r in rows:
+        if r["target"] != a:
+            continue
+        ref = by.get((b, r["size"], r["conns"]))
+        if ref:
+            lines.append(f"| {r['size']} | {r['conns']} | {a} / {b} | {ratio(r['rps'], ref['rps']):.2f} | "
+                         f"{ratio(r['req_per_cpu_s'], ref['req_per_cpu_s']):.2f} | {ratio(r['p99_ms'], ref['p99_ms']):.2f} |")
+lt = [r for r in rows if r["target"] == "nginx-static-loadtest"]
+if lt:
+    lines += ["", "## Generator check: nearcache-loadtest beside wrk on nginx static", "",
+              "| size | conns | loadtest req/s | wrk req/s | loadtest / wrk |", "|---|---:|---:|---:|---:|"]
+    for r in lt:
+        w = by.get(("nginx-static", r["size"], r["conns"]))
+        if w:
+            lines.append(f"| {r['size']} | {r['conns']} | {r['rps']:.0f} | {w['rps']:.0f} | {ratio(r['rps'], w['rps']):.2f} |")
 lines += ["", "## Ratios: nearcache / peer (same run)", "",
           "| size | conns | peer | req/s ratio | p99 ratio (lower is better) | req per CPU-s ratio | MB/s ratio |",
           "|---|---:|---|---:|---:|---:|---:|"]
-by = {(r["target"], r["size"], r["conns"]): r for r in rows}
 for r in rows:
-    if r["target"] == "nearcache":
+    if r["target"] not in PEERS:
         continue
     nc = by.get(("nearcache", r["size"], r["conns"]))
     if not nc or r["rps"] == 0:
         continue
-    ratio = lambda a, b: a / b if b else float("nan")
     lines.append(f"| {r['size']} | {r['conns']} | {r['target']} | {ratio(nc['rps'], r['rps']):.2f} | "
                  f"{ratio(nc['p99_ms'], r['p99_ms']):.2f} | {ratio(nc['req_per_cpu_s'], r['req_per_cpu_s']):.2f} | "
                  f"{ratio(nc['mbps'], r['mbps']):.2f} |")
 
 # Charts: one SVG per metric, grouped bars per (size, conns), one bar per target.
-colors = {"nearcache": "#d95f02", "nginx-static": "#1b9e77", "nginx-proxy_cache": "#7570b3",
-          "varnish": "#e7298a", "s3-direct": "#999999"}
+colors = {"nearcache": "#d95f02", "nearcache-s3-header": "#fdae6b", "nearcache-s3-presigned": "#fd8d3c",
+          "cluster-owner": "#a6761d", "cluster-non-owner": "#e6ab02", "nginx-static": "#1b9e77",
+          "nginx-static-loadtest": "#66c2a5", "nginx-proxy_cache": "#7570b3", "varnish": "#e7298a",
+          "s3-direct": "#999999", "nearcache-baseline": "#333333"}
 def chart(metric, title, fname):
     cats = sorted({(r["size"], r["conns"]) for r in rows}, key=lambda c: (size_key(c[0]), c[1]))
     targets = [t for t in order if any(r["target"] == t for r in rows)]

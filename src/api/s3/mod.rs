@@ -271,9 +271,26 @@ pub(crate) async fn read_small_body(req: &S3Req, mut body: Incoming) -> Result<B
     Ok(out.freeze())
 }
 
-/// S3-style request id: 16 upper-case hex digits.
-fn request_id() -> String {
-    format!("{:016X}", rand_u64())
+/// S3-style request id: 16 upper-case hex digits, distinct per request of a thread (a
+/// random start, then an odd-step sequence that visits every value once).
+fn request_id() -> HeaderValue {
+    thread_local! {
+        static NEXT: std::cell::Cell<u64> = std::cell::Cell::new(rand_u64());
+    }
+    let id = NEXT.with(|n| {
+        let id = n.get();
+        n.set(id.wrapping_add(0x9E37_79B9_7F4A_7C15));
+        id
+    });
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        let nibble = id.rotate_left(4 * (i as u32 + 1)) & 0xF;
+        *b = b"0123456789ABCDEF"
+            .get(nibble as usize)
+            .copied()
+            .unwrap_or(b'0');
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn rand_u64() -> u64 {
@@ -315,7 +332,8 @@ async fn serve(
     let _active = ActiveGuard::new(&ctx);
     let rid = request_id();
     let head = req.method() == Method::HEAD;
-    let resource = req.uri().path().to_owned();
+    // Kept for error bodies (a cheap clone: the URI's bytes are shared).
+    let uri = req.uri().clone();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -324,7 +342,7 @@ async fn serve(
     let mut route = Route::S3Other;
     let mut resp = match run(&ctx, state, req, &mut route, forwarded).await {
         Ok(r) => r,
-        Err(e) => e.into_response(&resource, &rid, head),
+        Err(e) => e.into_response(uri.path(), rid.to_str().unwrap_or_default(), head),
     };
     if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
         // A request refused before its body was read (a failed If-Match on PutObject, a
@@ -333,9 +351,7 @@ async fn serve(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert("x-amz-request-id", v);
-    }
+    resp.headers_mut().insert("x-amz-request-id", rid);
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("nearcache"));
     ctx.finish(route, start, resp)
@@ -394,7 +410,7 @@ async fn run(
             buckets: bucket.into_iter().collect(),
             read_only: true,
         };
-        (cred, BodyCheck::None, None)
+        (std::borrow::Cow::Owned(cred), BodyCheck::None, None)
     } else {
         if !s3.has_keys {
             return Err(S3Error::access_denied(
@@ -405,9 +421,12 @@ async fn run(
         let cred = s3
             .keys
             .get(&verified.access_key)
-            .ok_or_else(|| S3Error::access_denied("unknown access key"))?
-            .clone();
-        (cred, verified.body, verified.trailer)
+            .ok_or_else(|| S3Error::access_denied("unknown access key"))?;
+        (
+            std::borrow::Cow::Borrowed(cred),
+            verified.body,
+            verified.trailer,
+        )
     };
     let (bucket, key) = address(&parts, s3.domain.as_deref())?;
     // Refused by the node that takes it, before it goes to an owner.
@@ -522,10 +541,17 @@ async fn run(
 
 /// No Authorization header and no presigned query: an anonymous request.
 fn is_anonymous(parts: &http::request::Parts) -> bool {
-    !parts.headers.contains_key(header::AUTHORIZATION)
-        && !parse_query(parts.uri.query().unwrap_or(""))
-            .iter()
-            .any(|(k, _)| k == "X-Amz-Algorithm")
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return false;
+    }
+    let q = parts.uri.query().unwrap_or("");
+    // Names are compared decoded; only a query with escapes needs decoding first.
+    if q.contains(['%', '+']) {
+        !parse_query(q).iter().any(|(k, _)| k == "X-Amz-Algorithm")
+    } else {
+        !q.split('&')
+            .any(|p| p.split_once('=').map_or(p, |(k, _)| k) == "X-Amz-Algorithm")
+    }
 }
 
 /// An anonymous read addressed to a `public_read` bucket (the operation is checked later).
@@ -728,22 +754,23 @@ pub(crate) fn address(
     parts: &http::request::Parts,
     domain: Option<&str>,
 ) -> Result<(Option<String>, Option<String>), S3Error> {
-    let host = parts
+    let raw_host = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.host().map(str::to_owned))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+        .or_else(|| parts.uri.host())
+        .unwrap_or_default();
+    let host: std::borrow::Cow<'_, str> = if raw_host.bytes().any(|b| b.is_ascii_uppercase()) {
+        raw_host.to_ascii_lowercase().into()
+    } else {
+        raw_host.into()
+    };
     let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => {
-            h.to_owned()
-        }
-        _ => host,
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h,
+        _ => &host,
     };
     // A fully qualified name may end in a dot: `b.domain.` is `b.domain`.
-    let host = host.strip_suffix('.').unwrap_or(&host);
+    let host = host.strip_suffix('.').unwrap_or(host);
     let path = parts.uri.path();
     let vhost = domain.and_then(|d| {
         host.strip_suffix(d)
@@ -818,9 +845,15 @@ pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             let dec = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
+                if s.contains('+') {
+                    percent_encoding::percent_decode_str(&s.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned()
+                } else {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                }
             };
             (dec(k), dec(v))
         })

@@ -99,6 +99,7 @@ mod tests;
 
 pub use body::{parse_content_md5, BodyDecoder, ChecksumAlgorithm, ChecksumCheck};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -457,7 +458,7 @@ pub fn verify_head(
     now: SystemTime,
 ) -> Result<Verified, AuthError> {
     let query = parse_query(parts.uri.query().unwrap_or(""));
-    let presigned = query.iter().any(|(k, _)| k == b"X-Amz-Algorithm");
+    let presigned = query.iter().any(|(k, _)| k.as_ref() == b"X-Amz-Algorithm");
     let auth = parts.headers.get(AUTHORIZATION);
     match (auth, presigned) {
         (Some(_), true) => Err(AuthError::InvalidRequest(
@@ -585,7 +586,7 @@ pub(crate) fn parse_auth_header(value: &str) -> Result<AuthHeader<'_>, AuthError
 
 fn verify_header_auth(
     parts: &http::request::Parts,
-    query: &[(Vec<u8>, Vec<u8>)],
+    query: &[QueryPair<'_>],
     value: &str,
     keys: &KeyStore,
     now: SystemTime,
@@ -682,14 +683,14 @@ fn verify_header_auth(
 
 fn verify_presigned(
     parts: &http::request::Parts,
-    query: &[(Vec<u8>, Vec<u8>)],
+    query: &[QueryPair<'_>],
     keys: &KeyStore,
     now: SystemTime,
 ) -> Result<Verified, AuthError> {
     let param = |name: &str| -> Option<&str> {
         query
             .iter()
-            .find(|(k, _)| k == name.as_bytes())
+            .find(|(k, _)| k.as_ref() == name.as_bytes())
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     };
     let missing = || {
@@ -887,7 +888,7 @@ fn is_sha256_hex(s: &str) -> bool {
 #[expect(clippy::too_many_arguments, reason = "one call per auth kind")]
 fn check_signature(
     parts: &http::request::Parts,
-    query: &[(Vec<u8>, Vec<u8>)],
+    query: &[QueryPair<'_>],
     signed: &[&str],
     signed_headers: &str,
     payload: &str,
@@ -918,9 +919,14 @@ fn check_signature(
     }
     let mut ok = subtle::Choice::from(0);
     for uri in candidates {
-        let mut creq = format!("{method}\n{uri}").into_bytes();
-        creq.extend_from_slice(&rest);
-        let sts = string_to_sign(amz_date, scope, &creq);
+        // The canonical request is hashed in pieces, never assembled.
+        let mut h = Sha256::new();
+        h.update(method.as_bytes());
+        h.update(b"\n");
+        h.update(uri.as_bytes());
+        h.update(&rest);
+        let creq_hash: [u8; 32] = h.finalize().into();
+        let sts = string_to_sign(amz_date, scope, &creq_hash);
         let computed = hmac(key, sts.as_bytes());
         ok |= computed.ct_eq(signature);
     }
@@ -931,11 +937,23 @@ fn check_signature(
     }
 }
 
-pub(crate) fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(sha256(canonical_request))
-    )
+/// The string to sign of a canonical request, given the request's SHA-256.
+fn string_to_sign(amz_date: &str, scope: &str, creq_hash: &[u8; 32]) -> String {
+    let mut out = String::with_capacity(
+        ALGORITHM
+            .len()
+            .saturating_add(amz_date.len())
+            .saturating_add(scope.len())
+            .saturating_add(67),
+    );
+    out.push_str(ALGORITHM);
+    out.push('\n');
+    out.push_str(amz_date);
+    out.push('\n');
+    out.push_str(scope);
+    out.push('\n');
+    out.push_str(&hex::encode(creq_hash));
+    out
 }
 
 /// The canonical URI: each `/`-separated segment percent-decoded, then re-encoded with only
@@ -952,37 +970,51 @@ pub(crate) fn canonical_uri(raw_path: &str) -> String {
     out
 }
 
+/// A decoded query parameter: (name, value) bytes, borrowed from the query when nothing
+/// in them was escaped.
+pub(crate) type QueryPair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// Query parameters as (decoded key, decoded value) bytes, in request order; `+` is a space.
-pub(crate) fn parse_query(q: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    fn decode(s: &str) -> Vec<u8> {
-        let plus: Vec<u8> = s
-            .bytes()
-            .map(|b| if b == b'+' { b' ' } else { b })
-            .collect();
-        percent_encoding::percent_decode(&plus).collect()
+pub(crate) fn parse_query(q: &str) -> Vec<QueryPair<'_>> {
+    fn decode(s: &str) -> Cow<'_, [u8]> {
+        if s.contains('+') {
+            let plus: Vec<u8> = s
+                .bytes()
+                .map(|b| if b == b'+' { b' ' } else { b })
+                .collect();
+            Cow::Owned(percent_encoding::percent_decode(&plus).collect())
+        } else {
+            percent_encoding::percent_decode(s.as_bytes()).into()
+        }
     }
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
             Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), Vec::new()),
+            None => (decode(p), Cow::Borrowed(&[][..])),
         })
         .collect()
 }
 
-fn canonical_query(query: &[(Vec<u8>, Vec<u8>)], exclude: Option<&str>) -> String {
-    let mut pairs: Vec<(String, String)> = query
+/// The canonical query string: names and values percent-encoded, sorted by name then
+/// value, joined with `&`.
+fn canonical_query(query: &[QueryPair<'_>], exclude: Option<&str>) -> String {
+    let mut pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = query
         .iter()
-        .filter(|(k, _)| exclude.is_none_or(|x| k != x.as_bytes()))
+        .filter(|(k, _)| exclude.is_none_or(|x| k.as_ref() != x.as_bytes()))
         .map(|(k, v)| {
             (
-                percent_encoding::percent_encode(k, CANONICAL).to_string(),
-                percent_encoding::percent_encode(v, CANONICAL).to_string(),
+                percent_encoding::percent_encode(k, CANONICAL).into(),
+                percent_encoding::percent_encode(v, CANONICAL).into(),
             )
         })
         .collect();
-    pairs.sort();
-    let mut out = String::new();
+    pairs.sort_unstable();
+    let len = pairs
+        .iter()
+        .map(|(k, v)| k.len().saturating_add(v.len()).saturating_add(2))
+        .fold(0usize, usize::saturating_add);
+    let mut out = String::with_capacity(len);
     for (i, (k, v)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push('&');
