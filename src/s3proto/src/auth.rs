@@ -964,7 +964,15 @@ pub(crate) fn canonical_uri(raw_path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        let decoded: Vec<u8> = percent_encoding::percent_decode(seg.as_bytes()).collect();
+        if seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            // Nothing to decode or encode.
+            out.push_str(seg);
+            continue;
+        }
+        let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode(seg.as_bytes()).into();
         out.extend(percent_encoding::percent_encode(&decoded, CANONICAL));
     }
     out
@@ -1030,7 +1038,7 @@ fn canonical_query(query: &[QueryPair<'_>], exclude: Option<&str>) -> String {
 /// (not necessarily UTF-8), trimmed of spaces, runs of spaces collapsed, repeated headers
 /// joined with `,`. `host` falls back to the URI's authority (HTTP/2 has no Host header).
 fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(256);
     for name in signed {
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
@@ -1053,6 +1061,11 @@ fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> Vec<u8> {
 }
 
 fn push_trimmed(out: &mut Vec<u8>, v: &[u8]) {
+    // Most values have nothing to trim or collapse: copied whole.
+    if v.first() != Some(&b' ') && v.last() != Some(&b' ') && !v.windows(2).any(|w| w == b"  ") {
+        out.extend_from_slice(v);
+        return;
+    }
     let start = v.iter().position(|&b| b != b' ').unwrap_or(v.len());
     let end = v
         .iter()
