@@ -276,16 +276,18 @@ run_one() { # gen url tmpl sign ids size conns duration
   fi
 }
 first_size=${SIZES[0]}
+# Runs are interleaved (run 1 of every target, then run 2, ...) so a slow spell of the
+# shared box does not land on one target's runs only.
 for size in "${SIZES[@]}"; do
   for conns in $CONNS; do
-    for t in "${TARGETS[@]}"; do
-      IFS='|' read -r name gen url tmpl sign ids pids <<<"$t"
-      # The Python S3 server is a reference point, not a contender: one light run. The
-      # generator check needs one size.
-      if [ "$name" = s3-direct ] && [ "$conns" != "$(echo $CONNS | awk '{print $1}')" ]; then continue; fi
-      if [ "$name" = nginx-static-loadtest ] && [ "$size" != "$first_size" ]; then continue; fi
-      run_one "$gen" "$url" "$tmpl" "$sign" "$ids" "$size" "$conns" "$WARMUP" >/dev/null || true
-      for run in $(seq 1 "$RUNS"); do
+    for run in $(seq 1 "$RUNS"); do
+      for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name gen url tmpl sign ids pids <<<"$t"
+        # The Python S3 server is a reference point, not a contender: one light run. The
+        # generator check needs one size.
+        if [ "$name" = s3-direct ] && { [ "$conns" != "$(echo $CONNS | awk '{print $1}')" ] || [ "$run" != 1 ]; }; then continue; fi
+        if [ "$name" = nginx-static-loadtest ] && [ "$size" != "$first_size" ]; then continue; fi
+        run_one "$gen" "$url" "$tmpl" "$sign" "$ids" "$size" "$conns" "$WARMUP" >/dev/null || true
         c0=$(cpu_ticks "$pids")
         json=$(run_one "$gen" "$url" "$tmpl" "$sign" "$ids" "$size" "$conns" "$DURATION") \
           || { log "$name $size c$conns run $run failed"; continue; }
