@@ -740,14 +740,16 @@ impl StoreFeed {
             while let Some(msg) = rx.recv().await {
                 match msg {
                     StoreMsg::Chunk(chunk) => {
-                        left.set(left.get().saturating_sub(chunk.len() as u64));
-                        let Some(w) = writer.as_mut() else { continue };
-                        if let Err(e) = w.write(chunk).await {
-                            tracing::warn!(shard, error = %e, "read-through: caching stopped");
-                            if let Some(w) = writer.take() {
-                                w.abort().await;
+                        let len = chunk.len() as u64;
+                        if let Some(w) = writer.as_mut() {
+                            if let Err(e) = w.write(chunk).await {
+                                tracing::warn!(shard, error = %e, "read-through: caching stopped");
+                                if let Some(w) = writer.take() {
+                                    w.abort().await;
+                                }
                             }
                         }
+                        left.set(left.get().saturating_sub(len));
                     }
                     StoreMsg::Finish(attrs, reply) => {
                         let stored = match writer.take() {
