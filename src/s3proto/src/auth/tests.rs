@@ -79,12 +79,9 @@ fn sha_hex(d: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(d))
 }
 
-// ---------------------------------------------------------------------------------------------
-// AWS documentation examples (S3 API reference, SigV4 "Examples: Signature Calculations")
-
-#[test]
-fn aws_doc_get_object() {
-    let p = parts(
+/// The AWS documentation's signed GetObject example (a range of /test.txt).
+fn doc_get_object() -> http::request::Parts {
+    parts(
         "GET",
         "/test.txt",
         &[
@@ -100,7 +97,15 @@ fn aws_doc_get_object() {
                 ),
             ),
         ],
-    );
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS documentation examples (S3 API reference, SigV4 "Examples: Signature Calculations")
+
+#[test]
+fn aws_doc_get_object() {
+    let p = doc_get_object();
     let v = verify_head(&p, &keys(), t2013()).unwrap();
     assert_eq!(v.access_key, AK);
     assert_eq!(v.region, "us-east-1");
@@ -1446,23 +1451,7 @@ fn checksum_headers() {
 
 #[test]
 fn signing_keys_are_remembered_only_after_a_valid_signature() {
-    let good = parts(
-        "GET",
-        "/test.txt",
-        &[
-            ("host", "examplebucket.s3.amazonaws.com"),
-            ("range", "bytes=0-9"),
-            ("x-amz-content-sha256", EMPTY_SHA256),
-            ("x-amz-date", DATE),
-            (
-                "authorization",
-                &auth(
-                    "host;range;x-amz-content-sha256;x-amz-date",
-                    "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
-                ),
-            ),
-        ],
-    );
+    let good = doc_get_object();
     let mut forged = good.clone();
     forged
         .headers
