@@ -585,8 +585,9 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     /// Copies that must be durable before a write is acknowledged, counting owners'
     /// copies only (this node's counts when it owns the key; a node taking a write as
-    /// next in line needs that many owner copies besides its own); capped at the number
-    /// of owners reachable for the key.
+    /// next in line needs that many owner copies besides its own). Never lowered to the
+    /// owners a node sees: with fewer alive owners the write is refused. At most
+    /// `replication_factor`.
     pub write_quorum: usize,
     /// SWIM probe period.
     pub gossip_interval_ms: u64,
@@ -1160,6 +1161,13 @@ impl Config {
         let c = &self.cluster;
         if c.replication_factor == 0 || c.write_quorum == 0 {
             bail!("cluster.replication_factor and cluster.write_quorum must be at least 1");
+        }
+        if c.write_quorum > c.replication_factor {
+            bail!(
+                "cluster.write_quorum ({}) must not exceed cluster.replication_factor ({}): a level-1 write has only that many owners",
+                c.write_quorum,
+                c.replication_factor
+            );
         }
         if c.name.is_empty() {
             bail!("cluster.name must not be empty");

@@ -253,6 +253,12 @@ impl Node {
     }
 
     fn alive_members(&self) -> usize {
+        self.members_in(&["alive"])
+    }
+
+    /// Members in one of `states` in this node's view ("suspect" still counts as a
+    /// member for placement until it is declared down).
+    fn members_in(&self, states: &[&str]) -> usize {
         client()
             .get(self.url("/api/v1/cluster"))
             .timeout(Duration::from_secs(3))
@@ -262,7 +268,7 @@ impl Node {
             .and_then(|v| {
                 v["members"].as_array().map(|m| {
                     m.iter()
-                        .filter(|x| x["state"].as_str() == Some("alive"))
+                        .filter(|x| x["state"].as_str().is_some_and(|s| states.contains(&s)))
                         .count()
                 })
             })
@@ -306,6 +312,21 @@ impl Node {
             .timeout(Duration::from_secs(10))
             .send()
             .is_ok_and(|r| r.status() == 200)
+    }
+
+    /// A PUT's status and body (0 and the error when it got no answer).
+    fn put_answer(&self, id: &str, body: &[u8]) -> (u16, String) {
+        match client()
+            .post(self.url("/api/v1/put"))
+            .header("X-Meta-ID", id)
+            .header("X-Meta-ConsistencyLevel", "0")
+            .body(body.to_vec())
+            .timeout(Duration::from_secs(10))
+            .send()
+        {
+            Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
     }
 
     fn delete(&self, id: &str) -> bool {
@@ -416,12 +437,16 @@ fn netns_partition_kill9_and_clock_skew_converge_without_loss() {
         acked += 1;
     }
 
-    // 3. Partition: node 2's cluster link goes down. Both sides keep taking writes (W counts
-    //    the owners a node can reach, so an isolated node acknowledges on its own disk);
-    //    every acknowledged write must survive the heal.
+    // 3. Partition: node 2's cluster link goes down. The majority side keeps taking
+    //    writes (two owners alive for W = 2); every acknowledged write must survive the
+    //    heal. The cut-off node sees one owner alive: it must refuse W = 2 writes before
+    //    storing anything, never acknowledge them with one copy.
     net.cut(2, true);
     wait_until("the majority to see node 2 gone", 60, || {
         nodes[0].alive_members() == 2 && nodes[1].alive_members() == 2
+    });
+    wait_until("node 2 to see itself alone", 60, || {
+        nodes[2].members_in(&["alive", "suspect"]) == 1
     });
     for i in 0..40u64 {
         let id = if i < 10 {
@@ -446,34 +471,44 @@ fn netns_partition_kill9_and_clock_skew_converge_without_loss() {
             }
         }
     }
-    // Writes on the cut-off node: new keys, and keys the majority side also wrote or
-    // deleted (last writer wins by HLC after the heal; node 2's clock is ahead, so its
-    // versions win those contests).
+    // Writes on the cut-off node: new keys, and keys written before the cut. All are
+    // refused up front (503, nothing stored): had they been stored, node 2's clock being
+    // ahead would make them win over the majority's versions after the heal.
+    let mut quorum_refused = 0u64;
     for i in 0..10u64 {
-        let id = if i < 3 {
-            keys[30 + i as usize].clone()
-        } else {
+        let fresh = i >= 3;
+        let id = if fresh {
             ulid::Ulid::generate().to_string()
+        } else {
+            keys[30 + i as usize].clone()
         };
         let body = random_bytes(700, 2000 + i);
-        if nodes[2].put(&id, &body) {
-            acked += 1;
-            expect.insert(id, Some(md5_hex(&body)));
-        } else {
-            refused += 1;
-            ambiguous.insert(id, Some(md5_hex(&body)));
+        let (status, answer) = nodes[2].put_answer(&id, &body);
+        assert_eq!(
+            status, 503,
+            "a node cut off from the cluster acknowledged (or failed otherwise) a W = 2 write: {answer}"
+        );
+        assert!(
+            answer.contains("quorum") && answer.contains("nothing was stored"),
+            "{answer}"
+        );
+        quorum_refused += 1;
+        if fresh {
+            // Never stored anywhere.
+            expect.insert(id, None);
         }
     }
-    // 4. Kill -9 node 1 while the partition lasts; node 0 goes on alone. Restart node 1.
+    // 4. Kill -9 node 1 while the partition lasts; node 0 is alone and must not
+    //    acknowledge a W = 2 write (before membership notices, the push to node 1 fails
+    //    after the local copy is stored: that copy may spread later). Restart node 1.
     nodes[1].kill9();
     let lone = ulid::Ulid::generate().to_string();
-    if nodes[0].put(&lone, b"with one of three nodes up") {
-        acked += 1;
-        expect.insert(lone, Some(md5_hex(b"with one of three nodes up")));
-    } else {
-        refused += 1;
-        ambiguous.insert(lone, Some(md5_hex(b"with one of three nodes up")));
-    }
+    assert!(
+        !nodes[0].put(&lone, b"with one of three nodes up"),
+        "one node of three acknowledged a W = 2 write"
+    );
+    refused += 1;
+    ambiguous.insert(lone, Some(md5_hex(b"with one of three nodes up")));
     nodes[1].start();
 
     // 5. Heal. Every node converges: every acknowledged write served byte for byte, every
@@ -508,7 +543,7 @@ fn netns_partition_kill9_and_clock_skew_converge_without_loss() {
         }
     };
     eprintln!(
-        "[netns chaos] {acked} acknowledged writes and deletes, {refused} refused ({} of them landed anyway), {} keys checked on 3 nodes, skew {skew_seen} s",
+        "[netns chaos] {acked} acknowledged writes and deletes, {refused} refused ({} of them landed anyway), {quorum_refused} refused up front by the cut-off node, {} keys checked on 3 nodes, skew {skew_seen} s",
         ambiguous
             .iter()
             .filter(|(id, want)| nodes[0].local(id).map(|b| md5_hex(&b)) == **want)

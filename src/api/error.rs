@@ -141,10 +141,11 @@ impl From<ClusterError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "peer error", detail)
             }
             ClusterError::BadRequest(_) => ApiError::bad_request("invalid request", detail),
-            ClusterError::NoNode(_) | ClusterError::Quorum { .. } | ClusterError::Mesh(_) => {
-                ApiError::unavailable(detail)
-                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-            }
+            ClusterError::NoNode(_)
+            | ClusterError::Quorum { .. }
+            | ClusterError::QuorumUnreachable { .. }
+            | ClusterError::Mesh(_) => ApiError::unavailable(detail)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
         }
     }
 }

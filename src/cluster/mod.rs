@@ -89,6 +89,13 @@ pub enum ClusterError {
         quorum: usize,
         detail: String,
     },
+    /// Fewer owners of the key are alive than the write quorum: refused before anything
+    /// was stored. Retrying helps once enough nodes are back.
+    #[error(
+        "the write quorum of {quorum} copies cannot be reached: only {owners} owner(s) of \
+         the key are alive in this node's view of the cluster; nothing was stored"
+    )]
+    QuorumUnreachable { owners: usize, quorum: usize },
     /// The request could not be rebuilt for a peer.
     #[error("invalid request: {0}")]
     BadRequest(String),
@@ -155,6 +162,14 @@ const COUNTERS: &[(Family, ClusterCounter)] = &[
             "Replica or tombstone pushes that failed (anti-entropy repairs them).",
         ),
         |m| &m.replica_failures,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_quorum_refusals_total",
+            Kind::Counter,
+            "Writes and deletes refused because fewer owners were alive than the write quorum.",
+        ),
+        |m| &m.quorum_refusals,
     ),
     (
         Family::new(
@@ -276,6 +291,7 @@ pub struct ClusterMetrics {
     pub peer_errors: AtomicU64,
     pub replicas_pushed: AtomicU64,
     pub replica_failures: AtomicU64,
+    pub quorum_refusals: AtomicU64,
     pub sync_requests: AtomicU64,
     pub sync_changes_applied: AtomicU64,
     pub sync_bytes: AtomicU64,

@@ -42,13 +42,21 @@ pub fn is_owner(replication_factor: usize, level: u8, ranking: impl FnOnce() -> 
     owner
 }
 
-/// Replica acknowledgements a fresh write needs besides the local copy, with `targets`
-/// other owners. The write quorum counts owners' copies, clamped to the owners: the
-/// local copy counts only when this node owns the key (`owner_here`), not when it took
-/// the write as next in line while better-ranked nodes were unreachable.
-pub fn acks_needed(write_quorum: usize, targets: usize, owner_here: bool) -> usize {
-    let local = usize::from(owner_here);
-    write_quorum.clamp(1, (targets + local).max(1)) - local
+/// Replica acknowledgements a fresh write needs besides the local copy. The write quorum
+/// counts owners' copies: the local copy counts only when this node owns the key
+/// (`owner_here`), not when it took the write as next in line while better-ranked nodes
+/// were unreachable. It is never lowered to the owners a node can see: a node that sees
+/// fewer owners than the quorum cannot acknowledge (see [`quorum_reachable`]), so an
+/// acknowledged write with W >= 2 is on W nodes even when one of them was cut off.
+pub fn acks_needed(write_quorum: usize, owner_here: bool) -> usize {
+    write_quorum.max(1) - usize::from(owner_here)
+}
+
+/// Whether a write of a key with `owners` alive owners (as [`owner_count`] gives them)
+/// can reach the write quorum at all. When it cannot, the write is refused before
+/// anything is stored.
+pub fn quorum_reachable(write_quorum: usize, owners: usize) -> bool {
+    owners >= write_quorum.max(1)
 }
 
 /// The alive members of one membership view ranked for a key, by index into the view:
@@ -162,13 +170,18 @@ pub(crate) mod tests {
     #[test]
     fn the_write_quorum_counts_owner_copies() {
         // An owner's own copy counts: W = 2 of R = 3 needs one more.
-        assert_eq!(acks_needed(2, 2, true), 1);
-        assert_eq!(acks_needed(1, 2, true), 0);
-        assert_eq!(acks_needed(5, 2, true), 2, "clamped to the owners");
+        assert_eq!(acks_needed(2, true), 1);
+        assert_eq!(acks_needed(1, true), 0);
+        assert_eq!(acks_needed(0, true), 0, "a quorum of 0 means 1");
         // A node that took the write as next in line is no owner: W owners must ack.
-        assert_eq!(acks_needed(2, 2, false), 2);
-        assert_eq!(acks_needed(1, 2, false), 1);
-        assert_eq!(acks_needed(3, 2, false), 2, "clamped to the owners");
+        assert_eq!(acks_needed(2, false), 2);
+        assert_eq!(acks_needed(1, false), 1);
+        // Fewer alive owners than the quorum: refused, never acknowledged with fewer
+        // copies (a node cut off from the others must not ack W = 2 alone).
+        assert!(quorum_reachable(2, 2));
+        assert!(!quorum_reachable(2, 1));
+        assert!(quorum_reachable(1, 1));
+        assert!(!quorum_reachable(3, 2));
         assert_eq!(owner_count(3, 2, 1), 2);
         assert_eq!(owner_count(0, 5, 1), 1);
         assert_eq!(owner_count(2, 5, 2), 5, "level 2: every alive node");

@@ -90,6 +90,14 @@ pub async fn route<C: ClusterCtx>(
         if servable {
             return Ok(Route::Local(req));
         }
+    } else if !super::placement::quorum_reachable(cl.cfg.write_quorum, owners) {
+        // Refused before anything is stored: with fewer alive owners than the quorum the
+        // write could only be acknowledged with fewer copies than promised.
+        cl.metrics.quorum_refusals.fetch_add(1, Relaxed);
+        return Err(ClusterError::QuorumUnreachable {
+            owners,
+            quorum: cl.cfg.write_quorum,
+        });
     } else if owner_here {
         return Ok(Route::Local(req));
     } else if cl.cfg.near_cache_bytes.0 > 0 {
@@ -283,8 +291,23 @@ async fn quorum(
     })
 }
 
-fn need(cl: &Cluster, targets: usize, owner_here: bool) -> usize {
-    super::placement::acks_needed(cl.cfg.write_quorum, targets, owner_here)
+/// Acknowledgements needed from `targets`; an error when they cannot add up to the
+/// quorum (the local copy stays; anti-entropy spreads it once owners are back).
+fn need(cl: &Cluster, targets: usize, owner_here: bool) -> Result<usize, ClusterError> {
+    let need = super::placement::acks_needed(cl.cfg.write_quorum, owner_here);
+    if need > targets {
+        cl.metrics.quorum_refusals.fetch_add(1, Relaxed);
+        return Err(ClusterError::Quorum {
+            ok: 0,
+            total: targets,
+            quorum: cl.cfg.write_quorum,
+            detail: format!(
+                "only {} owner(s) of the key are alive",
+                targets + usize::from(owner_here)
+            ),
+        });
+    }
+    Ok(need)
 }
 
 /// Pushes the stored version `meta` to the key's other owners (every node at level 2);
@@ -298,10 +321,10 @@ pub async fn replicate_put<C: ClusterCtx>(
     super::near::release(cs, &meta.key).await;
     let cl = &cs.cl;
     let (targets, owner_here) = targets(cl, &meta.key, meta.level);
-    if targets.is_empty() {
+    let need = need(cl, targets.len(), owner_here)?;
+    if need == 0 && targets.is_empty() {
         return Ok(());
     }
-    let need = need(cl, targets.len(), owner_here);
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {
         let (ctx, cs, meta, tx) = (ctx.clone(), cs.clone(), meta.clone(), tx.clone());
@@ -368,10 +391,10 @@ pub async fn replicate_delete(cs: &ClusterShard, t: Tombstone) -> Result<(), Clu
     super::near::release(cs, &t.key).await;
     let cl = &cs.cl;
     let (targets, owner_here) = targets(cl, &t.key, t.level);
-    if targets.is_empty() {
+    let need = need(cl, targets.len(), owner_here)?;
+    if need == 0 && targets.is_empty() {
         return Ok(());
     }
-    let need = need(cl, targets.len(), owner_here);
     let t = Rc::new(t);
     let (tx, rx) = mpsc::unbounded_channel();
     for m in targets.iter().cloned() {

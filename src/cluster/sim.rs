@@ -13,9 +13,9 @@
 //!
 //! After every step:
 //! 1. no acknowledged write lost: while at most one node is down, the last-writer-wins
-//!    latest version of each key acknowledged with two copies or more (W >= 2, and the
-//!    coordinator saw that many owners alive: the quorum is capped at the owners it sees)
-//!    is held, or something newer (for a delete: any tombstone, or nothing), by a live
+//!    latest version of each key acknowledged with two copies or more (W >= 2: a write
+//!    whose coordinator sees fewer owners alive than W is refused, never acknowledged
+//!    with fewer copies) is held, or something newer (for a delete: any tombstone, or nothing), by a live
 //!    owner by the true membership, or by any live node in seeds whose views lag (a
 //!    write acknowledged by stale owners is only on those until anti-entropy moves it);
 //! 2. causality: a coordinator that had observed an acknowledged version of a key (it
@@ -504,8 +504,7 @@ struct Acked {
     op: u64,
     /// When it was acknowledged (sim ms).
     at: u64,
-    /// Copies when it was acknowledged (fewer than W when the coordinator saw fewer
-    /// owners alive: the quorum is capped at the owners it sees, as configured).
+    /// Copies when it was acknowledged (at least W).
     copies: usize,
     /// A delete every node has observed (set once).
     /// Once every node observed the delete: those that held its tombstone (or newer).
@@ -515,6 +514,8 @@ struct Acked {
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub acked: u64,
+    /// Client writes refused up front: fewer alive owners than the quorum.
+    pub refused: u64,
     pub crashes: u64,
     pub gaps: u64,
     pub rescans: u64,
@@ -720,6 +721,16 @@ impl Sim {
         let entry = up[self.rng.gen_range(0..up.len())];
         let key = format!("k{}", self.rng.gen_range(0..self.p.keys));
         let level = self.key_level(&key);
+        // The entry node refuses a write whose quorum it cannot reach (`route::route`).
+        let alive_owners = placement::owner_count(
+            self.p.rf,
+            Ranking::new(&key, self.nodes[entry].view.clone()).len(),
+            level,
+        );
+        if !placement::quorum_reachable(self.p.wq, alive_owners) {
+            self.stats.refused += 1;
+            return Ok(());
+        }
         let mut coord = entry;
         if !self.owns(entry, &key, level) {
             let ranking = Ranking::new(&key, self.nodes[entry].view.clone());
@@ -770,7 +781,8 @@ impl Sim {
             .map(|m| idx(&m.id))
             .collect();
         let owner_here = ranking.iter().take(n).any(|m| m.is_self);
-        let need = placement::acks_needed(self.p.wq, targets.len(), owner_here);
+        // More than `targets` can give: stored here, answered with an error, never acked.
+        let need = placement::acks_needed(self.p.wq, owner_here);
         let seen: Vec<bool> = self.nodes[coord]
             .view_states
             .iter()
@@ -1668,6 +1680,7 @@ fn run_seeds(start: u64, count: u64) {
     for seed in start..start + count {
         let s = run_seed(seed);
         total.acked += s.acked;
+        total.refused += s.refused;
         total.crashes += s.crashes;
         total.gaps += s.gaps;
         total.rescans += s.rescans;

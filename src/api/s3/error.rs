@@ -223,9 +223,10 @@ impl From<ObjectError> for S3Error {
             ObjectError::Cluster(c) => match c {
                 ClusterError::BadRequest(m) => S3Error::invalid_request(m),
                 ClusterError::PeerFailed { .. } => S3Error::internal(message),
-                ClusterError::NoNode(_) | ClusterError::Quorum { .. } | ClusterError::Mesh(_) => {
-                    S3Error::service_unavailable(message)
-                }
+                ClusterError::NoNode(_)
+                | ClusterError::Quorum { .. }
+                | ClusterError::QuorumUnreachable { .. }
+                | ClusterError::Mesh(_) => S3Error::service_unavailable(message),
             },
             ObjectError::Storage(_)
             | ObjectError::Corrupt(_)
