@@ -10,7 +10,8 @@
 //! Each node has two links: a "client" veth to the host (the test talks to its public
 //! API over it; it stays up) and a "cluster" veth on a bridge shared by the nodes (gossip
 //! and node-to-node HTTP/2; the partition takes it down). Needs root, `ip` (iproute2) and
-//! libfaketime (installed with apt-get when missing).
+//! libfaketime (installed with apt-get when missing). The nodes run with a cluster secret
+//! and mutual TLS between them, as in production.
 
 mod common;
 
@@ -23,6 +24,7 @@ use common::{client, random_bytes};
 
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const SKEW: &str = "+120s";
+const CLUSTER_SECRET: &str = "netns-chaos-cluster-secret";
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -210,10 +212,23 @@ impl Node {
             cmd.args(["--join", j]);
         }
         let cfg = self.dir.join("node.toml");
+        // Everything between nodes is authenticated as in production: the cluster secret
+        // signs gossip and node-to-node requests, which also run over mutual TLS with
+        // certificates from the cluster's own CA (written by the test). Signed messages
+        // carry the sender's wall clock: the replay window must cover node 2's skew, or
+        // it could never join (which it logs).
+        let tls_dir = self.dir.parent().expect("node dirs are in the test dir");
         std::fs::write(
             &cfg,
-            "[store]\njournal_retain = 50\n\n[cluster]\ngossip_interval_ms = 200\n\
-             sync_interval_ms = 150\npeer_timeout_ms = 2000\n",
+            format!(
+                "[store]\njournal_retain = 50\n\n[cluster]\ngossip_interval_ms = 200\n\
+                 sync_interval_ms = 150\npeer_timeout_ms = 2000\nsecret = \"{CLUSTER_SECRET}\"\n\
+                 replay_window_secs = 300\n\n\
+                 [tls]\ncluster_ca = \"{}\"\ncluster_cert = \"{}\"\ncluster_key = \"{}\"\n",
+                tls_dir.join("cluster-ca.crt").display(),
+                self.dir.join("node.crt").display(),
+                self.dir.join("node.key").display(),
+            ),
         )
         .unwrap();
         cmd.arg("--config").arg(&cfg);
@@ -376,8 +391,13 @@ fn netns_partition_kill9_and_clock_skew_converge_without_loss() {
             child: None,
         })
         .collect();
+    let ca = common::pki::Ca::new("netns cluster CA");
+    std::fs::write(tmp.path().join("cluster-ca.crt"), ca.pem()).unwrap();
     for n in &mut nodes {
         std::fs::create_dir_all(&n.dir).unwrap();
+        let leaf = ca.leaf(&format!("node {}", n.i));
+        std::fs::write(n.dir.join("node.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(n.dir.join("node.key"), &leaf.key_pem).unwrap();
         n.start();
     }
     wait_until("three alive members everywhere", 60, || {

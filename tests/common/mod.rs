@@ -13,6 +13,7 @@ use nearcache::ServerHandle;
 use nearcache_s3::testutil::{fresh_bucket, s3_target};
 
 pub mod ops;
+pub mod pki;
 pub mod procs;
 pub mod sdk;
 

@@ -15,12 +15,16 @@ use foca::{
 use rand::rngs::StdRng;
 use tracing::{debug, info, warn};
 
+use crate::auth::Replay;
 use crate::config::defaults;
 use crate::identity::NodeIdentity;
 use crate::metrics::MembershipCounters as Counters;
 use crate::view::{self, Entry, MemberState};
 use crate::wire::{self, FrameError, Kind};
 use crate::Shared;
+
+/// How often a datagram refused for its timestamp is logged as a warning.
+const CLOCK_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Requests from the API side; each is followed by a wake-up datagram.
 #[derive(Debug)]
@@ -52,6 +56,10 @@ pub(crate) struct Agent {
     /// Every member foca holds as Suspect: the incarnation suspected and when we first
     /// saw it so. See `expire_suspects`.
     suspects: HashMap<NodeIdentity, (u16, Instant)>,
+    /// When a datagram outside the replay window was last logged as a warning: a node
+    /// whose clock is off by more than the window can never join, and the operator must
+    /// hear of it, but a flood of them must not fill the log.
+    clock_warned: Option<Instant>,
 }
 
 /// What the thread starts from, prepared by `Membership::start`.
@@ -97,6 +105,7 @@ impl Agent {
             next_announce: Instant::now(),
             down_cursor: 0,
             suspects: HashMap::new(),
+            clock_warned: None,
         }
     }
 
@@ -181,7 +190,22 @@ impl Agent {
             }
             Err(e @ FrameError::Replay(_)) => {
                 Counters::inc(&counters.dropped_replayed);
-                debug!(%src, error = %e, "dropped datagram");
+                let clocks = matches!(
+                    e,
+                    FrameError::Replay(Replay::TooOld { .. } | Replay::InFuture { .. })
+                );
+                if clocks
+                    && self
+                        .clock_warned
+                        .is_none_or(|t| t.elapsed() >= CLOCK_WARN_EVERY)
+                {
+                    self.clock_warned = Some(Instant::now());
+                    warn!(%src, error = %e, "dropped a gossip datagram outside the replay window: \
+                        if the sender's clock is off, sync it (NTP) or widen cluster.replay_window_secs \
+                        (logged at most once a minute)");
+                } else {
+                    debug!(%src, error = %e, "dropped datagram");
+                }
                 return;
             }
             Err(e) if e.is_auth() => {
