@@ -89,6 +89,7 @@ pub mod defaults {
     pub const TOMBSTONE_TTL_SECS: u64 = store::TOMBSTONE_TTL_SECS;
     pub const JOURNAL_RETAIN: u64 = store::JOURNAL_RETAIN;
     pub const LMDB_MAP_SIZE: u64 = store::LMDB_MAP_SIZE;
+    pub const INLINE_OBJECT_MAX: u64 = store::INLINE_OBJECT_MAX;
     pub const REGION: &str = "us-east-1";
     pub const MAX_ATTEMPTS: u32 = 4;
     pub const INITIAL_BACKOFF_MS: u64 = 100;
@@ -210,6 +211,9 @@ pub struct StoreConfig {
     pub journal_retain: u64,
     /// Virtual size of each shard's LMDB map.
     pub lmdb_map_size: Size,
+    /// Bodies up to this size are kept in the shard's LMDB journal instead of a file of
+    /// their own, so that concurrent small writes share one sync (0: every body in a file).
+    pub inline_object_max: Size,
 }
 
 impl Default for StoreConfig {
@@ -222,6 +226,7 @@ impl Default for StoreConfig {
             device: "auto".into(),
             journal_retain: defaults::JOURNAL_RETAIN,
             lmdb_map_size: Size(defaults::LMDB_MAP_SIZE),
+            inline_object_max: Size(defaults::INLINE_OBJECT_MAX),
         }
     }
 }
@@ -911,6 +916,9 @@ pub struct ServeArgs {
     /// Objects up to this size are also kept in memory [default: 1MiB]
     #[arg(long, env = "NEARCACHE_MEMORY_OBJECT_MAX")]
     pub memory_object_max: Option<Size>,
+    /// Bodies up to this size are kept in the journal, not a file of their own [default: 16KiB]
+    #[arg(long, env = "NEARCACHE_INLINE_OBJECT_MAX")]
+    pub inline_object_max: Option<Size>,
     /// Disk I/O engine: auto, uring or syscall [default: auto]
     #[arg(long, env = "NEARCACHE_DEVICE")]
     pub device: Option<String>,
@@ -1054,6 +1062,7 @@ impl Config {
         set!(self.store.memory_capacity, a.memory_capacity);
         set!(self.store.disk_capacity, a.disk_capacity);
         set!(self.store.memory_object_max, a.memory_object_max);
+        set!(self.store.inline_object_max, a.inline_object_max);
         set!(self.store.device, a.device);
         if a.s3_endpoint.is_some() {
             self.origin.endpoint = a.s3_endpoint.clone();

@@ -693,6 +693,7 @@ fn shard_config(cfg: &Config, i: usize, n: usize) -> ShardConfig {
         device: s.device_kind().unwrap_or_default(),
         lmdb_map_size: s.lmdb_map_size.0,
         journal_retain: s.journal_retain,
+        inline_object_max: s.inline_object_max.0,
     }
 }
 

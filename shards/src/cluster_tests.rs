@@ -40,6 +40,7 @@ fn remote_meta(key: &str, body: &[u8], hlc: u64, level: u8) -> ObjectMeta {
         provenance: Provenance::Client,
         headers: Default::default(),
         validated_ms: 0,
+        inline: false,
         derived: Default::default(),
     }
 }
@@ -392,7 +393,8 @@ fn replica_round_trip() {
                 },
                 *sm
             );
-            assert!(file_of(&peer, rm.seq).exists());
+            assert_eq!(rm.inline, n <= crate::defaults::INLINE_OBJECT_MAX, "size {n}");
+            assert_eq!(file_of(&peer, rm.seq).exists(), !rm.inline, "size {n}");
             assert_eq!(&dst.read_all(&rm).await.unwrap()[..], &body[..]);
             match dst.lookup(&key) {
                 Lookup::Hit { body: b, .. } => assert_eq!(b.is_some(), n <= 4096, "size {n}"),

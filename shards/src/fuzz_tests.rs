@@ -71,6 +71,7 @@ fn meta(seed: &MetaSeed) -> ObjectMeta {
         },
         headers: user.into_iter().rev().collect::<BTreeMap<_, _>>(),
         validated_ms: 0,
+        inline: false,
         derived: Default::default(),
     }
 }

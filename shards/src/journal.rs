@@ -9,6 +9,11 @@
 //! | `pending` | object key          | [`PendingRec`]: origin op not yet acknowledged |
 //! | `meta`    | `next_seq`, `hlc`, `trimmed_through` | u64 big-endian high-water marks |
 //! | `synclog` | backend NUL key     | a backend's missed write or delete ([`crate::synclog`], own magic) |
+//! | `bodies`  | object key          | a small object's body ([`crate::inline`], own magic, version, CRC) |
+//!
+//! A body in `bodies` belongs to the key's current entry in `objects` when that entry is
+//! an inline object; the writer keeps it so in the same transaction: an entry that is
+//! removed or replaced by anything but an inline object takes its body with it.
 //!
 //! Values are a version byte, JSON, and (since version 2) a checksum:
 //!
@@ -30,11 +35,13 @@
 //! applied in the order they were sent.
 //!
 //! Reads for peers ([`Journal::read_changes`]) use a read transaction on the shard thread
-//! (the env is shared with the writer thread). Seqs are not committed in seq order: a
+//! (the env is shared with the writer thread). Inline bodies are read on a reader thread
+//! ([`Journal::read_body`]): a body not in the page cache would block the shard. Seqs are not committed in seq order: a
 //! write takes its seq when it begins and commits when it finishes. So each batch carries
 //! `through`, a seq up to which everything is queued (or abandoned) when it is sent; once
 //! the batch commits, reads up to `through` can never miss a record that lands later.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,6 +54,7 @@ use heed::byteorder::BigEndian;
 use heed::types::{Bytes as RawBytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env};
 use serde::{Deserialize, Serialize};
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::{Change, ObjectMeta, ShardMetrics, StoreError, Tombstone};
@@ -160,6 +168,12 @@ pub(crate) enum Op {
     /// A sync log entry, already encoded ([`crate::synclog::encode_entry`]).
     PutSync(String, Vec<u8>),
     RemoveSync(String),
+    /// A small object's body ([`crate::inline`]); its `PutEntry` marks the meta inline.
+    PutBody {
+        key: String,
+        seq: u64,
+        body: Bytes,
+    },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -234,6 +248,7 @@ struct Dbs {
     pending: Database<'static, Str, RawBytes>,
     meta: Database<'static, Str, U64<BigEndian>>,
     synclog: Database<'static, Str, RawBytes>,
+    bodies: Database<'static, Str, RawBytes>,
 }
 
 /// What the journal held at open.
@@ -293,9 +308,23 @@ enum Msg {
 
 pub(crate) type Ack = oneshot::Receiver<Result<(), CommitError>>;
 
+/// A request for an inline body, answered with the stored value (not yet verified).
+struct BodyRead {
+    key: String,
+    reply: oneshot::Sender<Result<Option<Vec<u8>>, String>>,
+}
+
+/// LMDB's page size here (the OS page size; LMDB uses it unless built otherwise).
+const PAGE_SIZE: u64 = 4096;
+
 pub(crate) struct Journal {
     tx: RefCell<Option<Sender<Msg>>>,
     thread: RefCell<Option<JoinHandle<()>>>,
+    reader_tx: RefCell<Option<Sender<BodyRead>>>,
+    reader: RefCell<Option<JoinHandle<()>>>,
+    /// Bytes of the map in use (high-water mark of pages), as of the last commit.
+    map_used: Arc<AtomicU64>,
+    map_size: u64,
     /// For reads on the shard thread; taken at close so the env closes with the writer
     /// even while readers or writers keep the shard's core alive.
     env: RefCell<Option<Env>>,
@@ -419,8 +448,9 @@ impl Journal {
                 let pending = o.create_database::<Str, RawBytes>(wtxn, Some("pending"))?;
                 let meta = o.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
                 let synclog = o.create_database::<Str, RawBytes>(wtxn, Some("synclog"))?;
+                let bodies = o.create_database::<Str, RawBytes>(wtxn, Some("bodies"))?;
                 Ok(CommitOrAbort::<_, ()>::Commit((
-                    objects, journal, pending, meta, synclog,
+                    objects, journal, pending, meta, synclog, bodies,
                 )))
             })
             .map_err(jerr)?
@@ -432,6 +462,7 @@ impl Journal {
             pending: dbs.2,
             meta: dbs.3,
             synclog: dbs.4,
+            bodies: dbs.5,
         };
 
         {
@@ -486,17 +517,29 @@ impl Journal {
         let committed_through = Arc::new(AtomicU64::new(
             rec.next_seq.max(rec.last_record_seq + 1) - 1,
         ));
+        let map_used = Arc::new(AtomicU64::new(pages_used(&env)));
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = {
-            let (env, through) = (env.clone(), committed_through.clone());
+            let (env, through, used) = (env.clone(), committed_through.clone(), map_used.clone());
             std::thread::Builder::new()
                 .name(format!("journal-{shard_id}"))
-                .spawn(move || writer(env, dbs, rx, retain, metrics, through))?
+                .spawn(move || writer(env, dbs, rx, retain, metrics, through, used))?
+        };
+        let (reader_tx, reader_rx) = crossbeam_channel::unbounded();
+        let reader = {
+            let env = env.clone();
+            std::thread::Builder::new()
+                .name(format!("journal-read-{shard_id}"))
+                .spawn(move || body_reader(env, dbs, reader_rx))?
         };
         Ok((
             Journal {
                 tx: RefCell::new(Some(tx)),
                 thread: RefCell::new(Some(thread)),
+                reader_tx: RefCell::new(Some(reader_tx)),
+                reader: RefCell::new(Some(reader)),
+                map_used,
+                map_size: map_size as u64,
                 env: RefCell::new(Some(env)),
                 dbs,
                 committed_through,
@@ -526,6 +569,31 @@ impl Journal {
         }))
         .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// The stored value of `key`'s inline body (checked by the caller with
+    /// [`crate::inline::decode`]), read on the reader thread. `None`: no body stored.
+    pub async fn read_body(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let tx = self.reader_tx.borrow();
+            let tx = tx.as_ref().ok_or(StoreError::Closed)?;
+            tx.send(BodyRead {
+                key: key.to_owned(),
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        }
+        match rx.await {
+            Ok(r) => r.map_err(StoreError::Journal),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Whether `len` more bytes of inline bodies fit in the map while keeping half of it
+    /// for the index and journal (past that, small bodies go to files).
+    pub fn inline_room(&self, len: u64) -> bool {
+        self.map_used.load(Ordering::Relaxed).saturating_add(len) < self.map_size / 2
     }
 
     /// Waits for a submitted batch to be committed.
@@ -614,6 +682,7 @@ impl Journal {
     /// Commits everything queued, then stops the writer thread.
     pub async fn close(&self) {
         self.env.borrow_mut().take();
+        self.stop_reader();
         let tx = self.tx.borrow_mut().take();
         if let Some(tx) = tx {
             let (done, rx) = oneshot::channel();
@@ -629,8 +698,20 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Stops the body reader (it answers what is queued first) and joins it.
+    fn stop_reader(&self) {
+        self.reader_tx.borrow_mut().take();
+        let reader = self.reader.borrow_mut().take();
+        if let Some(t) = reader {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
+        self.stop_reader();
         // Dropping the sender makes the writer commit what is queued and exit; join so
         // the env is closed (and can be reopened) when the shard is gone.
         self.tx.get_mut().take();
@@ -641,6 +722,23 @@ impl Drop for Journal {
     }
 }
 
+/// Bytes of the map in use: pages up to the last one ever used (freed pages inside are
+/// reused, so this is an upper bound).
+fn pages_used(env: &Env) -> u64 {
+    (env.info().last_page_number as u64 + 1) * PAGE_SIZE
+}
+
+/// Answers inline body reads, one short read transaction each.
+fn body_reader(env: Env, dbs: Dbs, rx: Receiver<BodyRead>) {
+    while let Ok(req) = rx.recv() {
+        let res = env
+            .read_txn()
+            .and_then(|rtxn| Ok(dbs.bodies.get(&rtxn, &req.key)?.map(<[u8]>::to_vec)))
+            .map_err(|e| e.to_string());
+        let _ = req.reply.send(res);
+    }
+}
+
 fn writer(
     env: Env,
     dbs: Dbs,
@@ -648,6 +746,7 @@ fn writer(
     retain: u64,
     metrics: Arc<ShardMetrics>,
     committed_through: Arc<AtomicU64>,
+    map_used: Arc<AtomicU64>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batches = Vec::new();
@@ -668,6 +767,7 @@ fn writer(
             if res.is_ok() {
                 let through = batches.iter().map(|b| b.through).max().unwrap_or(0);
                 committed_through.fetch_max(through, Ordering::Release);
+                map_used.store(pages_used(&env), Ordering::Relaxed);
             }
             for b in batches {
                 let _ = b.ack.send(res.clone());
@@ -697,9 +797,27 @@ fn apply(
         hlc = hlc.max(b.hlc);
         for op in &b.ops {
             match op {
-                Op::PutEntry(k, e) => dbs.objects.put(&mut wtxn, k, &encode(e))?,
+                Op::PutEntry(k, e) => {
+                    dbs.objects.put(&mut wtxn, k, &encode(e))?;
+                    if !matches!(e, StoredEntry::Object(m) if m.inline) {
+                        dbs.bodies.delete(&mut wtxn, k)?;
+                    }
+                }
                 Op::RemoveEntry(k) => {
                     dbs.objects.delete(&mut wtxn, k)?;
+                    dbs.bodies.delete(&mut wtxn, k)?;
+                }
+                Op::PutBody { key, seq, body } => {
+                    let head = crate::inline::header(*seq, body);
+                    dbs.bodies.put_reserved(
+                        &mut wtxn,
+                        key,
+                        crate::inline::encoded_len(body.len()),
+                        |out| {
+                            out.write_all(&head)?;
+                            out.write_all(body)
+                        },
+                    )?;
                 }
                 Op::PutPending(k, p) => dbs.pending.put(&mut wtxn, k, &encode(p))?,
                 Op::RemovePending(k) => {

@@ -2,8 +2,9 @@
 //!
 //! One [`Shard`] owns one slice of the key space on one core: an object store on disk
 //! (one file per object, written with O_DIRECT aligned buffers through
-//! [`nearcache_file`]'s device layer), an LMDB journal and index (one heed env per
-//! shard, group-committed on a writer thread), a memory tier for hot small objects,
+//! [`nearcache_file`]'s device layer; small bodies inline in the journal instead, so
+//! that concurrent small writes share one sync), an LMDB journal and index (one heed
+//! env per shard, group-committed on a writer thread), a memory tier for hot small objects,
 //! and S3-FIFO eviction for both tiers.
 //!
 //! Goals:
@@ -45,6 +46,7 @@ mod format;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod hlc;
+mod inline;
 mod journal;
 mod shard;
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub(crate) fn cfg(dir: &Path, device: DeviceKind) -> ShardConfig {
         device,
         lmdb_map_size: 64 << 20,
         journal_retain: 1000,
+        inline_object_max: crate::defaults::INLINE_OBJECT_MAX,
     }
 }
 
@@ -142,13 +143,20 @@ fn write_read_back_sizes() {
             assert_eq!(meta.crc32c, crc32c::crc32c(&body));
             assert_eq!(meta.provenance, Provenance::Client);
             assert!(!meta.in_origin);
-            let expected_len = 4096
-                + nearcache_file::align_up_u64(n)
-                + nearcache_file::align_up_u64(n.div_ceil(BLOCK_SIZE) * 4);
-            assert_eq!(
-                std::fs::metadata(file_of(&cfg, meta.seq)).unwrap().len(),
-                expected_len
-            );
+            if n <= crate::defaults::INLINE_OBJECT_MAX {
+                // Small bodies live in the journal: no file of their own.
+                assert!(meta.inline, "size {n}");
+                assert!(!file_of(&cfg, meta.seq).exists(), "size {n}");
+            } else {
+                assert!(!meta.inline, "size {n}");
+                let expected_len = 4096
+                    + nearcache_file::align_up_u64(n)
+                    + nearcache_file::align_up_u64(n.div_ceil(BLOCK_SIZE) * 4);
+                assert_eq!(
+                    std::fs::metadata(file_of(&cfg, meta.seq)).unwrap().len(),
+                    expected_len
+                );
+            }
             assert_eq!(
                 &shard.read_all(&meta).await.unwrap()[..],
                 &body[..],
@@ -519,8 +527,7 @@ fn pending_lifecycle() {
         assert_eq!(p.len(), 1);
         match &p[0].kind {
             PendingKind::Put {
-                path,
-                offset,
+                body: BodyAt::File { path, offset },
                 len,
                 meta,
             } => {
@@ -594,12 +601,15 @@ fn fetched_write_superseded() {
             Err(StoreError::Superseded)
         ));
         assert_eq!(meta_of(&shard, "j").seq, c.seq);
-        // No leftover files: only k's tombstone and j's client version.
+        // No leftover files: only k's tombstone and j's client version, which is small
+        // enough to be inline (in the journal, no file); the abandoned fetch of 5000
+        // bytes never created one either.
         let files: usize = std::fs::read_dir(cfg.dir.join("objects"))
             .unwrap()
             .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
             .sum();
-        assert_eq!(files, 1);
+        assert_eq!(files, 0);
+        assert!(meta_of(&shard, "j").inline);
         assert_eq!(m(&shard).disk_bytes.load(Ordering::Relaxed), 6);
         shard.close().await.unwrap();
         drop(shard);
@@ -825,5 +835,101 @@ fn sync_log_supersedes_and_survives_reopen() {
         assert_eq!(added, 1);
         let e = shard.sync_entries(10, |x| x.key == "new");
         assert!(e[0].id > del.id);
+    });
+}
+
+/// Small bodies are kept in the journal (no file, one sync shared by concurrent writes);
+/// they read back through every path, follow their entry on overwrite, delete, eviction
+/// and restart, and a damaged one is caught and dropped, never served.
+#[test]
+fn inline_bodies_follow_their_entries() {
+    both(|mut cfg| async move {
+        cfg.disk_capacity = 64 * KIB;
+        let (shard, _) = open(&cfg).await;
+        let files = |cfg: &ShardConfig| -> usize {
+            std::fs::read_dir(cfg.dir.join("objects"))
+                .unwrap()
+                .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+                .sum()
+        };
+        // 8 KiB: inline, and above the memory tier's 4 KiB, so reads go to the journal.
+        let a1 = put(&shard, "a", &data(8 * KIB, 1), 0).await;
+        assert!(a1.inline);
+        assert!(shard.inline_body_stored("a").await);
+        assert_eq!(files(&cfg), 0);
+        assert_eq!(&shard.read_all(&a1).await.unwrap()[..], &data(8 * KIB, 1)[..]);
+        assert_eq!(read_range(&shard, &a1, 100..5000).await, data(8 * KIB, 1)[100..5000]);
+        // The upload source of a pending inline body is the journal.
+        let b1 = put(&shard, "b", &data(3000, 2), 1).await;
+        assert!(b1.inline);
+        let p = shard.pending(10);
+        assert!(matches!(&p[0].kind, PendingKind::Put { body: BodyAt::Journal, len: 3000, .. }));
+        assert_eq!(shard.stored_body("b").unwrap().0, BodyAt::Journal);
+        // Inline -> inline, inline -> file, file -> inline.
+        let a2 = put(&shard, "a", &data(9000, 3), 0).await;
+        assert!(a2.inline);
+        assert_eq!(&shard.read_all(&a2).await.unwrap()[..], &data(9000, 3)[..]);
+        let a3 = put(&shard, "a", &data(20 * KIB, 4), 0).await;
+        assert!(!a3.inline);
+        assert!(!shard.inline_body_stored("a").await, "the file version took the body's place");
+        assert_eq!(files(&cfg), 1);
+        let a4 = put(&shard, "a", &data(10, 5), 0).await;
+        assert!(a4.inline);
+        assert_eq!(files(&cfg), 0, "the file version's file was removed");
+        // A read racing an overwrite: the old version is gone, the read says so (a miss
+        // for the caller), without a checksum failure.
+        assert!(matches!(shard.read_all(&a2).await, Err(StoreError::NotFound)));
+        assert_eq!(m(&shard).checksum_failures.load(Ordering::Relaxed), 0);
+        // Delete: the body goes with the entry.
+        shard.delete("a", 0).await.unwrap();
+        assert!(!shard.inline_body_stored("a").await);
+        // Eviction (fetched objects are in the origin, so evictable): bodies go too.
+        for i in 0..20u8 {
+            put_with(&shard, &format!("f{i}"), &data(8 * KIB, i), fetched("e")).await;
+        }
+        let mut evicted = 0;
+        for i in 0..20u8 {
+            let k = format!("f{i}");
+            if matches!(shard.peek(&k), Lookup::Miss) {
+                evicted += 1;
+                assert!(!shard.inline_body_stored(&k).await, "{k}");
+            }
+        }
+        assert!(evicted > 0);
+        // Restart: inline bodies are read back from the journal.
+        shard.close().await.unwrap();
+        drop(shard);
+        let (shard, rep) = open(&cfg).await;
+        assert_eq!(rep.orphans_removed, 0);
+        let b = meta_of(&shard, "b");
+        assert!(b.inline);
+        assert_eq!(&shard.read_all(&b).await.unwrap()[..], &data(3000, 2)[..]);
+        // A damaged body is refused with what was expected, counted, and the version
+        // dropped: never served.
+        let f19 = meta_of(&shard, "f19");
+        shard.damage_inline_body("f19").await;
+        match shard.read_all(&f19).await {
+            Err(StoreError::Corrupt { what, expected, .. }) => {
+                assert_eq!(what, "inline body seq");
+                assert_eq!(expected, f19.seq.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m(&shard).checksum_failures.load(Ordering::Relaxed), 1);
+        assert!(matches!(shard.peek("f19"), Lookup::Miss));
+        shard.close().await.unwrap();
+    });
+}
+
+/// `inline_object_max = 0` keeps every body in a file, as before inline bodies existed.
+#[test]
+fn inline_bodies_can_be_turned_off() {
+    both(|mut cfg| async move {
+        cfg.inline_object_max = 0;
+        let (shard, _) = open(&cfg).await;
+        let a = put(&shard, "a", &data(100, 1), 0).await;
+        assert!(!a.inline);
+        assert!(file_of(&cfg, a.seq).exists());
+        shard.close().await.unwrap();
     });
 }

@@ -18,6 +18,7 @@ pub mod defaults {
     pub const JOURNAL_RETAIN: u64 = 1_000_000;
     /// Size of the chunks an [`crate::ObjectReader`] yields, and of checksummed blocks.
     pub const BLOCK_SIZE: u64 = 256 << 10;
+    pub const INLINE_OBJECT_MAX: u64 = 16 << 10;
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,11 @@ pub struct ShardConfig {
     pub lmdb_map_size: u64,
     /// Journal records kept for incremental sync; older ones are trimmed.
     pub journal_retain: u64,
+    /// Bodies up to this size are stored in the journal's LMDB env instead of an object
+    /// file: concurrent small writes then share one data sync (the group commit) instead
+    /// of one file creation and fdatasync each. 0 turns it off. Inline bodies use at most
+    /// half of `lmdb_map_size`; past that, small bodies go to files.
+    pub inline_object_max: u64,
 }
 
 /// Where an object's bytes came from.
@@ -128,6 +134,11 @@ pub struct ObjectMeta {
     /// copy counts as old: it is revalidated on its first read under a TTL).
     #[serde(default)]
     pub validated_ms: u64,
+    /// Where this node keeps the body: in the journal's `bodies` db (small objects, see
+    /// [`ShardConfig::inline_object_max`]) instead of an object file. Local: set by the
+    /// shard that stores the version, whatever a peer's copy says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
     /// What the layers above derive from this version (response header values), made
     /// on first use so that every later hit reuses it. Not persisted.
     #[serde(skip)]
@@ -268,15 +279,36 @@ pub struct PendingOp {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PendingKind {
-    /// Upload `len` bytes found at `offset` in the file at `path` (the body is stored
-    /// contiguously there), with this metadata.
+    /// Upload the body (`len` bytes, found at `body`) with this metadata.
     Put {
-        path: PathBuf,
-        offset: u64,
+        body: BodyAt,
         len: u64,
         meta: ObjectMeta,
     },
     Delete,
+}
+
+/// Where a stored version's body can be read by work off the shard's request path (the
+/// uploader, repairs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyAt {
+    /// At `offset` in the file at `path`, contiguous (an upload can send it as is).
+    File { path: PathBuf, offset: u64 },
+    /// Inline in the journal: read it with [`crate::Shard::read_all`].
+    Journal,
+}
+
+impl BodyAt {
+    pub(crate) fn of(meta: &ObjectMeta, path: impl FnOnce() -> PathBuf, offset: u64) -> BodyAt {
+        if meta.inline {
+            BodyAt::Journal
+        } else {
+            BodyAt::File {
+                path: path(),
+                offset,
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

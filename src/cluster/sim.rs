@@ -289,6 +289,7 @@ fn meta(key: &str, etag: String, hlc: u64, seq: u64, level: u8, wall: u64) -> Ob
         provenance: Provenance::Client,
         headers: Default::default(),
         validated_ms: 0,
+        inline: false,
         derived: Default::default(),
     }
 }

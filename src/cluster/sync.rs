@@ -989,6 +989,7 @@ mod tests {
             provenance: nearcache_shards::Provenance::Client,
             headers: Default::default(),
             validated_ms: 0,
+            inline: false,
             derived: Default::default(),
         };
         let enc = encode_meta(&m);

@@ -23,8 +23,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use nearcache_backends::{Admit, BackendSet, Backends, Found, Target};
-use nearcache_s3::{GetObject, PutMeta, RemoteMeta};
-use nearcache_shards::{PendingKind, PendingOp, Provenance, SyncCause, SyncEntry, SyncKind};
+use nearcache_s3::{GetObject, PutMeta, PutSource, RemoteMeta};
+use nearcache_shards::{
+    BodyAt, ObjectMeta, PendingKind, PendingOp, Provenance, SyncCause, SyncEntry, SyncKind,
+};
 
 use super::{CacheKey, ObjectCtx, ObjectError};
 
@@ -252,25 +254,26 @@ pub fn put_meta(key: &CacheKey, meta: &nearcache_shards::ObjectMeta) -> PutMeta 
     }
 }
 
-/// Uploads `len` bytes at `offset` of `path` to backend `i` (background bounds): as a
-/// multipart upload over `chunks.multipart_threshold` (on an S3 backend), else one PUT.
+/// Uploads `src` to backend `i` (background bounds): a file over
+/// `chunks.multipart_threshold` as a multipart upload (on an S3 backend), else one PUT.
 /// Returns whether the backend's ETag is the body's MD5 (a single PUT), which a
 /// verification may then compare.
 pub async fn put_stored<C: ObjectCtx>(
     ctx: &C,
     i: usize,
     tgt: &Target,
-    path: std::path::PathBuf,
-    offset: u64,
-    len: u64,
+    src: PutSource,
     meta: PutMeta,
 ) -> Result<bool, nearcache_s3::OriginError> {
     let objects = ctx.objects();
     let bk = &objects.backends;
     let cfg = &objects.cfg;
     let loc = bk.get_backend(i).loc_of(tgt, &cfg.origin.prefix);
-    match loc {
-        Some(loc) if super::multipart::wanted(cfg, len) => {
+    match (loc, &src) {
+        (Some(loc), PutSource::File { path, offset, len })
+            if super::multipart::wanted(cfg, *len) =>
+        {
+            let (path, offset, len) = (path.clone(), *offset, *len);
             bk.on(i, |b| async move {
                 super::multipart::put(&b.background, &loc, path, offset, len, meta, &cfg.chunks)
                     .await
@@ -279,9 +282,28 @@ pub async fn put_stored<C: ObjectCtx>(
             Ok(false)
         }
         _ => {
-            bk.put_file(i, tgt, path, offset, len, meta).await?;
+            bk.put(i, tgt, src, meta).await?;
             Ok(true)
         }
+    }
+}
+
+/// What an upload of a stored version sends: its file, or its inline body read from the
+/// journal (small: held in memory for the upload).
+pub async fn stored_source<C: ObjectCtx>(
+    ctx: &C,
+    body: &BodyAt,
+    meta: &ObjectMeta,
+) -> Result<PutSource, nearcache_s3::OriginError> {
+    match body {
+        BodyAt::File { path, offset } => Ok(PutSource::File {
+            path: path.clone(),
+            offset: *offset,
+            len: meta.size,
+        }),
+        BodyAt::Journal => ctx.store().read_all(meta).await.map(PutSource::Bytes).map_err(|e| {
+            nearcache_s3::OriginError::Rejected(format!("reading the stored copy: {e}"))
+        }),
     }
 }
 
@@ -427,22 +449,12 @@ async fn one_write<C: ObjectCtx>(
     let key = CacheKey::from_stored(&op.key);
     let tgt = target(&key);
     let res = match &op.kind {
-        PendingKind::Put {
-            path,
-            offset,
-            len,
-            meta,
-        } => put_stored(
-            &*ctx,
-            i,
-            &tgt,
-            path.clone(),
-            *offset,
-            *len,
-            put_meta(&key, meta),
-        )
-        .await
-        .map(drop),
+        PendingKind::Put { body, meta, .. } => match stored_source(&*ctx, body, meta).await {
+            Ok(src) => put_stored(&*ctx, i, &tgt, src, put_meta(&key, meta))
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        },
         PendingKind::Delete => bk.delete(i, &tgt).await,
     };
     objects

@@ -368,6 +368,7 @@ pub(crate) mod tests {
             provenance: nearcache_shards::Provenance::Fetched,
             headers,
             validated_ms,
+            inline: false,
             derived: Default::default(),
         }
     }

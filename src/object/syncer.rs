@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nearcache_backends::{Admit, Target};
-use nearcache_s3::{OriginError, PutMeta};
+use nearcache_s3::{OriginError, PutMeta, PutSource};
 use nearcache_shards::{Lookup, SyncEntry, SyncKind};
 
 use super::backends::{put_meta, set_of, target};
@@ -139,19 +139,15 @@ async fn repair_one<C: ObjectCtx>(ctx: &C, e: &SyncEntry, i: usize) -> Result<u6
     if e.kind == SyncKind::Delete || deleted {
         return delete_verified(ctx, i, &tgt).await.map(|()| 0);
     }
-    if let Some((path, offset, meta)) = ctx.store().object_file(&e.key) {
+    if let Some((body, meta)) = ctx.store().stored_body(&e.key) {
         if e.etag.is_empty() || meta.etag == e.etag {
-            let single = super::backends::put_stored(
-                ctx,
-                i,
-                &tgt,
-                path,
-                offset,
-                meta.size,
-                put_meta(&key, &meta),
-            )
-            .await
-            .map_err(|err| format!("copy from the local copy: {err}"))?;
+            let copy = async {
+                let src = super::backends::stored_source(ctx, &body, &meta).await?;
+                super::backends::put_stored(ctx, i, &tgt, src, put_meta(&key, &meta)).await
+            };
+            let single = copy
+                .await
+                .map_err(|err| format!("copy from the local copy: {err}"))?;
             let plain_md5 = single && !meta.etag.contains('-');
             verify(
                 ctx,
@@ -273,7 +269,12 @@ async fn copy_from_backend<C: ObjectCtx>(
         md5_hex: Some(staged.md5_hex.clone()),
         headers: meta.headers.clone(),
     };
-    let res = super::backends::put_stored(ctx, i, tgt, staged.path.clone(), 0, staged.len, pm)
+    let src = PutSource::File {
+        path: staged.path.clone(),
+        offset: 0,
+        len: staged.len,
+    };
+    let res = super::backends::put_stored(ctx, i, tgt, src, pm)
         .await
         .map_err(|err| format!("copy from {}: {err}", bk.get_backend(j).name));
     let (len, md5) = (staged.len, staged.md5_hex.clone());

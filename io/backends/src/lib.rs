@@ -25,7 +25,6 @@ mod health;
 pub use health::{is_backend_failure, Admit, BackendState, BreakerConfig, Health};
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -507,24 +506,18 @@ impl Backends {
         Err(last_err.unwrap_or(OriginError::NotFound))
     }
 
-    /// PUT of a file slice to backend `i` (background bounds).
-    pub async fn put_file(
+    /// PUT of a file slice or bytes to backend `i` (background bounds).
+    pub async fn put(
         &self,
         i: usize,
         target: &Target,
-        path: PathBuf,
-        offset: u64,
-        len: u64,
+        src: nearcache_s3::PutSource,
         meta: PutMeta,
     ) -> Result<PutResult, OriginError> {
         self.on(i, |b| async move {
             match target {
-                Target::Native(id) => b.background.put_file(id, path, offset, len, meta).await,
-                Target::Loc(loc) => {
-                    b.background
-                        .put_file_in(&b.map_loc(loc), path, offset, len, meta)
-                        .await
-                }
+                Target::Native(id) => b.background.put(id, src, meta).await,
+                Target::Loc(loc) => b.background.put_in(&b.map_loc(loc), src, meta).await,
             }
         })
         .await

@@ -253,13 +253,22 @@ impl Bridge {
         len: u64,
         meta: PutMeta,
     ) -> Result<PutResult, OriginError> {
+        self.put(key, PutSource::File { path, offset, len }, meta)
+            .await
+    }
+
+    /// Uploads `src` (a file slice or bytes in memory). Retries (the source is re-readable).
+    pub async fn put(
+        &self,
+        key: &str,
+        src: PutSource,
+        meta: PutMeta,
+    ) -> Result<PutResult, OriginError> {
         let (reply, rx) = oneshot::channel();
         let job = Job::Put {
             bucket: None,
             key: key.to_owned(),
-            path,
-            offset,
-            len,
+            src,
             meta,
             reply,
         };
@@ -331,13 +340,22 @@ impl Bridge {
         len: u64,
         meta: PutMeta,
     ) -> Result<PutResult, OriginError> {
+        self.put_in(loc, PutSource::File { path, offset, len }, meta)
+            .await
+    }
+
+    /// Uploads `src` (a file slice or bytes in memory) to `loc`.
+    pub async fn put_in(
+        &self,
+        loc: &ObjectLoc,
+        src: PutSource,
+        meta: PutMeta,
+    ) -> Result<PutResult, OriginError> {
         let (reply, rx) = oneshot::channel();
         let job = Job::Put {
             bucket: Some(loc.bucket.clone()),
             key: loc.key.clone(),
-            path,
-            offset,
-            len,
+            src,
             meta,
             reply,
         };

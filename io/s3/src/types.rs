@@ -165,6 +165,27 @@ impl BodyStream {
     }
 }
 
+/// What an upload sends: a slice of a local file (re-read from the start on a retry), or
+/// a body already in memory (a small object kept in a shard's journal).
+#[derive(Debug, Clone)]
+pub enum PutSource {
+    File { path: PathBuf, offset: u64, len: u64 },
+    Bytes(Bytes),
+}
+
+impl PutSource {
+    pub fn len(&self) -> u64 {
+        match self {
+            PutSource::File { len, .. } => *len,
+            PutSource::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PutMeta {
     pub content_type: Option<String>,

@@ -44,7 +44,9 @@ impl Core {
                 .fetch_add(meta.size, Ordering::Relaxed);
             ops.push(Op::RemoveEntry(key.clone()));
             ops.push(self.record(RecordKind::Evicted { key, seq: meta.seq }));
-            files.push(self.object_path(meta.seq));
+            if !meta.inline {
+                files.push(self.object_path(meta.seq));
+            }
         }
         self.refresh_metrics(st);
         Ok(Some((self.submit(ops)?, files)))

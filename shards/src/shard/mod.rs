@@ -292,8 +292,13 @@ impl Core {
             .store(st.pending.len() as u64, Ordering::Relaxed);
     }
 
-    /// Removes an object from index, tiers and pending; returns its file.
-    fn unlink_object(&self, st: &mut State, key: &str) -> Option<(Rc<ObjectMeta>, PathBuf)> {
+    /// Removes an object from index, tiers and pending; returns its meta and its file
+    /// (none for an inline body: the journal drops it with the entry).
+    fn unlink_object(
+        &self,
+        st: &mut State,
+        key: &str,
+    ) -> Option<(Rc<ObjectMeta>, Option<PathBuf>)> {
         match st.index.get(key) {
             Some(Entry::Object(_)) => {}
             _ => return None,
@@ -310,7 +315,7 @@ impl Core {
         {
             st.clear_pending(key);
         }
-        let path = self.object_path(meta.seq);
+        let path = (!meta.inline).then(|| self.object_path(meta.seq));
         Some((meta, path))
     }
 }
@@ -371,6 +376,27 @@ impl Shard {
     /// then etag; a tombstone with hlc >= the version's hlc wins.
     pub fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
         self.core.state.borrow().is_newer(key, hlc, etag)
+    }
+
+    /// Whether the journal holds an inline body for `key` (tests).
+    #[cfg(test)]
+    pub(crate) async fn inline_body_stored(&self, key: &str) -> bool {
+        self.core.journal.read_body(key).await.unwrap().is_some()
+    }
+
+    /// Overwrites `key`'s inline body with one that claims another version (tests: a
+    /// damaged or misplaced body must be caught on read).
+    #[cfg(test)]
+    pub(crate) async fn damage_inline_body(&self, key: &str) {
+        let ack = self
+            .core
+            .submit(vec![Op::PutBody {
+                key: key.to_owned(),
+                seq: u64::MAX,
+                body: Bytes::from_static(b"not the body"),
+            }])
+            .unwrap();
+        Journal::wait(ack).await.unwrap();
     }
 
     /// Flushes and closes the journal.

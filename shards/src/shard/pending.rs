@@ -95,8 +95,7 @@ impl Shard {
                 PendingRecKind::Delete => PendingKind::Delete,
                 PendingRecKind::Put => match st.index.get(key) {
                     Some(Entry::Object(m)) if m.seq == seq => PendingKind::Put {
-                        path: core.object_path(seq),
-                        offset: BODY_OFFSET,
+                        body: crate::BodyAt::of(m, || core.object_path(seq), BODY_OFFSET),
                         len: m.size,
                         meta: (**m).clone(),
                     },

@@ -56,8 +56,39 @@ impl Core {
                 tracing::error!(error = %e, "journaling the removal of a corrupt object");
             }
         }
-        self.remove_files(vec![self.object_path(meta.seq)]).await;
+        if !meta.inline {
+            self.remove_files(vec![self.object_path(meta.seq)]).await;
+        }
         err
+    }
+
+    /// Reads and verifies an inline body from the journal. `NotFound` when the version
+    /// was replaced or removed while the read was on its way (a file stays readable
+    /// while open; an inline body goes with its entry): the caller looks the key up again.
+    pub(super) async fn read_inline(&self, meta: &ObjectMeta) -> Result<Bytes, StoreError> {
+        let key = &meta.key;
+        let value = self.journal.read_body(key).await?;
+        let gone = || {
+            !matches!(self.state.borrow().index.get(key),
+                Some(Entry::Object(m)) if m.seq == meta.seq)
+        };
+        let Some(value) = value else {
+            if gone() {
+                return Err(StoreError::NotFound);
+            }
+            return Err(corrupt(
+                key,
+                Mismatch::new("inline body", "present", "missing"),
+            ));
+        };
+        if let Err(m) = crate::inline::decode(&value, meta.seq, meta.size, meta.crc32c) {
+            if m.what == "inline body seq" && gone() {
+                return Err(StoreError::NotFound);
+            }
+            return Err(corrupt(key, m));
+        }
+        let mut b = Bytes::from(value);
+        Ok(b.split_off(crate::inline::INLINE_HEADER))
     }
 
     /// Opens an object file and verifies its header against `meta` and its table.
@@ -126,6 +157,9 @@ impl Core {
     }
 
     pub(super) async fn read_all_inner(&self, meta: &ObjectMeta) -> Result<Bytes, StoreError> {
+        if meta.inline {
+            return self.read_inline(meta).await;
+        }
         let obj = self.open_object(meta).await?;
         let mut out = BytesMut::with_capacity(meta.size as usize);
         let mut buf = AlignedBuf::with_capacity(BLOCK_SIZE as usize);
@@ -240,6 +274,20 @@ impl Shard {
         let start = range.start.min(end);
         let source = if let Some(b) = core.mem_get(&meta.key, meta.seq, true) {
             Source::Memory(b)
+        } else if meta.inline {
+            match core.read_inline(meta).await {
+                Ok(b) => {
+                    let mut st = core.state.borrow_mut();
+                    let current = matches!(st.index.get(&meta.key),
+                        Some(Entry::Object(m)) if m.seq == meta.seq);
+                    if current {
+                        core.mem_admit(&mut st, &meta.key, meta.seq, b.clone());
+                        core.refresh_metrics(&st);
+                    }
+                    Source::Memory(b)
+                }
+                Err(e) => return Err(core.drop_corrupt(meta, e).await),
+            }
         } else {
             match core.open_object(meta).await {
                 Ok(obj) => Source::File(obj, None),

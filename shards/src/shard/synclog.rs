@@ -172,12 +172,15 @@ impl Shard {
         out
     }
 
-    /// Where the current version of `key` lies on disk, for a repair that copies it:
-    /// (file, body offset, meta). The file may go away (eviction, a newer write) while it
-    /// is read; the copy then fails and is retried from another source.
-    pub fn object_file(&self, key: &str) -> Option<(PathBuf, u64, Rc<ObjectMeta>)> {
+    /// Where the body of the current version of `key` lies, for a repair that copies it.
+    /// A file may go away (eviction, a newer write) while it is read; the copy then fails
+    /// and is retried from another source.
+    pub fn stored_body(&self, key: &str) -> Option<(crate::BodyAt, Rc<ObjectMeta>)> {
         match self.core.state.borrow().index.get(key) {
-            Some(Entry::Object(m)) => Some((self.core.object_path(m.seq), BODY_OFFSET, m.clone())),
+            Some(Entry::Object(m)) => Some((
+                crate::BodyAt::of(m, || self.core.object_path(m.seq), BODY_OFFSET),
+                m.clone(),
+            )),
             _ => None,
         }
     }

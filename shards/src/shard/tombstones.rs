@@ -74,7 +74,7 @@ impl Shard {
         let core = &self.core;
         let key = tomb.key.as_str();
         let mut files = Vec::new();
-        if let Some((_, path)) = core.unlink_object(st, key) {
+        if let Some((_, Some(path))) = core.unlink_object(st, key) {
             files.push(path);
         }
         if !matches!(
@@ -133,7 +133,7 @@ impl Shard {
             match st.index.get(key) {
                 None => return Ok(()),
                 Some(Entry::Object(_)) => {
-                    if let Some((_, path)) = core.unlink_object(&mut st, key) {
+                    if let Some((_, Some(path))) = core.unlink_object(&mut st, key) {
                         files.push(path);
                     }
                 }

@@ -25,20 +25,13 @@ impl Shard {
         core.writing.borrow_mut().insert(seq);
         let base = core.state.borrow().index.get(key).map(Entry::seq);
         let path = core.object_path(seq);
-        let file = match core.device.create(&path).await {
-            Ok(f) => f,
-            Err(e) => {
-                core.release(reserved);
-                core.abandon_seq(seq);
-                return Err(StoreError::from_io(e, "creating an object file", 0));
-            }
-        };
         Ok(ObjectWriter {
             shard: self.clone(),
             key: key.to_owned(),
             seq,
             path,
-            file: Some(file),
+            file: None,
+            file_created: false,
             buf: Some(core.take_block_buf()),
             written: 0,
             reserved,
@@ -98,7 +91,9 @@ pub struct ObjectWriter {
     key: String,
     seq: u64,
     path: PathBuf,
+    /// Created with the first full block, or at the end unless the body goes inline.
     file: Option<AnyFile>,
+    file_created: bool,
     buf: Option<AlignedBuf>,
     written: u64,
     /// Disk bytes reserved for this write (>= written).
@@ -121,8 +116,44 @@ impl ObjectWriter {
         &self.shard.core
     }
 
+    /// Creates the object file if it is not there yet.
+    async fn ensure_file(&mut self) -> Result<(), StoreError> {
+        if self.file.is_none() {
+            let f = self
+                .shard
+                .core
+                .device
+                .create(&self.path)
+                .await
+                .map_err(|e| StoreError::from_io(e, "creating an object file", 0))?;
+            self.file = Some(f);
+            self.file_created = true;
+        }
+        Ok(())
+    }
+
+    /// The body, when it goes inline into the journal rather than to a file: small
+    /// enough, all of it still in the tail buffer (no block written), and room in the
+    /// journal's map.
+    fn take_inline_body(&mut self) -> Option<Bytes> {
+        let core = &self.shard.core;
+        if !self.table.is_empty()
+            || self.written > core.cfg.inline_object_max
+            || !core.journal.inline_room(self.written)
+        {
+            return None;
+        }
+        match self.small.take() {
+            Some(small) if small.len() as u64 == self.written => Some(small.freeze()),
+            _ => Some(Bytes::copy_from_slice(
+                self.buf.as_ref().expect("writer buffer").as_slice(),
+            )),
+        }
+    }
+
     /// Writes the full block in `buf` at its place in the file.
     async fn flush_block(&mut self) -> Result<(), StoreError> {
+        self.ensure_file().await?;
         let mut buf = self.buf.take().expect("writer buffer");
         let len = buf.len();
         self.table.push(crc32c::crc32c(buf.as_slice()));
@@ -197,7 +228,8 @@ impl ObjectWriter {
         if fetched && self.superseded() {
             return Err(StoreError::Superseded);
         }
-        self.write_out().await?;
+        let inline = self.take_inline_body();
+        self.write_out(inline.is_some()).await?;
         let md5 = std::mem::take(&mut self.md5);
         let (etag, last_modified_ms) = match &attrs.fetched {
             Some(f) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
@@ -205,7 +237,7 @@ impl ObjectWriter {
         };
         let guard = if fetched { Guard::Base } else { Guard::None };
         let upload = (!fetched && attrs.level >= 1).then_some(0);
-        self.commit(guard, upload, |core, size, crc32c, seq| ObjectMeta {
+        self.commit(guard, upload, inline, |core, size, crc32c, seq| ObjectMeta {
             key: String::new(),
             size,
             etag,
@@ -225,6 +257,7 @@ impl ObjectWriter {
             },
             headers: attrs.headers,
             validated_ms: wall_ms(),
+            inline: false,
             derived: Default::default(),
         })
         .await
@@ -267,10 +300,11 @@ impl ObjectWriter {
         if !guard.holds(&self.core().state.borrow(), &self.key, self.base) {
             return Err(StoreError::Superseded);
         }
-        self.write_out().await?;
+        let inline = self.take_inline_body();
+        self.write_out(inline.is_some()).await?;
         let in_origin = meta.in_origin || meta.provenance == Provenance::Fetched;
         let upload = (meta.level >= 1 && !in_origin).then_some(upload_after_ms.unwrap_or(0));
-        self.commit(guard, upload, |_, _, _, seq| ObjectMeta {
+        self.commit(guard, upload, inline, |_, _, _, seq| ObjectMeta {
             seq,
             in_origin,
             derived: Default::default(),
@@ -279,8 +313,16 @@ impl ObjectWriter {
         .await
     }
 
-    /// Writes the tail block, checksum table and header, and syncs the file.
-    async fn write_out(&mut self) -> Result<(), StoreError> {
+    /// Writes the tail block, checksum table and header, and syncs the file; with
+    /// `inline`, only gives the buffer back (the body goes into the journal's commit).
+    async fn write_out(&mut self, inline: bool) -> Result<(), StoreError> {
+        if inline {
+            if let Some(buf) = self.buf.take() {
+                self.core().return_block_buf(buf);
+            }
+            return Ok(());
+        }
+        self.ensure_file().await?;
         let size = self.written;
         let tail = self.buf.take().expect("writer buffer");
         let file = if self.table.is_empty() {
@@ -337,11 +379,13 @@ impl ObjectWriter {
     /// Puts the written object in the index and tiers in place of whatever the key held
     /// (unless `guard` fails: `Superseded`), queues its journal batch and waits for it.
     /// `make` builds the meta from (core, size, crc32c, seq); its key is set here.
-    /// `upload`: queue an origin upload not to start before this time (ms).
+    /// `upload`: queue an origin upload not to start before this time (ms). `inline`:
+    /// the body, committed into the journal with the entry (no object file).
     async fn commit(
         mut self,
         guard: Guard<'_>,
         upload: Option<u64>,
+        inline: Option<Bytes>,
         make: impl FnOnce(&Core, u64, u32, u64) -> ObjectMeta,
     ) -> Result<Rc<ObjectMeta>, StoreError> {
         let core = self.shard.core.clone();
@@ -353,10 +397,11 @@ impl ObjectWriter {
             let size = self.written;
             let meta = Rc::new(ObjectMeta {
                 key: self.key.clone(),
+                inline: inline.is_some(),
                 ..make(&core, size, self.body_crc, self.seq)
             });
             let mut files = Vec::new();
-            if let Some((_, path)) = core.unlink_object(&mut st, &self.key) {
+            if let Some((_, Some(path))) = core.unlink_object(&mut st, &self.key) {
                 files.push(path);
             }
             if matches!(
@@ -369,14 +414,27 @@ impl ObjectWriter {
             st.reserved = st.reserved.saturating_sub(self.reserved);
             self.reserved = 0;
             st.disk.insert(self.key.clone(), size, !meta.in_origin);
-            let mut ops = vec![
+            let mut ops = Vec::with_capacity(4);
+            // The body first: the entry that marks it inline must not land without it.
+            let mem_body = match inline {
+                Some(body) => {
+                    ops.push(Op::PutBody {
+                        key: self.key.clone(),
+                        seq: self.seq,
+                        body: body.clone(),
+                    });
+                    Some(body)
+                }
+                None => self.small.take().map(BytesMut::freeze),
+            };
+            ops.extend([
                 Op::PutEntry(self.key.clone(), StoredEntry::Object((*meta).clone())),
                 Op::Record(Record {
                     seq: meta.seq,
                     hlc: meta.hlc,
                     kind: RecordKind::Put((*meta).clone()),
                 }),
-            ];
+            ]);
             if let Some(not_before_ms) = upload {
                 let rec = PendingRec {
                     seq: self.seq,
@@ -389,8 +447,8 @@ impl ObjectWriter {
             } else if !st.pending.contains_key(&self.key) {
                 ops.push(Op::RemovePending(self.key.clone()));
             }
-            if let Some(small) = self.small.take() {
-                core.mem_admit(&mut st, &self.key, self.seq, small.freeze());
+            if let Some(body) = mem_body {
+                core.mem_admit(&mut st, &self.key, self.seq, body);
             }
             core.refresh_metrics(&st);
             self.done = true;
@@ -430,6 +488,9 @@ impl Drop for ObjectWriter {
         self.core().release(self.reserved);
         self.core().abandon_seq(self.seq);
         self.file.take();
+        if !self.file_created {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %self.path.display(), error = %e, "removing abandoned write");

@@ -229,14 +229,44 @@ impl LocalOrigin {
         len: u64,
         meta: &PutMeta,
     ) -> Result<PutResult, OriginError> {
+        let src = crate::PutSource::File {
+            path: path.to_owned(),
+            offset,
+            len,
+        };
+        self.put(key, src, meta).await
+    }
+
+    pub(crate) async fn put_src(
+        &self,
+        key: &str,
+        src: super::UploadSrc<'_>,
+        meta: &PutMeta,
+    ) -> Result<PutResult, OriginError> {
+        let src = match src {
+            super::UploadSrc::File { path, offset, len } => crate::PutSource::File {
+                path: path.to_owned(),
+                offset,
+                len,
+            },
+            super::UploadSrc::Bytes(b) => crate::PutSource::Bytes(b.clone()),
+        };
+        self.put(key, src, meta).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        src: crate::PutSource,
+        meta: &PutMeta,
+    ) -> Result<PutResult, OriginError> {
         let dir = self.dir.clone();
         let data_path = self.data_path(key);
         let meta_path = self.meta_path(key);
-        let src = path.to_owned();
         let key = key.to_owned();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
-            put_blocking(&dir, &data_path, &meta_path, &src, offset, len, key, meta)
+            put_blocking(&dir, &data_path, &meta_path, src, key, meta)
         })
         .await
         .map_err(|e| OriginError::Unavailable(format!("local put task failed: {e}")))?
@@ -287,17 +317,24 @@ fn put_blocking(
     dir: &Path,
     data_path: &Path,
     meta_path: &Path,
-    src_path: &Path,
-    offset: u64,
-    len: u64,
+    source: crate::PutSource,
     key: String,
     meta: PutMeta,
 ) -> Result<PutResult, OriginError> {
-    let src_err = |e: std::io::Error| {
-        OriginError::Rejected(format!("read upload source {}: {e}", src_path.display()))
+    let (what, offset, len) = match &source {
+        crate::PutSource::File { path, offset, len } => (path.display().to_string(), *offset, *len),
+        crate::PutSource::Bytes(b) => ("(in memory)".to_owned(), 0, b.len() as u64),
     };
-    let mut src = std::fs::File::open(src_path).map_err(src_err)?;
-    src.seek(SeekFrom::Start(offset)).map_err(src_err)?;
+    let src_err =
+        |e: std::io::Error| OriginError::Rejected(format!("read upload source {what}: {e}"));
+    let mut src: Box<dyn Read> = match source {
+        crate::PutSource::File { path, offset, .. } => {
+            let mut f = std::fs::File::open(&path).map_err(src_err)?;
+            f.seek(SeekFrom::Start(offset)).map_err(src_err)?;
+            Box::new(f)
+        }
+        crate::PutSource::Bytes(b) => Box::new(std::io::Cursor::new(b)),
+    };
 
     let tmp_data = temp_path(dir);
     let mut data_guard = TempGuard(Some(tmp_data.clone()));
@@ -311,8 +348,7 @@ fn put_blocking(
         let n = match src.read(&mut buf[..want]) {
             Ok(0) => {
                 return Err(OriginError::Rejected(format!(
-                    "upload source {} is shorter than offset {offset} + length {len}",
-                    src_path.display()
+                    "upload source {what} is shorter than offset {offset} + length {len}"
                 )))
             }
             Ok(n) => n,

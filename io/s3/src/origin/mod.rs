@@ -27,12 +27,36 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// `max_backoff`), used to bound a background operation's retries.
 const SDK_MAX_BACKOFF: Duration = Duration::from_secs(20);
 
-/// A byte range of a local file to upload (re-readable, so attempts can be retried).
+/// What one upload attempt sends (re-readable, so attempts can be retried): a byte range
+/// of a local file, or bytes in memory.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FileSlice<'a> {
-    pub path: &'a std::path::Path,
-    pub offset: u64,
-    pub len: u64,
+pub(crate) enum UploadSrc<'a> {
+    File {
+        path: &'a std::path::Path,
+        offset: u64,
+        len: u64,
+    },
+    Bytes(&'a Bytes),
+}
+
+impl<'a> UploadSrc<'a> {
+    pub fn of(src: &'a crate::PutSource) -> UploadSrc<'a> {
+        match src {
+            crate::PutSource::File { path, offset, len } => UploadSrc::File {
+                path,
+                offset: *offset,
+                len: *len,
+            },
+            crate::PutSource::Bytes(b) => UploadSrc::Bytes(b),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            UploadSrc::File { len, .. } => *len,
+            UploadSrc::Bytes(b) => b.len() as u64,
+        }
+    }
 }
 
 /// The time bounds of one operation, worked out from its [`Class`] and [`OriginDeadlines`].
@@ -87,9 +111,7 @@ pub(crate) enum Job {
     Put {
         bucket: Option<String>,
         key: String,
-        path: PathBuf,
-        offset: u64,
-        len: u64,
+        src: crate::PutSource,
         meta: PutMeta,
         reply: oneshot::Sender<Result<PutResult, OriginError>>,
     },
@@ -260,17 +282,13 @@ impl Backend {
         &self,
         bucket: Option<&str>,
         key: &str,
-        src: FileSlice<'_>,
+        src: UploadSrc<'_>,
         meta: &PutMeta,
         attempt: Option<Duration>,
     ) -> Result<PutResult, OriginError> {
         match self {
             Backend::S3(o) => o.put_file(bucket, key, src, meta, attempt).await,
-            Backend::Local(o) => {
-                o.bucket(bucket)?
-                    .put_file(key, src.path, src.offset, src.len, meta)
-                    .await
-            }
+            Backend::Local(o) => o.bucket(bucket)?.put_src(key, src, meta).await,
         }
     }
 
@@ -430,18 +448,12 @@ impl Service {
             Job::Put {
                 bucket,
                 key,
-                path,
-                offset,
-                len,
+                src,
                 meta,
                 reply,
             } => {
-                let limit = self.limit(class, enqueued, len);
-                let src = FileSlice {
-                    path: &path,
-                    offset,
-                    len,
-                };
+                let limit = self.limit(class, enqueued, src.len());
+                let src = UploadSrc::of(&src);
                 let _ = reply.send(self.handle_put(bucket, key, src, meta, &limit).await);
             }
             Job::Delete { bucket, key, reply } => {
@@ -546,7 +558,7 @@ impl Service {
         &self,
         bucket: Option<String>,
         key: String,
-        src: FileSlice<'_>,
+        src: UploadSrc<'_>,
         meta: PutMeta,
         limit: &Limit,
     ) -> Result<PutResult, OriginError> {
@@ -558,7 +570,7 @@ impl Service {
             })
             .await;
         if res.is_ok() {
-            self.stats.bytes_out.fetch_add(src.len, Ordering::Relaxed);
+            self.stats.bytes_out.fetch_add(src.len(), Ordering::Relaxed);
         }
         res
     }

@@ -22,7 +22,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use tracing::{debug, info};
 
-use super::{BodySource, Call, FileSlice, OpenedGet, Reply};
+use super::{BodySource, Call, OpenedGet, Reply, UploadSrc};
 use crate::{
     BucketInfo, CopyResult, CopySource, ListEntry, ListPage, ListParams, ObjectLoc, OriginConfig,
     OriginDeadlines, OriginError, OriginKind, OriginStats, PartInfo, PartsPage, PutMeta, PutResult,
@@ -232,17 +232,17 @@ impl S3Origin {
         &self,
         bucket: Option<&str>,
         key: &str,
-        src: FileSlice<'_>,
+        src: UploadSrc<'_>,
         meta: &PutMeta,
         attempt: Option<Duration>,
     ) -> Result<PutResult, OriginError> {
-        let body = file_body(src, "upload").await?;
+        let body = upload_body(src, "upload").await?;
         let mut req = self
             .client
             .put_object()
             .bucket(self.bucket(bucket))
             .key(key)
-            .content_length(i64::try_from(src.len).unwrap_or(i64::MAX))
+            .content_length(i64::try_from(src.len()).unwrap_or(i64::MAX))
             .body(body);
         if let Some(ct) = &meta.content_type {
             req = req.content_type(ct);
@@ -367,7 +367,7 @@ impl S3Origin {
                     upload_id,
                     part: *part,
                 };
-                let src = FileSlice {
+                let src = UploadSrc::File {
                     path,
                     offset: *offset,
                     len: *len,
@@ -590,11 +590,11 @@ impl S3Origin {
     async fn upload_part(
         &self,
         target: PartTarget<'_>,
-        src: FileSlice<'_>,
+        src: UploadSrc<'_>,
         md5_hex: Option<&str>,
         attempt: Option<Duration>,
     ) -> Result<Reply, OriginError> {
-        let body = file_body(src, "part").await?;
+        let body = upload_body(src, "part").await?;
         let mut req = self
             .client
             .upload_part()
@@ -602,7 +602,7 @@ impl S3Origin {
             .key(&target.loc.key)
             .upload_id(target.upload_id)
             .part_number(target.part as i32)
-            .content_length(i64::try_from(src.len).unwrap_or(i64::MAX))
+            .content_length(i64::try_from(src.len()).unwrap_or(i64::MAX))
             .body(body);
         if let Some(md5) = md5_hex {
             req = req.content_md5(content_md5(md5)?);
@@ -885,17 +885,20 @@ struct PartTarget<'a> {
     part: u32,
 }
 
-/// A re-readable body from a slice of a file (the SDK can rewind it to retry).
-async fn file_body(src: FileSlice<'_>, what: &str) -> Result<ByteStream, OriginError> {
-    ByteStream::read_from()
-        .path(src.path)
-        .offset(src.offset)
-        .length(Length::Exact(src.len))
-        .build()
-        .await
-        .map_err(|e| {
-            OriginError::Rejected(format!("open {what} source {}: {e}", src.path.display()))
-        })
+/// A re-readable body (the SDK can rewind it to retry): a slice of a file, or bytes.
+async fn upload_body(src: UploadSrc<'_>, what: &str) -> Result<ByteStream, OriginError> {
+    match src {
+        UploadSrc::Bytes(b) => Ok(ByteStream::from(b.clone())),
+        UploadSrc::File { path, offset, len } => ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| {
+                OriginError::Rejected(format!("open {what} source {}: {e}", path.display()))
+            }),
+    }
 }
 
 /// The Content-MD5 header value (base64) of a hex MD5.

@@ -199,6 +199,29 @@ fn bad_digest_and_short_source_are_rejected() {
             .unwrap();
         let (body, _) = read_all(&bridge, "empty", None).await.unwrap();
         assert!(body.is_empty());
+        // A body in memory (a small object kept in a shard's journal), digest checked.
+        let b = bytes::Bytes::from(pattern(700));
+        let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(&b));
+        let meta = PutMeta {
+            md5_hex: Some(md5.clone()),
+            ..Default::default()
+        };
+        let put = bridge
+            .put("mem", crate::PutSource::Bytes(b.clone()), meta)
+            .await
+            .unwrap();
+        assert_eq!(put.etag.trim_matches('"'), md5);
+        let (body, _) = read_all(&bridge, "mem", None).await.unwrap();
+        assert_eq!(body, b);
+        let meta = PutMeta {
+            md5_hex: Some("00".repeat(16)),
+            ..Default::default()
+        };
+        let err = bridge
+            .put("mem2", crate::PutSource::Bytes(b), meta)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OriginError::Rejected(_)), "{err:?}");
     });
     // No temp files left behind.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("origin"))
