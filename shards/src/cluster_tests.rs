@@ -393,7 +393,11 @@ fn replica_round_trip() {
                 },
                 *sm
             );
-            assert_eq!(rm.inline, n <= crate::defaults::INLINE_OBJECT_MAX, "size {n}");
+            assert_eq!(
+                rm.inline,
+                n <= crate::defaults::INLINE_OBJECT_MAX,
+                "size {n}"
+            );
             assert_eq!(file_of(&peer, rm.seq).exists(), !rm.inline, "size {n}");
             assert_eq!(&dst.read_all(&rm).await.unwrap()[..], &body[..]);
             match dst.lookup(&key) {

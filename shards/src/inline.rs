@@ -117,16 +117,28 @@ mod tests {
         let crc = crc32c::crc32c(body);
         let v = encode(7, body);
         assert_eq!(decode(&v, 7, body.len() as u64, crc).unwrap(), body);
-        assert_eq!(decode(&v, 8, body.len() as u64, crc).unwrap_err().what, "inline body seq");
+        assert_eq!(
+            decode(&v, 8, body.len() as u64, crc).unwrap_err().what,
+            "inline body seq"
+        );
         assert_eq!(decode(&v, 7, 3, crc).unwrap_err().what, "body size");
-        assert_eq!(decode(&v, 7, body.len() as u64, crc ^ 1).unwrap_err().what, "body checksum");
+        assert_eq!(
+            decode(&v, 7, body.len() as u64, crc ^ 1).unwrap_err().what,
+            "body checksum"
+        );
         let mut bad = v.clone();
         bad[0] = b'X';
-        assert_eq!(decode(&bad, 7, body.len() as u64, crc).unwrap_err().what, "inline body magic");
+        assert_eq!(
+            decode(&bad, 7, body.len() as u64, crc).unwrap_err().what,
+            "inline body magic"
+        );
         let mut bad = v.clone();
         bad[4] = 9;
         let e = decode(&bad, 7, body.len() as u64, crc).unwrap_err();
-        assert_eq!((e.what, e.expected.as_str(), e.actual.as_str()), ("inline body version", "1", "9"));
+        assert_eq!(
+            (e.what, e.expected.as_str(), e.actual.as_str()),
+            ("inline body version", "1", "9")
+        );
         let mut bad = v.clone();
         bad[6] ^= 1;
         assert_eq!(
@@ -135,18 +147,24 @@ mod tests {
         );
         let mut bad = v.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert_eq!(decode(&bad, 7, body.len() as u64, crc).unwrap_err().what, "body checksum");
-        assert_eq!(decode(&v[..5], 7, 0, 0).unwrap_err().what, "inline body length");
+        assert_eq!(
+            decode(&bad, 7, body.len() as u64, crc).unwrap_err().what,
+            "body checksum"
+        );
+        assert_eq!(
+            decode(&v[..5], 7, 0, 0).unwrap_err().what,
+            "inline body length"
+        );
         let empty = encode(1, b"");
         assert_eq!(decode(&empty, 1, 0, 0).unwrap(), b"");
     }
 
     #[test]
     fn fuzz_decode_never_panics() {
-        bolero::check!().with_type::<(Vec<u8>, u64, u64, u32)>().for_each(
-            |(v, seq, size, crc)| {
+        bolero::check!()
+            .with_type::<(Vec<u8>, u64, u64, u32)>()
+            .for_each(|(v, seq, size, crc)| {
                 let _ = decode(v, *seq, *size, *crc);
-            },
-        );
+            });
     }
 }

@@ -49,12 +49,12 @@ use std::thread::JoinHandle;
 
 use std::cell::RefCell;
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes as RawBytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env};
 use serde::{Deserialize, Serialize};
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::{Change, ObjectMeta, ShardMetrics, StoreError, Tombstone};

@@ -857,13 +857,26 @@ fn inline_bodies_follow_their_entries() {
         assert!(a1.inline);
         assert!(shard.inline_body_stored("a").await);
         assert_eq!(files(&cfg), 0);
-        assert_eq!(&shard.read_all(&a1).await.unwrap()[..], &data(8 * KIB, 1)[..]);
-        assert_eq!(read_range(&shard, &a1, 100..5000).await, data(8 * KIB, 1)[100..5000]);
+        assert_eq!(
+            &shard.read_all(&a1).await.unwrap()[..],
+            &data(8 * KIB, 1)[..]
+        );
+        assert_eq!(
+            read_range(&shard, &a1, 100..5000).await,
+            data(8 * KIB, 1)[100..5000]
+        );
         // The upload source of a pending inline body is the journal.
         let b1 = put(&shard, "b", &data(3000, 2), 1).await;
         assert!(b1.inline);
         let p = shard.pending(10);
-        assert!(matches!(&p[0].kind, PendingKind::Put { body: BodyAt::Journal, len: 3000, .. }));
+        assert!(matches!(
+            &p[0].kind,
+            PendingKind::Put {
+                body: BodyAt::Journal,
+                len: 3000,
+                ..
+            }
+        ));
         assert_eq!(shard.stored_body("b").unwrap().0, BodyAt::Journal);
         // Inline -> inline, inline -> file, file -> inline.
         let a2 = put(&shard, "a", &data(9000, 3), 0).await;
@@ -871,14 +884,20 @@ fn inline_bodies_follow_their_entries() {
         assert_eq!(&shard.read_all(&a2).await.unwrap()[..], &data(9000, 3)[..]);
         let a3 = put(&shard, "a", &data(20 * KIB, 4), 0).await;
         assert!(!a3.inline);
-        assert!(!shard.inline_body_stored("a").await, "the file version took the body's place");
+        assert!(
+            !shard.inline_body_stored("a").await,
+            "the file version took the body's place"
+        );
         assert_eq!(files(&cfg), 1);
         let a4 = put(&shard, "a", &data(10, 5), 0).await;
         assert!(a4.inline);
         assert_eq!(files(&cfg), 0, "the file version's file was removed");
         // A read racing an overwrite: the old version is gone, the read says so (a miss
         // for the caller), without a checksum failure.
-        assert!(matches!(shard.read_all(&a2).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            shard.read_all(&a2).await,
+            Err(StoreError::NotFound)
+        ));
         assert_eq!(m(&shard).checksum_failures.load(Ordering::Relaxed), 0);
         // Delete: the body goes with the entry.
         shard.delete("a", 0).await.unwrap();

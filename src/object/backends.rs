@@ -301,9 +301,14 @@ pub async fn stored_source<C: ObjectCtx>(
             offset: *offset,
             len: meta.size,
         }),
-        BodyAt::Journal => ctx.store().read_all(meta).await.map(PutSource::Bytes).map_err(|e| {
-            nearcache_s3::OriginError::Rejected(format!("reading the stored copy: {e}"))
-        }),
+        BodyAt::Journal => ctx
+            .store()
+            .read_all(meta)
+            .await
+            .map(PutSource::Bytes)
+            .map_err(|e| {
+                nearcache_s3::OriginError::Rejected(format!("reading the stored copy: {e}"))
+            }),
     }
 }
 

@@ -169,7 +169,11 @@ impl BodyStream {
 /// a body already in memory (a small object kept in a shard's journal).
 #[derive(Debug, Clone)]
 pub enum PutSource {
-    File { path: PathBuf, offset: u64, len: u64 },
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
     Bytes(Bytes),
 }
 

@@ -237,28 +237,30 @@ impl ObjectWriter {
         };
         let guard = if fetched { Guard::Base } else { Guard::None };
         let upload = (!fetched && attrs.level >= 1).then_some(0);
-        self.commit(guard, upload, inline, |core, size, crc32c, seq| ObjectMeta {
-            key: String::new(),
-            size,
-            etag,
-            crc32c,
-            content_type: attrs.content_type,
-            name: attrs.name,
-            user_meta: attrs.user_meta,
-            last_modified_ms,
-            hlc: core.hlc.now(),
-            seq,
-            level: attrs.level,
-            in_origin: fetched,
-            provenance: if fetched {
-                Provenance::Fetched
-            } else {
-                Provenance::Client
-            },
-            headers: attrs.headers,
-            validated_ms: wall_ms(),
-            inline: false,
-            derived: Default::default(),
+        self.commit(guard, upload, inline, |core, size, crc32c, seq| {
+            ObjectMeta {
+                key: String::new(),
+                size,
+                etag,
+                crc32c,
+                content_type: attrs.content_type,
+                name: attrs.name,
+                user_meta: attrs.user_meta,
+                last_modified_ms,
+                hlc: core.hlc.now(),
+                seq,
+                level: attrs.level,
+                in_origin: fetched,
+                provenance: if fetched {
+                    Provenance::Fetched
+                } else {
+                    Provenance::Client
+                },
+                headers: attrs.headers,
+                validated_ms: wall_ms(),
+                inline: false,
+                derived: Default::default(),
+            }
         })
         .await
     }

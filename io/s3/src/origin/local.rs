@@ -309,10 +309,6 @@ fn temp_path(dir: &Path) -> PathBuf {
     ))
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site, moved into spawn_blocking"
-)]
 fn put_blocking(
     dir: &Path,
     data_path: &Path,
