@@ -11,7 +11,9 @@
 #   b. cold-miss latency (read-through from moto) beside a direct GET to moto;
 #   c. PUT 4 KiB at level 0 and level 1, wrk, 3 runs each;
 #   d. recovery time of 100k × 1 KiB objects (SIGTERM, restart, start-up log);
-#   e. memory per cached object (VmRSS / RssAnon) for the index and index + memory tier.
+#   e. memory per cached object (VmRSS / RssAnon) for the index and index + memory tier;
+#   f. memory per tombstone: every object of d deleted (level 0), then a restart (the
+#      index holds only the tombstones, kept store.tombstone_ttl_secs, 24 h by default).
 #
 # Every wrk number comes with server CPU: utime+stime of the nearcache pid from
 # /proc/<pid>/stat before and after, so "req per server CPU-second" = requests / CPU s.
@@ -205,6 +207,29 @@ function response(status, headers, body)
 end
 done = report
 EOF
+# del.lua IDFILE [QUOTA]: DELETE (level 0) the ids listed in IDFILE in turn; with a quota,
+# stops after QUOTA responses.
+cat >"$WORK/del.lua" <<EOF
+local ids, n, quota
+local i, got = 0, 0
+function init(args)
+  ids, n = {}, 0
+  for line in io.lines(args[1]) do n = n + 1; ids[n] = line end
+  quota = tonumber(args[2] or "0")
+end
+function request()
+  local id = ids[(i % n) + 1]
+  i = i + 1
+  return wrk.format("DELETE", "/api/v1/delete/" .. id, { ["X-Meta-ConsistencyLevel"] = "0" })
+end
+function response(status, headers, body)
+  got = got + 1
+  if quota > 0 and got == quota then
+    io.open("$WORK/quota.done", "w"):close()
+    wrk.thread:stop()
+  end
+end
+EOF
 # get.lua IDFILE [QUOTA]: GET the ids listed in IDFILE round robin; with a quota, stops
 # after QUOTA responses.
 cat >"$WORK/get.lua" <<EOF
@@ -383,6 +408,18 @@ wrk_quota 900s "$WORK/get.lua" "$WORK/ids-rec" "$RECOVERY_OBJECTS"
 MEM_OBJ=$(stats_total memory_objects)
 RSS_MEM=$(rss_kb "$NC_PID" VmRSS)
 ANON_MEM=$(rss_kb "$NC_PID" RssAnon)
+log "f. deleting all $RECOVERY_OBJECTS objects (level 0)"
+t2=$(date +%s.%N)
+wrk_quota 900s "$WORK/del.lua" "$WORK/ids-rec" "$RECOVERY_OBJECTS"
+t3=$(date +%s.%N)
+LEFT=$(stats_total objects)
+stop_nc
+log "f. restarting with the tombstones ($LEFT objects left)"
+start_nc "$WORK/data2" "$WORK/nearcache-4.log"
+sleep 1
+TOMBS=$(stats_total tombstones)
+ANON_TOMB=$(rss_kb "$NC_PID" RssAnon)
+RSS_TOMB=$(rss_kb "$NC_PID" VmRSS)
 stop_nc
 
 # ================================================================ report
@@ -461,6 +498,16 @@ mkdir -p "$(dirname "$OUT")"
     echo "objects; the difference between the two rows is an upper bound on the memory tier's cost per object."
     echo "Seeding stops after $RECOVERY_OBJECTS acknowledged PUTs; PUTs already in flight then also land,"
     echo "hence slightly more objects than that in d."
+    echo
+    echo "## f. Memory per tombstone"
+    echo
+    echo "Every object of d deleted at level 0 with wrk DELETEs ($(python3 -c "print(f'{$RECOVERY_OBJECTS / ($t3 - $t2):.0f}')") DELETE/s; $LEFT objects left), then a restart:"
+    echo "the index then holds $TOMBS tombstones and nothing else. Baseline as in e."
+    echo
+    echo "| state | VmRSS KiB | RssAnon KiB | RssAnon bytes/tombstone over baseline |"
+    echo "|---|---:|---:|---:|"
+    echo "| after restart: $TOMBS tombstones | $RSS_TOMB | $ANON_TOMB | $(per_obj "$ANON_TOMB" "$ANON0" "$TOMBS") |"
 } >"$OUT"
+
 log "wrote $OUT"
 cat "$OUT"

@@ -540,10 +540,14 @@ pub async fn run<C: ClusterCtx>(
     let interval = Duration::from_millis(cl.cfg.sync_interval_ms.max(10));
     let mut alive_before: Option<HashSet<String>> = None;
     let mut warned: std::collections::HashMap<String, Instant> = Default::default();
+    // A membership change (a peer joined or came back) starts a round at once instead of
+    // after the interval: a restarted node catches up as soon as it has rejoined.
+    let mut epoch = cl.membership.subscribe();
     loop {
         if *shutdown.borrow() {
             return;
         }
+        epoch.borrow_and_update();
         let view = cl.view();
         if id == 0 {
             let alive: HashSet<String> = view.alive().map(|m| m.id.clone()).collect();
@@ -592,6 +596,12 @@ pub async fn run<C: ClusterCtx>(
             monoio::select! {
                 _ = monoio::time::sleep(interval) => {}
                 _ = shutdown.changed() => {}
+                // A closed channel (membership stopped) must not end every sleep early.
+                _ = async {
+                    if epoch.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {}
             }
         }
     }
