@@ -992,8 +992,18 @@ where
         return match (status, code.as_deref()) {
             (304, _) => OriginError::NotModified,
             (404, None | Some("NoSuchKey" | "NotFound")) => OriginError::NotFound,
+            // A store that lacks an operation (Garage and PutObjectTagging, say): its
+            // answer goes to the client as is; retrying would not help.
+            (501, _) | (_, Some("NotImplemented")) => OriginError::Service {
+                status,
+                code: code.unwrap_or_else(|| "NotImplemented".to_owned()),
+                message,
+            },
             (429 | 500..=599, _) | (_, Some("SlowDown" | "RequestTimeout")) => {
-                OriginError::Unavailable(DisplayErrorContext(&err).to_string())
+                OriginError::Unavailable(format!(
+                    "the origin answered {status} {}: {message}",
+                    code.as_deref().unwrap_or_else(|| default_code(status))
+                ))
             }
             _ => OriginError::Service {
                 status,
@@ -1057,6 +1067,8 @@ pub(crate) fn classify(status: u16, code: Option<&str>, text: String) -> OriginE
         (404, _) | (_, Some("NoSuchKey")) => OriginError::NotFound,
         (416, _) | (_, Some("InvalidRange")) => OriginError::InvalidRange,
         (401 | 403, _) | (_, Some("AccessDenied")) => OriginError::Denied(text),
+        // An operation the store does not implement: not transient.
+        (501, _) | (_, Some("NotImplemented")) => OriginError::Rejected(text),
         (429 | 500..=599, _)
         | (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")) => {
             OriginError::Unavailable(text)
@@ -1175,6 +1187,10 @@ mod tests {
         assert!(matches!(
             classify(500, None, t()),
             OriginError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(501, Some("NotImplemented"), t()),
+            OriginError::Rejected(_)
         ));
         assert!(matches!(
             classify(400, Some("InvalidArgument"), t()),
