@@ -952,3 +952,49 @@ fn inline_bodies_can_be_turned_off() {
         shard.close().await.unwrap();
     });
 }
+
+/// Bodies that arrive in small chunks are kept back while they may still go inline and
+/// moved to the block buffer once they cannot: every size around the bounds reads back
+/// whole, inline or from its file, also with a memory tier bound below the inline bound.
+#[test]
+fn small_chunks_cross_the_inline_bound() {
+    both(|mut cfg| async move {
+        for mem_max in [4096, 64 * KIB] {
+            cfg.memory_object_max = mem_max;
+            cfg.dir = cfg.dir.join(format!("m{mem_max}"));
+            let (shard, _) = open(&cfg).await;
+            let inline_max = crate::defaults::INLINE_OBJECT_MAX;
+            for (i, n) in [
+                0,
+                1,
+                999,
+                inline_max - 1,
+                inline_max,
+                inline_max + 1,
+                40 * KIB,
+                BLOCK_SIZE + 7,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let body = data(n, i as u8);
+                let key = format!("c{i}");
+                let mut w = shard.begin_write(&key, None).await.unwrap();
+                for c in body.chunks(1000) {
+                    w.write(Bytes::copy_from_slice(c)).await.unwrap();
+                }
+                let meta = w.finish(attrs(0)).await.unwrap();
+                assert_eq!(meta.inline, n <= inline_max, "size {n}");
+                assert_eq!(file_of(&cfg, meta.seq).exists(), !meta.inline, "size {n}");
+                assert_eq!(
+                    &shard.read_all(&meta).await.unwrap()[..],
+                    &body[..],
+                    "size {n}"
+                );
+                assert_eq!(read_range(&shard, &meta, 0..n).await, body, "size {n}");
+                assert_eq!(meta.crc32c, crc32c::crc32c(&body), "size {n}");
+            }
+            shard.close().await.unwrap();
+        }
+    });
+}

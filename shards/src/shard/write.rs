@@ -40,6 +40,7 @@ impl Shard {
             body_crc: 0,
             md5: Md5::new(),
             small: Some(BytesMut::new()),
+            deferred: core.cfg.inline_object_max > 0,
             base,
             done: false,
         })
@@ -104,8 +105,11 @@ pub struct ObjectWriter {
     table: Vec<u32>,
     body_crc: u32,
     md5: Md5,
-    /// The body while it is small enough for the memory tier.
+    /// The body while it is small enough for the memory tier, or to go inline.
     small: Option<BytesMut>,
+    /// The body so far is only in `small`, not in the block buffer: it may still go
+    /// inline, which then copies it once (into the journal) instead of twice.
+    deferred: bool,
     /// Seq of the key's entry when the write began (for read-through supersession).
     base: Option<u64>,
     done: bool,
@@ -135,20 +139,20 @@ impl ObjectWriter {
     /// The body, when it goes inline into the journal rather than to a file: small
     /// enough, all of it still in the tail buffer (no block written), and room in the
     /// journal's map.
-    fn take_inline_body(&mut self) -> Option<Bytes> {
+    async fn take_inline_body(&mut self) -> Result<Option<Bytes>, StoreError> {
         let core = &self.shard.core;
-        if !self.table.is_empty()
-            || self.written > core.cfg.inline_object_max
-            || !core.journal.inline_room(self.written)
+        if self.deferred
+            && self.written <= core.cfg.inline_object_max
+            && core.journal.inline_room(self.written)
         {
-            return None;
+            self.deferred = false;
+            let small = self.small.take().expect("deferred bytes are kept");
+            debug_assert_eq!(small.len() as u64, self.written);
+            return Ok(Some(small.freeze()));
         }
-        match self.small.take() {
-            Some(small) if small.len() as u64 == self.written => Some(small.freeze()),
-            _ => Some(Bytes::copy_from_slice(
-                self.buf.as_ref().expect("writer buffer").as_slice(),
-            )),
-        }
+        // A file after all (no room in the journal): the kept bytes go to the file.
+        self.undefer().await?;
+        Ok(None)
     }
 
     /// Writes the full block in `buf` at its place in the file.
@@ -196,7 +200,19 @@ impl ObjectWriter {
         self.md5.update(&chunk);
         self.body_crc = crc32c::crc32c_append(self.body_crc, &chunk);
         self.written += n;
-        let mem_max = self.core().cfg.memory_object_max;
+        let cfg = &self.shard.core.cfg;
+        let (mem_max, inline_max) = (cfg.memory_object_max, cfg.inline_object_max);
+        if self.deferred {
+            if self.written <= inline_max {
+                // Still small enough to go inline: the bytes stay in `small` only.
+                self.small
+                    .as_mut()
+                    .expect("deferred bytes are kept")
+                    .extend_from_slice(&chunk);
+                return Ok(());
+            }
+            self.undefer().await?;
+        }
         if let Some(small) = &mut self.small {
             if self.written <= mem_max {
                 small.extend_from_slice(&chunk);
@@ -204,7 +220,12 @@ impl ObjectWriter {
                 self.small = None;
             }
         }
-        let mut rest = &chunk[..];
+        self.to_blocks(&chunk).await
+    }
+
+    /// Copies `data` into the block buffer, writing out each block it fills.
+    async fn to_blocks(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let mut rest = data;
         while !rest.is_empty() {
             let buf = self.buf.as_mut().expect("writer buffer");
             let copied = buf.extend_from_slice(rest);
@@ -214,6 +235,24 @@ impl ObjectWriter {
             }
         }
         Ok(())
+    }
+
+    /// The body will not go inline after all: what was kept back in `small` goes to the
+    /// block buffer (`small` stays for the memory tier only if within its bound).
+    async fn undefer(&mut self) -> Result<(), StoreError> {
+        if !self.deferred {
+            return Ok(());
+        }
+        self.deferred = false;
+        let Some(small) = self.small.take() else {
+            return Ok(());
+        };
+        let kept = small.freeze();
+        let res = self.to_blocks(&kept).await;
+        if kept.len() as u64 <= self.shard.core.cfg.memory_object_max {
+            self.small = Some(BytesMut::from(kept));
+        }
+        res
     }
 
     pub fn written(&self) -> u64 {
@@ -228,7 +267,7 @@ impl ObjectWriter {
         if fetched && self.superseded() {
             return Err(StoreError::Superseded);
         }
-        let inline = self.take_inline_body();
+        let inline = self.take_inline_body().await?;
         self.write_out(inline.is_some()).await?;
         let md5 = std::mem::take(&mut self.md5);
         let (etag, last_modified_ms) = match &attrs.fetched {
@@ -302,7 +341,7 @@ impl ObjectWriter {
         if !guard.holds(&self.core().state.borrow(), &self.key, self.base) {
             return Err(StoreError::Superseded);
         }
-        let inline = self.take_inline_body();
+        let inline = self.take_inline_body().await?;
         self.write_out(inline.is_some()).await?;
         let in_origin = meta.in_origin || meta.provenance == Provenance::Fetched;
         let upload = (meta.level >= 1 && !in_origin).then_some(upload_after_ms.unwrap_or(0));
