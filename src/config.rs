@@ -114,8 +114,8 @@ pub mod defaults {
     pub const WRITE_QUORUM: usize = 1;
     pub const GOSSIP_INTERVAL_MS: u64 = 1_000;
     pub const SYNC_INTERVAL_MS: u64 = 500;
-    pub const SYNC_BATCH: usize = 512;
-    pub const SYNC_CONCURRENCY: usize = 16;
+    pub const SYNC_BATCH: usize = 2048;
+    pub const SYNC_CONCURRENCY: usize = 64;
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
