@@ -254,7 +254,8 @@ struct Dbs {
 /// What the journal held at open.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
-    pub entries: Vec<StoredEntry>,
+    /// Index entries in the `objects` db (read them with [`Journal::for_each_entry`]).
+    pub entry_count: u64,
     pub pending: Vec<(String, PendingRec)>,
     /// Sync log values, still encoded.
     pub sync: Vec<Vec<u8>>,
@@ -488,10 +489,7 @@ impl Journal {
         let mut rec = Recovered::default();
         {
             let rtxn = env.read_txn().map_err(jerr)?;
-            for item in dbs.objects.iter(&rtxn).map_err(jerr)? {
-                let (_, v) = item.map_err(jerr)?;
-                rec.entries.push(decode(v)?);
-            }
+            rec.entry_count = dbs.objects.len(&rtxn).map_err(jerr)?;
             for item in dbs.pending.iter(&rtxn).map_err(jerr)? {
                 let (k, v) = item.map_err(jerr)?;
                 rec.pending.push((k.to_owned(), decode(v)?));
@@ -569,6 +567,19 @@ impl Journal {
         }))
         .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// Hands every index entry to `f`, decoded one at a time: recovery builds the index
+    /// without holding all entries at once (which would double its peak memory and leave
+    /// the freed copies interleaved with the index on the heap).
+    pub fn for_each_entry(&self, mut f: impl FnMut(StoredEntry)) -> Result<(), StoreError> {
+        let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
+        let rtxn = env.read_txn().map_err(jerr)?;
+        for item in self.dbs.objects.iter(&rtxn).map_err(jerr)? {
+            let (_, v) = item.map_err(jerr)?;
+            f(decode(v)?);
+        }
+        Ok(())
     }
 
     /// The stored value of `key`'s inline body (checked by the caller with

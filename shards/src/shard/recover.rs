@@ -33,7 +33,7 @@ impl Shard {
 
         let mut report = RecoveryReport::default();
         let mut st = State {
-            index: HashMap::with_capacity(rec.entries.len()),
+            index: HashMap::with_capacity(rec.entry_count as usize),
             disk: S3Fifo::new(cfg.disk_capacity),
             reserved: 0,
             mem: S3Fifo::new(cfg.memory_capacity),
@@ -44,26 +44,24 @@ impl Shard {
         };
         let mut max_seq = rec.last_record_seq;
         let mut max_hlc = rec.hlc;
-        let mut live = HashSet::with_capacity(rec.entries.len());
-        for e in rec.entries {
-            match e {
-                StoredEntry::Object(m) => {
-                    max_seq = max_seq.max(m.seq);
-                    max_hlc = max_hlc.max(m.hlc);
-                    live.insert(m.seq);
-                    st.disk.insert(m.key.clone(), m.size, !m.in_origin);
-                    report.objects += 1;
-                    st.index.insert(m.key.clone(), Entry::Object(Rc::new(m)));
-                }
-                StoredEntry::Tombstone(t) => {
-                    max_seq = max_seq.max(t.seq);
-                    max_hlc = max_hlc.max(t.hlc);
-                    report.tombstones += 1;
-                    st.tombstones += 1;
-                    st.index.insert(t.key.clone(), Entry::Tombstone(t));
-                }
+        let mut live = HashSet::with_capacity(rec.entry_count as usize);
+        journal.for_each_entry(|e| match e {
+            StoredEntry::Object(m) => {
+                max_seq = max_seq.max(m.seq);
+                max_hlc = max_hlc.max(m.hlc);
+                live.insert(m.seq);
+                st.disk.insert(m.key.clone(), m.size, !m.in_origin);
+                report.objects += 1;
+                st.index.insert(m.key.clone(), Entry::Object(Rc::new(m)));
             }
-        }
+            StoredEntry::Tombstone(t) => {
+                max_seq = max_seq.max(t.seq);
+                max_hlc = max_hlc.max(t.hlc);
+                report.tombstones += 1;
+                st.tombstones += 1;
+                st.index.insert(t.key.clone(), Entry::Tombstone(t));
+            }
+        })?;
         for (key, mut p) in rec.pending {
             max_seq = max_seq.max(p.seq);
             report.pending += 1;
