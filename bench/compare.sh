@@ -15,7 +15,8 @@
 #      LT_THREADS (1), NC_SHARDS (2), NGINX_WORKERS (2), OUT (bench/results/<date>),
 #      NEARCACHE_BIN / LOADTEST_BIN (use these binaries instead of building),
 #      NC_BASELINE (path to another nearcache binary, e.g. a build of an earlier commit:
-#      it runs beside this one as target "nearcache-baseline", for A/B in one run),
+#      it runs beside this one as targets "nearcache-baseline" and
+#      "nearcache-baseline-s3-presigned", for A/B in one run),
 #      ONLY (space-separated target names to measure; default all).
 #
 #   # A/B of the working tree against a commit, hot GETs only:
@@ -98,7 +99,7 @@ wait_port $P_NC
 if [ -n "$NC_BASELINE" ]; then
   log "starting the baseline nearcache ($NC_BASELINE) on :$P_NCB"
   mkdir -p "$WORK/ncb-data"
-  "$NC_BASELINE" --listen 127.0.0.1:$P_NCB --data-dir "$WORK/ncb-data" --shards $NC_SHARDS \
+  "$NC_BASELINE" --config "$WORK/nc.toml" --listen 127.0.0.1:$P_NCB --data-dir "$WORK/ncb-data" --shards $NC_SHARDS \
     --s3-listen 127.0.0.1:$P_NCB_S3 \
     --s3-endpoint http://127.0.0.1:$P_S3 --s3-bucket $BUCKET --s3-access-key test --s3-secret-key test \
     --s3-path-style --memory-capacity 1GiB --disk-capacity 8GiB --log-level warn >"$WORK/nearcache-baseline.log" 2>&1 &
@@ -219,6 +220,7 @@ TARGETS=(
 )
 if [ -n "$NC_BASELINE" ]; then
   TARGETS+=("nearcache-baseline|wrk|http://127.0.0.1:$P_NCB|/api/v1/get/{id}|none||echo $NCB_PID")
+  TARGETS+=("nearcache-baseline-s3-presigned|wrk|http://127.0.0.1:$P_NCB_S3|/$BUCKET/{key}|presign||echo $NCB_PID")
 fi
 if [ -n "$ONLY" ]; then
   kept=()
