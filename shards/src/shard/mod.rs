@@ -65,7 +65,39 @@ pub struct Shard {
 
 enum Entry {
     Object(Rc<ObjectMeta>),
-    Tombstone(Tombstone),
+    Tombstone(Tomb),
+}
+
+/// A tombstone as the index keeps it: its key is the map's (not held twice), so a
+/// delete-heavy day costs less memory.
+#[derive(Debug, Clone, Copy)]
+struct Tomb {
+    hlc: u64,
+    seq: u64,
+    deleted_at_ms: u64,
+    level: u8,
+}
+
+impl Tomb {
+    fn of(t: &Tombstone) -> Tomb {
+        Tomb {
+            hlc: t.hlc,
+            seq: t.seq,
+            deleted_at_ms: t.deleted_at_ms,
+            level: t.level,
+        }
+    }
+
+    /// The whole tombstone of `key`.
+    fn with_key(&self, key: &str) -> Tombstone {
+        Tombstone {
+            key: key.to_owned(),
+            hlc: self.hlc,
+            seq: self.seq,
+            deleted_at_ms: self.deleted_at_ms,
+            level: self.level,
+        }
+    }
 }
 
 impl Entry {

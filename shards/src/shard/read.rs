@@ -199,7 +199,7 @@ impl Shard {
                 if count {
                     m.hits.fetch_add(1, Ordering::Relaxed);
                 }
-                Lookup::Deleted(t.clone())
+                Lookup::Deleted(t.with_key(key))
             }
             None => {
                 if count {

@@ -59,7 +59,8 @@ impl Shard {
                 max_hlc = max_hlc.max(t.hlc);
                 report.tombstones += 1;
                 st.tombstones += 1;
-                st.index.insert(t.key.clone(), Entry::Tombstone(t));
+                let tomb = Tomb::of(&t);
+                st.index.insert(t.key, Entry::Tombstone(tomb));
             }
         })?;
         for (key, mut p) in rec.pending {

@@ -79,7 +79,7 @@ impl Shard {
         }
         if !matches!(
             st.index
-                .insert(key.to_owned(), Entry::Tombstone(tomb.clone())),
+                .insert(key.to_owned(), Entry::Tombstone(Tomb::of(&tomb))),
             Some(Entry::Tombstone(_))
         ) {
             st.tombstones += 1;
@@ -181,7 +181,7 @@ impl Shard {
                     Entry::Tombstone(t)
                         if crate::tombstone_expired(t.deleted_at_ms, ttl_ms, now)
                             && !st.pending.contains_key(k)
-                            && may_drop(t) =>
+                            && may_drop(&t.with_key(k)) =>
                     {
                         Some((k.clone(), t.seq))
                     }
