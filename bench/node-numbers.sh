@@ -207,43 +207,24 @@ function response(status, headers, body)
 end
 done = report
 EOF
-# del.lua IDFILE [QUOTA]: DELETE (level 0) the ids listed in IDFILE in turn; with a quota,
-# stops after QUOTA responses.
-cat >"$WORK/del.lua" <<EOF
-local ids, n, quota
-local i, got = 0, 0
-function init(args)
-  ids, n = {}, 0
-  for line in io.lines(args[1]) do n = n + 1; ids[n] = line end
-  quota = tonumber(args[2] or "0")
-end
-function request()
-  local id = ids[(i % n) + 1]
-  i = i + 1
-  return wrk.format("DELETE", "/api/v1/delete/" .. id, { ["X-Meta-ConsistencyLevel"] = "0" })
-end
-function response(status, headers, body)
-  got = got + 1
-  if quota > 0 and got == quota then
-    io.open("$WORK/quota.done", "w"):close()
-    wrk.thread:stop()
-  end
-end
-EOF
-# get.lua IDFILE [QUOTA]: GET the ids listed in IDFILE round robin; with a quota, stops
-# after QUOTA responses.
+# get.lua IDFILE [QUOTA [delete]]: GET the ids listed in IDFILE round robin (with
+# "delete": DELETE them at level 0); with a quota, stops after QUOTA responses.
 cat >"$WORK/get.lua" <<EOF
 dofile("$WORK/ids.lua")
-local ids, n, quota
+local ids, n, quota, delete
 local i, got = 0, 0
 function init(args)
   ids, n = {}, 0
   for line in io.lines(args[1]) do n = n + 1; ids[n] = line end
   quota = tonumber(args[2] or "0")
+  delete = args[3] == "delete"
 end
 function request()
   local id = ids[(i % n) + 1]
   i = i + 1
+  if delete then
+    return wrk.format("DELETE", "/api/v1/delete/" .. id, { ["X-Meta-ConsistencyLevel"] = "0" })
+  end
   return wrk.format("GET", "/api/v1/get/" .. id)
 end
 function response(status, headers, body)
@@ -410,7 +391,7 @@ RSS_MEM=$(rss_kb "$NC_PID" VmRSS)
 ANON_MEM=$(rss_kb "$NC_PID" RssAnon)
 log "f. deleting all $RECOVERY_OBJECTS objects (level 0)"
 t2=$(date +%s.%N)
-wrk_quota 900s "$WORK/del.lua" "$WORK/ids-rec" "$RECOVERY_OBJECTS"
+wrk_quota 900s "$WORK/get.lua" "$WORK/ids-rec" "$RECOVERY_OBJECTS" delete
 t3=$(date +%s.%N)
 LEFT=$(stats_total objects)
 stop_nc

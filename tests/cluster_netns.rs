@@ -319,14 +319,7 @@ impl Node {
     }
 
     fn put(&self, id: &str, body: &[u8]) -> bool {
-        client()
-            .post(self.url("/api/v1/put"))
-            .header("X-Meta-ID", id)
-            .header("X-Meta-ConsistencyLevel", "0")
-            .body(body.to_vec())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .is_ok_and(|r| r.status() == 200)
+        self.put_answer(id, body).0 == 200
     }
 
     /// A PUT's status and body (0 and the error when it got no answer).

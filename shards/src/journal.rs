@@ -36,8 +36,10 @@
 //!
 //! Reads for peers ([`Journal::read_changes`]) use a read transaction on the shard thread
 //! (the env is shared with the writer thread). Inline bodies are read on a reader thread
-//! ([`Journal::read_body`]): a body not in the page cache would block the shard. Seqs are not committed in seq order: a
-//! write takes its seq when it begins and commits when it finishes. So each batch carries
+//! ([`Journal::read_body`]): a body not in the page cache would block the shard.
+//!
+//! Seqs are not committed in seq order: a write takes its seq when it begins and commits
+//! when it finishes. So each batch carries
 //! `through`, a seq up to which everything is queued (or abandoned) when it is sent; once
 //! the batch commits, reads up to `through` can never miss a record that lands later.
 

@@ -298,19 +298,6 @@ pub enum BodyAt {
     Journal,
 }
 
-impl BodyAt {
-    pub(crate) fn of(meta: &ObjectMeta, path: impl FnOnce() -> PathBuf, offset: u64) -> BodyAt {
-        if meta.inline {
-            BodyAt::Journal
-        } else {
-            BodyAt::File {
-                path: path(),
-                offset,
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
     pub objects: u64,

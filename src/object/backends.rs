@@ -288,19 +288,22 @@ pub async fn put_stored<C: ObjectCtx>(
     }
 }
 
-/// What an upload of a stored version sends: its file, or its inline body read from the
-/// journal (small: held in memory for the upload).
-pub async fn stored_source<C: ObjectCtx>(
+/// Uploads a stored version to backend `i` ([`put_stored`]): from its file, or its inline
+/// body read from the journal (small: held in memory for the upload).
+pub async fn put_version<C: ObjectCtx>(
     ctx: &C,
+    i: usize,
+    tgt: &Target,
+    key: &CacheKey,
     body: &BodyAt,
     meta: &ObjectMeta,
-) -> Result<PutSource, nearcache_s3::OriginError> {
-    match body {
-        BodyAt::File { path, offset } => Ok(PutSource::File {
+) -> Result<bool, nearcache_s3::OriginError> {
+    let src = match body {
+        BodyAt::File { path, offset } => PutSource::File {
             path: path.clone(),
             offset: *offset,
             len: meta.size,
-        }),
+        },
         BodyAt::Journal => ctx
             .store()
             .read_all(meta)
@@ -308,8 +311,9 @@ pub async fn stored_source<C: ObjectCtx>(
             .map(PutSource::Bytes)
             .map_err(|e| {
                 nearcache_s3::OriginError::Rejected(format!("reading the stored copy: {e}"))
-            }),
-    }
+            })?,
+    };
+    put_stored(ctx, i, tgt, src, put_meta(key, meta)).await
 }
 
 /// Applies a pending op to the backends of its key's set. `Ok(missed)`: the policy is
@@ -454,12 +458,9 @@ async fn one_write<C: ObjectCtx>(
     let key = CacheKey::from_stored(&op.key);
     let tgt = target(&key);
     let res = match &op.kind {
-        PendingKind::Put { body, meta, .. } => match stored_source(&*ctx, body, meta).await {
-            Ok(src) => put_stored(&*ctx, i, &tgt, src, put_meta(&key, meta))
-                .await
-                .map(drop),
-            Err(e) => Err(e),
-        },
+        PendingKind::Put { body, meta, .. } => put_version(&*ctx, i, &tgt, &key, body, meta)
+            .await
+            .map(drop),
         PendingKind::Delete => bk.delete(i, &tgt).await,
     };
     objects

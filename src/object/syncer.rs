@@ -21,7 +21,7 @@ use nearcache_backends::{Admit, Target};
 use nearcache_s3::{OriginError, PutMeta, PutSource};
 use nearcache_shards::{Lookup, SyncEntry, SyncKind};
 
-use super::backends::{put_meta, set_of, target};
+use super::backends::{set_of, target};
 use super::{CacheKey, ObjectCtx};
 
 #[derive(Default)]
@@ -141,11 +141,7 @@ async fn repair_one<C: ObjectCtx>(ctx: &C, e: &SyncEntry, i: usize) -> Result<u6
     }
     if let Some((body, meta)) = ctx.store().stored_body(&e.key) {
         if e.etag.is_empty() || meta.etag == e.etag {
-            let copy = async {
-                let src = super::backends::stored_source(ctx, &body, &meta).await?;
-                super::backends::put_stored(ctx, i, &tgt, src, put_meta(&key, &meta)).await
-            };
-            let single = copy
+            let single = super::backends::put_version(ctx, i, &tgt, &key, &body, &meta)
                 .await
                 .map_err(|err| format!("copy from the local copy: {err}"))?;
             let plain_md5 = single && !meta.etag.contains('-');

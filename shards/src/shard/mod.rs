@@ -37,8 +37,8 @@ use crate::journal::{
     Ack, Journal, Op, PendingRec, PendingRecKind, Record, RecordKind, StoredEntry,
 };
 use crate::{
-    ChangeBatch, Hlc, Lookup, NoSpaceReason, ObjectMeta, PendingKind, PendingOp, Provenance,
-    RecoveryReport, ShardConfig, ShardMetrics, StoreError, Tombstone, WriteAttrs,
+    BodyAt, ChangeBatch, Hlc, Lookup, NoSpaceReason, ObjectMeta, PendingKind, PendingOp,
+    Provenance, RecoveryReport, ShardConfig, ShardMetrics, StoreError, Tombstone, WriteAttrs,
 };
 
 mod capacity;
@@ -167,6 +167,11 @@ impl State {
         crate::tombstone_applies(t, self.held(&t.key), ttl_ms, now_ms)
     }
 
+    /// Whether `key`'s current entry is the object version `seq`.
+    fn holds_version(&self, key: &str, seq: u64) -> bool {
+        matches!(self.index.get(key), Some(Entry::Object(m)) if m.seq == seq)
+    }
+
     fn mem_remove(&mut self, key: &str) {
         if self.mem_bodies.remove(key).is_some() {
             self.mem.remove(key);
@@ -257,6 +262,18 @@ impl Core {
 
     fn object_path(&self, seq: u64) -> PathBuf {
         object_path(&self.cfg.dir, seq)
+    }
+
+    /// Where a version's body can be read off the request path (uploads, repairs).
+    fn body_at(&self, meta: &ObjectMeta) -> BodyAt {
+        if meta.inline {
+            BodyAt::Journal
+        } else {
+            BodyAt::File {
+                path: self.object_path(meta.seq),
+                offset: BODY_OFFSET,
+            }
+        }
     }
 
     fn alloc_seq(&self) -> u64 {

@@ -95,7 +95,7 @@ impl Shard {
                 PendingRecKind::Delete => PendingKind::Delete,
                 PendingRecKind::Put => match st.index.get(key) {
                     Some(Entry::Object(m)) if m.seq == seq => PendingKind::Put {
-                        body: crate::BodyAt::of(m, || core.object_path(seq), BODY_OFFSET),
+                        body: core.body_at(m),
                         len: m.size,
                         meta: (**m).clone(),
                     },

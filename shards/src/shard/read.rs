@@ -33,9 +33,7 @@ impl Core {
         );
         let ack = {
             let mut st = self.state.borrow_mut();
-            let current =
-                matches!(st.index.get(&meta.key), Some(Entry::Object(m)) if m.seq == meta.seq);
-            if current {
+            if st.holds_version(&meta.key, meta.seq) {
                 self.unlink_object(&mut st, &meta.key);
                 let ops = vec![
                     Op::RemoveEntry(meta.key.clone()),
@@ -68,25 +66,17 @@ impl Core {
     pub(super) async fn read_inline(&self, meta: &ObjectMeta) -> Result<Bytes, StoreError> {
         let key = &meta.key;
         let value = self.journal.read_body(key).await?;
-        let gone = || {
-            !matches!(self.state.borrow().index.get(key),
-                Some(Entry::Object(m)) if m.seq == meta.seq)
+        let checked = match &value {
+            None => Err(Mismatch::new("inline body", "present", "missing")),
+            Some(v) => crate::inline::decode(v, meta.seq, meta.size, meta.crc32c).map(drop),
         };
-        let Some(value) = value else {
-            if gone() {
-                return Err(StoreError::NotFound);
-            }
-            return Err(corrupt(
-                key,
-                Mismatch::new("inline body", "present", "missing"),
-            ));
-        };
-        if let Err(m) = crate::inline::decode(&value, meta.seq, meta.size, meta.crc32c) {
-            if m.what == "inline body seq" && gone() {
+        if let Err(m) = checked {
+            if !self.state.borrow().holds_version(key, meta.seq) {
                 return Err(StoreError::NotFound);
             }
             return Err(corrupt(key, m));
         }
+        let value = value.unwrap_or_default();
         let mut b = Bytes::from(value);
         Ok(b.split_off(crate::inline::INLINE_HEADER))
     }
@@ -154,6 +144,15 @@ impl Core {
         let len = format::check_block(&obj.header, &obj.table, i, buf.as_slice())
             .map_err(|m| corrupt(key, m))?;
         Ok((buf, len))
+    }
+
+    /// Admits a body just read to the memory tier, if its version is still the current one.
+    fn admit_read(&self, meta: &ObjectMeta, body: &Bytes) {
+        let mut st = self.state.borrow_mut();
+        if st.holds_version(&meta.key, meta.seq) {
+            self.mem_admit(&mut st, &meta.key, meta.seq, body.clone());
+            self.refresh_metrics(&st);
+        }
     }
 
     pub(super) async fn read_all_inner(&self, meta: &ObjectMeta) -> Result<Bytes, StoreError> {
@@ -249,13 +248,7 @@ impl Shard {
         }
         match core.read_all_inner(meta).await {
             Ok(body) => {
-                let mut st = core.state.borrow_mut();
-                let current =
-                    matches!(st.index.get(&meta.key), Some(Entry::Object(m)) if m.seq == meta.seq);
-                if current {
-                    core.mem_admit(&mut st, &meta.key, meta.seq, body.clone());
-                    core.refresh_metrics(&st);
-                }
+                core.admit_read(meta, &body);
                 Ok(body)
             }
             Err(e) => Err(core.drop_corrupt(meta, e).await),
@@ -277,13 +270,7 @@ impl Shard {
         } else if meta.inline {
             match core.read_inline(meta).await {
                 Ok(b) => {
-                    let mut st = core.state.borrow_mut();
-                    let current = matches!(st.index.get(&meta.key),
-                        Some(Entry::Object(m)) if m.seq == meta.seq);
-                    if current {
-                        core.mem_admit(&mut st, &meta.key, meta.seq, b.clone());
-                        core.refresh_metrics(&st);
-                    }
+                    core.admit_read(meta, &b);
                     Source::Memory(b)
                 }
                 Err(e) => return Err(core.drop_corrupt(meta, e).await),

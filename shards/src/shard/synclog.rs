@@ -177,10 +177,7 @@ impl Shard {
     /// and is retried from another source.
     pub fn stored_body(&self, key: &str) -> Option<(crate::BodyAt, Rc<ObjectMeta>)> {
         match self.core.state.borrow().index.get(key) {
-            Some(Entry::Object(m)) => Some((
-                crate::BodyAt::of(m, || self.core.object_path(m.seq), BODY_OFFSET),
-                m.clone(),
-            )),
+            Some(Entry::Object(m)) => Some((self.core.body_at(m), m.clone())),
             _ => None,
         }
     }

@@ -136,9 +136,9 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// The body, when it goes inline into the journal rather than to a file: small
-    /// enough, all of it still in the tail buffer (no block written), and room in the
-    /// journal's map.
+    /// The body, when it goes inline into the journal rather than to a file: still kept
+    /// back in `small` (never past the inline bound) and room in the journal's map.
+    /// Otherwise the kept bytes go to the block buffer, for the file.
     async fn take_inline_body(&mut self) -> Result<Option<Bytes>, StoreError> {
         let core = &self.shard.core;
         if self.deferred

@@ -829,16 +829,6 @@ pub(crate) fn address(
     Ok((bucket, key))
 }
 
-/// Query parameters, `+` and `%XX` decoded.
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
-)]
 /// A presigned URL's SigV4 parameters: verified before the request is parsed, read by
 /// no operation (so not decoded into [`S3Req::query`], which saves a presigned GET
 /// fourteen allocations).
@@ -857,17 +847,29 @@ fn operation_query(q: &str) -> Vec<(String, String)> {
     parse_pairs(q, |k| !PRESIGN_PARAMS.contains(&k))
 }
 
+/// Query parameters, `+` and `%XX` decoded.
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
     parse_pairs(q, |_| true)
 }
 
 /// Decoded (name, value) pairs of `q` whose raw name passes `keep`.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
 fn parse_pairs(q: &str, keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
-        .filter(|p| keep(p.split_once('=').map_or(*p, |(k, _)| k)))
-        .map(|p| {
+        .filter_map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            if !keep(k) {
+                return None;
+            }
             let dec = |s: &str| {
                 if s.contains('+') {
                     percent_encoding::percent_decode_str(&s.replace('+', " "))
@@ -879,7 +881,7 @@ fn parse_pairs(q: &str, keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
                         .into_owned()
                 }
             };
-            (dec(k), dec(v))
+            Some((dec(k), dec(v)))
         })
         .collect()
 }

@@ -237,24 +237,8 @@ impl LocalOrigin {
         self.put(key, src, meta).await
     }
 
-    pub(crate) async fn put_src(
-        &self,
-        key: &str,
-        src: super::UploadSrc<'_>,
-        meta: &PutMeta,
-    ) -> Result<PutResult, OriginError> {
-        let src = match src {
-            super::UploadSrc::File { path, offset, len } => crate::PutSource::File {
-                path: path.to_owned(),
-                offset,
-                len,
-            },
-            super::UploadSrc::Bytes(b) => crate::PutSource::Bytes(b.clone()),
-        };
-        self.put(key, src, meta).await
-    }
-
-    async fn put(
+    /// Stores `src` as `key` (a temp file, fsynced, then renamed into place).
+    pub(crate) async fn put(
         &self,
         key: &str,
         src: crate::PutSource,

@@ -27,38 +27,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// `max_backoff`), used to bound a background operation's retries.
 const SDK_MAX_BACKOFF: Duration = Duration::from_secs(20);
 
-/// What one upload attempt sends (re-readable, so attempts can be retried): a byte range
-/// of a local file, or bytes in memory.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum UploadSrc<'a> {
-    File {
-        path: &'a std::path::Path,
-        offset: u64,
-        len: u64,
-    },
-    Bytes(&'a Bytes),
-}
-
-impl<'a> UploadSrc<'a> {
-    pub fn of(src: &'a crate::PutSource) -> UploadSrc<'a> {
-        match src {
-            crate::PutSource::File { path, offset, len } => UploadSrc::File {
-                path,
-                offset: *offset,
-                len: *len,
-            },
-            crate::PutSource::Bytes(b) => UploadSrc::Bytes(b),
-        }
-    }
-
-    pub fn len(&self) -> u64 {
-        match self {
-            UploadSrc::File { len, .. } => *len,
-            UploadSrc::Bytes(b) => b.len() as u64,
-        }
-    }
-}
-
 /// The time bounds of one operation, worked out from its [`Class`] and [`OriginDeadlines`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limit {
@@ -282,13 +250,13 @@ impl Backend {
         &self,
         bucket: Option<&str>,
         key: &str,
-        src: UploadSrc<'_>,
+        src: &crate::PutSource,
         meta: &PutMeta,
         attempt: Option<Duration>,
     ) -> Result<PutResult, OriginError> {
         match self {
             Backend::S3(o) => o.put_file(bucket, key, src, meta, attempt).await,
-            Backend::Local(o) => o.bucket(bucket)?.put_src(key, src, meta).await,
+            Backend::Local(o) => o.bucket(bucket)?.put(key, src.clone(), meta).await,
         }
     }
 
@@ -453,8 +421,7 @@ impl Service {
                 reply,
             } => {
                 let limit = self.limit(class, enqueued, src.len());
-                let src = UploadSrc::of(&src);
-                let _ = reply.send(self.handle_put(bucket, key, src, meta, &limit).await);
+                let _ = reply.send(self.handle_put(bucket, key, &src, meta, &limit).await);
             }
             Job::Delete { bucket, key, reply } => {
                 let limit = self.limit(class, enqueued, 0);
@@ -558,7 +525,7 @@ impl Service {
         &self,
         bucket: Option<String>,
         key: String,
-        src: UploadSrc<'_>,
+        src: &crate::PutSource,
         meta: PutMeta,
         limit: &Limit,
     ) -> Result<PutResult, OriginError> {

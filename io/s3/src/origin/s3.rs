@@ -22,11 +22,11 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use tracing::{debug, info};
 
-use super::{BodySource, Call, OpenedGet, Reply, UploadSrc};
+use super::{BodySource, Call, OpenedGet, Reply};
 use crate::{
     BucketInfo, CopyResult, CopySource, ListEntry, ListPage, ListParams, ObjectLoc, OriginConfig,
     OriginDeadlines, OriginError, OriginKind, OriginStats, PartInfo, PartsPage, PutMeta, PutResult,
-    RemoteMeta, UploadInfo, UploadsPage, UploadsParams,
+    PutSource, RemoteMeta, UploadInfo, UploadsPage, UploadsParams,
 };
 
 /// An HTTPS client (rustls on aws-lc-rs, as the default one) that trusts only the CA
@@ -232,7 +232,7 @@ impl S3Origin {
         &self,
         bucket: Option<&str>,
         key: &str,
-        src: UploadSrc<'_>,
+        src: &PutSource,
         meta: &PutMeta,
         attempt: Option<Duration>,
     ) -> Result<PutResult, OriginError> {
@@ -367,12 +367,12 @@ impl S3Origin {
                     upload_id,
                     part: *part,
                 };
-                let src = UploadSrc::File {
-                    path,
+                let src = PutSource::File {
+                    path: path.clone(),
                     offset: *offset,
                     len: *len,
                 };
-                self.upload_part(target, src, md5_hex.as_deref(), attempt)
+                self.upload_part(target, &src, md5_hex.as_deref(), attempt)
                     .await
             }
             Call::UploadPartCopy {
@@ -590,7 +590,7 @@ impl S3Origin {
     async fn upload_part(
         &self,
         target: PartTarget<'_>,
-        src: UploadSrc<'_>,
+        src: &PutSource,
         md5_hex: Option<&str>,
         attempt: Option<Duration>,
     ) -> Result<Reply, OriginError> {
@@ -886,13 +886,13 @@ struct PartTarget<'a> {
 }
 
 /// A re-readable body (the SDK can rewind it to retry): a slice of a file, or bytes.
-async fn upload_body(src: UploadSrc<'_>, what: &str) -> Result<ByteStream, OriginError> {
+async fn upload_body(src: &PutSource, what: &str) -> Result<ByteStream, OriginError> {
     match src {
-        UploadSrc::Bytes(b) => Ok(ByteStream::from(b.clone())),
-        UploadSrc::File { path, offset, len } => ByteStream::read_from()
+        PutSource::Bytes(b) => Ok(ByteStream::from(b.clone())),
+        PutSource::File { path, offset, len } => ByteStream::read_from()
             .path(path)
-            .offset(offset)
-            .length(Length::Exact(len))
+            .offset(*offset)
+            .length(Length::Exact(*len))
             .build()
             .await
             .map_err(|e| {
