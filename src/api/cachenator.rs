@@ -183,35 +183,28 @@ fn check_token(
 
 type Answered = Result<Response<Body>, ApiError>;
 
-/// Where a single-object request is served.
-enum Placed {
-    Here(Request<Incoming>),
-    /// Proxied to the owner; its answer.
-    Owner(Response<Body>),
-}
-
-/// In a cluster, a single-object request goes to the key's owner (reads: to a node that
-/// holds a copy or reads it through); `Ok(req)`: serve it here.
+/// In a cluster, a write or delete of one object goes to the key's owners: the owner's
+/// answer if it was proxied, `None` to serve it here.
 async fn place(
     ctx: &Rc<ShardCtx>,
     mut req: Request<Incoming>,
     key: &CacheKey,
     forwarded: bool,
-) -> Result<Placed, ApiError> {
+) -> Result<Option<Response<Body>>, ApiError> {
     let Some(cs) = ctx
         .cluster
         .clone()
         .filter(|_| !forwarded && key.fits_store())
     else {
-        return Ok(Placed::Here(req));
+        return Ok(None);
     };
     req.headers_mut().insert(
         crate::cluster::H_API,
         HeaderValue::from_static("cachenator"),
     );
-    match crate::cluster::route::route(ctx, &cs, key.as_str(), 1, req).await {
-        Ok(crate::cluster::route::Route::Local(r)) => Ok(Placed::Here(r)),
-        Ok(crate::cluster::route::Route::Remote(resp)) => Ok(Placed::Owner(resp)),
+    match crate::cluster::route::route_write(ctx, &cs, key.as_str(), 1, req).await {
+        Ok(crate::cluster::route::Route::Local(_)) => Ok(None),
+        Ok(crate::cluster::route::Route::Remote(resp)) => Ok(Some(resp)),
         Err(e) => Err(e.into()),
     }
 }
@@ -234,32 +227,56 @@ impl Render for CachenatorRender {
 }
 
 async fn get(ctx: &Rc<ShardCtx>, req: Request<Incoming>, p: &Params, forwarded: bool) -> Answered {
+    use crate::cluster::route::{proxy_read, read_plan, ReadPlan};
     let bucket = p.required("bucket")?;
     let key = p.required("key")?;
     let ckey = CacheKey::s3(bucket, key);
-    let req = match place(ctx, req, &ckey, forwarded).await? {
-        Placed::Here(req) => req,
-        Placed::Owner(resp) => return Ok(resp),
-    };
-    let h = req.headers();
-    let greq = GetRequest {
-        key: ckey,
-        head: req.method() == Method::HEAD,
-        range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
-        cond: Conditions::from_headers(h),
+    let (head, h) = (req.method() == Method::HEAD, req.headers());
+    let range = parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok()));
+    let cond = Conditions::from_headers(h);
+    let greq = |key: CacheKey| GetRequest {
+        key,
+        head,
+        range,
+        cond: cond.clone(),
         fetch: true,
     };
-    let render = CachenatorRender {
+    let render = || CachenatorRender {
         disposition: HeaderValue::from_str(&format!("attachment; filename=\"{key}\"")).ok(),
     };
-    match crate::object::read::get(ctx, greq, render).await {
-        Ok(r) => Ok(r),
-        Err(ObjectError::NotFound(_) | ObjectError::Deleted { .. }) => Err(err(
+    let not_found = |e: ObjectError| match e {
+        ObjectError::NotFound(_) | ObjectError::Deleted { .. } => err(
             StatusCode::NOT_FOUND,
             format!("Blob '{bucket}#{key}' not found"),
-        )),
-        Err(e) => Err(e.into()),
+        ),
+        e => e.into(),
+    };
+    // In a cluster, a node that is not the key's first owner serves a copy it may serve
+    // in one hop, else proxies (the first owner reads through, so misses coalesce).
+    let cluster = ctx
+        .cluster
+        .clone()
+        .filter(|_| !forwarded && ckey.fits_store());
+    if let Some(cs) = cluster {
+        if let ReadPlan::IfHeld { owner_here } = read_plan(&cs, ckey.as_str()) {
+            let held = crate::object::read::get_held(ctx, greq(ckey.clone()), render(), owner_here);
+            if let Some(resp) = held.await.map_err(not_found)? {
+                return Ok(resp);
+            }
+            let (mut parts, _) = req.into_parts();
+            parts.headers.insert(
+                crate::cluster::H_API,
+                HeaderValue::from_static("cachenator"),
+            );
+            if let Some(resp) = proxy_read(&cs, ckey.as_str(), parts).await? {
+                return Ok(resp);
+            }
+            // Every better-ranked node is unreachable: served (read through) here.
+        }
     }
+    crate::object::read::get(ctx, greq(ckey), render())
+        .await
+        .map_err(not_found)
 }
 
 /// Every key under `prefix`: the origin's listing with this node's writes and deletes
@@ -388,7 +405,7 @@ async fn delete(
     crate::object::policy::check_write(&ctx.node.cfg, Some(&bucket)).map_err(ApiError::from)?;
     if let Some(key) = key {
         let ckey = CacheKey::s3(&bucket, key);
-        if let Placed::Owner(resp) = place(ctx, req, &ckey, forwarded).await? {
+        if let Some(resp) = place(ctx, req, &ckey, forwarded).await? {
             return Ok(resp);
         }
         let dreq = DeleteRequest {

@@ -93,8 +93,6 @@ fn placement_key(
     let default_level = ctx.node.cfg.api.default_level;
     let id_of = |prefix: &str| parse_id(&path[prefix.len()..], "id");
     Ok(Some(match route {
-        Route::Get | Route::Head => (id_of("/api/v1/get/")?, 1),
-        Route::Meta => (id_of("/api/v1/meta/")?, 1),
         Route::Delete => (
             id_of("/api/v1/delete/")?,
             level_header(req.headers(), default_level)?,
@@ -176,10 +174,13 @@ async fn dispatch(
                 cluster_get(ctx, &cs, req, route == Route::Head, &path).await,
             );
         }
+        if route == Route::Meta {
+            return (route, cluster_meta(ctx, &cs, req, &path).await);
+        }
         match placement_key(ctx, route, &path, &mut req) {
             Ok(None) => {}
             Ok(Some((key, level))) => {
-                match crate::cluster::route::route(ctx, &cs, &key, level, req).await {
+                match crate::cluster::route::route_write(ctx, &cs, &key, level, req).await {
                     Ok(crate::cluster::route::Route::Local(r)) => req = r,
                     Ok(crate::cluster::route::Route::Remote(resp)) => return (route, Ok(resp)),
                     Err(e) => return (route, Err(e.into())),
@@ -544,6 +545,32 @@ async fn cluster_get(
 // ---------------------------------------------------------------------------------------
 // META
 
+/// META through a cluster node: here if this node is the first owner (read through on a
+/// miss), else from a copy held here if it may serve one, else proxied.
+async fn cluster_meta(
+    ctx: &Rc<ShardCtx>,
+    cs: &crate::cluster::ClusterShard,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    use crate::cluster::route::{proxy, read_plan, ReadPlan, Route as Placed};
+    let raw_id = &path["/api/v1/meta/".len()..];
+    let id = parse_id(raw_id, "id")?;
+    let owner_here = match read_plan(cs, &id) {
+        ReadPlan::Here => return meta(ctx, req, raw_id).await,
+        ReadPlan::IfHeld { owner_here } => owner_here,
+    };
+    let key = CacheKey::native(id.clone());
+    if let Some(stat) = crate::object::read::stat_held(ctx, key, owner_here).await? {
+        return Ok(render_meta(id, stat));
+    }
+    match proxy(cs, &id, req).await? {
+        Placed::Remote(resp) => Ok(resp),
+        // Every better-ranked node is unreachable: serve (read through) here.
+        Placed::Local(req) => meta(ctx, req, raw_id).await,
+    }
+}
+
 async fn meta(
     ctx: &Rc<ShardCtx>,
     req: Request<Incoming>,
@@ -551,8 +578,14 @@ async fn meta(
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "id")?;
     let fetch = bool_header(req.headers(), X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default);
-    match crate::object::read::stat(ctx, CacheKey::native(id.clone()), fetch).await? {
-        Stat::Cached(meta) => Ok(json(
+    let stat = crate::object::read::stat(ctx, CacheKey::native(id.clone()), fetch).await?;
+    Ok(render_meta(id, stat))
+}
+
+/// META's JSON answer.
+fn render_meta(id: String, stat: Stat) -> Response<Body> {
+    match stat {
+        Stat::Cached(meta) => json(
             StatusCode::OK,
             &serde_json::json!({
                 "id": meta.key, "size": meta.size, "etag": meta.etag,
@@ -562,7 +595,7 @@ async fn meta(
                 "cached": true, "deleted": false,
                 "fetched": meta.provenance == nearcache_shards::Provenance::Fetched,
             }),
-        )),
+        ),
         Stat::Origin(m, restored) => {
             let mut r = json(
                 StatusCode::OK,
@@ -576,7 +609,7 @@ async fn meta(
             );
             r.headers_mut()
                 .insert(X_META_FETCHED, HeaderValue::from_static("true"));
-            Ok(r)
+            r
         }
     }
 }

@@ -60,10 +60,11 @@ pub fn read_plan(cs: &ClusterShard, key: &str) -> ReadPlan {
     ReadPlan::IfHeld { owner_here }
 }
 
-/// Serves `req` on the first reachable node of the key's ranking: writes here if this
-/// node owns the key, reads here if it holds an owned (or level-2) copy or is the first
-/// owner; else proxied to the first reachable node of the ranking.
-pub async fn route<C: ClusterCtx>(
+/// Places a write or delete of `key` (reads are placed by the object service's
+/// `get_held`/`stat_held` with [`read_plan`], in one cross-shard hop): served here if
+/// this node owns the key at `level`, else proxied to the first reachable node of the
+/// ranking. Refused up front when the write quorum cannot be reached.
+pub async fn route_write<C: ClusterCtx>(
     ctx: &Rc<C>,
     cs: &ClusterShard,
     key: &str,
@@ -73,24 +74,9 @@ pub async fn route<C: ClusterCtx>(
     let cl = &cs.cl;
     let ranking = cl.ranking(key);
     let owners = cl.owner_count(ranking.len(), level);
-    let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let owner_here = ranking.iter().take(owners).any(|m| m.is_self);
-    if read {
-        // Misses are read through on the first owner only, so that concurrent misses
-        // anywhere in the cluster coalesce into one origin GET. A copy held here serves
-        // if this node owns the key or the copy is level 2 (on every node).
-        if ranking.first().is_some_and(|m| m.is_self) {
-            return Ok(Route::Local(req));
-        }
-        let k = key.to_string();
-        let servable = on_owner(ctx, key, move |ctx| async move {
-            matches!(ctx.store().peek(&k), nearcache_shards::Lookup::Hit { meta, .. } if owner_here || meta.level >= 2)
-        })
-        .await?;
-        if servable {
-            return Ok(Route::Local(req));
-        }
-    } else if !super::placement::quorum_reachable(cl.cfg.write_quorum, owners) {
+    debug_assert!(!matches!(*req.method(), Method::GET | Method::HEAD));
+    if !super::placement::quorum_reachable(cl.cfg.write_quorum, owners) {
         // Refused before anything is stored: with fewer alive owners than the quorum the
         // write could only be acknowledged with fewer copies than promised.
         cl.metrics.quorum_refusals.fetch_add(1, Relaxed);

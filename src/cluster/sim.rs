@@ -722,7 +722,7 @@ impl Sim {
         let entry = up[self.rng.gen_range(0..up.len())];
         let key = format!("k{}", self.rng.gen_range(0..self.p.keys));
         let level = self.key_level(&key);
-        // The entry node refuses a write whose quorum it cannot reach (`route::route`).
+        // The entry node refuses a write whose quorum it cannot reach (`route::route_write`).
         let alive_owners = placement::owner_count(
             self.p.rf,
             Ranking::new(&key, self.nodes[entry].view.clone()).len(),

@@ -1192,6 +1192,26 @@ pub async fn stat<C: ObjectCtx>(
     .await?
 }
 
+/// `stat` in a cluster, on a node that is not the key's first owner: the metadata of a
+/// copy held here that this node may serve (it owns the key, or the copy is level 2), in
+/// one hop. `None`: nothing servable here; the caller proxies.
+pub async fn stat_held<C: ObjectCtx>(
+    ctx: &Rc<C>,
+    key: CacheKey,
+    owner_here: bool,
+) -> Result<Option<Stat>, ObjectError> {
+    let owner = ctx.mesh().owner_of(key.as_str());
+    Ok(on_shard(ctx, owner, move |ctx| async move {
+        match ctx.store().peek(key.as_str()) {
+            Lookup::Hit { meta, .. } if owner_here || meta.level >= 2 => {
+                Some(Stat::Cached((*meta).clone()))
+            }
+            _ => None,
+        }
+    })
+    .await?)
+}
+
 /// A pending op of a bucket as a listing sees it: the object key, and Some(entry) for
 /// a write, None for a delete.
 pub type PendingItem = (String, Option<nearcache_s3::ListEntry>);

@@ -447,7 +447,7 @@ async fn run(
             let mut req = Request::from_parts(parts, body);
             req.headers_mut()
                 .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
-            match crate::cluster::route::route(ctx, &cs, ckey.as_str(), 1, req).await {
+            match crate::cluster::route::route_write(ctx, &cs, ckey.as_str(), 1, req).await {
                 Ok(crate::cluster::route::Route::Local(r)) => (parts, body) = r.into_parts(),
                 Ok(crate::cluster::route::Route::Remote(resp)) => return Ok(resp),
                 Err(e) => return Err(S3Error::from(crate::object::ObjectError::from(e))),
