@@ -13,8 +13,10 @@
 //!   byte for byte.
 //! - `policy_all_waits_for_every_backend`: under policy "all" a write one backend did not
 //!   take is not acknowledged, stays queued (no sync log entry) and reaches it later.
-//! - `multipart_and_copy_reach_the_other_backend`: CompleteMultipartUpload and CopyObject
-//!   run on the primary; the sync log copies the objects to the other backend.
+//! - `multipart_and_copy_reach_every_backend`: multipart uploads (parts in parallel) and
+//!   CopyObject reach both backends before the answer, nothing logged; a backend that
+//!   lost its share, or is in maintenance at completion, is repaired from the sync log;
+//!   abort reaches both; a forged upload id is NoSuchUpload.
 //! - `maintenance_by_config_reload` (the real binary): SIGHUP applies a backend's
 //!   `maintenance` switch from the config file.
 //! - `numbers` (ignored; run with `-- --ignored --nocapture`): PUT throughput of 1 MiB
@@ -922,10 +924,14 @@ fn policy_all_waits_for_every_backend() {
     }
 }
 
-/// Multipart uploads and CopyObject run on the primary backend; the other backends of
-/// the set get the object from the sync log (copied from the primary, verified).
+/// Multipart uploads and CopyObject on every backend at once: with both backends up, the
+/// parts go to both in parallel and both hold the object (same ETag) the moment the
+/// client is answered, with nothing in the sync log. A backend that loses its share
+/// behind the node's back, or is in maintenance when the upload completes, gets the
+/// object through the sync log. AbortMultipartUpload reaches both; a forged upload id is
+/// NoSuchUpload. (ListParts is not checked: aws-sdk-rust cannot read moto's answer.)
 #[test]
-fn multipart_and_copy_reach_the_other_backend() {
+fn multipart_and_copy_reach_every_backend() {
     let a = Moto::start().unwrap();
     let b = Moto::start().unwrap();
     let node = TestNode::start_with("bk-mpu", |cfg| {
@@ -935,52 +941,106 @@ fn multipart_and_copy_reach_the_other_backend() {
     let bucket = fresh_bucket("bk-mpu");
     sdk.run(sdk.c.create_bucket().bucket(&bucket).send())
         .unwrap();
+    let (da, db) = (
+        Direct::new(&a.target, &bucket),
+        Direct::new(&b.target, &bucket),
+    );
     let (p1, p2) = (random_bytes(5 << 20, 1), random_bytes(1000, 2));
-    let up = sdk
-        .run(
-            sdk.c
-                .create_multipart_upload()
-                .bucket(&bucket)
-                .key("big")
-                .send(),
-        )
-        .unwrap();
-    let id = up.upload_id().unwrap().to_owned();
-    let mut parts = Vec::new();
-    for (n, body) in [(1, &p1), (2, &p2)] {
-        let r = sdk
+    let whole = md5_hex(&[p1.clone(), p2.clone()].concat());
+    let logged = || node.metric("nearcache_sync_log_entries_total");
+    let upload = |key: &str| -> (String, Vec<aws_sdk_s3::types::CompletedPart>) {
+        let up = sdk
             .run(
                 sdk.c
-                    .upload_part()
+                    .create_multipart_upload()
                     .bucket(&bucket)
-                    .key("big")
-                    .upload_id(&id)
-                    .part_number(n)
-                    .body(ByteStream::from(body.clone()))
+                    .key(key)
                     .send(),
             )
             .unwrap();
-        parts.push(
-            aws_sdk_s3::types::CompletedPart::builder()
-                .part_number(n)
-                .e_tag(r.e_tag().unwrap())
-                .build(),
-        );
-    }
-    sdk.run(
-        sdk.c
-            .complete_multipart_upload()
-            .bucket(&bucket)
-            .key("big")
-            .upload_id(&id)
-            .multipart_upload(
-                aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
+        let id = up.upload_id().unwrap().to_owned();
+        let mut parts = Vec::new();
+        for (n, body) in [(1, &p1), (2, &p2)] {
+            let r = sdk
+                .run(
+                    sdk.c
+                        .upload_part()
+                        .bucket(&bucket)
+                        .key(key)
+                        .upload_id(&id)
+                        .part_number(n)
+                        .body(ByteStream::from(body.clone()))
+                        .send(),
+                )
+                .unwrap();
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(r.e_tag().unwrap())
                     .build(),
-            )
-            .send(),
-    )
-    .unwrap();
+            );
+        }
+        (id, parts)
+    };
+    let complete = |key: &str, id: &str, parts: Vec<aws_sdk_s3::types::CompletedPart>| {
+        sdk.run(
+            sdk.c
+                .complete_multipart_upload()
+                .bucket(&bucket)
+                .key(key)
+                .upload_id(id)
+                .multipart_upload(
+                    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap()
+    };
+    let uploads_on = |d: &Direct| {
+        d.rt.block_on(d.c.list_multipart_uploads().bucket(&d.bucket).send())
+            .unwrap()
+            .uploads()
+            .iter()
+            .map(|u| {
+                (
+                    u.key().unwrap().to_owned(),
+                    u.upload_id().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Both up: on both when answered, nothing logged.
+    let before = logged();
+    let (id, parts) = upload("big");
+    assert!(
+        id.starts_with("nc1."),
+        "the upload id names both backends: {id}"
+    );
+    assert_eq!(uploads_on(&da).len(), 1);
+    assert_eq!(uploads_on(&db).len(), 1);
+    let done = complete("big", &id, parts);
+    assert_eq!(
+        da.md5("big"),
+        Some(whole.clone()),
+        "dc1 lacks big when answered"
+    );
+    assert_eq!(
+        db.md5("big"),
+        Some(whole.clone()),
+        "dc2 lacks big when answered"
+    );
+    assert_eq!(
+        da.list()["big"],
+        db.list()["big"],
+        "the backends' ETags differ"
+    );
+    assert_eq!(
+        done.e_tag().unwrap().trim_matches('"'),
+        da.list()["big"].0.trim_matches('"')
+    );
     sdk.run(
         sdk.c
             .copy_object()
@@ -990,19 +1050,95 @@ fn multipart_and_copy_reach_the_other_backend() {
             .send(),
     )
     .unwrap();
-    let whole = md5_hex(&[p1, p2].concat());
-    let within = Duration::from_secs(60);
-    for key in ["big", "copy"] {
-        for t in [&a.target, &b.target] {
-            let d = Direct::new(t, &bucket);
-            assert!(
-                d.wait(key, within, |m| m.as_deref() == Some(whole.as_str())),
-                "{key} missing on {}",
-                t.endpoint
-            );
-        }
+    assert_eq!(
+        da.md5("copy"),
+        Some(whole.clone()),
+        "dc1 lacks the copy when answered"
+    );
+    assert_eq!(
+        db.md5("copy"),
+        Some(whole.clone()),
+        "dc2 lacks the copy when answered"
+    );
+    assert_eq!(
+        logged(),
+        before,
+        "a write both backends took was logged for repair"
+    );
+    assert!(uploads_on(&da).is_empty() && uploads_on(&db).is_empty());
+
+    // dc2 loses its share behind the node's back: its completion fails, and the sync log
+    // brings it the object.
+    let (id, parts) = upload("lost");
+    for (key, up) in uploads_on(&db) {
+        db.rt
+            .block_on(
+                db.c.abort_multipart_upload()
+                    .bucket(&bucket)
+                    .key(key)
+                    .upload_id(up)
+                    .send(),
+            )
+            .unwrap();
     }
+    complete("lost", &id, parts);
+    assert_eq!(da.md5("lost"), Some(whole.clone()));
+    assert!(logged() > before, "dc2's miss was not logged");
+    let within = Duration::from_secs(60);
+    assert!(db.wait("lost", within, |m| m.as_deref() == Some(whole.as_str())));
+
+    // dc2 in maintenance when the upload completes: skipped (its share aborted), queued,
+    // and repaired when it is back.
+    let maintenance = |on: bool| {
+        let r = client()
+            .post(format!(
+                "{}/api/v1/backends/maintenance?backend=dc2&enabled={on}",
+                node.base
+            ))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    };
+    let (id, parts) = upload("later");
+    maintenance(true);
+    complete("later", &id, parts);
+    assert_eq!(da.md5("later"), Some(whole.clone()));
+    assert_eq!(db.md5("later"), None, "dc2 got a write in maintenance");
+    assert!(backend_state(&node.base, "dc2").1 >= 1);
+    maintenance(false);
+    assert!(db.wait("later", within, |m| m.as_deref() == Some(whole.as_str())));
     assert!(wait_backlog_zero(&node.base, "dc2", within).is_some());
+    assert!(
+        uploads_on(&db).is_empty(),
+        "dc2 kept the skipped upload's parts"
+    );
+
+    // Abort reaches both; a forged id is NoSuchUpload.
+    let (id, _) = upload("dropped");
+    sdk.run(
+        sdk.c
+            .abort_multipart_upload()
+            .bucket(&bucket)
+            .key("dropped")
+            .upload_id(&id)
+            .send(),
+    )
+    .unwrap();
+    assert!(uploads_on(&da).is_empty() && uploads_on(&db).is_empty());
+    let forged = sdk.run(
+        sdk.c
+            .list_parts()
+            .bucket(&bucket)
+            .key("dropped")
+            .upload_id("nc1.W1siZGM5IiwieCJdXQ")
+            .send(),
+    );
+    let e = forged.unwrap_err();
+    assert_eq!(
+        e.as_service_error().and_then(|s| s.meta().code()),
+        Some("NoSuchUpload"),
+        "{e:?}"
+    );
 }
 
 /// Maintenance by config reload: `maintenance = true` in a backend's section and SIGHUP

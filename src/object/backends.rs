@@ -193,50 +193,6 @@ async fn bucket_everywhere(objects: &super::ObjectShard, bucket: &str, create: b
     }
 }
 
-/// An object written on the primary backend only (CompleteMultipartUpload,
-/// CopyObject run there): queue copies to the other backends of its set, which the
-/// syncer makes from the primary (or any backend that has it).
-pub async fn replicate_from_primary<C: ObjectCtx>(
-    ctx: &Rc<C>,
-    key: CacheKey,
-    etag: &str,
-) -> Result<(), ObjectError> {
-    let bk = ctx.objects().backends.clone();
-    if !bk.is_multi() || !key.fits_store() {
-        return Ok(());
-    }
-    let primary = bk.index_of(&bk.primary().name);
-    let etag = etag.trim_matches('"').to_owned();
-    let owner = ctx.mesh().owner_of(key.as_str());
-    crate::mesh::on_shard(ctx, owner, move |ctx| async move {
-        let bk = &ctx.objects().backends;
-        let entries: Vec<SyncEntry> = set_of(bk, &key)
-            .members
-            .iter()
-            .filter(|&&i| Some(i) != primary)
-            .map(|&i| {
-                entry(
-                    bk,
-                    i,
-                    key.as_str(),
-                    SyncKind::Put,
-                    SyncCause::Missed,
-                    0,
-                    0,
-                    &etag,
-                )
-            })
-            .collect();
-        let n = ctx.store().log_sync(entries, false).await?;
-        ctx.objects()
-            .metrics
-            .sync_logged
-            .fetch_add(n as u64, Relaxed);
-        Ok::<(), ObjectError>(())
-    })
-    .await?
-}
-
 /// The origin metadata of a pending put.
 pub fn put_meta(key: &CacheKey, meta: &nearcache_shards::ObjectMeta) -> PutMeta {
     PutMeta {

@@ -127,6 +127,9 @@ impl From<OriginError> for ObjectError {
             }
             OriginError::Denied(m) => ObjectError::OriginDenied(m.clone()),
             OriginError::Rejected(_) => ObjectError::OriginOther(e.to_string()),
+            OriginError::Service { status, .. } if *status < 400 => {
+                ObjectError::OriginOther(format!("the origin's {status} answer could not be read"))
+            }
             OriginError::Service {
                 status,
                 code,

@@ -31,6 +31,7 @@ pub mod origin_meta;
 pub mod policy;
 pub mod read;
 pub mod syncer;
+pub mod upload_fanout;
 pub mod uploader;
 pub mod write;
 

@@ -151,11 +151,13 @@ impl From<OriginError> for S3Error {
     /// Bucket-level calls the S3 API passes to the origin.
     fn from(e: OriginError) -> Self {
         match e {
+            // An error status passes through; a success status the SDK could not read
+            // (moto's ListParts) is not an answer to pass on as one.
             OriginError::Service {
                 status,
                 code,
                 message,
-            } => S3Error::passthrough(status, code, message),
+            } if status >= 400 => S3Error::passthrough(status, code, message),
             other => S3Error::from(ObjectError::from(other)),
         }
     }
@@ -244,6 +246,14 @@ mod tests {
     fn maps_errors_to_s3_codes() {
         let e = S3Error::from(OriginError::NotFound);
         assert_eq!((e.status.as_u16(), e.code.as_str()), (404, "NoSuchKey"));
+        // A 200 the SDK could not read is never sent on as a 200 error document.
+        let e = S3Error::from(OriginError::Service {
+            status: 200,
+            code: "InternalError".into(),
+            message: String::new(),
+        });
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (500, "InternalError"));
+        assert!(e.message.contains("could not be read"), "{}", e.message);
         let e = S3Error::from(OriginError::Service {
             status: 409,
             code: "BucketNotEmpty".into(),

@@ -1,7 +1,8 @@
-//! Multipart uploads, passed through to the origin. A part's body is decoded, verified
-//! and staged in a temp file in the owner shard's directory, then uploaded from the file
-//! (with its Content-MD5, so the origin verifies it too). Completing an upload drops any
-//! cached copy of the key, so the next read fetches the new object.
+//! Multipart uploads, passed through to the origin backends (on every backend of the
+//! key's set at once: `object::upload_fanout`). A part's body is decoded, verified and
+//! staged in a temp file of this shard, then uploaded from the file (with its
+//! Content-MD5, so the backends verify it too). Completing an upload drops any cached
+//! copy of the key, so the next read fetches the new object.
 
 use std::fmt::Write;
 use std::rc::Rc;
@@ -18,7 +19,7 @@ use crate::body::Body;
 use crate::ctx::ShardCtx;
 use crate::http_util::quoted;
 use crate::object::write;
-use crate::object::CacheKey;
+use crate::object::{upload_fanout, CacheKey};
 
 fn upload_id(req: &S3Req) -> Result<String, S3Error> {
     req.q("uploadId")
@@ -30,11 +31,7 @@ fn upload_id(req: &S3Req) -> Result<String, S3Error> {
 pub async fn create(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
     let meta = put_meta(&req.headers)?;
     ensure_bucket(ctx, req, req.bucket()).await?;
-    let id = ctx
-        .objects
-        .origin
-        .create_multipart(&req.loc(), meta)
-        .await?;
+    let id = upload_fanout::create(&**ctx, &req.cache_key(), meta).await?;
     Ok(xml_response(format!(
         "{DECL}<InitiateMultipartUploadResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key>\
          <UploadId>{}</UploadId></InitiateMultipartUploadResult>",
@@ -63,22 +60,9 @@ pub async fn upload_part(
 ) -> Result<Response<Body>, S3Error> {
     let id = upload_id(req)?;
     let part = part_number(req)?;
-    let loc = req.loc();
-    // Stage on this shard (the body is already here); the upload runs on the bridge.
+    // Stage on this shard (the body is already here); the uploads run on the bridges.
     let super::object::StagedBody { staged, declared } = stage_body(ctx, req, body).await?;
-    let res = ctx
-        .objects
-        .origin
-        .upload_part(
-            &loc,
-            &id,
-            part,
-            staged.path.clone(),
-            0,
-            staged.len,
-            Some(staged.md5_hex.clone()),
-        )
-        .await;
+    let res = upload_fanout::upload_part(&**ctx, &req.cache_key(), &id, part, &staged).await;
     staged.remove().await;
     let etag = match res {
         Ok(etag) => etag,
@@ -118,15 +102,13 @@ pub async fn upload_part_copy(
         ));
     }
     write::flush_pending(ctx, CacheKey::s3(&src.bucket, &src.key)).await?;
-    let res = match ctx
-        .objects
-        .origin
-        .upload_part_copy(&req.loc(), &id, part, src, range)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
-    };
+    let res =
+        match upload_fanout::upload_part_copy(&**ctx, &req.cache_key(), &id, part, &src, range)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
+        };
     Ok(xml_response(format!(
         "{DECL}<CopyPartResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>{}</ETag>\
          </CopyPartResult>",
@@ -205,17 +187,10 @@ pub async fn complete(
     write::check_condition(ctx, key.clone(), cond).await?;
     // An older write of the key still pending upload must not land after the new object.
     write::flush_pending(ctx, key.clone()).await?;
-    let etag = match ctx
-        .objects
-        .origin
-        .complete_multipart(&req.loc(), &id, parts)
-        .await
-    {
+    let etag = match upload_fanout::complete(ctx, key, &id, parts).await {
         Ok(etag) => etag,
         Err(e) => return Err(upload_error(ctx, req, &id, e.into()).await),
     };
-    write::forget(ctx, key.clone()).await?;
-    crate::object::backends::replicate_from_primary(ctx, key, &etag).await?;
     Ok(xml_response(format!(
         "{DECL}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{}/{}</Location>\
          <Bucket>{}</Bucket><Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
@@ -227,46 +202,29 @@ pub async fn complete(
     )))
 }
 
-/// A failed call on an upload (UploadPart, UploadPartCopy, Complete): if the origin
+/// A failed call on an upload (UploadPart, UploadPartCopy, Complete): if the backend
 /// answered with a server error (moto answers an unknown upload id so), an upload it does
 /// not list is S3's 404 NoSuchUpload.
 async fn upload_error(ctx: &ShardCtx, req: &S3Req, id: &str, e: S3Error) -> S3Error {
     if !e.status.is_server_error() {
         return e;
     }
-    let params = UploadsParams {
-        prefix: req.key().to_owned(),
-        max_uploads: 1000,
-        ..Default::default()
-    };
-    match ctx.objects.origin.list_uploads(req.bucket(), params).await {
-        Ok(page)
-            if !page.is_truncated
-                && !page
-                    .uploads
-                    .iter()
-                    .any(|u| u.upload_id == id && u.key == req.key()) =>
-        {
-            no_such_upload(id)
-        }
+    match upload_fanout::is_listed(ctx, &req.cache_key(), id).await {
+        Some(false) => S3Error::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchUpload",
+            format!(
+                "The specified multipart upload does not exist. The upload ID may be invalid, \
+                 or the upload may have been aborted or completed: {id}"
+            ),
+        ),
         _ => e,
     }
 }
 
-fn no_such_upload(id: &str) -> S3Error {
-    S3Error::new(
-        StatusCode::NOT_FOUND,
-        "NoSuchUpload",
-        format!(
-            "The specified multipart upload does not exist. The upload ID may be invalid, or \
-             the upload may have been aborted or completed: {id}"
-        ),
-    )
-}
-
 pub async fn abort(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body>, S3Error> {
     let id = upload_id(req)?;
-    ctx.objects.origin.abort_multipart(&req.loc(), &id).await?;
+    upload_fanout::abort(&**ctx, &req.cache_key(), &id).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -286,11 +244,7 @@ pub async fn list_parts(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
                 .map_err(|_| S3Error::invalid_argument("part-number-marker must be an integer"))?,
         ),
     };
-    let page = ctx
-        .objects
-        .origin
-        .list_parts(&req.loc(), &id, max, marker)
-        .await?;
+    let page = upload_fanout::list_parts(&**ctx, &req.cache_key(), &id, max, marker).await?;
     let mut doc = format!(
         "{DECL}<ListPartsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key>\
          <UploadId>{}</UploadId><PartNumberMarker>{}</PartNumberMarker>",

@@ -731,13 +731,7 @@ pub async fn copy_object(
     check_copy_source(ctx, &src).await?;
     write::flush_pending(ctx, src_key).await?;
     write::flush_pending(ctx, dst_key.clone()).await?;
-    let res = ctx
-        .objects
-        .origin
-        .copy_object(&req.loc(), src, meta)
-        .await?;
-    write::forget(ctx, dst_key.clone()).await?;
-    crate::object::backends::replicate_from_primary(ctx, dst_key, &res.etag).await?;
+    let res = crate::object::upload_fanout::copy(ctx, dst_key, src, meta).await?;
     Ok(xml_response(format!(
         "{DECL}<CopyObjectResult xmlns=\"{NS}\"><LastModified>{}</LastModified>\
          <ETag>{}</ETag></CopyObjectResult>",
