@@ -373,6 +373,27 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
                 .unwrap();
             assert_eq!(r.status(), 206);
             assert_eq!(r.bytes().unwrap().to_vec(), body[10..20].to_vec());
+            // META: an owner answers from its copy (a non-owner proxies), never the origin.
+            let r = client()
+                .get(p.url(&format!("/api/v1/meta/{id}")))
+                .header("X-Meta-Fetch", "0")
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200, "META {id} via {}", p.id);
+            let served_by = r.headers()["x-nearcache-node"].to_str().unwrap().to_owned();
+            let owners = nodes[0].owners(id);
+            assert!(
+                owners.contains(&served_by),
+                "META {id} served by non-owner {served_by}"
+            );
+            if owners.contains(&p.id) {
+                assert_eq!(served_by, p.id, "an owner proxied META of {id}");
+            }
+            let v: serde_json::Value = r.json().unwrap();
+            assert_eq!(
+                (v["size"].as_u64(), &v["cached"]),
+                (Some(body.len() as u64), &true.into())
+            );
         }
     }
 
