@@ -20,7 +20,8 @@
 //! - `maintenance_by_config_reload` (the real binary): SIGHUP applies a backend's
 //!   `maintenance` switch from the config file.
 //! - `numbers` (ignored; run with `-- --ignored --nocapture`): PUT throughput of 1 MiB
-//!   objects to two backends vs one in the same run, the drain rate, read failover latency.
+//!   objects and of 32 MiB multipart uploads to two backends vs one in the same run, the
+//!   drain rate, read failover latency.
 
 mod common;
 #[path = "chaos/harness.rs"]
@@ -829,6 +830,14 @@ fn numbers() {
         let r2 = put_rate(&two.base, secs, conns);
         rows.push((policy, r1, r2));
     }
+    // Multipart through the S3 API: 32 MiB in 4 parts, parts sent to both backends in
+    // parallel (two) vs to one.
+    let mp1 = multipart_rate(&one, 5);
+    let two = TestNode::start_with("bk-num-mp", |cfg| {
+        two_backends(cfg, &a.target, &b.target, WritePolicy::Any)
+    });
+    let mp2 = multipart_rate(&two, 5);
+    drop(two);
     // Drain rate: objects written while dc2 is in maintenance, then replayed.
     let two = TestNode::start_with("bk-num3", |cfg| {
         two_backends(cfg, &a.target, &b.target, WritePolicy::Any);
@@ -867,12 +876,76 @@ fn numbers() {
         n as f64 / drained.as_secs_f64(),
         (n * size) as f64 / 1e6 / drained.as_secs_f64()
     );
+    println!(
+        "multipart 32 MiB (4 x 8 MiB parts) through the S3 API: one backend {mp1:.1} MB/s, two backends {mp2:.1} MB/s = {:.2}x",
+        mp2 / mp1
+    );
     for (p, r1, r2) in &rows {
         println!(
             "PUT 1 MiB, {conns} writers, X-Meta-Sync: one backend {r1:.1} req/s, two backends (policy {p}) {r2:.1} req/s = {:.2}x",
             r2 / r1
         );
     }
+}
+
+/// MB/s of `n` sequential 32 MiB multipart uploads (4 parts of 8 MiB, sent one after
+/// another) through `node`'s S3 API, create to complete.
+fn multipart_rate(node: &TestNode, n: usize) -> f64 {
+    let sdk = common::sdk::Sdk::node(node);
+    let bucket = fresh_bucket("bk-num-mp");
+    sdk.run(sdk.c.create_bucket().bucket(&bucket).send())
+        .unwrap();
+    let part = random_bytes(8 << 20, 7);
+    let t = Instant::now();
+    for i in 0..n {
+        let key = format!("mp{i}");
+        let up = sdk
+            .run(
+                sdk.c
+                    .create_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .send(),
+            )
+            .unwrap();
+        let id = up.upload_id().unwrap().to_owned();
+        let mut parts = Vec::new();
+        for p in 1..=4 {
+            let r = sdk
+                .run(
+                    sdk.c
+                        .upload_part()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(&id)
+                        .part_number(p)
+                        .body(ByteStream::from(part.clone()))
+                        .send(),
+                )
+                .unwrap();
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(p)
+                    .e_tag(r.e_tag().unwrap())
+                    .build(),
+            );
+        }
+        sdk.run(
+            sdk.c
+                .complete_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&id)
+                .multipart_upload(
+                    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    }
+    (n * (32 << 20)) as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
 /// Policy "all": a write is done only when every backend has it. With one backend

@@ -447,7 +447,14 @@ async fn run(
             let mut req = Request::from_parts(parts, body);
             req.headers_mut()
                 .insert(crate::cluster::H_API, HeaderValue::from_static("s3"));
-            match crate::cluster::route::route_write(ctx, &cs, ckey.as_str(), 1, req).await {
+            let placed = Box::pin(crate::cluster::route::route_write(
+                ctx,
+                &cs,
+                ckey.as_str(),
+                1,
+                req,
+            ));
+            match placed.await {
                 Ok(crate::cluster::route::Route::Local(r)) => (parts, body) = r.into_parts(),
                 Ok(crate::cluster::route::Route::Remote(resp)) => return Ok(resp),
                 Err(e) => return Err(S3Error::from(crate::object::ObjectError::from(e))),
@@ -499,43 +506,47 @@ async fn run(
         ));
     }
     *route = ep.route();
+    // Every operation but GetObject runs boxed: the hot read's future (and every move
+    // of it) stays the size of GetObject's, not of the largest operation's.
     match ep {
-        Endpoint::ListBuckets => list_buckets(ctx, &cred).await,
-        Endpoint::ListUploads => multipart::list_uploads(ctx, &req).await,
-        Endpoint::ListObjects { v2 } => list::list_objects(ctx, &req, v2).await,
+        Endpoint::ListBuckets => Box::pin(list_buckets(ctx, &cred)).await,
+        Endpoint::ListUploads => Box::pin(multipart::list_uploads(ctx, &req)).await,
+        Endpoint::ListObjects { v2 } => Box::pin(list::list_objects(ctx, &req, v2)).await,
         Endpoint::GetBucketLocation => Ok(xml_response(format!(
             "{DECL}<LocationConstraint xmlns=\"{NS}\">{}</LocationConstraint>",
             escape(bucket_region(ctx))
         ))),
-        Endpoint::DeleteObjects => object::delete_objects(ctx, &req, body).await,
+        Endpoint::DeleteObjects => Box::pin(object::delete_objects(ctx, &req, body)).await,
         Endpoint::HeadBucket => {
             ctx.objects.origin.head_bucket(req.bucket()).await?;
             Ok(empty(StatusCode::OK))
         }
-        Endpoint::CreateBucket => create_bucket(ctx, &req, body).await,
+        Endpoint::CreateBucket => Box::pin(create_bucket(ctx, &req, body)).await,
         Endpoint::DeleteBucket => {
             crate::object::backends::delete_bucket(&ctx.objects, req.bucket()).await?;
             req.state.forget_bucket(req.bucket());
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        Endpoint::ListParts => multipart::list_parts(ctx, &req).await,
+        Endpoint::ListParts => Box::pin(multipart::list_parts(ctx, &req)).await,
         Endpoint::GetObject => object::get_object(ctx, &req).await,
-        Endpoint::UploadPartCopy => multipart::upload_part_copy(ctx, &req, &cred).await,
-        Endpoint::UploadPart => multipart::upload_part(ctx, &req, body).await,
-        Endpoint::CopyObject => object::copy_object(ctx, &req, &cred).await,
-        Endpoint::PutObject => object::put_object(ctx, &req, body).await,
-        Endpoint::AbortMultipart => multipart::abort(ctx, &req).await,
-        Endpoint::DeleteObject => object::delete_object(ctx, &req).await,
-        Endpoint::CreateMultipart => multipart::create(ctx, &req).await,
-        Endpoint::CompleteMultipart => multipart::complete(ctx, &req, body).await,
-        Endpoint::ListVersions => list::list_versions(ctx, &req).await,
-        Endpoint::GetBucketVersioning => subresource::bucket_versioning(ctx, &req).await,
-        Endpoint::GetBucketAcl => subresource::bucket_acl(ctx, &req).await,
-        Endpoint::GetObjectAcl => subresource::object_acl(ctx, &req).await,
-        Endpoint::BucketConfigMissing(sub) => subresource::missing_config(ctx, &req, sub).await,
-        Endpoint::GetObjectTagging => subresource::get_tagging(ctx, &req).await,
-        Endpoint::PutObjectTagging => subresource::put_tagging(ctx, &req, body).await,
-        Endpoint::DeleteObjectTagging => subresource::delete_tagging(ctx, &req).await,
+        Endpoint::UploadPartCopy => Box::pin(multipart::upload_part_copy(ctx, &req, &cred)).await,
+        Endpoint::UploadPart => Box::pin(multipart::upload_part(ctx, &req, body)).await,
+        Endpoint::CopyObject => Box::pin(object::copy_object(ctx, &req, &cred)).await,
+        Endpoint::PutObject => Box::pin(object::put_object(ctx, &req, body)).await,
+        Endpoint::AbortMultipart => Box::pin(multipart::abort(ctx, &req)).await,
+        Endpoint::DeleteObject => Box::pin(object::delete_object(ctx, &req)).await,
+        Endpoint::CreateMultipart => Box::pin(multipart::create(ctx, &req)).await,
+        Endpoint::CompleteMultipart => Box::pin(multipart::complete(ctx, &req, body)).await,
+        Endpoint::ListVersions => Box::pin(list::list_versions(ctx, &req)).await,
+        Endpoint::GetBucketVersioning => Box::pin(subresource::bucket_versioning(ctx, &req)).await,
+        Endpoint::GetBucketAcl => Box::pin(subresource::bucket_acl(ctx, &req)).await,
+        Endpoint::GetObjectAcl => Box::pin(subresource::object_acl(ctx, &req)).await,
+        Endpoint::BucketConfigMissing(sub) => {
+            Box::pin(subresource::missing_config(ctx, &req, sub)).await
+        }
+        Endpoint::GetObjectTagging => Box::pin(subresource::get_tagging(ctx, &req)).await,
+        Endpoint::PutObjectTagging => Box::pin(subresource::put_tagging(ctx, &req, body)).await,
+        Endpoint::DeleteObjectTagging => Box::pin(subresource::delete_tagging(ctx, &req)).await,
     }
 }
 

@@ -73,14 +73,23 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
     let cond = Conditions::from_headers(&req.headers);
     if !key.fits_store() {
         // Keys too long for the store are served from the origin, uncached.
-        return passthrough_get(ctx, req.loc(), head, range, part, cond, overrides).await;
+        return Box::pin(passthrough_get(
+            ctx,
+            req.loc(),
+            head,
+            range,
+            part,
+            cond,
+            overrides,
+        ))
+        .await;
     }
     if let Some(part) = part {
         // In a cluster a part is served by the key's first owner (which knows the copy).
         if let (false, Some(cs)) = (req.forwarded, ctx.cluster.clone()) {
             use crate::cluster::route::{proxy_read, read_plan, ReadPlan};
             if let ReadPlan::IfHeld { .. } = read_plan(&cs, key.as_str()) {
-                if let Some(resp) = proxy_read(&cs, key.as_str(), proxy_head(req))
+                if let Some(resp) = Box::pin(proxy_read(&cs, key.as_str(), proxy_head(req)))
                     .await
                     .map_err(ObjectError::from)?
                 {
@@ -88,7 +97,7 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
                 }
             }
         }
-        return super::part::get_part(ctx, req, part, cond, overrides).await;
+        return Box::pin(super::part::get_part(ctx, req, part, cond, overrides)).await;
     }
     let greq = |key: CacheKey| GetRequest {
         key,
@@ -108,7 +117,7 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
             if let Some(resp) = held.await? {
                 return Ok(resp);
             }
-            let proxied = proxy_read(&cs, key.as_str(), proxy_head(req))
+            let proxied = Box::pin(proxy_read(&cs, key.as_str(), proxy_head(req)))
                 .await
                 .map_err(ObjectError::from)?;
             if let Some(resp) = proxied {
