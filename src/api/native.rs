@@ -175,12 +175,13 @@ async fn dispatch(
             );
         }
         if route == Route::Meta {
-            return (route, cluster_meta(ctx, &cs, req, &path).await);
+            return (route, Box::pin(cluster_meta(ctx, &cs, req, &path)).await);
         }
         match placement_key(ctx, route, &path, &mut req) {
             Ok(None) => {}
             Ok(Some((key, level))) => {
-                match crate::cluster::route::route_write(ctx, &cs, &key, level, req).await {
+                let placed = crate::cluster::route::route_write(ctx, &cs, &key, level, req);
+                match Box::pin(placed).await {
                     Ok(crate::cluster::route::Route::Local(r)) => req = r,
                     Ok(crate::cluster::route::Route::Remote(resp)) => return (route, Ok(resp)),
                     Err(e) => return (route, Err(e.into())),
@@ -195,7 +196,8 @@ async fn dispatch(
             "text/plain",
             Ulid::generate().to_string(),
         )),
-        Route::Put => put(ctx, req).await,
+        // Writes and META run boxed: the hot GET's future stays the size of a GET's.
+        Route::Put => Box::pin(put(ctx, req)).await,
         Route::Get | Route::Head => {
             get(
                 ctx,
@@ -205,8 +207,8 @@ async fn dispatch(
             )
             .await
         }
-        Route::Meta => meta(ctx, req, &path["/api/v1/meta/".len()..]).await,
-        Route::Delete => delete(ctx, req, &path["/api/v1/delete/".len()..]).await,
+        Route::Meta => Box::pin(meta(ctx, req, &path["/api/v1/meta/".len()..])).await,
+        Route::Delete => Box::pin(delete(ctx, req, &path["/api/v1/delete/".len()..])).await,
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     };
     (route, result)

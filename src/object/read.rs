@@ -326,17 +326,28 @@ async fn get_here<C: ObjectCtx, R: Render>(
                     .stale_served(StaleReason::Revalidating);
                 serve_stored(ctx, req, render, &meta, body, CacheStatus::Updating).await
             }
-            Standing::Stale { .. } => revalidate(ctx, req, render, meta).await,
+            Standing::Stale { .. } => Box::pin(revalidate(ctx, req, render, meta)).await,
         },
         Lookup::Deleted(t) => Err(deleted(&req.key, t.deleted_at_ms)),
-        Lookup::Miss => match chunks::manifest(&*ctx, &req.key).await {
-            Some(c) => serve_chunked(ctx, req, render, c).await,
-            None if req.fetch => read_through(ctx, req, render).await,
-            None => Err(ObjectError::NotFound(format!(
-                "{} is not cached and read-through is off",
-                req.key
-            ))),
-        },
+        // Boxed: the hot path's future (moved into a cross-shard job on every request)
+        // stays the size of a hit's, not of a read-through's.
+        Lookup::Miss => Box::pin(get_missing(ctx, req, render)).await,
+    }
+}
+
+/// `get_here` of a key the index does not hold: its chunks, or read through.
+async fn get_missing<C: ObjectCtx, R: Render>(
+    ctx: Rc<C>,
+    req: GetRequest,
+    render: R,
+) -> Result<Response<Body>, ObjectError> {
+    match chunks::manifest(&*ctx, &req.key).await {
+        Some(c) => serve_chunked(ctx, req, render, c).await,
+        None if req.fetch => read_through(ctx, req, render).await,
+        None => Err(ObjectError::NotFound(format!(
+            "{} is not cached and read-through is off",
+            req.key
+        ))),
     }
 }
 
@@ -352,7 +363,7 @@ async fn serve_stored<C: ObjectCtx, R: Render>(
 ) -> Result<Response<Body>, ObjectError> {
     match serve_hit(&*ctx, &req, &render, meta, body, status).await {
         Ok(r) => r,
-        Err(Corrupted) if req.fetch => read_through(ctx, req, render).await,
+        Err(Corrupted) if req.fetch => Box::pin(read_through(ctx, req, render)).await,
         Err(Corrupted) => Err(ObjectError::NotFound(format!(
             "the stored copy of {} failed verification and was dropped; read-through is off",
             req.key
