@@ -190,10 +190,12 @@ pub async fn create<C: ObjectCtx>(
             }
         }
     }
-    match (ids.is_empty(), first_err) {
-        (true, Some(e)) => Err(e),
-        _ => Ok(Upload { ids }.client_id(&bk)),
+    if ids.is_empty() {
+        return Err(first_err.unwrap_or_else(|| {
+            ObjectError::OriginUnavailable("no backend created the upload".into())
+        }));
     }
+    Ok(Upload { ids }.client_id(&bk))
 }
 
 /// UploadPart from a staged file, to every backend of the upload in parallel; the lead's
