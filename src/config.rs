@@ -174,6 +174,10 @@ pub struct ServerConfig {
     /// Once `body_idle_timeout_secs` has passed, a request body must average at least
     /// this many bytes per second.
     pub body_min_rate: Size,
+    /// The shards' network driver: `auto` (io_uring when the kernel allows it, else
+    /// epoll) or `epoll` (for sandboxes whose io_uring is half-working, and for valgrind,
+    /// which cannot follow io_uring's shared rings).
+    pub io: String,
 }
 
 impl Default for ServerConfig {
@@ -191,6 +195,7 @@ impl Default for ServerConfig {
             bind_wait_secs: defaults::BIND_WAIT_SECS,
             body_idle_timeout_secs: defaults::BODY_IDLE_TIMEOUT_SECS,
             body_min_rate: Size(defaults::BODY_MIN_RATE),
+            io: "auto".into(),
         }
     }
 }
@@ -1136,6 +1141,14 @@ impl Config {
                 self.api.default_level
             );
         }
+        if self.server.epoll_only().is_none() {
+            bail!("server.io must be auto or epoll, not {:?}", self.server.io);
+        }
+        if self.server.epoll_only() == Some(true)
+            && self.store.device_kind() == Some(nearcache_shards::DeviceKind::Uring)
+        {
+            bail!("store.device = \"uring\" needs server.io = \"auto\" (io_uring file I/O runs on the io_uring driver)");
+        }
         if self.store.device_kind().is_none() {
             bail!(
                 "store.device must be auto, uring or syscall, not {:?}",
@@ -1392,6 +1405,17 @@ impl Config {
                 ReadOrder::Preference
             },
         })
+    }
+}
+
+impl ServerConfig {
+    /// `Some(true)` when `server.io` asks for the epoll driver; `None` when it is invalid.
+    pub fn epoll_only(&self) -> Option<bool> {
+        match self.io.as_str() {
+            "auto" => Some(false),
+            "epoll" => Some(true),
+            _ => None,
+        }
     }
 }
 

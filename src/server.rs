@@ -19,7 +19,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use monoio_compat::hyper::{MonoioExecutor, MonoioIo, MonoioTimer};
 use nearcache_backends::Backends;
 use nearcache_s3::Bridge;
-use nearcache_shards::{RecoveryReport, Shard, ShardConfig};
+use nearcache_shards::{DeviceKind, RecoveryReport, Shard, ShardConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::s3::S3State;
@@ -273,6 +273,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let uring_active = monoio::utils::detect_uring()
+        && cfg.server.epoll_only() == Some(false)
         && cfg.store.device_kind() != Some(nearcache_shards::DeviceKind::Syscall);
     if !monoio::utils::detect_uring() {
         tracing::error!(
@@ -539,6 +540,13 @@ fn shard_thread(start: ShardStart) -> anyhow::Result<()> {
             core_affinity::set_for_current(cores[i % cores.len()]);
         }
     }
+    if cfg.server.epoll_only() == Some(true) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .context("building the monoio runtime (epoll)")?;
+        return rt.block_on(run_shard(start));
+    }
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(1024)
@@ -690,7 +698,11 @@ fn shard_config(cfg: &Config, i: usize, n: usize) -> ShardConfig {
         memory_object_max: s.memory_object_max.0,
         disk_capacity: s.disk_capacity.0 / n as u64,
         tombstone_ttl: Duration::from_secs(s.tombstone_ttl_secs),
-        device: s.device_kind().unwrap_or_default(),
+        device: match s.device_kind().unwrap_or_default() {
+            // io_uring file I/O needs the io_uring driver.
+            DeviceKind::Auto if cfg.server.epoll_only() == Some(true) => DeviceKind::Syscall,
+            kind => kind,
+        },
         lmdb_map_size: s.lmdb_map_size.0,
         journal_retain: s.journal_retain,
         inline_object_max: s.inline_object_max.0,

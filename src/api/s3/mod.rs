@@ -555,14 +555,21 @@ fn is_anonymous(parts: &http::request::Parts) -> bool {
     if parts.headers.contains_key(header::AUTHORIZATION) {
         return false;
     }
-    let q = parts.uri.query().unwrap_or("");
-    // Names are compared decoded; only a query with escapes needs decoding first.
-    if q.contains(['%', '+']) {
-        !parse_query(q).iter().any(|(k, _)| k == "X-Amz-Algorithm")
-    } else {
-        !q.split('&')
-            .any(|p| p.split_once('=').map_or(p, |(k, _)| k) == "X-Amz-Algorithm")
-    }
+    // Names are compared decoded; only a name with escapes is decoded (a presigned URL's
+    // values have escapes, its names none).
+    !parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+        .any(|k| {
+            if k.contains(['%', '+']) {
+                parse_query(k).iter().any(|(k, _)| k == "X-Amz-Algorithm")
+            } else {
+                k == "X-Amz-Algorithm"
+            }
+        })
 }
 
 /// An anonymous read addressed to a `public_read` bucket (the operation is checked later).

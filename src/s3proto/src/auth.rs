@@ -905,7 +905,9 @@ fn check_signature(
     // and the signature covers those bytes as they were sent.
     let mut rest = Vec::new();
     rest.push(b'\n');
-    rest.extend_from_slice(canonical_query(query, exclude_param).as_bytes());
+    if !push_raw_canonical_query(&mut rest, parts.uri.query().unwrap_or(""), exclude_param) {
+        rest.extend_from_slice(canonical_query(query, exclude_param).as_bytes());
+    }
     rest.push(b'\n');
     rest.extend_from_slice(&canonical_headers(parts, signed));
     rest.push(b'\n');
@@ -926,8 +928,21 @@ fn check_signature(
         h.update(uri.as_bytes());
         h.update(&rest);
         let creq_hash: [u8; 32] = h.finalize().into();
-        let sts = string_to_sign(amz_date, scope, &creq_hash);
-        let computed = hmac(key, sts.as_bytes());
+        // The string to sign, fed to the HMAC in pieces.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(creq_hash, &mut hex).map_err(|_| sig_mismatch())?;
+        let computed = hmac_parts(
+            key,
+            &[
+                ALGORITHM.as_bytes(),
+                b"\n",
+                amz_date.as_bytes(),
+                b"\n",
+                scope.as_bytes(),
+                b"\n",
+                &hex,
+            ],
+        );
         ok |= computed.ct_eq(signature);
     }
     if bool::from(ok) {
@@ -935,25 +950,6 @@ fn check_signature(
     } else {
         Err(sig_mismatch())
     }
-}
-
-/// The string to sign of a canonical request, given the request's SHA-256.
-fn string_to_sign(amz_date: &str, scope: &str, creq_hash: &[u8; 32]) -> String {
-    let mut out = String::with_capacity(
-        ALGORITHM
-            .len()
-            .saturating_add(amz_date.len())
-            .saturating_add(scope.len())
-            .saturating_add(67),
-    );
-    out.push_str(ALGORITHM);
-    out.push('\n');
-    out.push_str(amz_date);
-    out.push('\n');
-    out.push_str(scope);
-    out.push('\n');
-    out.push_str(&hex::encode(creq_hash));
-    out
 }
 
 /// The canonical URI: each `/`-separated segment percent-decoded, then re-encoded with only
@@ -985,7 +981,9 @@ pub(crate) type QueryPair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 /// Query parameters as (decoded key, decoded value) bytes, in request order; `+` is a space.
 pub(crate) fn parse_query(q: &str) -> Vec<QueryPair<'_>> {
     fn decode(s: &str) -> Cow<'_, [u8]> {
-        if s.contains('+') {
+        if !s.as_bytes().contains(&b'%') && !s.as_bytes().contains(&b'+') {
+            Cow::Borrowed(s.as_bytes())
+        } else if s.contains('+') {
             let plus: Vec<u8> = s
                 .bytes()
                 .map(|b| if b == b'+' { b' ' } else { b })
@@ -1032,6 +1030,87 @@ fn canonical_query(query: &[QueryPair<'_>], exclude: Option<&str>) -> String {
         out.push_str(v);
     }
     out
+}
+
+/// Appends the canonical query string straight from the raw query when the raw query is
+/// canonical already: every name and value escaped exactly as SigV4 escapes them, every
+/// pair with an `=`, pairs in sorted order (leaving out `exclude`). SDKs send presigned
+/// URLs so; then nothing is decoded, re-encoded or sorted. Returns false (and appends
+/// nothing) otherwise: the caller builds it from the decoded pairs.
+fn push_raw_canonical_query(out: &mut Vec<u8>, raw: &str, exclude: Option<&str>) -> bool {
+    /// Bytes SigV4 leaves unescaped.
+    fn unreserved(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    }
+    fn upper_hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b.wrapping_sub(b'0')),
+            b'A'..=b'F' => Some(b.wrapping_sub(b'A').wrapping_add(10)),
+            _ => None,
+        }
+    }
+    /// The end of the pair starting at `i` and where its `=` is, if the pair is escaped as
+    /// SigV4 escapes (unreserved bytes as is, every other byte as `%XX`) and has one `=`.
+    fn canonical_pair(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
+        let mut eq = None;
+        while let Some(&c) = b.get(i) {
+            if c == b'&' {
+                break;
+            } else if c == b'=' && eq.is_none() {
+                eq = Some(i);
+                i = i.saturating_add(1);
+            } else if c == b'%' {
+                match (
+                    b.get(i.saturating_add(1)).copied().and_then(upper_hex),
+                    b.get(i.saturating_add(2)).copied().and_then(upper_hex),
+                ) {
+                    (Some(h), Some(l)) if !unreserved(h.wrapping_mul(16).wrapping_add(l)) => {
+                        i = i.saturating_add(3)
+                    }
+                    _ => return None,
+                }
+            } else if unreserved(c) {
+                i = i.saturating_add(1);
+            } else {
+                return None;
+            }
+        }
+        Some((i, eq?))
+    }
+    if raw.is_empty() {
+        return true;
+    }
+    let bytes = raw.as_bytes();
+    let start = out.len();
+    let mut prev: Option<(&str, &str)> = None;
+    let mut at = 0;
+    loop {
+        let Some((end, eq)) = canonical_pair(bytes, at) else {
+            out.truncate(start);
+            return false;
+        };
+        // Splits at ASCII bytes ('=' and '&'), so on char boundaries.
+        let (Some(k), Some(v)) = (raw.get(at..eq), raw.get(eq.saturating_add(1)..end)) else {
+            out.truncate(start);
+            return false;
+        };
+        // A canonical name is compared raw: it is its decoded form's escaping.
+        if exclude != Some(k) {
+            if prev.is_some_and(|p| p > (k, v)) {
+                out.truncate(start);
+                return false;
+            }
+            if prev.is_some() {
+                out.push(b'&');
+            }
+            out.extend_from_slice(bytes.get(at..end).unwrap_or_default());
+            prev = Some((k, v));
+        }
+        if end >= bytes.len() {
+            return true;
+        }
+        at = end.saturating_add(1);
+    }
 }
 
 /// `name:value\n` for each signed header, in SignedHeaders order. Values are the bytes sent
@@ -1099,6 +1178,19 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// HMAC-SHA256 of the concatenation of `parts`.
+#[expect(
+    clippy::expect_used,
+    reason = "HMAC takes keys of any length: new_from_slice cannot fail"
+)]
+fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
     mac.finalize().into_bytes().into()
 }
 
