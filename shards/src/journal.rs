@@ -164,6 +164,12 @@ impl RecordKind {
 pub(crate) enum Op {
     PutEntry(String, StoredEntry),
     RemoveEntry(String),
+    /// Removes `key`'s entry if it is still the tombstone with this seq (an expired
+    /// tombstone, found by a scan that a newer write or delete of the key may have raced).
+    RemoveTombstone {
+        key: String,
+        seq: u64,
+    },
     PutPending(String, PendingRec),
     RemovePending(String),
     Record(Record),
@@ -176,6 +182,30 @@ pub(crate) enum Op {
         seq: u64,
         body: Bytes,
     },
+}
+
+/// What [`Journal::scan_tombstones`] found.
+#[derive(Debug, Default)]
+pub(crate) struct TombstoneScan {
+    /// Of every tombstone's key ([`crate::shard::key_fingerprint`]).
+    pub fingerprints: Vec<u64>,
+    pub expired: Vec<Tombstone>,
+    /// The earliest `deleted_at_ms` of the tombstones not expired; `u64::MAX` if none.
+    pub oldest_kept_ms: u64,
+}
+
+/// Whether an encoded `objects` value is a tombstone, without decoding it: values are
+/// the codec byte then JSON of [`StoredEntry`], an externally tagged enum.
+fn is_tombstone(v: &[u8]) -> bool {
+    v.get(1..).is_some_and(|j| j.starts_with(b"{\"Tombstone\""))
+}
+
+/// The seq of the tombstone an encoded `objects` value holds, if it is one (and decodes).
+fn tombstone_seq(v: &[u8]) -> Option<u64> {
+    match decode::<StoredEntry>(v) {
+        Ok(StoredEntry::Tombstone(t)) if is_tombstone(v) => Some(t.seq),
+        _ => None,
+    }
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -584,6 +614,61 @@ impl Journal {
         Ok(())
     }
 
+    /// `key`'s committed index entry, read on the calling thread (a short read txn of
+    /// pages the index keeps hot).
+    pub fn read_entry(&self, key: &str) -> Result<Option<StoredEntry>, StoreError> {
+        let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
+        let rtxn = env.read_txn().map_err(jerr)?;
+        match self.dbs.objects.get(&rtxn, key).map_err(jerr)? {
+            Some(v) => decode(v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every committed tombstone, scanned in one read txn on a thread of its own (the
+    /// shard keeps serving): the fingerprints of all of them, and those expired at
+    /// `now_ms` under `ttl_ms` (in full, for the sweep), plus the oldest deletion time of
+    /// the rest.
+    pub async fn scan_tombstones(
+        &self,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<TombstoneScan, StoreError> {
+        let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
+        let objects = self.dbs.objects;
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("nc-tomb-scan".into())
+            .spawn(move || {
+                let scan = || -> Result<TombstoneScan, StoreError> {
+                    let rtxn = env.read_txn().map_err(jerr)?;
+                    let mut out = TombstoneScan {
+                        oldest_kept_ms: u64::MAX,
+                        ..TombstoneScan::default()
+                    };
+                    for item in objects.iter(&rtxn).map_err(jerr)? {
+                        let (_, v) = item.map_err(jerr)?;
+                        if !is_tombstone(v) {
+                            continue;
+                        }
+                        let StoredEntry::Tombstone(t) = decode(v)? else {
+                            continue;
+                        };
+                        out.fingerprints.push(crate::shard::key_fingerprint(&t.key));
+                        if crate::tombstone_expired(t.deleted_at_ms, ttl_ms, now_ms) {
+                            out.expired.push(t);
+                        } else {
+                            out.oldest_kept_ms = out.oldest_kept_ms.min(t.deleted_at_ms);
+                        }
+                    }
+                    Ok(out)
+                };
+                let _ = tx.send(scan());
+            })
+            .map_err(|e| StoreError::Journal(format!("starting the tombstone scan: {e}")))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// The stored value of `key`'s inline body (checked by the caller with
     /// [`crate::inline::decode`]), read on the reader thread. `None`: no body stored.
     pub async fn read_body(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -819,6 +904,15 @@ fn apply(
                 Op::RemoveEntry(k) => {
                     dbs.objects.delete(&mut wtxn, k)?;
                     dbs.bodies.delete(&mut wtxn, k)?;
+                }
+                Op::RemoveTombstone { key, seq } => {
+                    let same = match dbs.objects.get(&wtxn, key)? {
+                        Some(v) => tombstone_seq(v) == Some(*seq),
+                        None => false,
+                    };
+                    if same {
+                        dbs.objects.delete(&mut wtxn, key)?;
+                    }
                 }
                 Op::PutBody { key, seq, body } => {
                     let head = crate::inline::header(*seq, body);

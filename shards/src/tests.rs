@@ -307,6 +307,79 @@ fn delete_tombstone_pending_and_sweep() {
     });
 }
 
+/// Tombstones live in the journal, not the index: after a restart they still delete,
+/// win and lose last-writer-wins, and expire; the sweep's removal spares a newer delete.
+#[test]
+fn tombstones_live_in_the_journal() {
+    both(|mut cfg| async move {
+        cfg.tombstone_ttl = Duration::ZERO;
+        let (shard, _) = open(&cfg).await;
+        put(&shard, "k1", b"one", 0).await;
+        put(&shard, "k2", b"two", 0).await;
+        let t1 = shard.delete("k1", 0).await.unwrap();
+        let t2 = shard.delete("k2", 0).await.unwrap();
+        let tn = shard.delete("never-held", 0).await.unwrap();
+        shard.close().await.unwrap();
+        drop(shard);
+
+        let (shard, rep) = open(&cfg).await;
+        assert_eq!((rep.objects, rep.tombstones), (0, 3));
+        for (k, t) in [("k1", &t1), ("k2", &t2), ("never-held", &tn)] {
+            match shard.peek(k) {
+                Lookup::Deleted(d) => assert_eq!(&d, t),
+                other => panic!("{k}: {other:?}"),
+            }
+        }
+        assert!(matches!(shard.peek("other"), Lookup::Miss));
+        // Last-writer-wins against a tombstone only the journal holds.
+        assert!(!shard.is_newer("k1", t1.hlc, "ffff"));
+        assert!(shard.is_newer("k1", t1.hlc + 1, "0"));
+        let older = Tombstone {
+            hlc: t2.hlc - 1,
+            ..t2.clone()
+        };
+        assert!(!shard.apply_tombstone(&older, None).await.unwrap());
+        // A read-through begun now never brings a deleted key back.
+        let mut w = shard.begin_write("k2", Some(3)).await.unwrap();
+        w.write(Bytes::from_static(b"old")).await.unwrap();
+        assert!(matches!(
+            w.finish(fetched("abc")).await,
+            Err(StoreError::Superseded)
+        ));
+        // A client write replaces a tombstone.
+        put(&shard, "k1", b"again", 0).await;
+        assert!(matches!(shard.peek("k1"), Lookup::Hit { .. }));
+        assert_eq!(m(&shard).tombstones.load(Ordering::Relaxed), 2);
+        // Expired (TTL zero): the sweep drops what it may, keeps what it may not.
+        assert_eq!(
+            shard
+                .sweep_tombstones_where(|t| t.key != "k2")
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(matches!(shard.peek("never-held"), Lookup::Miss));
+        assert!(matches!(shard.peek("k2"), Lookup::Deleted(_)));
+        assert!(matches!(shard.peek("k1"), Lookup::Hit { .. }));
+        assert_eq!(m(&shard).tombstones.load(Ordering::Relaxed), 1);
+        // The sweep's removal of a tombstone a newer delete replaced removes nothing.
+        let r1 = shard.delete("r", 0).await.unwrap();
+        let r2 = shard.delete("r", 0).await.unwrap();
+        shard.remove_tombstone_if("r", r1.seq).await;
+        match shard.peek("r") {
+            Lookup::Deleted(d) => assert_eq!(d, r2),
+            other => panic!("{other:?}"),
+        }
+        shard.remove_tombstone_if("r", r2.seq).await;
+        assert!(matches!(shard.peek("r"), Lookup::Miss));
+        shard.close().await.unwrap();
+        drop(shard);
+        let (shard, rep) = open(&cfg).await;
+        assert_eq!((rep.objects, rep.tombstones), (1, 1));
+        shard.close().await.unwrap();
+    });
+}
+
 #[test]
 fn persistence_and_hlc_across_reopen() {
     both(|cfg| async move {

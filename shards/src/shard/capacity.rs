@@ -34,7 +34,7 @@ impl Core {
         let mut ops = Vec::new();
         let mut files = Vec::new();
         for key in victims {
-            let Some(Entry::Object(meta)) = st.index.remove(&key) else {
+            let Some(meta) = st.index.remove(&*key) else {
                 continue;
             };
             st.mem_remove(&key);
@@ -42,8 +42,11 @@ impl Core {
             self.metrics
                 .evicted_bytes
                 .fetch_add(meta.size, Ordering::Relaxed);
-            ops.push(Op::RemoveEntry(key.clone()));
-            ops.push(self.record(RecordKind::Evicted { key, seq: meta.seq }));
+            ops.push(Op::RemoveEntry(key.to_string()));
+            ops.push(self.record(RecordKind::Evicted {
+                key: key.to_string(),
+                seq: meta.seq,
+            }));
             if !meta.inline {
                 files.push(self.object_path(meta.seq));
             }

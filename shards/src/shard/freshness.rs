@@ -11,7 +11,7 @@ impl Shard {
         let core = &self.core;
         let ack = {
             let mut st = core.state.borrow_mut();
-            let Some(Entry::Object(old)) = st.index.get(key) else {
+            let Some(old) = st.index.get(key) else {
                 return Ok(false);
             };
             if old.hlc != hlc {
@@ -25,7 +25,9 @@ impl Shard {
             // Keep what the layers above derived: the response head does not change.
             m.derived = old.derived.clone();
             let meta = Rc::new(m);
-            st.index.insert(key.to_owned(), Entry::Object(meta.clone()));
+            if let Some(v) = st.index.get_mut(key) {
+                *v = meta.clone();
+            }
             core.submit(vec![Op::PutEntry(
                 key.to_owned(),
                 StoredEntry::Object((*meta).clone()),

@@ -63,11 +63,6 @@ pub struct Shard {
     core: Rc<Core>,
 }
 
-enum Entry {
-    Object(Rc<ObjectMeta>),
-    Tombstone(Tomb),
-}
-
 /// A tombstone as the index keeps it: its key is the map's (not held twice), so a
 /// delete-heavy day costs less memory.
 #[derive(Debug, Clone, Copy)]
@@ -100,26 +95,33 @@ impl Tomb {
     }
 }
 
-impl Entry {
-    fn seq(&self) -> u64 {
-        match self {
-            Entry::Object(m) => m.seq,
-            Entry::Tombstone(t) => t.seq,
-        }
-    }
-
-    fn hlc(&self) -> u64 {
-        match self {
-            Entry::Object(m) => m.hlc,
-            Entry::Tombstone(t) => t.hlc,
-        }
-    }
+/// A 64-bit hash of a key, for the tombstone filter. Process-local (recovery rebuilds
+/// the filter), so any fixed hash will do.
+pub(crate) fn key_fingerprint(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 struct State {
-    index: HashMap<String, Entry>,
+    /// Objects only: a tombstone lives in the journal's `objects` db, where reads that
+    /// find no object look for it (see [`State::tomb`]), so a delete-heavy day costs no
+    /// index memory beyond a fingerprint.
+    /// Keyed by the same allocation as `disk`'s entry: a key is held once.
+    index: HashMap<Rc<str>, Rc<ObjectMeta>>,
+    /// Tombstones queued to the journal and maybe not committed yet (the `objects` db
+    /// does not show them until then). Dropped once committed, or when the key changes.
+    fresh_tombs: HashMap<String, Tomb>,
+    /// Fingerprints ([`key_fingerprint`]) of every key that may hold a tombstone in the
+    /// `objects` db: a key whose fingerprint is absent holds none, so a miss reads the
+    /// journal only for keys deleted (or sharing a fingerprint with one). Only grows
+    /// between tombstone scans, which rebuild it.
+    tomb_filter: HashSet<u64>,
+    /// While a tombstone scan runs: fingerprints added since it started (kept on swap).
+    tomb_filter_added: Option<Vec<u64>>,
+    /// Earliest `deleted_at_ms` of any tombstone, or lower (`u64::MAX`: none): the sweep
+    /// scans the journal only once something may have expired.
+    oldest_tomb_ms: u64,
     /// Disk tier: weights are body sizes; pinned while not in the origin.
-    disk: S3Fifo<String>,
+    disk: S3Fifo<Rc<str>>,
     /// Bytes reserved by writes in progress.
     reserved: u64,
     /// Memory tier: bodies of small objects, by key, tagged with their seq.
@@ -143,33 +145,77 @@ impl State {
         Some(old)
     }
 
-    fn held(&self, key: &str) -> crate::Held<'_> {
-        match self.index.get(key) {
-            None => crate::Held::Nothing,
-            Some(Entry::Object(m)) => crate::Held::Version {
-                hlc: m.hlc,
-                etag: &m.etag,
-            },
-            Some(Entry::Tombstone(t)) => crate::Held::Tombstone { hlc: t.hlc },
+    /// The tombstone `key` holds, if it holds no object: a queued one, else the journal's
+    /// (read only when the filter says the key may have one). A journal that cannot be
+    /// read counts as a tombstone that beats everything: nothing deleted comes back.
+    fn tomb(&self, journal: &Journal, key: &str) -> Option<Tomb> {
+        if let Some(t) = self.fresh_tombs.get(key) {
+            return Some(*t);
+        }
+        if !self.tomb_filter.contains(&key_fingerprint(key)) {
+            return None;
+        }
+        match journal.read_entry(key) {
+            Ok(Some(StoredEntry::Tombstone(t))) => Some(Tomb::of(&t)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(key, error = %e, "reading a tombstone from the journal; treating the key as deleted");
+                Some(Tomb {
+                    hlc: u64::MAX,
+                    seq: u64::MAX,
+                    deleted_at_ms: 0,
+                    level: 0,
+                })
+            }
         }
     }
 
-    /// Last-writer-wins: is version (hlc, etag) newer than what the index holds for `key`?
+    fn held(&self, journal: &Journal, key: &str) -> crate::Held<'_> {
+        match self.index.get(key) {
+            Some(m) => crate::Held::Version {
+                hlc: m.hlc,
+                etag: &m.etag,
+            },
+            None => match self.tomb(journal, key) {
+                Some(t) => crate::Held::Tombstone { hlc: t.hlc },
+                None => crate::Held::Nothing,
+            },
+        }
+    }
+
+    /// Last-writer-wins: is version (hlc, etag) newer than what the shard holds for `key`?
     /// A tombstone beats a version with a lower or equal hlc ([`crate::version_wins`]).
-    fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
-        crate::version_wins(hlc, etag, self.held(key))
+    fn is_newer(&self, journal: &Journal, key: &str, hlc: u64, etag: &str) -> bool {
+        crate::version_wins(hlc, etag, self.held(journal, key))
     }
 
     /// Whether a tombstone from elsewhere is stored: last-writer-wins (it beats a version
     /// with a lower or equal hlc), unless it expired and the key holds nothing
     /// ([`crate::tombstone_applies`]).
-    fn tombstone_applies(&self, t: &Tombstone, ttl_ms: u64, now_ms: u64) -> bool {
-        crate::tombstone_applies(t, self.held(&t.key), ttl_ms, now_ms)
+    fn tombstone_applies(
+        &self,
+        journal: &Journal,
+        t: &Tombstone,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        crate::tombstone_applies(t, self.held(journal, &t.key), ttl_ms, now_ms)
+    }
+
+    /// Notes a tombstone queued for `key` (in `fresh_tombs` until committed).
+    fn add_tomb(&mut self, key: &str, tomb: Tomb) {
+        let fp = key_fingerprint(key);
+        self.tomb_filter.insert(fp);
+        if let Some(added) = &mut self.tomb_filter_added {
+            added.push(fp);
+        }
+        self.oldest_tomb_ms = self.oldest_tomb_ms.min(tomb.deleted_at_ms);
+        self.fresh_tombs.insert(key.to_owned(), tomb);
     }
 
     /// Whether `key`'s current entry is the object version `seq`.
     fn holds_version(&self, key: &str, seq: u64) -> bool {
-        matches!(self.index.get(key), Some(Entry::Object(m)) if m.seq == seq)
+        matches!(self.index.get(key), Some(m) if m.seq == seq)
     }
 
     fn mem_remove(&mut self, key: &str) {
@@ -349,10 +395,10 @@ impl Core {
         key: &str,
     ) -> Option<(Rc<ObjectMeta>, Option<PathBuf>)> {
         match st.index.get(key) {
-            Some(Entry::Object(_)) => {}
+            Some(_) => {}
             _ => return None,
         }
-        let Some(Entry::Object(meta)) = st.index.remove(key) else {
+        let Some(meta) = st.index.remove(key) else {
             unreachable!()
         };
         st.disk.remove(key);
@@ -424,7 +470,10 @@ impl Shard {
     /// holds for `key` (nothing, an older version, or an older tombstone). Ordered by hlc,
     /// then etag; a tombstone with hlc >= the version's hlc wins.
     pub fn is_newer(&self, key: &str, hlc: u64, etag: &str) -> bool {
-        self.core.state.borrow().is_newer(key, hlc, etag)
+        self.core
+            .state
+            .borrow()
+            .is_newer(&self.core.journal, key, hlc, etag)
     }
 
     /// Whether the journal holds an inline body for `key` (tests).

@@ -15,7 +15,7 @@ impl Shard {
         let core = &self.core;
         let (ack, meta, queued) = {
             let mut st = core.state.borrow_mut();
-            let Some(Entry::Object(old)) = st.index.get(key) else {
+            let Some(old) = st.index.get(key) else {
                 return Err(StoreError::NotFound);
             };
             if level <= old.level {
@@ -24,7 +24,9 @@ impl Shard {
             let mut m = (**old).clone();
             m.level = level;
             let meta = Rc::new(m);
-            st.index.insert(key.to_owned(), Entry::Object(meta.clone()));
+            if let Some(v) = st.index.get_mut(key) {
+                *v = meta.clone();
+            }
             let mut ops = vec![
                 Op::PutEntry(key.to_owned(), StoredEntry::Object((*meta).clone())),
                 core.record(RecordKind::Upgrade {
@@ -64,7 +66,7 @@ impl Shard {
     ) -> Result<bool, StoreError> {
         let matches = matches!(
             self.core.state.borrow().index.get(key),
-            Some(Entry::Object(m)) if m.hlc == hlc && m.level < level
+            Some(m) if m.hlc == hlc && m.level < level
         );
         if !matches {
             return Ok(false);
@@ -93,8 +95,8 @@ impl Shard {
             }
             let kind = match rec.kind {
                 PendingRecKind::Delete => PendingKind::Delete,
-                PendingRecKind::Put => match st.index.get(key) {
-                    Some(Entry::Object(m)) if m.seq == seq => PendingKind::Put {
+                PendingRecKind::Put => match st.index.get(key.as_str()) {
+                    Some(m) if m.seq == seq => PendingKind::Put {
                         body: core.body_at(m),
                         len: m.size,
                         meta: (**m).clone(),
@@ -203,14 +205,16 @@ impl Shard {
             ops.push(Op::RemovePending(key.to_owned()));
             done = Some((rec.seq, rec.hlc));
         }
-        if let Some(Entry::Object(old)) = st.index.get(key) {
+        if let Some(old) = st.index.get(key) {
             if !old.in_origin && object(old) {
                 let mut m = (**old).clone();
                 m.in_origin = true;
                 done = Some((m.seq, m.hlc));
                 ops.push(Op::PutEntry(key.to_owned(), StoredEntry::Object(m.clone())));
-                st.index.insert(key.to_owned(), Entry::Object(Rc::new(m)));
-                st.disk.set_pinned(&key.to_owned(), false);
+                if let Some(v) = st.index.get_mut(key) {
+                    *v = Rc::new(m);
+                }
+                st.disk.set_pinned(key, false);
             }
         }
         let Some((seq, hlc)) = done else {

@@ -177,7 +177,7 @@ impl Shard {
         let mut st = core.state.borrow_mut();
         let m = &core.metrics;
         match st.index.get(key) {
-            Some(Entry::Object(meta)) => {
+            Some(meta) => {
                 let meta = meta.clone();
                 let body = st
                     .mem_bodies
@@ -194,18 +194,20 @@ impl Shard {
                 }
                 Lookup::Hit { meta, body }
             }
-            Some(Entry::Tombstone(t)) => {
-                if count {
-                    m.hits.fetch_add(1, Ordering::Relaxed);
+            None => match st.tomb(&core.journal, key) {
+                Some(t) => {
+                    if count {
+                        m.hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Lookup::Deleted(t.with_key(key))
                 }
-                Lookup::Deleted(t.with_key(key))
-            }
-            None => {
-                if count {
-                    m.misses.fetch_add(1, Ordering::Relaxed);
+                None => {
+                    if count {
+                        m.misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Lookup::Miss
                 }
-                Lookup::Miss
-            }
+            },
         }
     }
 
@@ -221,10 +223,7 @@ impl Shard {
         st.index
             .iter()
             .filter(|(k, _)| k.starts_with(prefix) && keep(k))
-            .filter_map(|(k, e)| match e {
-                Entry::Object(m) => Some((m.clone(), st.pending.contains_key(k))),
-                Entry::Tombstone(_) => None,
-            })
+            .map(|(k, m)| (m.clone(), st.pending.contains_key(&**k)))
             .collect()
     }
 

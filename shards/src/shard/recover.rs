@@ -41,36 +41,57 @@ impl Shard {
             pending: HashMap::new(),
             pending_order: BTreeMap::new(),
             tombstones: 0,
+            fresh_tombs: HashMap::new(),
+            tomb_filter: HashSet::new(),
+            tomb_filter_added: None,
+            oldest_tomb_ms: u64::MAX,
         };
         let mut max_seq = rec.last_record_seq;
         let mut max_hlc = rec.hlc;
         let mut live = HashSet::with_capacity(rec.entry_count as usize);
+        // Pending records written before they carried the hlc take their tombstone's.
+        let legacy_pending: HashSet<String> = rec
+            .pending
+            .iter()
+            .filter(|(_, p)| p.hlc == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut legacy_tomb_hlc: HashMap<String, (u64, u64)> = HashMap::new();
         journal.for_each_entry(|e| match e {
             StoredEntry::Object(m) => {
                 max_seq = max_seq.max(m.seq);
                 max_hlc = max_hlc.max(m.hlc);
                 live.insert(m.seq);
-                st.disk.insert(m.key.clone(), m.size, !m.in_origin);
+                let key: Rc<str> = Rc::from(m.key.as_str());
+                st.disk.insert(key.clone(), m.size, !m.in_origin);
                 report.objects += 1;
-                st.index.insert(m.key.clone(), Entry::Object(Rc::new(m)));
+                st.index.insert(key, Rc::new(m));
             }
             StoredEntry::Tombstone(t) => {
                 max_seq = max_seq.max(t.seq);
                 max_hlc = max_hlc.max(t.hlc);
                 report.tombstones += 1;
                 st.tombstones += 1;
-                let tomb = Tomb::of(&t);
-                st.index.insert(t.key, Entry::Tombstone(tomb));
+                st.tomb_filter.insert(key_fingerprint(&t.key));
+                if legacy_pending.contains(t.key.as_str()) {
+                    legacy_tomb_hlc.insert(t.key.clone(), (t.seq, t.hlc));
+                }
+                st.oldest_tomb_ms = st.oldest_tomb_ms.min(t.deleted_at_ms);
             }
         })?;
+        // Sized for every entry, tombstones included; only objects stay in the index.
+        st.index.shrink_to_fit();
         for (key, mut p) in rec.pending {
             max_seq = max_seq.max(p.seq);
             report.pending += 1;
             if p.hlc == 0 {
                 // Written before pending records carried the hlc.
-                p.hlc = match st.index.get(&key) {
-                    Some(e) if e.seq() == p.seq => e.hlc(),
-                    _ => 0,
+                p.hlc = match st.index.get(key.as_str()) {
+                    Some(m) if m.seq == p.seq => m.hlc,
+                    _ => legacy_tomb_hlc
+                        .get(&key)
+                        .filter(|(seq, _)| *seq == p.seq)
+                        .map_or(0, |(_, hlc)| *hlc),
                 };
             }
             st.set_pending(&key, p);

@@ -176,10 +176,12 @@ impl Shard {
     /// A file may go away (eviction, a newer write) while it is read; the copy then fails
     /// and is retried from another source.
     pub fn stored_body(&self, key: &str) -> Option<(crate::BodyAt, Rc<ObjectMeta>)> {
-        match self.core.state.borrow().index.get(key) {
-            Some(Entry::Object(m)) => Some((self.core.body_at(m), m.clone())),
-            _ => None,
-        }
+        self.core
+            .state
+            .borrow()
+            .index
+            .get(key)
+            .map(|m| (self.core.body_at(m), m.clone()))
     }
 
     /// Resolves when entries may have been added.

@@ -49,7 +49,7 @@ impl Shard {
         let tomb = {
             let mut st = core.state.borrow_mut();
             let ttl_ms = core.cfg.tombstone_ttl.as_millis() as u64;
-            if !st.tombstone_applies(t, ttl_ms, wall_ms()) {
+            if !st.tombstone_applies(&core.journal, t, ttl_ms, wall_ms()) {
                 return Ok(false);
             }
             let tomb = Tombstone {
@@ -77,13 +77,10 @@ impl Shard {
         if let Some((_, Some(path))) = core.unlink_object(st, key) {
             files.push(path);
         }
-        if !matches!(
-            st.index
-                .insert(key.to_owned(), Entry::Tombstone(Tomb::of(&tomb))),
-            Some(Entry::Tombstone(_))
-        ) {
+        if st.tomb(&core.journal, key).is_none() {
             st.tombstones += 1;
         }
+        st.add_tomb(key, Tomb::of(&tomb));
         let mut ops = vec![
             Op::PutEntry(key.to_owned(), StoredEntry::Tombstone(tomb.clone())),
             Op::Record(Record {
@@ -116,7 +113,20 @@ impl Shard {
 
     /// Waits for a tombstone's commit, then removes the replaced file.
     async fn finish_tombstone(&self, q: QueuedTombstone) -> Result<Tombstone, StoreError> {
-        Journal::wait(q.ack).await?;
+        let committed = Journal::wait(q.ack).await;
+        {
+            // Committed, the journal shows it; failed, it was never stored. Either way the
+            // queued copy goes (unless a later delete of the key replaced it).
+            let mut st = self.core.state.borrow_mut();
+            if st
+                .fresh_tombs
+                .get(&q.tomb.key)
+                .is_some_and(|t| t.seq == q.tomb.seq)
+            {
+                st.fresh_tombs.remove(&q.tomb.key);
+            }
+        }
+        committed?;
         self.core.remove_files(q.files).await;
         if q.queued {
             self.notify_pending();
@@ -130,17 +140,15 @@ impl Shard {
         let (ack, files) = {
             let mut st = core.state.borrow_mut();
             let mut files = Vec::new();
-            match st.index.get(key) {
-                None => return Ok(()),
-                Some(Entry::Object(_)) => {
-                    if let Some((_, Some(path))) = core.unlink_object(&mut st, key) {
-                        files.push(path);
-                    }
+            if st.index.contains_key(key) {
+                if let Some((_, Some(path))) = core.unlink_object(&mut st, key) {
+                    files.push(path);
                 }
-                Some(Entry::Tombstone(_)) => {
-                    st.index.remove(key);
-                    st.tombstones -= 1;
-                }
+            } else if st.tomb(&core.journal, key).is_some() {
+                st.fresh_tombs.remove(key);
+                st.tombstones = st.tombstones.saturating_sub(1);
+            } else {
+                return Ok(());
             }
             st.clear_pending(key);
             let ops = vec![
@@ -164,7 +172,9 @@ impl Shard {
     }
 
     /// Removes expired tombstones (TTL, no pending origin delete) for which `may_drop` is
-    /// true, e.g. only those every peer has seen. Returns how many.
+    /// true, e.g. only those every peer has seen. Returns how many. The journal is scanned
+    /// off the shard thread, and only once a tombstone may have expired; the scan also
+    /// rebuilds the tombstone filter.
     pub async fn sweep_tombstones_where(
         &self,
         may_drop: impl Fn(&Tombstone) -> bool,
@@ -172,39 +182,91 @@ impl Shard {
         let core = &self.core;
         let ttl_ms = core.cfg.tombstone_ttl.as_millis() as u64;
         let now = wall_ms();
-        let ack = {
+        {
             let mut st = core.state.borrow_mut();
-            let expired: Vec<(String, u64)> = st
-                .index
-                .iter()
-                .filter_map(|(k, e)| match e {
-                    Entry::Tombstone(t)
-                        if crate::tombstone_expired(t.deleted_at_ms, ttl_ms, now)
-                            && !st.pending.contains_key(k)
-                            && may_drop(&t.with_key(k)) =>
-                    {
-                        Some((k.clone(), t.seq))
-                    }
-                    _ => None,
-                })
-                .collect();
-            if expired.is_empty() {
+            if st.tomb_filter_added.is_some()
+                || !crate::tombstone_expired(st.oldest_tomb_ms, ttl_ms, now)
+            {
                 return Ok(0);
             }
-            let mut ops = Vec::new();
-            for (key, seq) in &expired {
-                st.index.remove(key);
-                st.tombstones -= 1;
-                ops.push(Op::RemoveEntry(key.clone()));
-                ops.push(core.record(RecordKind::TombstoneExpired {
-                    key: key.clone(),
-                    seq: *seq,
-                }));
+            // Tombstones queued from here on may miss the scan's snapshot: their
+            // fingerprints are kept when the filter is swapped.
+            let queued: Vec<u64> = st.fresh_tombs.keys().map(|k| key_fingerprint(k)).collect();
+            st.tomb_filter_added = Some(queued);
+        }
+        let scan = core.journal.scan_tombstones(ttl_ms, now).await;
+        let (ack, swept) = self.apply_scan(scan, &may_drop)?;
+        if let Some(ack) = ack {
+            Journal::wait(ack).await?;
+        }
+        Ok(swept)
+    }
+
+    /// The synchronous half of a sweep: swaps in the rebuilt filter and queues the
+    /// removal of the expired tombstones that may go.
+    fn apply_scan(
+        &self,
+        scan: Result<crate::journal::TombstoneScan, StoreError>,
+        may_drop: &impl Fn(&Tombstone) -> bool,
+    ) -> Result<(Option<Ack>, u64), StoreError> {
+        let core = &self.core;
+        let mut st = core.state.borrow_mut();
+        let added = st.tomb_filter_added.take().unwrap_or_default();
+        let scan = scan?;
+        let mut filter: HashSet<u64> = scan.fingerprints.into_iter().chain(added).collect();
+        let mut oldest = scan.oldest_kept_ms;
+        for t in st.fresh_tombs.values() {
+            oldest = oldest.min(t.deleted_at_ms);
+        }
+        let mut ops = Vec::new();
+        let mut swept = 0u64;
+        for t in scan.expired {
+            // A newer write or delete of the key since the scan's snapshot keeps it (the
+            // journal removes the entry only if it is still this tombstone).
+            let kept = st.index.contains_key(t.key.as_str())
+                || st.fresh_tombs.contains_key(&t.key)
+                || st.pending.contains_key(&t.key)
+                || !may_drop(&t);
+            if kept {
+                filter.insert(key_fingerprint(&t.key));
+                oldest = oldest.min(t.deleted_at_ms);
+                continue;
             }
-            core.refresh_metrics(&st);
-            (core.submit(ops)?, expired.len() as u64)
-        };
-        Journal::wait(ack.0).await?;
-        Ok(ack.1)
+            swept += 1;
+            // Filtered until the next scan: the removal below commits later.
+            filter.insert(key_fingerprint(&t.key));
+            ops.push(Op::RemoveTombstone {
+                key: t.key.clone(),
+                seq: t.seq,
+            });
+            ops.push(core.record(RecordKind::TombstoneExpired {
+                key: t.key,
+                seq: t.seq,
+            }));
+        }
+        st.tomb_filter = filter;
+        st.oldest_tomb_ms = oldest;
+        st.tombstones = st.tombstones.saturating_sub(swept);
+        core.refresh_metrics(&st);
+        if ops.is_empty() {
+            return Ok((None, 0));
+        }
+        Ok((Some(core.submit(ops)?), swept))
+    }
+}
+
+#[cfg(test)]
+impl Shard {
+    /// Queues the sweep's conditional removal of `key`'s tombstone `seq` (tests: a sweep
+    /// racing a newer delete of the key).
+    pub(crate) async fn remove_tombstone_if(&self, key: &str, seq: u64) {
+        let ack = self
+            .core
+            .submit(vec![Op::RemoveTombstone {
+                key: key.to_owned(),
+                seq,
+            }])
+            .unwrap();
+        Journal::wait(ack).await.unwrap();
     }
 }

@@ -23,7 +23,7 @@ impl Shard {
         let reserved = 0;
         let seq = core.alloc_seq();
         core.writing.borrow_mut().insert(seq);
-        let base = core.state.borrow().index.get(key).map(Entry::seq);
+        let base = core.state.borrow().index.get(key).map(|m| m.seq);
         let path = core.object_path(seq);
         Ok(ObjectWriter {
             shard: self.clone(),
@@ -73,15 +73,14 @@ enum Guard<'a> {
 }
 
 impl Guard<'_> {
-    fn holds(&self, st: &State, key: &str, base: Option<u64>) -> bool {
+    fn holds(&self, st: &State, journal: &Journal, key: &str, base: Option<u64>) -> bool {
         match self {
             Guard::None => true,
             Guard::Base => match st.index.get(key) {
-                None => true,
-                Some(Entry::Tombstone(_)) => false,
-                Some(e) => Some(e.seq()) == base,
+                None => st.tomb(journal, key).is_none(),
+                Some(m) => Some(m.seq) == base,
             },
-            Guard::Newer { hlc, etag } => st.is_newer(key, *hlc, etag),
+            Guard::Newer { hlc, etag } => st.is_newer(journal, key, *hlc, etag),
         }
     }
 }
@@ -338,7 +337,12 @@ impl ObjectWriter {
             etag: &meta.etag,
         };
         // Cheap early out before writing the file; re-checked at commit.
-        if !guard.holds(&self.core().state.borrow(), &self.key, self.base) {
+        if !guard.holds(
+            &self.core().state.borrow(),
+            &self.core().journal,
+            &self.key,
+            self.base,
+        ) {
             return Err(StoreError::Superseded);
         }
         let inline = self.take_inline_body().await?;
@@ -432,7 +436,7 @@ impl ObjectWriter {
         let core = self.shard.core.clone();
         let (ack, meta, files) = {
             let mut st = core.state.borrow_mut();
-            if !guard.holds(&st, &self.key, self.base) {
+            if !guard.holds(&st, &core.journal, &self.key, self.base) {
                 return Err(StoreError::Superseded);
             }
             let size = self.written;
@@ -445,16 +449,17 @@ impl ObjectWriter {
             if let Some((_, Some(path))) = core.unlink_object(&mut st, &self.key) {
                 files.push(path);
             }
-            if matches!(
-                st.index
-                    .insert(self.key.clone(), Entry::Object(meta.clone())),
-                Some(Entry::Tombstone(_))
-            ) {
-                st.tombstones -= 1;
+            let key: Rc<str> = Rc::from(self.key.as_str());
+            if st.index.insert(key.clone(), meta.clone()).is_none()
+                && st.tomb(&core.journal, &self.key).is_some()
+            {
+                // The entry replaces the key's tombstone in the journal.
+                st.fresh_tombs.remove(&self.key);
+                st.tombstones = st.tombstones.saturating_sub(1);
             }
             st.reserved = st.reserved.saturating_sub(self.reserved);
             self.reserved = 0;
-            st.disk.insert(self.key.clone(), size, !meta.in_origin);
+            st.disk.insert(key, size, !meta.in_origin);
             let mut ops = Vec::with_capacity(4);
             // The body first: the entry that marks it inline must not land without it.
             let mem_body = match inline {
@@ -505,7 +510,12 @@ impl ObjectWriter {
     }
 
     fn superseded(&self) -> bool {
-        !Guard::Base.holds(&self.core().state.borrow(), &self.key, self.base)
+        !Guard::Base.holds(
+            &self.core().state.borrow(),
+            &self.core().journal,
+            &self.key,
+            self.base,
+        )
     }
 
     pub async fn abort(self) {

@@ -384,6 +384,8 @@ impl Service {
         })
     }
 
+    /// Each operation's future is boxed: the SDK's are tens of KiB, and this future is
+    /// moved into a task per request (callgrind showed ~80 KB of memcpy per miss).
     pub async fn handle(&self, envelope: Envelope) {
         let Envelope {
             job,
@@ -401,8 +403,7 @@ impl Service {
             } => {
                 let limit = self.limit(class, enqueued, 0);
                 let cond = if_none_match.as_deref();
-                self.handle_get(bucket, key, range, part, cond, &limit, reply)
-                    .await
+                Box::pin(self.handle_get(bucket, key, range, part, cond, &limit, reply)).await
             }
             Job::Head {
                 bucket,
@@ -411,7 +412,7 @@ impl Service {
                 reply,
             } => {
                 let limit = self.limit(class, enqueued, 0);
-                let _ = reply.send(self.handle_head(bucket, key, part, &limit).await);
+                let _ = reply.send(Box::pin(self.handle_head(bucket, key, part, &limit)).await);
             }
             Job::Put {
                 bucket,
@@ -421,23 +422,23 @@ impl Service {
                 reply,
             } => {
                 let limit = self.limit(class, enqueued, src.len());
-                let _ = reply.send(self.handle_put(bucket, key, &src, meta, &limit).await);
+                let _ =
+                    reply.send(Box::pin(self.handle_put(bucket, key, &src, meta, &limit)).await);
             }
             Job::Delete { bucket, key, reply } => {
                 let limit = self.limit(class, enqueued, 0);
-                let _ = reply.send(self.handle_delete(bucket, key, &limit).await);
+                let _ = reply.send(Box::pin(self.handle_delete(bucket, key, &limit)).await);
             }
             Job::Call { call, reply } => {
                 let limit = self.limit(class, enqueued, call.body_len());
-                let _ = reply.send(self.handle_call(call, &limit).await);
+                let _ = reply.send(Box::pin(self.handle_call(call, &limit)).await);
             }
             Job::EnsureBucket { reply } => {
                 let limit = self.limit(class, enqueued, 0);
-                let res = self
-                    .run(Op::EnsureBucket, "", &limit, || {
-                        self.backend.ensure_bucket()
-                    })
-                    .await;
+                let res = Box::pin(self.run(Op::EnsureBucket, "", &limit, || {
+                    self.backend.ensure_bucket()
+                }))
+                .await;
                 let _ = reply.send(res);
             }
         }
