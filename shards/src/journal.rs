@@ -184,10 +184,16 @@ pub(crate) enum Op {
     },
 }
 
+/// A 64-bit hash of a key, for the shard's tombstone filter. Process-local (recovery
+/// and every scan rebuild the filter), so any fixed hash will do.
+pub(crate) fn key_fingerprint(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
 /// What [`Journal::scan_tombstones`] found.
 #[derive(Debug, Default)]
 pub(crate) struct TombstoneScan {
-    /// Of every tombstone's key ([`crate::shard::key_fingerprint`]).
+    /// Of every tombstone's key ([`key_fingerprint`]).
     pub fingerprints: Vec<u64>,
     pub expired: Vec<Tombstone>,
     /// The earliest `deleted_at_ms` of the tombstones not expired; `u64::MAX` if none.
@@ -654,7 +660,7 @@ impl Journal {
                         let StoredEntry::Tombstone(t) = decode(v)? else {
                             continue;
                         };
-                        out.fingerprints.push(crate::shard::key_fingerprint(&t.key));
+                        out.fingerprints.push(key_fingerprint(&t.key));
                         if crate::tombstone_expired(t.deleted_at_ms, ttl_ms, now_ms) {
                             out.expired.push(t);
                         } else {

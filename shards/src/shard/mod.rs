@@ -34,7 +34,7 @@ use crate::eviction::S3Fifo;
 use crate::format::{self, Header, Mismatch, BODY_OFFSET, HEADER_SIZE};
 use crate::hlc::wall_ms;
 use crate::journal::{
-    Ack, Journal, Op, PendingRec, PendingRecKind, Record, RecordKind, StoredEntry,
+    key_fingerprint, Ack, Journal, Op, PendingRec, PendingRecKind, Record, RecordKind, StoredEntry,
 };
 use crate::{
     BodyAt, ChangeBatch, Hlc, Lookup, NoSpaceReason, ObjectMeta, PendingKind, PendingOp,
@@ -93,12 +93,6 @@ impl Tomb {
             level: self.level,
         }
     }
-}
-
-/// A 64-bit hash of a key, for the tombstone filter. Process-local (recovery rebuilds
-/// the filter), so any fixed hash will do.
-pub(crate) fn key_fingerprint(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 struct State {
