@@ -1049,12 +1049,38 @@ fn push_raw_canonical_query(out: &mut Vec<u8>, raw: &str, exclude: Option<&str>)
             _ => None,
         }
     }
+    /// [`unreserved`] as a table, for the scan over runs of plain bytes.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "a u8 indexes a 256-entry table; evaluated at compile time"
+    )]
+    const PLAIN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0u8;
+        loop {
+            t[b as usize] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+            if b == u8::MAX {
+                break t;
+            }
+            b += 1;
+        }
+    };
     /// The end of the pair starting at `i` and where its `=` is, if the pair is escaped as
     /// SigV4 escapes (unreserved bytes as is, every other byte as `%XX`) and has one `=`.
     fn canonical_pair(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
+        let plain = |c: u8| PLAIN.get(usize::from(c)).copied().unwrap_or(false);
         let mut eq = None;
         while let Some(&c) = b.get(i) {
-            if c == b'&' {
+            if plain(c) {
+                // Most bytes: skip the whole run of them.
+                let run = b
+                    .get(i..)
+                    .unwrap_or_default()
+                    .iter()
+                    .position(|&c| !plain(c))
+                    .unwrap_or(b.len().saturating_sub(i));
+                i = i.saturating_add(run);
+            } else if c == b'&' {
                 break;
             } else if c == b'=' && eq.is_none() {
                 eq = Some(i);
@@ -1069,8 +1095,6 @@ fn push_raw_canonical_query(out: &mut Vec<u8>, raw: &str, exclude: Option<&str>)
                     }
                     _ => return None,
                 }
-            } else if unreserved(c) {
-                i = i.saturating_add(1);
             } else {
                 return None;
             }
