@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_shards::WriteAttrs;
@@ -23,13 +23,14 @@ use crate::object::read::{GetRequest, ObjectView, Render, Stat};
 use crate::object::write::{DeleteRequest, PutRequest, WriteCondition, WriteError};
 use crate::object::CacheKey;
 
-const X_META_ID: &str = "x-meta-id";
-const X_META_NAME: &str = "x-meta-name";
-const X_META_LEVEL: &str = "x-meta-consistencylevel";
-const X_META_USERMETA: &str = "x-meta-usermeta";
-const X_META_FETCH: &str = "x-meta-fetch";
-const X_META_SYNC: &str = "x-meta-sync";
-const X_META_FETCHED: &str = "x-meta-fetched";
+// Header names made once, not parsed from a string on every response.
+const X_META_ID: HeaderName = HeaderName::from_static("x-meta-id");
+const X_META_NAME: HeaderName = HeaderName::from_static("x-meta-name");
+const X_META_LEVEL: HeaderName = HeaderName::from_static("x-meta-consistencylevel");
+const X_META_USERMETA: HeaderName = HeaderName::from_static("x-meta-usermeta");
+const X_META_FETCH: HeaderName = HeaderName::from_static("x-meta-fetch");
+const X_META_SYNC: HeaderName = HeaderName::from_static("x-meta-sync");
+const X_META_FETCHED: HeaderName = HeaderName::from_static("x-meta-fetched");
 
 pub async fn handle(ctx: Rc<ShardCtx>, req: Request<Incoming>) -> Response<Body> {
     serve(ctx, req, false).await
@@ -351,7 +352,7 @@ async fn put(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body
         None => Ulid::generate().to_string(),
     };
     let level = level_header(h, ctx.node.cfg.api.default_level)?;
-    let sync = bool_header(h, X_META_SYNC)?.unwrap_or(false);
+    let sync = bool_header(h, X_META_SYNC.as_str())?.unwrap_or(false);
     let name = match h.get(X_META_NAME) {
         Some(v) => Some(
             v.to_str()
@@ -442,7 +443,7 @@ async fn delete(
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "id")?;
     let level = level_header(req.headers(), ctx.node.cfg.api.default_level)?;
-    let sync = bool_header(req.headers(), X_META_SYNC)?.unwrap_or(false);
+    let sync = bool_header(req.headers(), X_META_SYNC.as_str())?.unwrap_or(false);
     let dreq = DeleteRequest {
         key: CacheKey::native(id.clone()),
         level,
@@ -503,7 +504,7 @@ fn get_request(
         head,
         range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
         cond: Conditions::from_headers(h),
-        fetch: bool_header(h, X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default),
+        fetch: bool_header(h, X_META_FETCH.as_str())?.unwrap_or(ctx.node.cfg.api.fetch_default),
     })
 }
 
@@ -579,7 +580,8 @@ async fn meta(
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "id")?;
-    let fetch = bool_header(req.headers(), X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default);
+    let fetch = bool_header(req.headers(), X_META_FETCH.as_str())?
+        .unwrap_or(ctx.node.cfg.api.fetch_default);
     let stat = crate::object::read::stat(ctx, CacheKey::native(id.clone()), fetch).await?;
     Ok(render_meta(id, stat))
 }

@@ -94,7 +94,7 @@ impl CacheStatus {
 }
 
 /// The response header that says how the cache answered.
-pub const X_CACHE_STATUS: &str = "x-cache-status";
+pub const X_CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("x-cache-status");
 
 impl<'a> ObjectView<'a> {
     pub fn stored(m: &'a ObjectMeta, status: CacheStatus) -> Self {
