@@ -1,5 +1,5 @@
 //! One suite over several configurations: shards 1 and 3 × io_uring and syscall file
-//! devices × a real S3 server (moto, or NEARCACHE_TEST_S3_*) and the embedded local
+//! devices (and the epoll network driver, `server.io`) × a real S3 server (moto, or NEARCACHE_TEST_S3_*) and the embedded local
 //! origin, each driven through the native API and the S3-compatible API (aws-sdk-s3).
 //!
 //! Each configuration writes, reads (whole, ranged, conditional), lists, copies and
@@ -22,9 +22,15 @@ enum Origin {
 
 /// Starts a node of the given shape; the embedded origin lives outside the data dir,
 /// so wiping the cache keeps it.
+/// `device` "epoll" runs the shards on the epoll driver (`server.io`), files by syscalls.
 fn configure(cfg: &mut Config, shards: usize, device: &str, origin: Origin, local: &Path) {
     cfg.server.shards = shards;
-    cfg.store.device = device.into();
+    if device == "epoll" {
+        cfg.server.io = "epoll".into();
+        cfg.store.device = "auto".into();
+    } else {
+        cfg.store.device = device.into();
+    }
     if let Origin::Embedded = origin {
         cfg.origin.bucket = None;
         cfg.origin.endpoint = None;
@@ -305,4 +311,9 @@ fn three_shards_uring_embedded() {
 #[test]
 fn three_shards_syscall_embedded() {
     run("m3se", 3, "syscall", Origin::Embedded);
+}
+
+#[test]
+fn three_shards_epoll_s3() {
+    run("m3es", 3, "epoll", Origin::S3);
 }
