@@ -63,8 +63,8 @@ pub struct Shard {
     core: Rc<Core>,
 }
 
-/// A tombstone as the index keeps it: its key is the map's (not held twice), so a
-/// delete-heavy day costs less memory.
+/// A tombstone's fields without its key: what `fresh_tombs` keeps (the key is the
+/// map's) and what a lookup reads back from the journal.
 #[derive(Debug, Clone, Copy)]
 struct Tomb {
     hlc: u64,
@@ -99,6 +99,7 @@ struct State {
     /// Objects only: a tombstone lives in the journal's `objects` db, where reads that
     /// find no object look for it (see [`State::tomb`]), so a delete-heavy day costs no
     /// index memory beyond a fingerprint.
+    ///
     /// Keyed by the same allocation as `disk`'s entry: a key is held once.
     index: HashMap<Rc<str>, Rc<ObjectMeta>>,
     /// Tombstones queued to the journal and maybe not committed yet (the `objects` db
