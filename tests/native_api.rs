@@ -941,6 +941,13 @@ fn uploads_survive_a_failing_origin() {
         node.metric("nearcache_upload_failures_total") >= 1.0,
         "injection had no effect"
     );
+    // An object is in S3 before its upload is recorded as done (the pending op is
+    // cleared and counted after the origin answered): wait for the count, then check
+    // that it is exactly one per object.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while node.metric("nearcache_uploads_total") < 20.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(node.metric("nearcache_uploads_total"), 20.0);
 }
 
