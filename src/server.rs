@@ -274,7 +274,7 @@ pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     }
     let uring_active = monoio::utils::detect_uring()
         && cfg.server.epoll_only() == Some(false)
-        && cfg.store.device_kind() != Some(nearcache_shards::DeviceKind::Syscall);
+        && cfg.store.device_kind() != Some(DeviceKind::Syscall);
     if !monoio::utils::detect_uring() {
         tracing::error!(
             "io_uring is not available (kernel or seccomp): running on the epoll fallback, \

@@ -206,11 +206,15 @@ fn is_tombstone(v: &[u8]) -> bool {
     v.get(1..).is_some_and(|j| j.starts_with(b"{\"Tombstone\""))
 }
 
-/// The seq of the tombstone an encoded `objects` value holds, if it is one (and decodes).
-fn tombstone_seq(v: &[u8]) -> Option<u64> {
-    match decode::<StoredEntry>(v) {
-        Ok(StoredEntry::Tombstone(t)) if is_tombstone(v) => Some(t.seq),
-        _ => None,
+/// The tombstone an encoded `objects` value holds, if it is one (objects are not
+/// decoded).
+fn decode_tombstone(v: &[u8]) -> Result<Option<Tombstone>, StoreError> {
+    if !is_tombstone(v) {
+        return Ok(None);
+    }
+    match decode::<StoredEntry>(v)? {
+        StoredEntry::Tombstone(t) => Ok(Some(t)),
+        StoredEntry::Object(_) => Ok(None),
     }
 }
 
@@ -620,13 +624,13 @@ impl Journal {
         Ok(())
     }
 
-    /// `key`'s committed index entry, read on the calling thread (a short read txn of
-    /// pages the index keeps hot).
-    pub fn read_entry(&self, key: &str) -> Result<Option<StoredEntry>, StoreError> {
+    /// `key`'s committed tombstone, if its entry is one; read on the calling thread (a
+    /// short read txn).
+    pub fn read_tombstone(&self, key: &str) -> Result<Option<Tombstone>, StoreError> {
         let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
         let rtxn = env.read_txn().map_err(jerr)?;
         match self.dbs.objects.get(&rtxn, key).map_err(jerr)? {
-            Some(v) => decode(v).map(Some),
+            Some(v) => decode_tombstone(v),
             None => Ok(None),
         }
     }
@@ -654,10 +658,7 @@ impl Journal {
                     };
                     for item in objects.iter(&rtxn).map_err(jerr)? {
                         let (_, v) = item.map_err(jerr)?;
-                        if !is_tombstone(v) {
-                            continue;
-                        }
-                        let StoredEntry::Tombstone(t) = decode(v)? else {
+                        let Some(t) = decode_tombstone(v)? else {
                             continue;
                         };
                         out.fingerprints.push(key_fingerprint(&t.key));
@@ -912,8 +913,12 @@ fn apply(
                     dbs.bodies.delete(&mut wtxn, k)?;
                 }
                 Op::RemoveTombstone { key, seq } => {
+                    // An entry that does not decode is left for recovery to report.
                     let same = match dbs.objects.get(&wtxn, key)? {
-                        Some(v) => tombstone_seq(v) == Some(*seq),
+                        Some(v) => decode_tombstone(v)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|t| t.seq == *seq),
                         None => false,
                     };
                     if same {

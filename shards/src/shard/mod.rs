@@ -150,9 +150,9 @@ impl State {
         if !self.tomb_filter.contains(&key_fingerprint(key)) {
             return None;
         }
-        match journal.read_entry(key) {
-            Ok(Some(StoredEntry::Tombstone(t))) => Some(Tomb::of(&t)),
-            Ok(_) => None,
+        match journal.read_tombstone(key) {
+            Ok(Some(t)) => Some(Tomb::of(&t)),
+            Ok(None) => None,
             Err(e) => {
                 tracing::error!(key, error = %e, "reading a tombstone from the journal; treating the key as deleted");
                 Some(Tomb {

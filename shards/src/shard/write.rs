@@ -449,14 +449,14 @@ impl ObjectWriter {
             if let Some((_, Some(path))) = core.unlink_object(&mut st, &self.key) {
                 files.push(path);
             }
-            let key: Rc<str> = Rc::from(self.key.as_str());
-            if st.index.insert(key.clone(), meta.clone()).is_none()
-                && st.tomb(&core.journal, &self.key).is_some()
-            {
-                // The entry replaces the key's tombstone in the journal.
+            // Any previous object was unlinked above: what the key may still hold is a
+            // tombstone, which this entry replaces in the journal.
+            if st.tomb(&core.journal, &self.key).is_some() {
                 st.fresh_tombs.remove(&self.key);
                 st.tombstones = st.tombstones.saturating_sub(1);
             }
+            let key: Rc<str> = Rc::from(self.key.as_str());
+            st.index.insert(key.clone(), meta.clone());
             st.reserved = st.reserved.saturating_sub(self.reserved);
             self.reserved = 0;
             st.disk.insert(key, size, !meta.in_origin);

@@ -952,6 +952,11 @@ fn check_signature(
     }
 }
 
+/// Bytes SigV4 leaves unescaped: `A-Za-z0-9-._~`.
+const fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
 /// The canonical URI: each `/`-separated segment percent-decoded, then re-encoded with only
 /// `A-Za-z0-9-._~` left as is.
 pub(crate) fn canonical_uri(raw_path: &str) -> String {
@@ -960,10 +965,7 @@ pub(crate) fn canonical_uri(raw_path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        if seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-        {
+        if seg.bytes().all(unreserved) {
             // Nothing to decode or encode.
             out.push_str(seg);
             continue;
@@ -1038,10 +1040,6 @@ fn canonical_query(query: &[QueryPair<'_>], exclude: Option<&str>) -> String {
 /// URLs so; then nothing is decoded, re-encoded or sorted. Returns false (and appends
 /// nothing) otherwise: the caller builds it from the decoded pairs.
 fn push_raw_canonical_query(out: &mut Vec<u8>, raw: &str, exclude: Option<&str>) -> bool {
-    /// Bytes SigV4 leaves unescaped.
-    fn unreserved(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-    }
     fn upper_hex(b: u8) -> Option<u8> {
         match b {
             b'0'..=b'9' => Some(b.wrapping_sub(b'0')),
@@ -1058,7 +1056,7 @@ fn push_raw_canonical_query(out: &mut Vec<u8>, raw: &str, exclude: Option<&str>)
         let mut t = [false; 256];
         let mut b = 0u8;
         loop {
-            t[b as usize] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+            t[b as usize] = unreserved(b);
             if b == u8::MAX {
                 break t;
             }
@@ -1195,14 +1193,8 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-#[expect(
-    clippy::expect_used,
-    reason = "HMAC takes keys of any length: new_from_slice cannot fail"
-)]
 pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
+    hmac_parts(key, &[data])
 }
 
 /// HMAC-SHA256 of the concatenation of `parts`.
