@@ -15,7 +15,7 @@
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 /// Parses a single `bytes=` range against an object of `size` bytes.
 /// `Ok(None)`: serve the whole object (no header, a multi-range or a malformed header,
@@ -121,23 +121,25 @@ pub enum Answer {
 /// Sets the status, Content-Length and Content-Range of a read's answer for an object
 /// of `size` bytes.
 pub fn answer_head(
-    b: http::response::Builder,
+    mut b: http::response::Builder,
     size: u64,
     answer: &Answer,
 ) -> http::response::Builder {
-    match answer {
-        Answer::NotModified => b.status(StatusCode::NOT_MODIFIED),
-        Answer::Whole => b
-            .status(StatusCode::OK)
-            .header(header::CONTENT_LENGTH, size),
-        Answer::Partial(r) => b
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_LENGTH, r.end.saturating_sub(r.start))
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
-            ),
+    let (status, len) = match answer {
+        Answer::NotModified => return b.status(StatusCode::NOT_MODIFIED),
+        Answer::Whole => (StatusCode::OK, size),
+        Answer::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.end.saturating_sub(r.start)),
+    };
+    if let Some(h) = b.headers_mut() {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Answer::Partial(r) = answer {
+            let range = format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1));
+            if let Ok(v) = HeaderValue::from_str(&range) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
     }
+    b.status(status)
 }
 
 /// Conditional request headers, copied out of the request so they can cross threads.

@@ -216,11 +216,13 @@ struct CachenatorRender {
 
 impl Render for CachenatorRender {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let mut b = v
-            .head_builder()
-            .header(header::CONTENT_TYPE, "application/octet-stream");
-        if let Some(d) = &self.disposition {
-            b = b.header(header::CONTENT_DISPOSITION, d.clone());
+        let mut b = v.head_builder();
+        if let Some(h) = b.headers_mut() {
+            let octets = HeaderValue::from_static("application/octet-stream");
+            h.insert(header::CONTENT_TYPE, octets);
+            if let Some(d) = &self.disposition {
+                h.insert(header::CONTENT_DISPOSITION, d.clone());
+            }
         }
         answer_head(b, v.size, answer)
     }

@@ -271,6 +271,10 @@ mod headers {
     pub(crate) fn parse_id(raw: &str, what: &str) -> Result<String, ApiError> {
         // 26 base32 digits hold 130 bits: `ulid` drops the top two, so a first digit above 7
         // would alias another id ("8..." is "0..."). The ULID spec refuses it; so do we.
+        if is_canonical_ulid(raw) {
+            // What parsing and printing it again would give.
+            return Ok(raw.to_owned());
+        }
         let overflow = raw.len() == 26 && !raw.starts_with(|c| ('0'..='7').contains(&c));
         let parsed = match Ulid::from_string(raw) {
             Ok(_) if overflow => Err("the value is larger than 128 bits".to_owned()),
@@ -279,6 +283,24 @@ mod headers {
         parsed.map(|u| u.to_string()).map_err(|e| {
             ApiError::bad_request("invalid id", format!("{what} {raw:?} is not a ULID: {e}"))
         })
+    }
+
+    /// A ULID as `Ulid::to_string` prints it: 26 digits of Crockford's base32 in upper
+    /// case, the first at most 7. Hot reads send ids like this; they need no decoding.
+    pub(crate) fn is_canonical_ulid(raw: &str) -> bool {
+        const DIGITS: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        const fn table() -> [bool; 256] {
+            let mut t = [false; 256];
+            let mut i = 0;
+            while i < 32 {
+                t[DIGITS[i] as usize] = true;
+                i += 1;
+            }
+            t
+        }
+        static CANONICAL: [bool; 256] = table();
+        let b = raw.as_bytes();
+        b.len() == 26 && b[0] <= b'7' && b.iter().all(|&c| CANONICAL[c as usize])
     }
 
     pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {
@@ -467,25 +489,27 @@ struct NativeRender;
 
 impl Render for NativeRender {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let mut b = v.head_builder().header(X_META_ID, v.key);
-        if v.fetched() {
-            b = b.header(X_META_FETCHED, "true");
-        }
-        if *answer == Answer::NotModified {
-            return answer_head(b, v.size, answer);
-        }
-        b = b.header(
-            header::CONTENT_TYPE,
-            v.content_type.unwrap_or("application/octet-stream"),
-        );
-        if let Some(n) = v.name.and_then(|n| HeaderValue::from_str(n).ok()) {
-            b = b.header(X_META_NAME, n);
-        }
-        if let Some(l) = v.level {
-            b = b.header(X_META_LEVEL, l.to_string());
-        }
-        if let Some(j) = &v.head_values().user_meta_json {
-            b = b.header(X_META_USERMETA, j.clone());
+        let mut b = v.head_builder();
+        let hv = v.head_values();
+        if let Some(h) = b.headers_mut() {
+            if let Ok(id) = HeaderValue::from_str(v.key) {
+                h.insert(X_META_ID, id);
+            }
+            if v.fetched() {
+                h.insert(X_META_FETCHED, HeaderValue::from_static("true"));
+            }
+            if *answer != Answer::NotModified {
+                h.insert(header::CONTENT_TYPE, v.content_type_value());
+                if let Some(n) = v.name.and_then(|n| HeaderValue::from_str(n).ok()) {
+                    h.insert(X_META_NAME, n);
+                }
+                if let Some(l) = v.level_value() {
+                    h.insert(X_META_LEVEL, l);
+                }
+                if let Some(j) = &hv.user_meta_json {
+                    h.insert(X_META_USERMETA, j.clone());
+                }
+            }
         }
         answer_head(b, v.size, answer)
     }
@@ -615,5 +639,59 @@ fn render_meta(id: String, stat: Stat) -> Response<Body> {
                 .insert(X_META_FETCHED, HeaderValue::from_static("true"));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headers::is_canonical_ulid;
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The canonical fast path answers exactly what decoding and printing again would.
+    #[test]
+    fn parse_id_fast_path_agrees_with_decoding() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        // Crockford's digits, lower case, the letters it decodes leniently, and others.
+        let alphabet: Vec<char> = "0123456789ABCDEFGHJKMNPQRSTVWXYZabcxyzILOUilou-_ 8"
+            .chars()
+            .collect();
+        let mut canonical = 0;
+        for i in 0..20_000 {
+            let raw: String = if i % 2 == 0 {
+                Ulid::from(rng.gen::<u128>()).to_string()
+            } else {
+                let len = if i % 7 == 0 {
+                    rng.gen_range(24..28)
+                } else {
+                    26
+                };
+                (0..len)
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect()
+            };
+            let overflow = raw.len() == 26 && !raw.starts_with(|c| ('0'..='7').contains(&c));
+            let slow = match Ulid::from_string(&raw) {
+                Ok(u) if !overflow => Some(u.to_string()),
+                _ => None,
+            };
+            let fast = parse_id(&raw, "id").ok();
+            assert_eq!(fast, slow, "{raw:?}");
+            assert_eq!(
+                is_canonical_ulid(&raw),
+                slow.as_deref() == Some(raw.as_str()),
+                "{raw:?}"
+            );
+            canonical += usize::from(is_canonical_ulid(&raw));
+        }
+        assert!(
+            canonical >= 10_000,
+            "only {canonical} canonical ids were tried"
+        );
+        assert_eq!(
+            parse_id("01jdb000000000000000000000", "id").unwrap(),
+            "01JDB000000000000000000000"
+        );
+        assert!(parse_id("81JDB000000000000000000000", "id").is_err());
     }
 }

@@ -175,7 +175,7 @@ pub async fn write_manifest<C: ObjectCtx>(
     let stored = async {
         let mut w = ctx
             .store()
-            .begin_write(&mkey, Some(body.len() as u64))
+            .begin_fetched_write(&mkey, Some(body.len() as u64))
             .await?;
         w.write(body).await?;
         w.finish(attrs).await
@@ -573,7 +573,7 @@ async fn store_chunk<C: ObjectCtx>(ctx: &C, ck: &str, bytes: Bytes, rmeta: &Remo
     let stored = async {
         let mut w = ctx
             .store()
-            .begin_write(ck, Some(bytes.len() as u64))
+            .begin_fetched_write(ck, Some(bytes.len() as u64))
             .await?;
         w.write(bytes).await?;
         w.finish(attrs).await

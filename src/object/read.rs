@@ -61,6 +61,8 @@ pub struct HeadValues {
     pub last_modified: http::HeaderValue,
     /// The user metadata as one JSON object (None when there is none).
     pub user_meta_json: Option<http::HeaderValue>,
+    /// The stored headers that are valid as such (names lowercase).
+    pub stored_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
     /// What its Cache-Control and Expires say (read by every freshness check).
     pub directives: fresh::OriginDirectives,
 }
@@ -90,6 +92,10 @@ impl CacheStatus {
             CacheStatus::Stale => "STALE",
             CacheStatus::Updating => "UPDATING",
         }
+    }
+
+    pub fn header_value(self) -> http::HeaderValue {
+        http::HeaderValue::from_static(self.as_str())
     }
 }
 
@@ -140,15 +146,23 @@ impl<'a> ObjectView<'a> {
     }
 
     /// A response head with ETag, Last-Modified, Accept-Ranges, X-Cache-Status and Age.
+    /// Renderers add to its header map in place (`headers_mut`): each `.header()` of a
+    /// builder moves the whole head, and a hot hit renders a dozen headers.
     pub fn head_builder(&self) -> http::response::Builder {
         let hv = self.head_values();
-        let mut b = Response::builder()
-            .header(http::header::ETAG, hv.etag.clone())
-            .header(http::header::LAST_MODIFIED, hv.last_modified.clone())
-            .header(http::header::ACCEPT_RANGES, "bytes")
-            .header(X_CACHE_STATUS, self.status.as_str());
-        if let Some(age) = self.age_secs {
-            b = b.header(http::header::AGE, age);
+        let mut b = Response::builder();
+        if let Some(h) = b.headers_mut() {
+            h.reserve(HEAD_HEADERS);
+            h.insert(http::header::ETAG, hv.etag.clone());
+            h.insert(http::header::LAST_MODIFIED, hv.last_modified.clone());
+            h.insert(
+                http::header::ACCEPT_RANGES,
+                http::HeaderValue::from_static("bytes"),
+            );
+            h.insert(X_CACHE_STATUS, self.status.header_value());
+            if let Some(age) = self.age_secs {
+                h.insert(http::header::AGE, http::HeaderValue::from(age));
+            }
         }
         b
     }
@@ -165,6 +179,16 @@ impl<'a> ObjectView<'a> {
             user_meta_json: (!self.user_meta.is_empty())
                 .then(|| serde_json::to_string(self.user_meta).unwrap_or_default())
                 .and_then(|j| http::HeaderValue::from_str(&j).ok()),
+            stored_headers: self
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
             directives: fresh::origin_directives(self.headers),
         };
         match self.derived.and_then(|d| d.get_or_init(make)) {
@@ -174,12 +198,43 @@ impl<'a> ObjectView<'a> {
     }
 }
 
+impl ObjectView<'_> {
+    /// The Content-Type header: the stored one, or application/octet-stream when there
+    /// is none (or it is not a valid header value).
+    pub fn content_type_value(&self) -> http::HeaderValue {
+        const OCTETS: http::HeaderValue =
+            http::HeaderValue::from_static("application/octet-stream");
+        match self.content_type {
+            None | Some("application/octet-stream") => OCTETS,
+            Some(t) => http::HeaderValue::from_str(t).unwrap_or(OCTETS),
+        }
+    }
+
+    /// The stored consistency level as a header value.
+    pub fn level_value(&self) -> Option<http::HeaderValue> {
+        const LEVELS: [http::HeaderValue; 3] = [
+            http::HeaderValue::from_static("0"),
+            http::HeaderValue::from_static("1"),
+            http::HeaderValue::from_static("2"),
+        ];
+        let l = self.level?;
+        Some(match LEVELS.get(usize::from(l)) {
+            Some(v) => v.clone(),
+            None => http::HeaderValue::from(u16::from(l)),
+        })
+    }
+}
+
+/// Room for the headers of a typical read's response, reserved once.
+const HEAD_HEADERS: usize = 16;
+
 impl Clone for HeadValues {
     fn clone(&self) -> Self {
         HeadValues {
             etag: self.etag.clone(),
             last_modified: self.last_modified.clone(),
             user_meta_json: self.user_meta_json.clone(),
+            stored_headers: self.stored_headers.clone(),
             directives: self.directives,
         }
     }
@@ -741,7 +796,7 @@ impl StoreFeed {
         let (store, key) = (store.clone(), key.to_owned());
         let left = behind.clone();
         monoio::spawn(async move {
-            let mut writer = match store.begin_write(&key, Some(size)).await {
+            let mut writer = match store.begin_fetched_write(&key, Some(size)).await {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(shard, error = %e, "read-through not cached");

@@ -15,6 +15,26 @@ impl Shard {
         key: &str,
         expected_len: Option<u64>,
     ) -> Result<ObjectWriter, StoreError> {
+        self.begin(key, expected_len, Some(Md5::new())).await
+    }
+
+    /// Starts storing a body fetched from the origin, whose ETag is the origin's: like
+    /// [`Shard::begin_write`] without the body's MD5 (finish it with
+    /// [`WriteAttrs::fetched`] set).
+    pub async fn begin_fetched_write(
+        self: &Rc<Self>,
+        key: &str,
+        expected_len: Option<u64>,
+    ) -> Result<ObjectWriter, StoreError> {
+        self.begin(key, expected_len, None).await
+    }
+
+    async fn begin(
+        self: &Rc<Self>,
+        key: &str,
+        expected_len: Option<u64>,
+        md5: Option<Md5>,
+    ) -> Result<ObjectWriter, StoreError> {
         check_key(key)?;
         let core = &self.core;
         if let Some(n) = expected_len {
@@ -38,7 +58,7 @@ impl Shard {
             expected_len,
             table: Vec::new(),
             body_crc: 0,
-            md5: Md5::new(),
+            md5,
             small: Some(BytesMut::new()),
             deferred: core.cfg.inline_object_max > 0,
             base,
@@ -57,7 +77,8 @@ impl Shard {
         if !self.is_newer(&meta.key, meta.hlc, &meta.etag) {
             return Ok(None);
         }
-        self.begin_write(&meta.key, Some(meta.size)).await.map(Some)
+        // The replica keeps the writer's ETag: no MD5 of the body here.
+        self.begin(&meta.key, Some(meta.size), None).await.map(Some)
     }
 }
 
@@ -103,7 +124,9 @@ pub struct ObjectWriter {
     expected_len: Option<u64>,
     table: Vec<u32>,
     body_crc: u32,
-    md5: Md5,
+    /// MD5 of the body so far, for the ETag of a client write; `None` when the ETag
+    /// comes from elsewhere (the origin, a replica's writer).
+    md5: Option<Md5>,
     /// The body while it is small enough for the memory tier, or to go inline.
     small: Option<BytesMut>,
     /// The body so far is only in `small`, not in the block buffer: it may still go
@@ -196,7 +219,9 @@ impl ObjectWriter {
                 self.core().remove_files(files).await;
             }
         }
-        self.md5.update(&chunk);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(&chunk);
+        }
         self.body_crc = crc32c::crc32c_append(self.body_crc, &chunk);
         self.written += n;
         let cfg = &self.shard.core.cfg;
@@ -266,13 +291,20 @@ impl ObjectWriter {
         if fetched && self.superseded() {
             return Err(StoreError::Superseded);
         }
+        let (etag, last_modified_ms) =
+            match (&attrs.fetched, self.md5.take()) {
+                (Some(f), _) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
+                (None, Some(md5)) => (hex::encode(md5.finalize()), wall_ms()),
+                (None, None) => return Err(StoreError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{:?}: a write begun for a fetched body finished without the origin's ETag",
+                        self.key
+                    ),
+                ))),
+            };
         let inline = self.take_inline_body().await?;
         self.write_out(inline.is_some()).await?;
-        let md5 = std::mem::take(&mut self.md5);
-        let (etag, last_modified_ms) = match &attrs.fetched {
-            Some(f) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
-            None => (hex::encode(md5.finalize()), wall_ms()),
-        };
         let guard = if fetched { Guard::Base } else { Guard::None };
         let upload = (!fetched && attrs.level >= 1).then_some(0);
         self.commit(guard, upload, inline, |core, size, crc32c, seq| {

@@ -16,24 +16,25 @@ pub(crate) struct S3Render {
 
 impl Render for S3Render {
     fn head(&self, v: &ObjectView<'_>, answer: &Answer) -> http::response::Builder {
-        let mut b = v.head_builder().header(
-            header::CONTENT_TYPE,
-            v.content_type.unwrap_or("application/octet-stream"),
-        );
-        for (k, val) in v.user_meta {
-            if let Ok(val) = HeaderValue::from_str(val) {
-                b = b.header(format!("x-amz-meta-{k}"), val);
-            }
-        }
-        for (k, val) in v.headers {
-            if let Ok(val) = HeaderValue::from_str(val) {
-                b = b.header(k.as_str(), val);
-            }
-        }
-        if let Some(n) = self.parts_count.or(v.parts_count) {
-            b = b.header("x-amz-mp-parts-count", n);
-        }
+        let mut b = v.head_builder();
+        let hv = v.head_values();
         if let Some(h) = b.headers_mut() {
+            h.insert(header::CONTENT_TYPE, v.content_type_value());
+            for (k, val) in v.user_meta {
+                let name = HeaderName::from_bytes(format!("x-amz-meta-{k}").as_bytes());
+                if let (Ok(name), Ok(val)) = (name, HeaderValue::from_str(val)) {
+                    h.append(name, val);
+                }
+            }
+            for (k, val) in &hv.stored_headers {
+                h.append(k.clone(), val.clone());
+            }
+            if let Some(n) = self.parts_count.or(v.parts_count) {
+                h.insert(
+                    HeaderName::from_static("x-amz-mp-parts-count"),
+                    HeaderValue::from(n),
+                );
+            }
             for (k, val) in &self.overrides {
                 h.insert(k.clone(), val.clone());
             }
