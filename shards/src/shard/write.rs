@@ -291,18 +291,19 @@ impl ObjectWriter {
         if fetched && self.superseded() {
             return Err(StoreError::Superseded);
         }
-        let (etag, last_modified_ms) =
-            match (&attrs.fetched, self.md5.take()) {
-                (Some(f), _) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
-                (None, Some(md5)) => (hex::encode(md5.finalize()), wall_ms()),
-                (None, None) => return Err(StoreError::Io(std::io::Error::new(
+        let (etag, last_modified_ms) = match (&attrs.fetched, self.md5.take()) {
+            (Some(f), _) => (f.etag.trim_matches('"').to_owned(), f.last_modified_ms),
+            (None, Some(md5)) => (hex::encode(md5.finalize()), wall_ms()),
+            (None, None) => {
+                return Err(StoreError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
                         "{:?}: a write begun for a fetched body finished without the origin's ETag",
                         self.key
                     ),
-                ))),
-            };
+                )))
+            }
+        };
         let inline = self.take_inline_body().await?;
         self.write_out(inline.is_some()).await?;
         let guard = if fetched { Guard::Base } else { Guard::None };

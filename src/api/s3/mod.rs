@@ -47,6 +47,12 @@ use crate::ctx::{ActiveGuard, ShardCtx};
 use crate::metrics::Route;
 use crate::object::CacheKey;
 
+thread_local! {
+    /// Presigned reads verified on this shard's thread: a link fetched again is checked
+    /// against the request it was verified for instead of being verified again.
+    static PRESIGNED: std::cell::RefCell<auth::PresignedCache> = Default::default();
+}
+
 /// Largest XML request body read (DeleteObjects with 1000 long keys fits).
 const MAX_XML_BODY: usize = 4 << 20;
 
@@ -417,7 +423,8 @@ async fn run(
                 "the S3 API has no access keys configured ([[s3api.keys]])",
             ));
         }
-        let verified = auth::verify_head(&parts, &s3.keys, SystemTime::now())?;
+        let now = SystemTime::now();
+        let verified = PRESIGNED.with(|c| c.borrow_mut().verify_head(&parts, &s3.keys, now))?;
         let cred = s3
             .keys
             .get(&verified.access_key)

@@ -94,8 +94,11 @@
 )]
 
 mod body;
+mod cache;
 #[cfg(test)]
 mod tests;
+
+pub use cache::{PresignedCache, PRESIGNED_CACHE_ENTRIES};
 
 pub use body::{parse_content_md5, BodyDecoder, ChecksumAlgorithm, ChecksumCheck};
 
@@ -272,14 +275,24 @@ impl fmt::Debug for Credential {
 
 /// The configured credentials, looked up by access key. A later duplicate key replaces an
 /// earlier one.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KeyStore {
     by_key: HashMap<String, Credential>,
     signing: SigningKeys,
+    /// Names this set of credentials (its clones share it) for [`PresignedCache`]: a
+    /// verification remembered under one store is never answered under another.
+    id: u64,
+}
+
+impl Default for KeyStore {
+    fn default() -> Self {
+        KeyStore::new(Vec::new())
+    }
 }
 
 impl KeyStore {
     pub fn new(creds: Vec<Credential>) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let by_key = creds
             .into_iter()
             .map(|c| (c.access_key.clone(), c))
@@ -287,6 +300,7 @@ impl KeyStore {
         KeyStore {
             by_key,
             signing: SigningKeys::default(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -360,7 +374,7 @@ impl SigningKeys {
 // Verification result
 
 /// A request head whose signature checked out.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Verified {
     /// Who signed it: look the [`Credential`] up in the [`KeyStore`] for its permissions.
     pub access_key: String,

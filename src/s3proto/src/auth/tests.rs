@@ -1548,3 +1548,192 @@ fn raw_canonical_query_matches_the_decoded_path() {
     assert!(push_raw_canonical_query(&mut out, "a=1&b=%2F", None));
     assert_eq!(out, b"a=1&b=%2F");
 }
+
+/// The presigned cache answers what a full verification would, for the verified request
+/// and for every variation of it, and answers from memory only the identical request
+/// while it is valid.
+#[test]
+fn presigned_cache_answers_as_verification_does() {
+    let host = ("host", "examplebucket.s3.amazonaws.com");
+    let store = keys();
+    let mut cache = PresignedCache::with_capacity(8);
+    let t = t2013() + Duration::from_secs(3600);
+    let good = parts("GET", DOC_PRESIGNED, &[host]);
+    let v = cache.verify_head(&good, &store, t).unwrap();
+    assert!(v.presigned);
+    assert_eq!((cache.len(), cache.hits()), (1, 0));
+    let v = cache.verify_head(&good, &store, t).unwrap();
+    assert_eq!((v.access_key.as_str(), v.presigned), (AK, true));
+    assert_eq!(
+        cache.hits(),
+        1,
+        "the same request again is answered from the cache"
+    );
+    let same = |r: &Result<Verified, AuthError>, want: &Result<Verified, AuthError>| match (r, want)
+    {
+        (Ok(a), Ok(b)) => a.access_key == b.access_key && a.presigned == b.presigned,
+        (Err(a), Err(b)) => a == b,
+        _ => false,
+    };
+    let tampered = DOC_PRESIGNED.replace("/test.txt", "/other.txt");
+    let auth_header = auth("host", "0".repeat(64).as_str());
+    let mut cases: Vec<(&str, http::request::Parts, SystemTime, KeyStore)> = vec![
+        (
+            "expired",
+            parts("GET", DOC_PRESIGNED, &[host]),
+            t2013() + Duration::from_secs(86401),
+            store.clone(),
+        ),
+        (
+            "last second",
+            parts("GET", DOC_PRESIGNED, &[host]),
+            t2013() + Duration::from_secs(86400),
+            store.clone(),
+        ),
+        (
+            "too early",
+            parts("GET", DOC_PRESIGNED, &[host]),
+            t2013() - Duration::from_secs(16 * 60),
+            store.clone(),
+        ),
+        (
+            "early within skew",
+            parts("GET", DOC_PRESIGNED, &[host]),
+            t2013() - Duration::from_secs(14 * 60),
+            store.clone(),
+        ),
+        (
+            "other host",
+            parts("GET", DOC_PRESIGNED, &[("host", "evil.example")]),
+            t,
+            store.clone(),
+        ),
+        (
+            "host twice",
+            parts("GET", DOC_PRESIGNED, &[host, ("host", "evil.example")]),
+            t,
+            store.clone(),
+        ),
+        (
+            "other path",
+            parts("GET", &tampered, &[host]),
+            t,
+            store.clone(),
+        ),
+        (
+            "unsigned amz header",
+            parts("GET", DOC_PRESIGNED, &[host, ("x-amz-meta-a", "1")]),
+            t,
+            store.clone(),
+        ),
+        (
+            "authorization too",
+            parts(
+                "GET",
+                DOC_PRESIGNED,
+                &[host, ("authorization", auth_header.as_str())],
+            ),
+            t,
+            store.clone(),
+        ),
+        (
+            "other method",
+            parts("DELETE", DOC_PRESIGNED, &[host]),
+            t,
+            store.clone(),
+        ),
+        (
+            "HEAD",
+            parts("HEAD", DOC_PRESIGNED, &[host]),
+            t,
+            store.clone(),
+        ),
+        (
+            "absolute URI",
+            parts(
+                "GET",
+                &format!("http://examplebucket.s3.amazonaws.com{DOC_PRESIGNED}"),
+                &[host],
+            ),
+            t,
+            store.clone(),
+        ),
+        (
+            "store without the key",
+            parts("GET", DOC_PRESIGNED, &[host]),
+            t,
+            KeyStore::new(vec![]),
+        ),
+        (
+            "a new store with the key",
+            parts("GET", DOC_PRESIGNED, &[host]),
+            t,
+            keys(),
+        ),
+    ];
+    for (what, p, now, ks) in cases.drain(..) {
+        let want = verify_head(&p, &ks, now);
+        for round in 0..2 {
+            let got = cache.verify_head(&p, &ks, now);
+            assert!(
+                same(&got, &want),
+                "{what} (round {round}): cache {got:?}, verification {want:?}"
+            );
+        }
+    }
+    // Only the variations that verify were remembered besides the first, and each
+    // is answered from memory in its second round.
+    assert!(cache.hits() >= 4, "hits {}", cache.hits());
+    // One entry per signature: the last request verified under it (here, under another
+    // store) replaced the original's, which is verified again, then remembered again.
+    let hits = cache.hits();
+    cache.verify_head(&good, &store, t).unwrap();
+    assert_eq!(cache.hits(), hits);
+    cache.verify_head(&good, &store, t).unwrap();
+    assert_eq!(cache.hits(), hits + 1);
+}
+
+/// A full cache drops its oldest entries and stays within its capacity.
+#[test]
+fn presigned_cache_is_bounded() {
+    let host = ("host", "examplebucket.s3.amazonaws.com");
+    let store = keys();
+    let mut cache = PresignedCache::with_capacity(2);
+    let t = t2013() + Duration::from_secs(3600);
+    // Signatures that fail are not remembered.
+    for i in 0..5 {
+        let bad = DOC_PRESIGNED.replace("X-Amz-Signature=a", &format!("X-Amz-Signature={i}"));
+        cache
+            .verify_head(&parts("GET", &bad, &[host]), &store, t)
+            .unwrap_err();
+    }
+    assert_eq!(cache.len(), 0);
+    for path in ["/a", "/b", "/c"] {
+        let url = format!("{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={AK}%2F{}&X-Amz-Date={DATE}&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=",
+            SCOPE.replace('/', "%2F"));
+        let sig = {
+            let canonical_query = url
+                .split_once('?')
+                .unwrap()
+                .1
+                .trim_end_matches("&X-Amz-Signature=");
+            let creq = format!(
+                "GET\n{path}\n{canonical_query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD",
+                host.1
+            );
+            let sts = format!(
+                "AWS4-HMAC-SHA256\n{DATE}\n{SCOPE}\n{}",
+                hex::encode(sha2::Sha256::digest(creq.as_bytes()))
+            );
+            let mut k = format!("AWS4{SK}").into_bytes();
+            for part in ["20130524", "us-east-1", "s3", "aws4_request"] {
+                k = hmac(&k, part.as_bytes()).to_vec();
+            }
+            hex::encode(hmac(&k, sts.as_bytes()))
+        };
+        let signed = parts("GET", &format!("{url}{sig}"), &[host]);
+        cache.verify_head(&signed, &store, t).unwrap();
+        assert!(cache.len() <= 2);
+    }
+    assert_eq!(cache.len(), 2);
+}
