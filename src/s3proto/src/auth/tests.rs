@@ -1549,13 +1549,14 @@ fn raw_canonical_query_matches_the_decoded_path() {
     assert_eq!(out, b"a=1&b=%2F");
 }
 
+const EXAMPLE_HOST: (&str, &str) = ("host", "examplebucket.s3.amazonaws.com");
+
 /// The presigned cache answers what a full verification would, for the verified request
 /// and for every variation of it, and answers from memory only the identical request
 /// while it is valid.
 #[test]
 fn presigned_cache_answers_as_verification_does() {
-    let host = ("host", "examplebucket.s3.amazonaws.com");
-    let store = keys();
+    let (host, store) = (EXAMPLE_HOST, keys());
     let mut cache = PresignedCache::with_capacity(8);
     let t = t2013() + Duration::from_secs(3600);
     let good = parts("GET", DOC_PRESIGNED, &[host]);
@@ -1696,8 +1697,7 @@ fn presigned_cache_answers_as_verification_does() {
 /// A full cache drops its oldest entries and stays within its capacity.
 #[test]
 fn presigned_cache_is_bounded() {
-    let host = ("host", "examplebucket.s3.amazonaws.com");
-    let store = keys();
+    let (host, store) = (EXAMPLE_HOST, keys());
     let mut cache = PresignedCache::with_capacity(2);
     let t = t2013() + Duration::from_secs(3600);
     // Signatures that fail are not remembered.
