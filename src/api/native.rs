@@ -288,19 +288,13 @@ mod headers {
     /// A ULID as `Ulid::to_string` prints it: 26 digits of Crockford's base32 in upper
     /// case, the first at most 7. Hot reads send ids like this; they need no decoding.
     pub(crate) fn is_canonical_ulid(raw: &str) -> bool {
-        const DIGITS: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-        const fn table() -> [bool; 256] {
-            let mut t = [false; 256];
-            let mut i = 0;
-            while i < 32 {
-                t[DIGITS[i] as usize] = true;
-                i += 1;
-            }
-            t
-        }
-        static CANONICAL: [bool; 256] = table();
         let b = raw.as_bytes();
-        b.len() == 26 && b[0] <= b'7' && b.iter().all(|&c| CANONICAL[c as usize])
+        b.len() == 26
+            && b.first().is_some_and(|c| (b'0'..=b'7').contains(c))
+            && b.iter().all(|c| {
+                // Crockford's base32: no I, L, O, U.
+                matches!(c, b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z')
+            })
     }
 
     pub(crate) fn level_header(h: &HeaderMap, default: u8) -> Result<u8, ApiError> {

@@ -106,7 +106,7 @@ impl PresignedCache {
             {
                 header_bytes(&parts.headers, &e.signed, &mut self.scratch);
                 if *self.scratch == *e.headers {
-                    self.hits += 1;
+                    self.hits = self.hits.saturating_add(1);
                     return Ok(e.verified.clone());
                 }
             }
