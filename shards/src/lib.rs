@@ -62,3 +62,8 @@ pub use journal::{cut_changes, cut_index_page, records_to_trim, ChangesRead};
 pub use shard::{ObjectReader, ObjectWriter, Shard};
 pub use synclog::{SyncBacklog, SyncCause, SyncEntry, SyncKind};
 pub use types::*;
+
+/// Hashing of keys in the shard's maps (index, memory tier, eviction): foldhash with a
+/// random seed per map, several times cheaper than std's SipHash on the hot path (a hit
+/// hashes its key four times); seeded at random, so colliding keys cannot be precomputed.
+pub(crate) type KeyHasher = foldhash::quality::RandomState;

@@ -15,7 +15,6 @@
 //! early so its second miss lands in main.
 
 use std::borrow::Borrow;
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
@@ -37,8 +36,8 @@ pub struct S3Fifo<K> {
     small_target: u64,
     used: u64,
     pinned_bytes: u64,
-    hasher: RandomState,
-    index: HashMap<K, u32>,
+    hasher: crate::KeyHasher,
+    index: HashMap<K, u32, crate::KeyHasher>,
     slab: Slab<K>,
     small: List,
     main: List,
@@ -47,7 +46,7 @@ pub struct S3Fifo<K> {
 
 impl<K: Hash + Eq + Clone> S3Fifo<K> {
     pub fn new(capacity_bytes: u64) -> Self {
-        let hasher = RandomState::new();
+        let hasher = crate::KeyHasher::default();
         Self {
             capacity: capacity_bytes,
             small_target: capacity_bytes / 100 * SMALL_PERCENT

@@ -101,7 +101,7 @@ struct State {
     /// index memory beyond a fingerprint.
     ///
     /// Keyed by the same allocation as `disk`'s entry: a key is held once.
-    index: HashMap<Rc<str>, Rc<ObjectMeta>>,
+    index: HashMap<Rc<str>, Rc<ObjectMeta>, crate::KeyHasher>,
     /// Tombstones queued to the journal and maybe not committed yet (the `objects` db
     /// does not show them until then). Dropped once committed, or when the key changes.
     fresh_tombs: HashMap<String, Tomb>,
@@ -121,7 +121,7 @@ struct State {
     reserved: u64,
     /// Memory tier: bodies of small objects, by key, tagged with their seq.
     mem: S3Fifo<String>,
-    mem_bodies: HashMap<String, (u64, Bytes)>,
+    mem_bodies: HashMap<String, (u64, Bytes), crate::KeyHasher>,
     pending: HashMap<String, PendingRec>,
     pending_order: BTreeMap<u64, String>,
     tombstones: u64,

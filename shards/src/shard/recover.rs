@@ -33,11 +33,11 @@ impl Shard {
 
         let mut report = RecoveryReport::default();
         let mut st = State {
-            index: HashMap::with_capacity(rec.entry_count as usize),
+            index: HashMap::with_capacity_and_hasher(rec.entry_count as usize, Default::default()),
             disk: S3Fifo::new(cfg.disk_capacity),
             reserved: 0,
             mem: S3Fifo::new(cfg.memory_capacity),
-            mem_bodies: HashMap::new(),
+            mem_bodies: HashMap::default(),
             pending: HashMap::new(),
             pending_order: BTreeMap::new(),
             tombstones: 0,

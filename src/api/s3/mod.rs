@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_s3::ObjectLoc;
@@ -696,10 +696,13 @@ const MISSING_CONFIGS: [(&str, &str, &str); 5] = [
 
 /// Which operation a request names, from its method, address, query and headers.
 /// Pure: decides nothing else.
+/// Asked of every object request (is it a copy?): a constant, so the lookup only hashes.
+const X_AMZ_COPY_SOURCE: HeaderName = HeaderName::from_static("x-amz-copy-source");
+
 fn endpoint(req: &S3Req) -> Result<Endpoint, S3Error> {
     use Endpoint::*;
     let m = &req.method;
-    let copy = req.headers.contains_key("x-amz-copy-source");
+    let copy = req.headers.contains_key(X_AMZ_COPY_SOURCE);
     Ok(match (&req.bucket, &req.key) {
         (None, _) => match *m {
             Method::GET => ListBuckets,

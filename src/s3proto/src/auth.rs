@@ -131,6 +131,12 @@ pub const STREAMING_PAYLOAD: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
 pub const STREAMING_PAYLOAD_TRAILER: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER";
 pub const STREAMING_UNSIGNED_TRAILER: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 
+/// Header names read on every signed request: constants, so a lookup only hashes them.
+const X_AMZ_DATE: http::HeaderName = http::HeaderName::from_static("x-amz-date");
+const X_AMZ_CONTENT_SHA256: http::HeaderName =
+    http::HeaderName::from_static("x-amz-content-sha256");
+const X_AMZ_TRAILER: http::HeaderName = http::HeaderName::from_static("x-amz-trailer");
+
 /// Bytes left unencoded in canonical URI segments and query keys/values: `A-Za-z0-9-._~`.
 const CANONICAL: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -612,7 +618,7 @@ fn verify_header_auth(
     let cred = lookup(keys, scope.access_key)?;
 
     // The request date: x-amz-date, else Date.
-    let (amz_date, when) = match parts.headers.get("x-amz-date") {
+    let (amz_date, when) = match parts.headers.get(X_AMZ_DATE) {
         Some(v) => {
             let s = v.to_str().unwrap_or("");
             let t = parse_amz_date(s).ok_or_else(|| {
@@ -640,7 +646,7 @@ fn verify_header_auth(
 
     let payload = parts
         .headers
-        .get("x-amz-content-sha256")
+        .get(X_AMZ_CONTENT_SHA256)
         .ok_or_else(|| {
             AuthError::MissingSecurityHeader(
                 "Missing required header for this request: x-amz-content-sha256".into(),
@@ -881,7 +887,7 @@ fn check_unsigned_amz_headers(headers: &HeaderMap, signed: &[&str]) -> Result<()
 }
 
 fn declared_trailer(headers: &HeaderMap) -> Result<Option<ChecksumAlgorithm>, AuthError> {
-    let Some(v) = headers.get("x-amz-trailer") else {
+    let Some(v) = headers.get(X_AMZ_TRAILER) else {
         return Ok(None);
     };
     let name = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
