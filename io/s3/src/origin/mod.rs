@@ -205,6 +205,16 @@ impl BodySource {
             BodySource::Local(body) => body.next().await,
         }
     }
+
+    /// The next item if it is already here (`None`: not yet, or this source cannot say
+    /// without waiting). An S3 body's pending poll is dropped safely; a local file read
+    /// is not (its partial read would be lost), so a local body is never asked.
+    fn ready(&mut self) -> Option<Option<Result<Bytes, OriginError>>> {
+        match self {
+            BodySource::S3(_) => futures::FutureExt::now_or_never(self.next()),
+            BodySource::Local(_) => None,
+        }
+    }
 }
 
 pub(crate) enum Backend {
@@ -492,15 +502,23 @@ impl Service {
             })
             .await;
         match res {
-            Ok(OpenedGet { meta, range, body }) => {
+            Ok(OpenedGet {
+                meta,
+                range,
+                mut body,
+            }) => {
                 let (tx, rx) = mpsc::channel(self.body_channel_chunks);
+                // The bytes that came with the response head go with it: the shard takes
+                // the head and the first chunk in one wake-up, and a small object's client
+                // gets head and body in one write instead of two.
+                let (sent, ended) = self.prefill(&key, &mut body, &tx);
                 let obj = GetObject {
                     meta,
                     range,
                     body: BodyStream { rx },
                 };
-                if reply.send(Ok(obj)).is_ok() {
-                    self.pump(&key, body, tx).await;
+                if reply.send(Ok(obj)).is_ok() && !ended {
+                    self.pump(&key, body, tx, sent).await;
                 }
             }
             Err(e) => {
@@ -695,11 +713,48 @@ impl Service {
 
     /// Moves body chunks into the caller's channel until the body ends, breaks, stalls for
     /// `body_idle_timeout`, the caller drops its receiver, or shutdown cancels it.
+    /// Moves the chunks already here into the fresh channel, as far as it has room.
+    /// Returns the bytes moved and whether the body ended (or broke) meanwhile.
+    fn prefill(
+        &self,
+        key: &str,
+        body: &mut BodySource,
+        tx: &mpsc::Sender<Result<Bytes, OriginError>>,
+    ) -> (u64, bool) {
+        let mut sent = 0u64;
+        while tx.capacity() > 0 {
+            match body.ready() {
+                None => break,
+                Some(None) => return (sent, true),
+                Some(Some(Ok(chunk))) => {
+                    let n = chunk.len() as u64;
+                    if n == 0 {
+                        continue;
+                    }
+                    if tx.try_send(Ok(chunk)).is_err() {
+                        // Cannot happen with room checked; the receiver sees a short body.
+                        return (sent, true);
+                    }
+                    sent += n;
+                    self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+                }
+                Some(Some(Err(e))) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(key, sent, error = %e, "origin body broke mid-stream");
+                    let _ = tx.try_send(Err(e));
+                    return (sent, true);
+                }
+            }
+        }
+        (sent, false)
+    }
+
     async fn pump(
         &self,
         key: &str,
         mut body: BodySource,
         tx: mpsc::Sender<Result<Bytes, OriginError>>,
+        mut sent: u64,
     ) {
         let mut cancel = self.cancel.clone();
         let cancelled = async move {
@@ -709,7 +764,6 @@ impl Service {
             }
         };
         tokio::pin!(cancelled);
-        let mut sent = 0u64;
         loop {
             let next = tokio::select! {
                 _ = tx.closed() => {
