@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bolero::check;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use nearcache_s3::{ListEntry, ListPage};
 
 use crate::api::native::{bool_header, level_header, parse_id, user_meta_header};
@@ -564,7 +564,7 @@ fn fuzz_native_level_and_bool() {
 
             let h = header_map("x-meta-sync", &value).expect("same value");
             let lower = text.map(|t| t.to_ascii_lowercase());
-            match bool_header(&h, "x-meta-sync") {
+            match bool_header(&h, &HeaderName::from_static("x-meta-sync")) {
                 Ok(Some(b)) => {
                     let want: &[&str] = if b {
                         &["1", "true", "yes"]
@@ -583,7 +583,7 @@ fn fuzz_native_level_and_bool() {
                 )),
             }
             assert_eq!(
-                bool_header(&HeaderMap::new(), "x-meta-sync").ok(),
+                bool_header(&HeaderMap::new(), &HeaderName::from_static("x-meta-sync")).ok(),
                 Some(None)
             );
         });

@@ -791,6 +791,59 @@ fn auth_failures_answer_as_s3() {
     let r = client().get(&url).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().as_ref(), b"v");
+    // Fetched again (each shard then answers a repeat from its cache of verified
+    // presigned reads), and variations of it, which are verified in full.
+    for _ in 0..4 {
+        let r = client().get(&url).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().unwrap().as_ref(), b"v");
+    }
+    let code = |r: reqwest::blocking::Response| {
+        let status = r.status().as_u16();
+        (status, r.text().unwrap())
+    };
+    let (status, text) = code(client().get(url.replacen("/k?", "/x?", 1)).send().unwrap());
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("<Code>SignatureDoesNotMatch</Code>"),
+        "{text}"
+    );
+    let (status, text) = code(
+        client()
+            .get(&url)
+            .header("x-amz-meta-a", "1")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+    assert_eq!(client().head(&url).send().unwrap().status(), 403);
+    // A remembered URL still expires: valid for 2 s, fetched twice, then after its end.
+    let short = sdk
+        .run(
+            sdk.c
+                .get_object()
+                .bucket(&bucket)
+                .key("k")
+                .presigned(PresigningConfig::expires_in(Duration::from_secs(2)).unwrap()),
+        )
+        .unwrap()
+        .uri()
+        .to_owned();
+    let valid_until = SystemTime::now() + Duration::from_secs(2);
+    for _ in 0..2 {
+        assert_eq!(client().get(&short).send().unwrap().status(), 200);
+    }
+    // The condition is the clock passing the URL's end (X-Amz-Date has whole seconds).
+    std::thread::sleep(
+        valid_until
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(1100),
+    );
+    let (status, text) = code(client().get(&short).send().unwrap());
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("Request has expired"), "{text}");
     let expired = sdk
         .run(
             sdk.c.get_object().bucket(&bucket).key("k").presigned(

@@ -231,7 +231,7 @@ mod headers {
     use super::*;
 
     /// A boolean header: `1`/`true`/`yes` or `0`/`false`/`no`.
-    pub(crate) fn bool_header(h: &HeaderMap, name: &str) -> Result<Option<bool>, ApiError> {
+    pub(crate) fn bool_header(h: &HeaderMap, name: &HeaderName) -> Result<Option<bool>, ApiError> {
         let Some(v) = h.get(name) else {
             return Ok(None);
         };
@@ -248,7 +248,7 @@ mod headers {
                 "invalid header",
                 format!(
                     "{} must be 0 or 1 (or true/false), not {other:?}",
-                    display_name(name)
+                    display_name(name.as_str())
                 ),
             )),
         }
@@ -368,7 +368,7 @@ async fn put(ctx: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<Response<Body
         None => Ulid::generate().to_string(),
     };
     let level = level_header(h, ctx.node.cfg.api.default_level)?;
-    let sync = bool_header(h, X_META_SYNC.as_str())?.unwrap_or(false);
+    let sync = bool_header(h, &X_META_SYNC)?.unwrap_or(false);
     let name = match h.get(X_META_NAME) {
         Some(v) => Some(
             v.to_str()
@@ -459,7 +459,7 @@ async fn delete(
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "id")?;
     let level = level_header(req.headers(), ctx.node.cfg.api.default_level)?;
-    let sync = bool_header(req.headers(), X_META_SYNC.as_str())?.unwrap_or(false);
+    let sync = bool_header(req.headers(), &X_META_SYNC)?.unwrap_or(false);
     let dreq = DeleteRequest {
         key: CacheKey::native(id.clone()),
         level,
@@ -522,7 +522,7 @@ fn get_request(
         head,
         range: parse_byte_range(h.get(header::RANGE).and_then(|v| v.to_str().ok())),
         cond: Conditions::from_headers(h),
-        fetch: bool_header(h, X_META_FETCH.as_str())?.unwrap_or(ctx.node.cfg.api.fetch_default),
+        fetch: bool_header(h, &X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default),
     })
 }
 
@@ -598,8 +598,8 @@ async fn meta(
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id, "id")?;
-    let fetch = bool_header(req.headers(), X_META_FETCH.as_str())?
-        .unwrap_or(ctx.node.cfg.api.fetch_default);
+    let fetch =
+        bool_header(req.headers(), &X_META_FETCH)?.unwrap_or(ctx.node.cfg.api.fetch_default);
     let stat = crate::object::read::stat(ctx, CacheKey::native(id.clone()), fetch).await?;
     Ok(render_meta(id, stat))
 }

@@ -694,11 +694,11 @@ const MISSING_CONFIGS: [(&str, &str, &str); 5] = [
     ("tagging", "NoSuchTagSet", "The TagSet does not exist"),
 ];
 
-/// Which operation a request names, from its method, address, query and headers.
-/// Pure: decides nothing else.
 /// Asked of every object request (is it a copy?): a constant, so the lookup only hashes.
 const X_AMZ_COPY_SOURCE: HeaderName = HeaderName::from_static("x-amz-copy-source");
 
+/// Which operation a request names, from its method, address, query and headers.
+/// Pure: decides nothing else.
 fn endpoint(req: &S3Req) -> Result<Endpoint, S3Error> {
     use Endpoint::*;
     let m = &req.method;
