@@ -111,7 +111,7 @@ impl ClusterError {
 }
 
 /// Which node served a response.
-pub const H_NODE: &str = "x-nearcache-node";
+pub const H_NODE: http::HeaderName = http::HeaderName::from_static("x-nearcache-node");
 /// objstore's name: the body came from a peer.
 pub const H_SYMLINK: &str = "x-meta-symlink";
 /// Node-to-node requests: the sender's node id.

@@ -37,6 +37,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nearcache_s3::ObjectLoc;
+use nearcache_s3proto::query::{has_escapes, raw_pairs};
 
 use self::auth::{BodyCheck, BodyDecoder, ChecksumAlgorithm, ChecksumCheck, Credential, KeyStore};
 use self::error::S3Error;
@@ -277,6 +278,8 @@ pub(crate) async fn read_small_body(req: &S3Req, mut body: Incoming) -> Result<B
     Ok(out.freeze())
 }
 
+const X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
+
 /// S3-style request id: 16 upper-case hex digits, distinct per request of a thread (a
 /// random start, then an odd-step sequence that visits every value once).
 fn request_id() -> HeaderValue {
@@ -357,7 +360,7 @@ async fn serve(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp.headers_mut().insert("x-amz-request-id", rid);
+    resp.headers_mut().insert(X_AMZ_REQUEST_ID, rid);
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("nearcache"));
     ctx.finish(route, start, resp)
@@ -406,7 +409,9 @@ async fn run(
 ) -> Result<Response<Body>, S3Error> {
     let (mut parts, mut body) = req.into_parts();
     let s3 = &*state;
-    let anonymous = is_anonymous(&parts);
+    let scan = scan_query(parts.uri.query().unwrap_or(""));
+    // No Authorization header and no presigned query.
+    let anonymous = !scan.presigned && !parts.headers.contains_key(header::AUTHORIZATION);
     let (cred, body_check, trailer) = if anonymous && anonymous_may_try(s3, &parts) {
         // Checked again once the operation is known: only reads of a public bucket.
         let (bucket, _) = address(&parts, s3.domain.as_deref())?;
@@ -443,8 +448,8 @@ async fn run(
     // In a cluster, single-object requests go to the key's owner (which checks the
     // signature again); multipart uploads and listings stay on this node.
     if let (false, Some(cs), Some(b), Some(k)) = (forwarded, ctx.cluster.clone(), &bucket, &key) {
-        let q = operation_query(parts.uri.query().unwrap_or(""));
-        let multipart = q
+        let multipart = scan
+            .params
             .iter()
             .any(|(n, _)| n == "uploadId" || n == "uploads" || n == "partNumber");
         let ckey = CacheKey::s3(b, k);
@@ -468,7 +473,7 @@ async fn run(
             }
         }
     }
-    let query = operation_query(parts.uri.query().unwrap_or(""));
+    let query = scan.params;
     let req = S3Req {
         uri: parts.uri.clone(),
         forwarded,
@@ -498,7 +503,7 @@ async fn run(
         )));
     }
     let ep = endpoint(&req)?;
-    if ep.plain() {
+    if ep.plain() && !req.query.is_empty() {
         if let Some(sub) = UNSUPPORTED.iter().find(|s| req.has(s)) {
             return Err(S3Error::not_implemented(format!("the ?{sub} sub-resource")));
         }
@@ -555,28 +560,6 @@ async fn run(
         Endpoint::PutObjectTagging => Box::pin(subresource::put_tagging(ctx, &req, body)).await,
         Endpoint::DeleteObjectTagging => Box::pin(subresource::delete_tagging(ctx, &req)).await,
     }
-}
-
-/// No Authorization header and no presigned query: an anonymous request.
-fn is_anonymous(parts: &http::request::Parts) -> bool {
-    if parts.headers.contains_key(header::AUTHORIZATION) {
-        return false;
-    }
-    // Names are compared decoded; only a name with escapes is decoded (a presigned URL's
-    // values have escapes, its names none).
-    !parts
-        .uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
-        .any(|k| {
-            if k.contains(['%', '+']) {
-                parse_query(k).iter().any(|(k, _)| k == "X-Amz-Algorithm")
-            } else {
-                k == "X-Amz-Algorithm"
-            }
-        })
 }
 
 /// An anonymous read addressed to a `public_read` bucket (the operation is checked later).
@@ -807,6 +790,10 @@ pub(crate) fn address(
             .map(str::to_owned)
     });
     let decode = |s: &str| -> Result<String, S3Error> {
+        // The path is valid UTF-8 already; only escapes can make it otherwise.
+        if memchr::memchr(b'%', s.as_bytes()).is_none() {
+            return Ok(s.to_owned());
+        }
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|c| c.into_owned())
@@ -870,48 +857,56 @@ const PRESIGN_PARAMS: [&str; 7] = [
     "X-Amz-Security-Token",
 ];
 
-/// The query parameters an operation reads: all of them but the presigned SigV4 ones.
-fn operation_query(q: &str) -> Vec<(String, String)> {
-    parse_pairs(q, |k| !PRESIGN_PARAMS.contains(&k))
+/// What the edge reads from a query, in one pass over it.
+struct QueryScan {
+    /// It has an `X-Amz-Algorithm` parameter (names compared decoded): presigned.
+    presigned: bool,
+    /// The parameters an operation reads, decoded: all but the presigned SigV4 ones.
+    params: Vec<(String, String)>,
+}
+
+fn scan_query(q: &str) -> QueryScan {
+    let mut scan = QueryScan {
+        presigned: false,
+        params: Vec::new(),
+    };
+    for (k, v) in raw_pairs(q) {
+        if k.starts_with("X-Amz-") && PRESIGN_PARAMS.contains(&k) {
+            scan.presigned |= k == "X-Amz-Algorithm";
+            continue;
+        }
+        let name = decode_component(k);
+        scan.presigned |= name == "X-Amz-Algorithm";
+        scan.params
+            .push((name.into_owned(), decode_component(v).into_owned()));
+    }
+    scan
 }
 
 /// Query parameters, `+` and `%XX` decoded.
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
-    parse_pairs(q, |_| true)
-}
-
-/// Decoded (name, value) pairs of `q` whose raw name passes `keep`.
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
-)]
-fn parse_pairs(q: &str, keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            if !keep(k) {
-                return None;
-            }
-            let dec = |s: &str| {
-                if s.contains('+') {
-                    percent_encoding::percent_decode_str(&s.replace('+', " "))
-                        .decode_utf8_lossy()
-                        .into_owned()
-                } else {
-                    percent_encoding::percent_decode_str(s)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                }
-            };
-            Some((dec(k), dec(v)))
+    raw_pairs(q)
+        .map(|(k, v)| {
+            (
+                decode_component(k).into_owned(),
+                decode_component(v).into_owned(),
+            )
         })
         .collect()
+}
+
+/// A query name or value, `+` and `%XX` decoded (invalid UTF-8 replaced).
+fn decode_component(s: &str) -> std::borrow::Cow<'_, str> {
+    if !has_escapes(s) {
+        s.into()
+    } else if s.contains('+') {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+            .into()
+    } else {
+        percent_encoding::percent_decode_str(s).decode_utf8_lossy()
+    }
 }
 
 pub(crate) fn empty(status: StatusCode) -> Response<Body> {
@@ -974,7 +969,7 @@ mod endpoint_tests {
                  &X-Amz-Date=20261202T000000Z&X-Amz-Expires=600&X-Amz-SignedHeaders=host\
                  &X-Amz-Security-Token=t&response-content-type=text%2Fplain&versionId=\
                  &x-amz-meta-kept=1&X-Amz-Signature=abc";
-        let got = operation_query(q);
+        let got = scan_query(q).params;
         assert_eq!(
             got,
             vec![
@@ -984,6 +979,11 @@ mod endpoint_tests {
             ]
         );
         assert_eq!(parse_query(q).len(), 10, "everything, for the auth check");
+        assert!(scan_query(q).presigned);
+        // Names are compared decoded; values do not count.
+        assert!(scan_query("X-Amz-%41lgorithm=AWS4-HMAC-SHA256").presigned);
+        assert!(!scan_query("a=X-Amz-Algorithm&X-Amz-Algorithmx=1").presigned);
+        assert!(!scan_query("").presigned);
     }
 
     fn req(

@@ -42,6 +42,9 @@ const OVERRIDES: [(&str, HeaderName); 6] = [
 
 fn overrides(req: &S3Req) -> Result<Vec<(HeaderName, HeaderValue)>, S3Error> {
     let mut out = Vec::new();
+    if req.query.is_empty() {
+        return Ok(out);
+    }
     for (param, name) in OVERRIDES {
         if let Some(v) = req.q(param) {
             let v = HeaderValue::from_str(v)
@@ -59,7 +62,7 @@ pub async fn get_object(ctx: &Rc<ShardCtx>, req: &S3Req) -> Result<Response<Body
     let head = req.method == http::Method::HEAD;
     let key = req.cache_key();
     let overrides = overrides(req)?;
-    let range_header = req.header("range");
+    let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let part = req
         .q("partNumber")
         .map(super::part::parse_part_number)

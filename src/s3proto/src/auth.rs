@@ -513,17 +513,19 @@ impl Scope<'_> {
 }
 
 pub(crate) fn parse_credential(cred: &str) -> Result<Scope<'_>, AuthError> {
-    let mut it = cred.rsplitn(5, '/');
-    let (term, service, region, date, ak) =
-        match (it.next(), it.next(), it.next(), it.next(), it.next()) {
-            (Some(t), Some(s), Some(r), Some(d), Some(a)) => (t, s, r, d, a),
-            _ => {
-                return Err(malformed(format!(
-                    "The credential '{cred}' is mal-formed; expecting \
+    // As `rsplitn(5, '/')`: the access key is what is left before the last four.
+    let mut ak = cred;
+    let mut tail = [""; 4];
+    for piece in &mut tail {
+        let Some(i) = memchr::memrchr(b'/', ak.as_bytes()) else {
+            return Err(malformed(format!(
+                "The credential '{cred}' is mal-formed; expecting \
                  \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\"."
-                )))
-            }
+            )));
         };
+        (ak, *piece) = crate::query::cut(ak, Some(i));
+    }
+    let [term, service, region, date] = tail;
     if ak.is_empty() || region.is_empty() {
         return Err(malformed(format!("The credential '{cred}' is mal-formed")));
     }
@@ -569,8 +571,9 @@ pub(crate) fn parse_auth_header(value: &str) -> Result<AuthHeader<'_>, AuthError
             ))
         })?;
     let (mut cred, mut signed, mut sig) = (None, None, None);
-    for part in rest.split(',') {
-        let part = part.trim();
+    // The value is visible ASCII (HeaderValue::to_str), so ASCII trimming is all there is.
+    for part in crate::query::split_byte(rest, b',') {
+        let part = part.trim_ascii();
         if part.is_empty() {
             continue;
         }
@@ -579,13 +582,13 @@ pub(crate) fn parse_auth_header(value: &str) -> Result<AuthHeader<'_>, AuthError
                 "The authorization header is malformed; the component \"{part}\" is not key=value"
             ))
         })?;
-        let slot = match k.trim() {
+        let slot = match k.trim_ascii() {
             "Credential" => &mut cred,
             "SignedHeaders" => &mut signed,
             "Signature" => &mut sig,
             _ => continue,
         };
-        if slot.replace(v.trim()).is_some() {
+        if slot.replace(v.trim_ascii()).is_some() {
             return Err(malformed(format!(
                 "The authorization header is malformed; \"{k}\" appears twice"
             )));
@@ -845,7 +848,7 @@ fn check_skew(when: SystemTime, now: SystemTime) -> Result<(), AuthError> {
 
 fn parse_signature(s: &str) -> Result<[u8; 32], AuthError> {
     let mut out = [0u8; 32];
-    if s.len() != 64 || hex::decode_to_slice(s, &mut out).is_err() {
+    if s.len() != 64 || const_hex::decode_to_slice(s, &mut out).is_err() {
         // A malformed signature cannot match any computed one.
         return Err(sig_mismatch());
     }
@@ -950,7 +953,7 @@ fn check_signature(
         let creq_hash: [u8; 32] = h.finalize().into();
         // The string to sign, fed to the HMAC in pieces.
         let mut hex = [0u8; 64];
-        hex::encode_to_slice(creq_hash, &mut hex).map_err(|_| sig_mismatch())?;
+        const_hex::encode_to_slice(creq_hash, &mut hex).map_err(|_| sig_mismatch())?;
         let computed = hmac_parts(
             key,
             &[
@@ -1003,7 +1006,7 @@ pub(crate) type QueryPair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 /// Query parameters as (decoded key, decoded value) bytes, in request order; `+` is a space.
 pub(crate) fn parse_query(q: &str) -> Vec<QueryPair<'_>> {
     fn decode(s: &str) -> Cow<'_, [u8]> {
-        if !s.as_bytes().contains(&b'%') && !s.as_bytes().contains(&b'+') {
+        if !crate::query::has_escapes(s) {
             Cow::Borrowed(s.as_bytes())
         } else if s.contains('+') {
             let plus: Vec<u8> = s
@@ -1015,12 +1018,8 @@ pub(crate) fn parse_query(q: &str) -> Vec<QueryPair<'_>> {
             percent_encoding::percent_decode(s.as_bytes()).into()
         }
     }
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), Cow::Borrowed(&[][..])),
-        })
+    crate::query::raw_pairs(q)
+        .map(|(k, v)| (decode(k), decode(v)))
         .collect()
 }
 

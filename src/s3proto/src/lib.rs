@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod query;
 pub mod xml;
 
 #[cfg(test)]

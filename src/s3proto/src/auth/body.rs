@@ -677,7 +677,7 @@ impl Chunked {
                 .ok_or_else(|| {
                     AuthError::SignatureDoesNotMatch("A chunk carries no chunk-signature.".into())
                 })?;
-            if sig.len() != 64 || hex::decode_to_slice(sig, &mut self.pending).is_err() {
+            if sig.len() != 64 || const_hex::decode_to_slice(sig, &mut self.pending).is_err() {
                 return Err(AuthError::SignatureDoesNotMatch(
                     "A chunk-signature is not 64 hex digits.".into(),
                 ));
@@ -728,7 +728,7 @@ impl Chunked {
         let value = value.trim();
         if name == "x-amz-trailer-signature" {
             let mut sig = [0u8; 32];
-            if value.len() != 64 || hex::decode_to_slice(value, &mut sig).is_err() {
+            if value.len() != 64 || const_hex::decode_to_slice(value, &mut sig).is_err() {
                 return Err(AuthError::SignatureDoesNotMatch(
                     "The x-amz-trailer-signature is not 64 hex digits.".into(),
                 ));

@@ -27,8 +27,9 @@ pub const PRESIGNED_CACHE_ENTRIES: usize = 4096;
 
 /// See the module docs. Not shared between threads: each shard keeps its own.
 pub struct PresignedCache {
-    /// By the `X-Amz-Signature` value as sent.
-    entries: HashMap<Box<str>, Entry>,
+    /// By the `X-Amz-Signature` value as sent. Only verified signatures get in, so the
+    /// keys are not the sender's choice: foldhash, not SipHash.
+    entries: HashMap<Box<str>, Entry, foldhash::fast::RandomState>,
     /// Insertion order, for dropping the oldest when full.
     order: VecDeque<Box<str>>,
     capacity: usize,
@@ -61,7 +62,7 @@ impl Default for PresignedCache {
 impl PresignedCache {
     pub fn with_capacity(capacity: usize) -> Self {
         PresignedCache {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             scratch: Vec::new(),
@@ -185,10 +186,7 @@ impl PresignedCache {
 
 /// The `X-Amz-Signature` value of a query, as sent, when it has one.
 fn presigned_signature(query: &str) -> Option<&str> {
-    query
-        .split('&')
-        .find_map(|p| p.strip_prefix("X-Amz-Signature="))
-        .filter(|v| !v.is_empty())
+    crate::query::last_raw_value(query, "X-Amz-Signature").filter(|v| !v.is_empty())
 }
 
 /// Every value of the signed headers, then every `x-amz-*` header (whose presence
