@@ -10,7 +10,7 @@
 #   a. hot GET of one 4 KiB object through the owner node and through a non-owner node
 #      (proxied over HTTP/2 to the owner), wrk -t1 -c64, RUNS runs each, alternating; with
 #      requests per CPU-second of all three nodes together;
-#   b. catch-up: kill -9 one node, write WRITES x 1 KiB objects through another (level 0),
+#   b. catch-up (RUNS times): kill -9 one node, write WRITES x 1 KiB objects through another (level 0),
 #      restart it and time until it has pulled every peer journal to the end; then check
 #      a sample of the objects it owns is served by it, from its own disk.
 #

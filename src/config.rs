@@ -116,6 +116,8 @@ pub mod defaults {
     pub const SYNC_INTERVAL_MS: u64 = 500;
     pub const SYNC_BATCH: usize = 2048;
     pub const SYNC_CONCURRENCY: usize = 64;
+    /// The journal's inline-body limit: such bodies are one LMDB read away on the peer.
+    pub const SYNC_INLINE_MAX: u64 = 16 << 10;
     pub const SYNC_RATE_LIMIT: u64 = 64 << 20;
     pub const REPLICA_UPLOAD_DELAY_SECS: u64 = 60;
     pub const PEER_TIMEOUT_MS: u64 = 5_000;
@@ -607,6 +609,9 @@ pub struct ClusterConfig {
     pub sync_batch: usize,
     /// Bodies fetched in parallel while applying one batch.
     pub sync_concurrency: usize,
+    /// Bodies of objects up to this size travel inside the answer to a sync request
+    /// instead of one replica GET each (0: every body is fetched apart).
+    pub sync_inline_max: Size,
     /// Bytes per second a node pulls from peers for anti-entropy and ownership moves.
     pub sync_rate_limit: Size,
     /// A replica of a level-1 write uploads to S3 itself only if the writer has not
@@ -653,6 +658,7 @@ impl Default for ClusterConfig {
             sync_interval_ms: defaults::SYNC_INTERVAL_MS,
             sync_batch: defaults::SYNC_BATCH,
             sync_concurrency: defaults::SYNC_CONCURRENCY,
+            sync_inline_max: Size(defaults::SYNC_INLINE_MAX),
             sync_rate_limit: Size(defaults::SYNC_RATE_LIMIT),
             replica_upload_delay_secs: defaults::REPLICA_UPLOAD_DELAY_SECS,
             peer_timeout_ms: defaults::PEER_TIMEOUT_MS,

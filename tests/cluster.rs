@@ -530,7 +530,7 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
     let mut written_while_down = HashMap::new();
     for i in 0..40u64 {
         let id = new_id(&nodes[1]);
-        let body = random_bytes(500 + (i as usize * 131) % 20_000, 1000 + i);
+        let body = random_bytes(500 + (i as usize * 1311) % 40_000, 1000 + i);
         put(&nodes[(i % 2) as usize], &id, &body, 1);
         written_while_down.insert(id, body);
     }
@@ -559,6 +559,14 @@ fn any_node_serves_any_key_survives_kill9_and_catches_up() {
     // C was away for more than the peers' journals keep (store.journal_retain = 30): it
     // resynced from their indexes for the part it missed.
     assert!(nodes[2].metric("nearcache_cluster_sync_gaps_total") >= 1.0);
+    // Bodies up to cluster.sync_inline_max (16 KiB) came batched, larger ones one by one:
+    // both ways were taken (sizes 500 to 40,500 bytes).
+    assert!(nodes[2].metric("nearcache_cluster_sync_batched_objects_total") >= 1.0);
+    assert!(
+        nodes[2].metric("nearcache_cluster_sync_received_bytes_total")
+            > nodes[2].metric("nearcache_cluster_sync_batched_objects_total") * 16384.0,
+        "some bodies larger than sync_inline_max were pulled too"
+    );
     // The delete made while C was down wins over C's older copy, everywhere, for good:
     // checked once every node has pulled all its peers' changes (sync lag 0 everywhere).
     wait_until("anti-entropy caught up everywhere", 60, || {

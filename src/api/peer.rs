@@ -7,6 +7,7 @@
 //! | `GET /_nc/v1/changes?shard&after&limit` | journal changes of one shard (anti-entropy)  |
 //! | `GET /_nc/v1/index?shard&after&limit` | a page of one shard's index (resync after a journal gap) |
 //! | `GET /_nc/v1/replica?key=K`        | the local copy of K with its metadata (never read through) |
+//! | `POST /_nc/v1/replicas` (JSON keys, max) | the local copies of several small objects at once (anti-entropy) |
 //! | `PUT /_nc/v1/replica` + `x-nc-meta` | store a replica if newer (last writer wins)     |
 //! | `POST /_nc/v1/tombstone`           | apply a tombstone if newer                        |
 //! | `/_nc/v1/ops/...`                  | cache operations: invalidation, job batches and lookups (see `api::ops`) |
@@ -184,6 +185,36 @@ async fn route(
                 serve_replica(ctx, key, lease_for)
             })
             .await?
+        }
+        (Method::POST, "/_nc/v1/replicas") => {
+            let body = crate::http_util::read_small_body(req.into_body(), 16 << 20).await?;
+            let asked: sync::CopiesRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request("invalid request", e.to_string()))?;
+            let n = ctx.node.shards.len();
+            let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); n];
+            for k in asked.keys {
+                by_shard[crate::mesh::owner_of(&k, n)].push(k);
+            }
+            let busy = by_shard.iter().filter(|k| !k.is_empty()).count().max(1) as u64;
+            let budget = sync::COPIES_BUDGET / busy;
+            let max = asked.max;
+            let per_shard = by_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, k)| !k.is_empty())
+                .map(|(shard, keys)| {
+                    on_shard(ctx, shard, move |ctx| async move {
+                        sync::local_copies(&ctx.shard, keys, max, budget).await
+                    })
+                });
+            let mut reply = sync::CopiesReply::default();
+            for copies in futures::future::join_all(per_shard).await {
+                reply.copies.extend(copies?);
+            }
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::to_value(reply).expect("serializes"),
+            ))
         }
         (Method::POST, "/_nc/v1/near/drop") => {
             let body = crate::http_util::read_small_body(req.into_body(), 4 << 20).await?;

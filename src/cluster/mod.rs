@@ -175,7 +175,7 @@ const COUNTERS: &[(Family, ClusterCounter)] = &[
         Family::new(
             "nearcache_cluster_sync_requests_total",
             Kind::Counter,
-            "Journal change requests sent to peers.",
+            "Journal change, index page and batched copy requests sent to peers.",
         ),
         |m| &m.sync_requests,
     ),
@@ -194,6 +194,14 @@ const COUNTERS: &[(Family, ClusterCounter)] = &[
             "Object bytes pulled from peers by anti-entropy.",
         ),
         |m| &m.sync_bytes,
+    ),
+    (
+        Family::new(
+            "nearcache_cluster_sync_batched_objects_total",
+            Kind::Counter,
+            "Objects anti-entropy stored from a peer's batched answer (up to cluster.sync_inline_max each) instead of a replica GET each.",
+        ),
+        |m| &m.sync_batched,
     ),
     (
         Family::new(
@@ -295,6 +303,7 @@ pub struct ClusterMetrics {
     pub sync_requests: AtomicU64,
     pub sync_changes_applied: AtomicU64,
     pub sync_bytes: AtomicU64,
+    pub sync_batched: AtomicU64,
     pub sync_errors: AtomicU64,
     pub sync_gaps: AtomicU64,
     pub unauthenticated_requests: AtomicU64,

@@ -11,7 +11,7 @@
 //! tombstones are garbage-collected only once every member has asked past them.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -461,6 +461,65 @@ pub struct ChangesReply {
     pub batch: ChangeBatch,
 }
 
+/// A request for the local copies of several keys at once (`POST /_nc/v1/replicas`):
+/// how a puller gets the bodies of small objects without a replica GET each.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CopiesRequest {
+    pub keys: Vec<String>,
+    /// Copies larger than this are left out (the puller fetches them apart).
+    pub max: u64,
+}
+
+/// The answer to a [`CopiesRequest`]: the copies the peer holds, in no particular order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CopiesReply {
+    pub copies: Vec<Copy>,
+}
+
+/// One key's local copy: its metadata and its body, base64.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Copy {
+    pub meta: ObjectMeta,
+    pub body: String,
+}
+
+/// Bytes of bodies one [`CopiesReply`] carries at most: bounds the answer (with base64
+/// and JSON it stays far below the 64 MiB a puller reads) and what both sides hold.
+pub const COPIES_BUDGET: u64 = 16 << 20;
+
+/// The local copies of `keys` (keys of this shard) up to `max` bytes each and `budget` in
+/// all. A copy that cannot be read is left out: the puller's replica GET then reports the
+/// error. Runs on the keys' owner shard.
+pub async fn local_copies(
+    store: &Rc<nearcache_shards::Shard>,
+    keys: Vec<String>,
+    max: u64,
+    mut budget: u64,
+) -> Vec<Copy> {
+    use base64::Engine;
+    let mut found = Vec::new();
+    for key in keys {
+        if let nearcache_shards::Lookup::Hit { meta, .. } = store.peek(&key) {
+            if meta.size <= max && meta.size <= budget {
+                budget -= meta.size;
+                found.push(meta);
+            }
+        }
+    }
+    // Small bodies are read on the journal's reader thread: keep a few reads in flight.
+    futures::stream::iter(found)
+        .map(|meta| async move { (store.read_all(&meta).await, meta) })
+        .buffered(16)
+        .filter_map(|(body, meta)| async move {
+            Some(Copy {
+                body: base64::engine::general_purpose::STANDARD.encode(body.ok()?),
+                meta: (*meta).clone(),
+            })
+        })
+        .collect()
+        .await
+}
+
 pub fn encode_meta(m: &ObjectMeta) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -520,6 +579,34 @@ pub async fn store_replica(
             });
         }
     }
+    finish_replica(writer, meta, upload_after).await
+}
+
+/// [`store_replica`] of a body already at hand.
+pub async fn store_replica_bytes(
+    store: &Rc<nearcache_shards::Shard>,
+    meta: &ObjectMeta,
+    body: bytes::Bytes,
+    upload_after: Option<u64>,
+) -> Result<bool, ReplicaError> {
+    if body.len() as u64 > meta.size {
+        return Err(ReplicaError::TooLong(meta.size));
+    }
+    let Some(mut writer) = store.begin_replica(meta).await? else {
+        return Ok(false);
+    };
+    if !body.is_empty() {
+        writer.write(body).await?;
+    }
+    finish_replica(writer, meta, upload_after).await
+}
+
+/// Ok(false): a newer version or tombstone arrived while the body was written.
+async fn finish_replica(
+    writer: nearcache_shards::ObjectWriter,
+    meta: &ObjectMeta,
+    upload_after: Option<u64>,
+) -> Result<bool, ReplicaError> {
     match writer.finish_replica(meta, upload_after).await {
         Ok(_) => Ok(true),
         Err(StoreError::Superseded) => Ok(false),
@@ -570,24 +657,34 @@ pub async fn run<C: ClusterCtx>(
             .filter(|m| !m.is_self && !cl.is_blocked(&m.id))
             .cloned()
             .collect();
-        for p in peers {
+        let mut pulls = Vec::new();
+        for p in &peers {
             let shards = cl.book.peer_shards(&p.id);
             let mine: Vec<usize> = match shards {
                 0 if id == 0 => vec![0],
                 0 => vec![],
                 s => (0..s).filter(|s| s % n == id).collect(),
             };
-            for s in mine {
-                match pull_once(&ctx, &cs, &p, s, &limiter).await {
-                    Ok(full) => more |= full,
-                    Err(e) => {
-                        cl.metrics.sync_errors.fetch_add(1, Relaxed);
-                        let now = Instant::now();
-                        let last = warned.get(&p.id).copied();
-                        if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                            warned.insert(p.id.clone(), now);
-                            tracing::warn!(shard = id, peer = %p.id, peer_shard = s, error = %e, "sync pull failed; will retry");
-                        }
+            pulls.extend(mine.into_iter().map(|s| (p, s)));
+        }
+        // Peers are pulled at the same time: a node back from a restart catches up with
+        // all of them at once, and a slow peer does not hold up the others' rounds.
+        let results = futures::future::join_all(
+            pulls
+                .iter()
+                .map(|&(p, s)| pull_once(&ctx, &cs, p, s, &limiter)),
+        )
+        .await;
+        for (&(p, s), result) in pulls.iter().zip(results) {
+            match result {
+                Ok(full) => more |= full,
+                Err(e) => {
+                    cl.metrics.sync_errors.fetch_add(1, Relaxed);
+                    let now = Instant::now();
+                    let last = warned.get(&p.id).copied();
+                    if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                        warned.insert(p.id.clone(), now);
+                        tracing::warn!(shard = id, peer = %p.id, peer_shard = s, error = %e, "sync pull failed; will retry");
                     }
                 }
             }
@@ -670,8 +767,14 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&body).map_err(|e| format!("decoding the answer to {uri}: {e}"))
 }
 
-/// Applies changes, `sync_concurrency` at a time; the first failure is returned after
-/// all have run (the position then stays, and the batch is retried).
+/// A peer's copy of a key: its metadata and body.
+type Fetched = (ObjectMeta, bytes::Bytes);
+
+/// Applies changes; the first failure is returned after all have run (the position then
+/// stays, and the batch is retried). First the Puts this node wants are picked (keys it
+/// owns, with a newer version than it holds), then the small ones among them come from
+/// the peer in one request per [`COPIES_BUDGET`] and are stored all at once (their
+/// writes share journal commits); the rest are fetched `sync_concurrency` at a time.
 async fn apply_all<C: ClusterCtx>(
     ctx: &Rc<C>,
     cs: &ClusterShard,
@@ -680,14 +783,154 @@ async fn apply_all<C: ClusterCtx>(
     limiter: &RateLimiter,
 ) -> Result<(), String> {
     let cl = &cs.cl;
-    let results: Vec<Result<(), String>> = futures::stream::iter(changes)
-        .map(|change| apply_change(ctx, cs, p, change, limiter))
-        .buffer_unordered(cl.cfg.sync_concurrency.max(1))
+    let conc = cl.cfg.sync_concurrency.max(1);
+    let picked: Vec<Result<Option<Change>, String>> = futures::stream::iter(changes)
+        .map(|change| wanted(ctx, cl, change))
+        .buffered(conc)
         .collect()
         .await;
+    let mut results = Vec::new();
+    let mut kept = Vec::new();
+    for r in picked {
+        match r {
+            Ok(Some(c)) => kept.push(c),
+            Ok(None) => results.push(Ok(())),
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    let mut copies = fetch_copies(cs, p, &kept).await;
+    let (inline, apart): (Vec<_>, Vec<_>) = kept
+        .into_iter()
+        .map(|c| {
+            let copy = match &c {
+                Change::Put(m) => copies.remove(&m.key),
+                _ => None,
+            };
+            (c, copy)
+        })
+        .partition(|(_, copy)| copy.is_some());
+    let all_at_once = inline.len().max(1);
+    let (a, b) = futures::join!(
+        futures::stream::iter(inline)
+            .map(|(c, copy)| apply_change(ctx, p, c, copy, limiter))
+            .buffer_unordered(all_at_once)
+            .collect::<Vec<_>>(),
+        futures::stream::iter(apart)
+            .map(|(c, copy)| apply_change(ctx, p, c, copy, limiter))
+            .buffer_unordered(conc)
+            .collect::<Vec<_>>(),
+    );
+    results.extend(a);
+    results.extend(b);
     let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
     cl.metrics.sync_changes_applied.fetch_add(applied, Relaxed);
     results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+}
+
+/// The change if this node applies it: not a node-local key and, for a Put, a key this
+/// node owns with a newer version than the one it holds (asked on the owner shard).
+async fn wanted<C: ClusterCtx>(
+    ctx: &Rc<C>,
+    cl: &Cluster,
+    change: Change,
+) -> Result<Option<Change>, String> {
+    let key = match &change {
+        Change::Put(m) => &m.key,
+        Change::Delete(t) => &t.key,
+        Change::Upgrade { key, .. } | Change::Uploaded { key, .. } => key,
+    };
+    if is_local_key(key) {
+        return Ok(None);
+    }
+    if let Change::Put(m) = &change {
+        if !cl.is_owner(&m.key, m.level) {
+            return Ok(None);
+        }
+        let (key, hlc, etag) = (m.key.clone(), m.hlc, m.etag.clone());
+        let newer = on_owner(ctx, &m.key, move |ctx| async move {
+            ctx.store().is_newer(&key, hlc, &etag)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if !newer {
+            return Ok(None);
+        }
+    }
+    Ok(Some(change))
+}
+
+/// The peer's copies of the small objects among `changes`' Puts, by key, asked for in
+/// requests of at most [`COPIES_BUDGET`] bytes. What the peer leaves out, or a failed
+/// request (an older peer without the route, say), is fetched apart later.
+async fn fetch_copies(
+    cs: &ClusterShard,
+    p: &Member,
+    changes: &[Change],
+) -> HashMap<String, Fetched> {
+    let max = cs.cl.cfg.sync_inline_max.0;
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut room = 0u64;
+    for c in changes {
+        let Change::Put(m) = c else { continue };
+        if max == 0 || m.size > max {
+            continue;
+        }
+        if chunks.is_empty() || m.size > room {
+            chunks.push(Vec::new());
+            room = COPIES_BUDGET;
+        }
+        room -= m.size;
+        chunks.last_mut().expect("pushed above").push(m.key.clone());
+    }
+    let mut out = HashMap::new();
+    for keys in chunks {
+        match copies_of(cs, p, keys, max).await {
+            Ok(copies) => out.extend(copies),
+            Err(e) => {
+                tracing::debug!(peer = %p.id, error = %e, "batched copies failed; fetching them one by one")
+            }
+        }
+    }
+    out
+}
+
+/// One `POST /_nc/v1/replicas`.
+async fn copies_of(
+    cs: &ClusterShard,
+    p: &Member,
+    keys: Vec<String>,
+    max: u64,
+) -> Result<Vec<(String, Fetched)>, String> {
+    use base64::Engine;
+    let body = serde_json::to_vec(&CopiesRequest { keys, max }).expect("serializes");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/_nc/v1/replicas")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(peer::full(body))
+        .expect("valid request");
+    cs.cl.metrics.sync_requests.fetch_add(1, Relaxed);
+    let resp = cs.send(p, req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = peer::read_body(resp, 64 << 20).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "/_nc/v1/replicas answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let reply: CopiesReply = serde_json::from_slice(&body)
+        .map_err(|e| format!("decoding the answer to /_nc/v1/replicas: {e}"))?;
+    reply
+        .copies
+        .into_iter()
+        .map(|c| {
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(&c.body)
+                .map_err(|e| format!("the copy of {:?} is not base64: {e}", c.meta.key))?;
+            Ok((c.meta.key.clone(), (c.meta, bytes::Bytes::from(body))))
+        })
+        .collect()
 }
 
 /// One page of an index scan of a peer shard. Ok(true): more pages to go.
@@ -717,46 +960,29 @@ async fn resync_once<C: ClusterCtx>(
         .index_page_applied(&p.id, shard, reply.shards, rescans, &rs, &page))
 }
 
+/// Applies one change [`wanted`] picked, with the peer's copy when it came batched.
 async fn apply_change<C: ClusterCtx>(
     ctx: &Rc<C>,
-    cs: &ClusterShard,
     p: &Member,
     change: Change,
+    copy: Option<Fetched>,
     limiter: &RateLimiter,
 ) -> Result<(), String> {
-    let cl = &cs.cl;
     let key = match &change {
-        Change::Put(m) => m.key.clone(),
+        Change::Put(m) => {
+            // Rate-limit on this thread before the job moves to the owner shard.
+            limiter.take(m.size).await;
+            m.key.clone()
+        }
         Change::Delete(t) => t.key.clone(),
         Change::Upgrade { key, .. } | Change::Uploaded { key, .. } => key.clone(),
     };
-    if is_local_key(&key) {
-        return Ok(());
-    }
-    if let Change::Put(m) = &change {
-        if !cl.is_owner(&m.key, m.level) {
-            return Ok(());
-        }
-        // Rate-limit on this thread before the job moves to the owner shard.
-        let newer = {
-            let m = m.clone();
-            on_owner(ctx, &m.key.clone(), move |ctx| async move {
-                ctx.store().is_newer(&m.key, m.hlc, &m.etag)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        };
-        if !newer {
-            return Ok(());
-        }
-        limiter.take(m.size).await;
-    }
     let p = p.clone();
     on_owner(ctx, &key, move |ctx| async move {
         let Some(cs) = ctx.cluster().cloned() else {
             return Err("the owner shard has no cluster part".to_string());
         };
-        apply_on_owner(&*ctx, &cs, &p, change).await
+        apply_on_owner(&*ctx, &cs, &p, change, copy).await
     })
     .await
     .map_err(|e| e.to_string())?
@@ -767,11 +993,15 @@ async fn apply_on_owner<C: ClusterCtx>(
     cs: &ClusterShard,
     p: &Member,
     change: Change,
+    copy: Option<Fetched>,
 ) -> Result<(), String> {
     let cl = &cs.cl;
     let se = |e: StoreError| e.to_string();
     match change {
-        Change::Put(m) => pull_object(ctx.store(), cs, p, &m).await,
+        Change::Put(m) => match copy {
+            Some((meta, body)) => store_copy(ctx.store(), cl, &meta, body).await,
+            None => pull_object(ctx.store(), cs, p, &m).await,
+        },
         Change::Delete(t) => {
             // Observed even when not applied: once this node has read past the tombstone
             // its peers may sweep it, so a later write here must be stamped after it (or
@@ -804,6 +1034,26 @@ async fn apply_on_owner<C: ClusterCtx>(
 /// (object or tombstone: a stale copy must not outlive the delete) or owns it.
 pub fn wants_tombstone(holds: bool, owner: impl FnOnce() -> bool) -> bool {
     holds || owner()
+}
+
+/// Stores a peer's copy that came batched if it is newer than the local one.
+async fn store_copy(
+    store: &Rc<nearcache_shards::Shard>,
+    cl: &Cluster,
+    m: &ObjectMeta,
+    body: bytes::Bytes,
+) -> Result<(), String> {
+    if !store.is_newer(&m.key, m.hlc, &m.etag) {
+        return Ok(());
+    }
+    let stored = store_replica_bytes(store, m, body, replica_upload_after(cl))
+        .await
+        .map_err(|e| e.to_string())?;
+    if stored {
+        cl.metrics.sync_bytes.fetch_add(m.size, Relaxed);
+        cl.metrics.sync_batched.fetch_add(1, Relaxed);
+    }
+    Ok(())
 }
 
 /// Fetches the peer's current copy of `m.key` and stores it if it is newer.
