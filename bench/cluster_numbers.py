@@ -216,6 +216,12 @@ try:
         # c's counters start at 0 with each restart: this run's pulls only.
         pulled = metric(c, "nearcache_cluster_sync_received_bytes_total")
         batched = metric(c, "nearcache_cluster_sync_batched_objects_total")
+        # The next kill comes once c has saved its sync positions (about once a second):
+        # else the next round also re-reads this round's changes.
+        done = time.time()
+        book = f"{c.dir}/data/cluster-sync.json"
+        wait("c to save its sync positions", 30,
+             lambda: os.path.exists(book) and os.path.getmtime(book) > done)
     catch_up_s = statistics.median(x for x, _ in catch_ups)
 
     with open(OUT, "w") as f:

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use nearcache_shards::{Lookup, Tombstone};
 
 use super::error::ApiError;
-use crate::body::{json, Body};
+use crate::body::{json, json_of, Body};
 use crate::cluster::sync::{self, ChangesReply, ReplicaError};
 use crate::cluster::{Cluster, H_CLUSTER, H_FROM, H_META, H_PUBLIC};
 use crate::ctx::ShardCtx;
@@ -151,10 +151,7 @@ async fn route(
             })
             .await?
             .map_err(store_error)?;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::to_value(ChangesReply { shards: n, batch }).expect("serializes"),
-            ))
+            Ok(json_of(StatusCode::OK, &ChangesReply { shards: n, batch }))
         }
         (Method::GET, "/_nc/v1/index") => {
             let shard = num(&req, "shard")? as usize;
@@ -172,9 +169,9 @@ async fn route(
             })
             .await?
             .map_err(store_error)?;
-            Ok(json(
+            Ok(json_of(
                 StatusCode::OK,
-                &serde_json::to_value(sync::IndexReply { shards: n, page }).expect("serializes"),
+                &sync::IndexReply { shards: n, page },
             ))
         }
         (Method::GET, "/_nc/v1/replica") => {
@@ -211,10 +208,7 @@ async fn route(
             for copies in futures::future::join_all(per_shard).await {
                 reply.copies.extend(copies?);
             }
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::to_value(reply).expect("serializes"),
-            ))
+            Ok(json_of(StatusCode::OK, &reply))
         }
         (Method::POST, "/_nc/v1/near/drop") => {
             let body = crate::http_util::read_small_body(req.into_body(), 4 << 20).await?;
