@@ -1,7 +1,7 @@
 //! Transport security and access control, over real sockets against nodes started
 //! in-process: the cluster secret (gossip and node-to-node requests), TLS on the public
 //! and S3 listeners (ALPN, versions, certificate reload), mutual TLS between nodes, and
-//! JWT on the native API.
+//! JWT on the native API; and the node-to-node API's input checks.
 
 mod common;
 
@@ -1068,4 +1068,72 @@ fn jwt_guards_cache_operations_and_cachenator_endpoints() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 403, "an upload outside the grant's prefix");
+}
+
+/// The node-to-node request anti-entropy batches small bodies with (`POST
+/// /_nc/v1/replicas`): only the keys asked for and held, only up to `max` bytes each,
+/// each body whole; a request that is not what it should be is a 400 that says why.
+#[test]
+fn batched_copies_answer_only_what_was_asked() {
+    use base64::Engine;
+    let a = cluster_node("copies-a", None, None);
+    let from = cluster(&a).self_id.clone();
+    let (small, big, absent) = (new_id(&a), new_id(&a), new_id(&a));
+    let small_body: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let big_body = vec![9u8; 20_000];
+    let level0 = [("X-Meta-ConsistencyLevel", "0")];
+    assert_eq!(put(&a, &small, small_body.clone(), &level0).status(), 200);
+    assert_eq!(put(&a, &big, big_body.clone(), &level0).status(), 200);
+
+    let url = format!("http://{}/_nc/v1/replicas", cluster_addr(&a));
+    let ask = |max: u64| -> Vec<(String, u64, Vec<u8>)> {
+        let r = client()
+            .post(&url)
+            .headers(peer_headers(&from, "nearcache", None))
+            .json(&serde_json::json!({ "keys": [&small, &big, &absent], "max": max }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().unwrap();
+        let mut copies: Vec<(String, u64, Vec<u8>)> = v["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(c["body"].as_str().unwrap())
+                    .unwrap();
+                let meta = &c["meta"];
+                (
+                    meta["key"].as_str().unwrap().to_owned(),
+                    meta["size"].as_u64().unwrap(),
+                    body,
+                )
+            })
+            .collect();
+        copies.sort();
+        copies
+    };
+    assert_eq!(
+        ask(16 << 10),
+        vec![(small.clone(), 1000, small_body.clone())]
+    );
+    let mut both = vec![
+        (small.clone(), 1000, small_body),
+        (big.clone(), 20_000, big_body),
+    ];
+    both.sort();
+    assert_eq!(ask(1 << 20), both);
+
+    for bad in ["not json", r#"{"keys": "k", "max": 1}"#, r#"{"keys": []}"#] {
+        let r = client()
+            .post(&url)
+            .headers(peer_headers(&from, "nearcache", None))
+            .body(bad)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let text = r.text().unwrap();
+        assert!(text.contains("invalid request"), "{bad}: {text}");
+    }
 }
