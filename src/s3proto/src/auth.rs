@@ -627,7 +627,7 @@ fn verify_header_auth(
             let t = parse_amz_date(s).ok_or_else(|| {
                 AuthError::AccessDenied(format!("Invalid x-amz-date header \"{s}\""))
             })?;
-            (s.to_owned(), t)
+            (Cow::Borrowed(s), t)
         }
         None => {
             let d = parts
@@ -640,7 +640,7 @@ fn verify_header_auth(
                         "AWS authentication requires a valid Date or x-amz-date header".into(),
                     )
                 })?;
-            (format_amz_date(d), d)
+            (Cow::Owned(format_amz_date(d)), d)
         }
     };
     check_scope_date(&scope, &amz_date)?;
@@ -656,8 +656,7 @@ fn verify_header_auth(
             )
         })?
         .to_str()
-        .map_err(|_| bad_content_sha256())?
-        .to_owned();
+        .map_err(|_| bad_content_sha256())?;
     let (key, remembered) = keys.signing.get(cred, &scope);
     let scope_str = scope.string();
     check_signature(
@@ -665,7 +664,7 @@ fn verify_header_auth(
         query,
         &signed,
         auth.signed_headers,
-        &payload,
+        payload,
         &amz_date,
         &scope_str,
         &key,
@@ -676,11 +675,11 @@ fn verify_header_auth(
         keys.signing.remember(cred, &scope, key);
     }
     let trailer = declared_trailer(&parts.headers)?;
-    let body = match payload.as_str() {
+    let body = match payload {
         UNSIGNED_PAYLOAD => BodyCheck::None,
         STREAMING_PAYLOAD | STREAMING_PAYLOAD_TRAILER => BodyCheck::SignedChunks(ChunkSigner {
             key,
-            amz_date,
+            amz_date: amz_date.into_owned(),
             scope: scope_str,
             seed: signature,
             trailer: payload == STREAMING_PAYLOAD_TRAILER,
@@ -856,7 +855,7 @@ fn parse_signature(s: &str) -> Result<[u8; 32], AuthError> {
 }
 
 pub(crate) fn parse_signed_headers(s: &str) -> Result<Vec<&str>, AuthError> {
-    let list: Vec<&str> = s.split(';').collect();
+    let list: Vec<&str> = crate::query::split_byte(s, b';').collect();
     if list.iter().any(|h| {
         h.is_empty()
             || h.bytes()
@@ -926,24 +925,21 @@ fn check_signature(
     let canonical_uri = canonical_uri(raw_path);
     // Bytes, not a String: header values may carry obs-text (0x80-0xFF) that is not UTF-8,
     // and the signature covers those bytes as they were sent.
-    let mut rest = Vec::new();
+    let mut rest = Vec::with_capacity(512);
     rest.push(b'\n');
     if !push_raw_canonical_query(&mut rest, parts.uri.query().unwrap_or(""), exclude_param) {
         rest.extend_from_slice(canonical_query(query, exclude_param).as_bytes());
     }
     rest.push(b'\n');
-    rest.extend_from_slice(&canonical_headers(parts, signed));
+    push_canonical_headers(&mut rest, parts, signed);
     rest.push(b'\n');
     rest.extend_from_slice(signed_headers.as_bytes());
     rest.push(b'\n');
     rest.extend_from_slice(payload.as_bytes());
     let method = parts.method.as_str();
-    let mut candidates = vec![canonical_uri.as_str()];
-    if canonical_uri != raw_path {
-        candidates.push(raw_path);
-    }
+    let other = (canonical_uri != raw_path).then_some(raw_path);
     let mut ok = subtle::Choice::from(0);
-    for uri in candidates {
+    for uri in std::iter::once(&*canonical_uri).chain(other) {
         // The canonical request is hashed in pieces, never assembled.
         let mut h = Sha256::new();
         h.update(method.as_bytes());
@@ -982,9 +978,13 @@ const fn unreserved(b: u8) -> bool {
 
 /// The canonical URI: each `/`-separated segment percent-decoded, then re-encoded with only
 /// `A-Za-z0-9-._~` left as is.
-pub(crate) fn canonical_uri(raw_path: &str) -> String {
+pub(crate) fn canonical_uri(raw_path: &str) -> Cow<'_, str> {
+    if raw_path.bytes().all(|b| b == b'/' || unreserved(b)) {
+        // Nothing to decode or encode anywhere (the common case): the path as sent.
+        return Cow::Borrowed(raw_path);
+    }
     let mut out = String::with_capacity(raw_path.len().saturating_add(16));
-    for (i, seg) in raw_path.split('/').enumerate() {
+    for (i, seg) in crate::query::split_byte(raw_path, b'/').enumerate() {
         if i > 0 {
             out.push('/');
         }
@@ -996,7 +996,7 @@ pub(crate) fn canonical_uri(raw_path: &str) -> String {
         let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode(seg.as_bytes()).into();
         out.extend(percent_encoding::percent_encode(&decoded, CANONICAL));
     }
-    out
+    Cow::Owned(out)
 }
 
 /// A decoded query parameter: (name, value) bytes, borrowed from the query when nothing
@@ -1157,18 +1157,25 @@ fn push_raw_canonical_query(out: &mut Vec<u8>, raw: &str, exclude: Option<&str>)
 /// `name:value\n` for each signed header, in SignedHeaders order. Values are the bytes sent
 /// (not necessarily UTF-8), trimmed of spaces, runs of spaces collapsed, repeated headers
 /// joined with `,`. `host` falls back to the URI's authority (HTTP/2 has no Host header).
-fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+fn push_canonical_headers(out: &mut Vec<u8>, parts: &http::request::Parts, signed: &[&str]) {
     for name in signed {
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
         let mut first = true;
-        for v in parts.headers.get_all(*name) {
+        // The names every SDK signs are looked up as constants: a name given as a string
+        // is parsed and validated on each lookup.
+        let values = match *name {
+            "host" => parts.headers.get_all(http::header::HOST),
+            "x-amz-date" => parts.headers.get_all(X_AMZ_DATE),
+            "x-amz-content-sha256" => parts.headers.get_all(X_AMZ_CONTENT_SHA256),
+            other => parts.headers.get_all(other),
+        };
+        for v in values {
             if !first {
                 out.push(b',');
             }
             first = false;
-            push_trimmed(&mut out, v.as_bytes());
+            push_trimmed(out, v.as_bytes());
         }
         if first && *name == "host" {
             if let Some(a) = parts.uri.authority() {
@@ -1177,7 +1184,6 @@ fn canonical_headers(parts: &http::request::Parts, signed: &[&str]) -> Vec<u8> {
         }
         out.push(b'\n');
     }
-    out
 }
 
 fn push_trimmed(out: &mut Vec<u8>, v: &[u8]) {
