@@ -748,13 +748,22 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
     p: &Member,
     uri: String,
 ) -> Result<T, String> {
-    let cl = &cs.cl;
     let req = Request::builder()
         .method(Method::GET)
         .uri(&uri)
         .body(peer::empty())
         .expect("valid request");
-    cl.metrics.sync_requests.fetch_add(1, Relaxed);
+    exchange_json(cs, p, req).await
+}
+
+/// Sends a sync request to a peer's internal API and decodes its JSON answer.
+async fn exchange_json<T: for<'de> Deserialize<'de>>(
+    cs: &ClusterShard,
+    p: &Member,
+    req: Request<PeerBody>,
+) -> Result<T, String> {
+    let uri = req.uri().clone();
+    cs.cl.metrics.sync_requests.fetch_add(1, Relaxed);
     let resp = cs.send(p, req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let body = peer::read_body(resp, 64 << 20).await?;
@@ -909,18 +918,7 @@ async fn copies_of(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(peer::full(body))
         .expect("valid request");
-    cs.cl.metrics.sync_requests.fetch_add(1, Relaxed);
-    let resp = cs.send(p, req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = peer::read_body(resp, 64 << 20).await?;
-    if !status.is_success() {
-        return Err(format!(
-            "/_nc/v1/replicas answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    let reply: CopiesReply = serde_json::from_slice(&body)
-        .map_err(|e| format!("decoding the answer to /_nc/v1/replicas: {e}"))?;
+    let reply: CopiesReply = exchange_json(cs, p, req).await?;
     reply
         .copies
         .into_iter()
@@ -1036,16 +1034,14 @@ pub fn wants_tombstone(holds: bool, owner: impl FnOnce() -> bool) -> bool {
     holds || owner()
 }
 
-/// Stores a peer's copy that came batched if it is newer than the local one.
+/// Stores a peer's copy that came batched if it is newer than the local one (checked by
+/// `begin_replica`, and again at commit).
 async fn store_copy(
     store: &Rc<nearcache_shards::Shard>,
     cl: &Cluster,
     m: &ObjectMeta,
     body: bytes::Bytes,
 ) -> Result<(), String> {
-    if !store.is_newer(&m.key, m.hlc, &m.etag) {
-        return Ok(());
-    }
     let stored = store_replica_bytes(store, m, body, replica_upload_after(cl))
         .await
         .map_err(|e| e.to_string())?;
