@@ -90,6 +90,7 @@ pub mod defaults {
     pub const JOURNAL_RETAIN: u64 = store::JOURNAL_RETAIN;
     pub const LMDB_MAP_SIZE: u64 = store::LMDB_MAP_SIZE;
     pub const INLINE_OBJECT_MAX: u64 = store::INLINE_OBJECT_MAX;
+    pub const META_CACHE_OBJECTS: usize = 262_144;
     pub const REGION: &str = "us-east-1";
     pub const MAX_ATTEMPTS: u32 = 4;
     pub const INITIAL_BACKOFF_MS: u64 = 100;
@@ -221,6 +222,9 @@ pub struct StoreConfig {
     /// Bodies up to this size are kept in the shard's LMDB journal instead of a file of
     /// their own, so that concurrent small writes share one sync (0: every body in a file).
     pub inline_object_max: Size,
+    /// Objects whose metadata stays in memory, for the whole node (split evenly over
+    /// shards); the others' is read back from the journal when next needed.
+    pub meta_cache_objects: usize,
 }
 
 impl Default for StoreConfig {
@@ -234,6 +238,7 @@ impl Default for StoreConfig {
             journal_retain: defaults::JOURNAL_RETAIN,
             lmdb_map_size: Size(defaults::LMDB_MAP_SIZE),
             inline_object_max: Size(defaults::INLINE_OBJECT_MAX),
+            meta_cache_objects: defaults::META_CACHE_OBJECTS,
         }
     }
 }
@@ -930,6 +935,9 @@ pub struct ServeArgs {
     /// Bodies up to this size are kept in the journal, not a file of their own [default: 16KiB]
     #[arg(long, env = "NEARCACHE_INLINE_OBJECT_MAX")]
     pub inline_object_max: Option<Size>,
+    /// Objects whose metadata stays in memory, for the node [default: 262144]
+    #[arg(long, env = "NEARCACHE_META_CACHE_OBJECTS")]
+    pub meta_cache_objects: Option<usize>,
     /// Disk I/O engine: auto, uring or syscall [default: auto]
     #[arg(long, env = "NEARCACHE_DEVICE")]
     pub device: Option<String>,
@@ -1074,6 +1082,7 @@ impl Config {
         set!(self.store.disk_capacity, a.disk_capacity);
         set!(self.store.memory_object_max, a.memory_object_max);
         set!(self.store.inline_object_max, a.inline_object_max);
+        set!(self.store.meta_cache_objects, a.meta_cache_objects);
         set!(self.store.device, a.device);
         if a.s3_endpoint.is_some() {
             self.origin.endpoint = a.s3_endpoint.clone();

@@ -706,6 +706,7 @@ fn shard_config(cfg: &Config, i: usize, n: usize) -> ShardConfig {
         lmdb_map_size: s.lmdb_map_size.0,
         journal_retain: s.journal_retain,
         inline_object_max: s.inline_object_max.0,
+        meta_cache_objects: (s.meta_cache_objects / n).max(1),
     }
 }
 

@@ -2,6 +2,9 @@
 //! devices (and the epoll network driver, `server.io`) × a real S3 server (moto, or NEARCACHE_TEST_S3_*) and the embedded local
 //! origin, each driven through the native API and the S3-compatible API (aws-sdk-s3).
 //!
+//! The multi-shard configurations keep one object's metadata in memory per shard
+//! (`store.meta_cache_objects`), so their reads also take metadata back from the journal.
+//!
 //! Each configuration writes, reads (whole, ranged, conditional), lists, copies and
 //! deletes, then restarts with its cache wiped so every read comes back from the origin.
 
@@ -25,6 +28,10 @@ enum Origin {
 /// `device` "epoll" runs the shards on the epoll driver (`server.io`), files by syscalls.
 fn configure(cfg: &mut Config, shards: usize, device: &str, origin: Origin, local: &Path) {
     cfg.server.shards = shards;
+    if shards > 1 {
+        // One resident meta per shard: the other objects' come back from the journal.
+        cfg.store.meta_cache_objects = shards;
+    }
     if device == "epoll" {
         cfg.server.io = "epoll".into();
         cfg.store.device = "auto".into();

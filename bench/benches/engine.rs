@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path, memory_capacity: u64) -> ShardConfig {
         lmdb_map_size: 1 << 30,
         journal_retain: 1_000_000,
         inline_object_max: nearcache_shards::defaults::INLINE_OBJECT_MAX,
+        meta_cache_objects: nearcache_shards::defaults::META_CACHE_OBJECTS,
     }
 }
 

@@ -374,6 +374,11 @@ pub(crate) struct Journal {
     dbs: Dbs,
     /// Highest `through` of a committed batch: reads for peers stop there.
     committed_through: Arc<AtomicU64>,
+    /// Batches sent to the writer (the shard thread's count; the n-th batch is number n).
+    batches_submitted: std::cell::Cell<u64>,
+    /// Batches 1..=this are committed. Stops advancing after a failed commit: what later
+    /// batches committed does not tell which earlier values LMDB lacks.
+    batches_committed: Arc<AtomicU64>,
 }
 
 /// What [`Journal::read_changes`] found.
@@ -558,12 +563,18 @@ impl Journal {
             rec.next_seq.max(rec.last_record_seq + 1) - 1,
         ));
         let map_used = Arc::new(AtomicU64::new(pages_used(&env)));
+        let batches_committed = Arc::new(AtomicU64::new(0));
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = {
-            let (env, through, used) = (env.clone(), committed_through.clone(), map_used.clone());
+            let marks = Marks {
+                committed_through: committed_through.clone(),
+                map_used: map_used.clone(),
+                batches_committed: batches_committed.clone(),
+            };
+            let env = env.clone();
             std::thread::Builder::new()
                 .name(format!("journal-{shard_id}"))
-                .spawn(move || writer(env, dbs, rx, retain, metrics, through, used))?
+                .spawn(move || writer(env, dbs, rx, retain, metrics, marks))?
         };
         let (reader_tx, reader_rx) = crossbeam_channel::unbounded();
         let reader = {
@@ -583,6 +594,8 @@ impl Journal {
                 env: RefCell::new(Some(env)),
                 dbs,
                 committed_through,
+                batches_submitted: std::cell::Cell::new(0),
+                batches_committed,
             },
             rec,
         ))
@@ -608,7 +621,18 @@ impl Journal {
             ack,
         }))
         .map_err(|_| StoreError::Closed)?;
+        self.batches_submitted.set(self.batches_submitted.get() + 1);
         Ok(rx)
+    }
+
+    /// Batches submitted so far: the next one [`Journal::submit`] sends is this + 1.
+    pub fn batches_submitted(&self) -> u64 {
+        self.batches_submitted.get()
+    }
+
+    /// Batches 1..=this are durable (see the field's note on failed commits).
+    pub fn batches_committed(&self) -> u64 {
+        self.batches_committed.load(Ordering::Acquire)
     }
 
     /// Hands every index entry to `f`, decoded one at a time: recovery builds the index
@@ -622,6 +646,16 @@ impl Journal {
             f(decode(v)?);
         }
         Ok(())
+    }
+
+    /// `key`'s committed entry; read on the calling thread (a short read txn).
+    pub fn read_entry(&self, key: &str) -> Result<Option<StoredEntry>, StoreError> {
+        let env = self.env.borrow().clone().ok_or(StoreError::Closed)?;
+        let rtxn = env.read_txn().map_err(jerr)?;
+        match self.dbs.objects.get(&rtxn, key).map_err(jerr)? {
+            Some(v) => decode(v).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `key`'s committed tombstone, if its entry is one; read on the calling thread (a
@@ -844,15 +878,24 @@ fn body_reader(env: Env, dbs: Dbs, rx: Receiver<BodyRead>) {
     }
 }
 
+/// What the writer thread publishes after each commit.
+struct Marks {
+    committed_through: Arc<AtomicU64>,
+    map_used: Arc<AtomicU64>,
+    batches_committed: Arc<AtomicU64>,
+}
+
 fn writer(
     env: Env,
     dbs: Dbs,
     rx: Receiver<Msg>,
     retain: u64,
     metrics: Arc<ShardMetrics>,
-    committed_through: Arc<AtomicU64>,
-    map_used: Arc<AtomicU64>,
+    marks: Marks,
 ) {
+    // Batches received, in the order the shard submitted them.
+    let mut received = 0u64;
+    let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut batches = Vec::new();
         let mut close = None;
@@ -869,10 +912,17 @@ fn writer(
                 tracing::error!(error = %e, "journal commit failed; the batch was rolled back");
                 CommitError::of(&e, env.path())
             });
+            received += batches.len() as u64;
+            failed |= res.is_err();
             if res.is_ok() {
                 let through = batches.iter().map(|b| b.through).max().unwrap_or(0);
-                committed_through.fetch_max(through, Ordering::Release);
-                map_used.store(pages_used(&env), Ordering::Relaxed);
+                marks
+                    .committed_through
+                    .fetch_max(through, Ordering::Release);
+                marks.map_used.store(pages_used(&env), Ordering::Relaxed);
+                if !failed {
+                    marks.batches_committed.store(received, Ordering::Release);
+                }
             }
             for b in batches {
                 let _ = b.ack.send(res.clone());

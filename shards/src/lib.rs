@@ -46,6 +46,8 @@ mod format;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod hlc;
+#[cfg(test)]
+mod index_tests;
 mod inline;
 mod journal;
 mod shard;

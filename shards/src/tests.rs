@@ -25,6 +25,9 @@ pub(crate) fn cfg(dir: &Path, device: DeviceKind) -> ShardConfig {
         lmdb_map_size: 64 << 20,
         journal_retain: 1000,
         inline_object_max: crate::defaults::INLINE_OBJECT_MAX,
+        // Small, so that the tests read metas back from the journal as well as find them
+        // resident.
+        meta_cache_objects: 4,
     }
 }
 

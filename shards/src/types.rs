@@ -19,6 +19,8 @@ pub mod defaults {
     /// Size of the chunks an [`crate::ObjectReader`] yields, and of checksummed blocks.
     pub const BLOCK_SIZE: u64 = 256 << 10;
     pub const INLINE_OBJECT_MAX: u64 = 16 << 10;
+    /// Per shard.
+    pub const META_CACHE_OBJECTS: usize = 65_536;
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct ShardConfig {
     /// of one file creation and fdatasync each. 0 turns it off. Inline bodies use at most
     /// half of `lmdb_map_size`; past that, small bodies go to files.
     pub inline_object_max: u64,
+    /// Objects whose metadata stays in memory (the most recently used and written);
+    /// the others' is read from the journal when next needed. Each resident meta costs
+    /// about 400 B; each object, resident or not, about 150 B.
+    pub meta_cache_objects: usize,
 }
 
 /// Where an object's bytes came from.
@@ -315,6 +321,10 @@ pub struct ShardMetrics {
     pub disk_bytes: AtomicU64,
     pub memory_bytes: AtomicU64,
     pub memory_objects: AtomicU64,
+    /// Objects whose meta is in memory (see `ShardConfig::meta_cache_objects`).
+    pub resident_metas: AtomicU64,
+    /// Object metas read back from the journal because they were not in memory.
+    pub meta_reads: AtomicU64,
     pub disk_capacity: AtomicU64,
     pub memory_capacity: AtomicU64,
     pub hits: AtomicU64,

@@ -292,6 +292,23 @@ const STORE: &[(Family, StoreCounter)] = &[
     ),
     (
         Family::new(
+            "nearcache_index_meta_reads_total",
+            Kind::Counter,
+            "Object metadata read back from the journal: the object was not among the \
+             store.meta_cache_objects most recently used.",
+        ),
+        |m| &m.meta_reads,
+    ),
+    (
+        Family::new(
+            "nearcache_index_resident_metas",
+            Kind::Gauge,
+            "Objects whose metadata is held in memory.",
+        ),
+        |m| &m.resident_metas,
+    ),
+    (
+        Family::new(
             "nearcache_evictions_total",
             Kind::Counter,
             "Objects evicted from disk.",

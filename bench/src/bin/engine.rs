@@ -239,6 +239,7 @@ async fn run_once(args: &Args, device: DeviceKind, dir: &Path) -> Result<Run> {
         lmdb_map_size: 16 << 30,
         journal_retain: defaults::JOURNAL_RETAIN,
         inline_object_max: defaults::INLINE_OBJECT_MAX,
+        meta_cache_objects: defaults::META_CACHE_OBJECTS,
     };
     let payload = Bytes::from(
         (0..size)

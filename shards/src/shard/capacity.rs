@@ -16,6 +16,7 @@ impl Core {
         st: &mut State,
         n: u64,
     ) -> Result<Option<(Ack, Vec<PathBuf>)>, StoreError> {
+        let used_before = st.disk.used();
         let victims = st.disk.make_room(st.reserved + n).map_err(|e| {
             let free = st
                 .disk
@@ -31,24 +32,24 @@ impl Core {
         if victims.is_empty() {
             return Ok(None);
         }
+        self.metrics
+            .evicted_bytes
+            .fetch_add(used_before - st.disk.used(), Ordering::Relaxed);
         let mut ops = Vec::new();
         let mut files = Vec::new();
         for key in victims {
-            let Some(meta) = st.index.remove(&*key) else {
+            let Some(slot) = st.index.remove(&key) else {
                 continue;
             };
             st.mem_remove(&key);
             self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .evicted_bytes
-                .fetch_add(meta.size, Ordering::Relaxed);
             ops.push(Op::RemoveEntry(key.to_string()));
             ops.push(self.record(RecordKind::Evicted {
                 key: key.to_string(),
-                seq: meta.seq,
+                seq: slot.seq,
             }));
-            if !meta.inline {
-                files.push(self.object_path(meta.seq));
+            if !slot.inline {
+                files.push(self.object_path(slot.seq));
             }
         }
         self.refresh_metrics(st);

@@ -11,7 +11,7 @@ impl Shard {
         let core = &self.core;
         let ack = {
             let mut st = core.state.borrow_mut();
-            let Some(old) = st.index.get(key) else {
+            let Some(old) = st.index.get(&core.journal, key) else {
                 return Ok(false);
             };
             if old.hlc != hlc {
@@ -20,14 +20,12 @@ impl Shard {
             if old.validated_ms >= validated_ms {
                 return Ok(true);
             }
-            let mut m = (**old).clone();
+            let mut m = (*old).clone();
             m.validated_ms = validated_ms;
             // Keep what the layers above derived: the response head does not change.
             m.derived = old.derived.clone();
             let meta = Rc::new(m);
-            if let Some(v) = st.index.get_mut(key) {
-                *v = meta.clone();
-            }
+            st.index.replace(&core.journal, key, meta.clone());
             core.submit(vec![Op::PutEntry(
                 key.to_owned(),
                 StoredEntry::Object((*meta).clone()),

@@ -43,6 +43,7 @@ use crate::{
 
 mod capacity;
 mod freshness;
+mod index;
 mod pending;
 mod read;
 mod recover;
@@ -98,10 +99,11 @@ impl Tomb {
 struct State {
     /// Objects only: a tombstone lives in the journal's `objects` db, where reads that
     /// find no object look for it (see [`State::tomb`]), so a delete-heavy day costs no
-    /// index memory beyond a fingerprint.
+    /// index memory beyond a fingerprint. Metas of objects not used lately live there
+    /// too (see [`index`]).
     ///
     /// Keyed by the same allocation as `disk`'s entry: a key is held once.
-    index: HashMap<Rc<str>, Rc<ObjectMeta>, crate::KeyHasher>,
+    index: index::Index,
     /// Tombstones queued to the journal and maybe not committed yet (the `objects` db
     /// does not show them until then). Dropped once committed, or when the key changes.
     fresh_tombs: HashMap<String, Tomb>,
@@ -165,23 +167,30 @@ impl State {
         }
     }
 
-    fn held(&self, journal: &Journal, key: &str) -> crate::Held<'_> {
-        match self.index.get(key) {
-            Some(m) => crate::Held::Version {
+    /// What `key` holds, as last-writer-wins sees it, handed to `f` (an object's meta
+    /// may have to be read from the journal, so it is not borrowed from the index).
+    fn with_held<T>(
+        &self,
+        journal: &Journal,
+        key: &str,
+        f: impl FnOnce(crate::Held<'_>) -> T,
+    ) -> T {
+        match self.index.get(journal, key) {
+            Some(m) => f(crate::Held::Version {
                 hlc: m.hlc,
                 etag: &m.etag,
-            },
-            None => match self.tomb(journal, key) {
+            }),
+            None => f(match self.tomb(journal, key) {
                 Some(t) => crate::Held::Tombstone { hlc: t.hlc },
                 None => crate::Held::Nothing,
-            },
+            }),
         }
     }
 
     /// Last-writer-wins: is version (hlc, etag) newer than what the shard holds for `key`?
     /// A tombstone beats a version with a lower or equal hlc ([`crate::version_wins`]).
     fn is_newer(&self, journal: &Journal, key: &str, hlc: u64, etag: &str) -> bool {
-        crate::version_wins(hlc, etag, self.held(journal, key))
+        self.with_held(journal, key, |held| crate::version_wins(hlc, etag, held))
     }
 
     /// Whether a tombstone from elsewhere is stored: last-writer-wins (it beats a version
@@ -194,7 +203,9 @@ impl State {
         ttl_ms: u64,
         now_ms: u64,
     ) -> bool {
-        crate::tombstone_applies(t, self.held(journal, &t.key), ttl_ms, now_ms)
+        self.with_held(journal, &t.key, |held| {
+            crate::tombstone_applies(t, held, ttl_ms, now_ms)
+        })
     }
 
     /// Notes a tombstone queued for `key` (in `fresh_tombs` until committed).
@@ -210,7 +221,7 @@ impl State {
 
     /// Whether `key`'s current entry is the object version `seq`.
     fn holds_version(&self, key: &str, seq: u64) -> bool {
-        matches!(self.index.get(key), Some(m) if m.seq == seq)
+        self.index.seq(key) == Some(seq)
     }
 
     fn mem_remove(&mut self, key: &str) {
@@ -382,20 +393,10 @@ impl Core {
             .store(st.pending.len() as u64, Ordering::Relaxed);
     }
 
-    /// Removes an object from index, tiers and pending; returns its meta and its file
+    /// Removes an object from index, tiers and pending; returns its seq and its file
     /// (none for an inline body: the journal drops it with the entry).
-    fn unlink_object(
-        &self,
-        st: &mut State,
-        key: &str,
-    ) -> Option<(Rc<ObjectMeta>, Option<PathBuf>)> {
-        match st.index.get(key) {
-            Some(_) => {}
-            _ => return None,
-        }
-        let Some(meta) = st.index.remove(key) else {
-            unreachable!()
-        };
+    fn unlink_object(&self, st: &mut State, key: &str) -> Option<(u64, Option<PathBuf>)> {
+        let slot = st.index.remove(key)?;
         st.disk.remove(key);
         st.mem_remove(key);
         if st
@@ -405,8 +406,8 @@ impl Core {
         {
             st.clear_pending(key);
         }
-        let path = (!meta.inline).then(|| self.object_path(meta.seq));
-        Some((meta, path))
+        let path = (!slot.inline).then(|| self.object_path(slot.seq));
+        Some((slot.seq, path))
     }
 }
 

@@ -15,18 +15,16 @@ impl Shard {
         let core = &self.core;
         let (ack, meta, queued) = {
             let mut st = core.state.borrow_mut();
-            let Some(old) = st.index.get(key) else {
+            let Some(old) = st.index.get(&core.journal, key) else {
                 return Err(StoreError::NotFound);
             };
             if level <= old.level {
-                return Ok(old.clone());
+                return Ok(old);
             }
-            let mut m = (**old).clone();
+            let mut m = (*old).clone();
             m.level = level;
             let meta = Rc::new(m);
-            if let Some(v) = st.index.get_mut(key) {
-                *v = meta.clone();
-            }
+            st.index.replace(&core.journal, key, meta.clone());
             let mut ops = vec![
                 Op::PutEntry(key.to_owned(), StoredEntry::Object((*meta).clone())),
                 core.record(RecordKind::Upgrade {
@@ -65,7 +63,7 @@ impl Shard {
         level: u8,
     ) -> Result<bool, StoreError> {
         let matches = matches!(
-            self.core.state.borrow().index.get(key),
+            self.core.state.borrow().index.get(&self.core.journal, key),
             Some(m) if m.hlc == hlc && m.level < level
         );
         if !matches {
@@ -95,11 +93,14 @@ impl Shard {
             }
             let kind = match rec.kind {
                 PendingRecKind::Delete => PendingKind::Delete,
-                PendingRecKind::Put => match st.index.get(key.as_str()) {
-                    Some(m) if m.seq == seq => PendingKind::Put {
-                        body: core.body_at(m),
-                        len: m.size,
-                        meta: (**m).clone(),
+                PendingRecKind::Put => match st.index.seq(key) {
+                    Some(s) if s == seq => match st.index.get(&core.journal, key) {
+                        Some(m) => PendingKind::Put {
+                            body: core.body_at(&m),
+                            len: m.size,
+                            meta: Rc::unwrap_or_clone(m),
+                        },
+                        None => continue,
                     },
                     _ => continue,
                 },
@@ -205,15 +206,13 @@ impl Shard {
             ops.push(Op::RemovePending(key.to_owned()));
             done = Some((rec.seq, rec.hlc));
         }
-        if let Some(old) = st.index.get(key) {
-            if !old.in_origin && object(old) {
-                let mut m = (**old).clone();
+        if let Some(old) = st.index.get(&core.journal, key) {
+            if !old.in_origin && object(&old) {
+                let mut m = (*old).clone();
                 m.in_origin = true;
                 done = Some((m.seq, m.hlc));
                 ops.push(Op::PutEntry(key.to_owned(), StoredEntry::Object(m.clone())));
-                if let Some(v) = st.index.get_mut(key) {
-                    *v = Rc::new(m);
-                }
+                st.index.replace(&core.journal, key, Rc::new(m));
                 st.disk.set_pinned(key, false);
             }
         }

@@ -176,9 +176,8 @@ impl Shard {
         let core = &self.core;
         let mut st = core.state.borrow_mut();
         let m = &core.metrics;
-        match st.index.get(key) {
+        match st.index.get_keep(&core.journal, key) {
             Some(meta) => {
-                let meta = meta.clone();
                 let body = st
                     .mem_bodies
                     .get(key)
@@ -221,9 +220,12 @@ impl Shard {
     ) -> Vec<(Rc<ObjectMeta>, bool)> {
         let st = self.core.state.borrow();
         st.index
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix) && keep(k))
-            .map(|(k, m)| (m.clone(), st.pending.contains_key(&**k)))
+            .keys()
+            .filter(|k| k.starts_with(prefix) && keep(k))
+            .filter_map(|k| {
+                let meta = st.index.get(&self.core.journal, k)?;
+                Some((meta, st.pending.contains_key(&**k)))
+            })
             .collect()
     }
 

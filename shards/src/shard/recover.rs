@@ -33,7 +33,11 @@ impl Shard {
 
         let mut report = RecoveryReport::default();
         let mut st = State {
-            index: HashMap::with_capacity_and_hasher(rec.entry_count as usize, Default::default()),
+            index: index::Index::with_capacity(
+                rec.entry_count as usize,
+                cfg.meta_cache_objects,
+                metrics.clone(),
+            ),
             disk: S3Fifo::new(cfg.disk_capacity),
             reserved: 0,
             mem: S3Fifo::new(cfg.memory_capacity),
@@ -65,7 +69,7 @@ impl Shard {
                 let key: Rc<str> = Rc::from(m.key.as_str());
                 st.disk.insert(key.clone(), m.size, !m.in_origin);
                 report.objects += 1;
-                st.index.insert(key, Rc::new(m));
+                st.index.insert_cold(key, m.seq, m.inline);
             }
             StoredEntry::Tombstone(t) => {
                 max_seq = max_seq.max(t.seq);
@@ -86,7 +90,7 @@ impl Shard {
             report.pending += 1;
             if p.hlc == 0 {
                 // Written before pending records carried the hlc.
-                p.hlc = match st.index.get(key.as_str()) {
+                p.hlc = match st.index.get(&journal, key.as_str()) {
                     Some(m) if m.seq == p.seq => m.hlc,
                     _ => legacy_tomb_hlc
                         .get(&key)

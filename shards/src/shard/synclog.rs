@@ -176,12 +176,13 @@ impl Shard {
     /// A file may go away (eviction, a newer write) while it is read; the copy then fails
     /// and is retried from another source.
     pub fn stored_body(&self, key: &str) -> Option<(crate::BodyAt, Rc<ObjectMeta>)> {
-        self.core
+        let meta = self
+            .core
             .state
             .borrow()
             .index
-            .get(key)
-            .map(|m| (self.core.body_at(m), m.clone()))
+            .get(&self.core.journal, key)?;
+        Some((self.core.body_at(&meta), meta))
     }
 
     /// Resolves when entries may have been added.

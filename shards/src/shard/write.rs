@@ -43,7 +43,7 @@ impl Shard {
         let reserved = 0;
         let seq = core.alloc_seq();
         core.writing.borrow_mut().insert(seq);
-        let base = core.state.borrow().index.get(key).map(|m| m.seq);
+        let base = core.state.borrow().index.seq(key);
         let path = core.object_path(seq);
         Ok(ObjectWriter {
             shard: self.clone(),
@@ -97,9 +97,9 @@ impl Guard<'_> {
     fn holds(&self, st: &State, journal: &Journal, key: &str, base: Option<u64>) -> bool {
         match self {
             Guard::None => true,
-            Guard::Base => match st.index.get(key) {
+            Guard::Base => match st.index.seq(key) {
                 None => st.tomb(journal, key).is_none(),
-                Some(m) => Some(m.seq) == base,
+                seq => seq == base,
             },
             Guard::Newer { hlc, etag } => st.is_newer(journal, key, *hlc, etag),
         }
@@ -489,7 +489,7 @@ impl ObjectWriter {
                 st.tombstones = st.tombstones.saturating_sub(1);
             }
             let key: Rc<str> = Rc::from(self.key.as_str());
-            st.index.insert(key.clone(), meta.clone());
+            st.index.insert(&core.journal, key.clone(), meta.clone());
             st.reserved = st.reserved.saturating_sub(self.reserved);
             self.reserved = 0;
             st.disk.insert(key, size, !meta.in_origin);
