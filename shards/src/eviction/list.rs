@@ -18,8 +18,10 @@ pub(super) enum Queue {
 }
 
 #[derive(Debug)]
-pub(super) struct Node<K> {
+pub(super) struct Node<K, V> {
     pub key: K,
+    /// What the owner keeps with the key (`()` for plain eviction state).
+    pub value: V,
     pub weight: u64,
     /// Towards the head (newer).
     prev: u32,
@@ -50,23 +52,34 @@ impl List {
 }
 
 #[derive(Debug)]
-pub(super) struct Slab<K> {
-    nodes: Vec<Option<Node<K>>>,
+pub(super) struct Slab<K, V> {
+    nodes: Vec<Option<Node<K, V>>>,
     free: Vec<u32>,
 }
 
-impl<K> Slab<K> {
-    pub fn new() -> Self {
+impl<K, V> Slab<K, V> {
+    pub fn with_capacity(entries: usize) -> Self {
         Self {
-            nodes: Vec::new(),
+            nodes: Vec::with_capacity(entries),
             free: Vec::new(),
         }
     }
 
+    /// Gives back the capacity beyond the last node in use.
+    pub fn shrink_to_fit(&mut self) {
+        self.nodes.shrink_to_fit();
+    }
+
+    /// Every node in use, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Node<K, V>> {
+        self.nodes.iter().flatten()
+    }
+
     /// Stores a new node, unlinked, and returns its index.
-    pub fn alloc(&mut self, key: K, weight: u64, pinned: bool, queue: Queue) -> u32 {
+    pub fn alloc(&mut self, key: K, value: V, weight: u64, pinned: bool, queue: Queue) -> u32 {
         let node = Node {
             key,
+            value,
             weight,
             prev: NIL,
             next: NIL,
@@ -86,7 +99,7 @@ impl<K> Slab<K> {
     }
 
     /// Frees an unlinked node and hands back its contents.
-    pub fn dealloc(&mut self, idx: u32) -> Node<K> {
+    pub fn dealloc(&mut self, idx: u32) -> Node<K, V> {
         let node = self.nodes[idx as usize]
             .take()
             .expect("dealloc of a free slot");
@@ -94,13 +107,13 @@ impl<K> Slab<K> {
         node
     }
 
-    pub fn get(&self, idx: u32) -> &Node<K> {
+    pub fn get(&self, idx: u32) -> &Node<K, V> {
         self.nodes[idx as usize]
             .as_ref()
             .expect("index of a free slot")
     }
 
-    pub fn get_mut(&mut self, idx: u32) -> &mut Node<K> {
+    pub fn get_mut(&mut self, idx: u32) -> &mut Node<K, V> {
         self.nodes[idx as usize]
             .as_mut()
             .expect("index of a free slot")

@@ -13,7 +13,7 @@ pub struct Lru<K> {
     used: u64,
     pinned_bytes: u64,
     index: HashMap<K, u32>,
-    slab: Slab<K>,
+    slab: Slab<K, ()>,
     /// Head = most recently used; victims come from the tail.
     list: List,
 }
@@ -25,7 +25,7 @@ impl<K: Hash + Eq + Clone> Lru<K> {
             used: 0,
             pinned_bytes: 0,
             index: HashMap::new(),
-            slab: Slab::new(),
+            slab: Slab::with_capacity(0),
             list: List::default(),
         }
     }
@@ -42,7 +42,9 @@ impl<K: Hash + Eq + Clone> Lru<K> {
             self.slab.move_to_head(&mut self.list, idx);
             return;
         }
-        let idx = self.slab.alloc(key.clone(), weight, pinned, Queue::Main);
+        let idx = self
+            .slab
+            .alloc(key.clone(), (), weight, pinned, Queue::Main);
         self.slab.push_head(&mut self.list, idx);
         self.index.insert(key, idx);
         self.used += weight;

@@ -18,6 +18,8 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
+use hashbrown::HashTable;
+
 use super::list::{List, Queue, Slab};
 use super::{bytes_to_free, impl_policy, NoSpace};
 
@@ -29,44 +31,84 @@ const MOVE_TO_MAIN_FREQ: u8 = 2;
 /// Share of the capacity, in bytes, that the small queue is sized to (paper: 10%).
 const SMALL_PERCENT: u64 = 10;
 
-/// S3-FIFO eviction state for one cache tier. See the module docs.
-pub struct S3Fifo<K> {
+/// S3-FIFO eviction state for one cache tier, with a value of type `V` kept beside
+/// each key (the shard keeps its index this way: one table, one node per object). See
+/// the module docs.
+pub struct S3Fifo<K, V = ()> {
     capacity: u64,
     /// `capacity * SMALL_PERCENT / 100`: evict from small while it holds this much.
     small_target: u64,
     used: u64,
     pinned_bytes: u64,
     hasher: crate::KeyHasher,
-    index: HashMap<K, u32, crate::KeyHasher>,
-    slab: Slab<K>,
+    /// Slab indices, hashed by their node's key: 4 bytes an entry, the key held once
+    /// (in its node).
+    index: HashTable<u32>,
+    slab: Slab<K, V>,
     small: List,
     main: List,
     ghost: Ghost,
 }
 
-impl<K: Hash + Eq + Clone> S3Fifo<K> {
+impl<K: Hash + Eq> S3Fifo<K> {
     pub fn new(capacity_bytes: u64) -> Self {
-        let hasher = crate::KeyHasher::default();
+        Self::with_capacity(capacity_bytes, 0)
+    }
+}
+
+impl<K: Hash + Eq, V> S3Fifo<K, V> {
+    /// Room for `entries` keys before any table or slab grows.
+    pub fn with_capacity(capacity_bytes: u64, entries: usize) -> Self {
         Self {
             capacity: capacity_bytes,
             small_target: capacity_bytes / 100 * SMALL_PERCENT
                 + capacity_bytes % 100 * SMALL_PERCENT / 100,
             used: 0,
             pinned_bytes: 0,
-            index: HashMap::with_hasher(hasher.clone()),
-            hasher,
-            slab: Slab::new(),
+            index: HashTable::with_capacity(entries),
+            hasher: crate::KeyHasher::default(),
+            slab: Slab::with_capacity(entries),
             small: List::default(),
             main: List::default(),
             ghost: Ghost::default(),
         }
     }
 
+    /// The slab index of `key`'s node.
+    fn find<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+    {
+        let slab = &self.slab;
+        self.index
+            .find(self.hasher.hash_one(key), |&i| {
+                slab.get(i).key.borrow() == key
+            })
+            .copied()
+    }
+
+    /// Drops slab index `idx` (whose node holds `key`) from the table.
+    fn unindex(&mut self, hash: u64, idx: u32) {
+        if let Ok(e) = self.index.find_entry(hash, |&i| i == idx) {
+            e.remove();
+        }
+    }
+
     /// Adds `key`, or replaces the weight and pin of an existing entry in place (its
     /// queue position and frequency stay: an overwrite is not a sign of popularity).
     /// Never evicts; call [`Self::make_room`] first to stay within capacity.
-    pub fn insert(&mut self, key: K, weight: u64, pinned: bool) {
-        if let Some(&idx) = self.index.get(&key) {
+    pub fn insert(&mut self, key: K, weight: u64, pinned: bool)
+    where
+        V: Default,
+    {
+        self.insert_value(key, V::default(), weight, pinned);
+    }
+
+    /// [`Self::insert`] with the value to keep beside the key (an existing entry's
+    /// value is replaced).
+    pub fn insert_value(&mut self, key: K, value: V, weight: u64, pinned: bool) {
+        if let Some(idx) = self.find(&key) {
+            self.slab.get_mut(idx).value = value;
             let node = self.slab.get(idx);
             self.used = self.used - node.weight + weight;
             self.pinned_bytes = self.pinned_bytes - pinned_weight(node.weight, node.pinned)
@@ -80,17 +122,20 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         }
         // A key evicted from small not long ago: it was evicted too early, so it
         // skips probation this time.
-        let queue = if self.ghost.take(self.hasher.hash_one(&key)) {
+        let hash = self.hasher.hash_one(&key);
+        let queue = if self.ghost.take(hash) {
             Queue::Main
         } else {
             Queue::Small
         };
-        let idx = self.slab.alloc(key.clone(), weight, pinned, queue);
+        let idx = self.slab.alloc(key, value, weight, pinned, queue);
         match queue {
             Queue::Small => self.slab.push_head(&mut self.small, idx),
             Queue::Main => self.slab.push_head(&mut self.main, idx),
         }
-        self.index.insert(key, idx);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index
+            .insert_unique(hash, idx, |&i| hasher.hash_one(&slab.get(i).key));
         self.used += weight;
         self.pinned_bytes += pinned_weight(weight, pinned);
     }
@@ -100,10 +145,49 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     where
         K: Borrow<Q>,
     {
-        if let Some(&idx) = self.index.get(key) {
+        if let Some(idx) = self.find(key) {
             let node = self.slab.get_mut(idx);
             node.freq = (node.freq + 1).min(MAX_FREQ);
         }
+    }
+
+    /// The value kept beside `key`.
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.find(key).map(|i| &self.slab.get(i).value)
+    }
+
+    /// `key` as stored, and its value.
+    pub fn get_key_value<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+    {
+        self.find(key).map(|i| {
+            let n = self.slab.get(i);
+            (&n.key, &n.value)
+        })
+    }
+
+    pub fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        self.find(key).map(|i| &mut self.slab.get_mut(i).value)
+    }
+
+    /// Gives back room reserved for entries that never came.
+    pub fn shrink_to_fit(&mut self) {
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index
+            .shrink_to_fit(|&i| hasher.hash_one(&slab.get(i).key));
+        self.slab.shrink_to_fit();
+    }
+
+    /// Every key and its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.slab.iter().map(|n| (&n.key, &n.value))
     }
 
     /// Drops `key` (a delete, not an eviction: it does not go to the ghost).
@@ -111,9 +195,16 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     where
         K: Borrow<Q>,
     {
-        let Some(idx) = self.index.remove(key) else {
-            return false;
-        };
+        self.take(key).is_some()
+    }
+
+    /// [`Self::remove`], handing back the value.
+    pub fn take<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let idx = self.find(key)?;
+        self.unindex(self.hasher.hash_one(key), idx);
         let list = match self.slab.get(idx).queue {
             Queue::Small => &mut self.small,
             Queue::Main => &mut self.main,
@@ -122,14 +213,14 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         let node = self.slab.dealloc(idx);
         self.used -= node.weight;
         self.pinned_bytes -= pinned_weight(node.weight, node.pinned);
-        true
+        Some(node.value)
     }
 
     pub fn set_pinned<Q: Hash + Eq + ?Sized>(&mut self, key: &Q, pinned: bool)
     where
         K: Borrow<Q>,
     {
-        if let Some(&idx) = self.index.get(key) {
+        if let Some(idx) = self.find(key) {
             let node = self.slab.get(idx);
             if node.pinned == pinned {
                 return;
@@ -152,7 +243,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     where
         K: Borrow<Q>,
     {
-        self.index.contains_key(key)
+        self.find(key).is_some()
     }
 
     /// Sum of the weights of all entries, pinned or not.
@@ -180,6 +271,15 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     /// Evicts unpinned entries until used + incoming <= capacity; returns the victims (already removed).
     /// If even evicting every unpinned entry isn't enough, evicts nothing and returns Err(NoSpace{needed, evictable}).
     pub fn make_room(&mut self, incoming: u64) -> Result<Vec<K>, NoSpace> {
+        Ok(self
+            .make_room_entries(incoming)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// [`Self::make_room`], handing back each victim's value with its key.
+    pub fn make_room_entries(&mut self, incoming: u64) -> Result<Vec<(K, V)>, NoSpace> {
         let needed = bytes_to_free(self.capacity, self.used, self.pinned_bytes, incoming)?;
         let mut victims = Vec::new();
         let mut freed = 0;
@@ -197,9 +297,9 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
             } else {
                 self.evict_main_step()
             };
-            if let Some((key, weight)) = victim {
+            if let Some((key, value, weight)) = victim {
                 freed += weight;
-                victims.push(key);
+                victims.push((key, value));
             }
         }
         Ok(victims)
@@ -207,7 +307,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
 
     /// Looks at small's tail: hit more than once (or pinned) → main, else evicted and
     /// remembered in the ghost.
-    fn evict_small_step(&mut self) -> Option<(K, u64)> {
+    fn evict_small_step(&mut self) -> Option<(K, V, u64)> {
         let idx = self
             .small
             .tail()
@@ -221,15 +321,16 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
             self.slab.push_head(&mut self.main, idx);
             return None;
         }
+        let hash = self.hasher.hash_one(&self.slab.get(idx).key);
         let victim = self.evict(idx);
         let ghost_cap = self.ghost_capacity();
-        self.ghost.push(self.hasher.hash_one(&victim.0), ghost_cap);
+        self.ghost.push(hash, ghost_cap);
         Some(victim)
     }
 
     /// Looks at main's tail: hit since the last lap (or pinned) → back to the head
     /// with one hit less, else evicted.
-    fn evict_main_step(&mut self) -> Option<(K, u64)> {
+    fn evict_main_step(&mut self) -> Option<(K, V, u64)> {
         let idx = self.main.tail().expect("main step on an empty main queue");
         let node = self.slab.get_mut(idx);
         if node.pinned || node.freq > 0 {
@@ -242,13 +343,14 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         Some(self.evict(idx))
     }
 
-    /// Frees an unlinked, unpinned node and returns its key and weight.
-    fn evict(&mut self, idx: u32) -> (K, u64) {
+    /// Frees an unlinked, unpinned node and returns its key, value and weight.
+    fn evict(&mut self, idx: u32) -> (K, V, u64) {
+        let hash = self.hasher.hash_one(&self.slab.get(idx).key);
+        self.unindex(hash, idx);
         let node = self.slab.dealloc(idx);
         debug_assert!(!node.pinned);
-        self.index.remove(&node.key);
         self.used -= node.weight;
-        (node.key, node.weight)
+        (node.key, node.value, node.weight)
     }
 
     /// The ghost holds about as many entries as main would when full: main's byte
@@ -315,18 +417,18 @@ impl Ghost {
 }
 
 #[cfg(test)]
-impl<K: Hash + Eq + Clone> S3Fifo<K> {
+impl<K: Hash + Eq, V> S3Fifo<K, V> {
     /// Whether `key` is in main (tests of ghost re-admission).
     pub(super) fn in_main(&self, key: &K) -> bool {
-        self.index
-            .get(key)
-            .is_some_and(|&idx| self.slab.get(idx).queue == Queue::Main)
+        self.find(key)
+            .is_some_and(|idx| self.slab.get(idx).queue == Queue::Main)
     }
 
     /// Recomputes every aggregate from the nodes and checks it.
     pub(super) fn check_invariants(&self) {
         let (mut used, mut pinned) = (0, 0);
-        for &idx in self.index.values() {
+        for &idx in self.index.iter() {
+            assert_eq!(self.find(&self.slab.get(idx).key), Some(idx));
             let n = self.slab.get(idx);
             used += n.weight;
             pinned += pinned_weight(n.weight, n.pinned);

@@ -319,3 +319,46 @@ fn randomized_model() {
         }
     }
 }
+
+/// Values ride with their keys: replaced by an insert of the same key, handed back by
+/// `take` and by eviction, looked up by a borrowed key; and the table finds every key
+/// after many inserts, removals and evictions (its entries are only slab indices).
+#[test]
+fn values_follow_their_keys() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut s3: S3Fifo<String, u64> = S3Fifo::with_capacity(50_000, 16);
+    let mut model: HashMap<String, u64> = HashMap::new();
+    for round in 0..20_000u64 {
+        let key = format!("key-{}", rng.gen_range(0..3_000u32));
+        match rng.gen_range(0..10) {
+            0 => assert_eq!(s3.take(key.as_str()), model.remove(&key)),
+            1..=3 if model.contains_key(&key) => {
+                s3.insert_value(key.clone(), round, 10, false);
+                model.insert(key, round);
+            }
+            _ => {
+                if !model.contains_key(&key) {
+                    for (k, v) in s3.make_room_entries(100).unwrap() {
+                        assert_eq!(model.remove(&k), Some(v), "evicted {k} with its value");
+                    }
+                    s3.insert_value(key.clone(), round, 100, false);
+                    model.insert(key, round);
+                } else {
+                    s3.access(key.as_str());
+                }
+            }
+        }
+        assert!(s3.used() <= 50_000 + 100);
+    }
+    assert_eq!(s3.len(), model.len());
+    for (k, v) in &model {
+        assert_eq!(s3.get(k.as_str()), Some(v));
+        assert_eq!(s3.get_key_value(k.as_str()).map(|(k, _)| k), Some(k));
+    }
+    assert_eq!(s3.iter().count(), model.len());
+    s3.shrink_to_fit();
+    for (k, v) in &model {
+        assert_eq!(s3.get_mut(k.as_str()).copied(), Some(*v));
+    }
+    s3.check_invariants();
+}

@@ -16,12 +16,14 @@ impl Core {
         st: &mut State,
         n: u64,
     ) -> Result<Option<(Ack, Vec<PathBuf>)>, StoreError> {
-        let used_before = st.disk.used();
-        let victims = st.disk.make_room(st.reserved + n).map_err(|e| {
+        let used_before = st.index.disk().used();
+        let reserved = st.reserved;
+        let victims = st.index.make_room(reserved + n).map_err(|e| {
             let free = st
-                .disk
+                .index
+                .disk()
                 .capacity()
-                .saturating_sub(st.disk.used() + st.reserved);
+                .saturating_sub(st.index.disk().used() + reserved);
             StoreError::InsufficientStorage {
                 needed: n,
                 available: e.evictable + free,
@@ -34,22 +36,19 @@ impl Core {
         }
         self.metrics
             .evicted_bytes
-            .fetch_add(used_before - st.disk.used(), Ordering::Relaxed);
+            .fetch_add(used_before - st.index.disk().used(), Ordering::Relaxed);
         let mut ops = Vec::new();
         let mut files = Vec::new();
-        for key in victims {
-            let Some(slot) = st.index.remove(&key) else {
-                continue;
-            };
+        for (key, slot) in victims {
             st.mem_remove(&key);
             self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
             ops.push(Op::RemoveEntry(key.to_string()));
             ops.push(self.record(RecordKind::Evicted {
                 key: key.to_string(),
-                seq: slot.seq,
+                seq: slot.seq(),
             }));
-            if !slot.inline {
-                files.push(self.object_path(slot.seq));
+            if !slot.inline() {
+                files.push(self.object_path(slot.seq()));
             }
         }
         self.refresh_metrics(st);
@@ -61,10 +60,10 @@ impl Core {
     /// Reserves and evicts nothing: writes reserve as their bytes arrive.
     pub(super) fn check_fits(&self, n: u64) -> Result<(), StoreError> {
         let st = self.state.borrow();
-        let room = st
-            .disk
+        let disk = st.index.disk();
+        let room = disk
             .capacity()
-            .saturating_sub(st.disk.pinned_bytes() + st.reserved);
+            .saturating_sub(disk.pinned_bytes() + st.reserved);
         if n > room {
             return Err(StoreError::InsufficientStorage {
                 needed: n,

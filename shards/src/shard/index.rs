@@ -12,16 +12,40 @@
 
 use std::collections::VecDeque;
 
+use crate::eviction::NoSpace;
+
 use super::*;
+
+/// Set in [`Slot`]'s word when the body is inline: seqs count up from 1 and never reach
+/// 2^63, and the flag rides in the same word instead of padding the node by 8 bytes.
+const INLINE_BIT: u64 = 1 << 63;
 
 /// One object of the index.
 pub(super) struct Slot {
-    /// Journal seq of the version held; also names its object file.
-    pub seq: u64,
-    /// The body is in the journal's `bodies` db, not in an object file.
-    pub inline: bool,
+    /// Journal seq of the version held (it also names its object file), and
+    /// [`INLINE_BIT`] when its body is in the journal's `bodies` db.
+    seq_inline: u64,
     /// The version's meta, while it is resident.
     meta: Option<Rc<ObjectMeta>>,
+}
+
+impl Slot {
+    fn new(seq: u64, inline: bool, meta: Option<Rc<ObjectMeta>>) -> Slot {
+        debug_assert!(seq & INLINE_BIT == 0);
+        Slot {
+            seq_inline: seq | if inline { INLINE_BIT } else { 0 },
+            meta,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq_inline & !INLINE_BIT
+    }
+
+    /// The body is in the journal, not in an object file.
+    pub fn inline(&self) -> bool {
+        self.seq_inline & INLINE_BIT != 0
+    }
 }
 
 /// A meta made resident, in the order they were.
@@ -34,7 +58,9 @@ struct Resident {
 }
 
 pub(super) struct Index {
-    slots: HashMap<Rc<str>, Slot, crate::KeyHasher>,
+    /// Every object, with its disk tier eviction state: weights are body sizes; pinned
+    /// while not in the origin. One node per object holds the key, once.
+    disk: S3Fifo<Rc<str>, Slot>,
     /// Oldest first. An element whose slot has since moved on (removed, or given another
     /// meta) is skipped when it reaches the front: that meta has an element of its own.
     resident: VecDeque<Resident>,
@@ -43,49 +69,76 @@ pub(super) struct Index {
 }
 
 impl Index {
-    pub fn with_capacity(objects: usize, max_resident: usize, metrics: Arc<ShardMetrics>) -> Index {
+    /// An index for `disk_capacity` bytes of bodies, with room for `objects` before it
+    /// grows.
+    pub fn new(
+        disk_capacity: u64,
+        objects: usize,
+        max_resident: usize,
+        metrics: Arc<ShardMetrics>,
+    ) -> Index {
         Index {
-            slots: HashMap::with_capacity_and_hasher(objects, Default::default()),
+            disk: S3Fifo::with_capacity(disk_capacity, objects),
             resident: VecDeque::new(),
             max_resident: max_resident.max(1),
             metrics,
         }
     }
 
+    /// The disk tier's eviction state (sizes and counts).
+    pub fn disk(&self) -> &S3Fifo<Rc<str>, Slot> {
+        &self.disk
+    }
+
     pub fn contains_key(&self, key: &str) -> bool {
-        self.slots.contains_key(key)
+        self.disk.contains(key)
     }
 
     /// The seq of the version `key` holds.
     pub fn seq(&self, key: &str) -> Option<u64> {
-        self.slots.get(key).map(|s| s.seq)
+        self.disk.get(key).map(Slot::seq)
+    }
+
+    /// Counts a hit for eviction.
+    pub fn access(&mut self, key: &str) {
+        self.disk.access(key);
+    }
+
+    pub fn set_pinned(&mut self, key: &str, pinned: bool) {
+        self.disk.set_pinned(key, pinned);
+    }
+
+    /// Evicts unpinned objects until `incoming` more bytes fit; the victims are gone
+    /// from the index (see [`S3Fifo::make_room`]).
+    pub fn make_room(&mut self, incoming: u64) -> Result<Vec<(Rc<str>, Slot)>, NoSpace> {
+        self.disk.make_room_entries(incoming)
     }
 
     /// `key`'s meta: the resident one, else read from the journal (and not kept). `None`
     /// when the key holds no object, or when its entry cannot be read (logged as an error:
     /// the version is then treated as absent, and a newer write or fetch replaces it).
     pub fn get(&self, journal: &Journal, key: &str) -> Option<Rc<ObjectMeta>> {
-        let slot = self.slots.get(key)?;
+        let slot = self.disk.get(key)?;
         match &slot.meta {
             Some(m) => Some(m.clone()),
-            None => self.load(journal, key, slot.seq).map(Rc::new),
+            None => self.load(journal, key, slot.seq()).map(Rc::new),
         }
     }
 
     /// Like [`Index::get`], and a meta read from the journal stays resident: for lookups,
     /// whose keys are likely to be asked for again.
     pub fn get_keep(&mut self, journal: &Journal, key: &str) -> Option<Rc<ObjectMeta>> {
-        let slot = self.slots.get(key)?;
+        let (k, slot) = self.disk.get_key_value(key)?;
         if let Some(m) = &slot.meta {
             return Some(m.clone());
         }
-        let seq = slot.seq;
-        let meta = Rc::new(self.load(journal, key, seq)?);
-        let slot = self.slots.get_mut(key)?;
-        slot.meta = Some(meta.clone());
-        let (k, _) = self.slots.get_key_value(key)?;
+        let k = k.clone();
+        let meta = Rc::new(self.load(journal, key, slot.seq())?);
+        if let Some(slot) = self.disk.get_mut(key) {
+            slot.meta = Some(meta.clone());
+        }
         self.resident.push_back(Resident {
-            key: k.clone(),
+            key: k,
             meta: meta.clone(),
             batch: 0,
         });
@@ -93,17 +146,29 @@ impl Index {
         Some(meta)
     }
 
-    /// Puts `meta` in place of whatever `key` held; it stays resident at least until the
-    /// next journal batch the shard submits (the one that must carry it) commits.
-    pub fn insert(&mut self, journal: &Journal, key: Rc<str>, meta: Rc<ObjectMeta>) {
-        self.slots.insert(
-            key.clone(),
-            Slot {
-                seq: meta.seq,
-                inline: meta.inline,
-                meta: Some(meta.clone()),
-            },
-        );
+    /// Puts `meta` in place of whatever `key` held (`pinned`: not evictable). It stays
+    /// resident at least until the next journal batch the shard submits (the one that
+    /// must carry it) commits.
+    pub fn insert(&mut self, journal: &Journal, key: Rc<str>, meta: Rc<ObjectMeta>, pinned: bool) {
+        let slot = Slot::new(meta.seq, meta.inline, Some(meta.clone()));
+        self.disk.insert_value(key.clone(), slot, meta.size, pinned);
+        self.keep(journal, key, meta);
+    }
+
+    /// Replaces the meta of the version `key` holds (same seq and size: a level, origin
+    /// or freshness change), resident as after [`Index::insert`].
+    pub fn replace(&mut self, journal: &Journal, key: &str, meta: Rc<ObjectMeta>) {
+        let Some((k, _)) = self.disk.get_key_value(key) else {
+            return;
+        };
+        let k = k.clone();
+        if let Some(slot) = self.disk.get_mut(key) {
+            slot.meta = Some(meta.clone());
+        }
+        self.keep(journal, k, meta);
+    }
+
+    fn keep(&mut self, journal: &Journal, key: Rc<str>, meta: Rc<ObjectMeta>) {
         self.resident.push_back(Resident {
             key,
             meta,
@@ -112,37 +177,22 @@ impl Index {
         self.trim(journal);
     }
 
-    /// Replaces the meta of the version `key` holds (same seq: a level, origin or
-    /// freshness change), like [`Index::insert`].
-    pub fn replace(&mut self, journal: &Journal, key: &str, meta: Rc<ObjectMeta>) {
-        if let Some((k, _)) = self.slots.get_key_value(key) {
-            let k = k.clone();
-            self.insert(journal, k, meta);
-        }
-    }
-
     /// An object recovery found; its meta is read when first needed.
-    pub fn insert_cold(&mut self, key: Rc<str>, seq: u64, inline: bool) {
-        self.slots.insert(
-            key,
-            Slot {
-                seq,
-                inline,
-                meta: None,
-            },
-        );
+    pub fn insert_cold(&mut self, key: Rc<str>, seq: u64, inline: bool, size: u64, pinned: bool) {
+        self.disk
+            .insert_value(key, Slot::new(seq, inline, None), size, pinned);
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Slot> {
-        self.slots.remove(key)
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &Rc<str>> {
-        self.slots.keys()
+        self.disk.take(key)
     }
 
     pub fn shrink_to_fit(&mut self) {
-        self.slots.shrink_to_fit();
+        self.disk.shrink_to_fit();
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Rc<str>> {
+        self.disk.iter().map(|(k, _)| k)
     }
 
     /// Drops the oldest resident metas beyond the bound whose batch committed. Stops at
@@ -164,7 +214,7 @@ impl Index {
             let Some(r) = self.resident.pop_front() else {
                 break;
             };
-            if let Some(slot) = self.slots.get_mut(&*r.key) {
+            if let Some(slot) = self.disk.get_mut(&*r.key) {
                 if slot.meta.as_ref().is_some_and(|m| Rc::ptr_eq(m, &r.meta)) {
                     slot.meta = None;
                 }

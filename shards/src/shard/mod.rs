@@ -102,7 +102,7 @@ struct State {
     /// index memory beyond a fingerprint. Metas of objects not used lately live there
     /// too (see [`index`]).
     ///
-    /// Keyed by the same allocation as `disk`'s entry: a key is held once.
+    /// Also the disk tier's eviction state: one node per object.
     index: index::Index,
     /// Tombstones queued to the journal and maybe not committed yet (the `objects` db
     /// does not show them until then). Dropped once committed, or when the key changes.
@@ -117,8 +117,6 @@ struct State {
     /// Earliest `deleted_at_ms` of any tombstone, or lower (`u64::MAX`: none): the sweep
     /// scans the journal only once something may have expired.
     oldest_tomb_ms: u64,
-    /// Disk tier: weights are body sizes; pinned while not in the origin.
-    disk: S3Fifo<Rc<str>>,
     /// Bytes reserved by writes in progress.
     reserved: u64,
     /// Memory tier: bodies of small objects, by key, tagged with their seq.
@@ -381,11 +379,13 @@ impl Core {
 
     fn refresh_metrics(&self, st: &State) {
         let m = &self.metrics;
-        m.objects.store(st.disk.len() as u64, Ordering::Relaxed);
+        m.objects
+            .store(st.index.disk().len() as u64, Ordering::Relaxed);
         m.tombstones.store(st.tombstones, Ordering::Relaxed);
-        m.disk_bytes.store(st.disk.used(), Ordering::Relaxed);
+        m.disk_bytes
+            .store(st.index.disk().used(), Ordering::Relaxed);
         m.pinned_bytes
-            .store(st.disk.pinned_bytes(), Ordering::Relaxed);
+            .store(st.index.disk().pinned_bytes(), Ordering::Relaxed);
         m.memory_bytes.store(st.mem.used(), Ordering::Relaxed);
         m.memory_objects
             .store(st.mem_bodies.len() as u64, Ordering::Relaxed);
@@ -397,7 +397,6 @@ impl Core {
     /// (none for an inline body: the journal drops it with the entry).
     fn unlink_object(&self, st: &mut State, key: &str) -> Option<(u64, Option<PathBuf>)> {
         let slot = st.index.remove(key)?;
-        st.disk.remove(key);
         st.mem_remove(key);
         if st
             .pending
@@ -406,8 +405,8 @@ impl Core {
         {
             st.clear_pending(key);
         }
-        let path = (!slot.inline).then(|| self.object_path(slot.seq));
-        Some((slot.seq, path))
+        let path = (!slot.inline()).then(|| self.object_path(slot.seq()));
+        Some((slot.seq(), path))
     }
 }
 

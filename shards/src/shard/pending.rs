@@ -213,7 +213,7 @@ impl Shard {
                 done = Some((m.seq, m.hlc));
                 ops.push(Op::PutEntry(key.to_owned(), StoredEntry::Object(m.clone())));
                 st.index.replace(&core.journal, key, Rc::new(m));
-                st.disk.set_pinned(key, false);
+                st.index.set_pinned(key, false);
             }
         }
         let Some((seq, hlc)) = done else {

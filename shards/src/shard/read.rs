@@ -185,7 +185,7 @@ impl Shard {
                     .map(|(_, b)| b.clone());
                 if count {
                     m.hits.fetch_add(1, Ordering::Relaxed);
-                    st.disk.access(key);
+                    st.index.access(key);
                     if body.is_some() {
                         m.memory_hits.fetch_add(1, Ordering::Relaxed);
                         st.mem.access(key);

@@ -33,12 +33,12 @@ impl Shard {
 
         let mut report = RecoveryReport::default();
         let mut st = State {
-            index: index::Index::with_capacity(
+            index: index::Index::new(
+                cfg.disk_capacity,
                 rec.entry_count as usize,
                 cfg.meta_cache_objects,
                 metrics.clone(),
             ),
-            disk: S3Fifo::new(cfg.disk_capacity),
             reserved: 0,
             mem: S3Fifo::new(cfg.memory_capacity),
             mem_bodies: HashMap::default(),
@@ -66,10 +66,10 @@ impl Shard {
                 max_seq = max_seq.max(m.seq);
                 max_hlc = max_hlc.max(m.hlc);
                 live.insert(m.seq);
-                let key: Rc<str> = Rc::from(m.key.as_str());
-                st.disk.insert(key.clone(), m.size, !m.in_origin);
                 report.objects += 1;
-                st.index.insert_cold(key, m.seq, m.inline);
+                let key: Rc<str> = Rc::from(m.key.as_str());
+                st.index
+                    .insert_cold(key, m.seq, m.inline, m.size, !m.in_origin);
             }
             StoredEntry::Tombstone(t) => {
                 max_seq = max_seq.max(t.seq);
@@ -84,7 +84,10 @@ impl Shard {
             }
         })?;
         // Sized for every entry, tombstones included; only objects stay in the index.
-        st.index.shrink_to_fit();
+        // Shrinking copies it, so only when tombstones took much of the room.
+        if report.tombstones > report.objects / 8 {
+            st.index.shrink_to_fit();
+        }
         for (key, mut p) in rec.pending {
             max_seq = max_seq.max(p.seq);
             report.pending += 1;

@@ -489,10 +489,10 @@ impl ObjectWriter {
                 st.tombstones = st.tombstones.saturating_sub(1);
             }
             let key: Rc<str> = Rc::from(self.key.as_str());
-            st.index.insert(&core.journal, key.clone(), meta.clone());
+            st.index
+                .insert(&core.journal, key, meta.clone(), !meta.in_origin);
             st.reserved = st.reserved.saturating_sub(self.reserved);
             self.reserved = 0;
-            st.disk.insert(key, size, !meta.in_origin);
             let mut ops = Vec::with_capacity(4);
             // The body first: the entry that marks it inline must not land without it.
             let mem_body = match inline {
