@@ -35,7 +35,8 @@
 //! applied in the order they were sent.
 //!
 //! Reads for peers ([`Journal::read_changes`]) use a read transaction on the shard thread
-//! (the env is shared with the writer thread). Inline bodies are read on a reader thread
+//! (the env is shared with the writer thread), and so do the shard's reads of object metas
+//! it no longer keeps in memory ([`Journal::read_entry`]). Inline bodies are read on a reader thread
 //! ([`Journal::read_body`]): a body not in the page cache would block the shard.
 //!
 //! Seqs are not committed in seq order: a write takes its seq when it begins and commits

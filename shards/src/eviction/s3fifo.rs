@@ -151,6 +151,19 @@ impl<K: Hash + Eq, V> S3Fifo<K, V> {
         }
     }
 
+    /// `key` as stored and its value, after counting a hit when `hit` ([`Self::access`]):
+    /// one probe for both.
+    pub fn entry_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q, hit: bool) -> Option<(&K, &mut V)>
+    where
+        K: Borrow<Q>,
+    {
+        let node = self.slab.get_mut(self.find(key)?);
+        if hit {
+            node.freq = (node.freq + 1).min(MAX_FREQ);
+        }
+        Some((&node.key, &mut node.value))
+    }
+
     /// The value kept beside `key`.
     pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
     where

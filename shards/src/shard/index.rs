@@ -99,11 +99,6 @@ impl Index {
         self.disk.get(key).map(Slot::seq)
     }
 
-    /// Counts a hit for eviction.
-    pub fn access(&mut self, key: &str) {
-        self.disk.access(key);
-    }
-
     pub fn set_pinned(&mut self, key: &str, pinned: bool) {
         self.disk.set_pinned(key, pinned);
     }
@@ -126,15 +121,15 @@ impl Index {
     }
 
     /// Like [`Index::get`], and a meta read from the journal stays resident: for lookups,
-    /// whose keys are likely to be asked for again.
-    pub fn get_keep(&mut self, journal: &Journal, key: &str) -> Option<Rc<ObjectMeta>> {
-        let (k, slot) = self.disk.get_key_value(key)?;
+    /// whose keys are likely to be asked for again. `hit`: also counts a hit for eviction.
+    pub fn get_keep(&mut self, journal: &Journal, key: &str, hit: bool) -> Option<Rc<ObjectMeta>> {
+        let (k, slot) = self.disk.entry_mut(key, hit)?;
         if let Some(m) = &slot.meta {
             return Some(m.clone());
         }
-        let k = k.clone();
-        let meta = Rc::new(self.load(journal, key, slot.seq())?);
-        if let Some(slot) = self.disk.get_mut(key) {
+        let (k, seq) = (k.clone(), slot.seq());
+        let meta = Rc::new(self.load(journal, key, seq)?);
+        if let Some((_, slot)) = self.disk.entry_mut(key, false) {
             slot.meta = Some(meta.clone());
         }
         self.resident.push_back(Resident {
@@ -158,13 +153,11 @@ impl Index {
     /// Replaces the meta of the version `key` holds (same seq and size: a level, origin
     /// or freshness change), resident as after [`Index::insert`].
     pub fn replace(&mut self, journal: &Journal, key: &str, meta: Rc<ObjectMeta>) {
-        let Some((k, _)) = self.disk.get_key_value(key) else {
+        let Some((k, slot)) = self.disk.entry_mut(key, false) else {
             return;
         };
+        slot.meta = Some(meta.clone());
         let k = k.clone();
-        if let Some(slot) = self.disk.get_mut(key) {
-            slot.meta = Some(meta.clone());
-        }
         self.keep(journal, k, meta);
     }
 

@@ -176,7 +176,7 @@ impl Shard {
         let core = &self.core;
         let mut st = core.state.borrow_mut();
         let m = &core.metrics;
-        match st.index.get_keep(&core.journal, key) {
+        match st.index.get_keep(&core.journal, key, count) {
             Some(meta) => {
                 let body = st
                     .mem_bodies
@@ -185,7 +185,6 @@ impl Shard {
                     .map(|(_, b)| b.clone());
                 if count {
                     m.hits.fetch_add(1, Ordering::Relaxed);
-                    st.index.access(key);
                     if body.is_some() {
                         m.memory_hits.fetch_add(1, Ordering::Relaxed);
                         st.mem.access(key);
