@@ -178,8 +178,10 @@ pub struct ServerConfig {
     /// this many bytes per second.
     pub body_min_rate: Size,
     /// The shards' network driver: `auto` (io_uring when the kernel allows it, else
-    /// epoll) or `epoll` (for sandboxes whose io_uring is half-working, and for valgrind,
-    /// which cannot follow io_uring's shared rings).
+    /// epoll; plaintext connections then receive and send on the ring), `poll` (io_uring,
+    /// but connections readiness-based, as TLS connections always are) or `epoll` (for
+    /// sandboxes whose io_uring is half-working, and for valgrind, which cannot follow
+    /// io_uring's shared rings).
     pub io: String,
 }
 
@@ -1157,7 +1159,10 @@ impl Config {
             );
         }
         if self.server.epoll_only().is_none() {
-            bail!("server.io must be auto or epoll, not {:?}", self.server.io);
+            bail!(
+                "server.io must be auto, poll or epoll, not {:?}",
+                self.server.io
+            );
         }
         if self.server.epoll_only() == Some(true)
             && self.store.device_kind() == Some(nearcache_shards::DeviceKind::Uring)
@@ -1425,9 +1430,15 @@ impl Config {
 
 impl ServerConfig {
     /// `Some(true)` when `server.io` asks for the epoll driver; `None` when it is invalid.
+    /// Whether plaintext connections use io_uring's own socket operations (when the
+    /// io_uring driver runs): `server.io = "auto"`.
+    pub fn ring_connections(&self) -> bool {
+        self.io == "auto"
+    }
+
     pub fn epoll_only(&self) -> Option<bool> {
         match self.io.as_str() {
-            "auto" => Some(false),
+            "auto" | "poll" => Some(false),
             "epoll" => Some(true),
             _ => None,
         }

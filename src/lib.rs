@@ -71,6 +71,7 @@ pub mod metrics;
 pub mod object;
 pub mod server;
 pub mod tls;
+pub mod uring_conn;
 
 #[cfg(test)]
 mod fuzz;

@@ -824,6 +824,19 @@ async fn accept_loop(
                     return;
                 }
             }
+            // Plaintext on io_uring: receives and sends on the ring (see uring_conn).
+            if tls.is_none() && ctx.node.uring_active && ctx.node.cfg.server.ring_connections() {
+                ctx.http.connections.fetch_add(1, Relaxed);
+                serve(
+                    &ctx,
+                    &builder,
+                    api,
+                    crate::uring_conn::UringConn::new(stream),
+                )
+                .await;
+                ctx.http.connections.fetch_sub(1, Relaxed);
+                return;
+            }
             let io = match stream.into_poll_io() {
                 Ok(io) => io,
                 Err(e) => {

@@ -3,7 +3,10 @@
 //! Goals: aligned, owned-buffer file I/O for the shard engine, through one [`Device`]
 //! trait with an io_uring implementation (monoio, O_DIRECT) and a plain-syscall one
 //! (pread/pwrite) that tests and machines without io_uring can pick.
-//! Non-goals: caching, file formats, sockets. All `unsafe` of the engine lives here.
+//! Also the one socket call the HTTP edge cannot make safely: a send straight from
+//! borrowed slices that never waits ([`SocketSender`]).
+//! Non-goals: caching, file formats, socket I/O beyond that send. All `unsafe` of the
+//! engine lives here.
 //!
 //! Every operation takes an [`AlignedBuf`] by value and hands it back with the result
 //! (`(io::Result<_>, AlignedBuf)`), the io_uring ownership model: the kernel may write
@@ -16,6 +19,7 @@
 
 mod buf;
 mod lmdb;
+mod net;
 mod space;
 mod syscall;
 mod uring;
@@ -25,6 +29,7 @@ use std::path::Path;
 
 pub use buf::{align_up, align_up_u64, AlignedBuf, ALIGN};
 pub use lmdb::open_lmdb_env;
+pub use net::SocketSender;
 pub use space::{fs_space, FsSpace};
 pub use syscall::{SyscallDevice, SyscallFile};
 pub use uring::{UringDevice, UringFile};
